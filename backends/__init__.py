@@ -1,0 +1,2 @@
+"""convlab's built-in convolution strategies, one file each, found through the
+``convlab.backends`` entry-point group declared in ``pyproject.toml``."""

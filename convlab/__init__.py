@@ -1,0 +1,30 @@
+"""convlab: a from-scratch convolution lab.
+
+One :class:`Conv2D` layer, many hand-written convolution strategies ("backends")::
+
+    import convlab
+    convlab.list_backends()                      # ['fft', 'im2col', 'naive', ...]
+    y = convlab.conv2d(x, w, b, stride=1, padding=1, backend="naive")
+    with convlab.use_backend("fft"):
+        logits = model.forward(x)               # every unpinned Conv2D uses fft here
+"""
+
+from convlab.data import DataError, Dataset, load_mnist
+from convlab.layers import Conv2D, Dense, Flatten, Layer, ReLU
+from convlab.losses import softmax, softmax_cross_entropy
+from convlab.models import Sequential, reference_net
+from convlab.optimizers import SGD
+from convlab.registry import (
+    Backend,
+    conv2d,
+    get_backend,
+    list_backends,
+    register_backend,
+    use_backend,
+)
+
+__all__ = [
+    "Backend", "Conv2D", "DataError", "Dataset", "Dense", "Flatten", "Layer", "ReLU", "SGD",
+    "Sequential", "conv2d", "get_backend", "list_backends", "load_mnist", "reference_net",
+    "register_backend", "softmax", "softmax_cross_entropy", "use_backend",
+]

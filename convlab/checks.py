@@ -1,0 +1,84 @@
+"""Input checks shared by every convolution backend: each error says what was wrong
+and what is allowed."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def as_pair(value, what: str, minimum: int) -> tuple[int, int]:
+    """An int or an (h, w) pair of ints, each >= ``minimum``, as a pair."""
+    pair = (value, value) if isinstance(value, numbers.Integral) else value
+    try:
+        ok = len(pair) == 2 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair
+        )
+    except TypeError:
+        ok = False
+    if not ok or isinstance(value, bool):
+        raise ValueError(f"{what} must be an int or a pair of ints (h, w), got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_array(a, name: str, ndim: int, layout: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array {layout}, got {type(a).__name__}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions {layout}, got shape {a.shape}")
+    if a.dtype.type not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32 or float64, got {a.dtype}")
+    # One reduction is far cheaper than an isfinite mask; only a non-finite sum (which
+    # overflow can also cause) needs the exact check.
+    if not np.isfinite(a.sum(dtype=np.float64)) and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def check_forward_inputs(x, w, b, stride, padding):
+    """Checked (x, w, b, stride, padding); ``b=None`` becomes zeros."""
+    stride = as_pair(stride, "stride", 1)
+    padding = as_pair(padding, "padding", 0)
+    x = _check_array(x, "x", 4, "(N, C, H, W)")
+    w = _check_array(w, "w", 4, "(F, C, kh, kw)")
+    if w.dtype != x.dtype:
+        raise ValueError(f"x is {x.dtype} but w is {w.dtype}; use one dtype for both")
+    n, c, h, width = x.shape
+    f, wc, kh, kw = w.shape
+    if min(x.shape) == 0 or min(w.shape) == 0:
+        raise ValueError(f"x {x.shape} and w {w.shape} must have no empty dimension")
+    if wc != c:
+        raise ValueError(f"x has {c} channels but w expects {wc} (w is (F, C, kh, kw) = {w.shape})")
+    ph, pw = padding
+    if kh > h + 2 * ph or kw > width + 2 * pw:
+        raise ValueError(
+            f"kernel {kh}x{kw} is larger than the padded input "
+            f"{h + 2 * ph}x{width + 2 * pw}; the kernel must fit inside it"
+        )
+    if b is None:
+        b = np.zeros(f, dtype=x.dtype)
+    else:
+        b = _check_array(b, "b", 1, "(F,)")
+        if b.shape != (f,):
+            raise ValueError(f"b must have shape ({f},) to match w's {f} filters, got {b.shape}")
+        if b.dtype != x.dtype:
+            raise ValueError(f"x is {x.dtype} but b is {b.dtype}; use one dtype for both")
+    return x, w, b, stride, padding
+
+
+def check_backward_inputs(dy, y_shape) -> np.ndarray:
+    """``dy`` checked against the shape of the forward output."""
+    dy = _check_array(dy, "dy", 4, "(N, F, OH, OW)")
+    if dy.shape != tuple(y_shape):
+        raise ValueError(f"dy must have the forward output's shape {tuple(y_shape)}, got {dy.shape}")
+    return dy
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length along one axis: ``(size + 2*padding - kernel) // stride + 1``."""
+    return (size + 2 * padding - kernel) // stride + 1

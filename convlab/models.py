@@ -1,0 +1,66 @@
+"""Models: a small Sequential container and the reference network."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convlab.layers import Conv2D, Dense, Flatten, ReLU
+
+
+class Sequential:
+    """Layers applied in order; ``backward`` runs them in reverse.
+
+    The first layer's input gradient is never needed, so it is not computed.
+    """
+
+    def __init__(self, *layers):
+        self.layers = list(layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy):
+        for i, layer in reversed(list(enumerate(self.layers))):
+            dy = layer.backward(dy, need_dx=i > 0)
+
+    def named_parameters(self):
+        """Yield (name, param, grad) with names like ``"0.w"``; grad is None before a backward."""
+        for i, layer in enumerate(self.layers):
+            for key, param in layer.params.items():
+                yield f"{i}.{key}", param, layer.grads.get(key)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {name: param for name, param, _ in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]):
+        """Copy ``state`` into the parameters; names and shapes must match exactly."""
+        own = self.state_dict()
+        if set(state) != set(own):
+            raise ValueError(f"parameter names {sorted(state)} do not match this model's {sorted(own)}")
+        for name, param in own.items():
+            if state[name].shape != param.shape:
+                raise ValueError(f"parameter {name} has shape {state[name].shape}, this model needs {param.shape}")
+            param[...] = state[name]
+
+    def conv_layers(self):
+        return [layer for layer in self.layers if isinstance(layer, Conv2D)]
+
+    def set_backend(self, name):
+        """Pin every Conv2D layer to backend ``name`` (None: follow ``use_backend``)."""
+        for layer in self.conv_layers():
+            layer.backend = name
+
+    def __repr__(self):
+        return "Sequential(\n" + "".join(f"  {layer!r}\n" for layer in self.layers) + ")"
+
+
+def reference_net(seed=0, backend=None, dtype=np.float32) -> Sequential:
+    """The assignment's network: 1x28x28 -> conv 32 filters 7x7, stride 1, padding 1
+    -> ReLU -> dense 10 (logits; softmax is in the loss). Same seed, same weights."""
+    rng = np.random.default_rng(seed)
+    conv = Conv2D(1, 32, 7, stride=1, padding=1, backend=backend, rng=rng, dtype=dtype)
+    return Sequential(conv, ReLU(), Flatten(), Dense(32 * 24 * 24, 10, rng=rng, dtype=dtype))

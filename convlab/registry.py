@@ -1,0 +1,143 @@
+"""The backend registry: named convolution strategies behind one contract.
+
+A backend is any object with a ``forward`` and a ``backward``::
+
+    forward(x, w, b, stride, padding) -> (y, cache)
+        x (N, C, H, W), w (F, C, kh, kw), b (F,)  ->  y (N, F, OH, OW)
+        stride, padding: (h, w) pairs of ints (already checked and normalised)
+    backward(dy, cache, need_dx=True) -> (dx, dw, db)
+        dy (N, F, OH, OW) -> dx (N, C, H, W) or None when need_dx is False,
+        dw (F, C, kh, kw), db (F,)
+
+It computes the cross-correlation of ``torch.nn.functional.conv2d``: zero padding,
+``OH = (H + 2*ph - kh) // sh + 1``. Arrays keep their dtype (float32 or float64).
+
+The registry is a plain dict from name to a :class:`Backend`, which wraps the
+implementation with the input checks, so no strategy has to repeat them. Built-in and
+third-party strategies alike are found through the entry-point group
+``convlab.backends``; ``@register_backend(name)`` adds one from code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from importlib.metadata import entry_points
+
+import numpy as np
+
+from convlab.checks import check_backward_inputs, check_forward_inputs
+
+ENTRY_POINT_GROUP = "convlab.backends"
+
+_registry: dict[str, Backend] = {}
+_entry_points_loaded = False
+_active_backend = contextvars.ContextVar("convlab_backend", default=None)
+DEFAULT_BACKEND = "im2col"
+
+
+class Backend:
+    """A named strategy wrapped with the input checks every strategy shares."""
+
+    def __init__(self, name: str, impl):
+        self.name = name
+        self.impl = impl
+        doc = (getattr(impl, "description", None) or impl.__doc__ or "").strip()
+        self.description = doc.splitlines()[0] if doc else ""
+
+    def forward(self, x, w, b=None, stride=1, padding=0):
+        """Checked forward: ``x`` (N, C, H, W), ``w`` (F, C, kh, kw), ``b`` (F,) or None."""
+        x, w, b, stride, padding = check_forward_inputs(x, w, b, stride, padding)
+        y, cache = self.impl.forward(x, w, b, stride, padding)
+        return y, _CheckedCache(y.shape, cache)
+
+    def backward(self, dy, cache, need_dx=True):
+        """Checked backward: ``dy`` shaped like the forward's ``y``; returns (dx, dw, db)."""
+        if not isinstance(cache, _CheckedCache):
+            raise ValueError(f"cache must be the second value returned by {self.name}.forward")
+        dy = check_backward_inputs(dy, cache.y_shape)
+        return self.impl.backward(dy, cache.impl_cache, need_dx)
+
+    def __repr__(self):
+        return f"<convlab backend {self.name!r}: {self.description}>"
+
+
+class _CheckedCache:
+    __slots__ = ("y_shape", "impl_cache")
+
+    def __init__(self, y_shape, impl_cache):
+        self.y_shape = y_shape
+        self.impl_cache = impl_cache
+
+
+def register_backend(name: str):
+    """Class or object decorator: ``@register_backend("mine")`` makes it a backend.
+
+    A class is instantiated with no arguments. Its ``description`` attribute, or else the
+    first line of its docstring, is the one-line description ``convlab backends`` shows.
+    """
+
+    def decorate(impl):
+        instance = impl() if isinstance(impl, type) else impl
+        for method in ("forward", "backward"):
+            if not callable(getattr(instance, method, None)):
+                raise TypeError(f"backend {name!r} has no {method}() method")
+        _registry[name] = Backend(name, instance)
+        return impl
+
+    return decorate
+
+
+def _load_entry_points():
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _registry:
+            continue
+        loaded = ep.load()
+        # Loading a module that uses @register_backend registers it; an entry point may
+        # also name a plain object or class with forward/backward.
+        if ep.name not in _registry:
+            register_backend(ep.name)(loaded)
+
+
+def list_backends() -> list[str]:
+    """Names of every registered backend, sorted."""
+    _load_entry_points()
+    return sorted(_registry)
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """The backend called ``name``; ``None`` means the active one (see :func:`use_backend`)."""
+    if isinstance(name, Backend):
+        return name
+    if name is None:
+        name = _active_backend.get() or DEFAULT_BACKEND
+    _load_entry_points()
+    try:
+        return _registry[name]
+    except (KeyError, TypeError):
+        valid = ", ".join(sorted(_registry))
+        raise ValueError(f"unknown backend {name!r}; valid backends are: {valid}") from None
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Within the block, layers not pinned to a backend (and ``conv2d``) use ``name``."""
+    get_backend(name)
+    token = _active_backend.set(name)
+    try:
+        yield get_backend(name)
+    finally:
+        _active_backend.reset(token)
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, backend=None) -> np.ndarray:
+    """Functional 2-D convolution (cross-correlation), like ``torch.nn.functional.conv2d``.
+
+    x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> (N, F, OH, OW).
+    """
+    y, _ = get_backend(backend).forward(x, w, b, stride, padding)
+    return y

@@ -1,0 +1,87 @@
+"""Training and evaluation loops for a classifier on (N, C, H, W) images."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from convlab.losses import softmax_cross_entropy
+
+
+class TrainingDiverged(ValueError):
+    """The loss stopped being a finite number."""
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_accuracy: float
+    seconds: float
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled sample order of one epoch: a pure function of (seed, epoch), so a run
+    resumed at any epoch sees exactly the batches an uninterrupted run would."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def predict_logits(model, x, batch_size=500) -> np.ndarray:
+    """Logits (N, K) for images x (N, C, H, W), computed batch by batch."""
+    return np.concatenate([model.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def accuracy(model, x, y, batch_size=500) -> float:
+    """Fraction of ``x`` whose arg-max logit equals the label ``y``."""
+    return float((predict_logits(model, x, batch_size).argmax(axis=1) == y).mean())
+
+
+def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True):
+    """One pass over (x, y) in minibatches; returns (mean loss, training accuracy).
+
+    Each batch is gathered by index from the full arrays: the data set is never copied
+    as a whole. Raises :class:`TrainingDiverged` as soon as the loss is not finite.
+    """
+    order = epoch_order(len(x), seed, epoch)
+    total_loss, correct = 0.0, 0
+    batches = range(0, len(x), batch_size)
+    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
+    for start in bar:
+        idx = order[start:start + batch_size]
+        logits = model.forward(x[idx])
+        loss, dlogits = softmax_cross_entropy(logits, y[idx])
+        if not np.isfinite(loss):
+            raise TrainingDiverged(
+                f"training diverged: the loss became {loss} at epoch {epoch}, batch {start // batch_size + 1}; "
+                f"try a lower learning rate (now {optimizer.lr})")
+        model.backward(dlogits)
+        optimizer.step()
+        total_loss += loss * len(idx)
+        correct += int((logits.argmax(axis=1) == y[idx]).sum())
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    return total_loss / len(x), correct / len(x)
+
+
+def fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=1, progress=True, on_epoch=None):
+    """Train for epochs ``start_epoch .. epochs`` on ``data`` (a :class:`~convlab.data.Dataset`).
+
+    After each epoch, ``on_epoch(metrics)`` is called with its :class:`EpochMetrics`.
+    Returns the list of metrics.
+    """
+    history = []
+    for epoch in range(start_epoch, epochs + 1):
+        started = time.perf_counter()
+        loss, train_acc = train_epoch(model, optimizer, data.x_train, data.y_train, batch_size, seed, epoch, progress)
+        seconds = time.perf_counter() - started
+        metrics = EpochMetrics(epoch, loss, train_acc, accuracy(model, data.x_test, data.y_test), seconds)
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+    return history

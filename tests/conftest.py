@@ -1,0 +1,27 @@
+import numpy as np
+import pytest
+
+import convlab
+
+
+def random_conv_case(rng, dtype=np.float64):
+    """A random valid convolution problem: (x, w, b, stride, padding).
+
+    Covers non-square inputs and kernels, odd sizes, stride > 1, padding beyond
+    kernel/2 and kernels as large as the padded input.
+    """
+    n, c, f = rng.integers(1, 4), rng.integers(1, 5), rng.integers(1, 5)
+    h, w = rng.integers(1, 12, size=2)
+    stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    padding = (int(rng.integers(0, 4)), int(rng.integers(0, 4)))
+    kh = int(rng.integers(1, h + 2 * padding[0] + 1))
+    kw = int(rng.integers(1, w + 2 * padding[1] + 1))
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((f, c, kh, kw)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    return x, wt, b, stride, padding
+
+
+@pytest.fixture(params=convlab.list_backends())
+def backend(request):
+    return convlab.get_backend(request.param)

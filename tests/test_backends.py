@@ -1,0 +1,95 @@
+"""Every registered backend against the naive oracle, and against finite differences."""
+
+import numpy as np
+import pytest
+
+import convlab
+from tests.conftest import random_conv_case
+
+ORACLE = convlab.get_backend("naive")
+TOLERANCE = {np.float64: dict(rtol=1e-9, atol=1e-9), np.float32: dict(rtol=2e-4, atol=2e-4)}
+
+
+def run(backend, x, w, b, stride, padding, dy_seed=0):
+    y, cache = backend.forward(x, w, b, stride, padding)
+    dy = np.random.default_rng(dy_seed).standard_normal(y.shape).astype(x.dtype)
+    return (y, dy) + tuple(backend.backward(dy, cache))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matches_naive_on_random_shapes(backend, dtype):
+    rng = np.random.default_rng(1234)
+    for _ in range(40):
+        case = random_conv_case(rng, dtype)
+        ours = run(backend, *case)
+        # The oracle runs in float64 whatever the dtype under test.
+        ref = run(ORACLE, *[a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in case])
+        shape_note = f"x {case[0].shape} w {case[1].shape} stride {case[3]} padding {case[4]}"
+        for name, a, r in zip(("y", "dy", "dx", "dw", "db"), ours, ref):
+            assert a.dtype == dtype, f"{name} changed dtype to {a.dtype} ({shape_note})"
+            assert a.shape == r.shape, f"{name} shape {a.shape} != {r.shape} ({shape_note})"
+            scale = max(1.0, float(np.abs(r).max()))
+            np.testing.assert_allclose(a, r, **{k: v * scale for k, v in TOLERANCE[dtype].items()},
+                                       err_msg=f"{name} differs from naive ({shape_note})")
+
+
+@pytest.mark.parametrize("shape", [
+    # (N, C, H, W, F, kh, kw, stride, padding)
+    (2, 1, 28, 28, 4, 7, 7, 1, 1),        # the MNIST layer, fewer filters
+    (1, 2, 5, 9, 3, 5, 9, 1, 0),          # kernel = input, 1x1 output
+    (2, 3, 7, 6, 2, 9, 8, 1, 2),          # kernel = padded input
+    (1, 1, 4, 4, 1, 3, 3, 1, 3),          # padding > kernel / 2
+    (2, 2, 13, 11, 3, 4, 3, (3, 2), (2, 0)),
+])
+def test_matches_naive_on_chosen_shapes(backend, shape):
+    n, c, h, wd, f, kh, kw, stride, padding = shape
+    rng = np.random.default_rng(7)
+    case = (rng.standard_normal((n, c, h, wd)), rng.standard_normal((f, c, kh, kw)),
+            rng.standard_normal(f), stride, padding)
+    for a, r in zip(run(backend, *case), run(ORACLE, *case)):
+        np.testing.assert_allclose(a, r, rtol=1e-9, atol=1e-9)
+
+
+def test_gradients_pass_dot_product_check(backend):
+    """<dy, J v> computed by central differences equals <J^T dy, v> from backward."""
+    rng = np.random.default_rng(99)
+    for _ in range(8):
+        x, w, b, stride, padding = random_conv_case(rng)
+        y, cache = backend.forward(x, w, b, stride, padding)
+        dy = rng.standard_normal(y.shape)
+        dx, dw, db = backend.backward(dy, cache)
+        vx, vw, vb = rng.standard_normal(x.shape), rng.standard_normal(w.shape), rng.standard_normal(b.shape)
+        eps = 1e-6
+        plus, _ = backend.forward(x + eps * vx, w + eps * vw, b + eps * vb, stride, padding)
+        minus, _ = backend.forward(x - eps * vx, w - eps * vw, b - eps * vb, stride, padding)
+        numeric = np.sum(dy * (plus - minus)) / (2 * eps)
+        analytic = np.sum(dx * vx) + np.sum(dw * vw) + np.sum(db * vb)
+        assert numeric == pytest.approx(analytic, rel=1e-6, abs=1e-6)
+
+
+def test_need_dx_false_skips_dx_only(backend):
+    x, w, b, stride, padding = random_conv_case(np.random.default_rng(3))
+    y, cache = backend.forward(x, w, b, stride, padding)
+    dy = np.ones_like(y)
+    full = backend.backward(dy, cache)
+    y, cache = backend.forward(x, w, b, stride, padding)
+    dx, dw, db = backend.backward(dy, cache, need_dx=False)
+    assert dx is None
+    np.testing.assert_allclose(dw, full[1], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(db, full[2], rtol=1e-10, atol=1e-10)
+
+
+def test_matches_torch_conv2d(backend):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        x, w, b, stride, padding = random_conv_case(rng)
+        ours = convlab.conv2d(x, w, b, stride, padding, backend=backend.name)
+        ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                                         stride=stride, padding=padding).numpy()
+        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_described(backend):
+    assert backend.name in convlab.list_backends()
+    assert backend.description and "\n" not in backend.description
