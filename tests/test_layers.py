@@ -1,0 +1,148 @@
+"""Layers, loss and model: finite-difference gradient checks in float64, stability, seeding."""
+
+import numpy as np
+import pytest
+
+import convlab
+from convlab.layers import Conv2D, Dense, Flatten, ReLU
+from convlab.losses import softmax, softmax_cross_entropy
+
+
+def dot_product_check(forward, backward, x, rng, eps=1e-6):
+    """Check <dy, (f(x+eps v) - f(x-eps v)) / 2eps> == <backward(dy), v>."""
+    y = forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = backward(dy)
+    v = rng.standard_normal(x.shape)
+    numeric = np.sum(dy * (forward(x + eps * v) - forward(x - eps * v))) / (2 * eps)
+    assert numeric == pytest.approx(np.sum(dx * v), rel=1e-6, abs=1e-8)
+
+
+@pytest.mark.parametrize("make_layer, shape", [
+    (lambda: ReLU(), (3, 4, 5)),
+    (lambda: Flatten(), (2, 3, 4, 5)),
+    (lambda: Dense(6, 4, rng=0, dtype=np.float64), (5, 6)),
+    (lambda: Conv2D(2, 3, (3, 2), stride=(2, 1), padding=1, rng=0, dtype=np.float64), (2, 2, 7, 6)),
+])
+def test_layer_input_gradient(make_layer, shape):
+    rng = np.random.default_rng(0)
+    layer = make_layer()
+    x = rng.standard_normal(shape)
+    if isinstance(layer, ReLU):
+        x[np.abs(x) < 1e-3] = 0.5  # finite differences are meaningless at the kink
+    dot_product_check(layer.forward, lambda dy: layer.backward(dy), x, rng)
+
+
+@pytest.mark.parametrize("make_layer, shape", [
+    (lambda: Dense(6, 4, rng=0, dtype=np.float64), (5, 6)),
+    (lambda: Conv2D(2, 3, 3, padding=2, rng=0, dtype=np.float64), (2, 2, 5, 4)),
+])
+@pytest.mark.parametrize("param", ["w", "b"])
+def test_layer_parameter_gradients(make_layer, shape, param):
+    rng = np.random.default_rng(1)
+    layer = make_layer()
+    x = rng.standard_normal(shape)
+    original = layer.params[param].copy()
+
+    def forward(p):
+        layer.params[param][...] = p
+        return layer.forward(x)
+
+    def backward(dy):
+        layer.params[param][...] = original
+        layer.forward(x)
+        layer.backward(dy)
+        return layer.grads[param]
+
+    dot_product_check(forward, backward, original.copy(), rng)
+
+
+def test_softmax_cross_entropy_gradient_and_value():
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((6, 10))
+    labels = rng.integers(0, 10, 6)
+    loss, dlogits = softmax_cross_entropy(logits, labels)
+    assert loss == pytest.approx(-np.mean(np.log(softmax(logits)[np.arange(6), labels])))
+    v = rng.standard_normal(logits.shape)
+    eps = 1e-6
+    numeric = (softmax_cross_entropy(logits + eps * v, labels)[0]
+               - softmax_cross_entropy(logits - eps * v, labels)[0]) / (2 * eps)
+    assert numeric == pytest.approx(np.sum(dlogits * v), rel=1e-6)
+
+
+def test_softmax_cross_entropy_is_stable_for_huge_logits():
+    logits = np.array([[1e4, 0.0, -1e4], [-1e4, 1e4, 0.0]], dtype=np.float32)
+    loss, dlogits = softmax_cross_entropy(logits, np.array([0, 0]))
+    assert np.isfinite(loss) and np.isfinite(dlogits).all()
+    assert loss == pytest.approx(1e4)  # second row: log-prob of class 0 is -2e4, mean with 0
+    assert dlogits.dtype == np.float32
+
+
+def test_whole_model_gradient_check():
+    rng = np.random.default_rng(3)
+    model = convlab.Sequential(Conv2D(1, 2, 3, padding=1, rng=rng, dtype=np.float64), ReLU(), Flatten(),
+                               Dense(2 * 6 * 6, 3, rng=rng, dtype=np.float64))
+    x = rng.standard_normal((4, 1, 6, 6))
+    labels = rng.integers(0, 3, 4)
+    loss, dlogits = softmax_cross_entropy(model.forward(x), labels)
+    model.backward(dlogits)
+    eps = 1e-6
+    for name, param, grad in model.named_parameters():
+        v = rng.standard_normal(param.shape)
+        param += eps * v
+        plus = softmax_cross_entropy(model.forward(x), labels)[0]
+        param -= 2 * eps * v
+        minus = softmax_cross_entropy(model.forward(x), labels)[0]
+        param += eps * v
+        assert (plus - minus) / (2 * eps) == pytest.approx(np.sum(grad * v), rel=1e-5, abs=1e-9), name
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    a, b, c = convlab.reference_net(seed=7), convlab.reference_net(seed=7), convlab.reference_net(seed=8)
+    for (name, pa, _), (_, pb, _), (_, pc, _) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
+        np.testing.assert_array_equal(pa, pb)
+        assert pa.dtype == np.float32, name
+        if name.endswith("w"):
+            assert not np.array_equal(pa, pc)
+
+
+def test_reference_net_shapes():
+    model = convlab.reference_net(seed=0)
+    assert model.forward(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10)
+    conv = model.conv_layers()[0]
+    assert conv.params["w"].shape == (32, 1, 7, 7) and conv.stride == (1, 1) and conv.padding == (1, 1)
+
+
+def test_sgd_momentum_matches_the_pytorch_formula():
+    model = convlab.Sequential(Dense(2, 1, rng=0, dtype=np.float64))
+    w0 = model.layers[0].params["w"].copy()
+    opt = convlab.SGD(model, lr=0.1, momentum=0.9)
+    g = np.array([[1.0], [2.0]])
+    for _ in range(2):
+        model.layers[0].grads.update(w=g, b=np.zeros(1))
+        opt.step()
+    # v1 = g, v2 = 0.9 g + g; w = w0 - 0.1 (v1 + v2)
+    np.testing.assert_allclose(model.layers[0].params["w"], w0 - 0.1 * (g + 1.9 * g))
+
+
+def test_load_state_dict_rejects_other_networks():
+    model = convlab.reference_net(seed=0)
+    state = {k: v.copy() for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    with pytest.raises(ValueError, match="do not match"):
+        model.load_state_dict({"0.w": state["0.w"]})
+    state["0.w"] = state["0.w"][:16]
+    with pytest.raises(ValueError, match="shape"):
+        model.load_state_dict(state)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(in_channels=0, out_channels=2, kernel_size=3), "in_channels"),
+    (dict(in_channels=1, out_channels=2, kernel_size=0), "kernel_size"),
+    (dict(in_channels=1, out_channels=2, kernel_size=3, stride=0), "stride"),
+    (dict(in_channels=1, out_channels=2, kernel_size=3, padding=-1), "padding"),
+    (dict(in_channels=1, out_channels=2, kernel_size=(3, 3, 3)), "pair"),
+])
+def test_conv2d_layer_rejects_bad_configuration(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Conv2D(**kwargs)
