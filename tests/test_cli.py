@@ -1,0 +1,86 @@
+"""The command line: training end to end on small subsets, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from convlab.cli import main
+
+
+def run_cli(capsys, *argv):
+    """Run ``convlab argv`` in-process; returns (exit code, stdout, stderr)."""
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_backends_lists_names_and_descriptions(capsys):
+    code, out, _ = run_cli(capsys, "backends")
+    assert code == 0
+    assert any(line.startswith("naive ") and "oracle" in line for line in out.splitlines())
+    assert any(line.startswith("im2col ") and "GEMM" in line for line in out.splitlines())
+
+
+def test_train_smoke_beats_chance_and_writes_metrics(capsys, tmp_path):
+    metrics = tmp_path / "out" / "metrics.json"
+    code, out, _ = run_cli(capsys, "train", "--train-size", "2000", "--test-size", "500", "--epochs", "1",
+                           "--progress", "False", "--metrics-out", str(metrics))
+    assert code == 0
+    assert "epoch 1/1" in out and "test accuracy:" in out
+    result = json.loads(metrics.read_text())
+    assert result["backend"] == "im2col"
+    assert result["test_accuracy"] > 0.6  # chance is 0.1
+    (epoch,) = result["epochs"]
+    assert set(epoch) == {"epoch", "train_loss", "train_accuracy", "test_accuracy", "seconds"}
+    assert epoch["test_accuracy"] == result["test_accuracy"]
+
+
+def test_naive_and_im2col_train_identically(capsys, tmp_path):
+    runs = {}
+    for backend in ("naive", "im2col"):
+        path = tmp_path / f"{backend}.json"
+        code, _, _ = run_cli(capsys, "train", "--backend", backend, "--train-size", "320", "--test-size", "200",
+                             "--epochs", "2", "--progress", "False", "--metrics-out", str(path))
+        assert code == 0
+        runs[backend] = json.loads(path.read_text())["epochs"]
+    for naive, im2col in zip(runs["naive"], runs["im2col"]):
+        assert naive["test_accuracy"] == im2col["test_accuracy"]
+        assert naive["train_accuracy"] == im2col["train_accuracy"]
+        assert naive["train_loss"] == pytest.approx(im2col["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--backend", "nope"], "unknown backend 'nope'; valid backends are: "),
+    (["train", "--epochs", "0"], "--epochs must be a positive whole number, got 0"),
+    (["train", "--epochs", "two"], "--epochs must be a positive whole number, got 'two'"),
+    (["train", "--batch-size", "-3"], "--batch-size must be a positive whole number"),
+    (["train", "--lr", "0"], "--lr must be a positive number"),
+    (["train", "--lr", "fast"], "--lr must be a positive number, got 'fast'"),
+    (["train", "--momentum", "1.5"], "--momentum must be a number in [0, 1)"),
+    (["train", "--train-size", "70000"], "--train-size is 70000 but the data set has only 60000 images"),
+    (["train", "--test-size", "0"], "--test-size must be a positive whole number"),
+    (["train", "--data-dir", "/no/such/dir"], "data directory /no/such/dir does not exist"),
+])
+def test_user_mistakes_give_one_error_line(capsys, tmp_path, argv, message):
+    metrics = tmp_path / "metrics.json"
+    code, _, err = run_cli(capsys, *argv, "--metrics-out", str(metrics))
+    assert code == 2
+    assert err.startswith("convlab: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not metrics.exists()
+
+
+def test_console_script_help_and_error():
+    help_text = subprocess.run([sys.executable, "-m", "convlab.cli", "train", "--help"],
+                               capture_output=True, text=True, env={"PAGER": "cat", "PATH": ""})
+    assert "--backend" in help_text.stdout + help_text.stderr
+    bad = subprocess.run([sys.executable, "-m", "convlab.cli", "train", "--backend", "nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("convlab: error: unknown backend") and "Traceback" not in bad.stderr
