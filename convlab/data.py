@@ -1,4 +1,5 @@
-"""Datasets: MNIST in its original idx format, checked against known sha256 sums."""
+"""Datasets: MNIST and Fashion-MNIST in the idx format, checked against known sha256
+sums, and the original assignment's ``MNISTdata.hdf5`` layout."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 # sha256 of each decompressed idx payload: gzip headers differ between copies, payloads do not.
@@ -18,8 +20,20 @@ MNIST_FILES = {
     "test_labels": ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
 }
 
+# Recorded from the files of the Debian package dataset-fashion-mnist (Zalando, MIT licence).
+FASHION_MNIST_FILES = {
+    "train_images": ("train-images-idx3-ubyte", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train_labels": ("train-labels-idx1-ubyte", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "test_images": ("t10k-images-idx3-ubyte", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "test_labels": ("t10k-labels-idx1-ubyte", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+}
+
 # The repository's own copy, next to the package (present in a source checkout).
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+# The original assignment's single file: x_train (60000, 784) float, y_train (60000, 1), x_test, y_test.
+HDF5_NAME = "MNISTdata.hdf5"
+HDF5_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -82,20 +96,126 @@ def load_idx(data_dir: Path, stem: str, sha256: str | None) -> np.ndarray:
     return parse_idx(payload, str(path))
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """Where a named data set's idx files are looked for, and how to get them."""
+
+    files: dict
+    folders: tuple
+    how_to_get: str
+
+
+DATASETS = {
+    "mnist": DataSource(MNIST_FILES, (DEFAULT_DATA_DIR / "mnist",),
+                        "run `convlab data download`, or put the four MNIST idx files in data/mnist/"),
+    "fashion-mnist": DataSource(
+        FASHION_MNIST_FILES, (DEFAULT_DATA_DIR / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")),
+        "install the Debian package with `apt-get install dataset-fashion-mnist`, "
+        "or put the four Fashion-MNIST idx files in data/fashion-mnist/"),
+}
+
+
+def data_source(name: str) -> DataSource:
+    """The :class:`DataSource` called ``name``, or an error listing the valid names."""
+    try:
+        return DATASETS[name]
+    except (KeyError, TypeError):
+        raise DataError(f"unknown dataset {name!r}; valid datasets are: {', '.join(DATASETS)}") from None
+
+
+def load_dataset(name="mnist", data_dir=None, verify=True) -> Dataset:
+    """The data set ``name`` (see :data:`DATASETS`).
+
+    ``data_dir`` is a folder with the four idx files, a folder holding ``<name>/``, a folder
+    holding ``MNISTdata.hdf5``, or such an HDF5 file itself. Without it, the data set's
+    usual folders are searched in order. ``verify`` checks each idx payload's sha256.
+    """
+    source = data_source(name)
+    if data_dir is None:
+        folder = next((f for f in source.folders if f.is_dir()), None)
+        if folder is None:
+            searched = " or ".join(str(f) for f in source.folders)
+            raise DataError(f"{name} not found in {searched}; {source.how_to_get}")
+        return load_idx_dataset(name, folder, verify)
+    path = Path(data_dir)
+    if path.is_file():
+        return load_hdf5(path, name)
+    if not path.is_dir():
+        raise DataError(f"data directory {path} does not exist")
+    if (path / name).is_dir():
+        path = path / name
+    stems = [stem for stem, _ in source.files.values()]
+    has_idx = any((path / s).is_file() or (path / f"{s}.gz").is_file() for s in stems)
+    if not has_idx and (path / HDF5_NAME).is_file():
+        return load_hdf5(path / HDF5_NAME, name)
+    if not has_idx:
+        raise DataError(f"{path} holds no {name} data: expected the idx files {', '.join(stems)} "
+                        f"(each optionally .gz) or {HDF5_NAME}; {source.how_to_get}")
+    return load_idx_dataset(name, path, verify)
+
+
 def load_mnist(data_dir=None, verify=True) -> Dataset:
     """MNIST from ``data_dir`` (a folder with the four idx files, or one holding ``mnist/``)."""
-    data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
-    if not data_dir.is_dir():
-        raise DataError(f"data directory {data_dir} does not exist")
-    if (data_dir / "mnist").is_dir():
-        data_dir = data_dir / "mnist"
-    arrays = {key: load_idx(data_dir, stem, sha if verify else None) for key, (stem, sha) in MNIST_FILES.items()}
-    return Dataset(
-        x_train=images_to_float(arrays["train_images"]),
-        y_train=arrays["train_labels"].astype(np.int64),
-        x_test=images_to_float(arrays["test_images"]),
-        y_test=arrays["test_labels"].astype(np.int64),
-    )
+    return load_dataset("mnist", data_dir, verify)
+
+
+def load_idx_dataset(name: str, folder: Path, verify=True) -> Dataset:
+    """The four idx files of data set ``name`` from ``folder``."""
+    files = data_source(name).files
+    arrays = {key: load_idx(folder, stem, sha if verify else None) for key, (stem, sha) in files.items()}
+    return checked_dataset(name, str(folder), images_to_float(arrays["train_images"]), arrays["train_labels"],
+                           images_to_float(arrays["test_images"]), arrays["test_labels"])
+
+
+def load_hdf5(path, name="mnist") -> Dataset:
+    """A data set stored like the assignment's ``MNISTdata.hdf5``: ``x_train`` (N, 784) or
+    (N, 28, 28), float in [0, 1] or uint8 in [0, 255]; ``y_train`` (N, 1) or (N,) with whole
+    numbers 0-9; the same for ``x_test`` and ``y_test``."""
+    path = Path(path)
+    expected = f"expected an HDF5 file like {HDF5_NAME} with datasets {', '.join(HDF5_KEYS)}"
+    try:
+        file = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it as HDF5 ({e}); {expected}") from None
+    with file:
+        missing = [key for key in HDF5_KEYS if not isinstance(file.get(key), h5py.Dataset)]
+        if missing:
+            raise DataError(f"{path}: has no dataset {', '.join(missing)}; {expected}")
+        try:
+            x_train, y_train, x_test, y_test = (file[key][()] for key in HDF5_KEYS)
+        except OSError as e:  # a truncated or damaged file can fail only when read
+            raise DataError(f"{path}: cannot read its data ({e}); {expected}") from None
+    source = str(path)
+    return checked_dataset(name, source, hdf5_images(x_train, f"{source}: x_train"), y_train,
+                           hdf5_images(x_test, f"{source}: x_test"), y_test)
+
+
+def hdf5_images(x: np.ndarray, what: str) -> np.ndarray:
+    """(N, 784) or (N, 28, 28), float in [0, 1] or uint8 -> float32 (N, 1, 28, 28) in [0, 1]."""
+    if x.ndim not in (2, 3) or x.shape[1:] not in ((784,), (28, 28)):
+        raise DataError(f"{what} has shape {x.shape}; expected (N, 784) or (N, 28, 28)")
+    if x.dtype == np.uint8:
+        return images_to_float(x.reshape(-1, 28, 28))
+    if x.dtype.kind != "f":
+        raise DataError(f"{what} has dtype {x.dtype}; expected floats in [0, 1] or uint8")
+    if not np.isfinite(x).all() or x.min(initial=0) < 0 or x.max(initial=0) > 1:
+        raise DataError(f"{what} has values outside [0, 1] (or NaN); expected floats in [0, 1] or uint8")
+    return x.astype(np.float32).reshape(-1, 1, 28, 28)
+
+
+def checked_dataset(name, source, x_train, y_train, x_test, y_test) -> Dataset:
+    """A :class:`Dataset`, once each split's labels are whole numbers 0-9, one per image."""
+    labels = {}
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        y = np.asarray(y)
+        y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{source}: {len(x)} {split} images but labels of shape {y.shape}; "
+                            f"expected one label per image")
+        if y.dtype.kind not in "iuf" or not np.isin(y, np.arange(10)).all():
+            raise DataError(f"{source}: {split} labels must be whole numbers 0-9")
+        labels[split] = y.astype(np.int64)
+    return Dataset(x_train, labels["train"], x_test, labels["test"], name)
 
 
 def images_to_float(images: np.ndarray) -> np.ndarray:

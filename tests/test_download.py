@@ -1,0 +1,138 @@
+"""`convlab data download` against HTTP servers on 127.0.0.1 only: never the real network."""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from convlab.data import DEFAULT_DATA_DIR, MNIST_FILES, load_mnist
+from convlab.download import MNIST_MIRRORS, DownloadError, download_files, mirror_list
+from tests.test_cli import run_cli
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """``serve(folder)`` -> base URL of an HTTP server on 127.0.0.1 serving ``folder``."""
+    servers = []
+
+    def start(folder):
+        handler = functools.partial(QuietHandler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def fake_files(folder, count=2):
+    """Small gzip files in ``folder``; returns {stem: payload sha256}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for i in range(count):
+        payload = np.arange(100 * (i + 1), dtype=np.uint8).tobytes()
+        (folder / f"file{i}.gz").write_bytes(gzip.compress(payload))
+        files[f"file{i}"] = hashlib.sha256(payload).hexdigest()
+    return files
+
+
+def quiet(_):
+    pass
+
+
+def test_downloads_and_verifies(serve, tmp_path):
+    files = fake_files(tmp_path / "mirror")
+    dest = tmp_path / "dest"
+    paths = download_files(files, dest, serve(tmp_path / "mirror"), log=quiet)
+    assert [p.name for p in paths] == ["file0.gz", "file1.gz"]
+    for p in paths:
+        assert p.read_bytes() == (tmp_path / "mirror" / p.name).read_bytes()
+    assert sorted(p.name for p in dest.iterdir()) == ["file0.gz", "file1.gz"]  # no temporary files left
+
+
+def test_404_falls_through_to_the_next_mirror(serve, tmp_path):
+    files = fake_files(tmp_path / "good")
+    (tmp_path / "empty").mkdir()
+    lines = []
+    download_files(files, tmp_path / "dest", [serve(tmp_path / "empty"), serve(tmp_path / "good")], log=lines.append)
+    assert all("downloaded from" in line and str(tmp_path) not in line.split("from")[1] for line in lines)
+    assert (tmp_path / "dest" / "file1.gz").is_file()
+
+
+def test_corrupt_payload_is_a_checksum_error_and_leaves_nothing(serve, tmp_path):
+    files = fake_files(tmp_path / "mirror")
+    (tmp_path / "mirror" / "file1.gz").write_bytes(gzip.compress(b"not what was promised"))
+    dest = tmp_path / "dest"
+    with pytest.raises(DownloadError, match="could not download file1.gz.*checksum mismatch.*expected " + files["file1"]):
+        download_files(files, dest, serve(tmp_path / "mirror"), log=quiet)
+    assert sorted(p.name for p in dest.iterdir()) == ["file0.gz"]
+
+
+def test_corrupt_mirror_then_good_mirror(serve, tmp_path):
+    files = fake_files(tmp_path / "good", count=1)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "file0.gz").write_bytes(b"\x1f\x8b garbage")
+    download_files(files, tmp_path / "dest", [serve(tmp_path / "bad"), serve(tmp_path / "good")], log=quiet)
+    assert (tmp_path / "dest" / "file0.gz").read_bytes() == (tmp_path / "good" / "file0.gz").read_bytes()
+
+
+def test_every_mirror_failing_names_each(serve, tmp_path):
+    files = fake_files(tmp_path / "unused", count=1)
+    (tmp_path / "empty").mkdir()
+    empty = serve(tmp_path / "empty")
+    with pytest.raises(DownloadError, match=r"(?s)HTTP 404.*HTTP 404") as e:
+        download_files(files, tmp_path / "dest", [empty, empty + "other/"], log=quiet)
+    assert str(e.value).count("file0.gz") == 3
+    assert not (tmp_path / "dest" / "file0.gz").exists()
+
+
+def test_present_file_is_kept_and_a_damaged_one_replaced(serve, tmp_path):
+    files = fake_files(tmp_path / "mirror")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    shutil.copy(tmp_path / "mirror" / "file0.gz", dest)
+    (dest / "file1.gz").write_bytes(b"damaged")
+    lines = []
+    download_files(files, dest, serve(tmp_path / "mirror"), log=lines.append)
+    assert "already present" in lines[0] and "downloaded" in lines[1]
+    assert (dest / "file1.gz").read_bytes() == (tmp_path / "mirror" / "file1.gz").read_bytes()
+
+
+@pytest.mark.parametrize("mirrors, message", [
+    ("ftp://example.org/mnist/", "is not an http:// or https:// URL"),
+    ("not a url", "is not an http:// or https:// URL"),
+    ([], "no mirror given"),
+    (42, "must be a URL or a list of URLs"),
+])
+def test_bad_mirror_arguments(mirrors, message):
+    with pytest.raises(DownloadError, match=message):
+        mirror_list(mirrors)
+
+
+def test_real_mnist_through_the_cli(serve, tmp_path, capsys):
+    """The real payload checksums, end to end, from a local copy of the shipped files."""
+    mirror = tmp_path / "mirror"
+    shutil.copytree(DEFAULT_DATA_DIR / "mnist", mirror)
+    (tmp_path / "empty").mkdir()
+    code, out, err = run_cli(capsys, "data", "download", "--dest", str(tmp_path / "mnist"),
+                             "--mirror", serve(tmp_path / "empty") + "," + serve(mirror))
+    assert code == 0, err
+    assert out.count("checksum ok") == len(MNIST_FILES)
+    assert load_mnist(tmp_path / "mnist").x_test.shape == (10000, 1, 28, 28)
+
+
+def test_default_mirrors_are_well_formed():
+    assert len(mirror_list(MNIST_MIRRORS)) >= 3
