@@ -37,9 +37,27 @@ def subset_size(name, value, available):
     return value
 
 
+class DataCommands:
+    """Data sets: where they are, and fetching MNIST."""
+
+    def download(self, dest=None, mirror=None):
+        """Download MNIST's four idx files, checking each payload's sha256.
+
+        Args:
+            dest: folder to write them to (default: the repository's data/mnist).
+            mirror: base URL, or comma-separated URLs, to try in order (default: the
+                well-known public mirrors).
+        """
+        from convlab.download import MNIST_MIRRORS, download_mnist
+
+        download_mnist(dest, MNIST_MIRRORS if mirror is None else mirror)
+
+
 class Commands:
     """convlab: a from-scratch convolution lab. Train and time a CNN whose convolution
     is computed by interchangeable hand-written backends."""
+
+    data = DataCommands()
 
     def backends(self):
         """List the convolution backends with their descriptions."""
@@ -49,7 +67,8 @@ class Commands:
             print(f"{name:<{width}}  {get_backend(name).description}")
 
     def train(self, backend="im2col", epochs=5, batch_size=64, lr=0.01, momentum=0.9, seed=0,
-              train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True):
+              train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True,
+              dataset="mnist"):
         """Train the reference network (conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
 
         Args:
@@ -61,11 +80,13 @@ class Commands:
             seed: seeds the weights and the batch order; same seed, same run.
             train_size: use only the first N training images.
             test_size: use only the first N test images.
-            data_dir: folder with the MNIST idx files (default: the repository's data/).
+            data_dir: folder with the idx files or MNISTdata.hdf5, or that HDF5 file
+                (default: the repository's data/, then the system's datasets).
             metrics_out: write per-epoch metrics as JSON to this path.
             progress: show a progress bar during each epoch.
+            dataset: mnist or fashion-mnist.
         """
-        from convlab.data import load_mnist
+        from convlab.data import load_dataset
         from convlab.files import write_json
         from convlab.models import reference_net
         from convlab.optimizers import SGD
@@ -80,7 +101,7 @@ class Commands:
         if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
             raise UsageError(f"--seed must be a non-negative whole number, got {seed!r}")
 
-        data = load_mnist(data_dir)
+        data = load_dataset(dataset, data_dir)
         n_train = subset_size("train-size", train_size, len(data.x_train))
         n_test = subset_size("test-size", test_size, len(data.x_test))
         data.x_train, data.y_train = data.x_train[:n_train], data.y_train[:n_train]
