@@ -3,6 +3,8 @@ line and exit 2."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import numbers
 import sys
 import time
@@ -35,6 +37,21 @@ def subset_size(name, value, available):
     if value > available:
         raise UsageError(f"--{name} is {value} but the data set has only {available} images")
     return value
+
+
+@contextlib.contextmanager
+def backend_log_to_stdout():
+    """Within the block, INFO lines of the ``convlab`` loggers (such as the backend that
+    ``auto`` picked for a shape) are printed to stdout."""
+    logger, handler = logging.getLogger("convlab"), logging.StreamHandler(sys.stdout)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 class DataCommands:
@@ -117,12 +134,46 @@ class Commands:
                   f"test acc {m.test_accuracy:.4f}  {m.seconds:.1f} s", flush=True)
 
         started = time.perf_counter()
-        history = fit(model, optimizer, data, epochs, batch_size, seed, progress=progress, on_epoch=report)
+        with backend_log_to_stdout():
+            history = fit(model, optimizer, data, epochs, batch_size, seed, progress=progress, on_epoch=report)
         final = history[-1].test_accuracy
         print(f"test accuracy: {final:.4f} ({backend}, {epochs} epochs, {time.perf_counter() - started:.1f} s)")
         if metrics_out is not None:
             write_json(metrics_out, {"backend": backend, "test_accuracy": final,
                                      "epochs": [m.as_dict() for m in history]})
+
+    def bench(self, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
+              out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None):
+        """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
+
+        The sweep is batch x in_channels -> out_channels on an image_size² input with
+        "same" padding (k // 2). Each time is the fastest of --repeat runs after a warm-up.
+        By default every backend is timed except naive on big shapes and auto (whose pick
+        per shape is shown instead); name them in --backends to time them.
+
+        Args:
+            backends: comma-separated backend names (default: see above).
+            kernel_sizes: comma-separated kernel sizes of the sweep (default 3,5,7,11,15,21).
+            batch_size: images per batch (N), for every shape.
+            image_size: input height and width of the sweep.
+            in_channels: input channels (C) of the sweep.
+            out_channels: filters (F) of the sweep.
+            mnist_layer: also time the MNIST layer (1 -> 32, 28², k 7, padding 1).
+            passes: forward, forward+backward, or both (comma-separated; default both).
+            repeat: timed runs per measurement.
+            json: write the results to this JSON file (schema: see convlab/bench.py).
+            plot: save the time-vs-kernel-size plot here (.png, .svg, .pdf, ...).
+        """
+        from convlab.bench import bench_command
+
+        if not isinstance(mnist_layer, bool):
+            raise UsageError(f"--mnist-layer takes True or False, got {mnist_layer!r}")
+        bench_command(backends, kernel_sizes, positive_int("batch-size", batch_size),
+                      positive_int("image-size", image_size), positive_int("in-channels", in_channels),
+                      positive_int("out-channels", out_channels), mnist_layer, passes,
+                      positive_int("repeat", repeat), json, plot,
+                      progress=lambda message: print(message, file=sys.stderr, flush=True))
+
 
 
 def main(argv=None):

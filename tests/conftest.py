@@ -22,6 +22,14 @@ def random_conv_case(rng, dtype=np.float64):
     return x, wt, b, stride, padding
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_auto_cache(tmp_path_factory):
+    """The auto backend's pick cache goes to a temporary file, never the user's cache dir."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONVLAB_AUTO_CACHE", str(tmp_path_factory.mktemp("auto") / "auto.json"))
+        yield
+
+
 @pytest.fixture(params=convlab.list_backends())
 def backend(request):
     return convlab.get_backend(request.param)

@@ -1,0 +1,134 @@
+"""``auto``: time the other backends once per problem and use the fastest.
+
+The first call with a new key (x.shape, w.shape, stride, padding, dtype) runs each
+candidate's forward+backward on the call's own arrays (one warm-up run, then up to
+``TIMED_RUNS`` timed runs, cut short after ``TIME_CAP`` seconds) and picks the fastest.
+Candidates are every other registered strategy; the ``naive`` oracle only when there is
+no other. The pick is kept in memory and in a JSON cache file, so later runs on the same
+machine do not time again (unless the set of candidates changed since). The file is
+
+* ``$CONVLAB_AUTO_CACHE`` if set, else ``$XDG_CACHE_HOME/convlab/auto.json`` (default
+  ``~/.cache/convlab/auto.json``); ``Auto(cache_path=...)`` or setting ``cache_path`` on
+  the registered instance (``convlab.get_backend("auto").impl``) overrides both;
+* shaped ``{"picks": {key: {"backend": name, "seconds": {candidate: seconds}}}}``; a
+  file that is not valid is ignored with a warning and rewritten at the next pick.
+
+Each pick is logged (logger ``convlab.auto``, level INFO) the first time a process uses
+it, and ``picks`` lists them. A forward and its backward always run on the same chosen
+backend, so results are exactly that backend's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from convlab.files import write_json
+from convlab.registry import get_backend, register_backend
+from convlab.timing import ORACLE, best_time, conv_pass, output_gradient, strategies
+
+CACHE_ENV = "CONVLAB_AUTO_CACHE"
+TIMED_RUNS = 2
+TIME_CAP = 0.5
+
+log = logging.getLogger("convlab.auto")
+
+
+def default_cache_path() -> Path:
+    """``$CONVLAB_AUTO_CACHE``, else ``auto.json`` in the user cache dir (XDG)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache_home) / "convlab" / "auto.json"
+
+
+def problem_key(x, w, stride, padding) -> str:
+    """The cache key of one convolution problem, readable in the JSON file."""
+    dims = lambda shape: "x".join(map(str, shape))  # noqa: E731
+    return f"x {dims(x.shape)} w {dims(w.shape)} stride {dims(stride)} padding {dims(padding)} {x.dtype}"
+
+
+def candidates() -> list[str]:
+    """The backends ``auto`` chooses among: every strategy but the oracle, unless it is alone."""
+    names = strategies()
+    return [name for name in names if name != ORACLE] or names
+
+
+@register_backend("auto")
+class Auto:
+    """Times the other backends once per shape (forward+backward) and uses the fastest."""
+
+    def __init__(self, cache_path=None):
+        self.cache_path = cache_path
+        self._picks: dict[str, str] = {}
+
+    @property
+    def picks(self) -> dict[str, str]:
+        """{problem key: chosen backend} for every problem this process has run."""
+        return dict(self._picks)
+
+    def cache_file(self) -> Path:
+        return Path(self.cache_path) if self.cache_path is not None else default_cache_path()
+
+    def pick(self, x, w, stride, padding) -> str:
+        """The name of the backend used for this problem; times the candidates if it is new."""
+        key = problem_key(x, w, stride, padding)
+        if key not in self._picks:
+            self._picks[key] = self._stored_pick(key) or self._timed_pick(key, x, w, stride, padding)
+        return self._picks[key]
+
+    def forward(self, x, w, b, stride, padding):
+        chosen = get_backend(self.pick(x, w, stride, padding))
+        y, cache = chosen.impl.forward(x, w, b, stride, padding)
+        return y, (chosen, cache)
+
+    def backward(self, dy, cache, need_dx=True):
+        chosen, chosen_cache = cache
+        return chosen.impl.backward(dy, chosen_cache, need_dx)
+
+    def _stored_pick(self, key):
+        entry = self._read_cache().get(key)
+        if entry is None or sorted(entry["seconds"]) != sorted(candidates()):
+            return None  # never timed, or timed before a backend was added or removed
+        log.info("auto uses %s for %s (timed earlier, cached in %s)", entry["backend"], key, self.cache_file())
+        return entry["backend"]
+
+    def _timed_pick(self, key, x, w, stride, padding):
+        b = np.zeros(w.shape[0], dtype=x.dtype)
+        dy = output_gradient(x, w, stride, padding)
+        seconds = {name: best_time(conv_pass(name, x, w, b, stride, padding, dy), TIMED_RUNS, TIME_CAP)
+                   for name in candidates()}
+        chosen = min(seconds, key=seconds.get)
+        timings = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in seconds.items())
+        log.info("auto picked %s for %s (forward+backward: %s)", chosen, key, timings)
+        self._write_cache(key, {"backend": chosen, "seconds": seconds})
+        return chosen
+
+    def _read_cache(self) -> dict:
+        """{key: entry} from the cache file; {} when there is none or it is not valid."""
+        path = self.cache_file()
+        try:
+            picks = json.loads(path.read_text())["picks"]
+            if not all(isinstance(e["backend"], str) and isinstance(e["seconds"], dict) for e in picks.values()):
+                raise TypeError("an entry lacks a backend name or timings")
+            return picks
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            warnings.warn(f"ignoring the auto backend's cache file {path}, which is not valid "
+                          f"({type(e).__name__}: {e}); it will be rewritten", stacklevel=2)
+            return {}
+
+    def _write_cache(self, key, entry):
+        # Re-read first: another process may have added picks since we last looked.
+        picks = self._read_cache()
+        picks[key] = entry
+        try:
+            write_json(self.cache_file(), {"picks": picks})
+        except OSError as e:
+            warnings.warn(f"could not save the auto backend's pick to {self.cache_file()}: {e}", stacklevel=2)

@@ -1,0 +1,203 @@
+"""``convlab bench``: time the convolution backends on chosen layer shapes.
+
+Each (shape, backend, pass) is timed by :func:`convlab.timing.best_time`: the fastest of
+``repeat`` runs after one warm-up run, on random float32 arrays. The table gives each time
+and its ratio to the fastest backend on that shape; a tuner backend (``auto``) is not timed
+unless asked for, but its pick for each shape is shown. The ``naive`` oracle is skipped on
+shapes above ``ORACLE_MAX_MACS`` multiply-adds unless asked for by name.
+
+JSON output (``--json PATH``, written atomically)::
+
+    {"rows": [{"shape": "64x1->32 28x28 k7 p1", "backend": "im2col",
+               "pass": "forward", "seconds": 0.0123}, ...],
+     "picks": [{"shape": "64x1->32 28x28 k7 p1", "tuner": "auto", "backend": "im2col"}, ...]}
+
+``shape`` is :attr:`ConvShape.label`: batch N x input channels C -> F filters, input
+H x W, kernel k x k, zero padding p, stride 1. ``pass`` is ``"forward"`` or
+``"forward+backward"`` (the backward computes dx, dw and db); ``seconds`` is wall time.
+Skipped pairs have no row.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from convlab.files import atomic_path
+from convlab.registry import get_backend, list_backends
+from convlab.timing import (ORACLE, ORACLE_MAX_MACS, ConvShape, best_time, conv_pass, is_tuner,
+                            output_gradient, strategies)
+
+MNIST_LAYER = ConvShape(n=64, c=1, f=32, size=28, k=7, padding=1)
+DEFAULT_KERNEL_SIZES = (3, 5, 7, 11, 15, 21)
+PASSES = ("forward", "forward+backward")
+# Past this many seconds on one (shape, backend, pass), no more runs are timed.
+MAX_SECONDS_PER_CELL = 0.5
+
+
+def kernel_sweep(kernel_sizes, n=64, c=1, f=32, size=28) -> list[ConvShape]:
+    """One shape per kernel size, "same" padded (p = k // 2): for odd k the output stays
+    size x size, so a direct method's work grows as k² while an FFT's barely grows."""
+    return [ConvShape(n, c, f, size, k, k // 2) for k in kernel_sizes]
+
+
+def parse_names(value, what: str, allowed) -> list[str]:
+    """A comma-separated string (or a list) of names, each one of ``allowed``."""
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(name).strip() for name in names]
+    unknown = [name for name in names if name not in allowed]
+    if not names or unknown:
+        raise ValueError(f"--{what} got {', '.join(unknown) or 'nothing'}; choose from: {', '.join(allowed)}")
+    return list(dict.fromkeys(names))
+
+
+def parse_kernel_sizes(value) -> list[int]:
+    """Kernel sizes from "3,5,7", a list, or one int; each a positive whole number."""
+    sizes = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        parsed = [int(s) if isinstance(s, str) else s for s in sizes]
+    except ValueError:
+        parsed = None
+    if (not parsed or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k > 0
+                              for k in parsed)):
+        raise ValueError(f"--kernel-sizes must be positive whole numbers separated by commas, got {value!r}")
+    return sorted({int(k) for k in parsed})
+
+
+def check_plot_path(path) -> Path:
+    """``path`` if matplotlib can write its format (from the extension)."""
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    formats = Figure().canvas.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise ValueError(f"--plot {str(path)!r}: the extension must be one of {', '.join(sorted(formats))}")
+    return path
+
+
+@dataclass
+class BenchResult:
+    """Rows and picks as in the module docstring; ``skipped``: (shape label, backend)."""
+
+    rows: list[dict] = field(default_factory=list)
+    picks: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def seconds(self, shape, backend, pass_):
+        return next((r["seconds"] for r in self.rows
+                     if (r["shape"], r["backend"], r["pass"]) == (shape, backend, pass_)), None)
+
+
+def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None) -> BenchResult:
+    """Time ``backends`` (default: every strategy, the oracle only on small shapes) on
+    ``shapes`` and ask every tuner for its pick. ``progress(message)`` is called per shape."""
+    explicit = backends is not None
+    backends = list(backends) if explicit else strategies()
+    result = BenchResult()
+    for shape in shapes:
+        if progress:
+            progress(f"timing {shape.label}")
+        x, w, b = shape.arrays()
+        stride, padding = (1, 1), (shape.padding, shape.padding)
+        dy = output_gradient(x, w, stride, padding)
+        for backend in backends:
+            if backend == ORACLE and not explicit and shape.macs > ORACLE_MAX_MACS:
+                result.skipped.append((shape.label, backend))
+                continue
+            for pass_ in passes:
+                run = conv_pass(backend, x, w, b, stride, padding, dy if pass_ == "forward+backward" else None)
+                result.rows.append({"shape": shape.label, "backend": backend, "pass": pass_,
+                                    "seconds": best_time(run, repeat, MAX_SECONDS_PER_CELL)})
+        for tuner in filter(is_tuner, list_backends()):
+            result.picks.append({"shape": shape.label, "tuner": tuner,
+                                 "backend": get_backend(tuner).impl.pick(x, w, stride, padding)})
+    return result
+
+
+def format_table(result: BenchResult, shapes, passes=PASSES) -> str:
+    """One table per pass: a row per shape, a column per backend with "time (ratio to the
+    fastest on that shape)", then each tuner's pick."""
+    backends = list(dict.fromkeys(r["backend"] for r in result.rows))
+    tuners = list(dict.fromkeys(p["tuner"] for p in result.picks))
+    picks = {(p["shape"], p["tuner"]): p["backend"] for p in result.picks}
+    label_width = max(len("shape"), *(len(s.label) for s in shapes))
+    lines = []
+    for pass_ in passes:
+        lines += [f"{pass_}: milliseconds (ratio to the fastest on the shape)",
+                  "  ".join([f"{'shape':<{label_width}}"] + [f"{b:>17}" for b in backends]
+                            + [f"{t + ' picks':>12}" for t in tuners])]
+        for shape in shapes:
+            times = {b: result.seconds(shape.label, b, pass_) for b in backends}
+            fastest = min(t for t in times.values() if t is not None)
+            cells = [f"{'skipped':>17}" if t is None else f"{t * 1e3:9.2f} ({t / fastest:4.2f}x)"
+                     for t in times.values()]
+            lines.append("  ".join([f"{shape.label:<{label_width}}"] + cells
+                                   + [f"{picks[shape.label, t]:>12}" for t in tuners]))
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def save_json(result: BenchResult, path):
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"rows": result.rows, "picks": result.picks}, indent=2) + "\n")
+
+
+def save_plot(result: BenchResult, sweep, path, passes=PASSES):
+    """Time vs kernel size on the ``sweep`` shapes, one line per backend, log scale, a
+    panel per pass. A dotted line marks the crossover: the smallest kernel size from which
+    one backend is fastest on every larger one (when that backend is not fastest throughout)."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    sweep = sorted(sweep, key=lambda s: s.k)
+    backends = list(dict.fromkeys(r["backend"] for r in result.rows))
+    fig = Figure(figsize=(6 * len(passes), 4.5), layout="constrained")
+    for ax, pass_ in zip(fig.subplots(1, len(passes), squeeze=False)[0], passes):
+        for backend in backends:
+            points = [(s.k, result.seconds(s.label, backend, pass_)) for s in sweep]
+            points = [(k, t) for k, t in points if t is not None]
+            ax.plot(*zip(*points), marker="o", label=backend)
+        winners = [min(backends, key=lambda b: result.seconds(s.label, b, pass_) or float("inf")) for s in sweep]
+        first_of_last_run = next(i for i in range(len(winners)) if len(set(winners[i:])) == 1)
+        if first_of_last_run > 0:
+            k = (sweep[first_of_last_run - 1].k + sweep[first_of_last_run].k) / 2
+            ax.axvline(k, color="gray", linestyle=":")
+            ax.annotate(f" {winners[-1]} fastest from k={sweep[first_of_last_run].k}", (k, 0.97),
+                        xycoords=("data", "axes fraction"), ha="left", va="top")
+        ax.set(yscale="log", xlabel="kernel size k (k x k, padding k // 2)", ylabel="seconds (fastest run)",
+               xticks=[s.k for s in sweep], title=f"{pass_}: {sweep[0].n}x{sweep[0].c}->{sweep[0].f}, "
+                                                  f"{sweep[0].size}x{sweep[0].size} input")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix[1:].lower(), dpi=120)
+
+
+def bench_command(backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
+                  out_channels=32, mnist_layer=True, passes=None, repeat=3, json_path=None,
+                  plot_path=None, progress=None):
+    """Parse the lists, run the bench on the MNIST layer and the kernel sweep, print the
+    tables and write the requested files. None means the default; integers are expected
+    already checked."""
+    if backends is not None:
+        backends = parse_names(backends, "backends", list_backends())
+    passes = PASSES if passes is None else parse_names(passes, "passes", PASSES)
+    kernel_sizes = DEFAULT_KERNEL_SIZES if kernel_sizes is None else parse_kernel_sizes(kernel_sizes)
+    sweep = kernel_sweep(kernel_sizes, batch_size, in_channels, out_channels, image_size)
+    if plot_path is not None:
+        plot_path = check_plot_path(plot_path)
+    mnist = [replace(MNIST_LAYER, n=batch_size)] if mnist_layer else []
+    shapes = mnist + [s for s in sweep if s not in mnist]
+    result = run_bench(shapes, backends, passes, repeat, progress)
+    print(format_table(result, shapes, passes))
+    if result.skipped:
+        print(f"{ORACLE} skipped on {len(result.skipped)} shape(s) of over {ORACLE_MAX_MACS:.0e} multiply-adds "
+              f"(name it in --backends to time it anyway)")
+    if json_path is not None:
+        save_json(result, json_path)
+        print(f"wrote {json_path}")
+    if plot_path is not None:
+        save_plot(result, sweep, plot_path, passes)
+        print(f"wrote {plot_path}")
+    return result

@@ -1,0 +1,112 @@
+"""Timing convolution backends: shared by ``convlab bench``, the ``auto`` backend and
+``benchmarks/``.
+
+Times are wall-clock seconds of the fastest run after one untimed warm-up run: the
+warm-up absorbs one-off costs (FFT plans, first-touch page faults, BLAS thread start-up),
+and the minimum is the estimate least disturbed by other processes on a shared machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from convlab.checks import output_size
+from convlab.registry import get_backend, list_backends
+
+# The loop-per-output-position definition: fine on small layers, minutes on big ones.
+ORACLE = "naive"
+# Above this many multiply-adds per forward, the oracle takes a good part of a second per call.
+ORACLE_MAX_MACS = 1e8
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """One convolution problem: x (n, c, size, size) * w (f, c, k, k), stride 1, zero
+    padding ``padding`` on every side."""
+
+    n: int
+    c: int
+    f: int
+    size: int
+    k: int
+    padding: int
+
+    @property
+    def out_size(self) -> int:
+        return output_size(self.size, self.k, 1, self.padding)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of one forward pass computed directly."""
+        return self.n * self.f * self.c * self.k ** 2 * self.out_size ** 2
+
+    @property
+    def label(self) -> str:
+        return f"{self.n}x{self.c}->{self.f} {self.size}x{self.size} k{self.k} p{self.padding}"
+
+    def arrays(self, dtype=np.float32, seed=0):
+        """Random (x, w, b) of this shape; same seed, same arrays."""
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((self.n, self.c, self.size, self.size)).astype(dtype)
+        w = (rng.standard_normal((self.f, self.c, self.k, self.k)) / self.k).astype(dtype)
+        b = rng.standard_normal(self.f).astype(dtype)
+        return x, w, b
+
+
+def is_tuner(name: str) -> bool:
+    """A tuner (like ``auto``) delegates to other backends; it says which through ``pick``."""
+    return callable(getattr(get_backend(name).impl, "pick", None))
+
+
+def strategies() -> list[str]:
+    """The registered backends that compute convolutions themselves (every non-tuner)."""
+    return [name for name in list_backends() if not is_tuner(name)]
+
+
+def output_gradient(x, w, stride, padding, seed=1) -> np.ndarray:
+    """A fixed random dy (N, F, OH, OW) for the forward of x (N, C, H, W) and w (F, C, kh, kw)."""
+    oh = output_size(x.shape[2], w.shape[2], stride[0], padding[0])
+    ow = output_size(x.shape[3], w.shape[3], stride[1], padding[1])
+    return np.random.default_rng(seed).standard_normal((x.shape[0], w.shape[0], oh, ow)).astype(x.dtype)
+
+
+def conv_pass(backend, x, w, b, stride, padding, dy=None):
+    """A no-argument function running one pass of ``backend`` on these arrays.
+
+    With ``dy`` None it runs the forward and returns y; otherwise forward then backward,
+    returning (y, dx, dw, db).
+    """
+    backend = get_backend(backend)
+
+    def forward():
+        return backend.forward(x, w, b, stride, padding)[0]
+
+    def forward_backward():
+        y, cache = backend.forward(x, w, b, stride, padding)
+        return (y,) + tuple(backend.backward(dy, cache))
+
+    return forward if dy is None else forward_backward
+
+
+def best_time(run, repeat=3, max_seconds=math.inf) -> float:
+    """Seconds of the fastest of ``repeat`` timed calls of ``run()``, after one untimed
+    warm-up call.
+
+    Calls stop early, after at least one timed call, once they (warm-up included) have
+    taken ``max_seconds``: a slow candidate costs two calls, not ``repeat + 1``.
+    """
+    spent, best = 0.0, math.inf
+    for call in range(repeat + 1):
+        started = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - started
+        spent += seconds
+        if call > 0:
+            best = min(best, seconds)
+            if spent > max_seconds:
+                break
+    return best

@@ -1,0 +1,108 @@
+"""The auto backend: picks by timing, remembers picks in memory and on disk, and computes
+exactly what the backend it picked computes."""
+
+import json
+import logging
+import re
+
+import numpy as np
+import pytest
+
+import backends.auto as auto_module
+import convlab
+from backends.auto import Auto, default_cache_path, problem_key
+from convlab.cli import main
+from convlab.timing import ConvShape
+
+SHAPE = ConvShape(n=2, c=2, f=3, size=9, k=3, padding=1)
+
+
+@pytest.fixture
+def cache_file(tmp_path, monkeypatch):
+    path = tmp_path / "cache" / "auto.json"
+    monkeypatch.setenv("CONVLAB_AUTO_CACHE", str(path))
+    return path
+
+
+def run(backend, dtype=np.float64):
+    x, w, b = SHAPE.arrays(dtype)
+    y, cache = backend.forward(x, w, b, 1, SHAPE.padding)
+    return (y,) + tuple(backend.backward(np.ones_like(y), cache))
+
+
+def test_computes_exactly_what_its_pick_computes(cache_file):
+    auto = convlab.get_backend("auto")
+    ours = run(auto)
+    x, w, _ = SHAPE.arrays(np.float64)
+    picked = auto.impl.pick(x, w, (1, 1), (SHAPE.padding,) * 2)
+    for a, r in zip(ours, run(convlab.get_backend(picked))):
+        np.testing.assert_array_equal(a, r)
+
+
+def test_candidates_are_the_other_strategies_without_the_oracle(monkeypatch):
+    names = auto_module.candidates()
+    assert "auto" not in names and "naive" not in names and "im2col" in names
+    monkeypatch.setattr(auto_module, "strategies", lambda: ["naive"])
+    assert auto_module.candidates() == ["naive"]
+
+
+def test_pick_is_logged_cached_on_disk_and_reused_by_a_new_process(cache_file, monkeypatch, caplog):
+    first = Auto()
+    with caplog.at_level(logging.INFO, logger="convlab.auto"):
+        run(convlab.Backend("auto", first))
+    (key, picked), = first.picks.items()
+    assert f"auto picked {picked} for {key}" in caplog.text
+    entry = json.loads(cache_file.read_text())["picks"][key]
+    assert entry["backend"] == picked and sorted(entry["seconds"]) == sorted(auto_module.candidates())
+
+    monkeypatch.setattr(auto_module, "best_time", lambda *a: pytest.fail("timed a cached pick"))
+    second = Auto()  # as a later run would: nothing in memory, the file on disk
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="convlab.auto"):
+        run(convlab.Backend("auto", second))
+    assert second.picks == {key: picked}
+    assert f"auto uses {picked} for {key} (timed earlier" in caplog.text
+
+
+def test_a_stale_entry_is_timed_again(cache_file):
+    x, w, _ = SHAPE.arrays(np.float64)
+    key = problem_key(x, w, (1, 1), (1, 1))
+    # Timed when only naive existed: the candidates have changed since.
+    cache_file.parent.mkdir()
+    cache_file.write_text(json.dumps({"picks": {key: {"backend": "naive", "seconds": {"naive": 1.0}}}}))
+    auto = Auto()
+    assert auto.pick(x, w, (1, 1), (1, 1)) in auto_module.candidates()
+    assert sorted(json.loads(cache_file.read_text())["picks"][key]["seconds"]) == sorted(auto_module.candidates())
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"picks": {"k": "im2col"}}', '{"picks": 3}'])
+def test_a_corrupt_cache_file_is_ignored_with_a_warning_and_rewritten(cache_file, content):
+    cache_file.parent.mkdir()
+    cache_file.write_text(content)
+    auto = Auto()
+    with pytest.warns(UserWarning, match="ignoring the auto backend's cache file"):
+        y = run(convlab.Backend("auto", auto))[0]
+    assert y.shape == (2, 3, 9, 9)
+    assert list(json.loads(cache_file.read_text())["picks"]) == list(auto.picks)
+
+
+def test_cache_location(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONVLAB_AUTO_CACHE", str(tmp_path / "a.json"))
+    assert default_cache_path() == tmp_path / "a.json"
+    assert Auto(cache_path=tmp_path / "b.json").cache_file() == tmp_path / "b.json"
+    monkeypatch.delenv("CONVLAB_AUTO_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_path() == tmp_path / "xdg" / "convlab" / "auto.json"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_path() == tmp_path / "home" / ".cache" / "convlab" / "auto.json"
+
+
+def test_train_with_auto_says_what_it_picked_and_matches_that_backend(cache_file, capsys):
+    args = ["--train-size", "128", "--test-size", "100", "--epochs", "1", "--progress", "False"]
+    main(["train", "--backend", "auto"] + args)
+    out = capsys.readouterr().out
+    picked = re.search(r"auto picked (\w+) for x 64x1x28x28 w 32x1x7x7", out).group(1)
+    main(["train", "--backend", picked] + args)
+    accuracy = re.compile(r"test accuracy: (\S+)")
+    assert accuracy.search(out).group(1) == accuracy.search(capsys.readouterr().out).group(1)

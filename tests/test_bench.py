@@ -1,0 +1,71 @@
+"""`convlab bench`: the timing table, its JSON and plot files, and its argument errors."""
+
+import json
+
+import pytest
+
+import convlab.bench as bench
+from convlab.cli import main
+from convlab.timing import ConvShape, best_time, strategies
+
+TINY = ["--kernel-sizes", "3,5", "--batch-size", "2", "--image-size", "8", "--out-channels", "2",
+        "--repeat", "1"]
+
+
+def test_best_time_takes_the_fastest_timed_call_after_a_warm_up():
+    calls = []
+    assert best_time(lambda: calls.append(1), repeat=3) < 0.1
+    assert len(calls) == 4
+    calls.clear()
+    best_time(lambda: calls.append(1), repeat=3, max_seconds=0)  # over budget: one timed call
+    assert len(calls) == 2
+
+
+def test_run_bench_times_every_strategy_and_shows_the_tuners_pick():
+    shapes = bench.kernel_sweep([3, 5], n=2, c=1, f=2, size=8)
+    result = bench.run_bench(shapes, repeat=1)
+    assert {(r["shape"], r["backend"], r["pass"]) for r in result.rows} == {
+        (s.label, b, p) for s in shapes for b in strategies() for p in bench.PASSES}
+    assert all(r["seconds"] > 0 for r in result.rows)
+    assert [(p["shape"], p["tuner"]) for p in result.picks] == [(s.label, "auto") for s in shapes]
+    assert all(p["backend"] in strategies() for p in result.picks)
+    table = bench.format_table(result, shapes)
+    assert "forward+backward: milliseconds" in table and "(1.00x)" in table and "auto picks" in table
+
+
+def test_oracle_is_skipped_on_big_shapes_unless_asked_for(monkeypatch):
+    monkeypatch.setattr(bench, "ORACLE_MAX_MACS", 0)
+    shape = ConvShape(n=1, c=1, f=1, size=6, k=3, padding=1)
+    assert bench.run_bench([shape], passes=["forward"], repeat=1).skipped == [(shape.label, "naive")]
+    asked = bench.run_bench([shape], ["naive"], ["forward"], repeat=1)
+    assert not asked.skipped and [r["backend"] for r in asked.rows] == ["naive"]
+
+
+def test_cli_writes_json_and_plot(tmp_path, capsys):
+    out_json, out_png = tmp_path / "out" / "bench.json", tmp_path / "crossover.png"
+    main(["bench", *TINY, "--backends", "im2col,naive", "--json", str(out_json), "--plot", str(out_png)])
+    printed = capsys.readouterr().out
+    assert "2x1->32 28x28 k7 p1" in printed and "2x1->2 8x8 k5 p2" in printed
+    rows = json.loads(out_json.read_text())["rows"]
+    assert {tuple(sorted(r)) for r in rows} == {("backend", "pass", "seconds", "shape")}
+    assert len(rows) == 3 * 2 * 2  # shapes x backends x passes
+    assert out_png.read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bench.json", "crossover.png", "out"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backends", "nope"], "--backends got nope; choose from: "),
+    (["--kernel-sizes", "3,0"], "--kernel-sizes must be positive whole numbers"),
+    (["--kernel-sizes", "a"], "--kernel-sizes must be positive whole numbers"),
+    (["--passes", "backward"], "--passes got backward; choose from: forward, forward+backward"),
+    (["--repeat", "0"], "--repeat must be a positive whole number"),
+    (["--batch-size", "2.5"], "--batch-size must be a positive whole number"),
+    (["--plot", "x.nope"], "--plot 'x.nope': the extension must be one of"),
+    (["--mnist-layer", "maybe"], "--mnist-layer takes True or False"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"convlab: error: {message}") and err.count("\n") == 1
