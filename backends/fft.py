@@ -1,0 +1,257 @@
+"""``fft``: the convolution theorem on pyfftw, forward and backward in the frequency domain.
+
+Every signal is placed in a zeroed real buffer of the FFT size (Hf, Wf) >= the padded
+input (Hp, Wp) and transformed once with a real-to-complex FFTW plan. With the kernel and
+``dy`` written *flipped*, all three products of a training step are plain products of
+spectra (no complex conjugate anywhere) and none of them wraps around the circular grid
+(one axis shown; ``Ho = Hp - kh + 1`` is the stride-1 output length)::
+
+    x  at [ph, ph+H)        ->  X        forward  y[i]  = irfft(X  W)[kh-1 + i]
+    w  flipped at [0, kh)   ->  W        weights  dw[p] = irfft(X  D)[Ho-1 + p]
+    dy flipped at [0, Ho)   ->  D        input    dx[m] = irfft(D  W)[Hp-1-ph - m]
+
+Stride: the forward keeps every ``sh``-th stride-1 output; the backward writes ``dy`` on
+every ``sh``-th row of the stride-1 grid (zeros between), which is the same thing. The sum
+over channels is a complex matrix product per frequency bin, so spectra are kept
+bin-major, (bins, N, C): ``Y = X @ W`` is a batched (N, C) @ (C, F), ``dW = D^T @ X``
+and ``dX = D @ W^T``. The forward's spectra X and W are kept for the backward.
+
+Settings (see :func:`configure`): FFTW thread count, planner effort, and a wisdom file
+that makes the planning of a shape seen in an earlier run instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyfftw
+
+from convlab.files import atomic_path
+from convlab.registry import register_backend
+
+PLANNERS = ("estimate", "measure", "patient", "exhaustive")
+DEFAULT_PLANNER = "estimate"
+ENV_THREADS, ENV_PLANNER, ENV_WISDOM = "CONVLAB_FFT_THREADS", "CONVLAB_FFT_PLANNER", "CONVLAB_FFT_WISDOM"
+WISDOM_OFF = "off"
+MIN_POINTS_PER_THREAD = 1 << 16
+
+
+@dataclass(frozen=True)
+class Settings:
+    """FFTW settings: ``threads`` >= 1, ``planner`` one of :data:`PLANNERS`, and the
+    wisdom file (``None``: no wisdom file is read or written)."""
+
+    threads: int
+    planner: str
+    wisdom_path: Path | None
+
+
+def default_wisdom_path() -> Path:
+    """``$XDG_CACHE_HOME/convlab/`` (else ``~/.cache/convlab/``) ``fftw-wisdom-<version>.json``."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache_home) / "convlab" / f"fftw-wisdom-{pyfftw.fftw_version}.json"
+
+
+def _threads(value, source) -> int:
+    try:
+        threads = int(value)
+        valid = threads >= 1 and not isinstance(value, (bool, float))
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(f"{source} must be a positive integer (FFTW threads, e.g. {os.cpu_count()}), got {value!r}")
+    return threads
+
+
+def _planner(value, source) -> str:
+    planner = str(value).strip().lower().removeprefix("fftw_")
+    if planner not in PLANNERS:
+        raise ValueError(f"{source} must be one of {', '.join(PLANNERS)} (FFTW planner effort), got {value!r}")
+    return planner
+
+
+def _wisdom_path(value) -> Path | None:
+    return None if str(value).strip().lower() in (WISDOM_OFF, "") else Path(value).expanduser()
+
+
+def configure(threads=None, planner=None, wisdom_path=None) -> Settings:
+    """Set the fft backend's FFTW settings; returns them.
+
+    A setting not given comes from its environment variable, else its default:
+
+    - ``threads`` (``CONVLAB_FFT_THREADS``): FFTW threads, default ``os.cpu_count()``.
+    - ``planner`` (``CONVLAB_FFT_PLANNER``): ``estimate`` (default), ``measure``,
+      ``patient`` or ``exhaustive``; an ``FFTW_`` prefix and any case are accepted.
+    - ``wisdom_path`` (``CONVLAB_FFT_WISDOM``): the FFTW wisdom cache file, default
+      :func:`default_wisdom_path`; ``"off"`` uses none.
+
+    Plans built under the previous settings are dropped.
+    """
+    env = os.environ
+    settings = Settings(
+        threads=_threads(threads, "threads") if threads is not None
+        else _threads(env[ENV_THREADS], ENV_THREADS) if env.get(ENV_THREADS)
+        else os.cpu_count() or 1,
+        planner=_planner(planner, "planner") if planner is not None
+        else _planner(env[ENV_PLANNER], ENV_PLANNER) if env.get(ENV_PLANNER)
+        else DEFAULT_PLANNER,
+        wisdom_path=_wisdom_path(wisdom_path) if wisdom_path is not None
+        else _wisdom_path(env[ENV_WISDOM]) if ENV_WISDOM in env
+        else default_wisdom_path(),
+    )
+    _plans.reset(settings)
+    return settings
+
+
+def settings() -> Settings:
+    """The settings in force (from :func:`configure`, or the environment on first use)."""
+    if _plans.settings is None:
+        configure()
+    return _plans.settings
+
+
+class _Plan:
+    """One FFTW plan with its own aligned buffers; ``region`` remembers where the input
+    buffer holds data (everywhere else it is zero)."""
+
+    def __init__(self, fftw):
+        self.fftw = fftw
+        self.input = fftw.input_array
+        self.output = fftw.output_array
+        self.region = None
+
+
+class _Plans:
+    """FFTW plans built once per (direction, batch shape, FFT shape, dtype), the wisdom
+    file read before the first plan and rewritten after each plan that added wisdom."""
+
+    def __init__(self):
+        self.settings = None
+        self.cache: dict[tuple, _Plan] = {}
+        self.wisdom_loaded = False
+
+    def reset(self, settings):
+        self.settings = settings
+        self.cache.clear()
+        self.wisdom_loaded = False
+
+    def get(self, direction, batch, fft_shape, dtype) -> _Plan:
+        key = (direction, batch, fft_shape, np.dtype(dtype))
+        plan = self.cache.get(key)
+        if plan is None:
+            plan = self.cache[key] = self._build(*key)
+        return plan
+
+    def _build(self, direction, batch, fft_shape, dtype) -> _Plan:
+        current = settings()
+        if not self.wisdom_loaded:
+            self.wisdom_loaded = True
+            self._load_wisdom(current.wisdom_path)
+        real_shape = batch + fft_shape
+        complex_shape = batch + (fft_shape[0], fft_shape[1] // 2 + 1)
+        real = pyfftw.empty_aligned(real_shape, dtype)
+        spectrum = pyfftw.empty_aligned(complex_shape, np.result_type(dtype, np.complex64))
+        arrays = (real, spectrum) if direction == "FFTW_FORWARD" else (spectrum, real)
+        # Waking threads costs more than a small transform takes.
+        threads = current.threads if real.size >= MIN_POINTS_PER_THREAD * current.threads else 1
+        fftw = pyfftw.FFTW(*arrays, axes=(-2, -1), direction=direction,
+                           flags=(f"FFTW_{current.planner.upper()}",), threads=threads)
+        # Planning by measurement scribbles on the buffers; the input must start zeroed.
+        fftw.input_array.fill(0)
+        # An estimated plan is instant, so only measured ones are worth remembering.
+        if current.wisdom_path is not None and current.planner != "estimate":
+            self._save_wisdom(current.wisdom_path)
+        return _Plan(fftw)
+
+    @staticmethod
+    def _load_wisdom(path):
+        if path is None or not path.exists():
+            return
+        try:
+            wisdom = json.loads(path.read_text())["wisdom"]
+            pyfftw.import_wisdom(tuple(w.encode("ascii") for w in wisdom))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            warnings.warn(f"ignoring unreadable FFTW wisdom file {path}: {error}", stacklevel=4)
+
+    @staticmethod
+    def _save_wisdom(path):
+        wisdom = [w.decode("ascii") for w in pyfftw.export_wisdom()]
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"fftw": pyfftw.fftw_version, "wisdom": wisdom}))
+
+
+_plans = _Plans()
+
+
+def rfft2(signal, rows, cols, fft_shape):
+    """Spectra of ``signal`` (B1, B2, h, w) written at ``[rows, cols]`` of a zero (Hf, Wf)
+    grid: complex (Hf * (Wf//2 + 1), B1, B2), bin-major and freshly allocated."""
+    b1, b2 = signal.shape[:2]
+    plan = _plans.get("FFTW_FORWARD", (b1, b2), fft_shape, signal.dtype)
+    region = (rows, cols, signal.shape[2:])
+    if plan.region != region:
+        plan.input.fill(0)
+        plan.region = region
+    plan.input[:, :, rows, cols] = signal
+    plan.fftw.execute()
+    return plan.output.reshape(b1, b2, -1).transpose(2, 0, 1).copy()
+
+
+def irfft2(spectra, fft_shape):
+    """Inverse of :func:`rfft2` without the 1/(Hf*Wf) scale: bin-major complex spectra
+    (bins, B1, B2) -> real (B1, B2, Hf, Wf), a buffer the next call overwrites."""
+    b1, b2 = spectra.shape[1:]
+    plan = _plans.get("FFTW_BACKWARD", (b1, b2), fft_shape, np.empty(0, spectra.dtype).real.dtype)
+    np.copyto(plan.input.reshape(b1, b2, -1), spectra.transpose(1, 2, 0))
+    plan.fftw.execute()
+    return plan.output
+
+
+def fft_shape_for(padded_shape):
+    """The FFT grid: each padded length rounded up to a size FFTW transforms fast."""
+    return tuple(pyfftw.next_fast_len(int(n)) for n in padded_shape)
+
+
+def flipped(length, step=1, start=0):
+    """Slice of grid places ``start .. start+length-1`` taken backwards, every ``step``-th."""
+    return slice(start + length - 1, start - 1 if start > 0 else None, -step)
+
+
+@register_backend("fft")
+class FFT:
+    """FFT convolution on pyfftw: products of spectra, forward and backward."""
+
+    def forward(self, x, w, b, stride, padding):
+        h, width = x.shape[2:]
+        kh, kw = w.shape[2:]
+        (ph, pw), (sh, sw) = padding, stride
+        padded = (h + 2 * ph, width + 2 * pw)
+        grid = fft_shape_for(padded)
+        x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid)     # (bins, N, C)
+        w_spec = rfft2(w, flipped(kh), flipped(kw), grid)                     # (bins, F, C)
+        full = irfft2(np.matmul(x_spec, w_spec.transpose(0, 2, 1)), grid)     # (N, F, Hf, Wf)
+        y = full[:, :, kh - 1:padded[0]:sh, kw - 1:padded[1]:sw] * (1.0 / (grid[0] * grid[1]))
+        y += b[:, None, None]
+        return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid)
+
+    def backward(self, dy, cache, need_dx=True):
+        x_spec, w_spec, x_shape, w_shape, (sh, sw), (ph, pw), grid = cache
+        h, width = x_shape[2:]
+        kh, kw = w_shape[2:]
+        padded = (h + 2 * ph, width + 2 * pw)
+        stride1_out = (padded[0] - kh + 1, padded[1] - kw + 1)
+        scale = 1.0 / (grid[0] * grid[1])
+        dy_spec = rfft2(dy, flipped(stride1_out[0], sh), flipped(stride1_out[1], sw), grid)  # (bins, N, F)
+        db = dy.sum(axis=(0, 2, 3))
+        full_dw = irfft2(np.matmul(dy_spec.transpose(0, 2, 1), x_spec), grid)             # (F, C, Hf, Wf)
+        dw = full_dw[:, :, stride1_out[0] - 1:padded[0], stride1_out[1] - 1:padded[1]] * scale
+        if not need_dx:
+            return None, dw, db
+        full_dx = irfft2(np.matmul(dy_spec, w_spec), grid)                                 # (N, C, Hf, Wf)
+        dx = full_dx[:, :, flipped(h, start=ph), flipped(width, start=pw)] * scale
+        return dx, dw, db
