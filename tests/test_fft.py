@@ -1,0 +1,176 @@
+"""The fft backend's own behaviour: plan cache, FFTW settings, wisdom file, spectra reuse.
+
+Its numbers are checked against naive by the shared oracle suite (tests/test_backends.py).
+"""
+
+import json
+import os
+
+import numpy as np
+import pyfftw
+import pytest
+
+from backends import fft
+
+
+@pytest.fixture(autouse=True)
+def private_settings(tmp_path):
+    """Each test plans with its own wisdom file under tmp_path, never the user's cache;
+    afterwards the settings come from the real environment again."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in (fft.ENV_THREADS, fft.ENV_PLANNER):
+            mp.delenv(name, raising=False)
+        mp.setenv(fft.ENV_WISDOM, str(tmp_path / "wisdom.json"))
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        fft.configure(planner="estimate")
+        yield mp
+    fft.configure()
+
+
+@pytest.fixture
+def planned(monkeypatch):
+    """Records the keyword arguments of every FFTW plan built."""
+    built = []
+    real_fftw = pyfftw.FFTW
+
+    def recording_fftw(*args, **kwargs):
+        built.append(kwargs)
+        return real_fftw(*args, **kwargs)
+
+    monkeypatch.setattr(pyfftw, "FFTW", recording_fftw)
+    return built
+
+
+def conv_case(dtype=np.float64, n=2, c=3, f=4, size=(9, 7), kernel=(3, 2)):
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((n, c) + size).astype(dtype),
+            rng.standard_normal((f, c) + kernel).astype(dtype),
+            rng.standard_normal(f).astype(dtype), (2, 1), (1, 2))
+
+
+def forward_backward(case):
+    backend = fft.FFT()
+    y, cache = backend.forward(*case)
+    return (y, cache) + backend.backward(np.ones_like(y), cache)
+
+
+def test_plans_are_built_once_per_shape(planned):
+    forward_backward(conv_case())
+    first = len(planned)
+    assert first > 0
+    forward_backward(conv_case())
+    assert len(planned) == first, "the second call with the same shapes built new plans"
+    forward_backward(conv_case(n=3))
+    assert len(planned) > first, "a new batch size needs new plans"
+
+
+def test_fft_sizes_are_fast_lengths_not_powers_of_two():
+    # 5 + 2*1 = 7 and 13 + 2*2 = 17 padded; FFTW's fast sizes are 7 and 18.
+    assert fft.fft_shape_for((7, 17)) == (7, 18)
+    _, cache, *_ = forward_backward(conv_case(size=(5, 13)))
+    assert cache[-1] == (7, 18)
+
+
+def test_backward_transforms_only_dy(monkeypatch):
+    """The forward's input and kernel spectra are reused: one new transform, of dy."""
+    backend = fft.FFT()
+    case = conv_case()
+    y, cache = backend.forward(*case)
+    transformed = []
+    real_rfft2 = fft.rfft2
+
+    def recording_rfft2(signal, *args):
+        transformed.append(signal.shape)
+        return real_rfft2(signal, *args)
+
+    monkeypatch.setattr(fft, "rfft2", recording_rfft2)
+    backend.backward(np.ones_like(y), cache)
+    assert transformed == [y.shape]
+
+
+def test_float32_stays_single_precision():
+    y, cache, dx, dw, db = forward_backward(conv_case(np.float32))
+    x_spec, w_spec = cache[:2]
+    assert x_spec.dtype == w_spec.dtype == np.complex64
+    assert y.dtype == dx.dtype == dw.dtype == db.dtype == np.float32
+
+
+def test_threads_used_for_large_transforms_only(planned):
+    fft.configure(threads=2)
+    forward_backward(conv_case())
+    assert {p["threads"] for p in planned} == {1}, "tiny transforms must not wake threads"
+    planned.clear()
+    forward_backward(conv_case(n=64, c=4, size=(32, 32), kernel=(5, 5)))
+    assert max(p["threads"] for p in planned) == 2
+
+
+def test_planner_setting_reaches_fftw(planned):
+    fft.configure(planner="FFTW_MEASURE")
+    forward_backward(conv_case())
+    assert {p["flags"] for p in planned} == {("FFTW_MEASURE",)}
+
+
+def test_settings_come_from_environment(private_settings, tmp_path):
+    private_settings.setenv(fft.ENV_THREADS, "3")
+    private_settings.setenv(fft.ENV_PLANNER, "Patient")
+    private_settings.setenv(fft.ENV_WISDOM, "off")
+    assert fft.configure() == fft.Settings(threads=3, planner="patient", wisdom_path=None)
+    assert fft.configure(threads=1).threads == 1
+
+
+def test_defaults(private_settings, tmp_path):
+    private_settings.delenv(fft.ENV_WISDOM)
+    settings = fft.configure()
+    assert settings.threads == (os.cpu_count() or 1)
+    assert settings.planner == fft.DEFAULT_PLANNER
+    assert settings.wisdom_path.parent == tmp_path / "cache" / "convlab"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(threads=0), "threads must be a positive integer"),
+    (dict(threads="two"), "threads must be a positive integer"),
+    (dict(threads=1.5), "threads must be a positive integer"),
+    (dict(planner="fast"), "planner must be one of estimate, measure, patient, exhaustive"),
+])
+def test_invalid_settings_say_what_is_allowed(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        fft.configure(**kwargs)
+
+
+@pytest.mark.parametrize("variable, value", [(fft.ENV_THREADS, "-1"), (fft.ENV_PLANNER, "quick")])
+def test_invalid_environment_names_the_variable(private_settings, variable, value):
+    private_settings.setenv(variable, value)
+    with pytest.raises(ValueError, match=variable):
+        fft.configure()
+
+
+def test_measured_wisdom_round_trip(tmp_path):
+    wisdom_path = tmp_path / "wisdom.json"
+    fft.configure(planner="measure", wisdom_path=wisdom_path)
+    forward_backward(conv_case())
+    saved = json.loads(wisdom_path.read_text())
+    assert saved["fftw"] == pyfftw.fftw_version and any(saved["wisdom"])
+    assert [p.name for p in tmp_path.iterdir()] == ["wisdom.json"], "a temporary file was left behind"
+
+    # A new run (wisdom forgotten) loads the file: planning from wisdom alone then succeeds.
+    pyfftw.forget_wisdom()
+    fft.configure(planner="measure", wisdom_path=wisdom_path)
+    forward_backward(conv_case())
+    hf, wf = fft.fft_shape_for((9 + 2, 7 + 4))  # the input's plan (small: one thread)
+    pyfftw.FFTW(pyfftw.empty_aligned((2, 3, hf, wf), np.float64),
+                pyfftw.empty_aligned((2, 3, hf, wf // 2 + 1), np.complex128), axes=(-2, -1),
+                flags=("FFTW_MEASURE", "FFTW_WISDOM_ONLY"))
+
+
+def test_estimate_planner_writes_no_wisdom(tmp_path):
+    forward_backward(conv_case())
+    assert not (tmp_path / "wisdom.json").exists()
+
+
+def test_unreadable_wisdom_file_is_ignored_with_a_warning(tmp_path):
+    wisdom_path = tmp_path / "wisdom.json"
+    wisdom_path.write_text("not json")
+    fft.configure(planner="measure", wisdom_path=wisdom_path)
+    with pytest.warns(UserWarning, match="ignoring unreadable FFTW wisdom"):
+        forward_backward(conv_case())
+    assert json.loads(wisdom_path.read_text())["wisdom"], "the broken file was not replaced"
