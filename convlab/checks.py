@@ -36,7 +36,7 @@ def _check_array(a, name: str, ndim: int, layout: str) -> np.ndarray:
     # One reduction is far cheaper than an isfinite mask; only a non-finite sum (which
     # overflow can also cause) needs the exact check.
     if not np.isfinite(a.sum(dtype=np.float64)) and not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise ValueError(f"{name} contains NaN or infinite values; every value must be finite")
     return a
 
 

@@ -11,6 +11,7 @@ import time
 
 import fire
 
+from convlab.arguments import check_command_line
 from convlab.registry import get_backend, list_backends
 
 
@@ -178,7 +179,9 @@ class Commands:
 
 def main(argv=None):
     try:
-        fire.Fire(Commands(), command=argv, name="convlab")
+        commands = Commands()
+        check_command_line(commands, sys.argv[1:] if argv is None else argv)
+        fire.Fire(commands, command=argv, name="convlab")
     except ValueError as e:  # our checks raise ValueError subclasses with user-facing messages
         print(f"convlab: error: {e}", file=sys.stderr)
         sys.exit(2)
