@@ -55,6 +55,16 @@ def backend_log_to_stdout():
         logger.setLevel(level)
 
 
+def required(name, value):
+    if value is None:
+        raise UsageError(f"{name if name.isupper() else '--' + name} is required")
+    return value
+
+
+# `convlab train` settings left out (None) take these values, or on --resume the checkpoint's.
+TRAIN_DEFAULTS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, momentum=0.9, seed=0)
+
+
 class DataCommands:
     """Data sets: where they are, and fetching MNIST."""
 
@@ -84,31 +94,49 @@ class Commands:
         for name in names:
             print(f"{name:<{width}}  {get_backend(name).description}")
 
-    def train(self, backend="im2col", epochs=5, batch_size=64, lr=0.01, momentum=0.9, seed=0,
+    def train(self, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
               train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True,
-              dataset="mnist"):
+              dataset=None, checkpoint=None, resume=None):
         """Train the reference network (conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
 
+        With --resume, every setting left out comes from the checkpoint; dataset, batch
+        size, lr, momentum, seed and subset sizes cannot change; epochs may be raised and
+        the backend may change.
+
         Args:
-            backend: convolution backend (see `convlab backends`).
-            epochs: number of passes over the training set.
-            batch_size: minibatch size.
-            lr: SGD learning rate.
-            momentum: SGD momentum, in [0, 1).
-            seed: seeds the weights and the batch order; same seed, same run.
+            backend: convolution backend (see `convlab backends`); default im2col.
+            epochs: train until this many epochs are done; default 5.
+            batch_size: minibatch size; default 64.
+            lr: SGD learning rate; default 0.01.
+            momentum: SGD momentum, in [0, 1); default 0.9.
+            seed: seeds the weights and the batch order; same seed, same run; default 0.
             train_size: use only the first N training images.
             test_size: use only the first N test images.
             data_dir: folder with the idx files or MNISTdata.hdf5, or that HDF5 file
                 (default: the repository's data/, then the system's datasets).
             metrics_out: write per-epoch metrics as JSON to this path.
             progress: show a progress bar during each epoch.
-            dataset: mnist or fashion-mnist.
+            dataset: mnist or fashion-mnist; default mnist.
+            checkpoint: save an HDF5 checkpoint here after every epoch (atomically); must not exist yet.
+            resume: continue the run saved in this checkpoint, and keep saving to it.
         """
+        from convlab.checkpoints import (
+            check_new_checkpoint_path, ctrl_c_at_safe_points, interrupted_message, load_checkpoint, save_checkpoint)
         from convlab.data import load_dataset
         from convlab.files import write_json
         from convlab.models import reference_net
         from convlab.optimizers import SGD
         from convlab.training import fit
+
+        resumed = load_checkpoint(resume) if resume is not None else None
+        checkpoint = resume if checkpoint is None else checkpoint
+        check_new_checkpoint_path(checkpoint, resume)
+        settings = dict(backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
+                        momentum=momentum, seed=seed, train_size=train_size, test_size=test_size)
+        if resumed is not None:
+            settings = resumed.resume_settings(settings)
+        settings = {key: TRAIN_DEFAULTS.get(key) if value is None else value for key, value in settings.items()}
+        backend, dataset, epochs, batch_size, lr, momentum, seed, train_size, test_size = settings.values()
 
         backend = get_backend(backend).name
         epochs = positive_int("epochs", epochs)
@@ -119,29 +147,82 @@ class Commands:
         if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
             raise UsageError(f"--seed must be a non-negative whole number, got {seed!r}")
 
+        model = reference_net(seed=seed, backend=backend)
+        optimizer = SGD(model, lr=lr, momentum=momentum)
+        history = []
+        if resumed is not None:
+            resumed.restore(model, optimizer)
+            history = resumed.history
+            print(f"resuming from {resume} after epoch {resumed.epoch}")
+
         data = load_dataset(dataset, data_dir)
         n_train = subset_size("train-size", train_size, len(data.x_train))
         n_test = subset_size("test-size", test_size, len(data.x_test))
         data.x_train, data.y_train = data.x_train[:n_train], data.y_train[:n_train]
         data.x_test, data.y_test = data.x_test[:n_test], data.y_test[:n_test]
-
-        model = reference_net(seed=seed, backend=backend)
-        optimizer = SGD(model, lr=lr, momentum=momentum)
         print(f"training on {n_train} images, testing on {n_test}, backend {backend}, "
               f"{epochs} epochs of batch {batch_size}, lr {lr}, momentum {momentum}, seed {seed}")
+        settings.update(backend=backend, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                        seed=seed, train_size=n_train, test_size=n_test)
 
         def report(m):
+            history.append(m)
             print(f"epoch {m.epoch}/{epochs}  loss {m.train_loss:.4f}  train acc {m.train_accuracy:.4f}  "
                   f"test acc {m.test_accuracy:.4f}  {m.seconds:.1f} s", flush=True)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, model, optimizer, history, settings)
 
         started = time.perf_counter()
-        with backend_log_to_stdout():
-            history = fit(model, optimizer, data, epochs, batch_size, seed, progress=progress, on_epoch=report)
+        try:
+            with backend_log_to_stdout(), ctrl_c_at_safe_points() as stop_if_asked:
+                fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=len(history) + 1,
+                    progress=progress, on_epoch=report, on_batch=stop_if_asked)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(interrupted_message(checkpoint, resume, dict(
+                epochs=epochs, backend=backend, data_dir=data_dir, metrics_out=metrics_out,
+                progress=None if progress else False))) from None
         final = history[-1].test_accuracy
         print(f"test accuracy: {final:.4f} ({backend}, {epochs} epochs, {time.perf_counter() - started:.1f} s)")
         if metrics_out is not None:
             write_json(metrics_out, {"backend": backend, "test_accuracy": final,
                                      "epochs": [m.as_dict() for m in history]})
+
+    def evaluate(self, checkpoint=None, backend=None, data_dir=None, test_size=None):
+        """Test accuracy and confusion matrix of a checkpoint written by `convlab train --checkpoint`.
+
+        Args:
+            checkpoint: the checkpoint file (required).
+            backend: convolution backend to compute with (default: the one it was trained with).
+            data_dir: where the checkpoint's data set is (as for `convlab train`).
+            test_size: use only the first N test images (default: all).
+        """
+        from convlab.data import load_dataset
+        from convlab.inference import evaluation_report, load_model
+
+        model, saved = load_model(required("checkpoint", checkpoint), backend)
+        data = load_dataset(saved.settings["dataset"], data_dir)
+        n_test = subset_size("test-size", test_size, len(data.x_test))
+        print(evaluation_report(model, saved, data.x_test[:n_test], data.y_test[:n_test]))
+
+    def predict(self, file=None, checkpoint=None, backend=None, invert=False):
+        """The class of one 28x28 image, with the probability of each class.
+
+        FILE is a grayscale PNG (white digit on black, as MNIST) or a .npy array of shape
+        (28, 28) or (1, 28, 28) with values in [0, 1] or [0, 255].
+
+        Args:
+            file: the image.
+            checkpoint: the checkpoint file (required).
+            backend: convolution backend to compute with (default: the one it was trained with).
+            invert: the image is a dark digit on a light background.
+        """
+        from convlab.inference import load_image, load_model, prediction_report
+
+        if not isinstance(invert, bool):
+            raise UsageError(f"--invert takes no value or True/False, got {invert!r}")
+        model, saved = load_model(required("checkpoint", checkpoint), backend)
+        image = load_image(required("FILE", file), invert)
+        print(prediction_report(model, image, "digit" if saved.settings["dataset"] == "mnist" else "class"))
 
     def bench(self, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
               out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None):
@@ -185,8 +266,8 @@ def main(argv=None):
     except ValueError as e:  # our checks raise ValueError subclasses with user-facing messages
         print(f"convlab: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("convlab: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a message, if any, says what survived and how to go on
+        print("convlab: interrupted" + (f"; {e}" if e.args else ""), file=sys.stderr)
         sys.exit(130)
 
 

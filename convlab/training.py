@@ -43,8 +43,9 @@ def accuracy(model, x, y, batch_size=500) -> float:
     return float((predict_logits(model, x, batch_size).argmax(axis=1) == y).mean())
 
 
-def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True):
+def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True, on_batch=None):
     """One pass over (x, y) in minibatches; returns (mean loss, training accuracy).
+    ``on_batch()``, if given, is called after each step (a safe point to stop at).
 
     Each batch is gathered by index from the full arrays: the data set is never copied
     as a whole. Raises :class:`TrainingDiverged` as soon as the loss is not finite.
@@ -66,19 +67,24 @@ def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True):
         total_loss += loss * len(idx)
         correct += int((logits.argmax(axis=1) == y[idx]).sum())
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if on_batch is not None:
+            on_batch()
     return total_loss / len(x), correct / len(x)
 
 
-def fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=1, progress=True, on_epoch=None):
+def fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=1, progress=True, on_epoch=None,
+        on_batch=None):
     """Train for epochs ``start_epoch .. epochs`` on ``data`` (a :class:`~convlab.data.Dataset`).
 
-    After each epoch, ``on_epoch(metrics)`` is called with its :class:`EpochMetrics`.
+    After each epoch, ``on_epoch(metrics)`` is called with its :class:`EpochMetrics`;
+    after each batch, ``on_batch()``.
     Returns the list of metrics.
     """
     history = []
     for epoch in range(start_epoch, epochs + 1):
         started = time.perf_counter()
-        loss, train_acc = train_epoch(model, optimizer, data.x_train, data.y_train, batch_size, seed, epoch, progress)
+        loss, train_acc = train_epoch(model, optimizer, data.x_train, data.y_train, batch_size, seed, epoch, progress,
+                                      on_batch)
         seconds = time.perf_counter() - started
         metrics = EpochMetrics(epoch, loss, train_acc, accuracy(model, data.x_test, data.y_test), seconds)
         history.append(metrics)

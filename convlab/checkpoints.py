@@ -1,0 +1,233 @@
+"""Training checkpoints in HDF5: everything needed to continue a run exactly.
+
+One file per run, rewritten atomically after every epoch (see :func:`save_checkpoint`)::
+
+    /                      attributes: format, format_version, epoch, epochs, backend, dataset,
+                           lr, momentum, batch_size, seed, train_size, test_size, network, rng
+    /weights/<name>        one float32 dataset per parameter, named as in
+                           ``Sequential.named_parameters()`` ("0.w", "0.b", "3.w", "3.b")
+    /optimizer/velocity/<name>   the SGD momentum buffers, same names and shapes
+    /metrics               one row per finished epoch (a compound dataset, fields of EpochMetrics)
+
+The only randomness in training is the weight initialisation (done once, captured by the
+weights) and the batch order, a pure function of (seed, epoch) (``training.epoch_order``),
+so the seed is the whole RNG state. ``h5dump -A ck.h5`` shows the attributes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import shlex
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from convlab.files import atomic_path
+from convlab.training import EpochMetrics
+
+FORMAT = "convlab-checkpoint"
+FORMAT_VERSION = 1
+RNG_NOTE = "batch order = numpy.random.default_rng([seed, epoch]).permutation(train_size)"
+# Settings a resumed run must keep: changing any of them would make the continuation a
+# different run than the one the checkpoint started (the weights are a function of them).
+FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "momentum", "seed", "train_size", "test_size")
+METRICS_DTYPE = np.dtype([(f.name, np.int64 if f.type in ("int", int) else np.float64)
+                          for f in dataclasses.fields(EpochMetrics)])
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, written or used with this network."""
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds; ``settings`` are its root attributes (see the module doc)."""
+
+    path: Path
+    settings: dict
+    weights: dict[str, np.ndarray]
+    velocity: dict[str, np.ndarray]
+    history: list[EpochMetrics]
+
+    @property
+    def epoch(self) -> int:
+        """The number of finished epochs."""
+        return self.settings["epoch"]
+
+    def restore(self, model, optimizer=None):
+        """Copy the weights (and the momentum buffers) into ``model`` (and ``optimizer``)."""
+        try:
+            model.load_state_dict(self.weights)
+        except ValueError as e:
+            raise CheckpointError(f"{self.path} is a checkpoint of a different network: {e}; "
+                                  f"it holds {self.settings['network']!r}") from None
+        if optimizer is not None:
+            for name, buffer in optimizer.velocity.items():
+                buffer[...] = self.velocity[name]
+
+    def resume_settings(self, given: dict) -> dict:
+        """Settings for continuing this run: ``given`` (None: not given) completed from the
+        checkpoint. Refuses a change of the settings in :data:`FIXED_ON_RESUME`; ``epochs``
+        may be raised, ``backend`` may change."""
+        settings = {}
+        for key, value in given.items():
+            stored = self.settings.get(key)
+            if value is not None and key in FIXED_ON_RESUME and value != stored:
+                option = key.replace("_", "-")
+                raise CheckpointError(
+                    f"--{option} {value} differs from the checkpoint's {stored}; a resumed run keeps the "
+                    f"{', '.join(k.replace('_', '-') for k in FIXED_ON_RESUME)} it started with "
+                    f"(leave --{option} out, or start a new run to change it)")
+            settings[key] = stored if value is None else value
+        if settings["epochs"] <= self.epoch:
+            raise CheckpointError(f"{self.path} already holds {self.epoch} epochs; pass --epochs greater than "
+                                  f"{self.epoch} to train further")
+        return settings
+
+
+def save_checkpoint(path, model, optimizer, history, settings):
+    """Write a checkpoint of ``model`` and ``optimizer`` after ``history[-1].epoch`` epochs.
+
+    ``settings`` holds the run's backend, dataset, lr, momentum, batch_size, seed,
+    train_size, test_size and target epochs. Atomic: a reader (or a crash at any moment)
+    sees the previous checkpoint or this one; temporary files left by a killed writer
+    (``.<name>.*.tmp``) are removed first.
+    """
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    attrs = dict(settings, format=FORMAT, format_version=FORMAT_VERSION, epoch=history[-1].epoch,
+                 network=describe_network(model), rng=RNG_NOTE)
+    try:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs.update(attrs)
+            for name, param, _ in model.named_parameters():
+                f.create_dataset(f"weights/{name}", data=param)
+                f.create_dataset(f"optimizer/velocity/{name}", data=optimizer.velocity[name])
+            f["optimizer"].attrs.update(name=type(optimizer).__name__, lr=optimizer.lr, momentum=optimizer.momentum)
+            rows = [dataclasses.astuple(m) for m in history]
+            f.create_dataset("metrics", data=np.array(rows, dtype=METRICS_DTYPE))
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {e}") from None
+
+
+def describe_network(model) -> str:
+    """One line naming each layer, e.g. "Conv2D(1, 32, ...) -> ReLU -> Flatten -> Dense(18432, 10)"."""
+    return " -> ".join(type(layer).__name__ if type(layer).__repr__ is object.__repr__ else repr(layer)
+                       for layer in model.layers)
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`, or raise :class:`CheckpointError`
+    saying what is wrong with the file. The file is only read, never modified."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    if not h5py.is_hdf5(path):
+        raise CheckpointError(f"{path} is not an HDF5 file; a checkpoint is the HDF5 file written by "
+                              "`convlab train --checkpoint PATH`")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise CheckpointError(f"{path} is an HDF5 file but not a convlab checkpoint (no attribute "
+                                      f"format={FORMAT!r}); a checkpoint is written by `convlab train --checkpoint PATH`")
+            version = int(f.attrs["format_version"])
+            if version > FORMAT_VERSION:
+                raise CheckpointError(f"{path} has checkpoint format version {version}; this convlab reads "
+                                      f"versions up to {FORMAT_VERSION} (upgrade convlab)")
+            settings = {key: python_value(value) for key, value in f.attrs.items()}
+            weights = read_group(f, "weights")
+            velocity = read_group(f, "optimizer/velocity")
+            history = [EpochMetrics(*(python_value(v) for v in row)) for row in f["metrics"][()]]
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} is a damaged or truncated checkpoint (cannot read it: {e})") from None
+    if set(velocity) != set(weights):
+        raise CheckpointError(f"{path} is a damaged checkpoint: momentum buffers {sorted(velocity)} "
+                              f"do not match the weights {sorted(weights)}")
+    for group, arrays in (("weights", weights), ("optimizer/velocity", velocity)):
+        for name, array in arrays.items():
+            if not np.isfinite(array).all():
+                raise CheckpointError(f"{path} is a damaged checkpoint: {group}/{name} holds NaN or infinite values")
+    return Checkpoint(path, settings, weights, velocity, history)
+
+
+def read_group(f, group) -> dict[str, np.ndarray]:
+    """Every dataset of ``f[group]`` by name, as stored (float32 as trained)."""
+    arrays = {}
+    for name, dataset in f[group].items():
+        if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind != "f":
+            raise CheckpointError(f"{f.filename} is a damaged checkpoint: {group}/{name} is not an array of floats")
+        arrays[name] = dataset[()]
+    return arrays
+
+
+def python_value(value):
+    """An HDF5 attribute or field as a plain Python int, float or str."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def check_new_checkpoint_path(path, resume=None):
+    """Refuse a ``--checkpoint`` path that would overwrite anything but the run being resumed."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"--checkpoint {path} is a directory; give a file path such as {path / 'run.h5'}")
+    if path.exists() and (resume is None or not path.samefile(resume)):
+        raise CheckpointError(f"--checkpoint {path} already exists; refusing to overwrite it (continue the run "
+                              f"saved there with --resume {path}, or choose another path)")
+
+
+def interrupted_message(checkpoint, resume, options) -> str:
+    """What an interrupted ``convlab train`` says: which checkpoint survives and the exact
+    command that continues from it. ``options`` are extra ``--name value`` pairs (None: left out)."""
+    if checkpoint is None:
+        return "nothing to resume from (train with --checkpoint PATH to save a checkpoint after every epoch)"
+    latest = Path(checkpoint) if Path(checkpoint).exists() else resume
+    if latest is None:
+        return f"no epoch had finished, so {checkpoint} was not written; start the run again"
+    if Path(latest) != Path(checkpoint):
+        options = dict(options, checkpoint=checkpoint)
+    words = ["convlab", "train", "--resume", str(latest)]
+    for key, value in options.items():
+        if value is not None:
+            words += [f"--{key.replace('_', '-')}", str(value)]
+    return (f"{latest} holds {load_checkpoint(latest).epoch} finished epochs; resume with: "
+            + " ".join(map(shlex.quote, words)))
+
+
+@contextlib.contextmanager
+def ctrl_c_at_safe_points():
+    """Within the block, a first Ctrl-C (SIGINT) only asks to stop; the yielded ``check()``
+    raises KeyboardInterrupt at its next call. Python would raise it wherever the program
+    happens to be: halfway through an HDF5 write, or inside a weakref callback, where it is
+    printed and swallowed, and training goes on. A second Ctrl-C interrupts at once.
+    Where SIGINT is ignored (a background job) or handled by someone else, nothing changes."""
+    requested = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def request(signum, frame):
+        requested.append(signum)
+        signal.signal(signal.SIGINT, previous)
+
+    def check():
+        if requested:
+            raise KeyboardInterrupt
+
+    if previous is not signal.default_int_handler:
+        yield check
+        return
+    signal.signal(signal.SIGINT, request)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)

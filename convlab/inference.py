@@ -1,0 +1,137 @@
+"""Using a trained checkpoint: test accuracy with a confusion matrix, and the class of one image.
+
+Images for :func:`load_image` are read as MNIST draws them: a white digit on a black
+background, 28x28 pixels. Accepted files:
+
+* ``.png``: grayscale, RGB (converted to gray with the ITU-R 601 weights 0.299, 0.587,
+  0.114) or with an alpha channel (transparent pixels count as black background); 8 or
+  16 bits per channel.
+* ``.npy``: a numeric array of shape (28, 28) or (1, 28, 28) with values in [0, 1], or in
+  [0, 255] (any value above 1 means the array is scaled by 1/255).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from convlab.checkpoints import load_checkpoint
+from convlab.losses import softmax
+from convlab.models import reference_net
+from convlab.registry import DEFAULT_BACKEND, get_backend, list_backends
+from convlab.training import predict_logits
+
+IMAGE_SIZE = (28, 28)
+ACCEPTED_FILES = ("a 28x28 grayscale PNG (.png, white digit on black) or a NumPy array (.npy) of shape "
+                  "(28, 28) or (1, 28, 28) with values in [0, 1] or [0, 255]")
+RGB_TO_GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class ImageError(ValueError):
+    """An image file that cannot be given to the network."""
+
+
+def load_model(checkpoint_path, backend=None):
+    """The reference network holding the checkpoint's weights; returns (model, checkpoint).
+
+    The convolution runs on ``backend``; by default the one the checkpoint was trained
+    with, or the default backend if that one is not installed here.
+    """
+    checkpoint = load_checkpoint(checkpoint_path)
+    if backend is None:
+        trained_with = checkpoint.settings.get("backend")
+        backend = trained_with if trained_with in list_backends() else DEFAULT_BACKEND
+    model = reference_net(backend=get_backend(backend).name)
+    checkpoint.restore(model)
+    return model, checkpoint
+
+
+def confusion_matrix(labels, predictions, classes=10) -> np.ndarray:
+    """(classes, classes) counts: entry [t, p] is how many of class t were predicted as p."""
+    return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
+
+
+def evaluation_report(model, checkpoint, x, y) -> str:
+    """Accuracy and confusion matrix of ``model`` on images x (N, 1, 28, 28), labels y (N,)."""
+    predictions = predict_logits(model, x).argmax(axis=1)
+    matrix = confusion_matrix(y, predictions)
+    correct = int(np.trace(matrix))
+    s = checkpoint.settings
+    width = max(5, len(str(matrix.max())) + 1)
+    lines = [
+        f"checkpoint {checkpoint.path}: {checkpoint.epoch} epochs on {s['train_size']} {s['dataset']} images, "
+        f"trained with {s['backend']}; evaluated with {model.conv_layers()[0].backend}",
+        f"test accuracy: {correct / len(y):.4f} ({correct}/{len(y)})",
+        "confusion matrix (rows: true class, columns: predicted class, recall: fraction of the row right):",
+        "true" + "".join(f"{p:>{width}}" for p in range(len(matrix))) + "  recall",
+    ]
+    for true_class, row in enumerate(matrix):
+        recall = f"{row[true_class] / row.sum():.3f}" if row.sum() else "-"
+        lines.append(f"{true_class:>4}" + "".join(f"{n:>{width}}" for n in row) + f"  {recall:>6}")
+    return "\n".join(lines)
+
+
+def load_image(path, invert=False) -> np.ndarray:
+    """The image in ``path`` as float32 (1, 28, 28) in [0, 1]; ``invert`` turns a dark digit
+    on a light background into MNIST's light on dark. See the module doc for what is accepted."""
+    path = Path(str(path))
+    if not path.is_file():
+        raise ImageError(f"image {path} does not exist" if not path.exists() else f"{path} is not a file")
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        image = read_png(path)
+    elif suffix == ".npy":
+        image = read_npy(path)
+    else:
+        raise ImageError(f"{path} is neither a .png nor a .npy file; expected {ACCEPTED_FILES}")
+    if image.shape != IMAGE_SIZE:
+        raise ImageError(f"{path} is {'x'.join(map(str, image.shape))} pixels; the network reads 28x28 images "
+                         "(resize it, with the digit centred as in MNIST)")
+    return (1 - image if invert else image)[None]
+
+
+def read_png(path: Path) -> np.ndarray:
+    """A PNG as float32 (H, W) gray levels in [0, 1]."""
+    from matplotlib import image as mpimg
+
+    try:
+        pixels = np.asarray(mpimg.imread(path), dtype=np.float32)  # PNGs come back scaled to [0, 1]
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{path} is not a readable PNG ({e}); expected {ACCEPTED_FILES}") from None
+    if pixels.ndim == 2:
+        return pixels
+    gray = pixels[..., 0] if pixels.shape[-1] <= 2 else pixels[..., :3] @ RGB_TO_GRAY
+    has_alpha = pixels.shape[-1] in (2, 4)
+    return gray * pixels[..., -1] if has_alpha else gray
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """A .npy array as float32 (H, W) in [0, 1]."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ImageError(f"{path} is not a readable .npy file ({e}); expected {ACCEPTED_FILES}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "buif":
+        raise ImageError(f"{path} does not hold a numeric array; expected {ACCEPTED_FILES}")
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ImageError(f"{path} holds an array of shape {array.shape}; expected {ACCEPTED_FILES}")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+        raise ImageError(f"{path} has values outside [0, 255] (or NaN/inf); expected {ACCEPTED_FILES}")
+    return array / 255 if array.max() > 1 else array
+
+
+def prediction_report(model, image, class_name="digit") -> str:
+    """The predicted class of ``image`` (1, 28, 28) and all class probabilities, with bars."""
+    probabilities = softmax(predict_logits(model, image[None]))[0]
+    best = int(probabilities.argmax())
+    lines = [f"{class_name}: {best} (probability {probabilities[best]:.4f})"]
+    border = np.concatenate([image[0, [0, -1], :].ravel(), image[0, :, [0, -1]].ravel()])
+    if border.mean() > 0.5:
+        lines.append("note: the image's border is bright; MNIST digits are white on black "
+                     "(pass --invert for a dark digit on a light background)")
+    lines += [f"{k:>3}  {p:.4f}  {'#' * round(40 * float(p))}".rstrip() for k, p in enumerate(probabilities)]
+    return "\n".join(lines)

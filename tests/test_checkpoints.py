@@ -1,0 +1,216 @@
+"""HDF5 checkpoints: round trip, exact resume, resume rules, and every bad checkpoint file."""
+
+import dataclasses
+import functools
+import hashlib
+
+import h5py
+import numpy as np
+import pytest
+
+import convlab.data
+from convlab.checkpoints import (
+    CheckpointError,
+    check_new_checkpoint_path,
+    interrupted_message,
+    load_checkpoint,
+    save_checkpoint,
+)
+from convlab.layers import Conv2D, Dense, Flatten, ReLU
+from convlab.models import Sequential, reference_net
+from convlab.optimizers import SGD
+from convlab.training import EpochMetrics
+from tests.test_cli import run_cli
+
+SMALL = ("--train-size", "192", "--test-size", "64", "--progress", "False")
+_load_dataset_once = functools.lru_cache(convlab.data.load_dataset)
+
+
+@pytest.fixture
+def data_read_once(monkeypatch):
+    """In-process `convlab` commands share one reading of each data set (it takes seconds)."""
+    def load_dataset(name="mnist", data_dir=None, verify=True):
+        return dataclasses.replace(_load_dataset_once(name, data_dir, verify))  # the CLI slices its fields
+    monkeypatch.setattr(convlab.data, "load_dataset", load_dataset)
+
+
+def make_checkpoint(path, epochs_done=1, model=None, seed=0):
+    """A checkpoint of an untrained ``model`` (default: the reference net) with made-up
+    momentum buffers and metrics: what a real one holds, without spending time training."""
+    model = reference_net(seed=seed) if model is None else model
+    optimizer = SGD(model, lr=0.01, momentum=0.9)
+    rng = np.random.default_rng(seed)
+    for buffer in optimizer.velocity.values():
+        buffer[...] = rng.standard_normal(buffer.shape)
+    history = [EpochMetrics(e, 1.0 / e, 0.5, 0.25 + e / 100, 0.5) for e in range(1, epochs_done + 1)]
+    settings = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, momentum=0.9, seed=seed,
+                    train_size=256, test_size=128)
+    save_checkpoint(path, model, optimizer, history, settings)
+    return model, optimizer, history
+
+
+def test_round_trip_keeps_weights_momentum_metrics_and_settings(tmp_path):
+    path = tmp_path / "ck.h5"
+    model, optimizer, history = make_checkpoint(path, epochs_done=3)
+    loaded = load_checkpoint(path)
+    assert loaded.epoch == 3 and loaded.history == history
+    assert loaded.settings["lr"] == 0.01 and loaded.settings["batch_size"] == 64
+    assert loaded.settings["format"] == "convlab-checkpoint" and loaded.settings["format_version"] == 1
+    assert loaded.settings["network"].startswith("Conv2D(1, 32, kernel_size=(7, 7)")
+    fresh = reference_net(seed=99)
+    fresh_optimizer = SGD(fresh)
+    loaded.restore(fresh, fresh_optimizer)
+    for name, param, _ in model.named_parameters():
+        assert param.dtype == np.float32
+        np.testing.assert_array_equal(fresh.state_dict()[name], param)
+        np.testing.assert_array_equal(fresh_optimizer.velocity[name], optimizer.velocity[name])
+    with h5py.File(path) as f:  # the layout h5dump shows
+        assert sorted(f["weights"]) == ["0.b", "0.w", "3.b", "3.w"]
+        assert f["weights/0.w"].dtype == np.float32
+        assert list(f["metrics"].dtype.names) == ["epoch", "train_loss", "train_accuracy", "test_accuracy", "seconds"]
+
+
+def test_save_removes_temp_files_left_by_a_killed_writer(tmp_path):
+    path = tmp_path / "ck.h5"
+    stale = tmp_path / ".ck.h5.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    unrelated = tmp_path / ".other.h5.abc123.tmp"
+    unrelated.write_bytes(b"not ours")
+    make_checkpoint(path)
+    assert not stale.exists() and unrelated.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.h5.abc123.tmp", "ck.h5"]
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(capsys, tmp_path, data_read_once):
+    straight, first, resumed = tmp_path / "straight.h5", tmp_path / "first.h5", tmp_path / "resumed.h5"
+    assert run_cli(capsys, "train", "--epochs", "2", *SMALL, "--checkpoint", str(straight))[0] == 0
+    assert run_cli(capsys, "train", "--epochs", "1", *SMALL, "--checkpoint", str(first))[0] == 0
+    code, out, _ = run_cli(capsys, "train", "--resume", str(first), "--epochs", "2", "--progress", "False",
+                           "--checkpoint", str(resumed))
+    assert code == 0 and f"resuming from {first} after epoch 1" in out and "epoch 2/2" in out
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    assert load_checkpoint(first).epoch == 1 and a.epoch == b.epoch == 2
+    for name in a.weights:
+        np.testing.assert_array_equal(a.weights[name], b.weights[name])
+        np.testing.assert_array_equal(a.velocity[name], b.velocity[name])
+    without_seconds = [[(m.epoch, m.train_loss, m.train_accuracy, m.test_accuracy) for m in c.history] for c in (a, b)]
+    assert without_seconds[0] == without_seconds[1]
+    assert a.settings == b.settings
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "0.1"], "--lr 0.1 differs from the checkpoint's 0.01; a resumed run keeps the dataset, batch-size, "
+                      "lr, momentum, seed, train-size, test-size it started with"),
+    (["--batch-size", "32"], "--batch-size 32 differs from the checkpoint's 64"),
+    (["--train-size", "100"], "--train-size 100 differs from the checkpoint's 256"),
+    (["--epochs", "2"], "already holds 2 epochs; pass --epochs greater than 2 to train further"),
+    (["--checkpoint", "{other}"], "already exists; refusing to overwrite it (continue the run saved there with --resume"),
+])
+def test_resume_refuses_changed_settings(capsys, tmp_path, argv, message):
+    path, other = tmp_path / "ck.h5", tmp_path / "other.h5"
+    make_checkpoint(path, epochs_done=2)
+    other.write_text("someone's file")
+    before = path.read_bytes()
+    argv = [a.format(other=other) for a in argv]
+    code, _, err = run_cli(capsys, "train", "--resume", str(path), "--progress", "False", *argv)
+    assert code == 2 and message in err and err.startswith("convlab: error: ") and err.count("\n") == 1
+    assert path.read_bytes() == before and other.read_text() == "someone's file"
+
+
+def test_new_run_refuses_to_overwrite_an_existing_file(tmp_path):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    with pytest.raises(CheckpointError, match="notes.txt already exists; refusing to overwrite it"):
+        check_new_checkpoint_path(existing)
+    with pytest.raises(CheckpointError, match="is a directory; give a file path such as"):
+        check_new_checkpoint_path(tmp_path)
+    assert existing.read_text() == "keep me"
+
+
+def test_interrupted_message_names_the_surviving_checkpoint_and_the_command(tmp_path):
+    path = tmp_path / "run 1.h5"
+    options = dict(epochs=9, backend="naive", data_dir=None, progress=False)
+    assert "train with --checkpoint PATH" in interrupted_message(None, None, options)
+    assert "no epoch had finished" in interrupted_message(path, None, options)
+    make_checkpoint(path, epochs_done=2)
+    assert interrupted_message(path, path, options) == (
+        f"{path} holds 2 finished epochs; resume with: convlab train --resume '{path}' --epochs 9 "
+        "--backend naive --progress False")
+    elsewhere = tmp_path / "new.h5"
+    assert interrupted_message(elsewhere, path, options).endswith(f"--progress False --checkpoint {elsewhere}")
+
+
+def write_different_network(path):
+    different = Sequential(Conv2D(1, 16, 5, rng=0), ReLU(), Flatten(), Dense(16 * 24 * 24, 10, rng=0))
+    make_checkpoint(path, model=different)
+
+
+def write_truncated(path):
+    make_checkpoint(path)
+    path.write_bytes(path.read_bytes()[:5000])
+
+
+def write_hdf5_of_other_kind(path):
+    with h5py.File(path, "w") as f:  # like the assignment's MNISTdata.hdf5
+        f["x_train"] = np.zeros((3, 784), np.float32)
+
+
+def edit_checkpoint(change):
+    def write(path):
+        make_checkpoint(path)
+        with h5py.File(path, "r+") as f:
+            change(f)
+    return write
+
+
+def set_nan(f):
+    f["weights/3.b"][0] = np.nan
+
+
+BAD_CHECKPOINTS = {
+    "missing": (None, "checkpoint {path} does not exist"),
+    "directory": (lambda path: path.mkdir(), "checkpoint {path} is not a file"),
+    "not HDF5": (lambda path: path.write_text("epoch 1 loss 0.3\n"),
+                 "{path} is not an HDF5 file; a checkpoint is the HDF5 file written by `convlab train --checkpoint PATH`"),
+    "empty": (lambda path: path.write_bytes(b""), "{path} is not an HDF5 file"),
+    "truncated": (write_truncated, "{path} is a damaged or truncated checkpoint (cannot read it: "),
+    "HDF5 of another kind": (write_hdf5_of_other_kind,
+                             "{path} is an HDF5 file but not a convlab checkpoint (no attribute format='convlab-checkpoint')"),
+    "newer format": (edit_checkpoint(lambda f: f.attrs.modify("format_version", 7)),
+                     "{path} has checkpoint format version 7; this convlab reads versions up to 1 (upgrade convlab)"),
+    "different network": (write_different_network,
+                          "{path} is a checkpoint of a different network: parameter 0.w has shape (16, 1, 5, 5), "
+                          "this model needs (32, 1, 7, 7); it holds 'Conv2D(1, 16, kernel_size=(5, 5)"),
+    "weight missing": (edit_checkpoint(lambda f: f.__delitem__("weights/3.b")),
+                       "{path} is a damaged checkpoint: momentum buffers ['0.b', '0.w', '3.b', '3.w'] do not match"),
+    "metrics missing": (edit_checkpoint(lambda f: f.__delitem__("metrics")),
+                        "{path} is a damaged or truncated checkpoint (cannot read it: "),
+    "weights not floats": (edit_checkpoint(lambda f: (f.__delitem__("weights/0.b"), f.create_dataset("weights/0.b", data=["a"]))),
+                           "{path} is a damaged checkpoint: weights/0.b is not an array of floats"),
+    "NaN weights": (edit_checkpoint(set_nan), "{path} is a damaged checkpoint: weights/3.b holds NaN or infinite values"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_bad_checkpoint_is_one_error_line_and_left_untouched(capsys, tmp_path, case, command):
+    write, message = BAD_CHECKPOINTS[case]
+    path = tmp_path / "ck.h5"
+    if write is not None:
+        write(path)
+    fingerprint = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    argv = ["evaluate", "--checkpoint", str(path)] if command == "evaluate" else ["train", "--resume", str(path)]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert err.startswith("convlab: error: " + message.format(path=path)), err
+    assert err.count("\n") == 1 and "Traceback" not in err and out == ""
+    if fingerprint is not None:
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == fingerprint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if write is None else ["ck.h5"])
+
+
+def test_unwritable_checkpoint_path_is_an_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(CheckpointError, match="cannot write checkpoint .*file/ck.h5"):
+        make_checkpoint(blocker / "ck.h5")

@@ -1,0 +1,143 @@
+"""Real signals on a real `convlab` process: Ctrl-C keeps the last checkpoint and says how to
+resume; SIGKILL at any moment, even mid-write, leaves a loadable checkpoint."""
+
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from convlab.checkpoints import ctrl_c_at_safe_points, load_checkpoint, save_checkpoint
+from convlab.cli import main
+from convlab.models import reference_net
+from convlab.optimizers import SGD
+from convlab.training import EpochMetrics
+
+REPO = Path(__file__).resolve().parent.parent
+# Saves checkpoints of the reference net in a loop; version k has every bias of layer 3 equal to k.
+CHECKPOINT_WRITER = """
+import sys
+from convlab.checkpoints import save_checkpoint
+from convlab.models import reference_net
+from convlab.optimizers import SGD
+from convlab.training import EpochMetrics
+model = reference_net()
+optimizer, history = SGD(model), []
+for epoch in range(1, 10 ** 6):
+    history.append(EpochMetrics(epoch, 1.0, 0.5, 0.5, 0.0))
+    model.layers[3].params["b"][...] = epoch
+    save_checkpoint(sys.argv[1], model, optimizer, history, {"epochs": 10 ** 6})
+    print(epoch, flush=True)
+"""
+
+
+def start(tmp_path, *argv):
+    """``python argv`` with this repository's convlab, Ctrl-C raising KeyboardInterrupt even
+    when the test runner ignores SIGINT (a child inherits an ignored signal)."""
+    return subprocess.Popen([sys.executable, *argv], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def wait_for_line(process, prefix):
+    """Read the process's output up to a line starting with ``prefix`` and return what was
+    read (lines are flushed when a checkpoint was written, or, in training, just before)."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            return "".join(lines)
+    pytest.fail(f"the process ended without printing {prefix!r}: {process.communicate()}")
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """A 64 + 32 image data set in the assignment's MNISTdata.hdf5 layout: loads instantly."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.hdf5"
+    with h5py.File(path, "w") as f:
+        for split, n in (("train", 64), ("test", 32)):
+            f[f"x_{split}"] = rng.integers(0, 256, (n, 784), dtype=np.uint8)
+            f[f"y_{split}"] = rng.integers(0, 10, (n, 1))
+    return path
+
+
+def train_argv(data, *extra):
+    return ["-m", "convlab.cli", "train", "--data-dir", str(data), "--batch-size", "32", "--progress", "False", *extra]
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_and_prints_the_resume_command(tmp_path, tiny_data, capsys):
+    path = tmp_path / "ck.h5"
+    process = start(tmp_path, *train_argv(tiny_data, "--epochs", "100000", "--checkpoint", str(path)))
+    out = wait_for_line(process, "epoch 2/")
+    process.send_signal(signal.SIGINT)
+    rest, err = process.communicate(timeout=30)
+    out += rest
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    held = load_checkpoint(path)
+    command = (f"convlab train --resume {path} --epochs 100000 --backend im2col --data-dir {tiny_data} "
+               "--progress False")
+    assert err.splitlines()[-1] == (f"convlab: interrupted; {path} holds {held.epoch} finished epochs; "
+                                    f"resume with: {command}")
+    assert f"epoch {held.epoch}/100000" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.h5", "tiny.hdf5"]  # no temp file left behind
+
+    argv = shlex.split(command)[1:]
+    argv[argv.index("--epochs") + 1] = str(held.epoch + 1)  # the printed command, one epoch further
+    main(argv)
+    assert f"epoch {held.epoch + 1}/{held.epoch + 1}" in capsys.readouterr().out
+    assert load_checkpoint(path).epoch == held.epoch + 1
+
+
+def test_sigkill_during_training_leaves_a_loadable_checkpoint(tmp_path, tiny_data):
+    path = tmp_path / "ck.h5"
+    rng = random.Random(0)
+    epochs = []
+    for run in range(2):
+        resume = ["--resume", str(path)] if path.exists() else ["--checkpoint", str(path)]
+        process = start(tmp_path, *train_argv(tiny_data, "--epochs", "100000", *resume))
+        wait_for_line(process, "epoch ")
+        time.sleep(rng.uniform(0, 0.5))
+        process.kill()
+        process.communicate()
+        epochs.append(load_checkpoint(path).epoch)
+    assert epochs == sorted(epochs)
+
+
+def test_sigkill_mid_write_leaves_the_previous_checkpoint_intact(tmp_path):
+    """Most of the writer's time is spent writing, so most kills land inside a write."""
+    path = tmp_path / "ck.h5"
+    rng = random.Random(0)
+    for kill in range(6):
+        process = start(tmp_path, "-c", CHECKPOINT_WRITER, str(path))
+        wait_for_line(process, "1")
+        time.sleep(rng.uniform(0, 0.3))
+        process.kill()
+        process.communicate()
+        held = load_checkpoint(path)  # never half-written
+        assert (held.weights["3.b"] == held.epoch).all()  # and never a mix of two versions
+    # The temporary files of the killed writes are recognisable, and the next save removes them.
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ck.h5"]
+    assert all(name.startswith(".ck.h5.") and name.endswith(".tmp") for name in leftovers)
+    model = reference_net()
+    save_checkpoint(path, model, SGD(model), [EpochMetrics(1, 1.0, 0.5, 0.5, 0.0)], {})
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.h5"]
+
+
+def test_first_ctrl_c_waits_for_a_safe_point_and_a_second_one_does_not():
+    with ctrl_c_at_safe_points() as stop_if_asked:
+        stop_if_asked()
+        signal.raise_signal(signal.SIGINT)  # recorded, not raised here
+        with pytest.raises(KeyboardInterrupt):
+            stop_if_asked()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
