@@ -90,7 +90,8 @@ class ReLU(Layer):
     """max(x, 0), elementwise; any shape."""
 
     def forward(self, x):
-        self._positive = x > 0
+        # A 0/1 mask in x's dtype: multiplying by it is about twice as fast as by a bool mask.
+        self._positive = (x > 0).astype(x.dtype)
         return x * self._positive
 
     def backward(self, dy, need_dx=True):

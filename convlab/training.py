@@ -43,6 +43,17 @@ def accuracy(model, x, y, batch_size=500) -> float:
     return float((predict_logits(model, x, batch_size).argmax(axis=1) == y).mean())
 
 
+def train_step(model, optimizer, x, y):
+    """One SGD step on the batch x (B, C, H, W), labels y (B,); returns (loss, number correct)."""
+    logits = model.forward(x)
+    loss, dlogits = softmax_cross_entropy(logits, y)
+    if not np.isfinite(loss):
+        raise TrainingDiverged(f"training diverged: the loss became {loss}")
+    model.backward(dlogits)
+    optimizer.step()
+    return loss, int(np.count_nonzero(logits.argmax(axis=1) == y))
+
+
 def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True, on_batch=None):
     """One pass over (x, y) in minibatches; returns (mean loss, training accuracy).
     ``on_batch()``, if given, is called after each step (a safe point to stop at).
@@ -56,16 +67,13 @@ def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True, 
     bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
     for start in bar:
         idx = order[start:start + batch_size]
-        logits = model.forward(x[idx])
-        loss, dlogits = softmax_cross_entropy(logits, y[idx])
-        if not np.isfinite(loss):
-            raise TrainingDiverged(
-                f"training diverged: the loss became {loss} at epoch {epoch}, batch {start // batch_size + 1}; "
-                f"try a lower learning rate (now {optimizer.lr})")
-        model.backward(dlogits)
-        optimizer.step()
+        try:
+            loss, batch_correct = train_step(model, optimizer, x[idx], y[idx])
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e} at epoch {epoch}, batch {start // batch_size + 1}; "
+                                   f"try a lower learning rate (now {optimizer.lr})") from None
         total_loss += loss * len(idx)
-        correct += int((logits.argmax(axis=1) == y[idx]).sum())
+        correct += batch_correct
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         if on_batch is not None:
             on_batch()
@@ -83,8 +91,10 @@ def fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=1, progres
     history = []
     for epoch in range(start_epoch, epochs + 1):
         started = time.perf_counter()
-        loss, train_acc = train_epoch(model, optimizer, data.x_train, data.y_train, batch_size, seed, epoch, progress,
-                                      on_batch)
+        # Overflow ends in a non-finite loss, reported once as TrainingDiverged, not as numpy warnings.
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss, train_acc = train_epoch(model, optimizer, data.x_train, data.y_train, batch_size, seed, epoch,
+                                          progress, on_batch)
         seconds = time.perf_counter() - started
         metrics = EpochMetrics(epoch, loss, train_acc, accuracy(model, data.x_test, data.y_test), seconds)
         history.append(metrics)

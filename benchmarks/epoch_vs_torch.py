@@ -1,0 +1,159 @@
+"""convlab against PyTorch CPU on the reference network, timed in one run.
+
+Two measurements, each printed as a ratio (convlab time / PyTorch time; below 1 means
+convlab is faster):
+
+* ``layer``: the MNIST convolution alone, x (64, 1, 28, 28), w (32, 1, 7, 7), padding 1:
+  forward + backward, once without the input gradient (as in the network, where the
+  first layer needs none) and once with it. Ours goes through the public, checked
+  backend API; PyTorch's is ``F.conv2d`` + autograd.
+* ``epoch``: one epoch of training on the full training set: conv 1->32 7x7 pad 1 ->
+  ReLU -> Flatten -> Dense 18432->10, softmax cross-entropy, SGD with momentum, batches
+  of 64. Both networks start from the same weights and see the same batches in the same
+  order; every timed step gathers its batch by index, computes the loss, the gradients
+  and the update, and counts correct predictions (ours is ``convlab.training.train_step``,
+  the step ``convlab train`` runs). The mean losses printed at the end must agree.
+
+The machine may be shared, so the two sides alternate: repetition by repetition for the
+layer, chunk of batches by chunk of batches for the epoch (who goes first alternates too),
+and the medians of the per-pair ratios are printed next to the ratio of the totals.
+PyTorch runs with as many threads as this process may use (``--threads``); numpy keeps
+its defaults (OpenBLAS threads its GEMMs, elementwise work is single-threaded).
+
+    python benchmarks/epoch_vs_torch.py                  # both measurements, ~1-3 min
+    python benchmarks/epoch_vs_torch.py --only layer     # just the layer, a few seconds
+    python benchmarks/epoch_vs_torch.py --train-size 6400 --chunk 20   # a quick epoch
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from convlab.data import load_mnist
+from convlab.models import reference_net
+from convlab.optimizers import SGD
+from convlab.registry import get_backend
+from convlab.training import epoch_order, train_step
+
+BATCH_SIZE, LR, MOMENTUM, SEED = 64, 0.01, 0.9, 0
+
+
+def torch_twin(model):
+    """A PyTorch copy of ``reference_net``: same layers, same weights (Dense w is transposed)."""
+    conv_w, conv_b, dense_w, dense_b = (p for _, p, _ in model.named_parameters())
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 7, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(18432, 10))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.from_numpy(conv_w))
+        net[0].bias.copy_(torch.from_numpy(conv_b))
+        net[3].weight.copy_(torch.from_numpy(dense_w.T.copy()))
+        net[3].bias.copy_(torch.from_numpy(dense_b))
+    return net
+
+
+def torch_train_step(net, optimizer, x, y):
+    """The PyTorch twin of ``convlab.training.train_step``: returns (loss, number correct)."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = net(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), int((logits.argmax(dim=1) == y).sum())
+
+
+def timed(fn, *args):
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
+
+
+def summarize(label, ours, theirs):
+    """Print total times and ratios for paired timings ``ours[i]``, ``theirs[i]``."""
+    pair_ratios = [a / b for a, b in zip(ours, theirs)]
+    print(f"{label}: convlab {sum(ours):.3f} s, torch {sum(theirs):.3f} s over {len(ours)} pairs; "
+          f"ratio of totals {sum(ours) / sum(theirs):.2f}x, median pair ratio {statistics.median(pair_ratios):.2f}x")
+
+
+def bench_layer(backend, repeats):
+    rng = np.random.default_rng(SEED)
+    x = rng.random((BATCH_SIZE, 1, 28, 28), dtype=np.float32)
+    w = (rng.standard_normal((32, 1, 7, 7)) * 0.2).astype(np.float32)
+    b = np.zeros(32, np.float32)
+    dy = rng.standard_normal((BATCH_SIZE, 32, 24, 24)).astype(np.float32)
+    tw, tb, tdy = (torch.from_numpy(a).requires_grad_() for a in (w, b, dy))
+
+    def ours(need_dx):
+        y, cache = backend.forward(x, w, b, 1, 1)
+        return backend.backward(dy, cache, need_dx)
+
+    def theirs(need_dx):
+        tx = torch.from_numpy(x).requires_grad_(need_dx)
+        tw.grad = tb.grad = None
+        F.conv2d(tx, tw, tb, padding=1).backward(tdy.detach())
+
+    for need_dx in (False, True):
+        ours(need_dx), theirs(need_dx)  # warm-up
+        pairs = [(timed(ours, need_dx), timed(theirs, need_dx)) for _ in range(repeats)]
+        summarize(f"MNIST layer forward+backward {'with' if need_dx else 'without'} dx ({backend.name})",
+                  *zip(*pairs))
+
+
+def bench_epoch(backend_name, train_size, chunk):
+    data = load_mnist()
+    x, y = data.x_train[:train_size], data.y_train[:train_size]
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    model = reference_net(seed=SEED, backend=backend_name)
+    net = torch_twin(model)
+    ours_opt = SGD(model, lr=LR, momentum=MOMENTUM)
+    torch_opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    order = epoch_order(len(x), SEED, 1)
+    batches = [order[i:i + BATCH_SIZE] for i in range(0, len(x), BATCH_SIZE)]
+
+    def run_ours(batch_list):
+        return [train_step(model, ours_opt, x[idx], y[idx])[0] for idx in batch_list]
+
+    def run_torch(batch_list):
+        return [torch_train_step(net, torch_opt, tx[idx], ty[idx])[0] for idx in map(torch.from_numpy, batch_list)]
+
+    ours_times, torch_times, ours_losses, torch_losses = [], [], [], []
+    for i, start in enumerate(range(0, len(batches), chunk)):
+        part = batches[start:start + chunk]
+        sides = [(run_ours, ours_times, ours_losses), (run_torch, torch_times, torch_losses)]
+        for run, times, losses in (sides if i % 2 == 0 else sides[::-1]):
+            started = time.perf_counter()
+            losses += run(part)
+            times.append(time.perf_counter() - started)
+    summarize(f"one epoch, {len(x)} images, batch {BATCH_SIZE} ({backend_name})", ours_times, torch_times)
+    print(f"mean training loss: convlab {np.mean(ours_losses):.4f}, torch {np.mean(torch_losses):.4f}")
+
+
+def main():
+    cores = len(os.sched_getaffinity(0))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", default="im2col", help="convlab backend to time (default im2col)")
+    parser.add_argument("--only", choices=["layer", "epoch"], help="run just one of the two measurements")
+    parser.add_argument("--threads", type=int, default=cores, help=f"PyTorch threads (default {cores}, the cores)")
+    parser.add_argument("--train-size", type=int, default=60000, help="training images in the epoch (default all)")
+    parser.add_argument("--chunk", type=int, default=50, help="batches per alternation chunk (default 50)")
+    parser.add_argument("--repeats", type=int, default=30, help="layer repetitions (default 30)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    blas_env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
+    print(f"cores {cores}, torch {torch.__version__} threads {torch.get_num_threads()}, numpy {np.__version__}, "
+          f"BLAS/OpenMP environment {blas_env or 'unset'}")
+    backend = get_backend(args.backend)
+    if args.only in (None, "layer"):
+        bench_layer(backend, args.repeats)
+    if args.only in (None, "epoch"):
+        bench_epoch(backend.name, args.train_size, args.chunk)
+
+
+if __name__ == "__main__":
+    main()
