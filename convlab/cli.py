@@ -94,6 +94,21 @@ class Commands:
         for name in names:
             print(f"{name:<{width}}  {get_backend(name).description}")
 
+    def report(self, source=None, out="report.pdf", bench=None):
+        """Write a PDF report of a training run, and its figures as PNG beside it.
+
+        Args:
+            source: a metrics file (`convlab train --metrics-out`) or a checkpoint
+                (`convlab train --checkpoint`; only a checkpoint has the filters to show).
+            out: the PDF to write; the PNGs go beside it as <stem>-curves.png,
+                <stem>-filters.png and <stem>-timing.png.
+            bench: a `convlab bench --json` result, shown as the timing table.
+        """
+        from convlab.report import write_report
+
+        for path in write_report(required("SOURCE", source), out, bench):
+            print(f"wrote {path}")
+
     def train(self, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
               train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True,
               dataset=None, checkpoint=None, resume=None):

@@ -1,0 +1,361 @@
+"""``convlab report``: a PDF about one training run, and its figures as PNG.
+
+From a metrics file (``convlab train --metrics-out``) or a checkpoint (``--checkpoint``):
+a page with the paragraph the assignment asks for (test accuracy, the network, the backend
+and how that backend computes the convolution, taken from the backend module's own
+docstring so that every backend describes itself), the training curves, the learned
+convolution filters (a checkpoint holds the weights; a metrics file does not), and, given
+a ``convlab bench --json`` result, the timing table.
+
+Everything is rendered in memory first and then written atomically, so an error leaves
+no file half-written and no stale figure beside a new PDF.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import math
+import numbers
+import re
+import sys
+import textwrap
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import h5py
+import matplotlib.image
+import numpy as np
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
+
+from convlab.files import atomic_path
+from convlab.layers import Conv2D, Dense, ReLU
+from convlab.registry import get_backend
+from convlab.training import EpochMetrics
+
+PAGE = (8.27, 11.69)  # A4 portrait, inches
+MARGIN = 0.8  # inches
+DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+METRICS_HINT = "expected the JSON written by `convlab train --metrics-out PATH`"
+BENCH_HINT = 'expected the JSON written by `convlab bench --json PATH`: {"rows": [{"shape", "backend", "pass", "seconds"}]}'
+
+
+class ReportError(ValueError):
+    """An input to the report that cannot be used."""
+
+
+@dataclass
+class Run:
+    """What the report says about one training run.
+
+    ``settings`` holds whatever of dataset, lr, momentum, batch_size, seed, train_size and
+    test_size the source recorded; ``model`` is the trained network (checkpoints only).
+    """
+
+    source: Path
+    backend: str
+    history: list[EpochMetrics]
+    settings: dict
+    model: object = None
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.history[-1].test_accuracy
+
+
+def load_run(path) -> Run:
+    """A :class:`Run` from a checkpoint (HDF5) or a metrics file (JSON)."""
+    path = Path(str(path))
+    if not path.is_file():
+        raise ReportError(f"{path} does not exist or is not a file; give a metrics JSON file or a checkpoint")
+    if h5py.is_hdf5(path):
+        from convlab.inference import load_model  # the checkpoint format lives there
+
+        model, checkpoint = load_model(path)
+        return Run(path, checkpoint.settings["backend"], checkpoint.history, checkpoint.settings, model)
+    return read_metrics(path)
+
+
+def read_json(path: Path, hint: str):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReportError(f"{path}: cannot read it as JSON ({e}); {hint}") from None
+
+
+def read_metrics(path: Path) -> Run:
+    """A run from a metrics file: {"backend", "test_accuracy", "epochs": [EpochMetrics...]},
+    optionally with "dataset" and "settings"."""
+    doc = read_json(path, METRICS_HINT)
+    names = [f.name for f in fields(EpochMetrics)]
+    try:
+        history = [EpochMetrics(**{name: epoch[name] for name in names}) for epoch in doc["epochs"]]
+        backend = doc["backend"]
+        settings = dict(doc.get("settings") or {}, dataset=doc.get("dataset", "mnist"))
+    except (TypeError, KeyError, AttributeError) as e:
+        raise ReportError(f"{path}: missing or malformed {e}; {METRICS_HINT}") from None
+    valid = isinstance(backend, str) and history and all(
+        isinstance(getattr(m, name), numbers.Real) and math.isfinite(getattr(m, name)) for m in history for name in names)
+    if not valid:
+        raise ReportError(f"{path}: needs a backend name and at least one epoch of finite numbers "
+                          f"({', '.join(names)}); {METRICS_HINT}")
+    return Run(path, backend, history, settings)
+
+
+def read_bench(path) -> list[dict]:
+    """The rows of a ``convlab bench --json`` file, each with shape, backend, pass, seconds."""
+    path = Path(str(path))
+    doc = read_json(path, BENCH_HINT)
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    ok = isinstance(rows, list) and rows and all(
+        isinstance(r, dict) and {"shape", "backend", "pass", "seconds"} <= set(r)
+        and isinstance(r["seconds"], numbers.Real) and r["seconds"] > 0 for r in rows)
+    if not ok:
+        raise ReportError(f"{path}: no usable timing rows (each needs a positive number of seconds); {BENCH_HINT}")
+    return rows
+
+
+# --- text -------------------------------------------------------------------------------
+
+
+def plain(text: str) -> str:
+    """reStructuredText inline markup (``code``, :func:`name`, *emphasis*) as plain text."""
+    text = re.sub(r"``(.+?)``", r"\1", text)
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return re.sub(r"(?<![\w*])\*([A-Za-z][A-Za-z ]*[A-Za-z])\*(?![\w*])", r"\1", text)
+
+
+def backend_explanation(name: str) -> tuple[str, list[tuple[str, str]]]:
+    """(one-line description, docstring blocks) of backend ``name``, from its module's
+    docstring; blocks are ("para", text) or ("code", text)."""
+    try:
+        backend = get_backend(name)
+    except ValueError:
+        return (f"a backend that is not installed here", [("para", f"The backend {name!r} is not installed "
+                                                          "where this report was made, so it cannot describe itself.")])
+    module = sys.modules.get(type(backend.impl).__module__)
+    doc = inspect.cleandoc((module and module.__doc__) or backend.impl.__doc__ or backend.description)
+    blocks = []
+    for chunk in re.split(r"\n\s*\n", doc):
+        if chunk.startswith(" "):
+            blocks.append(("code", textwrap.dedent(chunk)))
+        else:
+            blocks.append(("para", plain(re.sub(r"::$", ":", " ".join(chunk.split())))))
+    return plain(backend.description), blocks
+
+
+def describe_network(model) -> str:
+    """The layer chain as one line, e.g. "input 1×28×28 → conv 32 filters 7×7 ... → dense 18432 → 10"."""
+    parts = []
+    for layer in model.layers:
+        if isinstance(layer, Conv2D):
+            f, c, kh, kw = layer.params["w"].shape
+            if not parts:
+                parts.append(f"input {c}×28×28")
+            parts.append(f"conv {f} filters {kh}×{kw}, stride {pair(layer.stride)}, padding {pair(layer.padding)}")
+        elif isinstance(layer, ReLU):
+            parts.append("ReLU")
+        elif isinstance(layer, Dense):
+            parts.append("dense {} → {}".format(*layer.params["w"].shape))
+    n_params = sum(p.size for _, p, _ in model.named_parameters())
+    return " → ".join(parts) + f" → softmax cross-entropy ({n_params:,} parameters)"
+
+
+def pair(values) -> str:
+    return str(values[0]) if values[0] == values[1] else f"{values[0]}×{values[1]}"
+
+
+def dataset_title(run: Run) -> str:
+    name = run.settings.get("dataset", "mnist")
+    return DATASET_TITLES.get(name, name)
+
+
+def summary_paragraph(run: Run, model) -> str:
+    """The assignment's paragraph: test accuracy, the network, training, the backend."""
+    s = run.settings
+    test_set = f"{s['test_size']:,} {dataset_title(run)} test images" if "test_size" in s else \
+        f"the {dataset_title(run)} test set"
+    n_train = f" on {s['train_size']:,} training images" if "train_size" in s else ""
+    epochs = len(run.history)
+    text = (f"The network reached a test accuracy of {run.test_accuracy:.2%} on {test_set} "
+            f"after {epochs} epoch{'s' * (epochs != 1)} of training{n_train}. "
+            f"Network: {describe_network(model)}. ")
+    if {"lr", "momentum", "batch_size", "seed"} <= set(s):
+        text += (f"Training: SGD with learning rate {s['lr']}, momentum {s['momentum']}, "
+                 f"minibatches of {s['batch_size']}, seed {s['seed']}. ")
+    description, _ = backend_explanation(run.backend)
+    return text + (f"Everything is implemented from scratch in NumPy, with no PyTorch and no SciPy convolution. "
+                   f"The convolution, forward and backward, was computed by the \u201c{run.backend}\u201d backend. "
+                   f"{description.rstrip('.')}.")
+
+
+# --- pages and figures -----------------------------------------------------------------
+
+
+class Pages:
+    """Text and figures laid out top to bottom on A4 pages, a new page when one is full."""
+
+    STYLES = {  # name: (font size pt, family, weight, characters per line or None: no wrapping)
+        "title": (18, "sans-serif", "bold", 60),
+        "heading": (12.5, "sans-serif", "bold", 80),
+        "para": (10, "sans-serif", "normal", 92),
+        "note": (9, "sans-serif", "normal", 104),
+        "code": (8, "monospace", "normal", None),
+    }
+
+    def __init__(self):
+        self.pages: list[Figure] = []
+        self.y = 0.0
+
+    def add(self, style: str, text: str):
+        size, family, weight, width = self.STYLES[style]
+        lines = text.splitlines() if width is None else textwrap.wrap(text, width)
+        step = size * 1.45 / 72  # inches per line
+        for line in lines:
+            self.make_room(step)
+            self.y += step
+            self.pages[-1].text(MARGIN / PAGE[0], 1 - self.y / PAGE[1], line, fontsize=size,
+                                family=family, weight=weight, va="baseline")
+        self.y += step * 0.6  # space after a block
+
+    def add_figure(self, heading: str, png: bytes):
+        """A heading and a figure (as its PNG, across the text width), on one page."""
+        image = matplotlib.image.imread(io.BytesIO(png))
+        width = PAGE[0] - 2 * MARGIN
+        height = width * image.shape[0] / image.shape[1]
+        self.make_room(height + 0.5)
+        self.add("heading", heading)
+        ax = self.pages[-1].add_axes([MARGIN / PAGE[0], 1 - (self.y + height) / PAGE[1],
+                                      width / PAGE[0], height / PAGE[1]])
+        ax.imshow(image, interpolation="lanczos")
+        ax.set_axis_off()
+        self.y += height + 0.25
+
+    def make_room(self, height: float):
+        """Start a new page unless ``height`` inches still fit on this one."""
+        if not self.pages or self.y + height > PAGE[1] - MARGIN:
+            self.pages.append(Figure(figsize=PAGE))
+            self.y = MARGIN
+
+
+def curves_figure(history: list[EpochMetrics]) -> Figure:
+    """Loss, and train and test accuracy, per epoch."""
+    epochs = [m.epoch for m in history]
+    fig = Figure(figsize=(8, 3.4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [m.train_loss for m in history], "o-", color="tab:red")
+    loss_ax.set(title="training loss", xlabel="epoch", ylabel="mean cross-entropy")
+    acc_ax.plot(epochs, [m.train_accuracy for m in history], "o-", label="train")
+    acc_ax.plot(epochs, [m.test_accuracy for m in history], "s-", label="test")
+    acc_ax.set(title="accuracy", xlabel="epoch", ylabel="fraction correct")
+    acc_ax.legend()
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def filters_figure(weights: np.ndarray) -> Figure:
+    """Filters (F, C, kh, kw) as one mosaic of their input channel 0, 8 to a row, on one
+    colour scale symmetric about 0 so that a weight's sign reads the same in every filter."""
+    f, c, kh, kw = weights.shape
+    cols = min(8, f)
+    rows = -(-f // cols)
+    # One image with a blank (NaN) line between filters: far quicker to draw than an axes each.
+    mosaic = np.full((rows * (kh + 1) - 1, cols * (kw + 1) - 1), np.nan)
+    for i in range(f):
+        r, q = divmod(i, cols)
+        mosaic[r * (kh + 1):r * (kh + 1) + kh, q * (kw + 1):q * (kw + 1) + kw] = weights[i, 0]
+    limit = float(np.abs(weights[:, 0]).max()) or 1.0
+    fig = Figure(figsize=(8, 6.8 * mosaic.shape[0] / mosaic.shape[1] + 0.5), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(mosaic, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    ax.set_axis_off()
+    channel_note = " (input channel 0)" if c > 1 else ""
+    ax.set_title(f"the {f} learned {kh}×{kw} convolution filters{channel_note}, row by row", fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="weight")
+    return fig
+
+
+def timing_rows(rows: list[dict]) -> list[list[str]]:
+    """Table cells: shape, pass, backend, seconds, and the time relative to the fastest
+    backend on the same shape and pass (sorted fastest first)."""
+    key = lambda r: (str(r["shape"]), r["pass"])  # noqa: E731
+    fastest = {}
+    for r in rows:
+        fastest[key(r)] = min(fastest.get(key(r), math.inf), r["seconds"])
+    ordered = sorted(rows, key=lambda r: (key(r), r["seconds"]))
+    return [[str(r["shape"]), r["pass"], r["backend"], f"{r['seconds'] * 1e3:.2f}",
+             f"{r['seconds'] / fastest[key(r)]:.1f}×"] for r in ordered]
+
+
+def timing_figure(rows: list[dict]) -> Figure:
+    cells = timing_rows(rows)
+    fig = Figure(figsize=(8, 0.5 + 0.25 * (len(cells) + 1)))
+    ax = fig.subplots()
+    ax.set_axis_off()
+    table = ax.table(cellText=cells, colLabels=["shape", "pass", "backend", "ms", "vs fastest"],
+                     loc="upper center", cellLoc="left", colWidths=[0.40, 0.2, 0.13, 0.12, 0.13])
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 1.25)
+    ax.set_title("convlab bench: time per call (ratios are within one run)", fontsize=10)
+    return fig
+
+
+def figure_png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def write_report(source, out="report.pdf", bench=None) -> list[Path]:
+    """Write the PDF report of the run in ``source`` (metrics JSON or checkpoint) to ``out``,
+    and beside it ``<stem>-curves.png``, ``<stem>-filters.png`` (checkpoints only) and
+    ``<stem>-timing.png`` (with ``bench``). Returns the paths written, the PDF first."""
+    out = Path(str(out))
+    if out.is_dir():
+        raise ReportError(f"--out {out} is a directory; give a file path such as {out / 'report.pdf'}")
+    run = load_run(source)
+    timings = read_bench(bench) if bench is not None else None
+    model = run.model
+    if model is None:  # `convlab train` always trains the reference network
+        from convlab.models import reference_net
+
+        model = reference_net()
+
+    pages = Pages()
+    pages.add("title", f"convlab report: {dataset_title(run)}, {run.backend}, {len(run.history)} epochs")
+    pages.add("note", f"from {run.source}")
+    pages.add("para", summary_paragraph(run, model))
+    pages.add("heading", f"How the \u201c{run.backend}\u201d backend computes the convolution")
+    for kind, block in backend_explanation(run.backend)[1]:
+        pages.add(kind, block)
+
+    pngs = {}
+
+    def section(heading, name, fig):
+        pngs[out.with_name(f"{out.stem}-{name}.png")] = png = figure_png(fig)
+        pages.add_figure(heading, png)
+
+    section("Training curves", "curves", curves_figure(run.history))
+    if run.model is not None:
+        section("Learned filters", "filters", filters_figure(run.model.conv_layers()[0].params["w"]))
+    else:
+        pages.add("heading", "Learned filters")
+        pages.add("para", f"Not shown: {run.source.name} is a metrics file, which holds no weights. Run "
+                          "`convlab report` on a checkpoint (`convlab train --checkpoint PATH`) to see them.")
+    if timings is not None:
+        section("Timing", "timing", timing_figure(timings))
+
+    pdf = io.BytesIO()
+    with PdfPages(pdf, metadata={"Title": "convlab report", "CreationDate": None}) as document:
+        for page in pages.pages:
+            document.savefig(page)
+    outputs = {out: pdf.getvalue(), **pngs}
+    for path, content in outputs.items():
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(content)
+    return list(outputs)

@@ -1,0 +1,306 @@
+"""Every bad input answered: the library raises a ValueError saying what was wrong and what
+is allowed; the command line prints exactly one ``convlab: error:`` line, exits 2, shows
+no traceback and leaves every file as it was.
+
+(Checkpoint inputs are tested in test_checkpoints.py; download failures in test_download.py.)
+"""
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import convlab
+from convlab.data import HDF5_NAME, MNIST_FILES, DataError, load_dataset, load_hdf5
+from tests.test_cli import run_cli
+from tests.test_data import idx_bytes
+
+OLD = "old content\n"
+
+
+def make_inputs(root: Path) -> dict[str, Path]:
+    """Small broken (and a few good) input files under ``root``, by name."""
+    paths = {name: root / name for name in
+             ("empty", "bad-checksum", "corrupt-gzip", "not-hdf5.h5", "no-y-test.h5", "a-folder",
+              "metrics.json", "not-json.json", "wrong-schema.json", "empty-bench.json", "a-file")}
+    for name in ("empty", "bad-checksum", "corrupt-gzip", "a-folder"):
+        paths[name].mkdir()
+    for stem, _ in MNIST_FILES.values():
+        (paths["bad-checksum"] / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(np.zeros((3, 28, 28)))))
+        (paths["corrupt-gzip"] / f"{stem}.gz").write_bytes(b"\x1f\x8b\x08\x00 not deflate data")
+    paths["not-hdf5.h5"].write_bytes(b"just some bytes")
+    with h5py.File(paths["no-y-test.h5"], "w") as f:
+        f["x_train"] = f["x_test"] = np.zeros((4, 784), np.float32)
+        f["y_train"] = np.zeros((4, 1))
+    paths["metrics.json"].write_text(json.dumps({"backend": "im2col", "test_accuracy": 0.5, "epochs": [
+        {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.4, "test_accuracy": 0.5, "seconds": 1.0}]}))
+    paths["not-json.json"].write_text("{not json")
+    paths["wrong-schema.json"].write_text('{"backend": "im2col", "epochs": [{"epoch": 1}]}')
+    paths["empty-bench.json"].write_text('{"rows": []}')
+    paths["a-file"].write_text("a file, not a folder")
+    return paths
+
+
+# (command line, what the one error line must contain); {name} is a path from make_inputs,
+# {out} a file that exists beforehand and must be left untouched.
+TRAIN_CASES = [
+    (["--backend", "nope"], "unknown backend 'nope'; valid backends are: "),
+    (["--dataset", "cifar"], "unknown dataset 'cifar'; valid datasets are: mnist, fashion-mnist"),
+    (["--epochs", "0"], "--epochs must be a positive whole number, got 0"),
+    (["--epochs", "-2"], "--epochs must be a positive whole number, got -2"),
+    (["--epochs", "two"], "--epochs must be a positive whole number, got 'two'"),
+    (["--epochs", "1.5"], "--epochs must be a positive whole number, got 1.5"),
+    (["--batch-size", "0"], "--batch-size must be a positive whole number, got 0"),
+    (["--batch-size", "big"], "--batch-size must be a positive whole number, got 'big'"),
+    (["--lr", "0"], "--lr must be a positive number, got 0"),
+    (["--lr", "-0.1"], "--lr must be a positive number, got -0.1"),
+    (["--lr", "fast"], "--lr must be a positive number, got 'fast'"),
+    (["--lr", "1e999"], "--lr must be a positive number, got inf"),
+    (["--lr", "nan"], "--lr must be a positive number, got 'nan'"),
+    (["--momentum", "1"], "--momentum must be a number in [0, 1), got 1"),
+    (["--seed", "-1"], "--seed must be a non-negative whole number, got -1"),
+    (["--train-size", "60001"], "--train-size is 60001 but the data set has only 60000 images"),
+    (["--test-size", "10001"], "--test-size is 10001 but the data set has only 10000 images"),
+    (["--data-dir", "/no/such/dir"], "data directory /no/such/dir does not exist"),
+    (["--data-dir", "{empty}"], "{empty} holds no mnist data: expected the idx files"),
+    (["--data-dir", "{bad-checksum}"], "train-images-idx3-ubyte.gz: checksum mismatch: sha256 of the payload is"),
+    (["--data-dir", "{corrupt-gzip}"], "cannot read it (Error -3 while decompressing"),
+    (["--data-dir", "{not-hdf5.h5}"], "{not-hdf5.h5}: cannot read it as HDF5"),
+    (["--data-dir", "{no-y-test.h5}"], "{no-y-test.h5}: has no dataset y_test; expected an HDF5 file like"),
+    (["--bogus", "1"], "`convlab train` has no option --bogus; its options are: --backend, --epochs"),
+    (["--epoch", "1"], "`convlab train` has no option --epoch;"),
+    (["-b", "1"], "`convlab train` option -b is ambiguous: it could be --backend or --batch-size"),
+]
+OTHER_CASES = [
+    (["nosuch"], "`convlab` has no command 'nosuch'; valid commands are: backends, "),
+    (["data", "upload"], "`convlab data` has no command 'upload'; valid commands are: download"),
+    (["data", "download", "--dest", "{a-file}"], "--dest {a-file} exists and is not a folder"),
+    (["data", "download", "--mirror", "ftp://example.org/"], "mirror 'ftp://example.org/' is not an http:// or https:// URL"),
+    (["report", "--out", "{out}"], "SOURCE is required"),
+    (["report", "/no/such.json", "--out", "{out}"], "/no/such.json does not exist or is not a file"),
+    (["report", "{not-json.json}", "--out", "{out}"], "{not-json.json}: cannot read it as JSON"),
+    (["report", "{wrong-schema.json}", "--out", "{out}"], "{wrong-schema.json}: missing or malformed 'train_loss'"),
+    (["report", "{metrics.json}", "--out", "{out}", "--bench", "{empty-bench.json}"],
+     "{empty-bench.json}: no usable timing rows"),
+    (["report", "{metrics.json}", "--out", "{a-folder}"], "--out {a-folder} is a directory"),
+    (["report", "{no-y-test.h5}", "--out", "{out}"], "is an HDF5 file but not a convlab checkpoint"),
+    (["report", "{metrics.json}", "{out}", "{empty-bench.json}", "extra"],
+     "`convlab report` got unexpected argument(s) extra; its options are: --source, --out, --bench"),
+]
+
+
+def check_one_error_line(code, err, message):
+    assert code == 2, err
+    assert err.startswith("convlab: error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def fill(words, paths):
+    """``words`` with each ``{name}`` replaced by ``paths[name]``."""
+    def one(word):
+        for name, path in paths.items():
+            word = word.replace("{" + name + "}", str(path))
+        return word
+
+    return [one(w) for w in words]
+
+
+@pytest.mark.parametrize("argv, message", TRAIN_CASES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_train(capsys, tmp_path, argv, message):
+    paths = make_inputs(tmp_path)
+    metrics = tmp_path / "metrics-out.json"
+    metrics.write_text(OLD)
+    code, _, err = run_cli(capsys, "train", *fill(argv, paths), "--metrics-out", str(metrics))
+    check_one_error_line(code, err, fill([message], paths)[0])
+    assert metrics.read_text() == OLD
+
+
+@pytest.mark.parametrize("argv, message", OTHER_CASES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_other_commands(capsys, tmp_path, argv, message):
+    paths = make_inputs(tmp_path)
+    paths["out"] = tmp_path / "report.pdf"
+    paths["out"].write_text(OLD)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = run_cli(capsys, *fill(argv, paths))
+    check_one_error_line(code, err, fill([message], paths)[0])
+    assert paths["out"].read_text() == OLD
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing created
+
+
+def test_diverging_training_stops_and_suggests_a_lower_lr(capsys, tmp_path):
+    metrics = tmp_path / "metrics-out.json"
+    metrics.write_text(OLD)
+    code, _, err = run_cli(capsys, "train", "--lr", "1e20", "--train-size", "256", "--test-size", "50",
+                           "--epochs", "1", "--progress", "False", "--metrics-out", str(metrics))
+    check_one_error_line(code, err, "training diverged: the loss became nan at epoch 1, batch ")
+    assert "try a lower learning rate (now 1e+20)" in err
+    assert metrics.read_text() == OLD
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(capsys, monkeypatch, tmp_path):
+    from convlab.data import DATASETS, DataSource
+
+    source = DATASETS["fashion-mnist"]
+    monkeypatch.setitem(DATASETS, "fashion-mnist", DataSource(source.files, (tmp_path / "none",), source.how_to_get))
+    code, _, err = run_cli(capsys, "train", "--dataset", "fashion-mnist")
+    check_one_error_line(code, err, f"fashion-mnist not found in {tmp_path / 'none'}; install the Debian package "
+                                    "with `apt-get install dataset-fashion-mnist`, or put the four Fashion-MNIST "
+                                    "idx files in data/fashion-mnist/")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epoch", "1"], "`convlab train` has no option --epoch"),  # a typo must not start a 5-epoch run
+    (["train", "--lr", "1e20", "--train-size", "128", "--test-size", "10", "--progress", "False"],
+     "training diverged"),
+    (["train", "--data-dir", "{corrupt-gzip}"], "cannot read it"),
+])
+def test_the_real_console_script(tmp_path, argv, message):
+    script = Path(sys.executable).with_name("convlab")
+    if not script.exists():
+        pytest.skip("the convlab console script is not installed next to this Python")
+    result = subprocess.run([str(script), *fill(argv, make_inputs(tmp_path))], capture_output=True, text=True,
+                            timeout=120)
+    check_one_error_line(result.returncode, result.stderr, message)
+
+
+# --- the library -----------------------------------------------------------------------
+
+X = np.zeros((2, 1, 8, 8), np.float32)
+W = np.zeros((4, 1, 3, 3), np.float32)
+
+
+def with_value(a, index, value):
+    a = a.copy()
+    a[index] = value
+    return a
+
+
+CONV_MISUSE = [
+    (dict(x=X[0]), "x must have 4 dimensions (N, C, H, W), got shape (1, 8, 8)"),
+    (dict(w=W[0]), "w must have 4 dimensions (F, C, kh, kw), got shape (1, 3, 3)"),
+    (dict(x=np.zeros((2, 3, 8, 8), np.float32)), "x has 3 channels but w expects 1"),
+    (dict(w=np.zeros((4, 1, 11, 11), np.float32), padding=1), "kernel 11x11 is larger than the padded input 10x10"),
+    (dict(stride=0), "stride must be >= 1, got 0"),
+    (dict(stride=(1, 0)), "stride must be >= 1, got (1, 0)"),
+    (dict(stride=1.5), "stride must be an int or a pair of ints (h, w), got 1.5"),
+    (dict(padding=-1), "padding must be >= 0, got -1"),
+    (dict(x=with_value(X, (0, 0, 1, 1), np.nan)), "x contains NaN or infinite values; every value must be finite"),
+    (dict(w=with_value(W, (0, 0, 1, 1), np.inf)), "w contains NaN or infinite values; every value must be finite"),
+    (dict(b=np.array([0, 0, 0, np.nan], np.float32)), "b contains NaN or infinite values"),
+    (dict(x=X.astype(np.int64)), "x must be float32 or float64, got int64"),
+    (dict(x=X.astype(np.float16), w=W.astype(np.float16)), "x must be float32 or float64, got float16"),
+    (dict(w=W.astype(np.float64)), "x is float32 but w is float64; use one dtype for both"),
+    (dict(x=X.tolist()), "x must be a numpy array (N, C, H, W), got list"),
+    (dict(b=np.zeros(3, np.float32)), "b must have shape (4,) to match w's 4 filters, got (3,)"),
+    (dict(x=np.zeros((0, 1, 8, 8), np.float32)), "must have no empty dimension"),
+]
+
+
+@pytest.mark.parametrize("name", convlab.list_backends())
+@pytest.mark.parametrize("change, message", CONV_MISUSE, ids=[m for _, m in CONV_MISUSE])
+def test_conv2d_misuse(name, change, message):
+    args = dict(dict(x=X, w=W, b=None, stride=1, padding=0), **change)
+    with pytest.raises(ValueError) as e:
+        convlab.conv2d(**args, backend=name)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    ((0, 4, 3), {}, "in_channels must be a positive int, got 0"),
+    ((1, -4, 3), {}, "out_channels must be a positive int, got -4"),
+    ((1, 4, 0), {}, "kernel_size must be >= 1, got 0"),
+    ((1, 4, 3), dict(stride=0), "stride must be >= 1, got 0"),
+    ((1, 4, 3), dict(padding=(1, -1)), "padding must be >= 0, got (1, -1)"),
+    ((1, 4, 3), dict(backend="nope"), "unknown backend 'nope'; valid backends are: "),
+])
+def test_conv2d_layer_construction(args, kwargs, message):
+    with pytest.raises(ValueError) as e:
+        convlab.Conv2D(*args, **kwargs)
+    assert message in str(e.value)
+
+
+def test_conv2d_layer_in_use():
+    layer = convlab.Conv2D(3, 4, 3)
+    with pytest.raises(ValueError, match=r"x has 1 channels but w expects 3"):
+        layer.forward(X)
+    y = layer.forward(np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(2, 4, 6, 6\), got \(2, 4, 5, 5\)"):
+        layer.backward(np.zeros((2, 4, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="cache must be the second value returned by im2col.forward"):
+        convlab.get_backend("im2col").backward(y, cache="not a cache")
+    with pytest.raises(ValueError, match="unknown backend 'nope'"), convlab.use_backend("nope"):
+        pass
+
+
+# --- data files, below the checksum ------------------------------------------------------
+
+
+def write_idx_dataset(folder, images=(3, 28, 28), labels=(3,), first=b""):
+    """The four MNIST idx files (uncompressed) of a tiny fake data set; ``first`` replaces
+    the start of the training images (to break its header)."""
+    folder.mkdir(exist_ok=True)
+    for key, (stem, _) in MNIST_FILES.items():
+        payload = idx_bytes(np.zeros(images if key.endswith("images") else labels))
+        if key == "train_images":
+            payload = first + payload[len(first):]
+        (folder / stem).write_bytes(payload)
+    return folder
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(first=b"\x12\x34\x56\x78"), "wrong magic number 12345678; expected an idx file"),
+    (dict(first=b"\x00\x00\x08\x03\x00\x00\x00\x09"), "truncated or oversized idx data"),
+    (dict(labels=(2,)), "3 train images but labels of shape (2,); expected one label per image"),
+])
+def test_idx_structure_without_checksums(tmp_path, kwargs, message):
+    folder = write_idx_dataset(tmp_path / "d", **kwargs)
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", folder, verify=False)
+    assert message in str(e.value)
+
+
+def test_idx_labels_out_of_range(tmp_path):
+    folder = write_idx_dataset(tmp_path / "d")
+    labels = MNIST_FILES["test_labels"][0]
+    (folder / labels).write_bytes(idx_bytes(np.array([0, 10, 3])))
+    with pytest.raises(DataError, match="test labels must be whole numbers 0-9"):
+        load_dataset("mnist", folder, verify=False)
+
+
+GOOD_HDF5 = dict(x_train=np.zeros((4, 784), np.float32), y_train=np.zeros((4, 1)),
+                 x_test=np.zeros((2, 784), np.float32), y_test=np.zeros((2, 1)))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(x_train=np.zeros((4, 783), np.float32)), "x_train has shape (4, 783); expected (N, 784) or (N, 28, 28)"),
+    (dict(x_test=np.full((2, 784), 2.0)), "x_test has values outside [0, 1] (or NaN); expected floats in [0, 1] or uint8"),
+    (dict(x_test=np.full((2, 784), np.nan)), "x_test has values outside [0, 1] (or NaN)"),
+    (dict(x_train=np.zeros((4, 784), np.int32)), "x_train has dtype int32; expected floats in [0, 1] or uint8"),
+    (dict(y_train=np.zeros((5, 1))), "4 train images but labels of shape (5,); expected one label per image"),
+    (dict(y_test=np.zeros((2, 2))), "2 test images but labels of shape (2, 2)"),
+    (dict(y_test=np.array([[1.5], [2]])), "test labels must be whole numbers 0-9"),
+    (dict(y_train=np.array([0, 1, 2, -1])), "train labels must be whole numbers 0-9"),
+])
+def test_hdf5_layout(tmp_path, change, message):
+    path = tmp_path / HDF5_NAME
+    with h5py.File(path, "w") as f:
+        for key, value in dict(GOOD_HDF5, **change).items():
+            f[key] = value
+    with pytest.raises(DataError) as e:
+        load_hdf5(path)
+    assert message in str(e.value)
+
+
+def test_truncated_hdf5(tmp_path):
+    path = tmp_path / HDF5_NAME
+    with h5py.File(path, "w") as f:
+        for key, value in GOOD_HDF5.items():
+            f[key] = value
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataError, match="cannot read"):
+        load_hdf5(path)

@@ -1,0 +1,162 @@
+"""`convlab report`: the PDF and its PNG figures, from a metrics file or a checkpoint."""
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from convlab import registry
+from convlab.cli import main
+from convlab.checkpoints import save_checkpoint
+from convlab.models import reference_net
+from convlab.optimizers import SGD
+from convlab.report import (ReportError, backend_explanation, load_run, plain, summary_paragraph, timing_rows,
+                            write_report)
+from convlab.training import EpochMetrics
+
+HISTORY = [EpochMetrics(1, 0.8, 0.74, 0.83, 9.0), EpochMetrics(2, 0.3, 0.91, 0.90, 8.5)]
+SETTINGS = dict(backend="im2col", dataset="mnist", epochs=2, batch_size=64, lr=0.01, momentum=0.9, seed=0,
+                train_size=2000, test_size=500)
+BENCH = {"rows": [
+    {"shape": "64x1->32 28x28 k7 p1", "backend": "naive", "pass": "forward", "seconds": 0.2},
+    {"shape": "64x1->32 28x28 k7 p1", "backend": "im2col", "pass": "forward", "seconds": 0.01},
+    {"shape": "64x1->32 28x28 k7 p1", "backend": "im2col", "pass": "forward+backward", "seconds": 0.03},
+]}
+
+
+def write_checkpoint(path):
+    model = reference_net(seed=3)
+    save_checkpoint(path, model, SGD(model), HISTORY, SETTINGS)
+    return path
+
+
+@pytest.fixture
+def metrics(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"backend": "im2col", "test_accuracy": 0.9, "epochs": [m.as_dict() for m in HISTORY]}))
+    return path
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    return write_checkpoint(tmp_path / "run.h5")
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    """The report of a checkpoint with a bench result, written once through the CLI:
+    (folder, what the CLI printed)."""
+    folder = tmp_path_factory.mktemp("report")
+    (folder / "bench.json").write_text(json.dumps(BENCH))
+    source = write_checkpoint(folder / "run.h5")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        main(["report", str(source), "--out", str(folder / "out" / "report.pdf"), "--bench", str(folder / "bench.json")])
+    return folder / "out", stdout.getvalue().splitlines()
+
+
+def is_pdf(path):
+    content = path.read_bytes()
+    return content.startswith(b"%PDF-") and content.rstrip().endswith(b"%%EOF")
+
+
+def is_png(path):
+    return path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def pdf_text(path):
+    return " ".join(subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True).stdout.split())
+
+
+def test_from_a_checkpoint_with_bench(full_report):
+    out, printed = full_report
+    names = ["report.pdf"] + [f"report-{name}.png" for name in ("curves", "filters", "timing")]
+    assert printed == [f"wrote {out / name}" for name in names]
+    assert is_pdf(out / "report.pdf") and all(is_png(out / name) for name in names[1:])
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)  # no temporary files
+
+
+def test_from_metrics_has_no_filters(metrics, tmp_path):
+    written = write_report(metrics, tmp_path / "r.pdf")
+    assert [p.name for p in written] == ["r.pdf", "r-curves.png"]
+    assert is_pdf(written[0])
+    if shutil.which("pdftotext"):
+        assert "Not shown: metrics.json is a metrics file" in pdf_text(written[0])
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs pdftotext (poppler-utils)")
+def test_pdf_text_says_what_the_assignment_asked(full_report):
+    text = pdf_text(full_report[0] / "report.pdf")
+    assert "test accuracy of 90.00% on 500 MNIST test images after 2 epochs" in text
+    assert "conv 32 filters 7×7, stride 1, padding 1" in text and "im2col" in text
+    assert "Learned filters" in text and "Not shown" not in text and "Timing" in text
+
+
+def test_paragraph_from_checkpoint_settings(checkpoint):
+    run = load_run(checkpoint)
+    text = summary_paragraph(run, run.model)
+    assert "test accuracy of 90.00% on 500 MNIST test images after 2 epochs of training on 2,000 training images" in text
+    assert "input 1×28×28 → conv 32 filters 7×7, stride 1, padding 1 → ReLU → dense 18432 → 10" in text
+    assert "SGD with learning rate 0.01, momentum 0.9, minibatches of 64, seed 0" in text
+    assert registry.get_backend("im2col").description.rstrip(".") in text
+    np.testing.assert_array_equal(run.model.conv_layers()[0].params["w"], reference_net(seed=3).layers[0].params["w"])
+
+
+def test_paragraph_from_metrics_claims_only_what_it_knows(metrics):
+    run = load_run(metrics)
+    text = summary_paragraph(run, reference_net())
+    assert "test accuracy of 90.00% on the MNIST test set after 2 epochs of training." in text
+    assert "SGD" not in text
+
+
+@pytest.mark.parametrize("name", registry.list_backends())
+def test_every_backend_explains_itself_from_its_module_docstring(name):
+    description, blocks = backend_explanation(name)
+    module_doc = sys.modules[type(registry.get_backend(name).impl).__module__].__doc__
+    assert description and blocks
+    assert plain(" ".join(module_doc.split()[:3])) in " ".join(text for _, text in blocks)
+
+
+def test_a_new_backend_describes_itself(monkeypatch):
+    class Mine:
+        """mine: a one-line description."""
+
+        forward = backward = None
+
+    monkeypatch.setitem(registry._registry, "mine", registry.Backend("mine", Mine()))
+    description, blocks = backend_explanation("mine")
+    assert description == "mine: a one-line description."
+    assert ("para", "`convlab report`: the PDF and its PNG figures, from a metrics file or a checkpoint.") in blocks
+
+
+def test_a_backend_not_installed_here(metrics, tmp_path):
+    doc = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps(dict(doc, backend="gone")))
+    assert "not installed" in backend_explanation("gone")[1][0][1]
+    assert is_pdf(write_report(metrics, tmp_path / "r.pdf")[0])
+
+
+def test_plain_strips_markup_but_not_arithmetic():
+    assert plain("``x`` and :func:`configure` with *flipped* C*kh*kw and OH*OW") == \
+        "x and configure with flipped C*kh*kw and OH*OW"
+
+
+def test_timing_rows_ratios_within_shape_and_pass():
+    rows = timing_rows(BENCH["rows"])
+    assert [r[1:3] + r[4:] for r in rows] == [
+        ["forward", "im2col", "1.0×"], ["forward", "naive", "20.0×"], ["forward+backward", "im2col", "1.0×"]]
+
+
+def test_errors_leave_the_old_report_untouched(metrics, tmp_path):
+    out = tmp_path / "r.pdf"
+    out.write_bytes(b"old report")
+    (tmp_path / "bad.json").write_text('{"rows": []}')
+    with pytest.raises(ReportError, match="no usable timing rows"):
+        write_report(metrics, out, tmp_path / "bad.json")
+    assert out.read_bytes() == b"old report" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad.json", "metrics.json", "r.pdf"]
