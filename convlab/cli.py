@@ -199,7 +199,7 @@ class Commands:
         final = history[-1].test_accuracy
         print(f"test accuracy: {final:.4f} ({backend}, {epochs} epochs, {time.perf_counter() - started:.1f} s)")
         if metrics_out is not None:
-            write_json(metrics_out, {"backend": backend, "test_accuracy": final,
+            write_json(metrics_out, {"backend": backend, "test_accuracy": final, "settings": settings,
                                      "epochs": [m.as_dict() for m in history]})
 
     def evaluate(self, checkpoint=None, backend=None, data_dir=None, test_size=None):

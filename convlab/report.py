@@ -86,14 +86,15 @@ def read_json(path: Path, hint: str):
 
 
 def read_metrics(path: Path) -> Run:
-    """A run from a metrics file: {"backend", "test_accuracy", "epochs": [EpochMetrics...]},
-    optionally with "dataset" and "settings"."""
+    """A run from a metrics file: {"backend", "test_accuracy", "settings", "epochs": [...]};
+    "settings" (dataset, lr, momentum, batch_size, seed, train_size, test_size, ...) may be
+    missing from older files, and then the paragraph leaves out what it does not know."""
     doc = read_json(path, METRICS_HINT)
     names = [f.name for f in fields(EpochMetrics)]
     try:
         history = [EpochMetrics(**{name: epoch[name] for name in names}) for epoch in doc["epochs"]]
         backend = doc["backend"]
-        settings = dict(doc.get("settings") or {}, dataset=doc.get("dataset", "mnist"))
+        settings = dict({"dataset": "mnist"}, **(doc.get("settings") or {}))
     except (TypeError, KeyError, AttributeError) as e:
         raise ReportError(f"{path}: missing or malformed {e}; {METRICS_HINT}") from None
     valid = isinstance(backend, str) and history and all(

@@ -160,3 +160,16 @@ def test_errors_leave_the_old_report_untouched(metrics, tmp_path):
         write_report(metrics, out, tmp_path / "bad.json")
     assert out.read_bytes() == b"old report" and sorted(p.name for p in tmp_path.iterdir()) == [
         "bad.json", "metrics.json", "r.pdf"]
+
+
+def test_a_real_run_reads_the_same_from_its_metrics_and_its_checkpoint(tmp_path):
+    metrics, checkpoint = tmp_path / "m.json", tmp_path / "ck.h5"
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(["train", "--train-size", "128", "--test-size", "40", "--epochs", "1", "--progress", "False",
+              "--metrics-out", str(metrics), "--checkpoint", str(checkpoint)])
+    from_metrics, from_checkpoint = load_run(metrics), load_run(checkpoint)
+    model = from_checkpoint.model
+    assert summary_paragraph(from_metrics, model) == summary_paragraph(from_checkpoint, model)
+    assert "on 40 MNIST test images after 1 epoch of training on 128 training images" in \
+        summary_paragraph(from_metrics, model)
+
