@@ -36,6 +36,8 @@ RNG_NOTE = "batch order = numpy.random.default_rng([seed, epoch]).permutation(tr
 # Settings a resumed run must keep: changing any of them would make the continuation a
 # different run than the one the checkpoint started (the weights are a function of them).
 FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "momentum", "seed", "train_size", "test_size")
+# What resuming and evaluating read from the root attributes.
+REQUIRED_SETTINGS = ("epoch", "epochs", "backend", "network") + FIXED_ON_RESUME
 METRICS_DTYPE = np.dtype([(f.name, np.int64 if f.type in ("int", int) else np.float64)
                           for f in dataclasses.fields(EpochMetrics)])
 
@@ -142,14 +144,20 @@ def load_checkpoint(path) -> Checkpoint:
             if version > FORMAT_VERSION:
                 raise CheckpointError(f"{path} has checkpoint format version {version}; this convlab reads "
                                       f"versions up to {FORMAT_VERSION} (upgrade convlab)")
+            missing = [key for key in REQUIRED_SETTINGS if key not in f.attrs]
+            if missing:
+                raise CheckpointError(f"{path} is a damaged checkpoint: attribute(s) {', '.join(missing)} missing")
             settings = {key: python_value(value) for key, value in f.attrs.items()}
             weights = read_group(f, "weights")
             velocity = read_group(f, "optimizer/velocity")
             history = [EpochMetrics(*(python_value(v) for v in row)) for row in f["metrics"][()]]
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except (OSError, KeyError, ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path} is a damaged or truncated checkpoint (cannot read it: {e})") from None
+    if [m.epoch for m in history] != list(range(1, settings["epoch"] + 1)):
+        raise CheckpointError(f"{path} is a damaged checkpoint: its metrics are for epochs "
+                              f"{[m.epoch for m in history]}, not 1 to {settings['epoch']}")
     if set(velocity) != set(weights):
         raise CheckpointError(f"{path} is a damaged checkpoint: momentum buffers {sorted(velocity)} "
                               f"do not match the weights {sorted(weights)}")

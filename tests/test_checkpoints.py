@@ -22,6 +22,8 @@ from convlab.optimizers import SGD
 from convlab.training import EpochMetrics
 from tests.test_cli import run_cli
 
+RUN_SETTINGS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, momentum=0.9, seed=0,
+                    train_size=256, test_size=128)
 SMALL = ("--train-size", "192", "--test-size", "64", "--progress", "False")
 _load_dataset_once = functools.lru_cache(convlab.data.load_dataset)
 
@@ -43,9 +45,7 @@ def make_checkpoint(path, epochs_done=1, model=None, seed=0):
     for buffer in optimizer.velocity.values():
         buffer[...] = rng.standard_normal(buffer.shape)
     history = [EpochMetrics(e, 1.0 / e, 0.5, 0.25 + e / 100, 0.5) for e in range(1, epochs_done + 1)]
-    settings = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, momentum=0.9, seed=seed,
-                    train_size=256, test_size=128)
-    save_checkpoint(path, model, optimizer, history, settings)
+    save_checkpoint(path, model, optimizer, history, RUN_SETTINGS)
     return model, optimizer, history
 
 
@@ -187,6 +187,12 @@ BAD_CHECKPOINTS = {
                         "{path} is a damaged or truncated checkpoint (cannot read it: "),
     "weights not floats": (edit_checkpoint(lambda f: (f.__delitem__("weights/0.b"), f.create_dataset("weights/0.b", data=["a"]))),
                            "{path} is a damaged checkpoint: weights/0.b is not an array of floats"),
+    "attribute missing": (edit_checkpoint(lambda f: f.attrs.__delitem__("lr")),
+                          "{path} is a damaged checkpoint: attribute(s) lr missing"),
+    "weights not a group": (edit_checkpoint(lambda f: (f.__delitem__("weights"), f.create_dataset("weights", data=[1.0]))),
+                            "{path} is a damaged or truncated checkpoint (cannot read it: "),
+    "metrics disagree with epoch": (edit_checkpoint(lambda f: f.attrs.modify("epoch", 4)),
+                                    "{path} is a damaged checkpoint: its metrics are for epochs [1], not 1 to 4"),
     "NaN weights": (edit_checkpoint(set_nan), "{path} is a damaged checkpoint: weights/3.b holds NaN or infinite values"),
 }
 

@@ -1,6 +1,7 @@
 """Real signals on a real `convlab` process: Ctrl-C keeps the last checkpoint and says how to
 resume; SIGKILL at any moment, even mid-write, leaves a loadable checkpoint."""
 
+import json
 import os
 import random
 import shlex
@@ -19,10 +20,12 @@ from convlab.cli import main
 from convlab.models import reference_net
 from convlab.optimizers import SGD
 from convlab.training import EpochMetrics
+from tests.test_checkpoints import RUN_SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 # Saves checkpoints of the reference net in a loop; version k has every bias of layer 3 equal to k.
 CHECKPOINT_WRITER = """
+import json
 import sys
 from convlab.checkpoints import save_checkpoint
 from convlab.models import reference_net
@@ -33,7 +36,7 @@ optimizer, history = SGD(model), []
 for epoch in range(1, 10 ** 6):
     history.append(EpochMetrics(epoch, 1.0, 0.5, 0.5, 0.0))
     model.layers[3].params["b"][...] = epoch
-    save_checkpoint(sys.argv[1], model, optimizer, history, {"epochs": 10 ** 6})
+    save_checkpoint(sys.argv[1], model, optimizer, history, json.loads(sys.argv[2]))
     print(epoch, flush=True)
 """
 
@@ -117,7 +120,7 @@ def test_sigkill_mid_write_leaves_the_previous_checkpoint_intact(tmp_path):
     path = tmp_path / "ck.h5"
     rng = random.Random(0)
     for kill in range(6):
-        process = start(tmp_path, "-c", CHECKPOINT_WRITER, str(path))
+        process = start(tmp_path, "-c", CHECKPOINT_WRITER, str(path), json.dumps(RUN_SETTINGS))
         wait_for_line(process, "1")
         time.sleep(rng.uniform(0, 0.3))
         process.kill()
@@ -128,7 +131,7 @@ def test_sigkill_mid_write_leaves_the_previous_checkpoint_intact(tmp_path):
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ck.h5"]
     assert all(name.startswith(".ck.h5.") and name.endswith(".tmp") for name in leftovers)
     model = reference_net()
-    save_checkpoint(path, model, SGD(model), [EpochMetrics(1, 1.0, 0.5, 0.5, 0.0)], {})
+    save_checkpoint(path, model, SGD(model), [EpochMetrics(1, 1.0, 0.5, 0.5, 0.0)], RUN_SETTINGS)
     assert [p.name for p in tmp_path.iterdir()] == ["ck.h5"]
 
 
