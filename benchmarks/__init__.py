@@ -1,0 +1,1 @@
+"""pytest-benchmark suite: `pytest benchmarks --benchmark-only` (see the README)."""
