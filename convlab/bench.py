@@ -149,6 +149,7 @@ def save_plot(result: BenchResult, sweep, path, passes=PASSES):
     panel per pass. A dotted line marks the crossover: the smallest kernel size from which
     one backend is fastest on every larger one (when that backend is not fastest throughout)."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    from matplotlib.ticker import FuncFormatter
 
     sweep = sorted(sweep, key=lambda s: s.k)
     backends = list(dict.fromkeys(r["backend"] for r in result.rows))
@@ -157,17 +158,20 @@ def save_plot(result: BenchResult, sweep, path, passes=PASSES):
         for backend in backends:
             points = [(s.k, result.seconds(s.label, backend, pass_)) for s in sweep]
             points = [(k, t) for k, t in points if t is not None]
-            ax.plot(*zip(*points), marker="o", label=backend)
+            ax.plot(*zip(*[(k, t * 1e3) for k, t in points]), marker="o", label=backend)
         winners = [min(backends, key=lambda b: result.seconds(s.label, b, pass_) or float("inf")) for s in sweep]
         first_of_last_run = next(i for i in range(len(winners)) if len(set(winners[i:])) == 1)
         if first_of_last_run > 0:
             k = (sweep[first_of_last_run - 1].k + sweep[first_of_last_run].k) / 2
             ax.axvline(k, color="gray", linestyle=":")
-            ax.annotate(f" {winners[-1]} fastest from k={sweep[first_of_last_run].k}", (k, 0.97),
-                        xycoords=("data", "axes fraction"), ha="left", va="top")
-        ax.set(yscale="log", xlabel="kernel size k (k x k, padding k // 2)", ylabel="seconds (fastest run)",
+            on_the_right = k > (sweep[0].k + sweep[-1].k) / 2
+            ax.annotate(f" {winners[-1]} fastest from k={sweep[first_of_last_run].k} ", (k, 0.97),
+                        xycoords=("data", "axes fraction"), ha="right" if on_the_right else "left", va="top")
+        ax.set(yscale="log", xlabel="kernel size k (k x k, padding k // 2)", ylabel="milliseconds (fastest run)",
                xticks=[s.k for s in sweep], title=f"{pass_}: {sweep[0].n}x{sweep[0].c}->{sweep[0].f}, "
                                                   f"{sweep[0].size}x{sweep[0].size} input")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     with atomic_path(path) as tmp:
