@@ -100,7 +100,7 @@ def save_checkpoint(path, model, optimizer, history, settings):
     sees the previous checkpoint or this one; temporary files left by a killed writer
     (``.<name>.*.tmp``) are removed first.
     """
-    path = Path(path)
+    path = checkpoint_path(path)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         stale.unlink(missing_ok=True)
     attrs = dict(settings, format=FORMAT, format_version=FORMAT_VERSION, epoch=history[-1].epoch,
@@ -118,6 +118,14 @@ def save_checkpoint(path, model, optimizer, history, settings):
         raise CheckpointError(f"cannot write checkpoint {path}: {e}") from None
 
 
+def checkpoint_path(value) -> Path:
+    """A checkpoint path as given on the command line, where fire turns ``--checkpoint``
+    without a value into True and ``7`` into the number 7."""
+    if isinstance(value, bool):
+        raise CheckpointError(f"a checkpoint needs a file path (such as --checkpoint run.h5), got {value}")
+    return Path(str(value))
+
+
 def describe_network(model) -> str:
     """One line naming each layer, e.g. "Conv2D(1, 32, ...) -> ReLU -> Flatten -> Dense(18432, 10)"."""
     return " -> ".join(type(layer).__name__ if type(layer).__repr__ is object.__repr__ else repr(layer)
@@ -127,7 +135,7 @@ def describe_network(model) -> str:
 def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`, or raise :class:`CheckpointError`
     saying what is wrong with the file. The file is only read, never modified."""
-    path = Path(path)
+    path = checkpoint_path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_file():
@@ -187,7 +195,7 @@ def check_new_checkpoint_path(path, resume=None):
     """Refuse a ``--checkpoint`` path that would overwrite anything but the run being resumed."""
     if path is None:
         return
-    path = Path(path)
+    path = checkpoint_path(path)
     if path.is_dir():
         raise CheckpointError(f"--checkpoint {path} is a directory; give a file path such as {path / 'run.h5'}")
     if path.exists() and (resume is None or not path.samefile(resume)):

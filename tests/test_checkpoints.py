@@ -98,6 +98,17 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(capsys, tmp_path, data_
     assert a.settings == b.settings
 
 
+def test_resume_under_another_backend(capsys, tmp_path, data_read_once):
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)
+    code, out, err = run_cli(capsys, "train", "--resume", str(path), "--epochs", "2", "--backend", "naive",
+                             "--progress", "False")
+    assert code == 0, err
+    assert "training on 256 images, testing on 128, backend naive, 2 epochs of batch 64" in out
+    resumed = load_checkpoint(path)
+    assert resumed.epoch == 2 and resumed.settings["backend"] == "naive" and resumed.history[0].seconds == 0.5
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "0.1"], "--lr 0.1 differs from the checkpoint's 0.01; a resumed run keeps the dataset, batch-size, "
                       "lr, momentum, seed, train-size, test-size it started with"),
@@ -125,6 +136,12 @@ def test_new_run_refuses_to_overwrite_an_existing_file(tmp_path):
     with pytest.raises(CheckpointError, match="is a directory; give a file path such as"):
         check_new_checkpoint_path(tmp_path)
     assert existing.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("argv", [["train", "--checkpoint"], ["train", "--resume"], ["evaluate", "--checkpoint"]])
+def test_checkpoint_option_without_a_path(capsys, argv):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and err == "convlab: error: a checkpoint needs a file path (such as --checkpoint run.h5), got True\n"
 
 
 def test_interrupted_message_names_the_surviving_checkpoint_and_the_command(tmp_path):
