@@ -134,8 +134,8 @@ def backend_explanation(name: str) -> tuple[str, list[tuple[str, str]]]:
     try:
         backend = get_backend(name)
     except ValueError:
-        return (f"a backend that is not installed here", [("para", f"The backend {name!r} is not installed "
-                                                          "where this report was made, so it cannot describe itself.")])
+        return ("a backend that is not installed here", [("para", f"The backend {name!r} is not installed "
+                                                         "where this report was made, so it cannot describe itself.")])
     module = sys.modules.get(type(backend.impl).__module__)
     doc = inspect.cleandoc((module and module.__doc__) or backend.impl.__doc__ or backend.description)
     blocks = []
@@ -187,7 +187,8 @@ def summary_paragraph(run: Run, model) -> str:
         text += (f"Training: SGD with learning rate {s['lr']}, momentum {s['momentum']}, "
                  f"minibatches of {s['batch_size']}, seed {s['seed']}. ")
     description, _ = backend_explanation(run.backend)
-    return text + (f"Everything is implemented from scratch in NumPy, with no PyTorch and no SciPy convolution. "
+    return text + ("The layers, the loss, the optimizer and every convolution backend are our own code "
+                   "(NumPy; no PyTorch, no SciPy convolution). "
                    f"The convolution, forward and backward, was computed by the \u201c{run.backend}\u201d backend. "
                    f"{description.rstrip('.')}.")
 
