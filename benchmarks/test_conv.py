@@ -89,7 +89,7 @@ def runner(row, shape, backward):
     return conv_pass(row, x, w, b, stride, padding, dy)
 
 
-shapes = pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.label.replace(" ", "_"))
+shapes = pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.label.replace("->", "to").replace(" ", "_"))
 rows = pytest.mark.parametrize("row", convlab.list_backends() + REFERENCE_ROWS)
 
 
