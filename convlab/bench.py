@@ -43,10 +43,16 @@ def kernel_sweep(kernel_sizes, n=64, c=1, f=32, size=28) -> list[ConvShape]:
     return [ConvShape(n, c, f, size, k, k // 2) for k in kernel_sizes]
 
 
+def list_items(value) -> list:
+    """The items of a command-line list: "a,b" or what fire made of it (a tuple, one value)."""
+    if isinstance(value, str):
+        return value.split(",")
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def parse_names(value, what: str, allowed) -> list[str]:
     """A comma-separated string (or a list) of names, each one of ``allowed``."""
-    names = value.split(",") if isinstance(value, str) else list(value)
-    names = [str(name).strip() for name in names]
+    names = [str(name).strip() for name in list_items(value)]
     unknown = [name for name in names if name not in allowed]
     if not names or unknown:
         raise ValueError(f"--{what} got {', '.join(unknown) or 'nothing'}; choose from: {', '.join(allowed)}")
@@ -55,9 +61,8 @@ def parse_names(value, what: str, allowed) -> list[str]:
 
 def parse_kernel_sizes(value) -> list[int]:
     """Kernel sizes from "3,5,7", a list, or one int; each a positive whole number."""
-    sizes = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
     try:
-        parsed = [int(s) if isinstance(s, str) else s for s in sizes]
+        parsed = [int(s) if isinstance(s, str) else s for s in list_items(value)]
     except ValueError:
         parsed = None
     if (not parsed or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k > 0

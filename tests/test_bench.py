@@ -55,6 +55,7 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--backends", "nope"], "--backends got nope; choose from: "),
+    (["--backends", "3"], "--backends got 3; choose from: "),
     (["--kernel-sizes", "3,0"], "--kernel-sizes must be positive whole numbers"),
     (["--kernel-sizes", "a"], "--kernel-sizes must be positive whole numbers"),
     (["--passes", "backward"], "--passes got backward; choose from: forward, forward+backward"),
