@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import numbers
 import shlex
 import signal
 from dataclasses import dataclass
@@ -86,7 +87,8 @@ class Checkpoint:
                     f"{', '.join(k.replace('_', '-') for k in FIXED_ON_RESUME)} it started with "
                     f"(leave --{option} out, or start a new run to change it)")
             settings[key] = stored if value is None else value
-        if settings["epochs"] <= self.epoch:
+        # An --epochs that is not a whole number is refused with the other settings' checks.
+        if isinstance(settings["epochs"], numbers.Integral) and settings["epochs"] <= self.epoch:
             raise CheckpointError(f"{self.path} already holds {self.epoch} epochs; pass --epochs greater than "
                                   f"{self.epoch} to train further")
         return settings
@@ -147,7 +149,8 @@ def load_checkpoint(path) -> Checkpoint:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is an HDF5 file but not a convlab checkpoint (no attribute "
-                                      f"format={FORMAT!r}); a checkpoint is written by `convlab train --checkpoint PATH`")
+                                      f"format={FORMAT!r}); a checkpoint is written by "
+                                      "`convlab train --checkpoint PATH`")
             version = int(f.attrs["format_version"])
             if version > FORMAT_VERSION:
                 raise CheckpointError(f"{path} has checkpoint format version {version}; this convlab reads "

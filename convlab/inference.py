@@ -86,8 +86,8 @@ def load_image(path, invert=False) -> np.ndarray:
     else:
         raise ImageError(f"{path} is neither a .png nor a .npy file; expected {ACCEPTED_FILES}")
     if image.shape != IMAGE_SIZE:
-        raise ImageError(f"{path} is {'x'.join(map(str, image.shape))} pixels; the network reads 28x28 images "
-                         "(resize it, with the digit centred as in MNIST)")
+        raise ImageError(f"{path} is {image.shape[0]} pixels high and {image.shape[1]} wide; the network reads "
+                         "28x28 images (resize it, with the digit centred as in MNIST)")
     return (1 - image if invert else image)[None]
 
 

@@ -115,7 +115,9 @@ def test_resume_under_another_backend(capsys, tmp_path, data_read_once):
     (["--batch-size", "32"], "--batch-size 32 differs from the checkpoint's 64"),
     (["--train-size", "100"], "--train-size 100 differs from the checkpoint's 256"),
     (["--epochs", "2"], "already holds 2 epochs; pass --epochs greater than 2 to train further"),
-    (["--checkpoint", "{other}"], "already exists; refusing to overwrite it (continue the run saved there with --resume"),
+    (["--epochs", "two"], "--epochs must be a positive whole number, got 'two'"),
+    (["--checkpoint", "{other}"],
+     "already exists; refusing to overwrite it (continue the run saved there with --resume"),
 ])
 def test_resume_refuses_changed_settings(capsys, tmp_path, argv, message):
     path, other = tmp_path / "ck.h5", tmp_path / "other.h5"
@@ -141,7 +143,8 @@ def test_new_run_refuses_to_overwrite_an_existing_file(tmp_path):
 @pytest.mark.parametrize("argv", [["train", "--checkpoint"], ["train", "--resume"], ["evaluate", "--checkpoint"]])
 def test_checkpoint_option_without_a_path(capsys, argv):
     code, _, err = run_cli(capsys, *argv)
-    assert code == 2 and err == "convlab: error: a checkpoint needs a file path (such as --checkpoint run.h5), got True\n"
+    assert code == 2
+    assert err == "convlab: error: a checkpoint needs a file path (such as --checkpoint run.h5), got True\n"
 
 
 def test_interrupted_message_names_the_surviving_checkpoint_and_the_command(tmp_path):
@@ -180,6 +183,13 @@ def edit_checkpoint(change):
     return write
 
 
+def replace_dataset(name, data):
+    def change(f):
+        del f[name]
+        f[name] = data
+    return change
+
+
 def set_nan(f):
     f["weights/3.b"][0] = np.nan
 
@@ -188,11 +198,13 @@ BAD_CHECKPOINTS = {
     "missing": (None, "checkpoint {path} does not exist"),
     "directory": (lambda path: path.mkdir(), "checkpoint {path} is not a file"),
     "not HDF5": (lambda path: path.write_text("epoch 1 loss 0.3\n"),
-                 "{path} is not an HDF5 file; a checkpoint is the HDF5 file written by `convlab train --checkpoint PATH`"),
+                 "{path} is not an HDF5 file; a checkpoint is the HDF5 file written by "
+                 "`convlab train --checkpoint PATH`"),
     "empty": (lambda path: path.write_bytes(b""), "{path} is not an HDF5 file"),
     "truncated": (write_truncated, "{path} is a damaged or truncated checkpoint (cannot read it: "),
     "HDF5 of another kind": (write_hdf5_of_other_kind,
-                             "{path} is an HDF5 file but not a convlab checkpoint (no attribute format='convlab-checkpoint')"),
+                             "{path} is an HDF5 file but not a convlab checkpoint "
+                             "(no attribute format='convlab-checkpoint')"),
     "newer format": (edit_checkpoint(lambda f: f.attrs.modify("format_version", 7)),
                      "{path} has checkpoint format version 7; this convlab reads versions up to 1 (upgrade convlab)"),
     "different network": (write_different_network,
@@ -202,15 +214,16 @@ BAD_CHECKPOINTS = {
                        "{path} is a damaged checkpoint: momentum buffers ['0.b', '0.w', '3.b', '3.w'] do not match"),
     "metrics missing": (edit_checkpoint(lambda f: f.__delitem__("metrics")),
                         "{path} is a damaged or truncated checkpoint (cannot read it: "),
-    "weights not floats": (edit_checkpoint(lambda f: (f.__delitem__("weights/0.b"), f.create_dataset("weights/0.b", data=["a"]))),
+    "weights not floats": (edit_checkpoint(replace_dataset("weights/0.b", ["a"])),
                            "{path} is a damaged checkpoint: weights/0.b is not an array of floats"),
     "attribute missing": (edit_checkpoint(lambda f: f.attrs.__delitem__("lr")),
                           "{path} is a damaged checkpoint: attribute(s) lr missing"),
-    "weights not a group": (edit_checkpoint(lambda f: (f.__delitem__("weights"), f.create_dataset("weights", data=[1.0]))),
+    "weights not a group": (edit_checkpoint(replace_dataset("weights", [1.0])),
                             "{path} is a damaged or truncated checkpoint (cannot read it: "),
     "metrics disagree with epoch": (edit_checkpoint(lambda f: f.attrs.modify("epoch", 4)),
                                     "{path} is a damaged checkpoint: its metrics are for epochs [1], not 1 to 4"),
-    "NaN weights": (edit_checkpoint(set_nan), "{path} is a damaged checkpoint: weights/3.b holds NaN or infinite values"),
+    "NaN weights": (edit_checkpoint(set_nan),
+                    "{path} is a damaged checkpoint: weights/3.b holds NaN or infinite values"),
 }
 
 
