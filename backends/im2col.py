@@ -4,8 +4,7 @@ The windows of all the images become the columns of one matrix ``cols``
 (C*kh*kw, N*OH*OW); the filters are the rows of ``w_mat`` (F, C*kh*kw), so the whole
 batch is one GEMM, ``w_mat @ cols`` (F, N*OH*OW). One big product keeps BLAS (and all its
 threads) busy, where one small product per image would not. Its rows come out filter by
-filter, so a copy, which also adds the bias, puts them in the (N, F, OH, OW) order the
-next layers read.
+filter, so one copy puts them in the (N, F, OH, OW) order the next layers read.
 
 The backward pass is the two transposed products, ``dw = dy_mat @ cols.T`` and
 ``dcols = w_mat.T @ dy_mat``, and ``dcols`` folds back onto the input with one strided
@@ -58,10 +57,10 @@ class Im2col:
         oh, ow = output_size(h, kh, stride[0], ph), output_size(width, kw, stride[1], pw)
         x_padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
         cols = im2col(x_padded, (kh, kw), stride)
-        y_by_filter = (w.reshape(f, -1) @ cols).reshape(f, n, oh * ow)
-        y = np.empty((n, f, oh * ow), dtype=x.dtype)
-        np.add(y_by_filter.transpose(1, 0, 2), b[:, None], out=y)
-        return y.reshape(n, f, oh, ow), (cols, w, x_padded.shape, stride, padding)
+        y_by_filter = w.reshape(f, -1) @ cols  # (F, N*OH*OW)
+        y_by_filter += b[:, None]
+        y = y_by_filter.reshape(f, n, oh, ow).transpose(1, 0, 2, 3).copy()
+        return y, (cols, w, x_padded.shape, stride, padding)
 
     def backward(self, dy, cache, need_dx=True):
         cols, w, x_padded_shape, stride, padding = cache

@@ -17,12 +17,15 @@ convlab is faster):
 The machine may be shared, so the two sides alternate: repetition by repetition for the
 layer, chunk of batches by chunk of batches for the epoch (who goes first alternates too),
 and the medians of the per-pair ratios are printed next to the ratio of the totals.
-PyTorch runs with as many threads as this process may use (``--threads``); numpy keeps
-its defaults (OpenBLAS threads its GEMMs, elementwise work is single-threaded).
+Threads: numpy's OpenBLAS threads its GEMMs over every core unless ``OPENBLAS_NUM_THREADS``
+says otherwise (it is read when numpy is imported), and elementwise numpy is
+single-threaded; PyTorch gets the same number of threads, so set the variable to compare
+at one thread on both sides.
 
     python benchmarks/epoch_vs_torch.py                  # both measurements, ~1-3 min
     python benchmarks/epoch_vs_torch.py --only layer     # just the layer, a few seconds
     python benchmarks/epoch_vs_torch.py --train-size 6400 --chunk 20   # a quick epoch
+    OPENBLAS_NUM_THREADS=1 python benchmarks/epoch_vs_torch.py         # one thread each
 """
 
 from __future__ import annotations
@@ -135,16 +138,15 @@ def bench_epoch(backend_name, train_size, chunk):
 
 
 def main():
-    cores = len(os.sched_getaffinity(0))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="im2col", help="convlab backend to time (default im2col)")
     parser.add_argument("--only", choices=["layer", "epoch"], help="run just one of the two measurements")
-    parser.add_argument("--threads", type=int, default=cores, help=f"PyTorch threads (default {cores}, the cores)")
     parser.add_argument("--train-size", type=int, default=60000, help="training images in the epoch (default all)")
     parser.add_argument("--chunk", type=int, default=50, help="batches per alternation chunk (default 50)")
     parser.add_argument("--repeats", type=int, default=30, help="layer repetitions (default 30)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(int(os.environ.get("OPENBLAS_NUM_THREADS", cores)))
     blas_env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
     print(f"cores {cores}, torch {torch.__version__} threads {torch.get_num_threads()}, numpy {np.__version__}, "
           f"BLAS/OpenMP environment {blas_env or 'unset'}")

@@ -20,7 +20,10 @@ class SGD:
 
     def step(self):
         for name, param, grad in self.model.named_parameters():
+            # Scalars in the parameter's dtype: a numpy float64 lr (from a schedule, say)
+            # would otherwise make numpy run these float32 updates in float64.
+            momentum, lr = param.dtype.type(self.momentum), param.dtype.type(self.lr)
             v = self.velocity[name]
-            v *= self.momentum
+            v *= momentum
             v += grad
-            param -= self.lr * v
+            param -= lr * v

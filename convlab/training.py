@@ -33,12 +33,16 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def predict_logits(model, x, batch_size=500) -> np.ndarray:
-    """Logits (N, K) for images x (N, C, H, W), computed batch by batch."""
+def predict_logits(model, x, batch_size=128) -> np.ndarray:
+    """Logits (N, K) for images x (N, C, H, W), computed batch by batch.
+
+    Batches of ~100 images keep the im2col matrix (a few MB) in the allocator's reusable
+    heap and near the caches; batches of 500 take about twice as long per image.
+    """
     return np.concatenate([model.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def accuracy(model, x, y, batch_size=500) -> float:
+def accuracy(model, x, y, batch_size=128) -> float:
     """Fraction of ``x`` whose arg-max logit equals the label ``y``."""
     return float((predict_logits(model, x, batch_size).argmax(axis=1) == y).mean())
 

@@ -1,0 +1,108 @@
+"""The fast paths keep their promises: float32 stays float32, batches are gathered
+rather than the data set copied, evaluation does not depend on its batch size, and the
+PyTorch comparison script trains the very same network."""
+
+import os
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import convlab
+from convlab.layers import Dense, Flatten, ReLU
+from convlab.losses import softmax_cross_entropy
+from convlab.optimizers import SGD
+from convlab.training import predict_logits, train_epoch, train_step
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def small_net(rng, dtype=np.float32):
+    return convlab.Sequential(convlab.Conv2D(1, 4, 3, padding=1, rng=rng, dtype=dtype), ReLU(), Flatten(),
+                              Dense(4 * 8 * 8, 10, rng=rng, dtype=dtype))
+
+
+def test_a_training_step_stays_float32_even_with_numpy_float64_hyperparameters():
+    rng = np.random.default_rng(0)
+    model = small_net(rng)
+    optimizer = SGD(model, lr=np.float64(0.05), momentum=np.float64(0.9))
+    x = rng.random((6, 1, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 10, 6)
+    for _ in range(2):
+        logits = model.forward(x)
+        loss, dlogits = softmax_cross_entropy(logits, y)
+        assert logits.dtype == dlogits.dtype == np.float32
+        model.backward(dlogits)
+        optimizer.step()
+    for name, param, grad in model.named_parameters():
+        assert param.dtype == grad.dtype == optimizer.velocity[name].dtype == np.float32, name
+
+
+def test_relu_leaves_its_input_alone_and_keeps_its_dtype():
+    x = np.array([[-2.0, -0.0, 0.0, 3.0]], dtype=np.float32)
+    original = x.copy()
+    relu = ReLU()
+    y = relu.forward(x)
+    dx = relu.backward(np.ones_like(x))
+    np.testing.assert_array_equal(x, original)
+    np.testing.assert_array_equal(y, [[0, 0, 0, 3]])
+    np.testing.assert_array_equal(dx, [[0, 0, 0, 1]])
+    assert y.dtype == dx.dtype == np.float32
+
+
+def test_an_epoch_gathers_batches_without_copying_the_data_set():
+    rng = np.random.default_rng(1)
+    x = rng.random((20000, 1, 8, 8), dtype=np.float32)  # 5 MB
+    y = rng.integers(0, 10, len(x))
+    model = convlab.Sequential(Flatten(), Dense(64, 10, rng=rng))
+    optimizer = SGD(model)
+    tracemalloc.start()
+    try:
+        train_epoch(model, optimizer, x, y, batch_size=64, seed=0, epoch=1, progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The shuffled order (160 kB of int64) and a few batches, never a second copy of x.
+    assert peak < x.nbytes / 10, f"peak allocation {peak} bytes during an epoch over {x.nbytes} bytes of images"
+
+
+def test_predictions_do_not_depend_on_the_evaluation_batch_size():
+    rng = np.random.default_rng(2)
+    model = small_net(rng)
+    x = rng.random((37, 1, 8, 8), dtype=np.float32)
+    whole = model.forward(x)
+    for batch_size in (1, 7, 128):
+        np.testing.assert_allclose(predict_logits(model, x, batch_size), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_is_deterministic():
+    rng = np.random.default_rng(3)
+    x = rng.random((32, 1, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 10, len(x))
+    runs = []
+    for _ in range(2):
+        model = small_net(np.random.default_rng(4))
+        optimizer = SGD(model)
+        losses = [train_step(model, optimizer, x[i:i + 8], y[i:i + 8])[0] for i in range(0, len(x), 8)]
+        runs.append((losses, [p.copy() for p in model.state_dict().values()]))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_torch_comparison_script_trains_the_same_network():
+    pytest.importorskip("torch")
+    # One thread each: two-thread BLAS on a busy machine would only make the test slow.
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "epoch_vs_torch.py"), "--train-size", "192", "--chunk", "1",
+         "--repeats", "1"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sum("ratio of totals" in line for line in lines) == 3, result.stdout
+    losses = next(line for line in lines if line.startswith("mean training loss"))
+    ours, theirs = (float(part.split()[-1]) for part in losses.split(":")[1].split(","))
+    assert ours == pytest.approx(theirs, rel=1e-4), losses
