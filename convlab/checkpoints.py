@@ -36,7 +36,7 @@ FORMAT_VERSION = 1
 RNG_NOTE = "batch order = numpy.random.default_rng([seed, epoch]).permutation(train_size)"
 # Settings a resumed run must keep: changing any of them would make the continuation a
 # different run than the one the checkpoint started (the weights are a function of them).
-FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "momentum", "seed", "train_size", "test_size")
+FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "lr_schedule", "momentum", "seed", "train_size", "test_size")
 # What resuming and evaluating read from the root attributes.
 REQUIRED_SETTINGS = ("epoch", "epochs", "backend", "network") + FIXED_ON_RESUME
 METRICS_DTYPE = np.dtype([(f.name, np.int64 if f.type in ("int", int) else np.float64)
@@ -220,7 +220,7 @@ def interrupted_message(checkpoint, resume, options) -> str:
     for key, value in options.items():
         if value is not None:
             words += [f"--{key.replace('_', '-')}", str(value)]
-    return (f"{latest} holds {load_checkpoint(latest).epoch} finished epochs; resume with: "
+    return (f"{latest} holds the run after epoch {load_checkpoint(latest).epoch}; resume with: "
             + " ".join(map(shlex.quote, words)))
 
 

@@ -60,7 +60,8 @@ def evaluation_report(model, checkpoint, x, y) -> str:
     s = checkpoint.settings
     width = max(5, len(str(matrix.max())) + 1)
     lines = [
-        f"checkpoint {checkpoint.path}: {checkpoint.epoch} epochs on {s['train_size']} {s['dataset']} images, "
+        f"checkpoint {checkpoint.path}: {checkpoint.epoch} epoch{'s' * (checkpoint.epoch != 1)} on "
+        f"{s['train_size']} {s['dataset']} images, "
         f"trained with {s['backend']}; evaluated with {model.conv_layers()[0].backend}",
         f"test accuracy: {correct / len(y):.4f} ({correct}/{len(y)})",
         "confusion matrix (rows: true class, columns: predicted class, recall: fraction of the row right):",

@@ -154,7 +154,7 @@ def test_interrupted_message_names_the_surviving_checkpoint_and_the_command(tmp_
     assert "no epoch had finished" in interrupted_message(path, None, options)
     make_checkpoint(path, epochs_done=2)
     assert interrupted_message(path, path, options) == (
-        f"{path} holds 2 finished epochs; resume with: convlab train --resume '{path}' --epochs 9 "
+        f"{path} holds the run after epoch 2; resume with: convlab train --resume '{path}' --epochs 9 "
         "--backend naive --progress False")
     elsewhere = tmp_path / "new.h5"
     assert interrupted_message(elsewhere, path, options).endswith(f"--progress False --checkpoint {elsewhere}")

@@ -30,7 +30,7 @@ def test_evaluate_prints_accuracy_and_confusion_matrix_under_any_backend(capsys,
         assert code == 0, err
         outputs[backend] = out.splitlines()
     lines = outputs["naive"]
-    assert lines[0] == (f"checkpoint {path}: 1 epochs on 256 mnist images, trained with im2col; "
+    assert lines[0] == (f"checkpoint {path}: 1 epoch on 256 mnist images, trained with im2col; "
                         "evaluated with naive")
     assert lines[1] == f"test accuracy: {expected:.4f} ({round(expected * 150)}/150)"
     assert lines[3].split() == ["true", *map(str, range(10)), "recall"]
