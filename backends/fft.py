@@ -35,10 +35,12 @@ from convlab.files import atomic_path
 from convlab.registry import register_backend
 
 PLANNERS = ("estimate", "measure", "patient", "exhaustive")
-DEFAULT_PLANNER = "estimate"
+DEFAULT_PLANNER = "measure"
 ENV_THREADS, ENV_PLANNER, ENV_WISDOM = "CONVLAB_FFT_THREADS", "CONVLAB_FFT_PLANNER", "CONVLAB_FFT_WISDOM"
 WISDOM_OFF = "off"
 MIN_POINTS_PER_THREAD = 1 << 16
+MIN_POINTS_TO_MEASURE = 1 << 14
+COPY_BLOCK_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def configure(threads=None, planner=None, wisdom_path=None) -> Settings:
     A setting not given comes from its environment variable, else its default:
 
     - ``threads`` (``CONVLAB_FFT_THREADS``): FFTW threads, default ``os.cpu_count()``.
-    - ``planner`` (``CONVLAB_FFT_PLANNER``): ``estimate`` (default), ``measure``,
+    - ``planner`` (``CONVLAB_FFT_PLANNER``): ``estimate``, ``measure`` (default),
       ``patient`` or ``exhaustive``; an ``FFTW_`` prefix and any case are accepted.
     - ``wisdom_path`` (``CONVLAB_FFT_WISDOM``): the FFTW wisdom cache file, default
       :func:`default_wisdom_path`; ``"off"`` uses none.
@@ -159,12 +161,14 @@ class _Plans:
         arrays = (real, spectrum) if direction == "FFTW_FORWARD" else (spectrum, real)
         # Waking threads costs more than a small transform takes.
         threads = current.threads if real.size >= MIN_POINTS_PER_THREAD * current.threads else 1
+        # Measuring a small transform's plan takes far longer than it could ever save.
+        planner = current.planner if real.size >= MIN_POINTS_TO_MEASURE else "estimate"
         fftw = pyfftw.FFTW(*arrays, axes=(-2, -1), direction=direction,
-                           flags=(f"FFTW_{current.planner.upper()}",), threads=threads)
+                           flags=(f"FFTW_{planner.upper()}",), threads=threads)
         # Planning by measurement scribbles on the buffers; the input must start zeroed.
         fftw.input_array.fill(0)
         # An estimated plan is instant, so only measured ones are worth remembering.
-        if current.wisdom_path is not None and current.planner != "estimate":
+        if current.wisdom_path is not None and planner != "estimate":
             self._save_wisdom(current.wisdom_path)
         return _Plan(fftw)
 
@@ -199,7 +203,9 @@ def rfft2(signal, rows, cols, fft_shape):
         plan.region = region
     plan.input[:, :, rows, cols] = signal
     plan.fftw.execute()
-    return plan.output.reshape(b1, b2, -1).transpose(2, 0, 1).copy()
+    spectra = np.empty((plan.output[0, 0].size, b1, b2), plan.output.dtype)
+    copy_in_bin_blocks(spectra.reshape(-1, b1 * b2), plan.output.reshape(b1 * b2, -1).T, axis=0)
+    return spectra
 
 
 def irfft2(spectra, fft_shape):
@@ -207,9 +213,19 @@ def irfft2(spectra, fft_shape):
     (bins, B1, B2) -> real (B1, B2, Hf, Wf), a buffer the next call overwrites."""
     b1, b2 = spectra.shape[1:]
     plan = _plans.get("FFTW_BACKWARD", (b1, b2), fft_shape, np.empty(0, spectra.dtype).real.dtype)
-    np.copyto(plan.input.reshape(b1, b2, -1), spectra.transpose(1, 2, 0))
+    copy_in_bin_blocks(plan.input.reshape(b1 * b2, -1), spectra.reshape(-1, b1 * b2).T, axis=1)
     plan.fftw.execute()
     return plan.output
+
+
+def copy_in_bin_blocks(dst, src, axis):
+    """``dst[...] = src`` for 2-D arrays of which one is a transposed view, a cache-sized
+    block of frequency bins (along ``axis``) at a time: numpy's one-go transposing copy
+    thrashes the cache at these sizes and can be several times slower."""
+    step = max(1, COPY_BLOCK_BYTES // (dst.shape[1 - axis] * dst.itemsize))
+    for start in range(0, dst.shape[axis], step):
+        block = (slice(None),) * axis + (slice(start, start + step),)
+        np.copyto(dst[block], src[block])
 
 
 def fft_shape_for(padded_shape):

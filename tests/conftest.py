@@ -1,7 +1,13 @@
+import os
+
 import numpy as np
 import pytest
 
 import convlab
+
+# The fft backend in tests: quick FFTW plans, and no wisdom file in the user's cache dir.
+os.environ.setdefault("CONVLAB_FFT_PLANNER", "estimate")
+os.environ.setdefault("CONVLAB_FFT_WISDOM", "off")
 
 
 def random_conv_case(rng, dtype=np.float64):

@@ -104,10 +104,16 @@ def test_threads_used_for_large_transforms_only(planned):
     assert max(p["threads"] for p in planned) == 2
 
 
-def test_planner_setting_reaches_fftw(planned):
+MEDIUM = dict(n=8, c=2, f=2, size=(30, 30), kernel=(3, 3))  # x and dy transforms >= MIN_POINTS_TO_MEASURE
+
+
+def test_planner_setting_reaches_fftw_for_all_but_small_transforms(planned):
     fft.configure(planner="FFTW_MEASURE")
     forward_backward(conv_case())
-    assert {p["flags"] for p in planned} == {("FFTW_MEASURE",)}
+    assert {p["flags"] for p in planned} == {("FFTW_ESTIMATE",)}, "tiny transforms are not worth measuring"
+    planned.clear()
+    forward_backward(conv_case(**MEDIUM))
+    assert ("FFTW_MEASURE",) in {p["flags"] for p in planned}
 
 
 def test_settings_come_from_environment(private_settings, tmp_path):
@@ -147,7 +153,7 @@ def test_invalid_environment_names_the_variable(private_settings, variable, valu
 def test_measured_wisdom_round_trip(tmp_path):
     wisdom_path = tmp_path / "wisdom.json"
     fft.configure(planner="measure", wisdom_path=wisdom_path)
-    forward_backward(conv_case())
+    forward_backward(conv_case(**MEDIUM))
     saved = json.loads(wisdom_path.read_text())
     assert saved["fftw"] == pyfftw.fftw_version and any(saved["wisdom"])
     assert [p.name for p in tmp_path.iterdir()] == ["wisdom.json"], "a temporary file was left behind"
@@ -155,10 +161,10 @@ def test_measured_wisdom_round_trip(tmp_path):
     # A new run (wisdom forgotten) loads the file: planning from wisdom alone then succeeds.
     pyfftw.forget_wisdom()
     fft.configure(planner="measure", wisdom_path=wisdom_path)
-    forward_backward(conv_case())
-    hf, wf = fft.fft_shape_for((9 + 2, 7 + 4))  # the input's plan (small: one thread)
-    pyfftw.FFTW(pyfftw.empty_aligned((2, 3, hf, wf), np.float64),
-                pyfftw.empty_aligned((2, 3, hf, wf // 2 + 1), np.complex128), axes=(-2, -1),
+    forward_backward(conv_case(**MEDIUM))
+    hf, wf = fft.fft_shape_for((30 + 2, 30 + 4))  # the input's plan (one thread at this size)
+    pyfftw.FFTW(pyfftw.empty_aligned((8, 2, hf, wf), np.float64),
+                pyfftw.empty_aligned((8, 2, hf, wf // 2 + 1), np.complex128), axes=(-2, -1),
                 flags=("FFTW_MEASURE", "FFTW_WISDOM_ONLY"))
 
 
@@ -172,5 +178,5 @@ def test_unreadable_wisdom_file_is_ignored_with_a_warning(tmp_path):
     wisdom_path.write_text("not json")
     fft.configure(planner="measure", wisdom_path=wisdom_path)
     with pytest.warns(UserWarning, match="ignoring unreadable FFTW wisdom"):
-        forward_backward(conv_case())
+        forward_backward(conv_case(**MEDIUM))
     assert json.loads(wisdom_path.read_text())["wisdom"], "the broken file was not replaced"
