@@ -37,8 +37,10 @@ RNG_NOTE = "batch order = numpy.random.default_rng([seed, epoch]).permutation(tr
 # Settings a resumed run must keep: changing any of them would make the continuation a
 # different run than the one the checkpoint started (the weights are a function of them).
 FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "lr_schedule", "momentum", "seed", "train_size", "test_size")
-# What resuming and evaluating read from the root attributes.
-REQUIRED_SETTINGS = ("epoch", "epochs", "backend", "network") + FIXED_ON_RESUME
+# What resuming and evaluating cannot do without (a setting added later, such as
+# lr_schedule, may be missing from older checkpoints).
+REQUIRED_SETTINGS = ("epoch", "epochs", "backend", "network", "dataset", "batch_size", "lr", "momentum", "seed",
+                     "train_size", "test_size")
 METRICS_DTYPE = np.dtype([(f.name, np.int64 if f.type in ("int", int) else np.float64)
                           for f in dataclasses.fields(EpochMetrics)])
 

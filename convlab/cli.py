@@ -62,7 +62,8 @@ def required(name, value):
 
 
 # `convlab train` settings left out (None) take these values, or on --resume the checkpoint's.
-TRAIN_DEFAULTS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, momentum=0.9, seed=0)
+TRAIN_DEFAULTS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, lr_schedule="cosine",
+                      momentum=0.9, seed=0)
 
 
 class DataCommands:
@@ -111,18 +112,19 @@ class Commands:
 
     def train(self, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
               train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True,
-              dataset=None, checkpoint=None, resume=None):
+              dataset=None, checkpoint=None, resume=None, lr_schedule=None):
         """Train the reference network (conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
 
         With --resume, every setting left out comes from the checkpoint; dataset, batch
-        size, lr, momentum, seed and subset sizes cannot change; epochs may be raised and
-        the backend may change.
+        size, lr, lr schedule, momentum, seed and subset sizes cannot change; epochs may be
+        raised (a cosine schedule then stretches over the new total) and the backend may change.
 
         Args:
             backend: convolution backend (see `convlab backends`); default im2col.
             epochs: train until this many epochs are done; default 5.
             batch_size: minibatch size; default 64.
-            lr: SGD learning rate; default 0.01.
+            lr: SGD learning rate (of the first epoch); default 0.01.
+            lr_schedule: cosine (decays the lr per epoch, to near 0 at the last) or constant; default cosine.
             momentum: SGD momentum, in [0, 1); default 0.9.
             seed: seeds the weights and the batch order; same seed, same run; default 0.
             train_size: use only the first N training images.
@@ -140,23 +142,27 @@ class Commands:
         from convlab.data import load_dataset
         from convlab.files import write_json
         from convlab.models import reference_net
-        from convlab.optimizers import SGD
+        from convlab.optimizers import LR_SCHEDULES, SGD
         from convlab.training import fit
 
         resumed = load_checkpoint(resume) if resume is not None else None
         checkpoint = resume if checkpoint is None else checkpoint
         check_new_checkpoint_path(checkpoint, resume)
         settings = dict(backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
-                        momentum=momentum, seed=seed, train_size=train_size, test_size=test_size)
+                        lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size,
+                        test_size=test_size)
         if resumed is not None:
             settings = resumed.resume_settings(settings)
         settings = {key: TRAIN_DEFAULTS.get(key) if value is None else value for key, value in settings.items()}
-        backend, dataset, epochs, batch_size, lr, momentum, seed, train_size, test_size = settings.values()
+        backend, dataset, epochs, batch_size, lr, lr_schedule, momentum, seed, train_size, test_size = (
+            settings.values())
 
         backend = get_backend(backend).name
         epochs = positive_int("epochs", epochs)
         batch_size = positive_int("batch-size", batch_size)
         lr = positive_float("lr", lr)
+        if lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
         if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 <= momentum < 1:
             raise UsageError(f"--momentum must be a number in [0, 1), got {momentum!r}")
         if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
@@ -176,7 +182,7 @@ class Commands:
         data.x_train, data.y_train = data.x_train[:n_train], data.y_train[:n_train]
         data.x_test, data.y_test = data.x_test[:n_test], data.y_test[:n_test]
         print(f"training on {n_train} images, testing on {n_test}, backend {backend}, "
-              f"{epochs} epochs of batch {batch_size}, lr {lr}, momentum {momentum}, seed {seed}")
+              f"{epochs} epochs of batch {batch_size}, lr {lr} ({lr_schedule}), momentum {momentum}, seed {seed}")
         settings.update(backend=backend, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                         seed=seed, train_size=n_train, test_size=n_test)
 
@@ -191,7 +197,8 @@ class Commands:
         try:
             with backend_log_to_stdout(), ctrl_c_at_safe_points() as stop_if_asked:
                 fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=len(history) + 1,
-                    progress=progress, on_epoch=report, on_batch=stop_if_asked)
+                    progress=progress, on_epoch=report, on_batch=stop_if_asked,
+                    lr_at=lambda epoch: LR_SCHEDULES[lr_schedule](lr, epoch, epochs))
         except KeyboardInterrupt:
             raise KeyboardInterrupt(interrupted_message(checkpoint, resume, dict(
                 epochs=epochs, backend=backend, data_dir=data_dir, metrics_out=metrics_out,

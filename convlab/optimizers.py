@@ -1,6 +1,26 @@
-"""Optimizers update a model's parameters in place from the gradients of the last backward."""
+"""Optimizers update a model's parameters in place from the gradients of the last backward,
+and learning-rate schedules say which rate each epoch uses."""
+
+import math
 
 import numpy as np
+
+
+def cosine_lr(base_lr, epoch, epochs):
+    """Cosine annealing by epoch: ``base_lr`` at epoch 1, falling towards 0 after ``epochs``.
+
+    A pure function of (epoch, epochs), so a run resumed with the same ``epochs`` follows
+    exactly the schedule of an uninterrupted one.
+    """
+    return base_lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+
+
+def constant_lr(base_lr, epoch, epochs):
+    """``base_lr`` for every epoch."""
+    return base_lr
+
+
+LR_SCHEDULES = {"cosine": cosine_lr, "constant": constant_lr}
 
 
 class SGD:

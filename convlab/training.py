@@ -85,8 +85,10 @@ def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True, 
 
 
 def fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=1, progress=True, on_epoch=None,
-        on_batch=None):
+        on_batch=None, lr_at=None):
     """Train for epochs ``start_epoch .. epochs`` on ``data`` (a :class:`~convlab.data.Dataset`).
+
+    ``lr_at(epoch)``, if given, sets the optimizer's learning rate at the start of each epoch.
 
     After each epoch, ``on_epoch(metrics)`` is called with its :class:`EpochMetrics`;
     after each batch, ``on_batch()``.
@@ -95,6 +97,8 @@ def fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=1, progres
     history = []
     for epoch in range(start_epoch, epochs + 1):
         started = time.perf_counter()
+        if lr_at is not None:
+            optimizer.lr = lr_at(epoch)
         # Overflow ends in a non-finite loss, reported once as TrainingDiverged, not as numpy warnings.
         with np.errstate(over="ignore", invalid="ignore"):
             loss, train_acc = train_epoch(model, optimizer, data.x_train, data.y_train, batch_size, seed, epoch,

@@ -22,7 +22,7 @@ from convlab.optimizers import SGD
 from convlab.training import EpochMetrics
 from tests.test_cli import run_cli
 
-RUN_SETTINGS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, momentum=0.9, seed=0,
+RUN_SETTINGS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, lr_schedule="cosine", momentum=0.9, seed=0,
                     train_size=256, test_size=128)
 SMALL = ("--train-size", "192", "--test-size", "64", "--progress", "False")
 _load_dataset_once = functools.lru_cache(convlab.data.load_dataset)
@@ -111,7 +111,7 @@ def test_resume_under_another_backend(capsys, tmp_path, data_read_once):
 
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "0.1"], "--lr 0.1 differs from the checkpoint's 0.01; a resumed run keeps the dataset, batch-size, "
-                      "lr, momentum, seed, train-size, test-size it started with"),
+                      "lr, lr-schedule, momentum, seed, train-size, test-size it started with"),
     (["--batch-size", "32"], "--batch-size 32 differs from the checkpoint's 64"),
     (["--train-size", "100"], "--train-size 100 differs from the checkpoint's 256"),
     (["--epochs", "2"], "already holds 2 epochs; pass --epochs greater than 2 to train further"),
@@ -165,6 +165,12 @@ def write_different_network(path):
     make_checkpoint(path, model=different)
 
 
+def write_deeper_network(path):
+    deeper = Sequential(Conv2D(1, 32, 7, padding=1, rng=0), ReLU(), Flatten(), Dense(32 * 24 * 24, 10, rng=0), ReLU(),
+                        Dense(10, 10, rng=0))
+    make_checkpoint(path, model=deeper)
+
+
 def write_truncated(path):
     make_checkpoint(path)
     path.write_bytes(path.read_bytes()[:5000])
@@ -210,6 +216,9 @@ BAD_CHECKPOINTS = {
     "different network": (write_different_network,
                           "{path} is a checkpoint of a different network: parameter 0.w has shape (16, 1, 5, 5), "
                           "this model needs (32, 1, 7, 7); it holds 'Conv2D(1, 16, kernel_size=(5, 5)"),
+    "network with more layers": (write_deeper_network,
+                                 "{path} is a checkpoint of a different network: parameter names ['0.b', '0.w', "
+                                 "'3.b', '3.w', '5.b', '5.w'] do not match this model's ['0.b', '0.w', '3.b', '3.w']"),
     "weight missing": (edit_checkpoint(lambda f: f.__delitem__("weights/3.b")),
                        "{path} is a damaged checkpoint: momentum buffers ['0.b', '0.w', '3.b', '3.w'] do not match"),
     "metrics missing": (edit_checkpoint(lambda f: f.__delitem__("metrics")),

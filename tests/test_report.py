@@ -20,7 +20,7 @@ from convlab.report import (ReportError, backend_explanation, load_run, plain, s
 from convlab.training import EpochMetrics
 
 HISTORY = [EpochMetrics(1, 0.8, 0.74, 0.83, 9.0), EpochMetrics(2, 0.3, 0.91, 0.90, 8.5)]
-SETTINGS = dict(backend="im2col", dataset="mnist", epochs=2, batch_size=64, lr=0.01, momentum=0.9, seed=0,
+SETTINGS = dict(backend="im2col", dataset="mnist", epochs=2, batch_size=64, lr=0.01, lr_schedule="cosine", momentum=0.9, seed=0,
                 train_size=2000, test_size=500)
 BENCH = {"rows": [
     {"shape": "64x1->32 28x28 k7 p1", "backend": "naive", "pass": "forward", "seconds": 0.2},
