@@ -2,7 +2,8 @@
 
 The first call with a new key (x.shape, w.shape, stride, padding, dtype) runs each
 candidate's forward+backward on the call's own arrays (one warm-up run, then up to
-``TIMED_RUNS`` timed runs, cut short after ``TIME_CAP`` seconds) and picks the fastest.
+``TIMED_RUNS`` timed runs, cut short after ``TIME_CAP`` seconds, none at all when the
+warm-up is ``LOST_FACTOR`` times slower than the best so far) and picks the fastest.
 Candidates are every other registered strategy; the ``naive`` oracle only when there is
 no other. The pick is kept in memory and in a JSON cache file, so later runs on the same
 machine do not time again (unless the set of candidates changed since). The file is
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -35,6 +37,8 @@ from convlab.timing import ORACLE, best_time, conv_pass, output_gradient, strate
 CACHE_ENV = "CONVLAB_AUTO_CACHE"
 TIMED_RUNS = 2
 TIME_CAP = 0.5
+# A candidate whose warm-up is this many times slower than the best so far is not run again.
+LOST_FACTOR = 4
 
 log = logging.getLogger("convlab.auto")
 
@@ -101,8 +105,10 @@ class Auto:
     def _timed_pick(self, key, x, w, stride, padding):
         b = np.zeros(w.shape[0], dtype=x.dtype)
         dy = output_gradient(x, w, stride, padding)
-        seconds = {name: best_time(conv_pass(name, x, w, b, stride, padding, dy), TIMED_RUNS, TIME_CAP)
-                   for name in candidates()}
+        seconds = {}
+        for name in candidates():
+            lost_above = LOST_FACTOR * min(seconds.values(), default=math.inf)
+            seconds[name] = best_time(conv_pass(name, x, w, b, stride, padding, dy), TIMED_RUNS, TIME_CAP, lost_above)
         chosen = min(seconds, key=seconds.get)
         timings = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in seconds.items())
         log.info("auto picked %s for %s (forward+backward: %s)", chosen, key, timings)

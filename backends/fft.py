@@ -129,8 +129,8 @@ class _Plan:
 
 
 class _Plans:
-    """FFTW plans built once per (direction, batch shape, FFT shape, dtype), the wisdom
-    file read before the first plan and rewritten after each plan that added wisdom."""
+    """FFTW plans built once per (direction, batch shape, FFT shape, dtype); the wisdom
+    file is read before the first plan and rewritten after each measured plan."""
 
     def __init__(self):
         self.settings = None
@@ -212,7 +212,7 @@ def irfft2(spectra, fft_shape):
     """Inverse of :func:`rfft2` without the 1/(Hf*Wf) scale: bin-major complex spectra
     (bins, B1, B2) -> real (B1, B2, Hf, Wf), a buffer the next call overwrites."""
     b1, b2 = spectra.shape[1:]
-    plan = _plans.get("FFTW_BACKWARD", (b1, b2), fft_shape, np.empty(0, spectra.dtype).real.dtype)
+    plan = _plans.get("FFTW_BACKWARD", (b1, b2), fft_shape, np.finfo(spectra.dtype).dtype)
     copy_in_bin_blocks(plan.input.reshape(b1 * b2, -1), spectra.reshape(-1, b1 * b2).T, axis=1)
     plan.fftw.execute()
     return plan.output

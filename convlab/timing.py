@@ -92,12 +92,14 @@ def conv_pass(backend, x, w, b, stride, padding, dy=None):
     return forward if dy is None else forward_backward
 
 
-def best_time(run, repeat=3, max_seconds=math.inf) -> float:
+def best_time(run, repeat=3, max_seconds=math.inf, lost_above=math.inf) -> float:
     """Seconds of the fastest of ``repeat`` timed calls of ``run()``, after one untimed
     warm-up call.
 
     Calls stop early, after at least one timed call, once they (warm-up included) have
-    taken ``max_seconds``: a slow candidate costs two calls, not ``repeat + 1``.
+    taken ``max_seconds``: a slow candidate costs two calls, not ``repeat + 1``. A warm-up
+    slower than ``lost_above`` (a time some rival already beats by far) is returned as it
+    is, at the cost of one call.
     """
     spent, best = 0.0, math.inf
     for call in range(repeat + 1):
@@ -105,6 +107,8 @@ def best_time(run, repeat=3, max_seconds=math.inf) -> float:
         run()
         seconds = time.perf_counter() - started
         spent += seconds
+        if call == 0 and seconds > lost_above:
+            return seconds
         if call > 0:
             best = min(best, seconds)
             if spent > max_seconds:

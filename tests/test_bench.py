@@ -19,6 +19,9 @@ def test_best_time_takes_the_fastest_timed_call_after_a_warm_up():
     calls.clear()
     best_time(lambda: calls.append(1), repeat=3, max_seconds=0)  # over budget: one timed call
     assert len(calls) == 2
+    calls.clear()
+    best_time(lambda: calls.append(1), repeat=3, lost_above=0)  # a lost cause: the warm-up only
+    assert len(calls) == 1
 
 
 def test_run_bench_times_every_strategy_and_shows_the_tuners_pick():
