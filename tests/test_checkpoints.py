@@ -22,8 +22,8 @@ from convlab.optimizers import SGD
 from convlab.training import EpochMetrics
 from tests.test_cli import run_cli
 
-RUN_SETTINGS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, lr_schedule="cosine", momentum=0.9, seed=0,
-                    train_size=256, test_size=128)
+RUN_SETTINGS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, lr_schedule="cosine",
+                    momentum=0.9, seed=0, train_size=256, test_size=128)
 SMALL = ("--train-size", "192", "--test-size", "64", "--progress", "False")
 _load_dataset_once = functools.lru_cache(convlab.data.load_dataset)
 
