@@ -104,6 +104,11 @@ def write_npy(array):
     return lambda path: np.save(path, array)
 
 
+def write_npz(path):
+    with open(path, "wb") as f:  # np.savez would add ".npz" to the name
+        np.savez(f, x=np.zeros((28, 28)))
+
+
 ACCEPTED = ("expected a 28x28 grayscale PNG (.png, white digit on black) or a NumPy array (.npy) of shape "
             "(28, 28) or (1, 28, 28) with values in [0, 1] or [0, 255]")
 BAD_IMAGES = {
@@ -127,7 +132,7 @@ BAD_IMAGES = {
     "strings.npy": (write_npy(np.full((28, 28), "a")), "{path} does not hold a numeric array; " + ACCEPTED),
     "objects.npy": (lambda path: np.save(path, np.array([None] * 784).reshape(28, 28), allow_pickle=True),
                     "{path} is not a readable .npy file (Object arrays cannot be loaded when allow_pickle=False)"),
-    "zip.npy": (lambda path: np.savez(open(path, "wb"), x=np.zeros((28, 28))), "{path} does not hold a numeric array"),
+    "zip.npy": (write_npz, "{path} does not hold a numeric array"),
     "truncated.npy": (lambda path: (np.save(path, np.zeros((28, 28))), path.write_bytes(path.read_bytes()[:200])),
                       "{path} is not a readable .npy file ("),
 }
