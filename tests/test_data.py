@@ -83,3 +83,21 @@ def test_raw_idx_is_read_when_no_gz(tmp_path):
     a = np.arange(6, dtype=np.uint8).reshape(2, 3)
     (tmp_path / "labels").write_bytes(idx_bytes(a))
     np.testing.assert_array_equal(load_idx(tmp_path, "labels", hashlib.sha256(idx_bytes(a)).hexdigest()), a)
+
+
+def test_atomic_write_gets_ordinary_permissions_and_leaves_no_temp_on_error(tmp_path):
+    import os
+
+    from convlab.files import atomic_path, write_json
+
+    target = tmp_path / "m.json"
+    write_json(target, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text().strip() == '{\n  "a": 1\n}'.strip()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
