@@ -249,8 +249,8 @@ def curves_figure(history: list[EpochMetrics]) -> Figure:
     loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, [m.train_loss for m in history], "o-", color="tab:red")
     loss_ax.set(title="training loss", xlabel="epoch", ylabel="mean cross-entropy")
-    acc_ax.plot(epochs, [m.train_accuracy for m in history], "o-", label="train")
-    acc_ax.plot(epochs, [m.test_accuracy for m in history], "s-", label="test")
+    acc_ax.plot(epochs, [m.train_accuracy for m in history], "o-", label="train (during the epoch)")
+    acc_ax.plot(epochs, [m.test_accuracy for m in history], "s-", label="test (after it)")
     acc_ax.set(title="accuracy", xlabel="epoch", ylabel="fraction correct")
     acc_ax.legend()
     for ax in (loss_ax, acc_ax):
