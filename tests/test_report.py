@@ -15,8 +15,8 @@ from convlab.cli import main
 from convlab.checkpoints import save_checkpoint
 from convlab.models import reference_net
 from convlab.optimizers import SGD
-from convlab.report import (ReportError, backend_explanation, load_run, plain, summary_paragraph, timing_rows,
-                            write_report)
+from convlab.report import (ReportError, backend_explanation, load_run, plain, read_bench, summary_paragraph,
+                            timing_rows, write_report)
 from convlab.training import EpochMetrics
 
 HISTORY = [EpochMetrics(1, 0.8, 0.74, 0.83, 9.0), EpochMetrics(2, 0.3, 0.91, 0.90, 8.5)]
@@ -172,4 +172,14 @@ def test_a_real_run_reads_the_same_from_its_metrics_and_its_checkpoint(tmp_path)
     assert summary_paragraph(from_metrics, model) == summary_paragraph(from_checkpoint, model)
     assert "on 40 MNIST test images after 1 epoch of training on 128 training images" in \
         summary_paragraph(from_metrics, model)
+
+
+def test_reads_what_convlab_bench_writes(tmp_path):
+    path = tmp_path / "bench.json"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        main(["bench", "--kernel-sizes", "3", "--batch-size", "1", "--image-size", "6", "--out-channels", "1",
+              "--repeat", "1", "--mnist-layer", "False", "--passes", "forward", "--json", str(path)])
+    cells = timing_rows(read_bench(path))
+    assert {"im2col", "naive"} <= {backend for _, _, backend, _, _ in cells}
+    assert cells[0][4] == "1.0×"
 
