@@ -140,7 +140,7 @@ class Commands:
         from convlab.checkpoints import (
             check_new_checkpoint_path, ctrl_c_at_safe_points, interrupted_message, load_checkpoint, save_checkpoint)
         from convlab.data import load_dataset
-        from convlab.files import write_json
+        from convlab.files import check_writable, write_json
         from convlab.models import reference_net
         from convlab.optimizers import LR_SCHEDULES, SGD
         from convlab.training import fit
@@ -148,6 +148,8 @@ class Commands:
         resumed = load_checkpoint(resume) if resume is not None else None
         checkpoint = resume if checkpoint is None else checkpoint
         check_new_checkpoint_path(checkpoint, resume)
+        if metrics_out is not None:
+            check_writable(metrics_out, "--metrics-out")
         settings = dict(backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
                         lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size,
                         test_size=test_size)
@@ -285,7 +287,9 @@ def main(argv=None):
         commands = Commands()
         check_command_line(commands, sys.argv[1:] if argv is None else argv)
         fire.Fire(commands, command=argv, name="convlab")
-    except ValueError as e:  # our checks raise ValueError subclasses with user-facing messages
+    # Our checks raise ValueError subclasses with user-facing messages; an OSError is the
+    # system refusing a read or write our checks could not foresee (disk full, /proc, ...).
+    except (ValueError, OSError) as e:
         print(f"convlab: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # a message, if any, says what survived and how to go on

@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 
 from convlab.data import DEFAULT_DATA_DIR, MNIST_FILES, DataError, read_payload
-from convlab.files import atomic_path
+from convlab.files import atomic_path, check_writable
 
 # Tried in order; each serves the four ``<stem>.gz`` files of the original distribution.
 MNIST_MIRRORS = (
@@ -86,9 +86,7 @@ def download_files(files: dict[str, str], dest, mirrors, timeout=30.0, log=print
     written (atomically). Returns the paths in ``dest``.
     """
     mirrors = mirror_list(mirrors)
-    dest = Path(dest)
-    if dest.exists() and not dest.is_dir():
-        raise DownloadError(f"--dest {dest} exists and is not a folder")
+    dest = check_writable(dest, "--dest", folder=True)
     paths = []
     for stem, sha256 in files.items():
         path = dest / f"{stem}.gz"

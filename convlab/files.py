@@ -33,6 +33,24 @@ def atomic_path(path):
         raise
 
 
+def check_writable(path, option: str, folder=False) -> Path:
+    """``path`` as a place ``atomic_path`` can write a file to (or, with ``folder``, create
+    files in), checked before any work is done; a :class:`ValueError` naming ``option``
+    (e.g. "--out") otherwise."""
+    path = Path(str(path))
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} exists and is not a folder")
+    if not folder and path.is_dir():
+        raise ValueError(f"{option} {path} is a directory; give a file path such as {path / 'out'}")
+    # The nearest existing ancestor is where the missing folders (if any) will be made.
+    ancestor = next(p for p in path.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise ValueError(f"{option} {path}: {ancestor} is a file, so nothing can be written under it")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: no permission to write in {ancestor}")
+    return path
+
+
 def write_json(path, obj):
     """Write ``obj`` as indented JSON to ``path``, atomically."""
     with atomic_path(path) as tmp:

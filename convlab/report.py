@@ -30,7 +30,7 @@ import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from convlab.files import atomic_path
+from convlab.files import atomic_path, check_writable
 from convlab.layers import Conv2D, Dense, ReLU
 from convlab.registry import get_backend
 from convlab.training import EpochMetrics
@@ -317,9 +317,7 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
     """Write the PDF report of the run in ``source`` (metrics JSON or checkpoint) to ``out``,
     and beside it ``<stem>-curves.png``, ``<stem>-filters.png`` (checkpoints only) and
     ``<stem>-timing.png`` (with ``bench``). Returns the paths written, the PDF first."""
-    out = Path(str(out))
-    if out.is_dir():
-        raise ReportError(f"--out {out} is a directory; give a file path such as {out / 'report.pdf'}")
+    out = check_writable(out, "--out")
     run = load_run(source)
     timings = read_bench(bench) if bench is not None else None
     model = run.model
@@ -358,6 +356,9 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
             document.savefig(page)
     outputs = {out: pdf.getvalue(), **pngs}
     for path, content in outputs.items():
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(content)
+        try:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(content)
+        except OSError as e:
+            raise ReportError(f"cannot write {path}: {e.strerror}") from None
     return list(outputs)

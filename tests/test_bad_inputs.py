@@ -80,6 +80,11 @@ OTHER_CASES = [
     (["nosuch"], "`convlab` has no command 'nosuch'; valid commands are: backends, "),
     (["data", "upload"], "`convlab data` has no command 'upload'; valid commands are: download"),
     (["data", "download", "--dest", "{a-file}"], "--dest {a-file} exists and is not a folder"),
+    (["data", "download", "--dest", "{a-file}/x"], "--dest {a-file}/x: {a-file} is a file, so nothing can be written"),
+    (["train", "--metrics-out", "{a-folder}"], "--metrics-out {a-folder} is a directory; give a file path"),
+    (["train", "--metrics-out", "{a-file}/m.json"], "--metrics-out {a-file}/m.json: {a-file} is a file, so nothing"),
+    (["report", "{metrics.json}", "--out", "{a-file}/r.pdf"], "--out {a-file}/r.pdf: {a-file} is a file, so nothing"),
+    (["report", "{metrics.json}", "--out", "/proc/r.pdf"], "/proc/r.pdf"),  # refused by the system, not our checks
     (["data", "download", "--mirror", "ftp://example.org/"], "mirror 'ftp://example.org/' is not an http:// or https:// URL"),
     (["report", "--out", "{out}"], "SOURCE is required"),
     (["report", "/no/such.json", "--out", "{out}"], "/no/such.json does not exist or is not a file"),
