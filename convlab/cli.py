@@ -62,7 +62,7 @@ def required(name, value):
 
 
 # `convlab train` settings left out (None) take these values, or on --resume the checkpoint's.
-TRAIN_DEFAULTS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, lr_schedule="cosine",
+TRAIN_DEFAULTS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.02, lr_schedule="cosine",
                       momentum=0.9, seed=0)
 
 
@@ -123,7 +123,7 @@ class Commands:
             backend: convolution backend (see `convlab backends`); default im2col.
             epochs: train until this many epochs are done; default 5.
             batch_size: minibatch size; default 64.
-            lr: SGD learning rate (of the first epoch); default 0.01.
+            lr: SGD learning rate (of the first epoch); default 0.02.
             lr_schedule: cosine (decays the lr per epoch, to near 0 at the last) or constant; default cosine.
             momentum: SGD momentum, in [0, 1); default 0.9.
             seed: seeds the weights and the batch order; same seed, same run; default 0.
