@@ -10,6 +10,7 @@ import numpy as np
 import pyfftw
 import pytest
 
+import convlab
 from backends import fft
 
 
@@ -86,6 +87,16 @@ def test_backward_transforms_only_dy(monkeypatch):
     monkeypatch.setattr(fft, "rfft2", recording_rfft2)
     backend.backward(np.ones_like(y), cache)
     assert transformed == [y.shape]
+
+
+def test_large_batches_match_im2col():
+    """Shapes where the transposing copies run in several blocks of bins."""
+    case = conv_case(n=16, c=8, f=12, size=(40, 36), kernel=(5, 7))
+    y, cache, *grads = forward_backward(case)
+    im2col = convlab.get_backend("im2col")
+    y_ref, cache_ref = im2col.forward(*case)
+    for ours, ref in zip((y, *grads), (y_ref, *im2col.backward(np.ones_like(y), cache_ref))):
+        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
 
 
 def test_float32_stays_single_precision():
