@@ -14,9 +14,11 @@ convlab is faster):
   and the update, and counts correct predictions (ours is ``convlab.training.train_step``,
   the step ``convlab train`` runs). The mean losses printed at the end must agree.
 
-The machine may be shared, so the two sides alternate: repetition by repetition for the
-layer, chunk of batches by chunk of batches for the epoch (who goes first alternates too),
-and the medians of the per-pair ratios are printed next to the ratio of the totals.
+The machine may be shared, so the two sides take turns: 5 calls a turn for the layer, a
+chunk of batches a turn for the epoch (who goes first alternates too), with an untimed
+pause before each turn so that neither starts while the other's idle threads still spin
+(see ``alternate``). The medians of the per-turn ratios are printed next to the ratio of
+the totals.
 Threads: numpy's OpenBLAS threads its GEMMs over every core unless ``OPENBLAS_NUM_THREADS``
 says otherwise (it is read when numpy is imported), and elementwise numpy is
 single-threaded; PyTorch gets the same number of threads, so set the variable to compare
@@ -71,10 +73,23 @@ def torch_train_step(net, optimizer, x, y):
     return loss.item(), int((logits.argmax(dim=1) == y).sum())
 
 
-def timed(fn, *args):
-    started = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - started
+def alternate(ours, theirs, rounds, pause):
+    """Time ``ours(i)`` and ``theirs(i)`` for i in range(rounds), taking turns (who goes
+    first alternates). Returns the two lists of seconds.
+
+    Before each turn the process sleeps ``pause`` seconds, untimed: both libraries' worker
+    threads spin for a while after their last job (OpenBLAS ~0.1 s, OpenMP less), and a
+    side that starts while the other's threads still spin finds its cores taken. On a busy
+    2-core machine that made the side going second up to 50x slower.
+    """
+    times = ([], [])
+    for i in range(rounds):
+        for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+            time.sleep(pause)
+            started = time.perf_counter()
+            (ours, theirs)[side](i)
+            times[side].append(time.perf_counter() - started)
+    return times
 
 
 def summarize(label, ours, theirs):
@@ -84,7 +99,7 @@ def summarize(label, ours, theirs):
           f"ratio of totals {sum(ours) / sum(theirs):.2f}x, median pair ratio {statistics.median(pair_ratios):.2f}x")
 
 
-def bench_layer(backend, repeats):
+def bench_layer(backend, rounds, pause, per_round=5):
     rng = np.random.default_rng(SEED)
     x = rng.random((BATCH_SIZE, 1, 28, 28), dtype=np.float32)
     w = (rng.standard_normal((32, 1, 7, 7)) * 0.2).astype(np.float32)
@@ -103,12 +118,13 @@ def bench_layer(backend, repeats):
 
     for need_dx in (False, True):
         ours(need_dx), theirs(need_dx)  # warm-up
-        pairs = [(timed(ours, need_dx), timed(theirs, need_dx)) for _ in range(repeats)]
-        summarize(f"MNIST layer forward+backward {'with' if need_dx else 'without'} dx ({backend.name})",
-                  *zip(*pairs))
+        times = alternate(lambda i: [ours(need_dx) for _ in range(per_round)],
+                          lambda i: [theirs(need_dx) for _ in range(per_round)], rounds, pause)
+        summarize(f"MNIST layer forward+backward {'with' if need_dx else 'without'} dx ({backend.name}, "
+                  f"{per_round} calls a turn)", *times)
 
 
-def bench_epoch(backend_name, train_size, chunk):
+def bench_epoch(backend_name, train_size, chunk, pause):
     data = load_mnist()
     x, y = data.x_train[:train_size], data.y_train[:train_size]
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
@@ -117,23 +133,19 @@ def bench_epoch(backend_name, train_size, chunk):
     ours_opt = SGD(model, lr=LR, momentum=MOMENTUM)
     torch_opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
     order = epoch_order(len(x), SEED, 1)
-    batches = [order[i:i + BATCH_SIZE] for i in range(0, len(x), BATCH_SIZE)]
+    chunks = [[order[i:i + BATCH_SIZE] for i in range(start, min(start + chunk * BATCH_SIZE, len(x)), BATCH_SIZE)]
+              for start in range(0, len(x), chunk * BATCH_SIZE)]
+    ours_losses, torch_losses = [], []
 
-    def run_ours(batch_list):
-        return [train_step(model, ours_opt, x[idx], y[idx])[0] for idx in batch_list]
+    def run_ours(i):
+        ours_losses.extend(train_step(model, ours_opt, x[idx], y[idx])[0] for idx in chunks[i])
 
-    def run_torch(batch_list):
-        return [torch_train_step(net, torch_opt, tx[idx], ty[idx])[0] for idx in map(torch.from_numpy, batch_list)]
+    def run_torch(i):
+        torch_losses.extend(torch_train_step(net, torch_opt, tx[idx], ty[idx])[0]
+                            for idx in map(torch.from_numpy, chunks[i]))
 
-    ours_times, torch_times, ours_losses, torch_losses = [], [], [], []
-    for i, start in enumerate(range(0, len(batches), chunk)):
-        part = batches[start:start + chunk]
-        sides = [(run_ours, ours_times, ours_losses), (run_torch, torch_times, torch_losses)]
-        for run, times, losses in (sides if i % 2 == 0 else sides[::-1]):
-            started = time.perf_counter()
-            losses += run(part)
-            times.append(time.perf_counter() - started)
-    summarize(f"one epoch, {len(x)} images, batch {BATCH_SIZE} ({backend_name})", ours_times, torch_times)
+    times = alternate(run_ours, run_torch, len(chunks), pause)
+    summarize(f"one epoch, {len(x)} images, batch {BATCH_SIZE} ({backend_name})", *times)
     print(f"mean training loss: convlab {np.mean(ours_losses):.4f}, torch {np.mean(torch_losses):.4f}")
 
 
@@ -143,7 +155,8 @@ def main():
     parser.add_argument("--only", choices=["layer", "epoch"], help="run just one of the two measurements")
     parser.add_argument("--train-size", type=int, default=60000, help="training images in the epoch (default all)")
     parser.add_argument("--chunk", type=int, default=50, help="batches per alternation chunk (default 50)")
-    parser.add_argument("--repeats", type=int, default=30, help="layer repetitions (default 30)")
+    parser.add_argument("--rounds", type=int, default=10, help="layer turns per side, 5 calls each (default 10)")
+    parser.add_argument("--pause", type=float, default=0.5, help="untimed seconds before each turn (default 0.5)")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(int(os.environ.get("OPENBLAS_NUM_THREADS", cores)))
@@ -152,9 +165,9 @@ def main():
           f"BLAS/OpenMP environment {blas_env or 'unset'}")
     backend = get_backend(args.backend)
     if args.only in (None, "layer"):
-        bench_layer(backend, args.repeats)
+        bench_layer(backend, args.rounds, args.pause)
     if args.only in (None, "epoch"):
-        bench_epoch(backend.name, args.train_size, args.chunk)
+        bench_epoch(backend.name, args.train_size, args.chunk, args.pause)
 
 
 if __name__ == "__main__":
