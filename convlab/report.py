@@ -184,7 +184,8 @@ def summary_paragraph(run: Run, model) -> str:
             f"after {epochs} epoch{'s' * (epochs != 1)} of training{n_train}. "
             f"Network: {describe_network(model)}. ")
     if {"lr", "momentum", "batch_size", "seed"} <= set(s):
-        text += (f"Training: SGD with learning rate {s['lr']}, momentum {s['momentum']}, "
+        schedule = f" ({s['lr_schedule']} schedule by epoch)" if "lr_schedule" in s else ""
+        text += (f"Training: SGD with learning rate {s['lr']}{schedule}, momentum {s['momentum']}, "
                  f"minibatches of {s['batch_size']}, seed {s['seed']}. ")
     description, _ = backend_explanation(run.backend)
     return text + ("The layers, the loss, the optimizer and every convolution backend are our own code "
