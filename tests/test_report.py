@@ -102,7 +102,7 @@ def test_paragraph_from_checkpoint_settings(checkpoint):
     text = summary_paragraph(run, run.model)
     assert "test accuracy of 90.00% on 500 MNIST test images after 2 epochs of training on 2,000 training images" in text
     assert "input 1×28×28 → conv 32 filters 7×7, stride 1, padding 1 → ReLU → dense 18432 → 10" in text
-    assert "SGD with learning rate 0.01, momentum 0.9, minibatches of 64, seed 0" in text
+    assert "SGD with learning rate 0.01 (cosine schedule by epoch), momentum 0.9, minibatches of 64, seed 0" in text
     assert registry.get_backend("im2col").description.rstrip(".") in text
     np.testing.assert_array_equal(run.model.conv_layers()[0].params["w"], reference_net(seed=3).layers[0].params["w"])
 
