@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlab.files import write_json
+from convlab.files import user_cache_dir, write_json
 from convlab.registry import get_backend, register_backend
 from convlab.timing import ORACLE, best_time, conv_pass, output_gradient, strategies
 
@@ -47,8 +47,7 @@ def default_cache_path() -> Path:
     """``$CONVLAB_AUTO_CACHE``, else ``auto.json`` in the user cache dir (XDG)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
-    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache_home) / "convlab" / "auto.json"
+    return user_cache_dir() / "auto.json"
 
 
 def problem_key(x, w, stride, padding) -> str:

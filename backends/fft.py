@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyfftw
 
-from convlab.files import atomic_path
+from convlab.files import atomic_path, user_cache_dir
 from convlab.registry import register_backend
 
 PLANNERS = ("estimate", "measure", "patient", "exhaustive")
@@ -55,8 +55,7 @@ class Settings:
 
 def default_wisdom_path() -> Path:
     """``$XDG_CACHE_HOME/convlab/`` (else ``~/.cache/convlab/``) ``fftw-wisdom-<version>.json``."""
-    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache_home) / "convlab" / f"fftw-wisdom-{pyfftw.fftw_version}.json"
+    return user_cache_dir() / f"fftw-wisdom-{pyfftw.fftw_version}.json"
 
 
 def _threads(value, source) -> int:

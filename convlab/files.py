@@ -55,3 +55,8 @@ def write_json(path, obj):
     """Write ``obj`` as indented JSON to ``path``, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def user_cache_dir() -> Path:
+    """convlab's folder in the user cache: ``$XDG_CACHE_HOME/convlab`` (else ``~/.cache/convlab``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "convlab"
