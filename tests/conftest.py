@@ -1,9 +1,12 @@
+import dataclasses
+import functools
 import os
 
 import numpy as np
 import pytest
 
 import convlab
+import convlab.data
 
 # The fft backend in tests: quick FFTW plans, and no wisdom file in the user's cache dir.
 os.environ.setdefault("CONVLAB_FFT_PLANNER", "estimate")
@@ -39,3 +42,14 @@ def private_auto_cache(tmp_path_factory):
 @pytest.fixture(params=convlab.list_backends())
 def backend(request):
     return convlab.get_backend(request.param)
+
+
+_load_dataset_once = functools.lru_cache(convlab.data.load_dataset)
+
+
+@pytest.fixture
+def data_read_once(monkeypatch):
+    """In-process `convlab` commands share one reading of each data set (it takes seconds)."""
+    def load_dataset(name="mnist", data_dir=None, verify=True):
+        return dataclasses.replace(_load_dataset_once(name, data_dir, verify))  # the CLI slices its fields
+    monkeypatch.setattr(convlab.data, "load_dataset", load_dataset)

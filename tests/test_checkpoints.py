@@ -1,14 +1,11 @@
 """HDF5 checkpoints: round trip, exact resume, resume rules, and every bad checkpoint file."""
 
-import dataclasses
-import functools
 import hashlib
 
 import h5py
 import numpy as np
 import pytest
 
-import convlab.data
 from convlab.checkpoints import (
     CheckpointError,
     check_new_checkpoint_path,
@@ -25,17 +22,6 @@ from tests.test_cli import run_cli
 RUN_SETTINGS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, lr_schedule="cosine",
                     momentum=0.9, seed=0, train_size=256, test_size=128)
 SMALL = ("--train-size", "192", "--test-size", "64", "--progress", "False")
-_load_dataset_once = functools.lru_cache(convlab.data.load_dataset)
-
-
-@pytest.fixture
-def data_read_once(monkeypatch):
-    """In-process `convlab` commands share one reading of each data set (it takes seconds)."""
-    def load_dataset(name="mnist", data_dir=None, verify=True):
-        return dataclasses.replace(_load_dataset_once(name, data_dir, verify))  # the CLI slices its fields
-    monkeypatch.setattr(convlab.data, "load_dataset", load_dataset)
-
-
 def make_checkpoint(path, epochs_done=1, model=None, seed=0):
     """A checkpoint of an untrained ``model`` (default: the reference net) with made-up
     momentum buffers and metrics: what a real one holds, without spending time training."""

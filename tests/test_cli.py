@@ -27,7 +27,7 @@ def test_backends_lists_names_and_descriptions(capsys):
     assert any(line.startswith("im2col ") and "GEMM" in line for line in out.splitlines())
 
 
-def test_train_smoke_beats_chance_and_writes_metrics(capsys, tmp_path):
+def test_train_smoke_beats_chance_and_writes_metrics(capsys, tmp_path, data_read_once):
     metrics = tmp_path / "out" / "metrics.json"
     code, out, _ = run_cli(capsys, "train", "--train-size", "2000", "--test-size", "500", "--epochs", "1",
                            "--progress", "False", "--metrics-out", str(metrics))
@@ -41,7 +41,7 @@ def test_train_smoke_beats_chance_and_writes_metrics(capsys, tmp_path):
     assert epoch["test_accuracy"] == result["test_accuracy"]
 
 
-def test_naive_and_im2col_train_identically(capsys, tmp_path):
+def test_naive_and_im2col_train_identically(capsys, tmp_path, data_read_once):
     runs = {}
     for backend in ("naive", "im2col"):
         path = tmp_path / f"{backend}.json"

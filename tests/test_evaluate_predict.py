@@ -9,7 +9,7 @@ import convlab.data
 from convlab.inference import confusion_matrix, load_image
 from convlab.losses import softmax
 from convlab.training import accuracy
-from tests.test_checkpoints import data_read_once, make_checkpoint  # noqa: F401 (data_read_once is a fixture)
+from tests.test_checkpoints import make_checkpoint
 from tests.test_cli import run_cli
 
 
