@@ -11,10 +11,13 @@ spectra (no complex conjugate anywhere) and none of them wraps around the circul
     dy flipped at [0, Ho)   ->  D        input    dx[m] = irfft(D  W)[Hp-1-ph - m]
 
 Stride: the forward keeps every ``sh``-th stride-1 output; the backward writes ``dy`` on
-every ``sh``-th row of the stride-1 grid (zeros between), which is the same thing. The sum
-over channels is a complex matrix product per frequency bin, so spectra are kept
-bin-major, (bins, N, C): ``Y = X @ W`` is a batched (N, C) @ (C, F), ``dW = D^T @ X``
-and ``dX = D @ W^T``. The forward's spectra X and W are kept for the backward.
+every ``sh``-th row of the stride-1 grid (zeros between), which is the same thing. The sums
+over channels (and, for ``dw``, over the batch) are complex matrix products per frequency
+bin: ``Y = X W^T`` (N, C) @ (C, F), ``dW = D^T X`` and ``dX = D W``. Spectra stay in
+FFTW's plane-major layout (planes, bins); see :func:`binwise_matmul` for how the products
+are formed. The forward's spectra X and W are kept for the backward.
+
+The FFT size is not simply the next fast length: see :func:`fft_shape_for`.
 
 Settings (see :func:`configure`): FFTW thread count, planner effort, and a wisdom file
 that makes the planning of a shape seen in an earlier run instant.
@@ -22,6 +25,8 @@ that makes the planning of a shape seen in an earlier run instant.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import os
 import warnings
@@ -41,6 +46,9 @@ WISDOM_OFF = "off"
 MIN_POINTS_PER_THREAD = 1 << 16
 MIN_POINTS_TO_MEASURE = 1 << 14
 COPY_BLOCK_BYTES = 1 << 16
+# Per-bin products with a dimension this small are faster broadcast than matmul'd (at 3,
+# on the 28 x 28 shapes, both ways take the same time).
+BROADCAST_MAX_DIM = 3
 
 
 @dataclass(frozen=True)
@@ -117,13 +125,12 @@ def settings() -> Settings:
 
 
 class _Plan:
-    """One FFTW plan with its own aligned buffers; ``region`` remembers where the input
-    buffer holds data (everywhere else it is zero)."""
+    """One FFTW plan with its own aligned input buffer; ``region`` remembers where the
+    input holds data (everywhere else it is zero)."""
 
     def __init__(self, fftw):
         self.fftw = fftw
         self.input = fftw.input_array
-        self.output = fftw.output_array
         self.region = None
 
 
@@ -193,7 +200,8 @@ _plans = _Plans()
 
 def rfft2(signal, rows, cols, fft_shape):
     """Spectra of ``signal`` (B1, B2, h, w) written at ``[rows, cols]`` of a zero (Hf, Wf)
-    grid: complex (Hf * (Wf//2 + 1), B1, B2), bin-major and freshly allocated."""
+    grid: complex (B1, B2, Hf * (Wf//2 + 1)), a view of a buffer the next call of the same
+    shape overwrites."""
     b1, b2 = signal.shape[:2]
     plan = _plans.get("FFTW_FORWARD", (b1, b2), fft_shape, signal.dtype)
     region = (rows, cols, signal.shape[2:])
@@ -202,34 +210,106 @@ def rfft2(signal, rows, cols, fft_shape):
         plan.region = region
     plan.input[:, :, rows, cols] = signal
     plan.fftw.execute()
-    spectra = np.empty((plan.output[0, 0].size, b1, b2), plan.output.dtype)
-    copy_in_bin_blocks(spectra.reshape(-1, b1 * b2), plan.output.reshape(b1 * b2, -1).T, axis=0)
-    return spectra
+    return plan.fftw.output_array.reshape(b1, b2, -1)
 
 
-def irfft2(spectra, fft_shape):
-    """Inverse of :func:`rfft2` without the 1/(Hf*Wf) scale: bin-major complex spectra
-    (bins, B1, B2) -> real (B1, B2, Hf, Wf), a buffer the next call overwrites."""
-    b1, b2 = spectra.shape[1:]
-    plan = _plans.get("FFTW_BACKWARD", (b1, b2), fft_shape, np.finfo(spectra.dtype).dtype)
-    copy_in_bin_blocks(plan.input.reshape(b1 * b2, -1), spectra.reshape(-1, b1 * b2).T, axis=1)
+def irfft2_of_products(a, b, fft_shape, offset=None):
+    """The inverse of :func:`rfft2`, without its 1/(Hf*Wf) scale, of the per-bin matrix
+    products of spectra ``a`` (I, K, bins) and ``b`` (K, J, bins): real (I, J, Hf, Wf),
+    freshly allocated. ``offset`` (J,), if given, is added to every value of column j.
+
+    The products go straight into the plan's input, and the output array is new on each
+    call so that callers can return a cropped view of it instead of copying the crop.
+    """
+    rows, cols = a.shape[0], b.shape[1]
+    plan = _plans.get("FFTW_BACKWARD", (rows, cols), fft_shape, np.finfo(a.dtype).dtype)
+    products = binwise_matmul(a, b, out=plan.input.reshape(rows, cols, -1))
+    if offset is not None:
+        products[:, :, 0] += offset  # the zero-frequency bin adds its value to every point
+    real = pyfftw.empty_aligned(plan.fftw.output_shape, plan.fftw.output_dtype)
+    plan.fftw.update_arrays(plan.input, real)
     plan.fftw.execute()
-    return plan.output
+    return real
 
 
-def copy_in_bin_blocks(dst, src, axis):
-    """``dst[...] = src`` for 2-D arrays of which one is a transposed view, a cache-sized
-    block of frequency bins (along ``axis``) at a time: numpy's one-go transposing copy
-    thrashes the cache at these sizes and can be several times slower."""
-    step = max(1, COPY_BLOCK_BYTES // (dst.shape[1 - axis] * dst.itemsize))
-    for start in range(0, dst.shape[axis], step):
-        block = (slice(None),) * axis + (slice(start, start + step),)
-        np.copyto(dst[block], src[block])
+def binwise_matmul(a, b, out):
+    """``out[:, :, k] = a[:, :, k] @ b[:, :, k]`` for every frequency bin k: a (I, K, bins)
+    and b (K, J, bins) plane-major (views are fine), out (I, J, bins).
+
+    When one of I, J, K is tiny (a single input channel, say), K broadcast products summed
+    in place are several times faster than numpy's matmul, which pays per bin for such
+    small matrices and needs bin-major copies. Otherwise the operands are copied bin-major
+    and multiplied there: one batched matmul, (bins, I, K) @ (bins, K, J).
+    """
+    i, k = a.shape[:2]
+    j = b.shape[1]
+    if min(i, j, k) <= BROADCAST_MAX_DIM:
+        np.multiply(a[:, 0, None], b[None, 0], out=out)
+        term = np.empty_like(out) if k > 1 else None
+        for index in range(1, k):
+            np.multiply(a[:, index, None], b[None, index], out=term)
+            out += term
+        return out
+    product = np.matmul(bin_major(a), bin_major(b))
+    copy_in_bin_blocks(out.transpose(2, 0, 1), product)
+    return out
 
 
+def bin_major(spectra):
+    """Plane-major spectra (R, S, bins) copied bin-major: (bins, R, S)."""
+    copy = np.empty(spectra.shape[2:] + spectra.shape[:2], spectra.dtype)
+    copy_in_bin_blocks(copy, spectra.transpose(2, 0, 1))
+    return copy
+
+
+def copy_in_bin_blocks(dst, src):
+    """``dst[...] = src`` for (bins, R, S) arrays of which one is a transposed view, a
+    cache-sized block of bins at a time: numpy's one-go transposing copy thrashes the
+    cache at these sizes and can be several times slower."""
+    step = max(1, COPY_BLOCK_BYTES // (dst[0].size * dst.itemsize))
+    for start in range(0, dst.shape[0], step):
+        np.copyto(dst[start:start + step], src[start:start + step])
+
+
+@functools.lru_cache(maxsize=None)
 def fft_shape_for(padded_shape):
-    """The FFT grid: each padded length rounded up to a size FFTW transforms fast."""
-    return tuple(pyfftw.next_fast_len(int(n)) for n in padded_shape)
+    """The FFT grid (Hf, Wf) >= the padded input that FFTW should transform fastest: of the
+    fast lengths (``pyfftw.next_fast_len``) up to twice each padded length, the pair of
+    least estimated time, ``Hf * Wf * (cost_per_point(Hf) + cost_per_point(Wf))``.
+
+    The nearest fast lengths are not always the fastest: FFTW's batched 30 x 30 transforms
+    take twice as long as its 32 x 32 ones, and 66 x 66 a third longer than 72 x 72.
+    """
+    def estimated_time(shape):
+        return shape[0] * shape[1] * (cost_per_point(shape[0]) + cost_per_point(shape[1]))
+
+    return min(itertools.product(*(fast_lengths(int(n)) for n in padded_shape)), key=estimated_time)
+
+
+def fast_lengths(n):
+    """The fast lengths from n up to twice the first of them."""
+    lengths = [pyfftw.next_fast_len(n)]
+    while (length := pyfftw.next_fast_len(lengths[-1] + 1)) <= 2 * lengths[0]:
+        lengths.append(length)
+    return lengths
+
+
+# Time per point of a length's transform, relative to a power of two, from each odd prime
+# factor it has (counted with multiplicity) and from being odd (no half-length trick for
+# real input). Fitted to r2c + c2r pairs of batched square float32 transforms of 23
+# fast lengths from 30 to 192 (FFTW 3.3, 2 threads; a 2-core AMD EPYC), within about 15 %.
+ODD_FACTOR_COST = {3: 0.2, 5: 0.25, 7: 0.35, 11: 0.5, 13: 0.6}
+ODD_LENGTH_COST = 1.0
+
+
+def cost_per_point(length):
+    """Time per point of an FFT of this length, relative to one of a power of two."""
+    cost = 1.0 + (ODD_LENGTH_COST if length % 2 else 0.0)
+    for prime, extra in ODD_FACTOR_COST.items():
+        while length % prime == 0:
+            length //= prime
+            cost += extra
+    return cost
 
 
 def flipped(length, step=1, start=0):
@@ -247,11 +327,11 @@ class FFT:
         (ph, pw), (sh, sw) = padding, stride
         padded = (h + 2 * ph, width + 2 * pw)
         grid = fft_shape_for(padded)
-        x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid)     # (bins, N, C)
-        w_spec = rfft2(w, flipped(kh), flipped(kw), grid)                     # (bins, F, C)
-        full = irfft2(np.matmul(x_spec, w_spec.transpose(0, 2, 1)), grid)     # (N, F, Hf, Wf)
-        y = full[:, :, kh - 1:padded[0]:sh, kw - 1:padded[1]:sw] * (1.0 / (grid[0] * grid[1]))
-        y += b[:, None, None]
+        x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid).copy()      # (N, C, bins)
+        # The kernel spectra carry the inverse transform's 1/(Hf*Wf): they are the smallest.
+        w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
+        full = irfft2_of_products(x_spec, w_spec.transpose(1, 0, 2), grid, offset=b)   # (N, F, Hf, Wf)
+        y = full[:, :, kh - 1:padded[0]:sh, kw - 1:padded[1]:sw]
         return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid)
 
     def backward(self, dy, cache, need_dx=True):
@@ -260,13 +340,12 @@ class FFT:
         kh, kw = w_shape[2:]
         padded = (h + 2 * ph, width + 2 * pw)
         stride1_out = (padded[0] - kh + 1, padded[1] - kw + 1)
-        scale = 1.0 / (grid[0] * grid[1])
-        dy_spec = rfft2(dy, flipped(stride1_out[0], sh), flipped(stride1_out[1], sw), grid)  # (bins, N, F)
+        dy_spec = rfft2(dy, flipped(stride1_out[0], sh), flipped(stride1_out[1], sw), grid)  # (N, F, bins)
         db = dy.sum(axis=(0, 2, 3))
-        full_dw = irfft2(np.matmul(dy_spec.transpose(0, 2, 1), x_spec), grid)             # (F, C, Hf, Wf)
-        dw = full_dw[:, :, stride1_out[0] - 1:padded[0], stride1_out[1] - 1:padded[1]] * scale
+        full_dw = irfft2_of_products(dy_spec.transpose(1, 0, 2), x_spec, grid)             # (F, C, Hf, Wf)
+        dw = full_dw[:, :, stride1_out[0] - 1:padded[0], stride1_out[1] - 1:padded[1]] * (1.0 / (grid[0] * grid[1]))
         if not need_dx:
             return None, dw, db
-        full_dx = irfft2(np.matmul(dy_spec, w_spec), grid)                                 # (N, C, Hf, Wf)
-        dx = full_dx[:, :, flipped(h, start=ph), flipped(width, start=pw)] * scale
+        full_dx = irfft2_of_products(dy_spec, w_spec, grid)                                # (N, C, Hf, Wf)
+        dx = full_dx[:, :, flipped(h, start=ph), flipped(width, start=pw)]
         return dx, dw, db

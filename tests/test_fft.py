@@ -65,11 +65,21 @@ def test_plans_are_built_once_per_shape(planned):
     assert len(planned) > first, "a new batch size needs new plans"
 
 
-def test_fft_sizes_are_fast_lengths_not_powers_of_two():
-    # 5 + 2*1 = 7 and 13 + 2*2 = 17 padded; FFTW's fast sizes are 7 and 18.
-    assert fft.fft_shape_for((7, 17)) == (7, 18)
+@pytest.mark.parametrize("padded, grid", [
+    ((30, 30), (32, 32)),    # the MNIST layer: 32 = 2^5 beats the nearest fast length 30 = 2*3*5
+    ((66, 66), (72, 72)),    # 72 = 2^3*3^2 beats 66 = 2*3*11, and 128 would be wasteful
+    ((36, 17), (36, 18)),    # nearest fast lengths where they are cheap; axes chosen together
+    ((148, 30), (160, 32)),
+])
+def test_fft_sizes_are_the_cheapest_fast_lengths(padded, grid):
+    assert fft.fft_shape_for(padded) == grid
+    assert all(pyfftw.next_fast_len(n) == n for n in grid)
+
+
+def test_forward_uses_the_chosen_grid():
+    # 5 + 2*1 = 7 and 13 + 2*2 = 17 padded
     _, cache, *_ = forward_backward(conv_case(size=(5, 13)))
-    assert cache[-1] == (7, 18)
+    assert cache[-1] == fft.fft_shape_for((7, 17))
 
 
 def test_backward_transforms_only_dy(monkeypatch):
@@ -191,3 +201,16 @@ def test_unreadable_wisdom_file_is_ignored_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="ignoring unreadable FFTW wisdom"):
         forward_backward(conv_case(**MEDIUM))
     assert json.loads(wisdom_path.read_text())["wisdom"], "the broken file was not replaced"
+
+
+def test_results_are_not_overwritten_by_the_next_call():
+    """Plans reuse their buffers; what a call returns must not live in them."""
+    backend = fft.FFT()
+    first = forward_backward(conv_case())
+    y, _, dx, dw, db = first
+    kept = [a.copy() for a in (y, dx, dw, db)]
+    x, w, b, stride, padding = conv_case()
+    second, cache = backend.forward(-x, w, b, stride, padding)
+    backend.backward(-np.ones_like(second), cache)
+    for before, now in zip(kept, (y, dx, dw, db)):
+        np.testing.assert_array_equal(now, before)
