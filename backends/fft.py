@@ -125,8 +125,8 @@ def settings() -> Settings:
 
 
 class _Plan:
-    """One FFTW plan with its own aligned input buffer; ``region`` remembers where the
-    input holds data (everywhere else it is zero)."""
+    """One FFTW plan with its own aligned buffers; ``region`` remembers where the input
+    holds data (everywhere else it is zero)."""
 
     def __init__(self, fftw):
         self.fftw = fftw
@@ -213,23 +213,16 @@ def rfft2(signal, rows, cols, fft_shape):
     return plan.fftw.output_array.reshape(b1, b2, -1)
 
 
-def irfft2_of_products(a, b, fft_shape, offset=None):
+def irfft2_of_products(a, b, fft_shape):
     """The inverse of :func:`rfft2`, without its 1/(Hf*Wf) scale, of the per-bin matrix
-    products of spectra ``a`` (I, K, bins) and ``b`` (K, J, bins): real (I, J, Hf, Wf),
-    freshly allocated. ``offset`` (J,), if given, is added to every value of column j.
-
-    The products go straight into the plan's input, and the output array is new on each
-    call so that callers can return a cropped view of it instead of copying the crop.
-    """
+    products of spectra ``a`` (I, K, bins) and ``b`` (K, J, bins), which go straight into
+    the plan's input: real (I, J, Hf, Wf), a buffer the next call of the same shape
+    overwrites."""
     rows, cols = a.shape[0], b.shape[1]
     plan = _plans.get("FFTW_BACKWARD", (rows, cols), fft_shape, np.finfo(a.dtype).dtype)
-    products = binwise_matmul(a, b, out=plan.input.reshape(rows, cols, -1))
-    if offset is not None:
-        products[:, :, 0] += offset  # the zero-frequency bin adds its value to every point
-    real = pyfftw.empty_aligned(plan.fftw.output_shape, plan.fftw.output_dtype)
-    plan.fftw.update_arrays(plan.input, real)
+    binwise_matmul(a, b, out=plan.input.reshape(rows, cols, -1))
     plan.fftw.execute()
-    return real
+    return plan.fftw.output_array
 
 
 def binwise_matmul(a, b, out):
@@ -330,8 +323,10 @@ class FFT:
         x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid).copy()      # (N, C, bins)
         # The kernel spectra carry the inverse transform's 1/(Hf*Wf): they are the smallest.
         w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
-        full = irfft2_of_products(x_spec, w_spec.transpose(1, 0, 2), grid, offset=b)   # (N, F, Hf, Wf)
-        y = full[:, :, kh - 1:padded[0]:sh, kw - 1:padded[1]:sw]
+        full = irfft2_of_products(x_spec, w_spec.transpose(1, 0, 2), grid)             # (N, F, Hf, Wf)
+        # A contiguous copy of the crop: the next layer's elementwise passes over a strided
+        # view of the grid would each cost more than this one copy.
+        y = full[:, :, kh - 1:padded[0]:sh, kw - 1:padded[1]:sw] + b[:, None, None]
         return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid)
 
     def backward(self, dy, cache, need_dx=True):
@@ -347,5 +342,5 @@ class FFT:
         if not need_dx:
             return None, dw, db
         full_dx = irfft2_of_products(dy_spec, w_spec, grid)                                # (N, C, Hf, Wf)
-        dx = full_dx[:, :, flipped(h, start=ph), flipped(width, start=pw)]
+        dx = full_dx[:, :, flipped(h, start=ph), flipped(width, start=pw)].copy()
         return dx, dw, db
