@@ -1,21 +1,22 @@
 """``fft``: the convolution theorem on pyfftw, forward and backward in the frequency domain.
 
 Every signal is placed in a zeroed real buffer of the FFT size (Hf, Wf) >= the padded
-input (Hp, Wp) and transformed once with a real-to-complex FFTW plan. With the kernel and
-``dy`` written *flipped*, all three products of a training step are plain products of
-spectra (no complex conjugate anywhere) and none of them wraps around the circular grid
-(one axis shown; ``Ho = Hp - kh + 1`` is the stride-1 output length)::
+input (Hp, Wp) and transformed once with a real-to-complex FFTW plan. The kernel is written
+*flipped*, so the forward is a plain product of spectra; the backward's correlations take
+the complex conjugate of the forward's spectra, which are the small ones (one axis shown;
+positions are taken modulo the grid, ``*`` is the conjugate)::
 
-    x  at [ph, ph+H)        ->  X        forward  y[i]  = irfft(X  W)[kh-1 + i]
-    w  flipped at [0, kh)   ->  W        weights  dw[p] = irfft(X  D)[Ho-1 + p]
-    dy flipped at [0, Ho)   ->  D        input    dx[m] = irfft(D  W)[Hp-1-ph - m]
+    x  at [ph, ph+H)        ->  X        forward  y[i]  = irfft(X  W )[kh-1 + i]
+    w  flipped at [0, kh)   ->  W        weights  dw[p] = irfft(D  X*)[-p]
+    dy at [0, Ho)           ->  D        input    dx[m] = irfft(D  W*)[m + ph - (kh-1)]
 
-Stride: the forward keeps every ``sh``-th stride-1 output; the backward writes ``dy`` on
-every ``sh``-th row of the stride-1 grid (zeros between), which is the same thing. The sums
-over channels (and, for ``dw``, over the batch) are complex matrix products per frequency
-bin: ``Y = X W^T`` (N, C) @ (C, F), ``dW = D^T X`` and ``dX = D W``. Spectra stay in
-FFTW's plane-major layout (planes, bins); see :func:`binwise_matmul` for how the products
-are formed. The forward's spectra X and W are kept for the backward.
+(``Ho = Hp - kh + 1`` is the stride-1 output length; none of the three wraps onto a value
+it needs.) Stride: the forward keeps every ``sh``-th stride-1 output; the backward writes
+``dy`` on every ``sh``-th place of the stride-1 grid (zeros between), which is the same
+thing. The sums over channels (and, for ``dw``, over the batch) are complex matrix products
+per frequency bin: ``Y = X W^T`` (N, C) @ (C, F), ``dW = D^T X*`` and ``dX = D W*``.
+Spectra stay in FFTW's plane-major layout (planes, bins); see :func:`binwise_matmul` for
+how the products are formed. The forward's spectra X and W are kept for the backward.
 
 The FFT size is not simply the next fast length: see :func:`fft_shape_for`.
 
@@ -305,9 +306,15 @@ def cost_per_point(length):
     return cost
 
 
-def flipped(length, step=1, start=0):
-    """Slice of grid places ``start .. start+length-1`` taken backwards, every ``step``-th."""
-    return slice(start + length - 1, start - 1 if start > 0 else None, -step)
+def flipped(length):
+    """Slice of grid places ``0 .. length-1`` taken backwards."""
+    return slice(length - 1, None, -1)
+
+
+def wrapped_crop(full, rows, cols):
+    """``full[:, :, rows, cols]`` (a new array) for integer positions taken modulo the
+    grid, as circular convolution places them."""
+    return full[:, :, (rows % full.shape[2])[:, None], cols % full.shape[3]]
 
 
 @register_backend("fft")
@@ -335,12 +342,12 @@ class FFT:
         kh, kw = w_shape[2:]
         padded = (h + 2 * ph, width + 2 * pw)
         stride1_out = (padded[0] - kh + 1, padded[1] - kw + 1)
-        dy_spec = rfft2(dy, flipped(stride1_out[0], sh), flipped(stride1_out[1], sw), grid)  # (N, F, bins)
+        dy_spec = rfft2(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid)  # (N, F, bins)
         db = dy.sum(axis=(0, 2, 3))
-        full_dw = irfft2_of_products(dy_spec.transpose(1, 0, 2), x_spec, grid)             # (F, C, Hf, Wf)
-        dw = full_dw[:, :, stride1_out[0] - 1:padded[0], stride1_out[1] - 1:padded[1]] * (1.0 / (grid[0] * grid[1]))
+        full_dw = irfft2_of_products(dy_spec.transpose(1, 0, 2), np.conj(x_spec), grid)     # (F, C, Hf, Wf)
+        dw = wrapped_crop(full_dw, -np.arange(kh), -np.arange(kw)) * (1.0 / (grid[0] * grid[1]))
         if not need_dx:
             return None, dw, db
-        full_dx = irfft2_of_products(dy_spec, w_spec, grid)                                # (N, C, Hf, Wf)
-        dx = full_dx[:, :, flipped(h, start=ph), flipped(width, start=pw)].copy()
+        full_dx = irfft2_of_products(dy_spec, np.conj(w_spec), grid)                         # (N, C, Hf, Wf)
+        dx = wrapped_crop(full_dx, np.arange(h) + ph - kh + 1, np.arange(width) + pw - kw + 1)
         return dx, dw, db

@@ -109,6 +109,18 @@ def test_large_batches_match_im2col():
         np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("i, k, j", [(1, 5, 4), (5, 1, 4), (5, 4, 1), (3, 7, 6),   # broadcast
+                                     (6, 7, 5), (40, 30, 20)])                        # matmul
+def test_binwise_matmul_is_a_matrix_product_per_bin(i, k, j):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((k, i, 300)) + 1j * rng.standard_normal((k, i, 300))
+    b = rng.standard_normal((k, j, 300)) + 1j * rng.standard_normal((k, j, 300))
+    a = a.transpose(1, 0, 2)  # a transposed view, as the backward passes dy's spectra
+    out = np.empty((i, j, 300), complex)
+    assert fft.binwise_matmul(a, b, out) is out
+    np.testing.assert_allclose(out, np.einsum("ikn,kjn->ijn", a, b), rtol=1e-12, atol=1e-12)
+
+
 def test_float32_stays_single_precision():
     y, cache, dx, dw, db = forward_backward(conv_case(np.float32))
     x_spec, w_spec = cache[:2]
