@@ -214,14 +214,18 @@ def rfft2(signal, rows, cols, fft_shape):
     return plan.fftw.output_array.reshape(b1, b2, -1)
 
 
-def irfft2_of_products(a, b, fft_shape):
+def irfft2_of_products(a, b, fft_shape, offset=None):
     """The inverse of :func:`rfft2`, without its 1/(Hf*Wf) scale, of the per-bin matrix
     products of spectra ``a`` (I, K, bins) and ``b`` (K, J, bins), which go straight into
     the plan's input: real (I, J, Hf, Wf), a buffer the next call of the same shape
-    overwrites."""
+    overwrites. ``offset`` (J,), if given, is added to every value of column j."""
     rows, cols = a.shape[0], b.shape[1]
     plan = _plans.get("FFTW_BACKWARD", (rows, cols), fft_shape, np.finfo(a.dtype).dtype)
-    binwise_matmul(a, b, out=plan.input.reshape(rows, cols, -1))
+    products = binwise_matmul(a, b, out=plan.input.reshape(rows, cols, -1))
+    if offset is not None:
+        # Through the zero-frequency bin, which adds its value to every point: adding it
+        # to the crop instead would be a broadcast over a strided view, twice a plain copy.
+        products[:, :, 0] += offset
     plan.fftw.execute()
     return plan.fftw.output_array
 
@@ -330,10 +334,10 @@ class FFT:
         x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid).copy()      # (N, C, bins)
         # The kernel spectra carry the inverse transform's 1/(Hf*Wf): they are the smallest.
         w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
-        full = irfft2_of_products(x_spec, w_spec.transpose(1, 0, 2), grid)             # (N, F, Hf, Wf)
+        full = irfft2_of_products(x_spec, w_spec.transpose(1, 0, 2), grid, offset=b)   # (N, F, Hf, Wf)
         # A contiguous copy of the crop: the next layer's elementwise passes over a strided
         # view of the grid would each cost more than this one copy.
-        y = full[:, :, kh - 1:padded[0]:sh, kw - 1:padded[1]:sw] + b[:, None, None]
+        y = full[:, :, kh - 1:padded[0]:sh, kw - 1:padded[1]:sw].copy()
         return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid)
 
     def backward(self, dy, cache, need_dx=True):
@@ -343,7 +347,7 @@ class FFT:
         padded = (h + 2 * ph, width + 2 * pw)
         stride1_out = (padded[0] - kh + 1, padded[1] - kw + 1)
         dy_spec = rfft2(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid)  # (N, F, bins)
-        db = dy.sum(axis=(0, 2, 3))
+        db = dy_spec[:, :, 0].real.sum(axis=0)  # a plane's zero-frequency bin is its sum
         full_dw = irfft2_of_products(dy_spec.transpose(1, 0, 2), np.conj(x_spec), grid)     # (F, C, Hf, Wf)
         dw = wrapped_crop(full_dw, -np.arange(kh), -np.arange(kw)) * (1.0 / (grid[0] * grid[1]))
         if not need_dx:
