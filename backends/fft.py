@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,9 @@ WISDOM_OFF = "off"
 MIN_POINTS_PER_THREAD = 1 << 16
 MIN_POINTS_TO_MEASURE = 1 << 14
 COPY_BLOCK_BYTES = 1 << 16
+# A training run uses 8-12 plans (training, last and evaluation batch sizes); a sweep of
+# `convlab bench` many more, each with its own buffers.
+MAX_PLANS = 32
 # Per-bin products with a dimension this small are faster broadcast than matmul'd (at 3,
 # on the 28 x 28 shapes, both ways take the same time).
 BROADCAST_MAX_DIM = 3
@@ -136,12 +140,14 @@ class _Plan:
 
 
 class _Plans:
-    """FFTW plans built once per (direction, batch shape, FFT shape, dtype); the wisdom
-    file is read before the first plan and rewritten after each measured plan."""
+    """FFTW plans built once per (direction, batch shape, FFT shape, dtype), the
+    :data:`MAX_PLANS` most recently used kept (each holds buffers the size of its
+    transforms); the wisdom file is read before the first plan and rewritten after each
+    measured plan, so a plan dropped and built again is quick."""
 
     def __init__(self):
         self.settings = None
-        self.cache: dict[tuple, _Plan] = {}
+        self.cache: OrderedDict[tuple, _Plan] = OrderedDict()
         self.wisdom_loaded = False
 
     def reset(self, settings):
@@ -154,6 +160,9 @@ class _Plans:
         plan = self.cache.get(key)
         if plan is None:
             plan = self.cache[key] = self._build(*key)
+            if len(self.cache) > MAX_PLANS:
+                self.cache.popitem(last=False)
+        self.cache.move_to_end(key)
         return plan
 
     def _build(self, direction, batch, fft_shape, dtype) -> _Plan:

@@ -65,6 +65,16 @@ def test_plans_are_built_once_per_shape(planned):
     assert len(planned) > first, "a new batch size needs new plans"
 
 
+def test_plan_cache_keeps_the_most_recently_used(planned, monkeypatch):
+    monkeypatch.setattr(fft, "MAX_PLANS", 4)
+    for n in (1, 2, 3):  # three forwards of three plans each (input, kernel, inverse)
+        fft.FFT().forward(*conv_case(n=n))
+    assert len(fft._plans.cache) == 4
+    built = len(planned)
+    fft.FFT().forward(*conv_case(n=3))
+    assert len(planned) == built, "the latest shape's plans were dropped"
+
+
 @pytest.mark.parametrize("padded, grid", [
     ((30, 30), (32, 32)),    # the MNIST layer: 32 = 2^5 beats the nearest fast length 30 = 2*3*5
     ((66, 66), (72, 72)),    # 72 = 2^3*3^2 beats 66 = 2*3*11, and 128 would be wasteful
