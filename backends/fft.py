@@ -27,19 +27,43 @@ that makes the planning of a shape seen in an earlier run instant.
 from __future__ import annotations
 
 import functools
+import importlib
 import itertools
 import json
 import os
+import sys
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyfftw
 
 from convlab.files import atomic_path, user_cache_dir
 from convlab.registry import register_backend
+
+
+def _import_pyfftw_with_passive_threads():
+    """``import pyfftw``, its OpenMP runtime told to let idle threads sleep.
+
+    FFTW's threads are OpenMP threads (pyfftw's wheels bundle libgomp). At libgomp's
+    default, each one spins for milliseconds after every transform, holding a core that
+    numpy and BLAS then wait for: a training step of the reference network took a quarter
+    longer. The runtime reads its settings once, when pyfftw loads it, so the setting is
+    made for that moment only (the environment is left as it was), and not at all if the
+    user chose a policy or pyfftw was loaded before.
+    """
+    chosen = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys()
+    if chosen or "pyfftw" in sys.modules:
+        return importlib.import_module("pyfftw")
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+    try:
+        return importlib.import_module("pyfftw")
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+pyfftw = _import_pyfftw_with_passive_threads()
 
 PLANNERS = ("estimate", "measure", "patient", "exhaustive")
 DEFAULT_PLANNER = "measure"

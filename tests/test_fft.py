@@ -5,6 +5,8 @@ Its numbers are checked against naive by the shared oracle suite (tests/test_bac
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyfftw
@@ -236,3 +238,25 @@ def test_results_are_not_overwritten_by_the_next_call():
     backend.backward(-np.ones_like(second), cache)
     for before, now in zip(kept, (y, dx, dw, db)):
         np.testing.assert_array_equal(now, before)
+
+
+def test_fftw_threads_sleep_when_idle():
+    """FFTW's OpenMP threads must not spin for milliseconds after each transform, holding
+    a core that numpy and BLAS need; the environment is left as it was."""
+    script = """
+import os, time
+from backends import fft
+assert "OMP_WAIT_POLICY" not in os.environ
+arrays = fft.pyfftw.empty_aligned((256, 32, 32), "float32"), fft.pyfftw.empty_aligned((256, 32, 17), "complex64")
+plan = fft.pyfftw.FFTW(*arrays, axes=(-2, -1), threads=2)
+busy = []
+for _ in range(5):
+    plan.execute()
+    started = time.process_time()
+    time.sleep(0.05)
+    busy.append(time.process_time() - started)
+print(min(busy))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert float(run.stdout) < 0.005, f"FFTW's threads used {float(run.stdout) * 1e3:.1f} ms of CPU while idle"
