@@ -16,7 +16,8 @@ it needs.) Stride: the forward keeps every ``sh``-th stride-1 output; the backwa
 thing. The sums over channels (and, for ``dw``, over the batch) are complex matrix products
 per frequency bin: ``Y = X W^T`` (N, C) @ (C, F), ``dW = D^T X*`` and ``dX = D W*``.
 Spectra stay in FFTW's plane-major layout (planes, bins); see :func:`binwise_matmul` for
-how the products are formed. The forward's spectra X and W are kept for the backward.
+how the products are formed, and :func:`inverse_of_products` for how the inverse transforms
+are shared among threads. The forward's spectra X and W are kept for the backward.
 
 The FFT size is not simply the next fast length: see :func:`fft_shape_for`.
 
@@ -30,6 +31,8 @@ import functools
 import importlib
 import itertools
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 import os
 import sys
 import warnings
@@ -78,6 +81,8 @@ MAX_PLANS = 32
 # Per-bin products with a dimension this small are faster broadcast than matmul'd (at 3,
 # on the 28 x 28 shapes, both ways take the same time).
 BROADCAST_MAX_DIM = 3
+# Grid points per tile of inverse transforms (see inverse_of_products): about L2-sized.
+TILE_POINTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,8 @@ def configure(threads=None, planner=None, wisdom_path=None) -> Settings:
 
     A setting not given comes from its environment variable, else its default:
 
-    - ``threads`` (``CONVLAB_FFT_THREADS``): FFTW threads, default ``os.cpu_count()``.
+    - ``threads`` (``CONVLAB_FFT_THREADS``): FFTW's threads, and the tile pool's (see
+      :func:`inverse_of_products`), default ``os.cpu_count()``.
     - ``planner`` (``CONVLAB_FFT_PLANNER``): ``estimate``, ``measure`` (default),
       ``patient`` or ``exhaustive``; an ``FFTW_`` prefix and any case are accepted.
     - ``wisdom_path`` (``CONVLAB_FFT_WISDOM``): the FFTW wisdom cache file, default
@@ -164,33 +170,56 @@ class _Plan:
 
 
 class _Plans:
-    """FFTW plans built once per (direction, batch shape, FFT shape, dtype), the
+    """FFTW plans built once per (direction, batch shape, FFT shape, dtype, worker), the
     :data:`MAX_PLANS` most recently used kept (each holds buffers the size of its
     transforms); the wisdom file is read before the first plan and rewritten after each
-    measured plan, so a plan dropped and built again is quick."""
+    measured plan, so a plan dropped and built again is quick.
+
+    ``worker`` None is a plan for the calling thread, using the FFTW threads setting; a
+    worker number is a single-threaded plan, with its own buffers, for that thread of the
+    tile pool (see :func:`run_tiles`), which has as many threads as the setting.
+    """
 
     def __init__(self):
         self.settings = None
         self.cache: OrderedDict[tuple, _Plan] = OrderedDict()
         self.wisdom_loaded = False
+        self.pool = None
+        self.lock = threading.Lock()  # the tile pool's threads share the cache and the planner
 
     def reset(self, settings):
-        self.settings = settings
-        self.cache.clear()
-        self.wisdom_loaded = False
+        with self.lock:
+            if self.pool is not None:
+                self.pool.shutdown()
+            self.settings, self.pool = settings, None
+            self.cache.clear()
+            self.wisdom_loaded = False
 
-    def get(self, direction, batch, fft_shape, dtype) -> _Plan:
-        key = (direction, batch, fft_shape, np.dtype(dtype))
-        plan = self.cache.get(key)
-        if plan is None:
-            plan = self.cache[key] = self._build(*key)
-            if len(self.cache) > MAX_PLANS:
-                self.cache.popitem(last=False)
-        self.cache.move_to_end(key)
+    def get(self, direction, batch, fft_shape, dtype, worker=None) -> _Plan:
+        key = (direction, batch, fft_shape, np.dtype(dtype), worker)
+        current = settings()
+        with self.lock:
+            plan = self.cache.get(key)
+            if plan is None:
+                plan = self.cache[key] = self._build(current, *key)
+                if len(self.cache) > MAX_PLANS:
+                    self.cache.popitem(last=False)
+            self.cache.move_to_end(key)
         return plan
 
-    def _build(self, direction, batch, fft_shape, dtype) -> _Plan:
-        current = settings()
+    def forget_threads(self):
+        """In a forked child, which has none of the parent's threads: no pool until one is
+        needed, and a lock that no thread holds."""
+        self.pool, self.lock = None, threading.Lock()
+
+    def tile_pool(self) -> ThreadPoolExecutor:
+        threads = settings().threads
+        with self.lock:
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(threads, thread_name_prefix="convlab-fft")
+            return self.pool
+
+    def _build(self, current, direction, batch, fft_shape, dtype, worker) -> _Plan:
         if not self.wisdom_loaded:
             self.wisdom_loaded = True
             self._load_wisdom(current.wisdom_path)
@@ -200,7 +229,8 @@ class _Plans:
         spectrum = pyfftw.empty_aligned(complex_shape, np.result_type(dtype, np.complex64))
         arrays = (real, spectrum) if direction == "FFTW_FORWARD" else (spectrum, real)
         # Waking threads costs more than a small transform takes.
-        threads = current.threads if real.size >= MIN_POINTS_PER_THREAD * current.threads else 1
+        big = worker is None and real.size >= MIN_POINTS_PER_THREAD * current.threads
+        threads = current.threads if big else 1
         # Measuring a small transform's plan takes far longer than it could ever save.
         planner = current.planner if real.size >= MIN_POINTS_TO_MEASURE else "estimate"
         fftw = pyfftw.FFTW(*arrays, axes=(-2, -1), direction=direction,
@@ -230,6 +260,7 @@ class _Plans:
 
 
 _plans = _Plans()
+os.register_at_fork(after_in_child=_plans.forget_threads)
 
 
 def rfft2(signal, rows, cols, fft_shape):
@@ -247,20 +278,61 @@ def rfft2(signal, rows, cols, fft_shape):
     return plan.fftw.output_array.reshape(b1, b2, -1)
 
 
-def irfft2_of_products(a, b, fft_shape, offset=None):
-    """The inverse of :func:`rfft2`, without its 1/(Hf*Wf) scale, of the per-bin matrix
-    products of spectra ``a`` (I, K, bins) and ``b`` (K, J, bins), which go straight into
-    the plan's input: real (I, J, Hf, Wf), a buffer the next call of the same shape
-    overwrites. ``offset`` (J,), if given, is added to every value of column j."""
-    rows, cols = a.shape[0], b.shape[1]
-    plan = _plans.get("FFTW_BACKWARD", (rows, cols), fft_shape, np.finfo(a.dtype).dtype)
-    products = binwise_matmul(a, b, out=plan.input.reshape(rows, cols, -1))
-    if offset is not None:
-        # Through the zero-frequency bin, which adds its value to every point: adding it
-        # to the crop instead would be a broadcast over a strided view, twice a plain copy.
-        products[:, :, 0] += offset
-    plan.fftw.execute()
-    return plan.fftw.output_array
+def inverse_of_products(a, b, fft_shape, rows, cols, offset=None):
+    """The crop ``[rows, cols]`` (see :func:`cropped`) of the inverse of :func:`rfft2`,
+    without its 1/(Hf*Wf) scale, of the per-bin matrix products of spectra ``a``
+    (I, K, bins) and ``b`` (K, J, bins): real (I, J, h, w). ``offset`` (J,), if given, is
+    added to every value of column j.
+
+    Products that broadcast (see :func:`binwise_matmul`) run in tiles of a's rows: a
+    tile's products, inverse transforms and crop follow one another while the tile is in
+    cache, and the tile pool's threads share the tiles. A batched matmul wants the whole
+    batch at once, so other products run in one piece, with a multi-threaded transform.
+    """
+    i, k = a.shape[:2]
+    j = b.shape[1]
+    dtype = np.finfo(a.dtype).dtype
+    out = np.empty((i, j, np.arange(fft_shape[0])[rows].size, np.arange(fft_shape[1])[cols].size), dtype)
+
+    def transform(lo, hi, worker):
+        plan = _plans.get("FFTW_BACKWARD", (hi - lo, j), fft_shape, dtype, worker)
+        products = binwise_matmul(a[lo:hi], b, out=plan.input.reshape(hi - lo, j, -1))
+        if offset is not None:
+            # Through the zero-frequency bin, which adds its value to every point: adding
+            # it to the crop would be a broadcast over a strided view, twice a plain copy.
+            products[:, :, 0] += offset
+        plan.fftw.execute()
+        out[lo:hi] = cropped(plan.fftw.output_array, rows, cols)
+
+    tile_rows = max(1, TILE_POINTS // (j * fft_shape[0] * fft_shape[1])) if broadcasts(i, k, j) else i
+    run_tiles(transform, i, tile_rows)
+    return out
+
+
+def run_tiles(work, rows, tile_rows):
+    """``work(lo, hi, worker)`` for every tile ``[lo, hi)`` of ``rows`` rows, dealt out
+    in turn to the tile pool's threads (``worker`` 0, 1, ...); a lone tile runs in the
+    calling thread (``worker`` None)."""
+    tiles = [(lo, min(lo + tile_rows, rows)) for lo in range(0, rows, tile_rows)]
+    if len(tiles) == 1:
+        work(*tiles[0], None)
+        return
+    workers = min(settings().threads, len(tiles))
+
+    def share(worker):
+        for lo, hi in tiles[worker::workers]:
+            work(lo, hi, worker)
+
+    for future in [_plans.tile_pool().submit(share, worker) for worker in range(workers)]:
+        future.result()
+
+
+def cropped(full, rows, cols):
+    """``full[:, :, rows, cols]`` for two slices, or for two arrays of grid positions
+    (negative ones count from the end: circular convolution wraps them there)."""
+    if isinstance(rows, slice):
+        return full[:, :, rows, cols]
+    return full[:, :, rows[:, None], cols]
 
 
 def binwise_matmul(a, b, out):
@@ -274,7 +346,7 @@ def binwise_matmul(a, b, out):
     """
     i, k = a.shape[:2]
     j = b.shape[1]
-    if min(i, j, k) <= BROADCAST_MAX_DIM:
+    if broadcasts(i, k, j):
         np.multiply(a[:, 0, None], b[None, 0], out=out)
         term = np.empty_like(out) if k > 1 else None
         for index in range(1, k):
@@ -284,6 +356,11 @@ def binwise_matmul(a, b, out):
     product = np.matmul(bin_major(a), bin_major(b))
     copy_in_bin_blocks(out.transpose(2, 0, 1), product)
     return out
+
+
+def broadcasts(i, k, j):
+    """Whether :func:`binwise_matmul` forms (I, K) @ (K, J) products by broadcasting."""
+    return min(i, k, j) <= BROADCAST_MAX_DIM
 
 
 def bin_major(spectra):
@@ -348,12 +425,6 @@ def flipped(length):
     return slice(length - 1, None, -1)
 
 
-def wrapped_crop(full, rows, cols):
-    """``full[:, :, rows, cols]`` (a new array) for integer positions taken modulo the
-    grid, as circular convolution places them."""
-    return full[:, :, (rows % full.shape[2])[:, None], cols % full.shape[3]]
-
-
 @register_backend("fft")
 class FFT:
     """FFT convolution on pyfftw: products of spectra, forward and backward."""
@@ -367,10 +438,8 @@ class FFT:
         x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid).copy()      # (N, C, bins)
         # The kernel spectra carry the inverse transform's 1/(Hf*Wf): they are the smallest.
         w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
-        full = irfft2_of_products(x_spec, w_spec.transpose(1, 0, 2), grid, offset=b)   # (N, F, Hf, Wf)
-        # A contiguous copy of the crop: the next layer's elementwise passes over a strided
-        # view of the grid would each cost more than this one copy.
-        y = full[:, :, kh - 1:padded[0]:sh, kw - 1:padded[1]:sw].copy()
+        y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid,                # (N, F, OH, OW)
+                                slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw), offset=b)
         return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid)
 
     def backward(self, dy, cache, need_dx=True):
@@ -381,10 +450,11 @@ class FFT:
         stride1_out = (padded[0] - kh + 1, padded[1] - kw + 1)
         dy_spec = rfft2(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid)  # (N, F, bins)
         db = dy_spec[:, :, 0].real.sum(axis=0)  # a plane's zero-frequency bin is its sum
-        full_dw = irfft2_of_products(dy_spec.transpose(1, 0, 2), np.conj(x_spec), grid)     # (F, C, Hf, Wf)
-        dw = wrapped_crop(full_dw, -np.arange(kh), -np.arange(kw)) * (1.0 / (grid[0] * grid[1]))
+        dw = inverse_of_products(dy_spec.transpose(1, 0, 2), np.conj(x_spec), grid,         # (F, C, kh, kw)
+                                 -np.arange(kh), -np.arange(kw))
+        dw *= 1.0 / (grid[0] * grid[1])
         if not need_dx:
             return None, dw, db
-        full_dx = irfft2_of_products(dy_spec, np.conj(w_spec), grid)                         # (N, C, Hf, Wf)
-        dx = wrapped_crop(full_dx, np.arange(h) + ph - kh + 1, np.arange(width) + pw - kw + 1)
+        dx = inverse_of_products(dy_spec, np.conj(w_spec), grid,                              # (N, C, H, W)
+                                 np.arange(h) + ph - kh + 1, np.arange(width) + pw - kw + 1)
         return dx, dw, db

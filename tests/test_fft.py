@@ -5,6 +5,7 @@ Its numbers are checked against naive by the shared oracle suite (tests/test_bac
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -131,6 +132,20 @@ def test_binwise_matmul_is_a_matrix_product_per_bin(i, k, j):
     out = np.empty((i, j, 300), complex)
     assert fft.binwise_matmul(a, b, out) is out
     np.testing.assert_allclose(out, np.einsum("ikn,kjn->ijn", a, b), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_any_tiling_gives_the_numbers_of_one_piece(monkeypatch, threads):
+    """Products that broadcast (one input channel here) run in tiles shared out among the
+    tile pool's threads; one image per tile must change nothing."""
+    fft.configure(threads=threads, planner="estimate")
+    case = conv_case(n=7, c=1, f=5, size=(12, 10), kernel=(3, 4))
+    monkeypatch.setattr(fft, "TILE_POINTS", 1 << 40)
+    y, _, *grads = forward_backward(case)
+    monkeypatch.setattr(fft, "TILE_POINTS", 1)
+    y_tiled, _, *grads_tiled = forward_backward(case)
+    for whole, tiled in zip((y, *grads), (y_tiled, *grads_tiled)):
+        np.testing.assert_allclose(tiled, whole, rtol=1e-12, atol=1e-12)
 
 
 def test_float32_stays_single_precision():
@@ -260,3 +275,20 @@ print(min(busy))
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert float(run.stdout) < 0.005, f"FFTW's threads used {float(run.stdout) * 1e3:.1f} ms of CPU while idle"
+
+
+def test_a_forked_child_gets_its_own_tile_pool(monkeypatch):
+    monkeypatch.setattr(fft, "TILE_POINTS", 1)  # every forward runs in the pool
+    fft.configure(threads=2, planner="estimate")
+    forward_backward(conv_case(c=1))
+    pid = os.fork()
+    if pid == 0:  # the child: its parent's pool threads do not exist here
+        code = 1
+        try:
+            signal.alarm(60)  # a child waiting on a pool that has no threads would hang
+            forward_backward(conv_case(c=1))
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child failed or hung"
