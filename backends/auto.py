@@ -6,13 +6,15 @@ candidate's forward+backward on the call's own arrays (one warm-up run, then up 
 warm-up is ``LOST_FACTOR`` times slower than the best so far) and picks the fastest.
 Candidates are every other registered strategy; the ``naive`` oracle only when there is
 no other. The pick is kept in memory and in a JSON cache file, so later runs on the same
-machine do not time again (unless the set of candidates changed since). The file is
+machine do not time again (unless the set of candidates, or convlab's version, changed
+since: a new version's backends may be faster or slower). The file is
 
 * ``$CONVLAB_AUTO_CACHE`` if set, else ``$XDG_CACHE_HOME/convlab/auto.json`` (default
   ``~/.cache/convlab/auto.json``); ``Auto(cache_path=...)`` or setting ``cache_path`` on
   the registered instance (``convlab.get_backend("auto").impl``) overrides both;
-* shaped ``{"picks": {key: {"backend": name, "seconds": {candidate: seconds}}}}``; a
-  file that is not valid is ignored with a warning and rewritten at the next pick.
+* shaped ``{"picks": {key: {"backend": name, "seconds": {candidate: seconds},
+  "convlab": version}}}``; a file that is not valid is ignored with a warning and
+  rewritten at the next pick.
 
 Each pick is logged (logger ``convlab.auto``, level INFO) the first time a process uses
 it, and ``picks`` lists them. A forward and its backward always run on the same chosen
@@ -21,6 +23,7 @@ backend, so results are exactly that backend's.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import math
@@ -54,6 +57,14 @@ def problem_key(x, w, stride, padding) -> str:
     """The cache key of one convolution problem, readable in the JSON file."""
     dims = lambda shape: "x".join(map(str, shape))  # noqa: E731
     return f"x {dims(x.shape)} w {dims(w.shape)} stride {dims(stride)} padding {dims(padding)} {x.dtype}"
+
+
+def convlab_version() -> str:
+    """The installed convlab's version, recorded with each pick."""
+    try:
+        return importlib.metadata.version("convlab")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"
 
 
 def candidates() -> list[str]:
@@ -96,8 +107,9 @@ class Auto:
 
     def _stored_pick(self, key):
         entry = self._read_cache().get(key)
-        if entry is None or sorted(entry["seconds"]) != sorted(candidates()):
-            return None  # never timed, or timed before a backend was added or removed
+        if (entry is None or sorted(entry["seconds"]) != sorted(candidates())
+                or entry.get("convlab") != convlab_version()):
+            return None  # never timed, or timed before a backend was added, removed or changed
         log.info("auto uses %s for %s (timed earlier, cached in %s)", entry["backend"], key, self.cache_file())
         return entry["backend"]
 
@@ -111,7 +123,7 @@ class Auto:
         chosen = min(seconds, key=seconds.get)
         timings = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in seconds.items())
         log.info("auto picked %s for %s (forward+backward: %s)", chosen, key, timings)
-        self._write_cache(key, {"backend": chosen, "seconds": seconds})
+        self._write_cache(key, {"backend": chosen, "seconds": seconds, "convlab": convlab_version()})
         return chosen
 
     def _read_cache(self) -> dict:

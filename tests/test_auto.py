@@ -54,6 +54,7 @@ def test_pick_is_logged_cached_on_disk_and_reused_by_a_new_process(cache_file, m
     assert f"auto picked {picked} for {key}" in caplog.text
     entry = json.loads(cache_file.read_text())["picks"][key]
     assert entry["backend"] == picked and sorted(entry["seconds"]) == sorted(auto_module.candidates())
+    assert entry["convlab"] == auto_module.convlab_version()
 
     monkeypatch.setattr(auto_module, "best_time", lambda *a: pytest.fail("timed a cached pick"))
     second = Auto()  # as a later run would: nothing in memory, the file on disk
@@ -64,12 +65,18 @@ def test_pick_is_logged_cached_on_disk_and_reused_by_a_new_process(cache_file, m
     assert f"auto uses {picked} for {key} (timed earlier" in caplog.text
 
 
-def test_a_stale_entry_is_timed_again(cache_file):
+@pytest.mark.parametrize("stale", [
+    {"backend": "naive", "seconds": {"naive": 1.0}},  # timed when only naive existed
+    "another convlab",                                 # timed with other versions of the backends
+])
+def test_a_stale_entry_is_timed_again(cache_file, stale):
     x, w, _ = SHAPE.arrays(np.float64)
     key = problem_key(x, w, (1, 1), (1, 1))
-    # Timed when only naive existed: the candidates have changed since.
+    if stale == "another convlab":
+        stale = {"backend": "naive", "seconds": {name: 1.0 for name in auto_module.candidates()},
+                 "convlab": "0.0.1"}
     cache_file.parent.mkdir()
-    cache_file.write_text(json.dumps({"picks": {key: {"backend": "naive", "seconds": {"naive": 1.0}}}}))
+    cache_file.write_text(json.dumps({"picks": {key: stale}}))
     auto = Auto()
     assert auto.pick(x, w, (1, 1), (1, 1)) in auto_module.candidates()
     assert sorted(json.loads(cache_file.read_text())["picks"][key]["seconds"]) == sorted(auto_module.candidates())
