@@ -21,8 +21,8 @@ are shared among threads. The forward's spectra X and W are kept for the backwar
 
 The FFT size is not simply the next fast length: see :func:`fft_shape_for`.
 
-Settings (see :func:`configure`): FFTW thread count, planner effort, and a wisdom file
-that makes the planning of a shape seen in an earlier run instant.
+Settings (see :func:`configure`): thread count, planner effort, and a wisdom file that
+makes the planning of a shape seen in an earlier run instant.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ import functools
 import importlib
 import itertools
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 import os
 import sys
+import threading
 import warnings
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
