@@ -16,8 +16,8 @@ it needs.) Stride: the forward keeps every ``sh``-th stride-1 output; the backwa
 thing. The sums over channels (and, for ``dw``, over the batch) are complex matrix products
 per frequency bin: ``Y = X W^T`` (N, C) @ (C, F), ``dW = D^T X*`` and ``dX = D W*``.
 Spectra stay in FFTW's plane-major layout (planes, bins); see :func:`binwise_matmul` for
-how the products are formed, and :func:`inverse_of_products` for how the inverse transforms
-are shared among threads. The forward's spectra X and W are kept for the backward.
+how the products are formed, and :func:`rfft2` and :func:`inverse_of_products` for how the
+transforms are shared among threads. The forward's spectra X and W are kept for the backward.
 
 The FFT size is not simply the next fast length: see :func:`fft_shape_for`.
 
@@ -265,17 +265,23 @@ os.register_at_fork(after_in_child=_plans.forget_threads)
 
 def rfft2(signal, rows, cols, fft_shape):
     """Spectra of ``signal`` (B1, B2, h, w) written at ``[rows, cols]`` of a zero (Hf, Wf)
-    grid: complex (B1, B2, Hf * (Wf//2 + 1)), a view of a buffer the next call of the same
-    shape overwrites."""
+    grid: complex (B1, B2, Hf * (Wf//2 + 1)), a new array. Large batches are transformed
+    in tiles of B1, shared among the tile pool's threads like :func:`inverse_of_products`."""
     b1, b2 = signal.shape[:2]
-    plan = _plans.get("FFTW_FORWARD", (b1, b2), fft_shape, signal.dtype)
-    region = (rows, cols, signal.shape[2:])
-    if plan.region != region:
-        plan.input.fill(0)
-        plan.region = region
-    plan.input[:, :, rows, cols] = signal
-    plan.fftw.execute()
-    return plan.fftw.output_array.reshape(b1, b2, -1)
+    spectra = np.empty((b1, b2, fft_shape[0] * (fft_shape[1] // 2 + 1)), np.result_type(signal.dtype, np.complex64))
+
+    def transform(lo, hi, worker):
+        plan = _plans.get("FFTW_FORWARD", (hi - lo, b2), fft_shape, signal.dtype, worker)
+        region = (rows, cols, signal.shape[2:])
+        if plan.region != region:
+            plan.input.fill(0)
+            plan.region = region
+        plan.input[:, :, rows, cols] = signal[lo:hi]
+        plan.fftw.execute()
+        spectra[lo:hi] = plan.fftw.output_array.reshape(hi - lo, b2, -1)
+
+    run_tiles(transform, b1, max(1, TILE_POINTS // (b2 * fft_shape[0] * fft_shape[1])))
+    return spectra
 
 
 def inverse_of_products(a, b, fft_shape, rows, cols, offset=None):
@@ -435,7 +441,7 @@ class FFT:
         (ph, pw), (sh, sw) = padding, stride
         padded = (h + 2 * ph, width + 2 * pw)
         grid = fft_shape_for(padded)
-        x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid).copy()      # (N, C, bins)
+        x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid)             # (N, C, bins)
         # The kernel spectra carry the inverse transform's 1/(Hf*Wf): they are the smallest.
         w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
         y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid,                # (N, F, OH, OW)
