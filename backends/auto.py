@@ -38,7 +38,9 @@ from convlab.registry import get_backend, register_backend
 from convlab.timing import ORACLE, best_time, conv_pass, output_gradient, strategies
 
 CACHE_ENV = "CONVLAB_AUTO_CACHE"
-TIMED_RUNS = 2
+# The fastest of several runs: on the MNIST layer fft and im2col are within 1.2x, and two
+# runs on a shared machine picked the slower one now and then.
+TIMED_RUNS = 5
 TIME_CAP = 0.5
 # A candidate whose warm-up is this many times slower than the best so far is not run again.
 LOST_FACTOR = 4
