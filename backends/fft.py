@@ -81,7 +81,7 @@ MAX_PLANS = 32
 # Per-bin products with a dimension this small are faster broadcast than matmul'd (at 3,
 # on the 28 x 28 shapes, both ways take the same time).
 BROADCAST_MAX_DIM = 3
-# Grid points per tile of inverse transforms (see inverse_of_products): about L2-sized.
+# Grid points per tile of transforms (see inverse_of_products): about an L2 cache's worth.
 TILE_POINTS = 1 << 18
 
 
@@ -280,7 +280,7 @@ def rfft2(signal, rows, cols, fft_shape):
         plan.fftw.execute()
         spectra[lo:hi] = plan.fftw.output_array.reshape(hi - lo, b2, -1)
 
-    run_tiles(transform, b1, max(1, TILE_POINTS // (b2 * fft_shape[0] * fft_shape[1])))
+    run_tiles(transform, b1, rows_per_tile(b2, fft_shape))
     return spectra
 
 
@@ -310,9 +310,13 @@ def inverse_of_products(a, b, fft_shape, rows, cols, offset=None):
         plan.fftw.execute()
         out[lo:hi] = cropped(plan.fftw.output_array, rows, cols)
 
-    tile_rows = max(1, TILE_POINTS // (j * fft_shape[0] * fft_shape[1])) if broadcasts(i, k, j) else i
-    run_tiles(transform, i, tile_rows)
+    run_tiles(transform, i, rows_per_tile(j, fft_shape) if broadcasts(i, k, j) else i)
     return out
+
+
+def rows_per_tile(planes_per_row, fft_shape):
+    """How many rows of ``planes_per_row`` grids make a tile of about :data:`TILE_POINTS`."""
+    return max(1, TILE_POINTS // (planes_per_row * fft_shape[0] * fft_shape[1]))
 
 
 def run_tiles(work, rows, tile_rows):
