@@ -189,11 +189,12 @@ class _Plans:
 
     def reset(self, settings):
         with self.lock:
-            if self.pool is not None:
-                self.pool.shutdown()
-            self.settings, self.pool = settings, None
+            old_pool, self.pool = self.pool, None
+            self.settings = settings
             self.cache.clear()
             self.wisdom_loaded = False
+        if old_pool is not None:  # outside the lock: its threads may be waiting for it
+            old_pool.shutdown()
 
     def get(self, direction, batch, fft_shape, dtype, worker=None) -> _Plan:
         key = (direction, batch, fft_shape, np.dtype(dtype), worker)
@@ -322,7 +323,7 @@ def rows_per_tile(planes_per_row, fft_shape):
 def run_tiles(work, rows, tile_rows):
     """``work(lo, hi, worker)`` for every tile ``[lo, hi)`` of ``rows`` rows, dealt out
     in turn to the tile pool's threads (``worker`` 0, 1, ...); a lone tile runs in the
-    calling thread (``worker`` None)."""
+    calling thread (``worker`` None), and so do all tiles when there is one thread."""
     tiles = [(lo, min(lo + tile_rows, rows)) for lo in range(0, rows, tile_rows)]
     if len(tiles) == 1:
         work(*tiles[0], None)
@@ -333,6 +334,9 @@ def run_tiles(work, rows, tile_rows):
         for lo, hi in tiles[worker::workers]:
             work(lo, hi, worker)
 
+    if workers == 1:  # no other thread to share with: no hand-off to the pool
+        share(0)
+        return
     for future in [_plans.tile_pool().submit(share, worker) for worker in range(workers)]:
         future.result()
 
