@@ -41,11 +41,13 @@ class Commands:
     data = DataCommands()
 
     def backends(self):
-        """List the convolution backends with their descriptions."""
+        """List the convolution backends with their descriptions and what each supports."""
         names = list_backends()
         width = max(map(len, names))
         for name in names:
-            print(f"{name:<{width}}  {get_backend(name).description}")
+            backend = get_backend(name)
+            print(f"{name:<{width}}  {backend.description}")
+            print(f"{'':<{width}}  supports: {backend.limits}")
 
     def models(self):
         """List the networks `convlab train --model` can train, with their descriptions."""
