@@ -101,12 +101,15 @@ class Auto:
     def cache_file(self) -> Path:
         return Path(self.cache_path) if self.cache_path is not None else default_cache_path()
 
-    def pick(self, x, w, stride, padding) -> str:
-        """The name of the backend used for this problem; times the candidates if it is new."""
-        key = problem_key(x, w, stride, padding)
+    def pick(self, x, w, stride, padding, need_dx=True) -> str:
+        """The name of the backend used for this problem; times the candidates if it is new.
+        ``need_dx=False`` times the backward without dx, as a network's first layer runs it
+        (a separate pick: without dx the fastest may differ)."""
+        key = problem_key(x, w, stride, padding) + ("" if need_dx else " no dx")
         if key not in self._picks:
             problem = (x.shape, w.shape, stride, padding)
-            self._picks[key] = self._stored_pick(key, problem) or self._timed_pick(key, x, w, stride, padding)
+            self._picks[key] = self._stored_pick(key, problem) or self._timed_pick(key, x, w, stride, padding,
+                                                                                     need_dx)
         return self._picks[key]
 
     def forward(self, x, w, b, stride, padding):
@@ -126,16 +129,18 @@ class Auto:
         log.info("auto uses %s for %s (timed earlier, cached in %s)", entry["backend"], key, self.cache_file())
         return entry["backend"]
 
-    def _timed_pick(self, key, x, w, stride, padding):
+    def _timed_pick(self, key, x, w, stride, padding, need_dx=True):
         b = np.zeros(w.shape[0], dtype=x.dtype)
         dy = output_gradient(x, w, stride, padding)
         seconds = {}
         for name in candidates(x.shape, w.shape, stride, padding):
             lost_above = LOST_FACTOR * min(seconds.values(), default=math.inf)
-            seconds[name] = best_time(conv_pass(name, x, w, b, stride, padding, dy), TIMED_RUNS, TIME_CAP, lost_above)
+            seconds[name] = best_time(conv_pass(name, x, w, b, stride, padding, dy, need_dx), TIMED_RUNS, TIME_CAP,
+                                      lost_above)
         chosen = min(seconds, key=seconds.get)
         timings = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in seconds.items())
-        log.info("auto picked %s for %s (forward+backward: %s)", chosen, key, timings)
+        log.info("auto picked %s for %s (forward+backward%s: %s)", chosen, key, "" if need_dx else " without dx",
+                 timings)
         self._write_cache(key, {"backend": chosen, "seconds": seconds, "convlab": convlab_version()})
         return chosen
 

@@ -13,6 +13,9 @@ convlab is faster):
   order; every timed step gathers its batch by index, computes the loss, the gradients
   and the update, and counts correct predictions (ours is ``convlab.training.train_step``,
   the step ``convlab train`` runs). The mean losses printed at the end must agree.
+  With ``--model`` the epoch trains another network (``lenet5``, ``vgg3x3`` or a spec
+  string), its conv layers on the backends ``convlab train --model M --backend B`` would
+  use (``auto`` picks per layer), and PyTorch trains the same layers with the same weights.
 
 The machine may be shared, so the two sides take turns: 5 calls a turn for the layer, a
 chunk of batches a turn for the epoch (who goes first alternates too), with an untimed
@@ -27,6 +30,7 @@ at one thread on both sides.
     python benchmarks/epoch_vs_torch.py                  # both measurements, ~1-3 min
     python benchmarks/epoch_vs_torch.py --only layer     # just the layer, a few seconds
     python benchmarks/epoch_vs_torch.py --train-size 6400 --chunk 20   # a quick epoch
+    python benchmarks/epoch_vs_torch.py --only epoch --model lenet5 --backend auto   # another network
     OPENBLAS_NUM_THREADS=1 python benchmarks/epoch_vs_torch.py         # one thread each
 """
 
@@ -42,7 +46,9 @@ import torch
 import torch.nn.functional as F
 
 from convlab.data import load_mnist
-from convlab.models import reference_net
+from convlab.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from convlab.run import build_model
+from convlab.settings import TrainSettings
 from convlab.optimizers import SGD
 from convlab.registry import get_backend
 from convlab.training import epoch_order, train_step
@@ -51,16 +57,26 @@ BATCH_SIZE, LR, MOMENTUM, SEED = 64, 0.01, 0.9, 0
 
 
 def torch_twin(model):
-    """A PyTorch copy of ``reference_net``: same layers, same weights (Dense w is transposed)."""
-    conv_w, conv_b, dense_w, dense_b = (p for _, p, _ in model.named_parameters())
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 7, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(18432, 10))
-    with torch.no_grad():
-        net[0].weight.copy_(torch.from_numpy(conv_w))
-        net[0].bias.copy_(torch.from_numpy(conv_b))
-        net[3].weight.copy_(torch.from_numpy(dense_w.T.copy()))
-        net[3].bias.copy_(torch.from_numpy(dense_b))
-    return net
+    """A PyTorch copy of a convlab ``Sequential``: same layers, same weights (Dense w is transposed)."""
+    layers = []
+    for layer in model.layers:
+        if isinstance(layer, Conv2D):
+            f, c, kh, kw = layer.params["w"].shape
+            twin = torch.nn.Conv2d(c, f, (kh, kw), stride=layer.stride, padding=layer.padding)
+            weights = (layer.params["w"], layer.params["b"])
+        elif isinstance(layer, Dense):
+            twin = torch.nn.Linear(*layer.params["w"].shape)
+            weights = (layer.params["w"].T.copy(), layer.params["b"])
+        else:
+            pools = {MaxPool2D: torch.nn.MaxPool2d, AvgPool2D: torch.nn.AvgPool2d}
+            twin = (pools[type(layer)](layer.kernel_size, layer.stride, layer.padding) if type(layer) in pools
+                    else {ReLU: torch.nn.ReLU, Flatten: torch.nn.Flatten}[type(layer)]())
+            weights = ()
+        with torch.no_grad():
+            for param, value in zip((getattr(twin, "weight", None), getattr(twin, "bias", None)), weights):
+                param.copy_(torch.from_numpy(value))
+        layers.append(twin)
+    return torch.nn.Sequential(*layers)
 
 
 def torch_train_step(net, optimizer, x, y):
@@ -124,11 +140,13 @@ def bench_layer(backend, rounds, pause, per_round=5):
                   f"{per_round} calls a turn)", *times)
 
 
-def bench_epoch(backend_name, train_size, chunk, pause):
+def bench_epoch(backend_name, train_size, chunk, pause, model_name="reference"):
     data = load_mnist()
     x, y = data.x_train[:train_size], data.y_train[:train_size]
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    model = reference_net(seed=SEED, backend=backend_name)
+    # The network `convlab train --model M --backend B` trains, conv layers pinned as it pins them.
+    model, settings = build_model(TrainSettings(model=model_name, backend=backend_name, seed=SEED))
+    backend_name = settings.backends
     net = torch_twin(model)
     ours_opt = SGD(model, lr=LR, momentum=MOMENTUM)
     torch_opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
@@ -145,7 +163,7 @@ def bench_epoch(backend_name, train_size, chunk, pause):
                             for idx in map(torch.from_numpy, chunks[i]))
 
     times = alternate(run_ours, run_torch, len(chunks), pause)
-    summarize(f"one epoch, {len(x)} images, batch {BATCH_SIZE} ({backend_name})", *times)
+    summarize(f"one epoch of {model_name}, {len(x)} images, batch {BATCH_SIZE} ({backend_name})", *times)
     print(f"mean training loss: convlab {np.mean(ours_losses):.4f}, torch {np.mean(torch_losses):.4f}")
 
 
@@ -153,6 +171,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="im2col", help="convlab backend to time (default im2col)")
     parser.add_argument("--only", choices=["layer", "epoch"], help="run just one of the two measurements")
+    parser.add_argument("--model", default="reference",
+                        help="network of the epoch: a name (`convlab models`) or a spec string (default reference); "
+                             "--backend may then be auto or one name per conv layer, as for `convlab train`")
     parser.add_argument("--train-size", type=int, default=60000, help="training images in the epoch (default all)")
     parser.add_argument("--chunk", type=int, default=50, help="batches per alternation chunk (default 50)")
     parser.add_argument("--rounds", type=int, default=10, help="layer turns per side, 5 calls each (default 10)")
@@ -163,11 +184,11 @@ def main():
     blas_env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
     print(f"cores {cores}, torch {torch.__version__} threads {torch.get_num_threads()}, numpy {np.__version__}, "
           f"BLAS/OpenMP environment {blas_env or 'unset'}")
-    backend = get_backend(args.backend)
     if args.only in (None, "layer"):
+        backend = get_backend(args.backend)
         bench_layer(backend, args.rounds, args.pause)
     if args.only in (None, "epoch"):
-        bench_epoch(backend.name, args.train_size, args.chunk, args.pause)
+        bench_epoch(args.backend, args.train_size, args.chunk, args.pause, args.model)
 
 
 if __name__ == "__main__":

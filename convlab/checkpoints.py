@@ -10,6 +10,8 @@ One file per run, rewritten atomically after every epoch (see :func:`save_checkp
                            ``Sequential.named_parameters()`` ("0.w", "0.b", "3.w", "3.b")
     /optimizer/velocity/<name>   the SGD momentum buffers, same names and shapes
     /metrics               one row per finished epoch (a compound dataset, fields of EpochMetrics)
+    /layer_times           (optional) JSON text: each layer's mean forward and backward ms per
+                           batch in the last epoch, [{"layer", "backend", "forward_ms", "backward_ms"}]
 
 The only randomness in training is the weight initialisation (done once, captured by the
 weights) and the batch order, a pure function of (seed, epoch) (``training.epoch_order``),
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import json
 import shlex
 import signal
 from dataclasses import dataclass
@@ -56,6 +59,7 @@ class Checkpoint:
     weights: dict[str, np.ndarray]
     velocity: dict[str, np.ndarray]
     history: list[EpochMetrics]
+    layer_times: list[dict] | None = None
 
     @property
     def epoch(self) -> int:
@@ -74,12 +78,13 @@ class Checkpoint:
                 buffer[...] = self.velocity[name]
 
 
-def save_checkpoint(path, model, optimizer, history, settings):
+def save_checkpoint(path, model, optimizer, history, settings, layer_times=None):
     """Write a checkpoint of ``model`` and ``optimizer`` after ``history[-1].epoch`` epochs.
 
     ``settings`` is the run's record (``TrainSettings.record()``: model, backend, dataset,
     lr, momentum, batch_size, seed, train_size, test_size and target epochs). Atomic: a reader (or a crash at any moment)
-    sees the previous checkpoint or this one; temporary files left by a killed writer
+    sees the previous checkpoint or this one; ``layer_times`` (rows as in the module doc) are
+    kept beside the settings, not among them (they are measurements). Temporary files left by a killed writer
     (``.<name>.*.tmp``) are removed first.
     """
     path = checkpoint_path(path)
@@ -96,6 +101,8 @@ def save_checkpoint(path, model, optimizer, history, settings):
             f["optimizer"].attrs.update(name=type(optimizer).__name__, lr=optimizer.lr, momentum=optimizer.momentum)
             rows = [dataclasses.astuple(m) for m in history]
             f.create_dataset("metrics", data=np.array(rows, dtype=METRICS_DTYPE))
+            if layer_times is not None:
+                f.create_dataset("layer_times", data=json.dumps(layer_times))
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e}") from None
 
@@ -142,6 +149,7 @@ def load_checkpoint(path) -> Checkpoint:
             weights = read_group(f, "weights")
             velocity = read_group(f, "optimizer/velocity")
             history = [EpochMetrics(*(python_value(v) for v in row)) for row in f["metrics"][()]]
+            layer_times = json.loads(f["layer_times"][()]) if "layer_times" in f else None
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError, TypeError, AttributeError) as e:
@@ -156,7 +164,7 @@ def load_checkpoint(path) -> Checkpoint:
         for name, array in arrays.items():
             if not np.isfinite(array).all():
                 raise CheckpointError(f"{path} is a damaged checkpoint: {group}/{name} holds NaN or infinite values")
-    return Checkpoint(path, settings, weights, velocity, history)
+    return Checkpoint(path, settings, weights, velocity, history, layer_times)
 
 
 def read_group(f, group) -> dict[str, np.ndarray]:

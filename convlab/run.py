@@ -9,12 +9,16 @@ import logging
 import sys
 import time
 
+import numpy as np
+
 from convlab.checkpoints import ctrl_c_at_safe_points, interrupted_message, save_checkpoint
-from convlab.data import load_dataset
 from convlab.files import write_json
-from convlab.models import get_model
+from convlab.layers import Conv2D
+from convlab.models import describe_layer, get_model
 from convlab.optimizers import SGD
+from convlab.registry import get_backend
 from convlab.settings import TrainSettings
+from convlab.timing import is_tuner
 from convlab.training import fit
 
 
@@ -34,22 +38,56 @@ def backend_log_to_stdout():
 
 
 def build_model(settings: TrainSettings):
-    """The settings' network with fresh weights from its seed, on its backend."""
+    """The settings' network with fresh weights from its seed, each conv layer pinned to
+    its backend (:func:`pin_backends`); returns (model, settings with ``backends`` set)."""
     model = get_model(settings.model).build(seed=settings.seed)
-    model.set_backend(settings.backend)
-    return model
+    return model, pin_backends(model, settings)
+
+
+def pin_backends(model, settings: TrainSettings) -> TrainSettings:
+    """Pin each conv layer of ``model`` to its backend in ``settings``; returns the settings
+    with ``backends`` set. A layer on ``auto`` gets the backend auto picks for that layer's
+    own problem at the training batch size (timed without dx for the first layer, whose
+    input gradient is never computed); one line per conv layer says which backend it runs on."""
+    shapes = model.input_shapes(settings.batch_size)
+    names = []
+    convs = [(i, layer) for i, layer in enumerate(model.layers) if isinstance(layer, Conv2D)]
+    for number, ((i, layer), asked) in enumerate(zip(convs, settings.conv_backends()), start=1):
+        name, how = asked, ""
+        if is_tuner(asked):
+            x = np.random.default_rng(0).standard_normal(shapes[i]).astype(layer.params["w"].dtype)
+            name = get_backend(asked).impl.pick(x, layer.params["w"], layer.stride, layer.padding, need_dx=i > 0)
+            how = f" (picked by {asked})"
+        layer.backend = name
+        names.append(name)
+        print(f"conv layer {number} ({describe_layer(layer, shapes[i])}): {name}{how}")
+    return settings.with_backends(names)
+
+
+def layer_times(model) -> list[dict]:
+    """Each layer's mean time per training step since ``model.reset_timing()``: a row
+    {"layer", "backend" (conv layers; else None), "forward_ms", "backward_ms"}."""
+    shapes = model.input_shapes()
+    steps = max(model.steps, 1)
+    return [{"layer": describe_layer(layer, shape), "backend": getattr(layer, "backend", None),
+             "forward_ms": 1e3 * seconds[0] / steps, "backward_ms": 1e3 * seconds[1] / steps}
+            for layer, shape, seconds in zip(model.layers, shapes, model.layer_seconds)]
 
 
 def train(settings: TrainSettings, resumed=None):
     """Run the training ``settings`` describe, continuing the checkpoint ``resumed`` if
     given; returns the metrics of every epoch (the resumed ones included)."""
-    model = build_model(settings)
+    model = get_model(settings.model).build(seed=settings.seed)
     optimizer = SGD(model, lr=settings.lr, momentum=settings.momentum)
     history = []
     if resumed is not None:
         resumed.restore(model, optimizer)
         history = resumed.history
         print(f"resuming from {settings.resume} after epoch {resumed.epoch}")
+    with backend_log_to_stdout():
+        settings = pin_backends(model, settings)
+
+    from convlab.data import load_dataset  # looked up at call time: tests share one reading of the data
 
     data = load_dataset(settings.dataset, settings.data_dir)
     settings = settings.with_data_sizes(len(data.x_train), len(data.x_test))
@@ -57,12 +95,16 @@ def train(settings: TrainSettings, resumed=None):
     data.x_test, data.y_test = data.x_test[:settings.test_size], data.y_test[:settings.test_size]
     print(settings.summary())
 
+    times = []
+
     def after_epoch(m):
         history.append(m)
+        times[:] = layer_times(model)
+        model.reset_timing()
         print(f"epoch {m.epoch}/{settings.epochs}  loss {m.train_loss:.4f}  train acc {m.train_accuracy:.4f}  "
               f"test acc {m.test_accuracy:.4f}  {m.seconds:.1f} s", flush=True)
         if settings.checkpoint is not None:
-            save_checkpoint(settings.checkpoint, model, optimizer, history, settings.record())
+            save_checkpoint(settings.checkpoint, model, optimizer, history, settings.record(), times)
 
     started = time.perf_counter()
     try:
@@ -79,5 +121,6 @@ def train(settings: TrainSettings, resumed=None):
           f"{time.perf_counter() - started:.1f} s)")
     if settings.metrics_out is not None:
         write_json(settings.metrics_out, {"backend": settings.backend, "test_accuracy": final,
-                                          "settings": settings.record(), "epochs": [m.as_dict() for m in history]})
+                                          "settings": settings.record(), "layer_times": times,
+                                          "epochs": [m.as_dict() for m in history]})
     return history
