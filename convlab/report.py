@@ -324,18 +324,22 @@ def timing_rows(rows: list[dict]) -> list[list[str]]:
              f"{r['seconds'] / fastest[key(r)]:.1f}×"] for r in ordered]
 
 
-def timing_figure(rows: list[dict]) -> Figure:
-    cells = timing_rows(rows)
+def table_figure(cells, labels, widths, title, fontsize=8) -> Figure:
+    """A figure holding one table: rows of ``cells`` under the column ``labels``."""
     fig = Figure(figsize=(8, 0.5 + 0.25 * (len(cells) + 1)))
     ax = fig.subplots()
     ax.set_axis_off()
-    table = ax.table(cellText=cells, colLabels=["shape", "pass", "backend", "ms", "vs fastest"],
-                     loc="upper center", cellLoc="left", colWidths=[0.40, 0.2, 0.13, 0.12, 0.13])
+    table = ax.table(cellText=cells, colLabels=labels, loc="upper center", cellLoc="left", colWidths=widths)
     table.auto_set_font_size(False)
-    table.set_fontsize(8)
+    table.set_fontsize(fontsize)
     table.scale(1, 1.25)
-    ax.set_title("convlab bench: time per call (ratios are within one run)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     return fig
+
+
+def timing_figure(rows: list[dict]) -> Figure:
+    return table_figure(timing_rows(rows), ["shape", "pass", "backend", "ms", "vs fastest"],
+                        [0.40, 0.2, 0.13, 0.12, 0.13], "convlab bench: time per call (ratios are within one run)")
 
 
 def layer_time_figure(rows: list[dict]) -> Figure:
@@ -343,16 +347,9 @@ def layer_time_figure(rows: list[dict]) -> Figure:
     total = sum(r["forward_ms"] + r["backward_ms"] for r in rows) or 1.0
     cells = [[r["layer"], r["backend"] or "", f"{r['forward_ms']:.2f}", f"{r['backward_ms']:.2f}",
               f"{(r['forward_ms'] + r['backward_ms']) / total:.0%}"] for r in rows]
-    fig = Figure(figsize=(8, 0.5 + 0.25 * (len(cells) + 1)))
-    ax = fig.subplots()
-    ax.set_axis_off()
-    table = ax.table(cellText=cells, colLabels=["layer", "backend", "forward ms", "backward ms", "share"],
-                     loc="upper center", cellLoc="left", colWidths=[0.6, 0.1, 0.11, 0.12, 0.07])
-    table.auto_set_font_size(False)
-    table.set_fontsize(7.5)
-    table.scale(1, 1.25)
-    ax.set_title("time per training batch by layer (mean over the last epoch trained)", fontsize=10)
-    return fig
+    return table_figure(cells, ["layer", "backend", "forward ms", "backward ms", "share"],
+                        [0.6, 0.1, 0.11, 0.12, 0.07],
+                        "time per training batch by layer (mean over the last epoch trained)", fontsize=7.5)
 
 
 def figure_png(fig: Figure) -> bytes:
