@@ -185,6 +185,13 @@ class Auto:
         """{key: entry} of the valid entries in the cache file (see the module doc)."""
         return valid_entries(read_cache(self.cache_file(), CACHE_KIND, "picks"))
 
+    @staticmethod
+    def describe(key, entry) -> str:
+        """One line for a stored pick: its problem, pick and times (and why it is stale)."""
+        times = ", ".join(f"{name} {seconds * 1e3:.2f} ms" for name, seconds in entry["seconds"].items())
+        stale = stale_because(entry)
+        return f"{key}: {entry['backend']} ({times})" + (f" [not used: {stale}]" if stale else "")
+
     def clear(self) -> int:
         """Delete the cache file and forget this process's picks; returns how many
         entries the file held. A file that is not a pick cache is refused (ValueError)."""

@@ -95,9 +95,13 @@ def clear_cache(path, marker: str) -> bool:
     if not path.exists():
         return False
     with _locked(path):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             _load(path, marker)
             path.unlink()
+        except FileNotFoundError:
+            pass
+        except NotOurs as e:
+            raise NotOurs(f"not deleting {path}: {e}") from None
     return True
 
 

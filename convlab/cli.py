@@ -82,11 +82,36 @@ class DataCommands:
         download_mnist(dest, MNIST_MIRRORS if mirror is None else mirror)
 
 
+class AutoCommands:
+    """The auto backend's stored picks (its cache file): see, re-time or clear them."""
+
+    def show(self):
+        """List the stored picks: problem, chosen backend, the candidates' times."""
+        auto = get_backend("auto").impl
+        entries = auto.stored()
+        print(f"{auto.cache_file()}: {len(entries)} stored pick{'s' * (len(entries) != 1)}")
+        for key, entry in entries.items():
+            print(auto.describe(key, entry))
+
+    def clear(self):
+        """Delete the stored picks; the next run with --backend auto times again."""
+        auto = get_backend("auto").impl
+        print(f"removed {auto.clear()} stored picks ({auto.cache_file()})")
+
+    def retune(self):
+        """Time every stored problem again and store the new picks."""
+        auto = get_backend("auto").impl
+        with backend_log_to_stdout():
+            picks = auto.retune()
+        print(f"re-timed {len(picks)} problems ({auto.cache_file()})")
+
+
 class Commands:
     """convlab: a from-scratch convolution lab. Train and time a CNN whose convolution
     is computed by interchangeable hand-written backends."""
 
     data = DataCommands()
+    auto = AutoCommands()
 
     def backends(self):
         """List the convolution backends with their descriptions."""
