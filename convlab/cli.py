@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import numbers
+import signal
 import sys
 import time
 
@@ -168,7 +169,7 @@ class Commands:
         from convlab.files import check_writable, write_json
         from convlab.models import reference_net
         from convlab.optimizers import LR_SCHEDULES, SGD
-        from convlab.training import fit
+        from convlab.training import TrainingDiverged, fit
 
         resumed = load_checkpoint(resume) if resume is not None else None
         checkpoint = resume if checkpoint is None else checkpoint
@@ -226,8 +227,11 @@ class Commands:
                 fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=len(history) + 1,
                     progress=progress, on_epoch=report, on_batch=stop_if_asked,
                     lr_at=lambda epoch: LR_SCHEDULES[lr_schedule](lr, epoch, epochs))
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(interrupted_message(checkpoint, resume, dict(
+        except TrainingDiverged as e:  # the diverging epoch was not saved
+            kept = f"; {checkpoint} still holds the run after epoch {history[-1].epoch}" if history else ""
+            raise TrainingDiverged(f"{e}{kept if checkpoint is not None else ''}") from None
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a subclass)
+            raise type(stop)(interrupted_message(checkpoint, resume, dict(
                 epochs=epochs, backend=backend, data_dir=data_dir, metrics_out=metrics_out,
                 progress=None if progress else False))) from None
         final = history[-1].test_accuracy
@@ -318,8 +322,10 @@ def main(argv=None):
         print(f"convlab: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # a message, if any, says what survived and how to go on
-        print("convlab: interrupted" + (f"; {e}" if e.args else ""), file=sys.stderr)
-        sys.exit(130)
+        signum = getattr(e, "signum", signal.SIGINT)  # SIGTERM: see convlab.checkpoints.Terminated
+        print(f"convlab: {'terminated' if signum == signal.SIGTERM else 'interrupted'}"
+              + (f"; {e}" if e.args else ""), file=sys.stderr)
+        sys.exit(128 + signum)
 
 
 if __name__ == "__main__":
