@@ -99,6 +99,10 @@ class Problem:
         return cls(*(tuple(fields[name]) for name in ("x", "w", "stride", "padding")), str(fields["dtype"]),
                    bool(fields["need_dx"]))
 
+    def candidates(self) -> list[str]:
+        """The backends ``auto`` times for this problem (those that support it)."""
+        return candidates(self.x_shape, self.w_shape, self.stride, self.padding)
+
     def arrays(self, seed=0):
         """Random x, w, b of this problem (times do not depend on the values)."""
         rng = np.random.default_rng(seed)
@@ -120,16 +124,20 @@ def convlab_version() -> str:
         return "unknown"
 
 
-def candidates() -> list[str]:
-    """The backends ``auto`` chooses among: every strategy but the oracle, unless it is alone."""
+def candidates(x_shape=None, w_shape=None, stride=1, padding=0) -> list[str]:
+    """The backends ``auto`` chooses among: every strategy but the oracle, unless it is
+    alone; given a problem, only those that support it (see ``Backend.supports``)."""
     names = strategies()
+    if x_shape is not None:
+        names = [name for name in names if get_backend(name).supports(x_shape, w_shape, stride, padding) is None]
     return [name for name in names if name != ORACLE] or names
 
 
 def stale_because(entry) -> str | None:
     """Why a stored pick is not used any more (None: it is used)."""
-    if sorted(entry["seconds"]) != sorted(candidates()):
-        return f"timed among {', '.join(sorted(entry['seconds']))}, now {', '.join(candidates())}"
+    now = Problem.from_json(entry["problem"]).candidates() if "problem" in entry else candidates()
+    if sorted(entry["seconds"]) != sorted(now):
+        return f"timed among {', '.join(sorted(entry['seconds']))}, now {', '.join(now)}"
     if entry.get("convlab") != convlab_version():
         return f"timed with convlab {entry.get('convlab')}, now {convlab_version()}"
     return None
@@ -142,12 +150,28 @@ def valid_entries(stored: dict) -> dict:
         return {}
     return {key: entry for key, entry in picks.items()
             if isinstance(entry, dict) and isinstance(entry.get("backend"), str)
-            and isinstance(entry.get("seconds"), dict)}
+            and isinstance(entry.get("seconds"), dict) and ("problem" not in entry or readable(entry["problem"]))}
+
+
+def readable(problem) -> bool:
+    """Whether a stored problem can be read back (see :meth:`Problem.from_json`)."""
+    try:
+        Problem.from_json(problem)
+        return True
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 @register_backend("auto")
 class Auto:
     """Times the other backends once per shape (forward+backward) and uses the fastest."""
+
+    limits = "whatever one of the backends it times supports"
+
+    def supports(self, x_shape, w_shape, stride, padding):
+        if candidates(x_shape, w_shape, stride, padding):
+            return None
+        return f"x {x_shape} with w {w_shape}, stride {stride}, padding {padding}: no backend does"
 
     def __init__(self, cache_path=None):
         self.cache_path = cache_path
@@ -227,7 +251,7 @@ class Auto:
         b = np.zeros(w.shape[0], dtype=x.dtype)
         dy = output_gradient(x, w, problem.stride, problem.padding)
         seconds = {}
-        for name in candidates():
+        for name in problem.candidates():
             lost_above = LOST_FACTOR * min(seconds.values(), default=math.inf)
             run = conv_pass(name, x, w, b, problem.stride, problem.padding, dy, problem.need_dx)
             seconds[name] = best_time(run, TIMED_RUNS, TIME_CAP, lost_above)

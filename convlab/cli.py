@@ -115,11 +115,13 @@ class Commands:
     auto = AutoCommands()
 
     def backends(self):
-        """List the convolution backends with their descriptions."""
+        """List the convolution backends with their descriptions and what each supports."""
         names = list_backends()
         width = max(map(len, names))
         for name in names:
-            print(f"{name:<{width}}  {get_backend(name).description}")
+            backend = get_backend(name)
+            print(f"{name:<{width}}  {backend.description}")
+            print(f"{'':<{width}}  supports: {backend.limits}")
 
     def report(self, source=None, out="report.pdf", bench=None):
         """Write a PDF report of a training run, and its figures as PNG beside it.
