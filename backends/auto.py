@@ -136,6 +136,8 @@ def candidates(x_shape=None, w_shape=None, stride=1, padding=0) -> list[str]:
 def stale_because(entry) -> str | None:
     """Why a stored pick is not used any more (None: it is used)."""
     now = Problem.from_json(entry["problem"]).candidates() if "problem" in entry else candidates()
+    if entry["backend"] not in now:
+        return f"{entry['backend']} is not a backend for it now"
     if sorted(entry["seconds"]) != sorted(now):
         return f"timed among {', '.join(sorted(entry['seconds']))}, now {', '.join(now)}"
     if entry.get("convlab") != convlab_version():

@@ -9,6 +9,7 @@ import numbers
 import signal
 import sys
 import time
+import warnings
 
 import fire
 
@@ -313,7 +314,13 @@ class Commands:
 
 
 
+def one_line_warning(message, category, filename, lineno, line=None):
+    """A warning as the CLI prints it (see :func:`main`): what is wrong, not where in the code."""
+    return f"convlab: warning: {message}\n"
+
+
 def main(argv=None):
+    warnings.formatwarning = one_line_warning
     try:
         commands = Commands()
         check_command_line(commands, sys.argv[1:] if argv is None else argv)

@@ -150,3 +150,26 @@ def test_a_read_only_cache_folder_is_one_warning_and_the_run_goes_on(readable_di
     warning, = [line for line in err.splitlines() if f"could not save the {cache}" in line]
     assert f"to {home / '.cache' / 'convlab'}" in warning and "Permission denied" in warning
     assert list(home.iterdir()) == []
+
+
+def test_a_cache_setting_naming_someone_elses_file_leaves_it_intact(tmp_path):
+    data = tmp_path / "tiny.hdf5"
+    rng = np.random.default_rng(0)
+    with h5py.File(data, "w") as f:
+        for split, n in (("train", 64), ("test", 32)):
+            f[f"x_{split}"] = rng.integers(0, 256, (n, 784), dtype=np.uint8)
+            f[f"y_{split}"] = rng.integers(0, 10, (n, 1))
+    notes, picture = tmp_path / "notes.txt", tmp_path / "picture.png"
+    notes.write_text("my notes\n")
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    env = dict(os.environ, CONVLAB_AUTO_CACHE=str(notes), CONVLAB_FFT_WISDOM=str(picture),
+               CONVLAB_FFT_PLANNER="measure")
+    out, err = finish(python("-m", "convlab.cli", "train", "--backend", "auto", "--data-dir", str(data),
+                             "--epochs", "1", "--batch-size", "32", "--progress", "False", env=env))
+    assert "test accuracy:" in out
+    assert notes.read_text() == "my notes\n"
+    assert picture.read_bytes() == b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    assert err.splitlines() == [
+        f"convlab: warning: not using the {kind} {path}: it exists and is not a convlab cache file (a JSON object "
+        f"with {marker!r}); the file is left as it is (point the setting at another file)"
+        for kind, path, marker in (("auto pick cache", notes, "picks"), ("FFTW wisdom file", picture, "wisdom"))]
