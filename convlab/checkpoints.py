@@ -211,10 +211,16 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
+def raise_terminated(signum, frame):
+    """SIGTERM's handler in ``convlab`` (see ``cli.main``): raise :class:`Terminated`
+    wherever the program is, as Python's own SIGINT handler raises KeyboardInterrupt."""
+    raise Terminated
+
+
 # The signals that ask for a stop, the handler under which each is ours to take over (any
 # other: ignored, or someone else's), and what the stop raises.
 STOP_SIGNALS = {signal.SIGINT: (signal.default_int_handler, KeyboardInterrupt),
-                signal.SIGTERM: (signal.SIG_DFL, Terminated)}
+                signal.SIGTERM: (raise_terminated, Terminated)}
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import warnings
 import fire
 
 from convlab.arguments import check_command_line
+from convlab.checkpoints import raise_terminated
 from convlab.registry import get_backend, list_backends
 from convlab.settings import UsageError, positive_int, subset_size
 
@@ -218,6 +219,9 @@ def one_line_warning(message, category, filename, lineno, line=None):
 
 def main(argv=None):
     warnings.formatwarning = one_line_warning
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    if previous_sigterm is signal.SIG_DFL:  # SIGTERM is a stop like Ctrl-C, not a sudden death
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
         commands = Commands()
         check_command_line(commands, sys.argv[1:] if argv is None else argv)
@@ -232,6 +236,8 @@ def main(argv=None):
         print(f"convlab: {'terminated' if signum == signal.SIGTERM else 'interrupted'}"
               + (f"; {e}" if e.args else ""), file=sys.stderr)
         sys.exit(128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

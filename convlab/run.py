@@ -71,8 +71,9 @@ def train(settings: TrainSettings, resumed=None):
                 start_epoch=len(history) + 1, progress=settings.progress, on_epoch=after_epoch,
                 on_batch=stop_if_asked, lr_at=settings.lr_at)
     except TrainingDiverged as e:  # the diverging epoch was not saved
-        kept = f"; {settings.checkpoint} still holds the run after epoch {history[-1].epoch}"
-        raise TrainingDiverged(f"{e}{kept if settings.checkpoint is not None and history else ''}") from None
+        if settings.checkpoint is None or not history:
+            raise
+        raise TrainingDiverged(f"{e}; {settings.checkpoint} still holds the run after epoch {history[-1].epoch}") from None
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a subclass)
         raise type(stop)(interrupted_message(settings.checkpoint, settings.resume, dict(
             epochs=settings.epochs, backend=settings.backend, data_dir=settings.data_dir,
