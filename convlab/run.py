@@ -19,7 +19,7 @@ from convlab.optimizers import SGD
 from convlab.registry import get_backend
 from convlab.settings import TrainSettings
 from convlab.timing import is_tuner
-from convlab.training import fit
+from convlab.training import TrainingDiverged, fit
 
 
 @contextlib.contextmanager
@@ -112,8 +112,12 @@ def train(settings: TrainSettings, resumed=None):
             fit(model, optimizer, data, settings.epochs, settings.batch_size, settings.seed,
                 start_epoch=len(history) + 1, progress=settings.progress, on_epoch=after_epoch,
                 on_batch=stop_if_asked, lr_at=settings.lr_at)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(interrupted_message(settings.checkpoint, settings.resume, dict(
+    except TrainingDiverged as e:  # the diverging epoch was not saved
+        if settings.checkpoint is None or not history:
+            raise
+        raise TrainingDiverged(f"{e}; {settings.checkpoint} still holds the run after epoch {history[-1].epoch}") from None
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a subclass)
+        raise type(stop)(interrupted_message(settings.checkpoint, settings.resume, dict(
             epochs=settings.epochs, backend=settings.backend, data_dir=settings.data_dir,
             metrics_out=settings.metrics_out, progress=None if settings.progress else False))) from None
     final = history[-1].test_accuracy

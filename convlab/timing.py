@@ -76,8 +76,7 @@ def conv_pass(backend, x, w, b, stride, padding, dy=None, need_dx=True):
     """A no-argument function running one pass of ``backend`` on these arrays.
 
     With ``dy`` None it runs the forward and returns y; otherwise forward then backward
-    (without dx when ``need_dx`` is False, as for a network's first layer), returning
-    (y, dx, dw, db).
+    (``need_dx`` False: as for a network's first layer, without dx), returning (y, dx, dw, db).
     """
     backend = get_backend(backend)
 

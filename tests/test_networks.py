@@ -175,7 +175,7 @@ def test_a_backend_per_layer_and_auto(capsys, tmp_path, monkeypatch, data_read_o
     lines = [line for line in out.splitlines() if line.startswith("conv layer")]
     assert lines[0] == "conv layer 1 (conv 1 -> 4 filters 3x3, stride 1, padding 0, on 28x28): stride1"
     picked = convlab.get_backend("auto").impl.picks
-    assert any(key.endswith("stride 2x2 padding 0x0 float32") for key in picked)  # the 2nd layer needs dx
+    assert any(key.endswith("stride 2x2 padding 0x0 float32 with dx") for key in picked)  # the 2nd layer needs dx
     assert lines[1].startswith("conv layer 2 (conv 4 -> 4 filters 3x3, stride 2, padding 0, on 26x26): ")
     assert lines[1].endswith(" (picked by auto)") and "stride1" not in lines[1]
     second = lines[1].split(": ")[1].split()[0]
