@@ -178,6 +178,8 @@ TOKENS = {
     "flatten": (re.compile(r"flatten"), "flatten"),
 }
 EXPECTED = ", ".join(form for _, form in TOKENS.values())
+# How many of a token's leading numbers are sizes, which must be at least 1.
+SIZES = {"conv": 2, "maxpool": 1, "avgpool": 1, "dense": 1}
 
 
 class SpecError(ValueError):
@@ -214,9 +216,7 @@ def parse_spec(spec: str) -> list[LayerSpec]:
                 break
         else:
             raise SpecError(f"model spec token {position} {token!r} is not a layer; expected one of: {EXPECTED}")
-        numbers = [n for n in layers[-1].numbers if n is not None]
-        kind = layers[-1].kind
-        if kind in ("conv", "dense", "maxpool", "avgpool") and min(numbers[:2] if kind == "conv" else numbers[:1]) < 1:
+        if any(n < 1 for n in layers[-1].numbers[:SIZES.get(layers[-1].kind, 0)]):  # strides: checked by the layers
             raise SpecError(f"model spec token {position} {token!r}: sizes must be at least 1")
     return layers
 

@@ -73,8 +73,10 @@ def test_pooling_arguments(kwargs, message):
         MaxPool2D(**kwargs)
 
 
-def test_registered_networks():
+def test_registered_networks(capsys):
     assert {"reference", "lenet5", "vgg3x3"} <= set(list_models())
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0 and any(line.startswith("lenet5 ") and "LeNet-5" in line for line in out.splitlines())
     a, b = get_model("reference").build(seed=5), reference_net(seed=5)
     for (name, pa, _), (_, pb, _) in zip(a.named_parameters(), b.named_parameters()):
         np.testing.assert_array_equal(pa, pb)  # the reference network is unchanged
