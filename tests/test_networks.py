@@ -190,6 +190,9 @@ def test_a_backend_per_layer_and_auto(capsys, tmp_path, monkeypatch, data_read_o
 
     code, out, _ = run_cli(capsys, "evaluate", str(tmp_path / "ck.h5"), "--test-size", "50")
     assert code == 0 and f"trained with stride1,{second}; evaluated with stride1,{second}" in out
+    np.save(tmp_path / "digit.npy", np.zeros((28, 28), np.float32))
+    code, out, _ = run_cli(capsys, "predict", str(tmp_path / "digit.npy"), "--checkpoint", str(tmp_path / "ck.h5"))
+    assert code == 0 and out.startswith("digit: ")
     code, out, err = run_cli(capsys, "train", "--resume", str(tmp_path / "ck.h5"), "--epochs", "2", "--progress",
                              "False", "--backend", "im2col")
     assert code == 0 and "model c4k3 relu c4k3s2 relu dense10, backend im2col, 2 epochs" in out, err
