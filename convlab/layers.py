@@ -189,7 +189,7 @@ class MaxPool2D(_Pool2D):
 
     The forward is only a chain of ``np.maximum``; the backward finds each window's first
     maximum again by comparing with the output (offset by offset, skipping windows already
-    served): cheaper than recording an argmax in the forward (about 7 ms instead of 20 for
+    served): cheaper than recording an argmax in the forward (about 6 ms instead of 20 for
     64x32x28x28, 2x2, in CPU time).
     """
 
@@ -209,11 +209,16 @@ class MaxPool2D(_Pool2D):
         xp, y = self._cache
         dxp = np.zeros(xp.shape, dtype=dy.dtype)
         taken = np.zeros(y.shape, dtype=bool)
+        # Windows that do not overlap write each input element at most once: no sum needed.
+        disjoint = all(s >= k for s, k in zip(self.stride, self.kernel_size))
         for view, grad in zip(self.windows(xp, *y.shape[2:]), self.windows(dxp, *y.shape[2:])):
             first = view == y
             np.greater(first, taken, out=first)  # a maximum, in a window not served yet
             taken |= first
-            grad += dy * first
+            if disjoint:
+                np.multiply(dy, first, out=grad)
+            else:
+                grad += dy * first
         return self.crop(dxp)
 
 
