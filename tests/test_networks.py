@@ -88,6 +88,27 @@ def test_registered_networks(capsys):
     assert vgg.input_shapes(8)[-1] == (8, 3136)
 
 
+def tiny(seed=0, dtype=np.float32):
+    """A network from a plugin: dense 10 on the flattened image."""
+    return spec_network(parse_spec("dense10"), "dense10", seed, dtype)
+
+
+def test_a_package_adds_a_network_through_the_entry_point_group(monkeypatch, capsys):
+    from importlib.metadata import EntryPoint
+
+    import convlab.models
+
+    real = convlab.models.entry_points
+
+    def with_plugin(group):
+        plugin = EntryPoint("tiny", "tests.test_networks:tiny", group)
+        return list(real(group=group)) + ([plugin] if group == "convlab.models" else [])
+
+    monkeypatch.setattr(convlab.models, "entry_points", with_plugin)
+    assert "tiny" in list_models() and get_model("tiny").description == "A network from a plugin: dense 10 on the flattened image."
+    assert run_cli(capsys, "models")[1].count("tiny ") == 1
+
+
 def test_same_seed_same_weights_for_specs_too():
     one, two = (get_model("C8K3p1  relu maxpool2 dense10").build(seed=1) for _ in range(2))
     assert get_model("C8K3p1  relu maxpool2 dense10").name == "c8k3p1 relu maxpool2 dense10"
