@@ -249,7 +249,8 @@ class Commands:
         print(prediction_report(model, image, "digit" if saved.settings["dataset"] == "mnist" else "class"))
 
     def bench(self, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
-              out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None):
+              out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None, profile=False,
+              steps=100):
         """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
 
         The sweep is batch x in_channels -> out_channels on an image_size² input with
@@ -269,8 +270,17 @@ class Commands:
             repeat: timed runs per measurement.
             json: write the results to this JSON file (schema: see convlab/bench.py).
             plot: save the time-vs-kernel-size plot here (.png, .svg, .pdf, ...).
+            profile: instead, profile --steps real training steps of the reference network
+                per backend (default: every backend but naive): time of each phase, per layer.
+            steps: training steps to profile (with --profile).
         """
-        from convlab.bench import bench_command
+        from convlab.bench import bench_command, profile_command
+
+        if not isinstance(profile, bool):
+            raise UsageError(f"--profile takes no value or True/False, got {profile!r}")
+        if profile:
+            profile_command(backends, positive_int("steps", steps), positive_int("batch-size", batch_size))
+            return
 
         if not isinstance(mnist_layer, bool):
             raise UsageError(f"--mnist-layer takes True or False, got {mnist_layer!r}")

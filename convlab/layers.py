@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from convlab.checks import as_pair
+from convlab.profile import phase
 from convlab.registry import get_backend
+from convlab.threads import chunk_bounds, share_chunks
 
 
 def _rng(seed_or_rng) -> np.random.Generator:
@@ -87,15 +89,26 @@ class Conv2D(Layer):
 
 
 class ReLU(Layer):
-    """max(x, 0), elementwise; any shape."""
+    """max(x, 0), elementwise; any shape. The output has x's memory layout.
+
+    The forward keeps a 0/1 mask in x's dtype, written straight from the comparison into
+    a buffer reused step after step, and multiplies by it: on the MNIST layer's output
+    (64 x 32 x 24 x 24, one core) that costs about what ``np.maximum`` alone does (0.5 ms),
+    and in the backward a float mask multiplies twice as fast as a bool one (0.26 ms
+    against 0.53 ms).
+    """
 
     def forward(self, x):
-        # A 0/1 mask in x's dtype: multiplying by it is about twice as fast as by a bool mask.
-        self._positive = (x > 0).astype(x.dtype)
-        return x * self._positive
+        with phase("ReLU"):
+            mask = getattr(self, "_positive", None)
+            if mask is None or mask.shape != x.shape or mask.dtype != x.dtype or mask.strides != x.strides:
+                mask = self._positive = np.empty_like(x)  # the same buffer, step after step
+            np.greater(x, 0, out=mask)
+            return np.multiply(x, self._positive, out=np.empty_like(x))
 
     def backward(self, dy, need_dx=True):
-        return dy * self._positive
+        with phase("ReLU"):
+            return dy * self._positive
 
 
 class Flatten(Layer):
@@ -110,7 +123,17 @@ class Flatten(Layer):
 
 
 class Dense(Layer):
-    """x (N, in_features) -> x @ w + b, (N, out_features). Weights: LeCun-normal."""
+    """x (N, in_features) -> x @ w + b, (N, out_features). Weights: LeCun-normal.
+
+    The three products (``x @ w``, ``dw = x.T @ dy``, ``dx = dy @ w.T``) are shared among
+    the cores by rows of the batch (:func:`convlab.threads.share_chunks`), BLAS on one thread
+    in each: OpenBLAS's own threads, idle, spin for a while after each product and hold a
+    core the convolution's threads then wait for. ``dw`` sums one partial product per
+    block of ``DW_ROWS`` rows, in order, so it does not depend on the number of threads.
+    """
+
+    ROWS = 8
+    DW_ROWS = 32
 
     def __init__(self, in_features, out_features, rng=None, dtype=np.float32):
         super().__init__()
@@ -120,12 +143,25 @@ class Dense(Layer):
 
     def forward(self, x):
         self._x = x
-        return x @ self.params["w"] + self.params["b"]
+        return self._rows_times(x, self.params["w"], "GEMM") + self.params["b"]
 
     def backward(self, dy, need_dx=True):
-        self.grads["w"] = self._x.T @ dy
-        self.grads["b"] = dy.sum(axis=0)
-        return dy @ self.params["w"].T if need_dx else None
+        x = self._x
+        chunks = chunk_bounds(len(x), self.DW_ROWS)
+        dw_parts = np.empty((len(chunks),) + self.params["w"].shape, dtype=np.result_type(x, dy))
+        with phase("GEMM dw"):
+            share_chunks(lambda index, lo, hi: np.matmul(x[lo:hi].T, dy[lo:hi], out=dw_parts[index]), chunks)
+            self.grads["w"] = dw_parts.sum(axis=0) if len(chunks) > 1 else dw_parts[0]
+        with phase("db"):
+            self.grads["b"] = dy.sum(axis=0)
+        return self._rows_times(dy, self.params["w"].T, "GEMM dx") if need_dx else None
+
+    def _rows_times(self, a, b, phase_name):
+        """a @ b, computed in blocks of ROWS rows of a shared among the cores."""
+        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+        with phase(phase_name):
+            share_chunks(lambda _, lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), chunk_bounds(len(a), self.ROWS))
+        return out
 
     def __repr__(self):
         return f"Dense({self.params['w'].shape[0]}, {self.params['w'].shape[1]})"
