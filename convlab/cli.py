@@ -75,7 +75,7 @@ class Commands:
 
     def train(self, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
               train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True,
-              dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None):
+              dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None, profile=False):
         """Train a network (default: the reference one, conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
 
         With --resume, every setting left out comes from the checkpoint; dataset, batch
@@ -101,6 +101,7 @@ class Commands:
             checkpoint: save an HDF5 checkpoint here after every epoch (atomically); must not exist yet.
             resume: continue the run saved in this checkpoint, and keep saving to it.
             model: the network (see `convlab models`); default reference.
+            profile: print where the training steps' time went, per layer and phase, at the end.
         """
         from convlab.run import train
         from convlab.settings import TrainSettings
@@ -109,7 +110,9 @@ class Commands:
             model=model, backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
             lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size, test_size=test_size,
             data_dir=data_dir, metrics_out=metrics_out, checkpoint=checkpoint, resume=resume, progress=progress)
-        train(settings, resumed)
+        if not isinstance(profile, bool):
+            raise UsageError(f"--profile takes no value or True/False, got {profile!r}")
+        train(settings, resumed, profile)
 
     def evaluate(self, checkpoint=None, backend=None, data_dir=None, test_size=None):
         """Test accuracy and confusion matrix of a checkpoint written by `convlab train --checkpoint`.

@@ -97,6 +97,7 @@ class Profile:
         self.seconds: dict[tuple, float] = defaultdict(float)
         self.calls: dict[tuple, int] = defaultdict(int)
         self.scope = (STEP, "")
+        self.order: dict[tuple, None] = {}  # scopes in the order they first ran
         self.region = None
         self.steps = 0
         self.wall = 0.0
@@ -107,10 +108,12 @@ class Profile:
             if self.region is not None:
                 self.region[name] += seconds
             else:
+                self.order.setdefault(self.scope)
                 self.totals[self.scope, name] += seconds
 
     @contextlib.contextmanager
     def in_scope(self, scope):
+        self.order.setdefault(scope)
         outer, self.scope = self.scope, scope
         started = time.perf_counter()
         try:
@@ -126,9 +129,8 @@ class Profile:
         by_scope = defaultdict(list)
         for (scope, name), seconds in self.totals.items():
             by_scope[scope].append((name, seconds))
-        scopes = list(dict.fromkeys([scope for scope, _ in self.totals] + list(self.seconds)))
         rows = []
-        for scope in scopes:
+        for scope in self.order:
             label = " ".join(part for part in scope if part)
             phases = by_scope.get(scope, [])
             rows += [(label, name, seconds) for name, seconds in phases]

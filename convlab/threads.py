@@ -74,32 +74,46 @@ def share_chunks(work, chunks, threads=None):
     """Call ``work(index, lo, hi)`` for every ``(lo, hi)`` of ``chunks``, on ``threads``
     threads (default :func:`worker_count`) with BLAS single-threaded; returns when all are
     done, re-raising the first error. With one thread (or one chunk) everything runs in the
-    calling thread."""
+    calling thread.
+
+    The calling thread takes chunks too, and waits only for chunks a helper has actually
+    taken: on a busy machine a helper may get a core only after the calling thread has
+    done all the work, and it then finds nothing left to do instead of being waited for.
+    """
     threads = min(worker_count() if threads is None else threads, len(chunks))
     with single_threaded_blas():
         if threads <= 1:
             for index, (lo, hi) in enumerate(chunks):
                 work(index, lo, hi)
             return
-        next_chunk = iter(enumerate(chunks))
-        lock = threading.Lock()
+        taken, running, errors = [0], [0], []
+        done = threading.Condition()
 
         def drain():
             while True:
-                with lock:
-                    item = next(next_chunk, None)
-                if item is None:
-                    return
-                index, (lo, hi) = item
-                work(index, lo, hi)
+                with done:
+                    if taken[0] >= len(chunks) or errors:
+                        return
+                    index = taken[0]
+                    taken[0] += 1
+                    running[0] += 1
+                try:
+                    work(index, *chunks[index])
+                except BaseException as error:  # handed to the calling thread
+                    errors.append(error)
+                finally:
+                    with done:
+                        running[0] -= 1
+                        done.notify_all()
 
         pool = _executor(threads - 1)
-        helpers = [pool.submit(drain) for _ in range(threads - 1)]
-        try:
-            drain()  # the calling thread takes chunks too
-        finally:
-            for helper in helpers:
-                helper.result()
+        for _ in range(threads - 1):
+            pool.submit(drain)
+        drain()
+        with done:
+            done.wait_for(lambda: running[0] == 0)
+        if errors:
+            raise errors[0]
 
 
 def cpu_model() -> str:
