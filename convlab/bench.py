@@ -205,6 +205,9 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=64, image_size=28
     mnist = [replace(MNIST_LAYER, n=batch_size)] if mnist_layer else []
     shapes = mnist + [s for s in sweep if s not in mnist]
     result = run_bench(shapes, backends, passes, repeat, progress)
+    from convlab.threads import machine_summary
+
+    print(f"on {machine_summary()}")
     print(format_table(result, shapes, passes))
     if result.skipped:
         print(f"{ORACLE} skipped on {len(result.skipped)} shape(s) of over {ORACLE_MAX_MACS:.0e} multiply-adds "
