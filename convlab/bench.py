@@ -226,7 +226,7 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=64, image_size=28
 def profile_command(backends=None, steps=100, batch_size=64, warmup_steps=5, data_dir=None):
     """``convlab bench --profile``: the per-phase profile (:mod:`convlab.profile`) of
     ``steps`` real training steps of the reference network on MNIST, per backend (default:
-    every strategy but the oracle). Each backend gets a fresh network (seed 0, SGD lr 0.02,
+    every strategy but the oracle that supports the reference network's layer). Each backend gets a fresh network (seed 0, SGD lr 0.02,
     momentum 0.9) and ``warmup_steps`` unrecorded steps first (plans, tuning, first-touch
     page faults). Prints the machine, then one table per backend; returns the profiles."""
     from convlab.data import load_mnist
@@ -236,8 +236,10 @@ def profile_command(backends=None, steps=100, batch_size=64, warmup_steps=5, dat
     from convlab.threads import machine_summary
     from convlab.training import train_epoch
 
-    names = [b for b in strategies() if b != ORACLE] if backends is None else parse_names(
-        backends, "backends", list_backends())
+    layer = MNIST_LAYER  # the reference network's convolution
+    layer_shapes = ((batch_size, layer.c, layer.size, layer.size), (layer.f, layer.c, layer.k, layer.k))
+    names = [b for b in strategies() if b != ORACLE and get_backend(b).supports(*layer_shapes, 1, layer.padding) is None
+             ] if backends is None else parse_names(backends, "backends", list_backends())
     data = load_mnist(data_dir)
     x, y = data.x_train, data.y_train
     recorded = min(steps * batch_size, len(x))
