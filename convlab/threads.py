@@ -23,6 +23,7 @@ import threading
 from importlib.metadata import PackageNotFoundError, version
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
 _controller = ThreadpoolController()
@@ -79,6 +80,7 @@ def share_chunks(work, chunks, threads=None):
     The calling thread takes chunks too, and waits only for chunks a helper has actually
     taken: on a busy machine a helper may get a core only after the calling thread has
     done all the work, and it then finds nothing left to do instead of being waited for.
+    Helpers run under the caller's numpy error settings (``np.errstate`` is per thread).
     """
     threads = min(worker_count() if threads is None else threads, len(chunks))
     with single_threaded_blas():
@@ -88,6 +90,11 @@ def share_chunks(work, chunks, threads=None):
             return
         taken, running, errors = [0], [0], []
         done = threading.Condition()
+        caller_errstate = np.geterr()
+
+        def help_out():
+            with np.errstate(**caller_errstate):
+                drain()
 
         def drain():
             while True:
@@ -108,7 +115,7 @@ def share_chunks(work, chunks, threads=None):
 
         pool = _executor(threads - 1)
         for _ in range(threads - 1):
-            pool.submit(drain)
+            pool.submit(help_out)
         drain()
         with done:
             done.wait_for(lambda: running[0] == 0)
@@ -131,8 +138,6 @@ def cpu_model() -> str:
 def machine_summary() -> str:
     """One line naming what a timing depends on: CPU model and cores, numpy and its BLAS
     (library, version, kernel architecture, threads), pyfftw and its FFTW."""
-    import numpy as np
-
     blas = ", ".join(f"{lib['internal_api']} {lib['version']} ({lib.get('architecture', '?')}, "
                      f"{lib['num_threads']} threads)" for lib in _blas.info()) or "unknown BLAS"
     try:

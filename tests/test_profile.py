@@ -144,3 +144,17 @@ def test_train_profile_prints_the_profile_after_training(capsys, data_read_once)
     out = capsys.readouterr().out
     assert "profile on" in out and "backend im2col: milliseconds per step" in out and "(4 steps)" in out
     assert out.rstrip().splitlines()[-1].startswith("test accuracy:")
+
+
+def test_helper_threads_follow_the_callers_numpy_error_settings():
+    big = np.full(1000, 3e38, np.float32)
+
+    def overflow_in_helpers(index, lo, hi):
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.01)  # leaves most chunks to the helper
+        else:
+            big[lo:hi] * np.float32(10)
+
+    with np.errstate(over="raise"):
+        with pytest.raises(FloatingPointError):
+            convlab.threads.share_chunks(overflow_in_helpers, convlab.threads.chunk_bounds(len(big), 10), threads=2)
