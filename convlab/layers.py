@@ -36,6 +36,11 @@ def _kept(saved, layer):
     return saved
 
 
+def _at_least_1d(a):
+    """``a``, or a one-element view of it if it is 0-d (blocks are cut along axis 0)."""
+    return a.reshape(1) if a.ndim == 0 else a
+
+
 def _rng(seed_or_rng) -> np.random.Generator:
     return seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
 
@@ -119,8 +124,11 @@ class ReLU(Layer):
     a buffer reused step after step, and multiplies by it: on the MNIST layer's output
     (64 x 32 x 24 x 24, one core) that costs about what ``np.maximum`` alone does (0.5 ms),
     and in the backward a float mask multiplies twice as fast as a bool one (0.26 ms
-    against 0.53 ms).
+    against 0.53 ms). Both passes run in blocks of images shared among the cores
+    (:mod:`convlab.threads`), a block's mask still in cache when it is multiplied.
     """
+
+    BLOCK_BYTES = 1 << 18
 
     def forward(self, x):
         if _forward_only.get():
@@ -130,12 +138,27 @@ class ReLU(Layer):
             mask = getattr(self, "_positive", None)
             if mask is None or mask.shape != x.shape or mask.dtype != x.dtype or mask.strides != x.strides:
                 mask = self._positive = np.empty_like(x)  # the same buffer, step after step
-            np.greater(x, 0, out=mask)
-            return np.multiply(x, self._positive, out=np.empty_like(x))
+            out = np.empty_like(x)
+            x_, mask_, out_ = (_at_least_1d(a) for a in (x, mask, out))
+
+            def block(_, lo, hi):
+                np.greater(x_[lo:hi], 0, out=mask_[lo:hi])
+                np.multiply(x_[lo:hi], mask_[lo:hi], out=out_[lo:hi])
+
+            share_chunks(block, self._blocks(x_))
+            return out
 
     def backward(self, dy, need_dx=True):
+        mask = _kept(getattr(self, "_positive", None), self)
         with phase("ReLU"):
-            return dy * _kept(getattr(self, "_positive", None), self)
+            dx = np.empty_like(mask, dtype=np.result_type(dy, mask))
+            dy_, mask_, dx_ = (_at_least_1d(a) for a in (dy, mask, dx))
+            share_chunks(lambda _, lo, hi: np.multiply(dy_[lo:hi], mask_[lo:hi], out=dx_[lo:hi]), self._blocks(dy_))
+            return dx
+
+    def _blocks(self, a):
+        """(lo, hi) blocks of a's first axis of about BLOCK_BYTES each."""
+        return chunk_bounds(len(a), max(1, self.BLOCK_BYTES // max(1, a[:1].nbytes)))
 
 
 class Flatten(Layer):
