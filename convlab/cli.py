@@ -4,14 +4,16 @@ line and exit 2."""
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import numbers
+import signal
 import sys
 import time
 
 import fire
 
-from convlab.arguments import check_command_line
+from convlab.arguments import check_command_line, typed
 from convlab.registry import get_backend, list_backends
 
 
@@ -69,7 +71,8 @@ TRAIN_DEFAULTS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64
 class DataCommands:
     """Data sets: where they are, and fetching MNIST."""
 
-    def download(self, dest=None, mirror=None):
+    @typed(text=("dest", "mirror"))
+    def download(self, *, dest=None, mirror=None):
         """Download MNIST's four idx files, checking each payload's sha256.
 
         Args:
@@ -95,7 +98,8 @@ class Commands:
         for name in names:
             print(f"{name:<{width}}  {get_backend(name).description}")
 
-    def report(self, source=None, out="report.pdf", bench=None):
+    @typed(positional=("source",), text=("out", "bench"))
+    def report(self, source=None, *, out="report.pdf", bench=None):
         """Write a PDF report of a training run, and its figures as PNG beside it.
 
         Args:
@@ -110,7 +114,9 @@ class Commands:
         for path in write_report(required("SOURCE", source), out, bench):
             print(f"wrote {path}")
 
-    def train(self, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
+    @typed(text=("backend", "dataset", "lr_schedule", "data_dir", "metrics_out", "checkpoint", "resume"),
+           flags=("progress",))
+    def train(self, *, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
               train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True,
               dataset=None, checkpoint=None, resume=None, lr_schedule=None):
         """Train the reference network (conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
@@ -131,7 +137,7 @@ class Commands:
             test_size: use only the first N test images.
             data_dir: folder with the idx files or MNISTdata.hdf5, or that HDF5 file
                 (default: the repository's data/, then the system's datasets).
-            metrics_out: write per-epoch metrics as JSON to this path.
+            metrics_out: write per-epoch metrics as JSON to this path (rewritten after every epoch).
             progress: show a progress bar during each epoch.
             dataset: mnist or fashion-mnist; default mnist.
             checkpoint: save an HDF5 checkpoint here after every epoch (atomically); must not exist yet.
@@ -140,7 +146,7 @@ class Commands:
         from convlab.checkpoints import (
             check_new_checkpoint_path, ctrl_c_at_safe_points, interrupted_message, load_checkpoint, save_checkpoint)
         from convlab.data import load_dataset
-        from convlab.files import check_writable, write_json
+        from convlab.files import check_train_files, write_json
         from convlab.models import reference_net
         from convlab.optimizers import LR_SCHEDULES, SGD
         from convlab.training import fit
@@ -148,8 +154,7 @@ class Commands:
         resumed = load_checkpoint(resume) if resume is not None else None
         checkpoint = resume if checkpoint is None else checkpoint
         check_new_checkpoint_path(checkpoint, resume)
-        if metrics_out is not None:
-            check_writable(metrics_out, "--metrics-out")
+        check_train_files(checkpoint, resume, metrics_out, data_dir)
         settings = dict(backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
                         lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size,
                         test_size=test_size)
@@ -172,10 +177,10 @@ class Commands:
 
         model = reference_net(seed=seed, backend=backend)
         optimizer = SGD(model, lr=lr, momentum=momentum)
-        history = []
+        history, epoch_backends = [], []
         if resumed is not None:
             resumed.restore(model, optimizer)
-            history = resumed.history
+            history, epoch_backends = resumed.history, resumed.backends
             print(f"resuming from {resume} after epoch {resumed.epoch}")
 
         data = load_dataset(dataset, data_dir)
@@ -189,11 +194,18 @@ class Commands:
                         seed=seed, train_size=n_train, test_size=n_test)
 
         def report(m):
+            # Saved before the line is printed: a closed stdout ends the run at the print,
+            # with every finished epoch on disk.
             history.append(m)
+            epoch_backends.append(backend)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, model, optimizer, history, settings, epoch_backends)
+            if metrics_out is not None:
+                write_json(metrics_out, {"backend": backend, "test_accuracy": m.test_accuracy, "settings": settings,
+                                         "epochs": [dict(e.as_dict(), backend=b)
+                                                    for e, b in zip(history, epoch_backends)]})
             print(f"epoch {m.epoch}/{epochs}  loss {m.train_loss:.4f}  train acc {m.train_accuracy:.4f}  "
                   f"test acc {m.test_accuracy:.4f}  {m.seconds:.1f} s", flush=True)
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, model, optimizer, history, settings)
 
         started = time.perf_counter()
         try:
@@ -205,13 +217,11 @@ class Commands:
             raise KeyboardInterrupt(interrupted_message(checkpoint, resume, dict(
                 epochs=epochs, backend=backend, data_dir=data_dir, metrics_out=metrics_out,
                 progress=None if progress else False))) from None
-        final = history[-1].test_accuracy
-        print(f"test accuracy: {final:.4f} ({backend}, {epochs} epochs, {time.perf_counter() - started:.1f} s)")
-        if metrics_out is not None:
-            write_json(metrics_out, {"backend": backend, "test_accuracy": final, "settings": settings,
-                                     "epochs": [m.as_dict() for m in history]})
+        print(f"test accuracy: {history[-1].test_accuracy:.4f} ({backend}, {epochs} epochs, "
+              f"{time.perf_counter() - started:.1f} s)")
 
-    def evaluate(self, checkpoint=None, backend=None, data_dir=None, test_size=None):
+    @typed(text=("checkpoint", "backend", "data_dir"))
+    def evaluate(self, *, checkpoint=None, backend=None, data_dir=None, test_size=None):
         """Test accuracy and confusion matrix of a checkpoint written by `convlab train --checkpoint`.
 
         Args:
@@ -228,7 +238,8 @@ class Commands:
         n_test = subset_size("test-size", test_size, len(data.x_test))
         print(evaluation_report(model, saved, data.x_test[:n_test], data.y_test[:n_test]))
 
-    def predict(self, file=None, checkpoint=None, backend=None, invert=False):
+    @typed(positional=("file",), text=("checkpoint", "backend"), flags=("invert",))
+    def predict(self, file=None, *, checkpoint=None, backend=None, invert=False):
         """The class of one 28x28 image, with the probability of each class.
 
         FILE is a grayscale PNG (white digit on black, as MNIST) or a .npy array of shape
@@ -242,13 +253,12 @@ class Commands:
         """
         from convlab.inference import load_image, load_model, prediction_report
 
-        if not isinstance(invert, bool):
-            raise UsageError(f"--invert takes no value or True/False, got {invert!r}")
         model, saved = load_model(required("checkpoint", checkpoint), backend)
         image = load_image(required("FILE", file), invert)
         print(prediction_report(model, image, "digit" if saved.settings["dataset"] == "mnist" else "class"))
 
-    def bench(self, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
+    @typed(text=("backends", "passes", "json", "plot"), flags=("mnist_layer",))
+    def bench(self, *, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
               out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None):
         """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
 
@@ -272,8 +282,6 @@ class Commands:
         """
         from convlab.bench import bench_command
 
-        if not isinstance(mnist_layer, bool):
-            raise UsageError(f"--mnist-layer takes True or False, got {mnist_layer!r}")
         bench_command(backends, kernel_sizes, positive_int("batch-size", batch_size),
                       positive_int("image-size", image_size), positive_int("in-channels", in_channels),
                       positive_int("out-channels", out_channels), mnist_layer, passes,
@@ -282,11 +290,30 @@ class Commands:
 
 
 
-def main(argv=None):
+def version() -> str:
     try:
+        return importlib.metadata.version("convlab")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"
+
+
+def main(argv=None):
+    if argv is None and hasattr(signal, "SIGPIPE"):
+        # As command-line tools do: a closed stdout (`convlab train | head -1`) ends the
+        # process quietly at its next print. Every file is saved before the line that
+        # reports it is printed, so nothing is lost.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if args == ["--version"]:
+            print(f"convlab {version()}")
+            return
         commands = Commands()
-        check_command_line(commands, sys.argv[1:] if argv is None else argv)
-        fire.Fire(commands, command=argv, name="convlab")
+        help_text = check_command_line(commands, args)
+        if help_text is not None:
+            print(help_text)
+            return
+        fire.Fire(commands, command=args, name="convlab")
     # Our checks raise ValueError subclasses with user-facing messages; an OSError is the
     # system refusing a read or write our checks could not foresee (disk full, /proc, ...).
     except (ValueError, OSError) as e:
