@@ -22,6 +22,7 @@ import inspect
 import re
 
 import fire.decorators
+import numpy as np
 
 FIRE_HELP_FLAGS = ("help", "h")
 TRUE_WORDS = ("yes", "true", "on", "1")
@@ -53,6 +54,20 @@ def typed(positional=(), text=(), flags=()):
     named = {name: str for name in (*positional, *text)}
     named.update({name: parse_flag(name) for name in flags})
     return fire.decorators.SetParseFns(*(str for _ in positional), **named)
+
+
+def check_fits_dtype(option: str, value: float, dtype) -> float:
+    """``value`` if it is the same kind of number in ``dtype`` (the model's float type, where
+    it is used): not overflowing to inf, not rounding to 0."""
+    info = np.finfo(dtype)
+    with np.errstate(over="ignore"):
+        stored = np.asarray(value).astype(dtype)
+    if not np.isfinite(stored) or (value != 0 and stored == 0):
+        what = "overflows to inf" if not np.isfinite(stored) else "rounds to 0"
+        raise CommandLineError(f"{option} {value!r} {what} in the model's {info.dtype} arithmetic; "
+                               f"use a value between {info.smallest_subnormal:.3g} and {info.max:.3g} "
+                               f"(magnitude)")
+    return value
 
 
 def is_flag(token: str) -> bool:

@@ -13,7 +13,7 @@ import time
 
 import fire
 
-from convlab.arguments import check_command_line, typed
+from convlab.arguments import check_command_line, check_fits_dtype, typed
 from convlab.registry import get_backend, list_backends
 
 
@@ -55,6 +55,18 @@ def backend_log_to_stdout():
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def out_of_memory_names(sizes: dict):
+    """Within the block, running out of memory is a :class:`UsageError` naming the options
+    in ``sizes`` (name: value) that set how big the arrays are, and what numpy needed."""
+    try:
+        yield
+    except MemoryError as e:
+        options = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in sizes.items())
+        raise UsageError(f"out of memory with {options}: {e or 'an allocation failed'}; "
+                         "try smaller values") from None
 
 
 def required(name, value):
@@ -176,6 +188,7 @@ class Commands:
             raise UsageError(f"--seed must be a non-negative whole number, got {seed!r}")
 
         model = reference_net(seed=seed, backend=backend)
+        check_fits_dtype("--lr", lr, model.conv_layers()[0].params["w"].dtype)
         optimizer = SGD(model, lr=lr, momentum=momentum)
         history, epoch_backends = [], []
         if resumed is not None:
@@ -209,7 +222,8 @@ class Commands:
 
         started = time.perf_counter()
         try:
-            with backend_log_to_stdout(), ctrl_c_at_safe_points() as stop_if_asked:
+            with backend_log_to_stdout(), ctrl_c_at_safe_points() as stop_if_asked, \
+                    out_of_memory_names(dict(batch_size=batch_size)):
                 fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=len(history) + 1,
                     progress=progress, on_epoch=report, on_batch=stop_if_asked,
                     lr_at=lambda epoch: LR_SCHEDULES[lr_schedule](lr, epoch, epochs))
@@ -281,12 +295,17 @@ class Commands:
             plot: save the time-vs-kernel-size plot here (.png, .svg, .pdf, ...).
         """
         from convlab.bench import bench_command
+        from convlab.files import check_outputs, check_suffix
 
-        bench_command(backends, kernel_sizes, positive_int("batch-size", batch_size),
-                      positive_int("image-size", image_size), positive_int("in-channels", in_channels),
-                      positive_int("out-channels", out_channels), mnist_layer, passes,
-                      positive_int("repeat", repeat), json, plot,
-                      progress=lambda message: print(message, file=sys.stderr, flush=True))
+        check_outputs({"--json": json if json is None else check_suffix(json, "--json", ".json", "JSON"),
+                       "--plot": plot})
+        sizes = dict(batch_size=positive_int("batch-size", batch_size), image_size=positive_int("image-size", image_size),
+                     in_channels=positive_int("in-channels", in_channels),
+                     out_channels=positive_int("out-channels", out_channels))
+        with out_of_memory_names(sizes):
+            bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer, passes,
+                          positive_int("repeat", repeat), json, plot,
+                          progress=lambda message: print(message, file=sys.stderr, flush=True))
 
 
 

@@ -29,6 +29,7 @@ import matplotlib.image
 import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from convlab.files import atomic_path, check_outputs, check_suffix, check_writable
 from convlab.layers import Conv2D, Dense, ReLU
@@ -301,7 +302,7 @@ def curves_figure(history: list[EpochMetrics]) -> Figure:
     for ax in (loss_ax, acc_ax):
         # Whole epochs, with half an epoch of room either side (one epoch is one point).
         ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
     if len(history) == 1:  # a single point: against the whole range, not a sliver around it
         loss_ax.set_ylim(0, 1.25 * history[0].train_loss or 1)
