@@ -69,15 +69,25 @@ def convlab_version() -> str:
         return "unknown"
 
 
-def candidates() -> list[str]:
-    """The backends ``auto`` chooses among: every strategy but the oracle, unless it is alone."""
+def candidates(x_shape=None, w_shape=None, stride=1, padding=0) -> list[str]:
+    """The backends ``auto`` chooses among: every strategy but the oracle, unless it is
+    alone; given a problem, only those that support it (see ``Backend.supports``)."""
     names = strategies()
+    if x_shape is not None:
+        names = [name for name in names if get_backend(name).supports(x_shape, w_shape, stride, padding) is None]
     return [name for name in names if name != ORACLE] or names
 
 
 @register_backend("auto")
 class Auto:
     """Times the other backends once per shape (forward+backward) and uses the fastest."""
+
+    limits = "whatever one of the backends it times supports"
+
+    def supports(self, x_shape, w_shape, stride, padding):
+        if candidates(x_shape, w_shape, stride, padding):
+            return None
+        return f"x {x_shape} with w {w_shape}, stride {stride}, padding {padding}: no backend does"
 
     def __init__(self, cache_path=None):
         self.cache_path = cache_path
@@ -95,7 +105,8 @@ class Auto:
         """The name of the backend used for this problem; times the candidates if it is new."""
         key = problem_key(x, w, stride, padding)
         if key not in self._picks:
-            self._picks[key] = self._stored_pick(key) or self._timed_pick(key, x, w, stride, padding)
+            problem = (x.shape, w.shape, stride, padding)
+            self._picks[key] = self._stored_pick(key, problem) or self._timed_pick(key, x, w, stride, padding)
         return self._picks[key]
 
     def forward(self, x, w, b, stride, padding):
@@ -107,9 +118,9 @@ class Auto:
         chosen, chosen_cache = cache
         return chosen.impl.backward(dy, chosen_cache, need_dx)
 
-    def _stored_pick(self, key):
+    def _stored_pick(self, key, problem):
         entry = self._read_cache().get(key)
-        if (entry is None or sorted(entry["seconds"]) != sorted(candidates())
+        if (entry is None or sorted(entry["seconds"]) != sorted(candidates(*problem))
                 or entry.get("convlab") != convlab_version()):
             return None  # never timed, or timed before a backend was added, removed or changed
         log.info("auto uses %s for %s (timed earlier, cached in %s)", entry["backend"], key, self.cache_file())
@@ -119,7 +130,7 @@ class Auto:
         b = np.zeros(w.shape[0], dtype=x.dtype)
         dy = output_gradient(x, w, stride, padding)
         seconds = {}
-        for name in candidates():
+        for name in candidates(x.shape, w.shape, stride, padding):
             lost_above = LOST_FACTOR * min(seconds.values(), default=math.inf)
             seconds[name] = best_time(conv_pass(name, x, w, b, stride, padding, dy), TIMED_RUNS, TIME_CAP, lost_above)
         chosen = min(seconds, key=seconds.get)

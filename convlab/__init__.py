@@ -16,6 +16,7 @@ from convlab.models import Sequential, reference_net
 from convlab.optimizers import SGD
 from convlab.registry import (
     Backend,
+    Unsupported,
     conv2d,
     get_backend,
     list_backends,
@@ -25,6 +26,6 @@ from convlab.registry import (
 
 __all__ = [
     "Backend", "Conv2D", "DataError", "Dataset", "Dense", "Flatten", "Layer", "ReLU", "SGD",
-    "Sequential", "conv2d", "get_backend", "list_backends", "load_mnist", "reference_net",
+    "Sequential", "Unsupported", "conv2d", "get_backend", "list_backends", "load_mnist", "reference_net",
     "register_backend", "softmax", "softmax_cross_entropy", "use_backend",
 ]

@@ -18,6 +18,7 @@ and which are yes/no flags (:func:`parse_flag`).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 
@@ -68,6 +69,18 @@ def check_fits_dtype(option: str, value: float, dtype) -> float:
                                f"use a value between {info.smallest_subnormal:.3g} and {info.max:.3g} "
                                f"(magnitude)")
     return value
+
+
+@contextlib.contextmanager
+def out_of_memory_names(sizes: dict):
+    """Within the block, running out of memory is a :class:`CommandLineError` naming the options
+    in ``sizes`` (name: value) that set how big the arrays are, and what numpy needed."""
+    try:
+        yield
+    except MemoryError as e:
+        options = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in sizes.items())
+        raise CommandLineError(f"out of memory with {options}: {e or 'an allocation failed'}; "
+                         "try smaller values") from None
 
 
 def is_flag(token: str) -> bool:

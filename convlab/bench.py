@@ -84,11 +84,13 @@ def check_plot_path(path) -> Path:
 
 @dataclass
 class BenchResult:
-    """Rows and picks as in the module docstring; ``skipped``: (shape label, backend)."""
+    """Rows and picks as in the module docstring; ``skipped``: (shape label, backend) of
+    the oracle on big shapes; ``unsupported``: (shape label, backend, reason)."""
 
     rows: list[dict] = field(default_factory=list)
     picks: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unsupported: list[tuple[str, str, str]] = field(default_factory=list)
 
     def seconds(self, shape, backend, pass_):
         return next((r["seconds"] for r in self.rows
@@ -110,6 +112,10 @@ def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None) -> 
         for backend in backends:
             if backend == ORACLE and not explicit and shape.macs > ORACLE_MAX_MACS:
                 result.skipped.append((shape.label, backend))
+                continue
+            reason = get_backend(backend).supports(x.shape, w.shape, stride, padding)
+            if reason is not None:
+                result.unsupported.append((shape.label, backend, reason))
                 continue
             for pass_ in passes:
                 run = conv_pass(backend, x, w, b, stride, padding, dy if pass_ == "forward+backward" else None)
@@ -208,6 +214,8 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=64, image_size=28
     if result.skipped:
         print(f"{ORACLE} skipped on {len(result.skipped)} shape(s) of over {ORACLE_MAX_MACS:.0e} multiply-adds "
               f"(name it in --backends to time it anyway)")
+    for label, backend, reason in result.unsupported:
+        print(f"{backend} not timed on {label}: it does not support {reason}")
     for path in (json_path, plot_path):
         if path is not None:
             print(f"wrote {path}")

@@ -12,6 +12,18 @@ A backend is any object with a ``forward`` and a ``backward``::
 It computes the cross-correlation of ``torch.nn.functional.conv2d``: zero padding,
 ``OH = (H + 2*ph - kh) // sh + 1``. Arrays keep their dtype (float32 or float64).
 
+A backend that cannot do every problem (Winograd: stride 1 and the kernel sizes it has
+transforms for) also has::
+
+    supports(x_shape, w_shape, stride, padding) -> None or a reason
+        None when it can compute the problem; else what it cannot do, said so that
+        "backend 'NAME' does not support <reason>" reads as a sentence, e.g.
+        "stride 2 (stride 1 only)"
+    limits: str, optional: one line on what it supports, shown by ``convlab backends``
+
+and the checked :meth:`Backend.forward` raises :class:`Unsupported` before any work, never
+a wrong answer and never a silent fallback to another backend.
+
 The registry is a plain dict from name to a :class:`Backend`, which wraps the
 implementation with the input checks, so no strategy has to repeat them. Built-in and
 third-party strategies alike are found through the entry-point group
@@ -26,7 +38,7 @@ from importlib.metadata import entry_points
 
 import numpy as np
 
-from convlab.checks import check_backward_inputs, check_forward_inputs
+from convlab.checks import as_pair, check_backward_inputs, check_forward_inputs
 
 ENTRY_POINT_GROUP = "convlab.backends"
 
@@ -34,6 +46,12 @@ _registry: dict[str, Backend] = {}
 _entry_points_loaded = False
 _active_backend = contextvars.ContextVar("convlab_backend", default=None)
 DEFAULT_BACKEND = "im2col"
+# The loop-per-output-position definition: the test oracle, minutes on big layers.
+ORACLE = "naive"
+
+
+class Unsupported(ValueError):
+    """A backend was asked for a problem it cannot compute (see ``Backend.supports``)."""
 
 
 class Backend:
@@ -44,10 +62,34 @@ class Backend:
         self.impl = impl
         doc = (getattr(impl, "description", None) or impl.__doc__ or "").strip()
         self.description = doc.splitlines()[0] if doc else ""
+        self.limits = getattr(impl, "limits", None) or "any problem"
+
+    def supports(self, x_shape, w_shape, stride=1, padding=0) -> str | None:
+        """None if this backend can compute the convolution of an ``x_shape``
+        (N, C, H, W) input with ``w_shape`` (F, C, kh, kw) filters; else the reason it cannot."""
+        check = getattr(self.impl, "supports", None)
+        if check is None:
+            return None
+        return check(tuple(x_shape), tuple(w_shape), as_pair(stride, "stride", 1), as_pair(padding, "padding", 0))
+
+    def check_supported(self, x_shape, w_shape, stride=1, padding=0):
+        """Raise :class:`Unsupported`, naming the backends that can, unless this one can."""
+        reason = self.supports(x_shape, w_shape, stride, padding)
+        if reason is None:
+            return
+        # The loop-per-output oracle is suggested only when nothing else can.
+        able = [name for name in list_backends()
+                if name != self.name and get_backend(name).supports(x_shape, w_shape, stride, padding) is None]
+        able = [name for name in able if name != ORACLE] or able
+        hint = f"; try {', '.join(able[:-1])} or {able[-1]}" if len(able) > 1 else (
+            f"; try {able[0]}" if able else "")
+        raise Unsupported(f"backend {self.name!r} does not support {reason}{hint}")
 
     def forward(self, x, w, b=None, stride=1, padding=0):
-        """Checked forward: ``x`` (N, C, H, W), ``w`` (F, C, kh, kw), ``b`` (F,) or None."""
+        """Checked forward: ``x`` (N, C, H, W), ``w`` (F, C, kh, kw), ``b`` (F,) or None.
+        Raises :class:`Unsupported` for a problem this backend cannot compute."""
         x, w, b, stride, padding = check_forward_inputs(x, w, b, stride, padding)
+        self.check_supported(x.shape, w.shape, stride, padding)
         y, cache = self.impl.forward(x, w, b, stride, padding)
         return y, _CheckedCache(y.shape, cache)
 

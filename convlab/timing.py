@@ -15,10 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from convlab.checks import output_size
-from convlab.registry import get_backend, list_backends
+from convlab.registry import ORACLE, get_backend, list_backends
 
-# The loop-per-output-position definition: fine on small layers, minutes on big ones.
-ORACLE = "naive"
 # Above this many multiply-adds per forward, the oracle takes a good part of a second per call.
 ORACLE_MAX_MACS = 1e8
 

@@ -31,6 +31,28 @@ def random_conv_case(rng, dtype=np.float64):
     return x, wt, b, stride, padding
 
 
+def supported_conv_cases(backend, rng, count, dtype=np.float64, max_draws=5000):
+    """``count`` random problems (as :func:`random_conv_case`) that ``backend`` supports.
+
+    The first few it does not support are checked to be refused up front with
+    :class:`convlab.Unsupported`, so a backend with limits is tested on both sides of them.
+    """
+    cases, refused = [], 0
+    for _ in range(max_draws):
+        case = random_conv_case(rng, dtype)
+        x, w, b, stride, padding = case
+        if backend.supports(x.shape, w.shape, stride, padding) is None:
+            cases.append(case)
+            if len(cases) == count:
+                break
+        elif refused < 3:
+            refused += 1
+            with pytest.raises(convlab.Unsupported, match=f"backend '{backend.name}' does not support"):
+                backend.forward(x, w, b, stride, padding)
+    assert cases, f"backend {backend.name!r} supported none of {max_draws} random problems"
+    return cases
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_auto_cache(tmp_path_factory):
     """The auto backend's pick cache goes to a temporary file, never the user's cache dir."""

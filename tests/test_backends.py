@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import convlab
-from tests.conftest import random_conv_case
+from tests.conftest import supported_conv_cases
 
 ORACLE = convlab.get_backend("naive")
 TOLERANCE = {np.float64: dict(rtol=1e-9, atol=1e-9), np.float32: dict(rtol=2e-4, atol=2e-4)}
@@ -18,9 +18,7 @@ def run(backend, x, w, b, stride, padding, dy_seed=0):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_matches_naive_on_random_shapes(backend, dtype):
-    rng = np.random.default_rng(1234)
-    for _ in range(40):
-        case = random_conv_case(rng, dtype)
+    for case in supported_conv_cases(backend, np.random.default_rng(1234), 40, dtype):
         ours = run(backend, *case)
         # The oracle runs in float64 whatever the dtype under test.
         ref = run(ORACLE, *[a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in case])
@@ -43,6 +41,8 @@ def test_matches_naive_on_random_shapes(backend, dtype):
 ])
 def test_matches_naive_on_chosen_shapes(backend, shape):
     n, c, h, wd, f, kh, kw, stride, padding = shape
+    if backend.supports((n, c, h, wd), (f, c, kh, kw), stride, padding) is not None:
+        pytest.skip(f"{backend.name} does not support this shape (refusals are tested with random shapes)")
     rng = np.random.default_rng(7)
     case = (rng.standard_normal((n, c, h, wd)), rng.standard_normal((f, c, kh, kw)),
             rng.standard_normal(f), stride, padding)
@@ -53,8 +53,7 @@ def test_matches_naive_on_chosen_shapes(backend, shape):
 def test_gradients_pass_dot_product_check(backend):
     """<dy, J v> computed by central differences equals <J^T dy, v> from backward."""
     rng = np.random.default_rng(99)
-    for _ in range(8):
-        x, w, b, stride, padding = random_conv_case(rng)
+    for x, w, b, stride, padding in supported_conv_cases(backend, np.random.default_rng(98), 8):
         y, cache = backend.forward(x, w, b, stride, padding)
         dy = rng.standard_normal(y.shape)
         dx, dw, db = backend.backward(dy, cache)
@@ -68,7 +67,7 @@ def test_gradients_pass_dot_product_check(backend):
 
 
 def test_need_dx_false_skips_dx_only(backend):
-    x, w, b, stride, padding = random_conv_case(np.random.default_rng(3))
+    [(x, w, b, stride, padding)] = supported_conv_cases(backend, np.random.default_rng(3), 1)
     y, cache = backend.forward(x, w, b, stride, padding)
     dy = np.ones_like(y)
     full = backend.backward(dy, cache)
@@ -81,9 +80,7 @@ def test_need_dx_false_skips_dx_only(backend):
 
 def test_matches_torch_conv2d(backend):
     torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(5)
-    for _ in range(10):
-        x, w, b, stride, padding = random_conv_case(rng)
+    for x, w, b, stride, padding in supported_conv_cases(backend, np.random.default_rng(5), 10):
         ours = convlab.conv2d(x, w, b, stride, padding, backend=backend.name)
         ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
                                          stride=stride, padding=padding).numpy()
@@ -93,3 +90,4 @@ def test_matches_torch_conv2d(backend):
 def test_described(backend):
     assert backend.name in convlab.list_backends()
     assert backend.description and "\n" not in backend.description
+    assert backend.limits and "\n" not in backend.limits

@@ -112,3 +112,40 @@ def test_entry_point_naming_a_plain_class_is_registered(monkeypatch):
 def test_cache_from_another_call_is_rejected():
     with pytest.raises(ValueError, match="cache"):
         convlab.get_backend("naive").backward(np.ones((1, 1, 1, 1)), object())
+
+
+class StrideOneOnly(Doubling):
+    """Naive, doubled, and only at stride 1 (a backend with limits)."""
+
+    limits = "stride 1 only"
+
+    def supports(self, x_shape, w_shape, stride, padding):
+        return None if stride == (1, 1) else f"stride {stride[0]}x{stride[1]} (stride 1 only)"
+
+
+@pytest.fixture
+def stride_one_only():
+    convlab.register_backend("stride1")(StrideOneOnly)
+    yield convlab.get_backend("stride1")
+    del registry._registry["stride1"]
+
+
+def test_unsupported_problem_is_refused_up_front_naming_who_can(stride_one_only):
+    x, w = np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3))
+    assert stride_one_only.supports(x.shape, w.shape, 1, 0) is None
+    assert stride_one_only.supports(x.shape, w.shape, 2, 0) == "stride 2x2 (stride 1 only)"
+    with pytest.raises(convlab.Unsupported) as e:
+        convlab.conv2d(x, w, stride=2, backend="stride1")
+    message = str(e.value)
+    assert message.startswith("backend 'stride1' does not support stride 2x2 (stride 1 only); try ")
+    assert "im2col" in message and "naive" not in message  # the oracle only when nothing else can
+    assert isinstance(e.value, ValueError)
+    np.testing.assert_array_equal(convlab.conv2d(x, w, stride=1, backend="stride1"), 18 * np.ones((1, 1, 3, 3)))
+
+
+def test_auto_times_only_backends_that_support_the_problem(stride_one_only):
+    from backends.auto import candidates
+
+    assert "stride1" in candidates((1, 1, 5, 5), (1, 1, 3, 3), (1, 1), (0, 0))
+    assert "stride1" not in candidates((1, 1, 5, 5), (1, 1, 3, 3), (2, 2), (0, 0))
+    assert convlab.get_backend("auto").supports((1, 1, 5, 5), (1, 1, 3, 3), 2, 0) is None
