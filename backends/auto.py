@@ -120,19 +120,28 @@ class Auto:
 
     def _stored_pick(self, key, problem):
         entry = self._read_cache().get(key)
-        if (entry is None or sorted(entry["seconds"]) != sorted(candidates(*problem))
+        names = candidates(*problem)
+        if (entry is None or sorted(entry["seconds"]) != sorted(names) or entry["backend"] not in names
                 or entry.get("convlab") != convlab_version()):
-            return None  # never timed, or timed before a backend was added, removed or changed
+            return None  # never timed, timed before a backend was added, removed or changed, or edited
         log.info("auto uses %s for %s (timed earlier, cached in %s)", entry["backend"], key, self.cache_file())
         return entry["backend"]
 
     def _timed_pick(self, key, x, w, stride, padding):
         b = np.zeros(w.shape[0], dtype=x.dtype)
         dy = output_gradient(x, w, stride, padding)
-        seconds = {}
+        seconds, failures = {}, []
         for name in candidates(x.shape, w.shape, stride, padding):
             lost_above = LOST_FACTOR * min(seconds.values(), default=math.inf)
-            seconds[name] = best_time(conv_pass(name, x, w, b, stride, padding, dy), TIMED_RUNS, TIME_CAP, lost_above)
+            try:
+                seconds[name] = best_time(conv_pass(name, x, w, b, stride, padding, dy), TIMED_RUNS, TIME_CAP,
+                                          lost_above)
+            except Exception as e:  # noqa: BLE001 - a candidate (a plugin, maybe) that fails is not picked
+                failures.append(f"{name} ({type(e).__name__}: {e})")
+                warnings.warn(f"auto skips backend {name!r} for {key}: it raised {type(e).__name__}: {e}",
+                              stacklevel=2)
+        if not seconds:
+            raise RuntimeError(f"auto found no backend that computes {key}: " + "; ".join(failures))
         chosen = min(seconds, key=seconds.get)
         timings = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in seconds.items())
         log.info("auto picked %s for %s (forward+backward: %s)", chosen, key, timings)

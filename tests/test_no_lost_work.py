@@ -338,3 +338,116 @@ def test_one_epoch_curves_get_whole_epoch_axes():
         assert ticks == [1.0]
     assert acc_ax.get_ylim()[0] == 0 and acc_ax.get_ylim()[1] >= 1
     assert loss_ax.get_ylim()[0] == 0
+
+
+# --- 5. plugins and registry ------------------------------------------------------------
+
+def test_a_plugin_that_fails_to_load_is_skipped_with_one_warning(tmp_path):
+    """Two installed plugins (dist-info folders on the path): one names a module that does
+    not exist, one whose import raises. Every command still works with the rest."""
+    site = tmp_path / "site"
+    info = site / "convlab_broken_plugins-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: convlab-broken-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[convlab.backends]\nmissing = no_such_module_for_convlab\n"
+                                           "exploding = exploding_backend\n")
+    (site / "exploding_backend.py").write_text("raise RuntimeError('boom at import')\n")
+    env = dict(os.environ, PYTHONPATH=str(site), CONVLAB_FFT_WISDOM="off")
+    done = subprocess.run([sys.executable, "-m", "convlab.cli", "backends"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    names = [line.split()[0] for line in done.stdout.splitlines() if line and not line[0].isspace()]
+    assert {"naive", "im2col", "fft", "auto"} <= set(names) and "missing" not in names
+    for name, why in (("missing", "ModuleNotFoundError"), ("exploding", "RuntimeError: boom at import")):
+        lines = [line for line in done.stderr.splitlines() if f"'{name}'" in line]
+        assert len(lines) == 1 and "skipping backend" in lines[0] and why in lines[0], done.stderr
+    code = "import numpy as np, convlab; print(convlab.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2))).sum())"
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.stdout.strip() == "16.0", done.stderr
+
+
+@pytest.mark.parametrize("name", [None, 3, "", "  ", " fft"])
+def test_register_backend_refuses_a_name_that_is_not_one(name):
+    import convlab
+
+    with pytest.raises(ValueError, match="a backend name must be a non-empty string"):
+        convlab.register_backend(name)
+
+
+def test_register_backend_warns_before_replacing_another_backend():
+    import convlab
+    from convlab import registry
+
+    class Impostor:
+        """Not the real fft."""
+
+        def forward(self, x, w, b, stride, padding):
+            return registry.get_backend("naive").impl.forward(x, w, b, stride, padding)
+
+        def backward(self, dy, cache, need_dx=True):
+            return registry.get_backend("naive").impl.backward(dy, cache, need_dx)
+
+    real = convlab.get_backend("fft")
+    try:
+        with pytest.warns(RuntimeWarning, match=r"backend 'fft' \(backends\.fft\.\w+\) is replaced by .*Impostor"):
+            convlab.register_backend("fft")(Impostor)
+    finally:
+        registry._registry["fft"] = real
+
+
+def test_auto_ignores_a_cached_pick_of_a_backend_that_is_not_installed(tmp_path):
+    from backends.auto import Auto, candidates, convlab_version, problem_key
+
+    x, w = np.ones((2, 1, 8, 8), np.float32), np.ones((3, 1, 3, 3), np.float32)
+    key = problem_key(x, w, (1, 1), (0, 0))
+    names = candidates(x.shape, w.shape, (1, 1), (0, 0))
+    cache = tmp_path / "auto.json"
+    cache.write_text(json.dumps({"picks": {key: {"backend": "uninstalled", "seconds": {n: 1.0 for n in names},
+                                                 "convlab": convlab_version()}}}))
+    auto = Auto(cache_path=cache)
+    assert auto.pick(x, w, (1, 1), (0, 0)) in names
+    assert json.loads(cache.read_text())["picks"][key]["backend"] in names  # timed again, rewritten
+
+
+def test_auto_skips_a_candidate_that_raises(tmp_path):
+    import convlab
+    from backends.auto import Auto
+    from convlab import registry
+
+    class Raising:
+        """Fails on every problem."""
+
+        def forward(self, x, w, b, stride, padding):
+            raise RuntimeError("plugin bug")
+
+        def backward(self, dy, cache, need_dx=True):
+            raise RuntimeError("plugin bug")
+
+    convlab.register_backend("raising")(Raising)
+    try:
+        x, w = np.ones((2, 1, 8, 8), np.float32), np.ones((3, 1, 3, 3), np.float32)
+        with pytest.warns(UserWarning, match="auto skips backend 'raising'.*plugin bug"):
+            assert Auto(cache_path=tmp_path / "a.json").pick(x, w, (1, 1), (0, 0)) != "raising"
+    finally:
+        del registry._registry["raising"]
+
+
+def test_backward_before_forward_and_a_dy_of_another_dtype_are_refused():
+    import convlab
+
+    layer = convlab.Conv2D(1, 2, 3, rng=0)
+    with pytest.raises(ValueError, match="needs the forward first"):
+        layer.backward(np.ones((1, 2, 3, 3), np.float32))
+    y = layer.forward(np.ones((1, 1, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="dy is float64 but the forward computed float32"):
+        layer.backward(np.ones(y.shape))
+    layer.backward(np.ones(y.shape, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [int, np.float16, np.int32, "banana", object])
+def test_conv2d_refuses_a_dtype_no_backend_computes_in(dtype):
+    import convlab
+
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        convlab.Conv2D(1, 2, 3, dtype=dtype)
