@@ -205,6 +205,11 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=64, image_size=28
     mnist = [replace(MNIST_LAYER, n=batch_size)] if mnist_layer else []
     shapes = mnist + [s for s in sweep if s not in mnist]
     result = run_bench(shapes, backends, passes, repeat, progress)
+    # The files first: a closed stdout (`| head`) ends the process at its first print.
+    if json_path is not None:
+        save_json(result, json_path)
+    if plot_path is not None:
+        save_plot(result, sweep, plot_path, passes)
     from convlab.threads import machine_summary
 
     print(f"on {machine_summary()}")
@@ -214,12 +219,9 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=64, image_size=28
               f"(name it in --backends to time it anyway)")
     for label, backend, reason in result.unsupported:
         print(f"{backend} not timed on {label}: it does not support {reason}")
-    if json_path is not None:
-        save_json(result, json_path)
-        print(f"wrote {json_path}")
-    if plot_path is not None:
-        save_plot(result, sweep, plot_path, passes)
-        print(f"wrote {plot_path}")
+    for path in (json_path, plot_path):
+        if path is not None:
+            print(f"wrote {path}")
     return result
 
 

@@ -9,7 +9,7 @@ import contextvars
 
 import numpy as np
 
-from convlab.checks import as_pair
+from convlab.checks import FLOAT_DTYPES, as_pair
 from convlab.profile import phase
 from convlab.registry import get_backend
 from convlab.threads import chunk_bounds, share_chunks
@@ -32,7 +32,9 @@ def forward_only():
 def _kept(saved, layer):
     """What ``layer``'s forward kept for its backward, or a clear error if it kept nothing."""
     if saved is None:
-        raise RuntimeError(f"{type(layer).__name__}.backward needs a forward run first, outside forward_only()")
+        raise ValueError(f"{type(layer).__name__}.backward needs the forward first: call forward(x) on this layer "
+                         f"(outside forward_only(), which keeps nothing), then backward(dy) with dy shaped like "
+                         f"its output")
     return saved
 
 
@@ -79,6 +81,12 @@ class Conv2D(Layer):
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        try:
+            kind = np.dtype(dtype).type
+        except TypeError:
+            kind = None
+        if kind not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be float32 or float64 (what every backend computes in), got {dtype!r}")
         kh, kw = as_pair(kernel_size, "kernel_size", 1)
         self.stride = as_pair(stride, "stride", 1)
         self.padding = as_pair(padding, "padding", 0)
