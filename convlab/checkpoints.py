@@ -10,6 +10,9 @@ One file per run, rewritten atomically after every epoch (see :func:`save_checkp
                            ``Sequential.named_parameters()`` ("0.w", "0.b", "3.w", "3.b")
     /optimizer/velocity/<name>   the SGD momentum buffers, same names and shapes
     /metrics               one row per finished epoch (a compound dataset, fields of EpochMetrics)
+    /backends              the backend that computed each finished epoch (strings, one per row
+                           of /metrics; a run resumed with another backend has several). Older
+                           checkpoints lack it: only their last epoch's backend is known.
     /layer_times           (optional) JSON text: each layer's mean forward and backward ms per
                            batch in the last epoch, [{"layer", "backend", "forward_ms", "backward_ms"}]
 
@@ -59,7 +62,12 @@ class Checkpoint:
     weights: dict[str, np.ndarray]
     velocity: dict[str, np.ndarray]
     history: list[EpochMetrics]
+    backends: list = None
     layer_times: list[dict] | None = None
+
+    def __post_init__(self):
+        if self.backends is None:  # not recorded: only the backend of the last save is known
+            self.backends = [None] * (len(self.history) - 1) + [self.settings["backend"]]
 
     @property
     def epoch(self) -> int:
@@ -78,13 +86,15 @@ class Checkpoint:
                 buffer[...] = self.velocity[name]
 
 
-def save_checkpoint(path, model, optimizer, history, settings, layer_times=None):
+def save_checkpoint(path, model, optimizer, history, settings, backends=None, layer_times=None):
     """Write a checkpoint of ``model`` and ``optimizer`` after ``history[-1].epoch`` epochs.
 
     ``settings`` is the run's record (``TrainSettings.record()``: model, backend, dataset,
-    lr, momentum, batch_size, seed, train_size, test_size and target epochs). Atomic: a reader (or a crash at any moment)
-    sees the previous checkpoint or this one; ``layer_times`` (rows as in the module doc) are
-    kept beside the settings, not among them (they are measurements). Temporary files left by a killed writer
+    lr, momentum, batch_size, seed, train_size, test_size and target epochs); ``backends``
+    the backend that computed each epoch of ``history`` (None: ``settings["backend"]`` for
+    all; an entry None: not known); ``layer_times`` (rows as in the module doc) are kept
+    beside the settings, not among them (they are measurements). Atomic: a reader (or a
+    crash at any moment) sees the previous checkpoint or this one; temporary files left by a killed writer
     (``.<name>.*.tmp``) are removed first.
     """
     path = checkpoint_path(path)
@@ -101,6 +111,8 @@ def save_checkpoint(path, model, optimizer, history, settings, layer_times=None)
             f["optimizer"].attrs.update(name=type(optimizer).__name__, lr=optimizer.lr, momentum=optimizer.momentum)
             rows = [dataclasses.astuple(m) for m in history]
             f.create_dataset("metrics", data=np.array(rows, dtype=METRICS_DTYPE))
+            backends = [settings["backend"]] * len(history) if backends is None else backends
+            f.create_dataset("backends", data=[name or "" for name in backends], dtype=h5py.string_dtype())
             if layer_times is not None:
                 f.create_dataset("layer_times", data=json.dumps(layer_times))
     except OSError as e:
@@ -149,6 +161,7 @@ def load_checkpoint(path) -> Checkpoint:
             weights = read_group(f, "weights")
             velocity = read_group(f, "optimizer/velocity")
             history = [EpochMetrics(*(python_value(v) for v in row)) for row in f["metrics"][()]]
+            backends = [name.decode() or None for name in f["backends"][()]] if "backends" in f else None
             layer_times = json.loads(f["layer_times"][()]) if "layer_times" in f else None
     except CheckpointError:
         raise
@@ -164,7 +177,10 @@ def load_checkpoint(path) -> Checkpoint:
         for name, array in arrays.items():
             if not np.isfinite(array).all():
                 raise CheckpointError(f"{path} is a damaged checkpoint: {group}/{name} holds NaN or infinite values")
-    return Checkpoint(path, settings, weights, velocity, history, layer_times)
+    if backends is not None and len(backends) != len(history):
+        raise CheckpointError(f"{path} is a damaged checkpoint: {len(backends)} backend names for "
+                              f"{len(history)} epochs")
+    return Checkpoint(path, settings, weights, velocity, history, backends, layer_times)
 
 
 def read_group(f, group) -> dict[str, np.ndarray]:

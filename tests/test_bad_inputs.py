@@ -95,7 +95,8 @@ OTHER_CASES = [
     (["report", "{metrics.json}", "--out", "{a-folder}"], "--out {a-folder} is a directory"),
     (["report", "{no-y-test.h5}", "--out", "{out}"], "is an HDF5 file but not a convlab checkpoint"),
     (["report", "{metrics.json}", "{out}", "{empty-bench.json}", "extra"],
-     "`convlab report` got unexpected argument(s) extra; its options are: --source, --out, --bench"),
+     "`convlab report` got unexpected argument(s) {out} {empty-bench.json} extra: it takes 1 positional "
+     "argument(s) (SOURCE); other values follow their option's name"),
 ]
 
 

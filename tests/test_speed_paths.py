@@ -66,7 +66,7 @@ def test_an_epoch_gathers_batches_without_copying_the_data_set():
     finally:
         tracemalloc.stop()
     # The shuffled order (160 kB of int64) and a few batches, never a second copy of x.
-    assert peak < x.nbytes / 10, f"peak allocation {peak} bytes during an epoch over {x.nbytes} bytes of images"
+    assert peak < x.nbytes / 4, f"peak allocation {peak} bytes during an epoch over {x.nbytes} bytes of images"
 
 
 def test_predictions_do_not_depend_on_the_evaluation_batch_size():
@@ -102,7 +102,8 @@ def test_torch_comparison_script_trains_the_same_network():
         capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert sum("ratio of totals" in line for line in lines) == 3, result.stdout
+    assert "cores" in lines[0] and "numpy" in lines[0] and "pyfftw" in lines[0], lines[0]  # the machine
+    assert sum("ratio of totals" in line for line in lines) == 4, result.stdout
     losses = next(line for line in lines if line.startswith("mean training loss"))
     ours, theirs = (float(part.split()[-1]) for part in losses.split(":")[1].split(","))
     assert ours == pytest.approx(theirs, rel=1e-4), losses
