@@ -209,7 +209,7 @@ def test_a_backend_per_layer_and_auto(capsys, tmp_path, monkeypatch, data_read_o
     assert [row["backend"] for row in times] == ["stride1", None, second, None, None, None]
     assert all(row["forward_ms"] > 0 and row["backward_ms"] > 0 for row in times if row["backend"])
 
-    code, out, _ = run_cli(capsys, "evaluate", str(tmp_path / "ck.h5"), "--test-size", "50")
+    code, out, _ = run_cli(capsys, "evaluate", "--checkpoint", str(tmp_path / "ck.h5"), "--test-size", "50")
     assert code == 0 and f"trained with stride1,{second}; evaluated with stride1,{second}" in out
     np.save(tmp_path / "digit.npy", np.zeros((28, 28), np.float32))
     code, out, _ = run_cli(capsys, "predict", str(tmp_path / "digit.npy"), "--checkpoint", str(tmp_path / "ck.h5"))
