@@ -51,7 +51,8 @@ def pin_backends(model, settings: TrainSettings) -> TrainSettings:
     """Pin each conv layer of ``model`` to its backend in ``settings``; returns the settings
     with ``backends`` set. A layer on ``auto`` gets the backend auto picks for that layer's
     own problem at the training batch size (timed without dx for the first layer, whose
-    input gradient is never computed); one line per conv layer says which backend it runs on."""
+    input gradient is never computed); one line per conv layer says which backend it runs on
+    (unless there is one conv layer, on the backend named)."""
     shapes = model.input_shapes(settings.batch_size)
     names = []
     convs = [(i, layer) for i, layer in enumerate(model.layers) if isinstance(layer, Conv2D)]
@@ -63,7 +64,8 @@ def pin_backends(model, settings: TrainSettings) -> TrainSettings:
             how = f" (picked by {asked})"
         layer.backend = name
         names.append(name)
-        print(f"conv layer {number} ({describe_layer(layer, shapes[i])}): {name}{how}")
+        if how or len(convs) > 1:  # the reference network on a named backend prints what it always did
+            print(f"conv layer {number} ({describe_layer(layer, shapes[i])}): {name}{how}")
     return settings.with_backends(names)
 
 
