@@ -89,6 +89,10 @@ class Sequential:
     def conv_layers(self):
         return [layer for layer in self.layers if isinstance(layer, Conv2D)]
 
+    def indexed_conv_layers(self) -> list[tuple[int, Conv2D]]:
+        """(position in ``layers``, layer) of each Conv2D layer, in order."""
+        return [(i, layer) for i, layer in enumerate(self.layers) if isinstance(layer, Conv2D)]
+
     def set_backend(self, name):
         """Pin every Conv2D layer to backend ``name`` (None: follow ``use_backend``)."""
         for layer in self.conv_layers():

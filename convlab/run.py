@@ -14,7 +14,6 @@ import numpy as np
 from convlab.arguments import check_fits_dtype, out_of_memory_names
 from convlab.checkpoints import ctrl_c_at_safe_points, interrupted_message, save_checkpoint
 from convlab.files import write_json
-from convlab.layers import Conv2D
 from convlab.models import describe_layer, get_model
 from convlab.optimizers import SGD
 from convlab.profile import recording
@@ -55,7 +54,7 @@ def pin_backends(model, settings: TrainSettings) -> TrainSettings:
     (unless there is one conv layer, on the backend named)."""
     shapes = model.input_shapes(settings.batch_size)
     names = []
-    convs = [(i, layer) for i, layer in enumerate(model.layers) if isinstance(layer, Conv2D)]
+    convs = model.indexed_conv_layers()
     for number, ((i, layer), asked) in enumerate(zip(convs, settings.conv_backends()), start=1):
         name, how = asked, ""
         if is_tuner(asked):

@@ -95,7 +95,6 @@ class TrainSettings:
     def __post_init__(self):
         from convlab.data import data_source
         from convlab.models import get_model
-
         from convlab.registry import get_backend
 
         model = get_model(self.model)
@@ -222,7 +221,7 @@ def layer_backends(model, backend, batch_size=64) -> list[str]:
     from convlab.registry import Unsupported, get_backend
 
     network = model.build()
-    convs = [(i, layer) for i, layer in enumerate(network.layers) if layer in network.conv_layers()]
+    convs = network.indexed_conv_layers()
     names = [get_backend(name).name for name in backend_names(backend)]
     if len(names) == 1:
         names *= len(convs)
