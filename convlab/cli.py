@@ -11,7 +11,7 @@ import fire
 
 from convlab.arguments import check_command_line, out_of_memory_names, typed
 from convlab.registry import get_backend, list_backends
-from convlab.settings import UsageError, positive_int, subset_size
+from convlab.settings import UsageError, positive_float, positive_int, subset_size
 
 
 def required(name, value):
@@ -24,17 +24,20 @@ class DataCommands:
     """Data sets: where they are, and fetching MNIST."""
 
     @typed(text=("dest", "mirror"))
-    def download(self, *, dest=None, mirror=None):
+    def download(self, *, dest=None, mirror=None, timeout=30, deadline=600):
         """Download MNIST's four idx files, checking each payload's sha256.
 
         Args:
             dest: folder to write them to (default: the repository's data/mnist).
             mirror: base URL, or comma-separated URLs, to try in order (default: the
                 well-known public mirrors).
+            timeout: seconds a mirror may send nothing before it counts as stalled and the next is tried.
+            deadline: seconds one file may take in all, however slowly the mirror sends it.
         """
         from convlab.download import MNIST_MIRRORS, download_mnist
 
-        download_mnist(dest, MNIST_MIRRORS if mirror is None else mirror)
+        download_mnist(dest, MNIST_MIRRORS if mirror is None else mirror, positive_float("timeout", timeout),
+                       positive_float("deadline", deadline))
 
 
 class Commands:

@@ -451,3 +451,87 @@ def test_conv2d_refuses_a_dtype_no_backend_computes_in(dtype):
 
     with pytest.raises(ValueError, match="dtype must be float32 or float64"):
         convlab.Conv2D(1, 2, 3, dtype=dtype)
+
+
+# --- 7. downloads: a stalled or trickling mirror ends with a clear error, the next is tried --
+
+@pytest.fixture
+def slow_server():
+    """``slow_server(kind)`` -> base URL of a server on 127.0.0.1 that answers every request
+    with headers and 3 bytes, then sends nothing more ("stall") or a byte every 50 ms
+    ("trickle"), holding the connection until the test ends."""
+    import socketserver
+    import threading
+    import time
+
+    stop = threading.Event()
+    servers = []
+
+    def start(kind):
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                self.request.recv(65536)
+                self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nabc")
+                while not stop.is_set():
+                    if kind == "trickle":
+                        self.request.sendall(b"x")
+                    time.sleep(0.05)
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    stop.set()
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@needs_mnist
+def test_a_stalled_mirror_ends_with_an_error_naming_it_and_the_next_is_tried(slow_server, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    good = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        Quiet, directory=str(DEFAULT_DATA_DIR / "mnist")))
+    threading.Thread(target=good.serve_forever, args=(0.05,), daemon=True).start()
+    stalled = slow_server("stall")
+    try:
+        code, out, err = convlab("data", "download", "--dest", tmp_path / "mnist", "--timeout", "0.5", "--mirror",
+                                 f"{stalled},http://127.0.0.1:{good.server_port}/")
+    finally:
+        good.shutdown()
+        good.server_close()
+    assert code == 0, err
+    lines = out.splitlines()
+    assert sum(f"mirror {stalled} failed (stalled: no data for 0.5 s after 3 bytes" in line for line in lines) == 4
+    assert sum("downloading from" in line for line in lines) == 8  # a line as each file starts, per mirror
+    assert sum("checksum ok" in line for line in lines) == 4
+    assert len(list((tmp_path / "mnist").iterdir())) == 4
+
+
+def test_a_trickling_mirror_meets_the_deadline_per_file(slow_server, tmp_path):
+    from convlab.download import DownloadError, download_files
+
+    trickle = slow_server("trickle")
+    lines = []
+    with pytest.raises(DownloadError, match=rf"could not download f\.gz from any mirror: {trickle}f\.gz: too slow: "
+                                            r"\d+ bytes in 0\.5 s, the deadline per file \(--deadline\)"):
+        download_files({"f": "0" * 64}, tmp_path / "dest", [trickle], timeout=5, deadline=0.5, log=lines.append)
+    assert lines == [f"f.gz: downloading from {trickle}f.gz"]
+    assert not (tmp_path / "dest").exists() or not any((tmp_path / "dest").iterdir())
+
+
+def test_every_mirror_stalled_is_one_error_line(slow_server, tmp_path):
+    stalled = slow_server("stall")
+    code, out, err = convlab("data", "download", "--dest", tmp_path, "--timeout", "0.3", "--mirror", stalled)
+    assert_one_error_line(code, err, f"could not download train-images-idx3-ubyte.gz from any mirror: {stalled}"
+                                     "train-images-idx3-ubyte.gz: stalled: no data for 0.3 s")
