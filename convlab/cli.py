@@ -151,11 +151,12 @@ class Commands:
             backend: convolution backend to compute with (default: the one it was trained with).
             invert: the image is a dark digit on a light background.
         """
-        from convlab.inference import load_image, load_model, prediction_report
+        from convlab.inference import check_has_content, load_image, load_model, prediction_report
 
         model, saved = load_model(required("checkpoint", checkpoint), backend)
-        image = load_image(required("FILE", file), invert)
-        print(prediction_report(model, image, "digit" if saved.settings["dataset"] == "mnist" else "class"))
+        class_name = "digit" if saved.settings["dataset"] == "mnist" else "class"
+        image = check_has_content(load_image(required("FILE", file), invert), file, class_name)
+        print(prediction_report(model, image, class_name))
 
     @typed(text=("backends", "passes", "json", "plot"), flags=("mnist_layer",))
     def bench(self, *, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,

@@ -535,3 +535,49 @@ def test_every_mirror_stalled_is_one_error_line(slow_server, tmp_path):
     code, out, err = convlab("data", "download", "--dest", tmp_path, "--timeout", "0.3", "--mirror", stalled)
     assert_one_error_line(code, err, f"could not download train-images-idx3-ubyte.gz from any mirror: {stalled}"
                                      "train-images-idx3-ubyte.gz: stalled: no data for 0.3 s")
+
+
+# --- 9. data sanity ---------------------------------------------------------------------
+
+@needs_mnist
+def test_mnist_files_given_as_fashion_mnist_are_refused(tmp_path):
+    (tmp_path / "fashion-mnist").symlink_to(DEFAULT_DATA_DIR / "mnist")
+    code, out, err = convlab("train", "--dataset", "fashion-mnist", "--data-dir", tmp_path, *TINY)
+    assert_one_error_line(code, err, "train-images-idx3-ubyte.gz: holds mnist's train-images-idx3-ubyte, not "
+                                     "fashion-mnist data (checksum)", "--dataset mnist")
+    assert "training on" not in out
+
+
+@needs_mnist
+def test_mnist_in_an_hdf5_file_given_as_fashion_mnist(tmp_path):
+    """The exact MNIST test set is recognised (refused); a subset only looks like it (warned)."""
+    import h5py
+
+    from convlab.data import DataError, DataWarning, load_dataset, load_hdf5
+
+    mnist = load_dataset("mnist")
+    with h5py.File(tmp_path / "all.h5", "w") as f:
+        f["x_train"], f["y_train"] = mnist.x_train[:500].reshape(500, 784), mnist.y_train[:500]
+        f["x_test"], f["y_test"] = mnist.x_test.reshape(10000, 784), mnist.y_test
+    with pytest.raises(DataError, match="x_test holds mnist's images .t10k-images-idx3-ubyte., not fashion-mnist's"):
+        load_hdf5(tmp_path / "all.h5", "fashion-mnist")
+    with h5py.File(tmp_path / "subset.h5", "w") as f:
+        f["x_train"], f["y_train"] = mnist.x_train[:500].reshape(500, 784), mnist.y_train[:500]
+        f["x_test"], f["y_test"] = mnist.x_test[:100].reshape(100, 784), mnist.y_test[:100]
+    with pytest.warns(DataWarning, match=r"the fashion-mnist images look like mnist \(8\d% black pixels"):
+        load_hdf5(tmp_path / "subset.h5", "fashion-mnist")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_hdf5(tmp_path / "subset.h5", "mnist")  # no warning when the name fits
+
+
+def test_predict_on_a_blank_image_says_it_holds_no_digit(tmp_path):
+    write_checkpoint(tmp_path / "run.h5", settings=dict(SETTINGS, backend="im2col"))
+    for name, image in (("black.npy", np.zeros((28, 28))), ("white.npy", np.ones((28, 28))),
+                        ("speck.npy", np.pad(np.ones((2, 2)), 13))):
+        np.save(tmp_path / name, image)
+        code, out, err = convlab("predict", tmp_path / name, "--checkpoint", tmp_path / "run.h5")
+        assert_one_error_line(code, err, f"{tmp_path / name} holds no digit-like content")
+        assert "probability" not in out
