@@ -220,29 +220,50 @@ def interrupted_message(checkpoint, resume, options) -> str:
             + " ".join(map(shlex.quote, words)))
 
 
+class Terminated(KeyboardInterrupt):
+    """A stop asked for by SIGTERM (``kill``, ``timeout``, systemd, job schedulers) rather
+    than Ctrl-C; the process then exits with 128 + :attr:`signum`."""
+
+    signum = signal.SIGTERM
+
+
+def raise_terminated(signum, frame):
+    """SIGTERM's handler in ``convlab`` (see ``cli.main``): raise :class:`Terminated`
+    wherever the program is, as Python's own SIGINT handler raises KeyboardInterrupt."""
+    raise Terminated
+
+
+# The signals that ask for a stop, the handler under which each is ours to take over (any
+# other: ignored, or someone else's), and what the stop raises.
+STOP_SIGNALS = {signal.SIGINT: (signal.default_int_handler, KeyboardInterrupt),
+                signal.SIGTERM: (raise_terminated, Terminated)}
+
+
 @contextlib.contextmanager
 def ctrl_c_at_safe_points():
-    """Within the block, a first Ctrl-C (SIGINT) only asks to stop; the yielded ``check()``
-    raises KeyboardInterrupt at its next call. Python would raise it wherever the program
-    happens to be: halfway through an HDF5 write, or inside a weakref callback, where it is
-    printed and swallowed, and training goes on. A second Ctrl-C interrupts at once.
-    Where SIGINT is ignored (a background job) or handled by someone else, nothing changes."""
+    """Within the block, a first Ctrl-C (SIGINT) or SIGTERM only asks to stop; the yielded
+    ``check()`` raises KeyboardInterrupt (:class:`Terminated` for SIGTERM) at its next
+    call. Python would raise it wherever the program happens to be: halfway through an
+    HDF5 write, or inside a weakref callback, where it is printed and swallowed, and
+    training goes on; SIGTERM would end the process there and then. A second signal of the
+    same kind acts at once. Where a signal is ignored (SIGINT in a background job) or
+    handled by someone else, nothing changes for it."""
     requested = []
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    ours = [signum for signum, (default, _) in STOP_SIGNALS.items() if previous[signum] is default]
 
     def request(signum, frame):
         requested.append(signum)
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous[signum])
 
     def check():
         if requested:
-            raise KeyboardInterrupt
+            raise STOP_SIGNALS[requested[0]][1]
 
-    if previous is not signal.default_int_handler:
-        yield check
-        return
-    signal.signal(signal.SIGINT, request)
+    for signum in ours:
+        signal.signal(signum, request)
     try:
         yield check
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum in ours:
+            signal.signal(signum, previous[signum])

@@ -6,10 +6,12 @@ from __future__ import annotations
 import importlib.metadata
 import signal
 import sys
+import warnings
 
 import fire
 
 from convlab.arguments import check_command_line, out_of_memory_names, typed
+from convlab.checkpoints import raise_terminated
 from convlab.registry import get_backend, list_backends
 from convlab.settings import UsageError, positive_float, positive_int, subset_size
 
@@ -40,11 +42,38 @@ class DataCommands:
                        positive_float("deadline", deadline))
 
 
+class AutoCommands:
+    """The auto backend's stored picks (its cache file): see, re-time or clear them."""
+
+    def show(self):
+        """List the stored picks: problem, chosen backend, the candidates' times."""
+        auto = get_backend("auto").impl
+        entries = auto.stored()
+        print(f"{auto.cache_file()}: {len(entries)} stored pick{'s' * (len(entries) != 1)}")
+        for key, entry in entries.items():
+            print(auto.describe(key, entry))
+
+    def clear(self):
+        """Delete the stored picks; the next run with --backend auto times again."""
+        auto = get_backend("auto").impl
+        print(f"removed {auto.clear()} stored picks ({auto.cache_file()})")
+
+    def retune(self):
+        """Time every stored problem again and store the new picks."""
+        from convlab.run import backend_log_to_stdout
+
+        auto = get_backend("auto").impl
+        with backend_log_to_stdout():
+            picks = auto.retune()
+        print(f"re-timed {len(picks)} problems ({auto.cache_file()})")
+
+
 class Commands:
     """convlab: a from-scratch convolution lab. Train and time a CNN whose convolution
     is computed by interchangeable hand-written backends."""
 
     data = DataCommands()
+    auto = AutoCommands()
 
     def backends(self):
         """List the convolution backends with their descriptions and what each supports."""
@@ -105,7 +134,7 @@ class Commands:
             data_dir: folder with the idx files or MNISTdata.hdf5, or that HDF5 file
                 (default: the repository's data/, then the system's datasets).
             metrics_out: write per-epoch metrics as JSON to this path (rewritten after every epoch).
-            progress: show a progress bar during each epoch.
+            progress: show a progress bar during each epoch (on a terminal only: piped output gets one line per epoch).
             dataset: mnist or fashion-mnist; default mnist.
             checkpoint: save an HDF5 checkpoint here after every epoch (atomically); must not exist yet.
             resume: continue the run saved in this checkpoint, and keep saving to it.
@@ -203,7 +232,16 @@ def version() -> str:
         return "unknown"
 
 
+def one_line_warning(message, category, filename, lineno, line=None):
+    """A warning as the CLI prints it (see :func:`main`): what is wrong, not where in the code."""
+    return f"convlab: warning: {message}\n"
+
+
 def main(argv=None):
+    warnings.formatwarning = one_line_warning
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    if previous_sigterm is signal.SIG_DFL:  # SIGTERM is a stop like Ctrl-C, not a sudden death
+        signal.signal(signal.SIGTERM, raise_terminated)
     if argv is None and hasattr(signal, "SIGPIPE"):
         # As command-line tools do: a closed stdout (`convlab train | head -1`) ends the
         # process quietly at its next print. Every file is saved before the line that
@@ -226,8 +264,12 @@ def main(argv=None):
         print(f"convlab: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # a message, if any, says what survived and how to go on
-        print("convlab: interrupted" + (f"; {e}" if e.args else ""), file=sys.stderr)
-        sys.exit(130)
+        signum = getattr(e, "signum", signal.SIGINT)  # SIGTERM: see convlab.checkpoints.Terminated
+        print(f"convlab: {'terminated' if signum == signal.SIGTERM else 'interrupted'}"
+              + (f"; {e}" if e.args else ""), file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from convlab.files import write_json
 from convlab.models import get_model
 from convlab.optimizers import SGD
 from convlab.settings import TrainSettings
-from convlab.training import fit
+from convlab.training import TrainingDiverged, fit
 
 
 @contextlib.contextmanager
@@ -80,8 +80,12 @@ def train(settings: TrainSettings, resumed=None):
             fit(model, optimizer, data, settings.epochs, settings.batch_size, settings.seed,
                 start_epoch=len(history) + 1, progress=settings.progress, on_epoch=after_epoch,
                 on_batch=stop_if_asked, lr_at=settings.lr_at)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(interrupted_message(settings.checkpoint, settings.resume, dict(
+    except TrainingDiverged as e:  # the diverging epoch was not saved
+        if settings.checkpoint is None or not history:
+            raise
+        raise TrainingDiverged(f"{e}; {settings.checkpoint} still holds the run after epoch {history[-1].epoch}") from None
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a subclass)
+        raise type(stop)(interrupted_message(settings.checkpoint, settings.resume, dict(
             epochs=settings.epochs, backend=settings.backend, data_dir=settings.data_dir,
             metrics_out=settings.metrics_out, progress=None if settings.progress else False))) from None
     print(f"test accuracy: {history[-1].test_accuracy:.4f} ({settings.backend}, {settings.epochs} epochs, "

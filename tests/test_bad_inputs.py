@@ -77,7 +77,7 @@ TRAIN_CASES = [
     (["-b", "1"], "`convlab train` option -b is ambiguous: it could be --backend or --batch-size"),
 ]
 OTHER_CASES = [
-    (["nosuch"], "`convlab` has no command 'nosuch'; valid commands are: backends, "),
+    (["nosuch"], "`convlab` has no command 'nosuch'; valid commands are: auto, backends, "),
     (["data", "upload"], "`convlab data` has no command 'upload'; valid commands are: download"),
     (["data", "download", "--dest", "{a-file}"], "--dest {a-file} exists and is not a folder"),
     (["data", "download", "--dest", "{a-file}/x"], "--dest {a-file}/x: {a-file} is a file, so nothing can be written"),
