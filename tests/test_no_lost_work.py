@@ -345,7 +345,8 @@ def test_a_plugin_that_fails_to_load_is_skipped_with_one_warning(tmp_path):
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: convlab-broken-plugins\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[convlab.backends]\nmissing = no_such_module_for_convlab\n"
-                                           "exploding = exploding_backend\n")
+                                           "exploding = exploding_backend\n"
+                                           "[convlab.models]\nbroken-net = no_such_model_module:build\n")
     (site / "exploding_backend.py").write_text("raise RuntimeError('boom at import')\n")
     env = dict(os.environ, PYTHONPATH=str(site), CONVLAB_FFT_WISDOM="off")
     done = subprocess.run([sys.executable, "-m", "convlab.cli", "backends"], capture_output=True, text=True,
@@ -356,6 +357,10 @@ def test_a_plugin_that_fails_to_load_is_skipped_with_one_warning(tmp_path):
     for name, why in (("missing", "ModuleNotFoundError"), ("exploding", "RuntimeError: boom at import")):
         lines = [line for line in done.stderr.splitlines() if f"'{name}'" in line]
         assert len(lines) == 1 and "skipping backend" in lines[0] and why in lines[0], done.stderr
+    done = subprocess.run([sys.executable, "-m", "convlab.cli", "models"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("reference") and "broken-net" not in done.stdout
+    assert done.stderr.count("skipping model 'broken-net'") == 1 and "Traceback" not in done.stderr, done.stderr
     code = "import numpy as np, convlab; print(convlab.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2))).sum())"
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env,
                           timeout=120)
