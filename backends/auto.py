@@ -97,8 +97,12 @@ class Problem:
 
     @classmethod
     def from_json(cls, fields: dict):
-        return cls(*(tuple(fields[name]) for name in ("x", "w", "stride", "padding")), str(fields["dtype"]),
-                   bool(fields["need_dx"]))
+        """The problem :meth:`as_json` wrote; ValueError (or KeyError, TypeError) if it is not one."""
+        shapes = [tuple(fields[name]) for name in ("x", "w", "stride", "padding")]
+        if [len(shape) for shape in shapes] != [4, 4, 2, 2] or not all(
+                isinstance(n, int) and n >= 0 for shape in shapes for n in shape):
+            raise ValueError(f"not a convolution problem: {fields}")
+        return cls(*shapes, np.dtype(fields["dtype"]).name, bool(fields["need_dx"]))
 
     def candidates(self) -> list[str]:
         """The backends ``auto`` times for this problem (those that support it)."""
@@ -264,7 +268,7 @@ class Auto:
                 warnings.warn(f"auto skips backend {name!r} for {problem.key}: it raised {type(e).__name__}: {e}",
                               stacklevel=2)
         if not seconds:
-            raise RuntimeError(f"auto found no backend that computes {problem.key}: " + "; ".join(failures))
+            raise ValueError(f"auto found no backend that computes {problem.key}: " + "; ".join(failures))
         chosen = min(seconds, key=seconds.get)
         timings = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in seconds.items())
         log.info("auto picked %s for %s (forward+backward: %s)", chosen, problem.key, timings)

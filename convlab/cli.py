@@ -225,6 +225,11 @@ class Commands:
 
 
 
+def one_line_warning(message, category, filename, lineno, line=None):
+    """A warning as the CLI prints it (see :func:`main`): what is wrong, not where in the code."""
+    return f"convlab: warning: {message}\n"
+
+
 def version() -> str:
     try:
         return importlib.metadata.version("convlab")
@@ -232,21 +237,16 @@ def version() -> str:
         return "unknown"
 
 
-def one_line_warning(message, category, filename, lineno, line=None):
-    """A warning as the CLI prints it (see :func:`main`): what is wrong, not where in the code."""
-    return f"convlab: warning: {message}\n"
-
-
 def main(argv=None):
     warnings.formatwarning = one_line_warning
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
-    if previous_sigterm is signal.SIG_DFL:  # SIGTERM is a stop like Ctrl-C, not a sudden death
-        signal.signal(signal.SIGTERM, raise_terminated)
     if argv is None and hasattr(signal, "SIGPIPE"):
         # As command-line tools do: a closed stdout (`convlab train | head -1`) ends the
         # process quietly at its next print. Every file is saved before the line that
         # reports it is printed, so nothing is lost.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    if previous_sigterm is signal.SIG_DFL:  # SIGTERM is a stop like Ctrl-C, not a sudden death
+        signal.signal(signal.SIGTERM, raise_terminated)
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         if args == ["--version"]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convlab.checks import output_size
-from convlab.registry import ORACLE, get_backend, list_backends
+from convlab.registry import ORACLE, get_backend, list_backends  # noqa: F401 (ORACLE: re-exported for bench and auto)
 
 # Above this many multiply-adds per forward, the oracle takes a good part of a second per call.
 ORACLE_MAX_MACS = 1e8

@@ -91,3 +91,13 @@ def test_clear_refuses_a_file_that_is_not_a_pick_cache(cache_file, capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith(f"convlab: error: not deleting {cache_file}: it exists and is not")
     assert cache_file.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("problem", [{"x": [1, 1, 4]}, {"x": [1, 1, 4, 4], "w": [1, 1, 3, 3], "stride": [1, 1],
+                                                       "padding": [0, 0], "dtype": "no such type", "need_dx": True}])
+def test_an_entry_with_a_damaged_problem_is_ignored(cache_file, capsys, problem):
+    cache_file.write_text(json.dumps({"picks": {"k": {"backend": "im2col", "seconds": {"im2col": 1.0},
+                                                      "problem": problem}}}))
+    main(["auto", "retune"])
+    assert capsys.readouterr().out.endswith("re-timed 0 problems ({})\n".format(cache_file))
+    assert json.loads(cache_file.read_text()) == {"picks": {}}
