@@ -180,16 +180,16 @@ def test_paths_that_look_like_numbers_are_file_names(tmp_path, capsys, data_read
     assert code == 0 and (tmp_path / "True").is_file()
 
 
-@pytest.mark.parametrize("word, shows_bar", [("no", False), ("false", False), ("off", False), ("0", False),
-                                             ("yes", True), ("True", True), ("on", True), ("1", True)])
-def test_progress_takes_the_usual_spellings(capsys, monkeypatch, word, shows_bar):
+@pytest.mark.parametrize("word, on", [("no", False), ("false", False), ("off", False), ("0", False),
+                                     ("yes", True), ("True", True), ("on", True), ("1", True)])
+def test_progress_takes_the_usual_spellings(capsys, monkeypatch, word, on):
     import convlab.run
 
     runs = []
     monkeypatch.setattr(convlab.run, "train", lambda settings, resumed: runs.append(settings))
     code, _, err = run_cli(capsys, "train", "--progress", word)
     assert code == 0, err
-    assert runs[0].progress is shows_bar
+    assert runs[0].progress is on
 
 
 def test_a_flag_refuses_other_words(capsys):
