@@ -73,6 +73,10 @@ def files(tmp_path):
                                                     "seconds": 0.01}]}))
     paths["metrics"].write_text(json.dumps({"backend": "im2col", "epochs": [m.as_dict() for m in HISTORY]}))
     paths["a-file"].write_text("a file")
+    for name, content in (("gz", b"\x1f\x8b\x08\x00 an idx file, compressed"), ("notes-pdf", b"my notes"),
+                          ("notes-json", b"my notes, not JSON")):
+        paths[name] = tmp_path / name.replace("-", ".")
+        paths[name].write_bytes(content)
     paths["readonly"].mkdir()
     paths["readonly"].chmod(0o555)
     tmp_path.chmod(0o755)
@@ -97,7 +101,12 @@ def contents(paths):
      ["--metrics-out {run} is the same file as the input --resume {run}"]),
     (["train", "--checkpoint", "{tmp}/same.h5", "--metrics-out", "{tmp}/./same.h5"],
      ["--metrics-out {tmp}/same.h5 is the same file as the output --checkpoint {tmp}/same.h5"]),
-    (["train", "--metrics-out", "{run}"], ["--metrics-out {run} is an existing HDF5 file"]),
+    (["train", "--metrics-out", "{run}"], ["--metrics-out {run} exists and is not a JSON file; refusing to replace"]),
+    (["train", "--metrics-out", "{a-file}"], ["--metrics-out {a-file} exists and is not a JSON file"]),
+    (["train", "--metrics-out", "{gz}"], ["--metrics-out {gz} exists and is not a JSON file"]),
+    (["report", "{run}", "--out", "{notes-pdf}"], ["--out {notes-pdf} exists and is not a PDF file"]),
+    (["bench", "--json", "{notes-json}"], ["--json {notes-json} exists and is not a JSON file"]),
+    (["bench", "--plot", "{run}"], ["--plot {run} exists and is an HDF5 file (a checkpoint or data set?)"]),
     (["train", "--checkpoint", "{a-file}/c.h5"], ["--checkpoint {a-file}/c.h5: {a-file} is a file"]),
     (["bench", "--json", "{a-file}/b.json"], ["--json {a-file}/b.json: {a-file} is a file"]),
     (["bench", "--plot", "{a-file}/p.png"], ["--plot {a-file}/p.png: {a-file} is a file"]),
@@ -112,6 +121,14 @@ def test_a_bad_output_is_refused_before_any_work_and_nothing_changes(files, tmp_
     assert "training on" not in out and not err.startswith("timing ")  # refused before the work
     assert contents(files) == before
     assert not (tmp_path / "same.h5").exists()
+
+
+def test_an_existing_output_of_the_same_kind_is_replaced(files, tmp_path):
+    from convlab.files import check_outputs
+
+    (tmp_path / "old.png").write_bytes(b"\x89PNG\r\n\x1a\n...")
+    assert check_outputs({"--metrics-out": files["metrics"], "--plot": tmp_path / "old.png",
+                          "--out": tmp_path / "new.pdf"}, kinds={"--metrics-out": "json"})
 
 
 @needs_mode_bits
