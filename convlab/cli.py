@@ -110,10 +110,10 @@ class Commands:
             print(f"wrote {path}")
 
     @typed(text=("backend", "dataset", "lr_schedule", "data_dir", "metrics_out", "checkpoint", "resume", "model"),
-           flags=("progress",))
+           flags=("progress", "profile"))
     def train(self, *, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
               train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True,
-              dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None):
+              dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None, profile=False):
         """Train a network (default: the reference one, conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
 
         With --resume, every setting left out comes from the checkpoint; dataset, batch
@@ -139,6 +139,7 @@ class Commands:
             checkpoint: save an HDF5 checkpoint here after every epoch (atomically); must not exist yet.
             resume: continue the run saved in this checkpoint, and keep saving to it.
             model: the network (see `convlab models`); default reference.
+            profile: print where the training steps' time went, per layer and phase, at the end.
         """
         from convlab.run import train
         from convlab.settings import TrainSettings
@@ -147,7 +148,7 @@ class Commands:
             model=model, backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
             lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size, test_size=test_size,
             data_dir=data_dir, metrics_out=metrics_out, checkpoint=checkpoint, resume=resume, progress=progress)
-        train(settings, resumed)
+        train(settings, resumed, profile)
 
     @typed(text=("checkpoint", "backend", "data_dir"))
     def evaluate(self, *, checkpoint=None, backend=None, data_dir=None, test_size=None):
@@ -187,9 +188,10 @@ class Commands:
         image = check_has_content(load_image(required("FILE", file), invert), file, class_name)
         print(prediction_report(model, image, class_name))
 
-    @typed(text=("backends", "passes", "json", "plot"), flags=("mnist_layer",))
+    @typed(text=("backends", "passes", "json", "plot"), flags=("mnist_layer", "profile"))
     def bench(self, *, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
-              out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None):
+              out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None, profile=False,
+              steps=100):
         """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
 
         The sweep is batch x in_channels -> out_channels on an image_size² input with
@@ -209,9 +211,16 @@ class Commands:
             repeat: timed runs per measurement.
             json: write the results to this JSON file (schema: see convlab/bench.py).
             plot: save the time-vs-kernel-size plot here (.png, .svg, .pdf, ...).
+            profile: instead, profile --steps real training steps of the reference network
+                per backend (default: every backend but naive): time of each phase, per layer.
+            steps: training steps to profile (with --profile).
         """
-        from convlab.bench import bench_command
+        from convlab.bench import bench_command, profile_command
         from convlab.files import check_outputs, check_suffix
+
+        if profile:
+            profile_command(backends, positive_int("steps", steps), positive_int("batch-size", batch_size))
+            return
 
         check_outputs({"--json": json if json is None else check_suffix(json, "--json", ".json", "JSON"),
                        "--plot": plot})
