@@ -203,7 +203,7 @@ def test_progress_takes_the_usual_spellings(capsys, monkeypatch, word, on):
     import convlab.run
 
     runs = []
-    monkeypatch.setattr(convlab.run, "train", lambda settings, resumed: runs.append(settings))
+    monkeypatch.setattr(convlab.run, "train", lambda settings, *rest, **options: runs.append(settings))
     code, _, err = run_cli(capsys, "train", "--progress", word)
     assert code == 0, err
     assert runs[0].progress is on
