@@ -2,8 +2,10 @@
 
 One file per run, rewritten atomically after every epoch (see :func:`save_checkpoint`)::
 
-    /                      attributes: format, format_version, epoch, epochs, backend, dataset,
-                           lr, momentum, batch_size, seed, train_size, test_size, network, rng
+    /                      attributes: format, format_version, epoch, network, rng, and the run's
+                           settings (convlab.settings.RECORDED): model, backend, dataset, epochs,
+                           batch_size, lr, lr_schedule, momentum, seed, train_size, test_size
+                           (no model: the reference network, as before there were others)
     /weights/<name>        one float32 dataset per parameter, named as in
                            ``Sequential.named_parameters()`` ("0.w", "0.b", "3.w", "3.b")
     /optimizer/velocity/<name>   the SGD momentum buffers, same names and shapes
@@ -19,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import numbers
 import shlex
 import signal
 from dataclasses import dataclass
@@ -34,11 +35,8 @@ from convlab.training import EpochMetrics
 FORMAT = "convlab-checkpoint"
 FORMAT_VERSION = 1
 RNG_NOTE = "batch order = numpy.random.default_rng([seed, epoch]).permutation(train_size)"
-# Settings a resumed run must keep: changing any of them would make the continuation a
-# different run than the one the checkpoint started (the weights are a function of them).
-FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "lr_schedule", "momentum", "seed", "train_size", "test_size")
 # What resuming and evaluating cannot do without (a setting added later, such as
-# lr_schedule, may be missing from older checkpoints).
+# lr_schedule or model, may be missing from older checkpoints).
 REQUIRED_SETTINGS = ("epoch", "epochs", "backend", "network", "dataset", "batch_size", "lr", "momentum", "seed",
                      "train_size", "test_size")
 METRICS_DTYPE = np.dtype([(f.name, np.int64 if f.type in ("int", int) else np.float64)
@@ -75,32 +73,12 @@ class Checkpoint:
             for name, buffer in optimizer.velocity.items():
                 buffer[...] = self.velocity[name]
 
-    def resume_settings(self, given: dict) -> dict:
-        """Settings for continuing this run: ``given`` (None: not given) completed from the
-        checkpoint. Refuses a change of the settings in :data:`FIXED_ON_RESUME`; ``epochs``
-        may be raised, ``backend`` may change."""
-        settings = {}
-        for key, value in given.items():
-            stored = self.settings.get(key)
-            if value is not None and key in FIXED_ON_RESUME and value != stored:
-                option = key.replace("_", "-")
-                raise CheckpointError(
-                    f"--{option} {value} differs from the checkpoint's {stored}; a resumed run keeps the "
-                    f"{', '.join(k.replace('_', '-') for k in FIXED_ON_RESUME)} it started with "
-                    f"(leave --{option} out, or start a new run to change it)")
-            settings[key] = stored if value is None else value
-        # An --epochs that is not a whole number is refused with the other settings' checks.
-        if isinstance(settings["epochs"], numbers.Integral) and settings["epochs"] <= self.epoch:
-            raise CheckpointError(f"{self.path} already holds {self.epoch} epochs; pass --epochs greater than "
-                                  f"{self.epoch} to train further")
-        return settings
-
 
 def save_checkpoint(path, model, optimizer, history, settings):
     """Write a checkpoint of ``model`` and ``optimizer`` after ``history[-1].epoch`` epochs.
 
-    ``settings`` holds the run's backend, dataset, lr, momentum, batch_size, seed,
-    train_size, test_size and target epochs. Atomic: a reader (or a crash at any moment)
+    ``settings`` is the run's record (``TrainSettings.record()``: model, backend, dataset,
+    lr, momentum, batch_size, seed, train_size, test_size and target epochs). Atomic: a reader (or a crash at any moment)
     sees the previous checkpoint or this one; temporary files left by a killed writer
     (``.<name>.*.tmp``) are removed first.
     """

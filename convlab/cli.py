@@ -3,67 +3,19 @@ line and exit 2."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import numbers
 import sys
-import time
 
 import fire
 
 from convlab.arguments import check_command_line
 from convlab.registry import get_backend, list_backends
-
-
-class UsageError(ValueError):
-    """A command-line argument that is not allowed."""
-
-
-def positive_int(name, value):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise UsageError(f"--{name} must be a positive whole number, got {value!r}")
-    return int(value)
-
-
-def positive_float(name, value):
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0 or value == float("inf"):
-        raise UsageError(f"--{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def subset_size(name, value, available):
-    if value is None:
-        return available
-    value = positive_int(name, value)
-    if value > available:
-        raise UsageError(f"--{name} is {value} but the data set has only {available} images")
-    return value
-
-
-@contextlib.contextmanager
-def backend_log_to_stdout():
-    """Within the block, INFO lines of the ``convlab`` loggers (such as the backend that
-    ``auto`` picked for a shape) are printed to stdout."""
-    logger, handler = logging.getLogger("convlab"), logging.StreamHandler(sys.stdout)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+from convlab.settings import UsageError, positive_int, subset_size
 
 
 def required(name, value):
     if value is None:
         raise UsageError(f"{name if name.isupper() else '--' + name} is required")
     return value
-
-
-# `convlab train` settings left out (None) take these values, or on --resume the checkpoint's.
-TRAIN_DEFAULTS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.02, lr_schedule="cosine",
-                      momentum=0.9, seed=0)
 
 
 class DataCommands:
@@ -97,6 +49,15 @@ class Commands:
             print(f"{name:<{width}}  {backend.description}")
             print(f"{'':<{width}}  supports: {backend.limits}")
 
+    def models(self):
+        """List the networks `convlab train --model` can train, with their descriptions."""
+        from convlab.models import get_model, list_models
+
+        names = list_models()
+        width = max(map(len, names))
+        for name in names:
+            print(f"{name:<{width}}  {get_model(name).description}")
+
     def report(self, source=None, out="report.pdf", bench=None):
         """Write a PDF report of a training run, and its figures as PNG beside it.
 
@@ -114,12 +75,13 @@ class Commands:
 
     def train(self, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
               train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True,
-              dataset=None, checkpoint=None, resume=None, lr_schedule=None):
-        """Train the reference network (conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
+              dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None):
+        """Train a network (default: the reference one, conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
 
         With --resume, every setting left out comes from the checkpoint; dataset, batch
         size, lr, lr schedule, momentum, seed and subset sizes cannot change; epochs may be
         raised (a cosine schedule then stretches over the new total) and the backend may change.
+        Every setting is checked by convlab.settings.TrainSettings before anything runs.
 
         Args:
             backend: convolution backend (see `convlab backends`); default im2col.
@@ -138,80 +100,16 @@ class Commands:
             dataset: mnist or fashion-mnist; default mnist.
             checkpoint: save an HDF5 checkpoint here after every epoch (atomically); must not exist yet.
             resume: continue the run saved in this checkpoint, and keep saving to it.
+            model: the network (see `convlab models`); default reference.
         """
-        from convlab.checkpoints import (
-            check_new_checkpoint_path, ctrl_c_at_safe_points, interrupted_message, load_checkpoint, save_checkpoint)
-        from convlab.data import load_dataset
-        from convlab.files import check_writable, write_json
-        from convlab.models import reference_net
-        from convlab.optimizers import LR_SCHEDULES, SGD
-        from convlab.training import fit
+        from convlab.run import train
+        from convlab.settings import TrainSettings
 
-        resumed = load_checkpoint(resume) if resume is not None else None
-        checkpoint = resume if checkpoint is None else checkpoint
-        check_new_checkpoint_path(checkpoint, resume)
-        if metrics_out is not None:
-            check_writable(metrics_out, "--metrics-out")
-        settings = dict(backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
-                        lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size,
-                        test_size=test_size)
-        if resumed is not None:
-            settings = resumed.resume_settings(settings)
-        settings = {key: TRAIN_DEFAULTS.get(key) if value is None else value for key, value in settings.items()}
-        backend, dataset, epochs, batch_size, lr, lr_schedule, momentum, seed, train_size, test_size = (
-            settings.values())
-
-        backend = get_backend(backend).name
-        epochs = positive_int("epochs", epochs)
-        batch_size = positive_int("batch-size", batch_size)
-        lr = positive_float("lr", lr)
-        if lr_schedule not in LR_SCHEDULES:
-            raise UsageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
-        if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 <= momentum < 1:
-            raise UsageError(f"--momentum must be a number in [0, 1), got {momentum!r}")
-        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-            raise UsageError(f"--seed must be a non-negative whole number, got {seed!r}")
-
-        model = reference_net(seed=seed, backend=backend)
-        optimizer = SGD(model, lr=lr, momentum=momentum)
-        history = []
-        if resumed is not None:
-            resumed.restore(model, optimizer)
-            history = resumed.history
-            print(f"resuming from {resume} after epoch {resumed.epoch}")
-
-        data = load_dataset(dataset, data_dir)
-        n_train = subset_size("train-size", train_size, len(data.x_train))
-        n_test = subset_size("test-size", test_size, len(data.x_test))
-        data.x_train, data.y_train = data.x_train[:n_train], data.y_train[:n_train]
-        data.x_test, data.y_test = data.x_test[:n_test], data.y_test[:n_test]
-        print(f"training on {n_train} images, testing on {n_test}, backend {backend}, "
-              f"{epochs} epochs of batch {batch_size}, lr {lr} ({lr_schedule}), momentum {momentum}, seed {seed}")
-        settings.update(backend=backend, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                        seed=seed, train_size=n_train, test_size=n_test)
-
-        def report(m):
-            history.append(m)
-            print(f"epoch {m.epoch}/{epochs}  loss {m.train_loss:.4f}  train acc {m.train_accuracy:.4f}  "
-                  f"test acc {m.test_accuracy:.4f}  {m.seconds:.1f} s", flush=True)
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, model, optimizer, history, settings)
-
-        started = time.perf_counter()
-        try:
-            with backend_log_to_stdout(), ctrl_c_at_safe_points() as stop_if_asked:
-                fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=len(history) + 1,
-                    progress=progress, on_epoch=report, on_batch=stop_if_asked,
-                    lr_at=lambda epoch: LR_SCHEDULES[lr_schedule](lr, epoch, epochs))
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(interrupted_message(checkpoint, resume, dict(
-                epochs=epochs, backend=backend, data_dir=data_dir, metrics_out=metrics_out,
-                progress=None if progress else False))) from None
-        final = history[-1].test_accuracy
-        print(f"test accuracy: {final:.4f} ({backend}, {epochs} epochs, {time.perf_counter() - started:.1f} s)")
-        if metrics_out is not None:
-            write_json(metrics_out, {"backend": backend, "test_accuracy": final, "settings": settings,
-                                     "epochs": [m.as_dict() for m in history]})
+        settings, resumed = TrainSettings.from_options(
+            model=model, backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
+            lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size, test_size=test_size,
+            data_dir=data_dir, metrics_out=metrics_out, checkpoint=checkpoint, resume=resume, progress=progress)
+        train(settings, resumed)
 
     def evaluate(self, checkpoint=None, backend=None, data_dir=None, test_size=None):
         """Test accuracy and confusion matrix of a checkpoint written by `convlab train --checkpoint`.

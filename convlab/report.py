@@ -322,10 +322,10 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
     run = load_run(source)
     timings = read_bench(bench) if bench is not None else None
     model = run.model
-    if model is None:  # `convlab train` always trains the reference network
-        from convlab.models import reference_net
+    if model is None:  # a metrics file names the network (older ones: the reference network)
+        from convlab.models import DEFAULT_MODEL, get_model
 
-        model = reference_net()
+        model = get_model(run.settings.get("model", DEFAULT_MODEL)).build()
 
     pages = Pages()
     pages.add("title", f"convlab report: {dataset_title(run)}, {run.backend}, {len(run.history)} epochs")
