@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -69,8 +70,12 @@ MAX_KERNEL_SIDE = 5
 TILES = (2, 3, 4, 5, 6)
 DEFAULT_TILE = 4
 ENV_TILE = "CONVLAB_WINOGRAD_TILE"
-# Values of the long operand per slice of a transform product (see small_product).
-CHUNK_VALUES = 1 << 17
+# Multiply-adds per slice of a transform product (see small_product): at most OpenBLAS's
+# threshold for running a product on one thread (65536 * GEMM_MULTITHREAD_THRESHOLD 4).
+SLICE_MULTIPLY_ADDS = 1 << 18
+# The transforms' slices are shared among this many threads (the GEMMs are threaded by BLAS).
+THREADS = os.cpu_count() or 1
+_pool = None
 # max |y - y_ref| / max |y_ref| in float32 on random normal data, by points per axis (m + r - 1),
 # with a margin of about 5x over the measured medians (docs/winograd.md).
 ERROR_BOUND_FLOAT32 = {2: 3e-6, 3: 3e-6, 4: 3e-6, 5: 2e-5, 6: 5e-5, 7: 5e-5, 8: 5e-5, 9: 1e-3, 10: 1e-3}
@@ -215,24 +220,53 @@ def small_product(matrix, x, q_first=True, p_first=True):
     x (q, L, ...) if ``q_first`` else (L, ..., q); the result (p, L, ...) if ``p_first``
     else (L, ..., p), contiguous. ``x`` may be a strided view (the overlapping tiles).
 
-    Computed in slices of L of about :data:`CHUNK_VALUES` values, each gathered (when
-    strided) and multiplied while in cache: OpenBLAS takes 10x longer over one
-    (6, 6) @ (6, 550000) product than over 34 slices of it (2-core EPYC, float32).
+    Computed in slices of L of at most :data:`SLICE_MULTIPLY_ADDS`, each gathered (when
+    strided) and multiplied while in cache, on one thread: OpenBLAS took 10x longer over
+    one (6, 6) @ (6, 550000) product than over slices of it (2-core EPYC, float32), and
+    a threaded call this small waits for its threads longer than it computes, far longer
+    on a busy machine.
     """
     p, q = matrix.shape
     long_axis = 1 if q_first else 0
     length = x.shape[long_axis]
     rest = x.shape[1:] if q_first else x.shape[:-1]
     out = np.empty((p,) + rest if p_first else rest + (p,), np.result_type(matrix, x))
-    step = max(1, CHUNK_VALUES // max(1, x.size // length))
-    for lo in range(0, length, step):
-        part = x[:, lo:lo + step] if q_first else x[lo:lo + step]
-        part = part.reshape(q, -1) if q_first else part.reshape(-1, q).T  # (q, S), a copy if strided
-        if p_first:
-            np.matmul(matrix, part, out=out[:, lo:lo + step].reshape(p, -1))
-        else:
-            np.matmul(part.T, matrix.T, out=out[lo:lo + step].reshape(-1, p))
+    step = max(1, SLICE_MULTIPLY_ADDS // (p * max(1, x.size // length)))
+
+    def run(starts):
+        for lo in starts:
+            part = x[:, lo:lo + step] if q_first else x[lo:lo + step]
+            part = part.reshape(q, -1) if q_first else part.reshape(-1, q).T  # (q, S), a copy if strided
+            if p_first:
+                np.matmul(matrix, part, out=out[:, lo:lo + step].reshape(p, -1))
+            else:
+                np.matmul(part.T, matrix.T, out=out[lo:lo + step].reshape(-1, p))
+
+    run_shared(run, range(0, length, step))
     return out
+
+
+def run_shared(work, items):
+    """``work(part)`` on :data:`THREADS` contiguous parts of ``items``, one per thread of
+    a pool (numpy lets go of the GIL while it copies and multiplies); in the calling
+    thread alone when there are too few items to share."""
+    if THREADS == 1 or len(items) < 2 * THREADS:
+        work(items)
+        return
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="convlab-winograd")
+    size = -(-len(items) // THREADS)
+    list(_pool.map(work, [items[i:i + size] for i in range(0, len(items), size)]))
+
+
+def _forget_pool():
+    """In a forked child, which has none of the parent's threads."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def input_transform(canvas, m, kernel):
@@ -253,10 +287,21 @@ def input_transform(canvas, m, kernel):
     return v.reshape(aw, ah, c, n, -1, v.shape[-1])
 
 
+@functools.lru_cache(maxsize=None)
+def filter_matrix(m, kernel) -> np.ndarray:
+    """G_w ⊗ G_h in float64, read-only (alpha_w * alpha_h, r_h * r_w): row (b, a), column
+    (i, j) is G_w[b, j] G_h[a, i], so that G_h g G_wᵀ of every filter is one product."""
+    g_h, g_w = transforms(m, kernel[0], np.float64)[1], transforms(m, kernel[1], np.float64)[1]
+    matrix = np.einsum("bj,ai->baij", g_w, g_h).reshape(g_w.shape[0] * g_h.shape[0], -1)
+    matrix.flags.writeable = False
+    return matrix
+
+
 def filter_transform(w, m):
-    """G g Gᵀ of every filter, in float64 then cast: w (F, C, r_h, r_w) -> U (alpha_w, alpha_h, F, C)."""
-    g_h, g_w = transforms(m, w.shape[2], np.float64)[1], transforms(m, w.shape[3], np.float64)[1]
-    return np.einsum("ai,bj,fcij->bafc", g_h, g_w, w, optimize=True).astype(w.dtype)
+    """G g Gᵀ of every filter, in float64 then cast: w (F, C, r_h, r_w) -> U (alpha_w * alpha_h, F, C)."""
+    f, c, rh, rw = w.shape
+    u = filter_matrix(m, (rh, rw)) @ w.reshape(f * c, rh * rw).T.astype(np.float64)
+    return u.reshape(-1, f, c).astype(w.dtype)
 
 
 def output_transform(products, m, kernel, out_shape, bias=None):
@@ -289,7 +334,7 @@ def correlate(x, w, pads, m, bias=None):
     v = input_transform(canvas, m, kernel)
     aw, ah, c, n, th, tw = v.shape
     v = v.reshape(aw * ah, c, n * th * tw)
-    u = filter_transform(w, m).reshape(aw * ah, w.shape[0], c)
+    u = filter_transform(w, m)
     products = np.matmul(u, v).reshape(aw, ah, w.shape[0], n, th, tw)
     return output_transform(products, m, kernel, out_shape, bias), v
 
@@ -308,8 +353,8 @@ def weight_gradient(dy, v, kernel, m):
     d_hat = small_product(a_w, rows.reshape(-1, m), q_first=False)  # (alpha_w, alpha_h*F*N*th*tw)
     aw, ah = a_w.shape[0], a_h.shape[0]
     dw_hat = np.matmul(d_hat.reshape(aw * ah, f, -1), v.transpose(0, 2, 1))  # (P, F, C)
-    g_h, g_w = transforms(m, rh, np.float64)[1], transforms(m, rw, np.float64)[1]
-    return np.einsum("ai,bj,bafc->fcij", g_h, g_w, dw_hat.reshape(aw, ah, f, -1), optimize=True).astype(dtype)
+    dw = dw_hat.reshape(aw * ah, -1).T.astype(np.float64) @ filter_matrix(m, kernel)  # (F*C, r_h*r_w)
+    return dw.reshape(f, -1, rh, rw).astype(dtype)
 
 
 @register_backend("winograd")

@@ -149,7 +149,8 @@ class Commands:
         print(prediction_report(model, image, "digit" if saved.settings["dataset"] == "mnist" else "class"))
 
     def bench(self, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
-              out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None):
+              out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None, accuracy=False,
+              many_channels=False):
         """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
 
         The sweep is batch x in_channels -> out_channels on an image_size² input with
@@ -169,16 +170,20 @@ class Commands:
             repeat: timed runs per measurement.
             json: write the results to this JSON file (schema: see convlab/bench.py).
             plot: save the time-vs-kernel-size plot here (.png, .svg, .pdf, ...).
+            accuracy: also measure each backend's float32 error of y, dx and dw against float64.
+            many_channels: also time 3x3 and 5x5 layers with 32 to 128 channels.
         """
         from convlab.bench import bench_command
 
-        if not isinstance(mnist_layer, bool):
-            raise UsageError(f"--mnist-layer takes True or False, got {mnist_layer!r}")
+        for name, value in (("mnist-layer", mnist_layer), ("accuracy", accuracy), ("many-channels", many_channels)):
+            if not isinstance(value, bool):
+                raise UsageError(f"--{name} takes True or False, got {value!r}")
         bench_command(backends, kernel_sizes, positive_int("batch-size", batch_size),
                       positive_int("image-size", image_size), positive_int("in-channels", in_channels),
                       positive_int("out-channels", out_channels), mnist_layer, passes,
                       positive_int("repeat", repeat), json, plot,
-                      progress=lambda message: print(message, file=sys.stderr, flush=True))
+                      progress=lambda message: print(message, file=sys.stderr, flush=True),
+                      accuracy=accuracy, many_channels=many_channels)
 
 
 
