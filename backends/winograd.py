@@ -53,6 +53,7 @@ Stride 1 only, kernel sides 1 to 5: :meth:`Winograd.supports` says so up front.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+import threadpoolctl
 
 from convlab.registry import register_backend
 
@@ -73,9 +75,10 @@ ENV_TILE = "CONVLAB_WINOGRAD_TILE"
 # Multiply-adds per slice of a transform product (see small_product): at most OpenBLAS's
 # threshold for running a product on one thread (65536 * GEMM_MULTITHREAD_THRESHOLD 4).
 SLICE_MULTIPLY_ADDS = 1 << 18
-# The transforms' slices are shared among this many threads (the GEMMs are threaded by BLAS).
+# Threads sharing the transforms' slices and the GEMMs' points; BLAS itself runs on one.
 THREADS = os.cpu_count() or 1
 _pool = None
+_blas_controller = None
 # max |y - y_ref| / max |y_ref| in float32 on random normal data, by points per axis (m + r - 1),
 # with a margin of about 5x over the measured medians (docs/winograd.md).
 ERROR_BOUND_FLOAT32 = {2: 3e-6, 3: 3e-6, 4: 3e-6, 5: 2e-5, 6: 5e-5, 7: 5e-5, 8: 5e-5, 9: 1e-3, 10: 1e-3}
@@ -247,9 +250,9 @@ def small_product(matrix, x, q_first=True, p_first=True):
 
 
 def run_shared(work, items):
-    """``work(part)`` on :data:`THREADS` contiguous parts of ``items``, one per thread of
-    a pool (numpy lets go of the GIL while it copies and multiplies); in the calling
-    thread alone when there are too few items to share."""
+    """``work(part)`` on :data:`THREADS` contiguous parts of ``items`` (a range), one per
+    thread of a pool (numpy lets go of the GIL while it copies and multiplies); in the
+    calling thread alone when there are too few items to share."""
     if THREADS == 1 or len(items) < 2 * THREADS:
         work(items)
         return
@@ -258,6 +261,37 @@ def run_shared(work, items):
         _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="convlab-winograd")
     size = -(-len(items) // THREADS)
     list(_pool.map(work, [items[i:i + size] for i in range(0, len(items), size)]))
+
+
+def batched_matmul(a, b):
+    """a (P, I, K) @ b (P, K, J) -> (P, I, J): the P products shared among the threads."""
+    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), np.result_type(a, b))
+
+    def run(points):
+        part = slice(points.start, points.stop)
+        np.matmul(a[part], b[part], out=out[part])
+
+    run_shared(run, range(a.shape[0]))
+    return out
+
+
+@contextlib.contextmanager
+def blas_on_one_thread():
+    """Within the block, BLAS (every BLAS numpy has loaded) runs each product on the
+    calling thread; :func:`run_shared` shares the work instead.
+
+    A forward is ~40 (F(4x4, 3x3)) GEMMs and hundreds of small transform products. Each
+    threaded BLAS call waits for all of its threads: on an idle 2-core machine that costs
+    little, but on a busy one every call waits for a thread to be scheduled, and a forward
+    took 2 to 10 times im2col's wall time at the same CPU time. Splitting the work
+    ourselves, there are a handful of such waits per call. The BLAS setting is process-wide:
+    another thread using BLAS meanwhile also runs on one thread.
+    """
+    global _blas_controller
+    if _blas_controller is None:
+        _blas_controller = threadpoolctl.ThreadpoolController()
+    with _blas_controller.limit(limits=1, user_api="blas"):
+        yield
 
 
 def _forget_pool():
@@ -335,7 +369,7 @@ def correlate(x, w, pads, m, bias=None):
     aw, ah, c, n, th, tw = v.shape
     v = v.reshape(aw * ah, c, n * th * tw)
     u = filter_transform(w, m)
-    products = np.matmul(u, v).reshape(aw, ah, w.shape[0], n, th, tw)
+    products = batched_matmul(u, v).reshape(aw, ah, w.shape[0], n, th, tw)
     return output_transform(products, m, kernel, out_shape, bias), v
 
 
@@ -352,7 +386,7 @@ def weight_gradient(dy, v, kernel, m):
     rows = small_product(a_h, tiled.reshape(f * n * th, m, tw * m).transpose(1, 0, 2))  # (alpha_h, F*N*th, tw*m)
     d_hat = small_product(a_w, rows.reshape(-1, m), q_first=False)  # (alpha_w, alpha_h*F*N*th*tw)
     aw, ah = a_w.shape[0], a_h.shape[0]
-    dw_hat = np.matmul(d_hat.reshape(aw * ah, f, -1), v.transpose(0, 2, 1))  # (P, F, C)
+    dw_hat = batched_matmul(d_hat.reshape(aw * ah, f, -1), v.transpose(0, 2, 1))  # (P, F, C)
     dw = dw_hat.reshape(aw * ah, -1).T.astype(np.float64) @ filter_matrix(m, kernel)  # (F*C, r_h*r_w)
     return dw.reshape(f, -1, rh, rw).astype(dtype)
 
@@ -373,18 +407,19 @@ class Winograd:
         return None
 
     def forward(self, x, w, b, stride, padding):
-        m = settings().tile
-        (ph, pw), (kh, kw) = padding, w.shape[2:]
-        y, v = correlate(x, w, ((ph, ph), (pw, pw)), m, b)
+        m, (ph, pw) = settings().tile, padding
+        with blas_on_one_thread():
+            y, v = correlate(x, w, ((ph, ph), (pw, pw)), m, b)
         return y, (v, w, x.shape, padding, m)
 
     def backward(self, dy, cache, need_dx=True):
         v, w, x_shape, (ph, pw), m = cache
         kh, kw = w.shape[2:]
-        dw = weight_gradient(dy, v, (kh, kw), m)
         db = dy.sum(axis=(0, 2, 3))
-        if not need_dx:
-            return None, dw, db
-        flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, kh, kw)
-        dx, _ = correlate(dy, flipped, ((kh - 1 - ph,) * 2, (kw - 1 - pw,) * 2), m)
+        with blas_on_one_thread():
+            dw = weight_gradient(dy, v, (kh, kw), m)
+            if not need_dx:
+                return None, dw, db
+            flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, kh, kw)
+            dx, _ = correlate(dy, flipped, ((kh - 1 - ph,) * 2, (kw - 1 - pw,) * 2), m)
         return dx, dw, db
