@@ -40,13 +40,15 @@ Backward, in the Winograd domain too:
   (P, F, N * tiles) @ (P, N * tiles, C), and Gᵀ(.)G is applied once to the (P, F, C) sum.
   Exact up to float rounding, and cheaper than an F(m, r) correlation of x with dy.
 
-Error (float32, max |y - y_ref| / max |y_ref| against float64 on random normal data,
-``convlab bench --accuracy``; the error grows with the number of points, not with m alone):
-F(2x2, 3x3) ~1e-7 and F(4x4, 3x3) ~3e-7 (direct methods: ~1e-7), F(6x6, 3x3) ~2e-6,
-F(2x2, 5x5) ~3e-7, F(4x4, 5x5) ~2e-6, F(6x6, 5x5) ~3e-5. The bound asserted in
-``tests/test_winograd.py``: :data:`ERROR_BOUND_FLOAT32` (relative, per transform size).
-The default tile m = 4 (F(4x4, 3x3)): within 2x the error of the direct methods and
-most of the speed of F(6x6, 3x3); see docs/winograd.md for the measured table.
+Error (float32 against float64, max |got - ref| / max |ref| of y, dx and dw on random normal
+data with 32 to 128 channels, ``convlab bench --accuracy``): it grows with the number of
+points per axis, m + r - 1, not with m alone. F(2x2, 3x3) 2e-7 to 1e-6, as the direct
+methods (im2col 1e-7 to 7e-7); F(4x4, 3x3) and F(2x2, 5x5) (6 points) 4e-6 to 1e-5;
+F(6x6, 3x3) and F(4x4, 5x5) (8 points) 4e-6 to 1.4e-5; F(6x6, 5x5) (10 points) 2e-4.
+Bound, asserted in ``tests/test_winograd.py``: :data:`ERROR_BOUND_FLOAT32`, by points.
+Default tile m = 4: the fastest on the 3x3 and 5x5 layers measured, at the error level
+NNPACK's Winograd gates accept (1e-5 to 3e-5); F(6x6, 3x3) is no more accurate than
+F(4x4, 3x3) here and not faster on 16-32 pixel images. See docs/winograd.md.
 
 Stride 1 only, kernel sides 1 to 5: :meth:`Winograd.supports` says so up front.
 """
@@ -79,8 +81,8 @@ SLICE_MULTIPLY_ADDS = 1 << 18
 THREADS = os.cpu_count() or 1
 _pool = None
 _blas_controller = None
-# max |y - y_ref| / max |y_ref| in float32 on random normal data, by points per axis (m + r - 1),
-# with a margin of about 5x over the measured medians (docs/winograd.md).
+# max |got - ref| / max |ref| of y, dx, dw in float32 on random normal data, by points per axis
+# (m + r - 1): about 3-5x the largest median measured (docs/winograd.md).
 ERROR_BOUND_FLOAT32 = {2: 3e-6, 3: 3e-6, 4: 3e-6, 5: 2e-5, 6: 5e-5, 7: 5e-5, 8: 5e-5, 9: 1e-3, 10: 1e-3}
 
 
