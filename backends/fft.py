@@ -30,11 +30,9 @@ from __future__ import annotations
 import functools
 import importlib
 import itertools
-import json
 import os
 import sys
 import threading
-import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,7 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from convlab.files import atomic_path, user_cache_dir
+from convlab.cachefile import read_cache, update_cache, warn_once
+from convlab.files import user_cache_dir
+from convlab.profile import phase
 from convlab.registry import register_backend
 
 
@@ -71,6 +71,7 @@ pyfftw = _import_pyfftw_with_passive_threads()
 PLANNERS = ("estimate", "measure", "patient", "exhaustive")
 DEFAULT_PLANNER = "measure"
 ENV_THREADS, ENV_PLANNER, ENV_WISDOM = "CONVLAB_FFT_THREADS", "CONVLAB_FFT_PLANNER", "CONVLAB_FFT_WISDOM"
+WISDOM_KIND = "FFTW wisdom file"
 WISDOM_OFF = "off"
 MIN_POINTS_PER_THREAD = 1 << 16
 MIN_POINTS_TO_MEASURE = 1 << 14
@@ -245,19 +246,27 @@ class _Plans:
 
     @staticmethod
     def _load_wisdom(path):
-        if path is None or not path.exists():
-            return
-        try:
-            wisdom = json.loads(path.read_text())["wisdom"]
-            pyfftw.import_wisdom(tuple(w.encode("ascii") for w in wisdom))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            warnings.warn(f"ignoring unreadable FFTW wisdom file {path}: {error}", stacklevel=4)
+        if path is not None:
+            _import_wisdom(read_cache(path, WISDOM_KIND, "wisdom"), path)
 
     @staticmethod
     def _save_wisdom(path):
-        wisdom = [w.decode("ascii") for w in pyfftw.export_wisdom()]
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"fftw": pyfftw.fftw_version, "wisdom": wisdom}))
+        """Merge-on-write (see :mod:`convlab.cachefile`): the wisdom another process saved
+        since we loaded the file is imported, so the file we write holds both."""
+        def merged(stored):
+            _import_wisdom(stored, path)
+            return {"fftw": pyfftw.fftw_version, "wisdom": [w.decode("ascii") for w in pyfftw.export_wisdom()]}
+
+        update_cache(path, WISDOM_KIND, "wisdom", merged)
+
+
+def _import_wisdom(stored, path):
+    """Add the wisdom in a wisdom file's content (``{}``: none) to FFTW's."""
+    try:
+        if stored:
+            pyfftw.import_wisdom(tuple(w.encode("ascii") for w in stored["wisdom"]))
+    except (ValueError, TypeError, AttributeError) as error:
+        warn_once(path, f"ignoring unreadable FFTW wisdom file {path}: {error}")
 
 
 _plans = _Plans()
@@ -449,11 +458,13 @@ class FFT:
         (ph, pw), (sh, sw) = padding, stride
         padded = (h + 2 * ph, width + 2 * pw)
         grid = fft_shape_for(padded)
-        x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid)             # (N, C, bins)
-        # The kernel spectra carry the inverse transform's 1/(Hf*Wf): they are the smallest.
-        w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
-        y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid,                # (N, F, OH, OW)
-                                slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw), offset=b)
+        with phase("transforms"):
+            x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid)             # (N, C, bins)
+            # The kernel spectra carry the inverse transform's 1/(Hf*Wf): they are the smallest.
+            w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
+        with phase("products, inverse, crop"):
+            y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid,                # (N, F, OH, OW)
+                                    slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw), offset=b)
         return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid)
 
     def backward(self, dy, cache, need_dx=True):
@@ -462,13 +473,16 @@ class FFT:
         kh, kw = w_shape[2:]
         padded = (h + 2 * ph, width + 2 * pw)
         stride1_out = (padded[0] - kh + 1, padded[1] - kw + 1)
-        dy_spec = rfft2(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid)  # (N, F, bins)
+        with phase("transforms"):
+            dy_spec = rfft2(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid)  # (N, F, bins)
         db = dy_spec[:, :, 0].real.sum(axis=0)  # a plane's zero-frequency bin is its sum
-        dw = inverse_of_products(dy_spec.transpose(1, 0, 2), np.conj(x_spec), grid,         # (F, C, kh, kw)
-                                 -np.arange(kh), -np.arange(kw))
-        dw *= 1.0 / (grid[0] * grid[1])
+        with phase("products, inverse, crop"):
+            dw = inverse_of_products(dy_spec.transpose(1, 0, 2), np.conj(x_spec), grid,         # (F, C, kh, kw)
+                                     -np.arange(kh), -np.arange(kw))
+            dw *= 1.0 / (grid[0] * grid[1])
         if not need_dx:
             return None, dw, db
-        dx = inverse_of_products(dy_spec, np.conj(w_spec), grid,                              # (N, C, H, W)
-                                 np.arange(h) + ph - kh + 1, np.arange(width) + pw - kw + 1)
+        with phase("products, inverse, crop"):
+            dx = inverse_of_products(dy_spec, np.conj(w_spec), grid,                              # (N, C, H, W)
+                                     np.arange(h) + ph - kh + 1, np.arange(width) + pw - kw + 1)
         return dx, dw, db

@@ -220,20 +220,62 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=64, image_size=28
     if many_channels:
         shapes += [s for s in MANY_CHANNEL_LAYERS if s not in shapes]
     result = run_bench(shapes, backends, passes, repeat, progress)
-    print(format_table(result, shapes, passes))
     if accuracy:
         timed = lambda shape: list(dict.fromkeys(r["backend"] for r in result.rows if r["shape"] == shape.label))  # noqa: E731
         result.accuracy = run_accuracy(shapes, timed, progress)
+    # The files first: a closed stdout (`| head`) ends the process at its first print.
+    if json_path is not None:
+        save_json(result, json_path)
+    if plot_path is not None:
+        save_plot(result, sweep, plot_path, passes)
+    from convlab.threads import machine_summary
+
+    print(f"on {machine_summary()}")
+    print(format_table(result, shapes, passes))
+    if result.accuracy:
         print(format_accuracy(result.accuracy))
     if result.skipped:
         print(f"{ORACLE} skipped on {len(result.skipped)} shape(s) of over {ORACLE_MAX_MACS:.0e} multiply-adds "
               f"(name it in --backends to time it anyway)")
     for label, backend, reason in result.unsupported:
         print(f"{backend} not timed on {label}: it does not support {reason}")
-    if json_path is not None:
-        save_json(result, json_path)
-        print(f"wrote {json_path}")
-    if plot_path is not None:
-        save_plot(result, sweep, plot_path, passes)
-        print(f"wrote {plot_path}")
+    for path in (json_path, plot_path):
+        if path is not None:
+            print(f"wrote {path}")
     return result
+
+
+def profile_command(backends=None, steps=100, batch_size=64, warmup_steps=5, data_dir=None):
+    """``convlab bench --profile``: the per-phase profile (:mod:`convlab.profile`) of
+    ``steps`` real training steps of the reference network on MNIST, per backend (default:
+    every strategy but the oracle that supports the reference network's layer). Each backend gets a fresh network (seed 0, SGD lr 0.02,
+    momentum 0.9) and ``warmup_steps`` unrecorded steps first (plans, tuning, first-touch
+    page faults). Prints the machine, then one table per backend; returns the profiles."""
+    from convlab.data import load_mnist
+    from convlab.models import reference_net
+    from convlab.optimizers import SGD
+    from convlab.profile import recording
+    from convlab.threads import machine_summary
+    from convlab.training import train_epoch
+
+    layer = MNIST_LAYER  # the reference network's convolution
+    layer_shapes = ((batch_size, layer.c, layer.size, layer.size), (layer.f, layer.c, layer.k, layer.k))
+    names = [b for b in strategies() if b != ORACLE and get_backend(b).supports(*layer_shapes, 1, layer.padding) is None
+             ] if backends is None else parse_names(backends, "backends", list_backends())
+    data = load_mnist(data_dir)
+    x, y = data.x_train, data.y_train
+    recorded = min(steps * batch_size, len(x))
+    print(f"profile of {recorded // batch_size} training steps of batch {batch_size} (reference network, MNIST) "
+          f"on {machine_summary()}")
+    profiles = {}
+    for name in names:
+        model = reference_net(seed=0, backend=name)
+        optimizer = SGD(model, lr=0.02, momentum=0.9)
+        train_epoch(model, optimizer, x[:warmup_steps * batch_size], y[:warmup_steps * batch_size], batch_size,
+                    seed=0, epoch=0, progress=False)
+        with recording(model) as profile:
+            train_epoch(model, optimizer, x[:recorded], y[:recorded], batch_size, seed=0, epoch=1, progress=False)
+        profiles[name] = profile
+        print()
+        print(profile.table(f"backend {name}: milliseconds per step, seconds in all, share of the steps' time"))
+    return profiles

@@ -3,11 +3,15 @@ line and exit 2."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import signal
 import sys
+import warnings
 
 import fire
 
-from convlab.arguments import check_command_line
+from convlab.arguments import check_command_line, out_of_memory_names, typed
+from convlab.checkpoints import raise_terminated
 from convlab.registry import get_backend, list_backends
 from convlab.settings import UsageError, positive_int, subset_size
 
@@ -21,7 +25,8 @@ def required(name, value):
 class DataCommands:
     """Data sets: where they are, and fetching MNIST."""
 
-    def download(self, dest=None, mirror=None):
+    @typed(text=("dest", "mirror"))
+    def download(self, *, dest=None, mirror=None):
         """Download MNIST's four idx files, checking each payload's sha256.
 
         Args:
@@ -34,11 +39,38 @@ class DataCommands:
         download_mnist(dest, MNIST_MIRRORS if mirror is None else mirror)
 
 
+class AutoCommands:
+    """The auto backend's stored picks (its cache file): see, re-time or clear them."""
+
+    def show(self):
+        """List the stored picks: problem, chosen backend, the candidates' times."""
+        auto = get_backend("auto").impl
+        entries = auto.stored()
+        print(f"{auto.cache_file()}: {len(entries)} stored pick{'s' * (len(entries) != 1)}")
+        for key, entry in entries.items():
+            print(auto.describe(key, entry))
+
+    def clear(self):
+        """Delete the stored picks; the next run with --backend auto times again."""
+        auto = get_backend("auto").impl
+        print(f"removed {auto.clear()} stored picks ({auto.cache_file()})")
+
+    def retune(self):
+        """Time every stored problem again and store the new picks."""
+        from convlab.run import backend_log_to_stdout
+
+        auto = get_backend("auto").impl
+        with backend_log_to_stdout():
+            picks = auto.retune()
+        print(f"re-timed {len(picks)} problems ({auto.cache_file()})")
+
+
 class Commands:
     """convlab: a from-scratch convolution lab. Train and time a CNN whose convolution
     is computed by interchangeable hand-written backends."""
 
     data = DataCommands()
+    auto = AutoCommands()
 
     def backends(self):
         """List the convolution backends with their descriptions and what each supports."""
@@ -58,7 +90,8 @@ class Commands:
         for name in names:
             print(f"{name:<{width}}  {get_model(name).description}")
 
-    def report(self, source=None, out="report.pdf", bench=None):
+    @typed(positional=("source",), text=("out", "bench"))
+    def report(self, source=None, *, out="report.pdf", bench=None):
         """Write a PDF report of a training run, and its figures as PNG beside it.
 
         Args:
@@ -73,9 +106,11 @@ class Commands:
         for path in write_report(required("SOURCE", source), out, bench):
             print(f"wrote {path}")
 
-    def train(self, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
+    @typed(text=("backend", "dataset", "lr_schedule", "data_dir", "metrics_out", "checkpoint", "resume", "model"),
+           flags=("progress", "profile"))
+    def train(self, *, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
               train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True,
-              dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None):
+              dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None, profile=False):
         """Train a network (default: the reference one, conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
 
         With --resume, every setting left out comes from the checkpoint; dataset, batch
@@ -95,12 +130,13 @@ class Commands:
             test_size: use only the first N test images.
             data_dir: folder with the idx files or MNISTdata.hdf5, or that HDF5 file
                 (default: the repository's data/, then the system's datasets).
-            metrics_out: write per-epoch metrics as JSON to this path.
-            progress: show a progress bar during each epoch.
+            metrics_out: write per-epoch metrics as JSON to this path (rewritten after every epoch).
+            progress: show a progress bar during each epoch (on a terminal only: piped output gets one line per epoch).
             dataset: mnist or fashion-mnist; default mnist.
             checkpoint: save an HDF5 checkpoint here after every epoch (atomically); must not exist yet.
             resume: continue the run saved in this checkpoint, and keep saving to it.
             model: the network (see `convlab models`); default reference.
+            profile: print where the training steps' time went, per layer and phase, at the end.
         """
         from convlab.run import train
         from convlab.settings import TrainSettings
@@ -109,9 +145,10 @@ class Commands:
             model=model, backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
             lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size, test_size=test_size,
             data_dir=data_dir, metrics_out=metrics_out, checkpoint=checkpoint, resume=resume, progress=progress)
-        train(settings, resumed)
+        train(settings, resumed, profile)
 
-    def evaluate(self, checkpoint=None, backend=None, data_dir=None, test_size=None):
+    @typed(text=("checkpoint", "backend", "data_dir"))
+    def evaluate(self, *, checkpoint=None, backend=None, data_dir=None, test_size=None):
         """Test accuracy and confusion matrix of a checkpoint written by `convlab train --checkpoint`.
 
         Args:
@@ -128,7 +165,8 @@ class Commands:
         n_test = subset_size("test-size", test_size, len(data.x_test))
         print(evaluation_report(model, saved, data.x_test[:n_test], data.y_test[:n_test]))
 
-    def predict(self, file=None, checkpoint=None, backend=None, invert=False):
+    @typed(positional=("file",), text=("checkpoint", "backend"), flags=("invert",))
+    def predict(self, file=None, *, checkpoint=None, backend=None, invert=False):
         """The class of one 28x28 image, with the probability of each class.
 
         FILE is a grayscale PNG (white digit on black, as MNIST) or a .npy array of shape
@@ -142,15 +180,14 @@ class Commands:
         """
         from convlab.inference import load_image, load_model, prediction_report
 
-        if not isinstance(invert, bool):
-            raise UsageError(f"--invert takes no value or True/False, got {invert!r}")
         model, saved = load_model(required("checkpoint", checkpoint), backend)
         image = load_image(required("FILE", file), invert)
         print(prediction_report(model, image, "digit" if saved.settings["dataset"] == "mnist" else "class"))
 
-    def bench(self, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
-              out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None, accuracy=False,
-              many_channels=False):
+    @typed(text=("backends", "passes", "json", "plot"), flags=("mnist_layer", "profile", "accuracy", "many_channels"))
+    def bench(self, *, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
+              out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None, profile=False,
+              steps=100, accuracy=False, many_channels=False):
         """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
 
         The sweep is batch x in_channels -> out_channels on an image_size² input with
@@ -170,36 +207,77 @@ class Commands:
             repeat: timed runs per measurement.
             json: write the results to this JSON file (schema: see convlab/bench.py).
             plot: save the time-vs-kernel-size plot here (.png, .svg, .pdf, ...).
+            profile: instead, profile --steps real training steps of the reference network
+                per backend (default: every backend but naive): time of each phase, per layer.
+            steps: training steps to profile (with --profile).
             accuracy: also measure each backend's float32 error of y, dx and dw against float64.
             many_channels: also time 3x3 and 5x5 layers with 32 to 128 channels.
         """
-        from convlab.bench import bench_command
+        from convlab.bench import bench_command, profile_command
+        from convlab.files import check_outputs, check_suffix
 
-        for name, value in (("mnist-layer", mnist_layer), ("accuracy", accuracy), ("many-channels", many_channels)):
-            if not isinstance(value, bool):
-                raise UsageError(f"--{name} takes True or False, got {value!r}")
-        bench_command(backends, kernel_sizes, positive_int("batch-size", batch_size),
-                      positive_int("image-size", image_size), positive_int("in-channels", in_channels),
-                      positive_int("out-channels", out_channels), mnist_layer, passes,
-                      positive_int("repeat", repeat), json, plot,
-                      progress=lambda message: print(message, file=sys.stderr, flush=True),
-                      accuracy=accuracy, many_channels=many_channels)
+        if profile:
+            profile_command(backends, positive_int("steps", steps), positive_int("batch-size", batch_size))
+            return
 
+        check_outputs({"--json": json if json is None else check_suffix(json, "--json", ".json", "JSON"),
+                       "--plot": plot})
+        sizes = dict(batch_size=positive_int("batch-size", batch_size), image_size=positive_int("image-size", image_size),
+                     in_channels=positive_int("in-channels", in_channels),
+                     out_channels=positive_int("out-channels", out_channels))
+        with out_of_memory_names(sizes):
+            bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer, passes,
+                          positive_int("repeat", repeat), json, plot,
+                          progress=lambda message: print(message, file=sys.stderr, flush=True),
+                          accuracy=accuracy, many_channels=many_channels)
+
+
+
+def one_line_warning(message, category, filename, lineno, line=None):
+    """A warning as the CLI prints it (see :func:`main`): what is wrong, not where in the code."""
+    return f"convlab: warning: {message}\n"
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("convlab")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"
 
 
 def main(argv=None):
+    warnings.formatwarning = one_line_warning
+    if argv is None and hasattr(signal, "SIGPIPE"):
+        # As command-line tools do: a closed stdout (`convlab train | head -1`) ends the
+        # process quietly at its next print. Every file is saved before the line that
+        # reports it is printed, so nothing is lost.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    if previous_sigterm is signal.SIG_DFL:  # SIGTERM is a stop like Ctrl-C, not a sudden death
+        signal.signal(signal.SIGTERM, raise_terminated)
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
+        if args == ["--version"]:
+            print(f"convlab {version()}")
+            return
         commands = Commands()
-        check_command_line(commands, sys.argv[1:] if argv is None else argv)
-        fire.Fire(commands, command=argv, name="convlab")
+        help_text = check_command_line(commands, args)
+        if help_text is not None:
+            print(help_text)
+            return
+        fire.Fire(commands, command=args, name="convlab")
     # Our checks raise ValueError subclasses with user-facing messages; an OSError is the
     # system refusing a read or write our checks could not foresee (disk full, /proc, ...).
     except (ValueError, OSError) as e:
         print(f"convlab: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # a message, if any, says what survived and how to go on
-        print("convlab: interrupted" + (f"; {e}" if e.args else ""), file=sys.stderr)
-        sys.exit(130)
+        signum = getattr(e, "signum", signal.SIGINT)  # SIGTERM: see convlab.checkpoints.Terminated
+        print(f"convlab: {'terminated' if signum == signal.SIGTERM else 'interrupted'}"
+              + (f"; {e}" if e.args else ""), file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

@@ -122,15 +122,14 @@ class TrainSettings:
         changes no file; on resume, the checkpoint's settings fill in what is left out.
         """
         from convlab.checkpoints import check_new_checkpoint_path, load_checkpoint
-        from convlab.files import check_writable
+        from convlab.files import check_train_files
 
         resume = given.get("resume")
         resumed = load_checkpoint(resume) if resume is not None else None
         if given.get("checkpoint") is None:
             given["checkpoint"] = resume
         check_new_checkpoint_path(given["checkpoint"], resume)
-        if given.get("metrics_out") is not None:
-            check_writable(given["metrics_out"], "--metrics-out")
+        check_train_files(given["checkpoint"], resume, given.get("metrics_out"), given.get("data_dir"))
         if resumed is not None:
             given = dict(given, **resumed_settings(resumed, {key: given.get(key) for key in RECORDED}))
         return cls(**{key: value for key, value in given.items() if value is not None}), resumed
