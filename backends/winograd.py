@@ -74,8 +74,8 @@ MAX_KERNEL_SIDE = 5
 TILES = (2, 3, 4, 5, 6)
 DEFAULT_TILE = 4
 ENV_TILE = "CONVLAB_WINOGRAD_TILE"
-# Multiply-adds per slice of a transform product (see small_product): at most OpenBLAS's
-# threshold for running a product on one thread (65536 * GEMM_MULTITHREAD_THRESHOLD 4).
+# Multiply-adds per slice of a transform product (see small_product): with 6 x 6 matrices,
+# about 170 kB in and out, within the L2 cache.
 SLICE_MULTIPLY_ADDS = 1 << 18
 # Threads sharing the transforms' slices and the GEMMs' points; BLAS itself runs on one.
 THREADS = os.cpu_count() or 1
@@ -226,10 +226,9 @@ def small_product(matrix, x, q_first=True, p_first=True):
     else (L, ..., p), contiguous. ``x`` may be a strided view (the overlapping tiles).
 
     Computed in slices of L of at most :data:`SLICE_MULTIPLY_ADDS`, each gathered (when
-    strided) and multiplied while in cache, on one thread: OpenBLAS took 10x longer over
-    one (6, 6) @ (6, 550000) product than over slices of it (2-core EPYC, float32), and
-    a threaded call this small waits for its threads longer than it computes, far longer
-    on a busy machine.
+    strided) and multiplied while in cache: OpenBLAS took 10x longer over one
+    (6, 6) @ (6, 550000) product than over slices of it (2-core EPYC, float32). The slices
+    are shared among the threads (:func:`run_shared`).
     """
     p, q = matrix.shape
     long_axis = 1 if q_first else 0
