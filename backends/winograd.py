@@ -55,17 +55,15 @@ Stride 1 only, kernel sides 1 to 5: :meth:`Winograd.supports` says so up front.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-import threadpoolctl
 
 from convlab.registry import register_backend
+from convlab.threads import share_chunks, single_threaded_blas, worker_count
 
 # Interpolation points in the order they are taken; the point at infinity is always added.
 POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2), Fraction(2), Fraction(-2),
@@ -77,10 +75,6 @@ ENV_TILE = "CONVLAB_WINOGRAD_TILE"
 # Multiply-adds per slice of a transform product (see small_product): with 6 x 6 matrices,
 # about 170 kB in and out, within the L2 cache.
 SLICE_MULTIPLY_ADDS = 1 << 18
-# Threads sharing the transforms' slices and the GEMMs' points; BLAS itself runs on one.
-THREADS = os.cpu_count() or 1
-_pool = None
-_blas_controller = None
 # max |got - ref| / max |ref| of y, dx, dw in float32 on random normal data, by points per axis
 # (m + r - 1): about 3-5x the largest median measured (docs/winograd.md).
 ERROR_BOUND_FLOAT32 = {2: 3e-6, 3: 3e-6, 4: 3e-6, 5: 2e-5, 6: 5e-5, 7: 5e-5, 8: 5e-5, 9: 1e-3, 10: 1e-3}
@@ -228,7 +222,7 @@ def small_product(matrix, x, q_first=True, p_first=True):
     Computed in slices of L of at most :data:`SLICE_MULTIPLY_ADDS`, each gathered (when
     strided) and multiplied while in cache: OpenBLAS took 10x longer over one
     (6, 6) @ (6, 550000) product than over slices of it (2-core EPYC, float32). The slices
-    are shared among the threads (:func:`run_shared`).
+    are shared among the cores (:func:`convlab.threads.share_chunks`).
     """
     p, q = matrix.shape
     long_axis = 1 if q_first else 0
@@ -237,71 +231,29 @@ def small_product(matrix, x, q_first=True, p_first=True):
     out = np.empty((p,) + rest if p_first else rest + (p,), np.result_type(matrix, x))
     step = max(1, SLICE_MULTIPLY_ADDS // (p * max(1, x.size // length)))
 
-    def run(starts):
-        for lo in starts:
-            part = x[:, lo:lo + step] if q_first else x[lo:lo + step]
-            part = part.reshape(q, -1) if q_first else part.reshape(-1, q).T  # (q, S), a copy if strided
-            if p_first:
-                np.matmul(matrix, part, out=out[:, lo:lo + step].reshape(p, -1))
-            else:
-                np.matmul(part.T, matrix.T, out=out[lo:lo + step].reshape(-1, p))
+    def run(index, lo, hi):
+        part = x[:, lo:hi] if q_first else x[lo:hi]
+        part = part.reshape(q, -1) if q_first else part.reshape(-1, q).T  # (q, S), a copy if strided
+        if p_first:
+            np.matmul(matrix, part, out=out[:, lo:hi].reshape(p, -1))
+        else:
+            np.matmul(part.T, matrix.T, out=out[lo:hi].reshape(-1, p))
 
-    run_shared(run, range(0, length, step))
+    share_chunks(run, [(lo, min(lo + step, length)) for lo in range(0, length, step)])
     return out
-
-
-def run_shared(work, items):
-    """``work(part)`` on :data:`THREADS` contiguous parts of ``items`` (a range), one per
-    thread of a pool (numpy lets go of the GIL while it copies and multiplies); in the
-    calling thread alone when there are too few items to share."""
-    if THREADS == 1 or len(items) < 2 * THREADS:
-        work(items)
-        return
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="convlab-winograd")
-    size = -(-len(items) // THREADS)
-    list(_pool.map(work, [items[i:i + size] for i in range(0, len(items), size)]))
 
 
 def batched_matmul(a, b):
-    """a (P, I, K) @ b (P, K, J) -> (P, I, J): the P products shared among the threads."""
+    """a (P, I, K) @ b (P, K, J) -> (P, I, J): the P products shared among the cores."""
     out = np.empty((a.shape[0], a.shape[1], b.shape[2]), np.result_type(a, b))
+    points, parts = a.shape[0], worker_count()
+    size = -(-points // parts)
 
-    def run(points):
-        part = slice(points.start, points.stop)
-        np.matmul(a[part], b[part], out=out[part])
+    def run(index, lo, hi):
+        np.matmul(a[lo:hi], b[lo:hi], out=out[lo:hi])
 
-    run_shared(run, range(a.shape[0]))
+    share_chunks(run, [(lo, min(lo + size, points)) for lo in range(0, points, size)])
     return out
-
-
-@contextlib.contextmanager
-def blas_on_one_thread():
-    """Within the block, BLAS (every BLAS numpy has loaded) runs each product on the
-    calling thread; :func:`run_shared` shares the work instead.
-
-    A forward is ~40 (F(4x4, 3x3)) GEMMs and hundreds of small transform products. Each
-    threaded BLAS call waits for all of its threads: on an idle 2-core machine that costs
-    little, but on a busy one every call waits for a thread to be scheduled, and a forward
-    took 2 to 10 times im2col's wall time at the same CPU time. Splitting the work
-    ourselves, there are a handful of such waits per call. The BLAS setting is process-wide:
-    another thread using BLAS meanwhile also runs on one thread.
-    """
-    global _blas_controller
-    if _blas_controller is None:
-        _blas_controller = threadpoolctl.ThreadpoolController()
-    with _blas_controller.limit(limits=1, user_api="blas"):
-        yield
-
-
-def _forget_pool():
-    """In a forked child, which has none of the parent's threads."""
-    global _pool
-    _pool = None
-
-
-os.register_at_fork(after_in_child=_forget_pool)
 
 
 def input_transform(canvas, m, kernel):
@@ -409,7 +361,11 @@ class Winograd:
 
     def forward(self, x, w, b, stride, padding):
         m, (ph, pw) = settings().tile, padding
-        with blas_on_one_thread():
+        # A forward is ~40 GEMMs (F(4x4, 3x3)) and hundreds of small transform products. Each
+        # threaded BLAS call waits for all its threads, and on a busy 2-core machine that made
+        # a forward 2-10x im2col's wall time at the same CPU time; so BLAS runs on one thread
+        # and share_chunks shares the products among the cores: a few hand-offs per call.
+        with single_threaded_blas():
             y, v = correlate(x, w, ((ph, ph), (pw, pw)), m, b)
         return y, (v, w, x.shape, padding, m)
 
@@ -417,7 +373,7 @@ class Winograd:
         v, w, x_shape, (ph, pw), m = cache
         kh, kw = w.shape[2:]
         db = dy.sum(axis=(0, 2, 3))
-        with blas_on_one_thread():
+        with single_threaded_blas():
             dw = weight_gradient(dy, v, (kh, kw), m)
             if not need_dx:
                 return None, dw, db
