@@ -13,7 +13,7 @@ import fire
 from convlab.arguments import check_command_line, out_of_memory_names, typed
 from convlab.checkpoints import raise_terminated
 from convlab.registry import get_backend, list_backends
-from convlab.settings import UsageError, positive_int, subset_size
+from convlab.settings import UsageError, positive_float, positive_int, subset_size
 
 
 def required(name, value):
@@ -26,17 +26,20 @@ class DataCommands:
     """Data sets: where they are, and fetching MNIST."""
 
     @typed(text=("dest", "mirror"))
-    def download(self, *, dest=None, mirror=None):
+    def download(self, *, dest=None, mirror=None, timeout=30, deadline=600):
         """Download MNIST's four idx files, checking each payload's sha256.
 
         Args:
             dest: folder to write them to (default: the repository's data/mnist).
             mirror: base URL, or comma-separated URLs, to try in order (default: the
                 well-known public mirrors).
+            timeout: seconds a mirror may send nothing before it counts as stalled and the next is tried.
+            deadline: seconds one file may take in all, however slowly the mirror sends it.
         """
         from convlab.download import MNIST_MIRRORS, download_mnist
 
-        download_mnist(dest, MNIST_MIRRORS if mirror is None else mirror)
+        download_mnist(dest, MNIST_MIRRORS if mirror is None else mirror, positive_float("timeout", timeout),
+                       positive_float("deadline", deadline))
 
 
 class AutoCommands:
@@ -182,16 +185,17 @@ class Commands:
                 (default: the ones it was trained with).
             invert: the image is a dark digit on a light background.
         """
-        from convlab.inference import load_image, load_model, prediction_report
+        from convlab.inference import check_has_content, load_image, load_model, prediction_report
 
         model, saved = load_model(required("checkpoint", checkpoint), backend)
-        image = load_image(required("FILE", file), invert)
-        print(prediction_report(model, image, "digit" if saved.settings["dataset"] == "mnist" else "class"))
+        class_name = "digit" if saved.settings["dataset"] == "mnist" else "class"
+        image = check_has_content(load_image(required("FILE", file), invert), file, class_name)
+        print(prediction_report(model, image, class_name))
 
-    @typed(text=("backends", "passes", "json", "plot"), flags=("mnist_layer", "profile"))
+    @typed(text=("backends", "passes", "json", "plot"), flags=("mnist_layer", "profile", "accuracy", "many_channels"))
     def bench(self, *, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
               out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None, profile=False,
-              steps=100):
+              steps=100, accuracy=False, many_channels=False):
         """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
 
         The sweep is batch x in_channels -> out_channels on an image_size² input with
@@ -214,6 +218,8 @@ class Commands:
             profile: instead, profile --steps real training steps of the reference network
                 per backend (default: every backend but naive): time of each phase, per layer.
             steps: training steps to profile (with --profile).
+            accuracy: also measure each backend's float32 error of y, dx and dw against float64.
+            many_channels: also time 3x3 and 5x5 layers with 32 to 128 channels.
         """
         from convlab.bench import bench_command, profile_command
         from convlab.files import check_outputs, check_suffix
@@ -230,7 +236,8 @@ class Commands:
         with out_of_memory_names(sizes):
             bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer, passes,
                           positive_int("repeat", repeat), json, plot,
-                          progress=lambda message: print(message, file=sys.stderr, flush=True))
+                          progress=lambda message: print(message, file=sys.stderr, flush=True),
+                          accuracy=accuracy, many_channels=many_channels)
 
 
 

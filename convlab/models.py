@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import entry_points
@@ -24,6 +25,7 @@ import numpy as np
 
 from convlab.checks import output_size
 from convlab.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from convlab.registry import PluginWarning
 
 INPUT_SHAPE = (1, 28, 28)
 CLASSES = 10
@@ -301,22 +303,36 @@ class Model:
     description: str = ""
 
 
+def installed_models() -> dict[str, Model]:
+    """The registered networks (entry-point group ``convlab.models``) by name; one that
+    fails to load is skipped with one warning naming it, as a broken backend plugin is."""
+    models = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            build = ep.load()
+        except Exception as e:  # noqa: BLE001 - any error of third-party code
+            warnings.warn(f"skipping model {ep.name!r} (entry point {ep.value}): it failed to load: "
+                          f"{type(e).__name__}: {e}", PluginWarning)  # one location: shown once
+            continue
+        doc = (build.__doc__ or "").strip()
+        models[ep.name] = Model(ep.name, build, doc.splitlines()[0] if doc else "")
+    return models
+
+
 def list_models() -> list[str]:
-    """Names of the registered networks (entry-point group ``convlab.models``), sorted."""
-    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    """Names of the registered networks that load, sorted."""
+    return sorted(installed_models())
 
 
 def get_model(name: str) -> Model:
     """The network called ``name``, or described by ``name`` as a spec string (see
     :func:`parse_spec`). An unknown name raises ValueError listing the valid ones; a bad
     spec, :class:`SpecError` naming the token."""
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            build = ep.load()
-            doc = (build.__doc__ or "").strip()
-            return Model(name, build, doc.splitlines()[0] if doc else "")
+    models = installed_models()
+    if name in models:
+        return models[name]
     if not isinstance(name, str) or len(name.split()) < 2 and not any(
             pattern.fullmatch(name.lower()) for pattern, _ in TOKENS.values()):
-        raise ValueError(f"unknown model {name!r}; valid models are: {', '.join(list_models())}, or a spec string "
+        raise ValueError(f"unknown model {name!r}; valid models are: {', '.join(sorted(models))}, or a spec string "
                          "such as \"c32k3p1 relu maxpool2 dense10\" (see docs/networks.md)")
     return Model(normal_spec(name), spec_model(name), f"the network of the spec {normal_spec(name)!r}")
