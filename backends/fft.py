@@ -21,6 +21,9 @@ transforms are shared among threads. The forward's spectra X and W are kept for 
 
 The FFT size is not simply the next fast length: see :func:`fft_shape_for`.
 
+Outputs within FFT rounding of the bias (an input window of zeros) come out as exactly the
+bias, as a direct method gives them: see :func:`convlab.fftw.snap_to_bias`.
+
 Plans, threads, planner effort and the wisdom file come from :mod:`convlab.fftw`, shared
 with ``fft-tiled``; its :func:`~convlab.fftw.configure` sets them.
 """
@@ -33,29 +36,9 @@ import itertools
 import numpy as np
 
 from convlab import fftw
-from convlab.fftw import binwise_matmul, broadcasts, cost_per_point, flipped, pyfftw, rows_per_tile, run_tiles
+from convlab.fftw import (binwise_matmul, broadcasts, cost_per_point, flipped, pyfftw, rfft2, rounding_bound,
+                          rows_per_tile, run_tiles, snap_to_bias)
 from convlab.registry import register_backend
-
-
-def rfft2(signal, rows, cols, fft_shape):
-    """Spectra of ``signal`` (B1, B2, h, w) written at ``[rows, cols]`` of a zero (Hf, Wf)
-    grid: complex (B1, B2, Hf * (Wf//2 + 1)), a new array. Large batches are transformed
-    in tiles of B1, shared among the tile pool's threads like :func:`inverse_of_products`."""
-    b1, b2 = signal.shape[:2]
-    spectra = np.empty((b1, b2, fft_shape[0] * (fft_shape[1] // 2 + 1)), np.result_type(signal.dtype, np.complex64))
-
-    def transform(lo, hi, worker):
-        plan = fftw.plan("FFTW_FORWARD", (hi - lo, b2), fft_shape, signal.dtype, worker)
-        region = (rows, cols, signal.shape[2:])
-        if plan.region != region:
-            plan.input.fill(0)
-            plan.region = region
-        plan.input[:, :, rows, cols] = signal[lo:hi]
-        plan.fftw.execute()
-        spectra[lo:hi] = plan.fftw.output_array.reshape(hi - lo, b2, -1)
-
-    run_tiles(transform, b1, rows_per_tile(b2, fft_shape))
-    return spectra
 
 
 def inverse_of_products(a, b, fft_shape, rows, cols, offset=None):
@@ -134,6 +117,7 @@ class FFT:
         w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
         y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid,                # (N, F, OH, OW)
                                 slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw), offset=b)
+        snap_to_bias(y, b, rounding_bound(x, w, grid))  # exact where a direct method is exact
         return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid)
 
     def backward(self, dy, cache, need_dx=True):

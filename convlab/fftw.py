@@ -261,6 +261,27 @@ def plan(direction, batch, fft_shape, dtype, worker=None) -> _Plan:
     return _plans.get(direction, batch, fft_shape, dtype, worker)
 
 
+def rfft2(signal, rows, cols, fft_shape):
+    """Spectra of ``signal`` (B1, B2, h, w) written at ``[rows, cols]`` of a zero (Hf, Wf)
+    grid: complex (B1, B2, Hf * (Wf//2 + 1)), a new array. Large batches are transformed
+    in tiles of B1, shared among the tile pool's threads like ``fft``'s inverse transforms."""
+    b1, b2 = signal.shape[:2]
+    spectra = np.empty((b1, b2, fft_shape[0] * (fft_shape[1] // 2 + 1)), np.result_type(signal.dtype, np.complex64))
+
+    def transform(lo, hi, worker):
+        plan = _plans.get("FFTW_FORWARD", (hi - lo, b2), fft_shape, signal.dtype, worker)
+        region = (rows, cols, signal.shape[2:])
+        if plan.region != region:
+            plan.input.fill(0)
+            plan.region = region
+        plan.input[:, :, rows, cols] = signal[lo:hi]
+        plan.fftw.execute()
+        spectra[lo:hi] = plan.fftw.output_array.reshape(hi - lo, b2, -1)
+
+    run_tiles(transform, b1, rows_per_tile(b2, fft_shape))
+    return spectra
+
+
 def rows_per_tile(planes_per_row, fft_shape):
     """How many rows of ``planes_per_row`` grids make a tile of about :data:`TILE_POINTS`."""
     return max(1, TILE_POINTS // (planes_per_row * fft_shape[0] * fft_shape[1]))
@@ -352,3 +373,39 @@ def cost_per_point(length):
 def flipped(length):
     """Slice of grid places ``0 .. length-1`` taken backwards."""
     return slice(length - 1, None, -1)
+
+
+# How many "unit" rounding errors (see rounding_bound) an FFT convolution's output may be
+# off by, set well above what was observed (see tests/test_fft_tiled.py, docs/fft-tiled.md).
+ROUNDING_FACTOR = 8.0
+
+
+def rounding_bound(x, w, fft_shape):
+    """(N, F): how far rounding can take an FFT convolution's output from the exact value,
+    for x (N, C, H, W) and w (F, C, kh, kw) transformed on ``fft_shape`` grids:
+    ``ROUNDING_FACTOR * eps * log2(Hf * Wf) * sum_c ||x[n, c]||_2 ||w[f, c]||_2``.
+
+    A transform's error is about eps * log2(points) times the norm of what it transforms,
+    and the per-bin products and sums over channels carry it to every output alike: a
+    zero-padded background then comes out as noise of this size around the bias (about
+    1e-6 in float32 on MNIST), not as the exact bias a direct method gives.
+    """
+    x_norms = np.sqrt(np.einsum("nchw,nchw->nc", x, x, dtype=np.float64))
+    w_norms = np.sqrt(np.einsum("fchw,fchw->fc", w, w, dtype=np.float64))
+    unit = np.finfo(x.dtype).eps * np.log2(fft_shape[0] * fft_shape[1])
+    return (ROUNDING_FACTOR * unit) * (x_norms @ w_norms.T)
+
+
+def snap_to_bias(y, b, bound):
+    """``y`` (..., F, H, W) with every output within ``bound`` (..., F) of its bias ``b``
+    (F,) set to exactly that bias; returns ``y``, changed in place.
+
+    Why: where a direct method gives exactly the bias (an input window of zeros, such as
+    MNIST's black background, bias 0 at the start), an FFT gives rounding noise around it,
+    and ReLU keeps or drops that noise by its sign, so training with small batches drifts
+    from im2col's. A snapped output moves by at most ``bound``: it stays within twice the
+    FFT's own error of the exact value.
+    """
+    near = np.abs(y - b[:, None, None]) <= bound[..., None, None].astype(y.dtype)
+    np.copyto(y, np.broadcast_to(b[:, None, None], y.shape), where=near)
+    return y
