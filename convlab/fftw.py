@@ -141,6 +141,13 @@ def configure(threads=None, planner=None, wisdom_path=None) -> Settings:
     return settings
 
 
+def drop_plans():
+    """Forget every cached plan (and its buffers); the settings stay. For measuring the
+    memory a problem's plans take (:mod:`convlab.memory`)."""
+    with _plans.lock:
+        _plans.cache.clear()
+
+
 def settings() -> Settings:
     """The settings in force (from :func:`configure`, or the environment on first use)."""
     if _plans.settings is None:
