@@ -51,13 +51,15 @@ from convlab.registry import register_backend
 
 TILE_SIZES = (8, 16, 32, 64, 128)
 ENV_TILE = "CONVLAB_FFT_TILE"
-# Relative costs in estimated_cost: a T x T transform costs FFT_COST * T^2 * log2(T^2)
-# (times cost_per_point), a complex multiply-add of a per-bin product PRODUCT_COST, and each
-# tile some fixed work (gathering, scattering, per-tile loops) TILE_COST. Fitted to
-# forward+backward times of 8..64 tiles on the benchmark shapes (2-core AMD EPYC).
-FFT_COST = 1.0
+# Relative costs in estimated_cost, in units of one point of a transform (times log2 of its
+# points and cost_per_point): a transform of T x T points also slows by 1 + T^2 / 4096 as its
+# planes outgrow the L1 cache (a 64 x 64 plane costs twice a 32 x 32 one per point and
+# level), a complex multiply-add of the per-bin products costs PRODUCT_COST, and each tile
+# TILE_COST of fixed work (gathering, scattering, the per-tile loops). Fitted by hand to
+# forward+backward times of T = 16, 32, 64 on the benchmark shapes (2-core AMD EPYC, shared).
+CACHE_POINTS = 4096
 PRODUCT_COST = 1.0
-TILE_COST = 300.0
+TILE_COST = 50_000.0
 
 
 def tile_setting(value, source) -> int | None:
@@ -78,13 +80,12 @@ def tile_setting(value, source) -> int | None:
 def estimated_cost(tile, out_shape, kernel, c, f) -> float:
     """Relative time of a forward+backward of one image on ``tile`` x ``tile`` tiles:
     (C + F) forward and (F + C) inverse transforms per tile, three per-bin products of
-    C x F per tile, and fixed work per tile."""
+    C x F per tile, and fixed work per tile (see :data:`TILE_COST`)."""
     tiles = math.prod(math.ceil(o / (tile - k + 1)) for o, k in zip(out_shape, kernel))
     points = tile * tile
-    bins = tile * (tile // 2 + 1)
-    transforms = 2 * (c + f) * FFT_COST * points * math.log2(points) * cost_per_point(tile)
-    products = 3 * c * f * bins * PRODUCT_COST
-    return tiles * (transforms + products + TILE_COST)
+    transform = points * math.log2(points) * cost_per_point(tile) * (1 + points / CACHE_POINTS)
+    products = 3 * c * f * tile * (tile // 2 + 1) * PRODUCT_COST
+    return tiles * (2 * (c + f) * transform + products + TILE_COST)
 
 
 def tile_size_for(out_shape, kernel, c, f, forced=None) -> int:
@@ -166,16 +167,17 @@ class FFTTiled:
         t, (mh, mw), (ch, cw), (oh, ow) = tiling.tile, tiling.m, tiling.count, tiling.out
         ph, pw = padding
         grid = (t, t)
+        layout = Layout(tiling.bins, c, f)
         # Kernel spectra (F, C, bins) with the inverse transform's 1/T^2; the forward uses W*.
         w_spec = fftw.rfft2(w, slice(0, kh), slice(0, kw), grid) * (1.0 / (t * t))
-        w_conj = np.conj(w_spec).transpose(1, 0, 2)                                  # (C, F, bins)
-        x_spec = np.empty((tiling.rows(n), cw * c, tiling.bins), w_spec.dtype)     # kept for dw
+        w_conj = layout.kernel(np.conj(w_spec))                                      # (C, F) per bin
+        x_spec = layout.empty_store(tiling.rows(n), cw * c, w_spec.dtype)            # kept for dw
         y = np.empty((n, f, oh, ow), x.dtype)
         bound = fftw.rounding_bound(x, w, grid)                                     # (N, F)
         band_width = cw * mw + kw - 1
 
         def block(lo, hi, worker):
-            plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * c), grid, x.dtype, worker)
+            plan = layout.plan("FFTW_FORWARD", (hi - lo, cw * c), grid, x.dtype, worker)
             plan.region = None  # every place is written
             tiles = plan.input.reshape(hi - lo, cw, c, t, t)
             for row in range(lo, hi):
@@ -184,12 +186,10 @@ class FFTTiled:
                 s0, s1, s2 = band.strides
                 tiles[row - lo] = as_strided(band, (cw, c, t, t), (mw * s2, s0, s1, s2))
             plan.fftw.execute()
-            spectra = plan.fftw.output_array.reshape(hi - lo, cw * c, -1)
-            x_spec[lo:hi] = spectra
-            inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * f), grid, x.dtype, worker)
-            products = binwise_matmul(spectra.reshape(-1, c, tiling.bins), w_conj,
-                                      out=inverse.input.reshape(-1, f, tiling.bins))
-            products[:, :, 0] += b  # the bias, through the zero-frequency bin
+            layout.store(x_spec, lo, hi, plan)
+            inverse = layout.plan("FFTW_BACKWARD", (hi - lo, cw * f), grid, x.dtype, worker)
+            products = layout.matmul(layout.spectra(plan, c), w_conj, layout.spectra(inverse, f))
+            layout.zero_frequency(products)[...] += b  # the bias, through the zero-frequency bin
             inverse.fftw.execute()
             outputs = inverse.fftw.output_array.reshape(hi - lo, cw, f, t, t)
             for row in range(lo, hi):
@@ -200,20 +200,21 @@ class FFTTiled:
                 y[image, :, top:top + rows] = snap_to_bias(band[:, :, :ow], b, bound[image])
 
         run_tiles(block, tiling.rows(n), rows_per_tile(cw * max(c, f), grid))
-        return y, (x_spec, w_spec, tiling, x.shape)
+        return y, (x_spec, layout.kernel(w_spec).transpose(layout.matrix_transposed), tiling, x.shape)
 
     def backward(self, dy, cache, need_dx=True):
-        x_spec, w_spec, tiling, x_shape = cache
+        x_spec, w_matrices, tiling, x_shape = cache                                 # W: (F, C) per bin
         n, c, h, width = x_shape
-        f = w_spec.shape[0]
+        f = dy.shape[1]
         t, (mh, mw), (ch, cw), (kh, kw) = tiling.tile, tiling.m, tiling.count, tiling.kernel
         ph, pw = tiling.padding
         grid = (t, t)
+        layout = Layout(tiling.bins, c, f)
         dx = np.zeros(x_shape, dy.dtype) if need_dx else None
-        dw_sums = {}  # worker -> (F, C, bins) partial sums of D^T X*
+        dw_sums = {}  # worker -> (F, C) per bin: partial sums of D^T X*
 
         def block(rows, worker):
-            plan = fftw.plan("FFTW_FORWARD", (len(rows), cw * f), grid, dy.dtype, worker)
+            plan = layout.plan("FFTW_FORWARD", (len(rows), cw * f), grid, dy.dtype, worker)
             region = ("dy tiles", tiling.m)
             if plan.region != region:  # only [0, M) x [0, Mw) of each tile is written
                 plan.input.fill(0)
@@ -224,17 +225,17 @@ class FFTTiled:
                 band = window(dy, image, top, 0, mh, cw * mw)                        # (F, Mh, Cw*Mw)
                 tiles[i, :, :, :mh, :mw] = band.reshape(f, mh, cw, mw).transpose(2, 0, 1, 3)
             plan.fftw.execute()
-            d_spec = plan.fftw.output_array.reshape(-1, f, tiling.bins)              # (tiles, F, bins)
-            x_conj = np.conj(x_spec[rows].reshape(-1, c, tiling.bins))               # (tiles, C, bins)
-            partial = binwise_matmul(d_spec.transpose(1, 0, 2), x_conj, out=np.empty((f, c, tiling.bins), x_conj.dtype))
+            d_spec = layout.spectra(plan, f)                                         # (tiles, F) per bin
+            x_conj = np.conj(layout.load(x_spec, rows, c))                           # (tiles, C) per bin
+            partial = layout.matmul(d_spec.transpose(layout.matrix_transposed), x_conj)
             if worker in dw_sums:
                 dw_sums[worker] += partial
             else:
                 dw_sums[worker] = partial
             if not need_dx:
                 return
-            inverse = fftw.plan("FFTW_BACKWARD", (len(rows), cw * c), grid, dy.dtype, worker)
-            binwise_matmul(d_spec, w_spec, out=inverse.input.reshape(-1, c, tiling.bins))
+            inverse = layout.plan("FFTW_BACKWARD", (len(rows), cw * c), grid, dy.dtype, worker)
+            layout.matmul(d_spec, w_matrices, layout.spectra(inverse, c))
             inverse.fftw.execute()
             full = inverse.fftw.output_array.reshape(len(rows), cw, c, t, t)
             for i, row in enumerate(rows):
@@ -249,13 +250,76 @@ class FFTTiled:
             rows = [r for r in range(tiling.rows(n)) if (r % ch) % phases == phase]
             run_tiles(lambda lo, hi, worker: block(rows[lo:hi], worker), len(rows), per_block)
         # dw = irfft(conj(sum D^T X*))[:kh, :kw] (F, C, kh, kw), one inverse per plane.
-        dw_spec = np.conj(sum(dw_sums.values())) * (1.0 / (t * t))
         plan = fftw.plan("FFTW_BACKWARD", (f, c), grid, dy.dtype)
-        plan.input.reshape(f, c, -1)[...] = dw_spec
+        plan.input.reshape(f, c, -1)[...] = layout.planes(np.conj(sum(dw_sums.values())) * (1.0 / (t * t)))
         plan.fftw.execute()
         dw = plan.fftw.output_array[:, :, :kh, :kw].copy()
         db = dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dy.dtype)
         return dx, dw, db
+
+
+class Layout:
+    """Where the spectra of a block of tiles lie, and how their per-bin products are formed.
+
+    With a tiny channel count (C or F <= :data:`convlab.fftw.BROADCAST_MAX_DIM`, e.g. an
+    RGB or MNIST input) the spectra stay plane-major, (tiles, channels, bins), and
+    :func:`convlab.fftw.binwise_matmul` sums broadcast products in place. Otherwise FFTW
+    writes (and reads) them bin-major, (bins, tiles, channels), and each product is one
+    batched matmul, (bins, I, K) @ (bins, K, J), with no transposing copy. "(I, K) per bin"
+    below means either layout; ``matrix_transposed`` swaps I and K in it.
+    """
+
+    def __init__(self, bins, c, f):
+        self.bins = bins
+        self.bin_major = min(c, f) > fftw.BROADCAST_MAX_DIM
+        self.matrix_transposed = (0, 2, 1) if self.bin_major else (1, 0, 2)
+
+    def plan(self, direction, batch, grid, dtype, worker):
+        return fftw.plan(direction, batch, grid, dtype, worker, bins_first=self.bin_major)
+
+    def spectra(self, plan, channels):
+        """A plan's spectra as (tiles, channels) per bin (a view)."""
+        if self.bin_major:
+            return plan.bins.reshape(self.bins, -1, channels)
+        array = plan.fftw.output_array if plan.fftw.direction == "FFTW_FORWARD" else plan.input
+        return array.reshape(-1, channels, self.bins)
+
+    def kernel(self, spectra):
+        """(F, C, bins) kernel spectra as (C, F) per bin, contiguous."""
+        return np.ascontiguousarray(spectra.transpose(2, 1, 0) if self.bin_major else spectra.transpose(1, 0, 2))
+
+    def planes(self, matrices):
+        """(I, J) per bin as plane-major (I, J, bins)."""
+        return matrices.transpose(1, 2, 0) if self.bin_major else matrices
+
+    def matmul(self, a, b, out=None):
+        """(I, K) @ (K, J) per bin, into ``out`` (a new array if None)."""
+        if self.bin_major:
+            return np.matmul(a, b, out=out)
+        if out is None:
+            out = np.empty((a.shape[0], b.shape[1], self.bins), np.result_type(a, b))
+        return binwise_matmul(a, b, out)
+
+    def zero_frequency(self, matrices):
+        """The (I, J) matrix of bin 0 (a view)."""
+        return matrices[0] if self.bin_major else matrices[:, :, 0]
+
+    def empty_store(self, rows, planes, dtype):
+        """Room for the spectra of ``rows`` tile rows of ``planes`` planes each."""
+        return np.empty((self.bins, rows, planes) if self.bin_major else (rows, planes, self.bins), dtype)
+
+    def store(self, store, lo, hi, plan):
+        """Keep a forward plan's spectra, of tile rows [lo, hi)."""
+        if self.bin_major:
+            store[:, lo:hi] = plan.bins.reshape(self.bins, hi - lo, -1)
+        else:
+            store[lo:hi] = plan.fftw.output_array.reshape(hi - lo, -1, self.bins)
+
+    def load(self, store, rows, channels):
+        """Kept spectra of the tile rows ``rows`` (a list) as (tiles, channels) per bin (a copy)."""
+        if self.bin_major:
+            return store[:, rows].reshape(self.bins, -1, channels)
+        return store[rows].reshape(-1, channels, self.bins)
 
 
 def add_tiles(dst, tiles, top, left, step):
