@@ -7,19 +7,80 @@ finds the command named by ``argv`` and refuses an unknown command, an unknown o
 a surplus positional argument first, reading them as fire does: ``--name value``,
 ``--name=value``, ``--name`` alone (True) or ``--noname`` (False), ``-n`` for the one
 option starting with n, and ``-`` and ``_`` alike in names. After a bare ``--`` come
-fire's own flags (``-- --help``), which are left to fire.
+fire's own flags (``-- --help``), which are left to fire. ``--help`` (or ``-h``) after a
+command or group prints :func:`help_text`: the options as they are typed (``--batch-size``).
+
+fire also turns every value that looks like a Python literal into one: ``--metrics-out 1e3``
+would be the float 1000.0 and ``--progress no`` the (true) string ``"no"``. :func:`typed`
+declares, per command, which options are paths or names (taken as the raw string typed)
+and which are yes/no flags (:func:`parse_flag`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 
+import fire.decorators
+import numpy as np
+
 FIRE_HELP_FLAGS = ("help", "h")
+TRUE_WORDS = ("yes", "true", "on", "1")
+FALSE_WORDS = ("no", "false", "off", "0")
 
 
 class CommandLineError(ValueError):
     """A command line naming a command, option or argument that does not exist."""
+
+
+def parse_flag(option: str):
+    """A fire parse function for the yes/no option ``option``: yes/true/on/1 or
+    no/false/off/0 in any case (``--progress`` alone is true, ``--noprogress`` false)."""
+
+    def parse(text):
+        word = str(text).strip().lower()
+        if word in TRUE_WORDS or word in FALSE_WORDS:
+            return word in TRUE_WORDS
+        raise CommandLineError(f"--{option.replace('_', '-')} takes yes or no (also true/false, on/off, 1/0), "
+                               f"got {text!r}")
+
+    return parse
+
+
+def typed(positional=(), text=(), flags=()):
+    """Decorator of a command: its ``positional`` parameters (in order) and the options in
+    ``text`` (paths, names, URLs) receive the string as typed; the options in ``flags``
+    are yes/no (:func:`parse_flag`). Other values are read by fire (numbers, lists)."""
+    named = {name: str for name in (*positional, *text)}
+    named.update({name: parse_flag(name) for name in flags})
+    return fire.decorators.SetParseFns(*(str for _ in positional), **named)
+
+
+def check_fits_dtype(option: str, value: float, dtype) -> float:
+    """``value`` if it is the same kind of number in ``dtype`` (the model's float type, where
+    it is used): not overflowing to inf, not rounding to 0."""
+    info = np.finfo(dtype)
+    with np.errstate(over="ignore"):
+        stored = np.asarray(value).astype(dtype)
+    if not np.isfinite(stored) or (value != 0 and stored == 0):
+        what = "overflows to inf" if not np.isfinite(stored) else "rounds to 0"
+        raise CommandLineError(f"{option} {value!r} {what} in the model's {info.dtype} arithmetic; "
+                               f"use a value between {info.smallest_subnormal:.3g} and {info.max:.3g} "
+                               f"(magnitude)")
+    return value
+
+
+@contextlib.contextmanager
+def out_of_memory_names(sizes: dict):
+    """Within the block, running out of memory is a :class:`CommandLineError` naming the options
+    in ``sizes`` (name: value) that set how big the arrays are, and what numpy needed."""
+    try:
+        yield
+    except MemoryError as e:
+        options = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in sizes.items())
+        raise CommandLineError(f"out of memory with {options}: {e or 'an allocation failed'}; "
+                         "try smaller values") from None
 
 
 def is_flag(token: str) -> bool:
@@ -35,12 +96,15 @@ def commands_of(component) -> list[str]:
 def check_command_line(root, argv, program="convlab"):
     """Raise :class:`CommandLineError` unless ``argv`` names a command of ``root`` (an
     object whose public methods and attributes are the commands and groups) with options
-    and positional arguments that command takes."""
+    and positional arguments that command takes. Returns the help text to print instead
+    of running anything when ``argv`` asks for it (``--help``/``-h``), else None."""
     path = [program]
     component, rest = root, list(argv)
     while rest and not inspect.isroutine(component):
+        if rest[0].lstrip("-") in FIRE_HELP_FLAGS:
+            return help_text(component, " ".join(path))
         if is_flag(rest[0]) or rest[0] == "--":
-            return  # options of a group: only fire's --help, left to fire
+            return None  # options of a group: fire's own flags, left to fire
         name = rest.pop(0)
         attr = name.replace("-", "_")
         if attr.startswith("_") or not hasattr(component, attr):
@@ -49,16 +113,19 @@ def check_command_line(root, argv, program="convlab"):
         component = getattr(component, attr)
         path.append(name)
     if inspect.isroutine(component):
-        check_arguments(component, rest, " ".join(path))
+        if check_arguments(component, rest, " ".join(path)):
+            return help_text(component, " ".join(path))
+    return None
 
 
-def check_arguments(command, args, usage):
-    """Check ``args`` (what follows the command's name) against ``command``'s parameters."""
+def check_arguments(command, args, usage) -> bool:
+    """Check ``args`` (what follows the command's name) against ``command``'s parameters;
+    True when they ask for help. Only parameters before a ``*`` may be given by position."""
     parameters = inspect.signature(command).parameters
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters.values()):
-        return
+        return False
     names = list(parameters)
-    options = ", ".join("--" + n.replace("_", "-") for n in names) or "none"
+    options = ", ".join(option_name(n) for n in names) or "none"
     named, positional = set(), []
     i = 0
     while i < len(args):
@@ -72,21 +139,83 @@ def check_arguments(command, args, usage):
         key = token.lstrip("-").split("=", 1)[0].replace("-", "_")
         alone = "=" not in token and (i == len(args) or is_flag(args[i]))
         if key in FIRE_HELP_FLAGS:
-            return
+            return True
         if key in names or (alone and key.startswith("no") and key[2:] in names):
             name = key if key in names else key[2:]
         elif len(key) == 1 and any(n.startswith(key) for n in names):
             matches = [n for n in names if n.startswith(key)]
             if len(matches) > 1:
                 raise CommandLineError(f"`{usage}` option {token.split('=', 1)[0]} is ambiguous: it could be "
-                                       + " or ".join("--" + n.replace("_", "-") for n in matches))
+                                       + " or ".join(option_name(n) for n in matches))
             name = matches[0]
         else:
             raise CommandLineError(f"`{usage}` has no option {token.split('=', 1)[0]}; its options are: {options}")
+        if alone and fire.decorators.GetParseFns(command)["named"].get(name) is str:
+            raise CommandLineError(f"`{usage}` option {option_name(name)} needs a value "
+                                   f"({option_name(name)} {name.split('_')[-1].upper()})")
         named.add(name)
         if not alone and "=" not in token:
             i += 1  # the option's value
-    free = [n for n in names if n not in named]
+    free = [n for n, p in parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD and n not in named]
     if len(positional) > len(free):
         surplus = " ".join(positional[len(free):])
-        raise CommandLineError(f"`{usage}` got unexpected argument(s) {surplus}; its options are: {options}")
+        takes = (f"takes {len(free)} positional argument(s) ({', '.join(n.upper() for n in free)})" if free
+                 else "takes no positional arguments")
+        raise CommandLineError(f"`{usage}` got unexpected argument(s) {surplus}: it {takes}; "
+                               f"other values follow their option's name (its options are: {options})")
+    return False
+
+
+def option_name(parameter: str) -> str:
+    """A parameter as it is typed on the command line: batch_size -> --batch-size."""
+    return "--" + parameter.replace("_", "-")
+
+
+def docstring_parts(obj) -> tuple[str, dict[str, str]]:
+    """(the docstring before its ``Args:`` section, {parameter: its description})."""
+    doc = inspect.cleandoc(inspect.getdoc(obj) or "")
+    text, _, args = doc.partition("\nArgs:\n")
+    described, name = {}, None
+    for line in args.splitlines():
+        match = re.match(r"^\s{2,}(\w+):\s*(.*)$", line)
+        if match and len(line) - len(line.lstrip()) <= 4:
+            name, line = match.group(1), match.group(2)
+            described[name] = line
+        elif name is not None:
+            described[name] += " " + line.strip()
+    return text.strip(), described
+
+
+def help_text(component, usage: str) -> str:
+    """What ``--help`` prints for a command or a group: its docstring, then its options
+    (as typed, with their defaults) or its commands."""
+    if inspect.isroutine(component):
+        text, described = docstring_parts(component)
+        parameters = inspect.signature(component).parameters
+        positional = [n for n, p in parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
+        lines = [" ".join(["usage:", usage, *(n.upper() for n in positional), "[options]"]), "", text, ""]
+        if positional:
+            lines.append("arguments:")
+            lines += [f"  {n.upper():<27} {described.get(n, '')}" for n in positional]
+            lines.append("")
+        lines.append("options:")
+        for name, parameter in parameters.items():
+            default = parameter.default
+            if isinstance(default, bool):
+                typed_as = f"{option_name(name)} yes|no"
+            else:
+                typed_as = f"{option_name(name)} {name.split('_')[-1].upper()}"
+            note = "" if default in (None, inspect.Parameter.empty) or isinstance(default, bool) and not default \
+                else f" (default: {'yes' if default is True else default})"
+            if name not in positional:
+                lines.append(f"  {typed_as:<27} {described.get(name, '')}{note}")
+        lines.append(f"  {'--help':<27} show this help and exit")
+        return "\n".join(lines)
+    commands = commands_of(component)
+    width = max(map(len, commands), default=0) + 2
+    lines = [f"usage: {usage} COMMAND [options]", "", (inspect.getdoc(component) or "").strip(), "", "commands:"]
+    for name in commands:
+        summary = (inspect.getdoc(getattr(component, name.replace("-", "_"))) or "").split("\n")[0]
+        lines.append(f"  {name:<{width}}{summary}")
+    lines.append(f"\n`{usage} COMMAND --help` describes a command's options.")
+    return "\n".join(lines)

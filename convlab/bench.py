@@ -272,16 +272,18 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
     mnist = [replace(MNIST_LAYER, n=batch_size or MNIST_LAYER.n)] if mnist_layer else []
     shapes = mnist + [s for s in shapes_swept if s not in mnist]
     result = run_bench(shapes, backends, passes, repeat, progress, memory)
+    # The files first: a closed stdout (`| head`) ends the process at its first print.
+    if json_path is not None:
+        save_json(result, json_path)
+    if plot_path is not None:
+        save_plot(result, shapes_swept, plot_path, passes, along="k" if sweep == "kernel" else "size")
     print(format_table(result, shapes, passes))
     if result.skipped:
         print(f"{ORACLE} skipped on {len(result.skipped)} shape(s) of over {ORACLE_MAX_MACS:.0e} multiply-adds "
               f"(name it in --backends to time it anyway)")
     for label, backend, reason in result.unsupported:
         print(f"{backend} not timed on {label}: it does not support {reason}")
-    if json_path is not None:
-        save_json(result, json_path)
-        print(f"wrote {json_path}")
-    if plot_path is not None:
-        save_plot(result, shapes_swept, plot_path, passes, along="k" if sweep == "kernel" else "size")
-        print(f"wrote {plot_path}")
+    for path in (json_path, plot_path):
+        if path is not None:
+            print(f"wrote {path}")
     return result

@@ -2,12 +2,17 @@
 
 One file per run, rewritten atomically after every epoch (see :func:`save_checkpoint`)::
 
-    /                      attributes: format, format_version, epoch, epochs, backend, dataset,
-                           lr, momentum, batch_size, seed, train_size, test_size, network, rng
+    /                      attributes: format, format_version, epoch, network, rng, and the run's
+                           settings (convlab.settings.RECORDED): model, backend, dataset, epochs,
+                           batch_size, lr, lr_schedule, momentum, seed, train_size, test_size
+                           (no model: the reference network, as before there were others)
     /weights/<name>        one float32 dataset per parameter, named as in
                            ``Sequential.named_parameters()`` ("0.w", "0.b", "3.w", "3.b")
     /optimizer/velocity/<name>   the SGD momentum buffers, same names and shapes
     /metrics               one row per finished epoch (a compound dataset, fields of EpochMetrics)
+    /backends              the backend that computed each finished epoch (strings, one per row
+                           of /metrics; a run resumed with another backend has several). Older
+                           checkpoints lack it: only their last epoch's backend is known.
 
 The only randomness in training is the weight initialisation (done once, captured by the
 weights) and the batch order, a pure function of (seed, epoch) (``training.epoch_order``),
@@ -19,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import numbers
 import shlex
 import signal
 from dataclasses import dataclass
@@ -34,11 +38,8 @@ from convlab.training import EpochMetrics
 FORMAT = "convlab-checkpoint"
 FORMAT_VERSION = 1
 RNG_NOTE = "batch order = numpy.random.default_rng([seed, epoch]).permutation(train_size)"
-# Settings a resumed run must keep: changing any of them would make the continuation a
-# different run than the one the checkpoint started (the weights are a function of them).
-FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "lr_schedule", "momentum", "seed", "train_size", "test_size")
 # What resuming and evaluating cannot do without (a setting added later, such as
-# lr_schedule, may be missing from older checkpoints).
+# lr_schedule or model, may be missing from older checkpoints).
 REQUIRED_SETTINGS = ("epoch", "epochs", "backend", "network", "dataset", "batch_size", "lr", "momentum", "seed",
                      "train_size", "test_size")
 METRICS_DTYPE = np.dtype([(f.name, np.int64 if f.type in ("int", int) else np.float64)
@@ -58,6 +59,11 @@ class Checkpoint:
     weights: dict[str, np.ndarray]
     velocity: dict[str, np.ndarray]
     history: list[EpochMetrics]
+    backends: list = None
+
+    def __post_init__(self):
+        if self.backends is None:  # not recorded: only the backend of the last save is known
+            self.backends = [None] * (len(self.history) - 1) + [self.settings["backend"]]
 
     @property
     def epoch(self) -> int:
@@ -75,32 +81,14 @@ class Checkpoint:
             for name, buffer in optimizer.velocity.items():
                 buffer[...] = self.velocity[name]
 
-    def resume_settings(self, given: dict) -> dict:
-        """Settings for continuing this run: ``given`` (None: not given) completed from the
-        checkpoint. Refuses a change of the settings in :data:`FIXED_ON_RESUME`; ``epochs``
-        may be raised, ``backend`` may change."""
-        settings = {}
-        for key, value in given.items():
-            stored = self.settings.get(key)
-            if value is not None and key in FIXED_ON_RESUME and value != stored:
-                option = key.replace("_", "-")
-                raise CheckpointError(
-                    f"--{option} {value} differs from the checkpoint's {stored}; a resumed run keeps the "
-                    f"{', '.join(k.replace('_', '-') for k in FIXED_ON_RESUME)} it started with "
-                    f"(leave --{option} out, or start a new run to change it)")
-            settings[key] = stored if value is None else value
-        # An --epochs that is not a whole number is refused with the other settings' checks.
-        if isinstance(settings["epochs"], numbers.Integral) and settings["epochs"] <= self.epoch:
-            raise CheckpointError(f"{self.path} already holds {self.epoch} epochs; pass --epochs greater than "
-                                  f"{self.epoch} to train further")
-        return settings
 
-
-def save_checkpoint(path, model, optimizer, history, settings):
+def save_checkpoint(path, model, optimizer, history, settings, backends=None):
     """Write a checkpoint of ``model`` and ``optimizer`` after ``history[-1].epoch`` epochs.
 
-    ``settings`` holds the run's backend, dataset, lr, momentum, batch_size, seed,
-    train_size, test_size and target epochs. Atomic: a reader (or a crash at any moment)
+    ``settings`` is the run's record (``TrainSettings.record()``: model, backend, dataset,
+    lr, momentum, batch_size, seed, train_size, test_size and target epochs); ``backends``
+    the backend that computed each epoch of ``history`` (None: ``settings["backend"]`` for
+    all; an entry None: not known). Atomic: a reader (or a crash at any moment)
     sees the previous checkpoint or this one; temporary files left by a killed writer
     (``.<name>.*.tmp``) are removed first.
     """
@@ -118,6 +106,8 @@ def save_checkpoint(path, model, optimizer, history, settings):
             f["optimizer"].attrs.update(name=type(optimizer).__name__, lr=optimizer.lr, momentum=optimizer.momentum)
             rows = [dataclasses.astuple(m) for m in history]
             f.create_dataset("metrics", data=np.array(rows, dtype=METRICS_DTYPE))
+            backends = [settings["backend"]] * len(history) if backends is None else backends
+            f.create_dataset("backends", data=[name or "" for name in backends], dtype=h5py.string_dtype())
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e}") from None
 
@@ -164,6 +154,7 @@ def load_checkpoint(path) -> Checkpoint:
             weights = read_group(f, "weights")
             velocity = read_group(f, "optimizer/velocity")
             history = [EpochMetrics(*(python_value(v) for v in row)) for row in f["metrics"][()]]
+            backends = [name.decode() or None for name in f["backends"][()]] if "backends" in f else None
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError, TypeError, AttributeError) as e:
@@ -178,7 +169,10 @@ def load_checkpoint(path) -> Checkpoint:
         for name, array in arrays.items():
             if not np.isfinite(array).all():
                 raise CheckpointError(f"{path} is a damaged checkpoint: {group}/{name} holds NaN or infinite values")
-    return Checkpoint(path, settings, weights, velocity, history)
+    if backends is not None and len(backends) != len(history):
+        raise CheckpointError(f"{path} is a damaged checkpoint: {len(backends)} backend names for "
+                              f"{len(history)} epochs")
+    return Checkpoint(path, settings, weights, velocity, history, backends)
 
 
 def read_group(f, group) -> dict[str, np.ndarray]:
@@ -226,29 +220,50 @@ def interrupted_message(checkpoint, resume, options) -> str:
             + " ".join(map(shlex.quote, words)))
 
 
+class Terminated(KeyboardInterrupt):
+    """A stop asked for by SIGTERM (``kill``, ``timeout``, systemd, job schedulers) rather
+    than Ctrl-C; the process then exits with 128 + :attr:`signum`."""
+
+    signum = signal.SIGTERM
+
+
+def raise_terminated(signum, frame):
+    """SIGTERM's handler in ``convlab`` (see ``cli.main``): raise :class:`Terminated`
+    wherever the program is, as Python's own SIGINT handler raises KeyboardInterrupt."""
+    raise Terminated
+
+
+# The signals that ask for a stop, the handler under which each is ours to take over (any
+# other: ignored, or someone else's), and what the stop raises.
+STOP_SIGNALS = {signal.SIGINT: (signal.default_int_handler, KeyboardInterrupt),
+                signal.SIGTERM: (raise_terminated, Terminated)}
+
+
 @contextlib.contextmanager
 def ctrl_c_at_safe_points():
-    """Within the block, a first Ctrl-C (SIGINT) only asks to stop; the yielded ``check()``
-    raises KeyboardInterrupt at its next call. Python would raise it wherever the program
-    happens to be: halfway through an HDF5 write, or inside a weakref callback, where it is
-    printed and swallowed, and training goes on. A second Ctrl-C interrupts at once.
-    Where SIGINT is ignored (a background job) or handled by someone else, nothing changes."""
+    """Within the block, a first Ctrl-C (SIGINT) or SIGTERM only asks to stop; the yielded
+    ``check()`` raises KeyboardInterrupt (:class:`Terminated` for SIGTERM) at its next
+    call. Python would raise it wherever the program happens to be: halfway through an
+    HDF5 write, or inside a weakref callback, where it is printed and swallowed, and
+    training goes on; SIGTERM would end the process there and then. A second signal of the
+    same kind acts at once. Where a signal is ignored (SIGINT in a background job) or
+    handled by someone else, nothing changes for it."""
     requested = []
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    ours = [signum for signum, (default, _) in STOP_SIGNALS.items() if previous[signum] is default]
 
     def request(signum, frame):
         requested.append(signum)
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous[signum])
 
     def check():
         if requested:
-            raise KeyboardInterrupt
+            raise STOP_SIGNALS[requested[0]][1]
 
-    if previous is not signal.default_int_handler:
-        yield check
-        return
-    signal.signal(signal.SIGINT, request)
+    for signum in ours:
+        signal.signal(signum, request)
     try:
         yield check
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum in ours:
+            signal.signal(signum, previous[signum])

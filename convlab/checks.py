@@ -69,11 +69,15 @@ def check_forward_inputs(x, w, b, stride, padding):
     return x, w, b, stride, padding
 
 
-def check_backward_inputs(dy, y_shape) -> np.ndarray:
-    """``dy`` checked against the shape of the forward output."""
+def check_backward_inputs(dy, y_shape, y_dtype) -> np.ndarray:
+    """``dy`` checked against the shape and dtype of the forward output (a float64 ``dy``
+    into a float32 layer would silently change the precision of every gradient)."""
     dy = _check_array(dy, "dy", 4, "(N, F, OH, OW)")
     if dy.shape != tuple(y_shape):
         raise ValueError(f"dy must have the forward output's shape {tuple(y_shape)}, got {dy.shape}")
+    if dy.dtype != y_dtype:
+        raise ValueError(f"dy is {dy.dtype} but the forward computed {y_dtype}; pass dy as {y_dtype} "
+                         f"(e.g. dy.astype(np.{y_dtype}))")
     return dy
 
 

@@ -3,56 +3,17 @@ line and exit 2."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import numbers
+import importlib.metadata
+import signal
 import sys
-import time
+import warnings
 
 import fire
 
-from convlab.arguments import check_command_line
+from convlab.arguments import check_command_line, out_of_memory_names, typed
+from convlab.checkpoints import raise_terminated
 from convlab.registry import get_backend, list_backends
-
-
-class UsageError(ValueError):
-    """A command-line argument that is not allowed."""
-
-
-def positive_int(name, value):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise UsageError(f"--{name} must be a positive whole number, got {value!r}")
-    return int(value)
-
-
-def positive_float(name, value):
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0 or value == float("inf"):
-        raise UsageError(f"--{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def subset_size(name, value, available):
-    if value is None:
-        return available
-    value = positive_int(name, value)
-    if value > available:
-        raise UsageError(f"--{name} is {value} but the data set has only {available} images")
-    return value
-
-
-@contextlib.contextmanager
-def backend_log_to_stdout():
-    """Within the block, INFO lines of the ``convlab`` loggers (such as the backend that
-    ``auto`` picked for a shape) are printed to stdout."""
-    logger, handler = logging.getLogger("convlab"), logging.StreamHandler(sys.stdout)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+from convlab.settings import UsageError, positive_int, subset_size
 
 
 def required(name, value):
@@ -61,15 +22,11 @@ def required(name, value):
     return value
 
 
-# `convlab train` settings left out (None) take these values, or on --resume the checkpoint's.
-TRAIN_DEFAULTS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.02, lr_schedule="cosine",
-                      momentum=0.9, seed=0)
-
-
 class DataCommands:
     """Data sets: where they are, and fetching MNIST."""
 
-    def download(self, dest=None, mirror=None):
+    @typed(text=("dest", "mirror"))
+    def download(self, *, dest=None, mirror=None):
         """Download MNIST's four idx files, checking each payload's sha256.
 
         Args:
@@ -82,11 +39,38 @@ class DataCommands:
         download_mnist(dest, MNIST_MIRRORS if mirror is None else mirror)
 
 
+class AutoCommands:
+    """The auto backend's stored picks (its cache file): see, re-time or clear them."""
+
+    def show(self):
+        """List the stored picks: problem, chosen backend, the candidates' times."""
+        auto = get_backend("auto").impl
+        entries = auto.stored()
+        print(f"{auto.cache_file()}: {len(entries)} stored pick{'s' * (len(entries) != 1)}")
+        for key, entry in entries.items():
+            print(auto.describe(key, entry))
+
+    def clear(self):
+        """Delete the stored picks; the next run with --backend auto times again."""
+        auto = get_backend("auto").impl
+        print(f"removed {auto.clear()} stored picks ({auto.cache_file()})")
+
+    def retune(self):
+        """Time every stored problem again and store the new picks."""
+        from convlab.run import backend_log_to_stdout
+
+        auto = get_backend("auto").impl
+        with backend_log_to_stdout():
+            picks = auto.retune()
+        print(f"re-timed {len(picks)} problems ({auto.cache_file()})")
+
+
 class Commands:
     """convlab: a from-scratch convolution lab. Train and time a CNN whose convolution
     is computed by interchangeable hand-written backends."""
 
     data = DataCommands()
+    auto = AutoCommands()
 
     def backends(self):
         """List the convolution backends with their descriptions and what each supports."""
@@ -97,7 +81,17 @@ class Commands:
             print(f"{name:<{width}}  {backend.description}")
             print(f"{'':<{width}}  supports: {backend.limits}")
 
-    def report(self, source=None, out="report.pdf", bench=None):
+    def models(self):
+        """List the networks `convlab train --model` can train, with their descriptions."""
+        from convlab.models import get_model, list_models
+
+        names = list_models()
+        width = max(map(len, names))
+        for name in names:
+            print(f"{name:<{width}}  {get_model(name).description}")
+
+    @typed(positional=("source",), text=("out", "bench"))
+    def report(self, source=None, *, out="report.pdf", bench=None):
         """Write a PDF report of a training run, and its figures as PNG beside it.
 
         Args:
@@ -112,14 +106,17 @@ class Commands:
         for path in write_report(required("SOURCE", source), out, bench):
             print(f"wrote {path}")
 
-    def train(self, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
+    @typed(text=("backend", "dataset", "lr_schedule", "data_dir", "metrics_out", "checkpoint", "resume", "model"),
+           flags=("progress",))
+    def train(self, *, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
               train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True,
-              dataset=None, checkpoint=None, resume=None, lr_schedule=None):
-        """Train the reference network (conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
+              dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None):
+        """Train a network (default: the reference one, conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
 
         With --resume, every setting left out comes from the checkpoint; dataset, batch
         size, lr, lr schedule, momentum, seed and subset sizes cannot change; epochs may be
         raised (a cosine schedule then stretches over the new total) and the backend may change.
+        Every setting is checked by convlab.settings.TrainSettings before anything runs.
 
         Args:
             backend: convolution backend (see `convlab backends`); default im2col.
@@ -133,87 +130,24 @@ class Commands:
             test_size: use only the first N test images.
             data_dir: folder with the idx files or MNISTdata.hdf5, or that HDF5 file
                 (default: the repository's data/, then the system's datasets).
-            metrics_out: write per-epoch metrics as JSON to this path.
-            progress: show a progress bar during each epoch.
+            metrics_out: write per-epoch metrics as JSON to this path (rewritten after every epoch).
+            progress: show a progress bar during each epoch (on a terminal only: piped output gets one line per epoch).
             dataset: mnist or fashion-mnist; default mnist.
             checkpoint: save an HDF5 checkpoint here after every epoch (atomically); must not exist yet.
             resume: continue the run saved in this checkpoint, and keep saving to it.
+            model: the network (see `convlab models`); default reference.
         """
-        from convlab.checkpoints import (
-            check_new_checkpoint_path, ctrl_c_at_safe_points, interrupted_message, load_checkpoint, save_checkpoint)
-        from convlab.data import load_dataset
-        from convlab.files import check_writable, write_json
-        from convlab.models import reference_net
-        from convlab.optimizers import LR_SCHEDULES, SGD
-        from convlab.training import fit
+        from convlab.run import train
+        from convlab.settings import TrainSettings
 
-        resumed = load_checkpoint(resume) if resume is not None else None
-        checkpoint = resume if checkpoint is None else checkpoint
-        check_new_checkpoint_path(checkpoint, resume)
-        if metrics_out is not None:
-            check_writable(metrics_out, "--metrics-out")
-        settings = dict(backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
-                        lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size,
-                        test_size=test_size)
-        if resumed is not None:
-            settings = resumed.resume_settings(settings)
-        settings = {key: TRAIN_DEFAULTS.get(key) if value is None else value for key, value in settings.items()}
-        backend, dataset, epochs, batch_size, lr, lr_schedule, momentum, seed, train_size, test_size = (
-            settings.values())
+        settings, resumed = TrainSettings.from_options(
+            model=model, backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
+            lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size, test_size=test_size,
+            data_dir=data_dir, metrics_out=metrics_out, checkpoint=checkpoint, resume=resume, progress=progress)
+        train(settings, resumed)
 
-        backend = get_backend(backend).name
-        epochs = positive_int("epochs", epochs)
-        batch_size = positive_int("batch-size", batch_size)
-        lr = positive_float("lr", lr)
-        if lr_schedule not in LR_SCHEDULES:
-            raise UsageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
-        if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 <= momentum < 1:
-            raise UsageError(f"--momentum must be a number in [0, 1), got {momentum!r}")
-        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-            raise UsageError(f"--seed must be a non-negative whole number, got {seed!r}")
-
-        model = reference_net(seed=seed, backend=backend)
-        optimizer = SGD(model, lr=lr, momentum=momentum)
-        history = []
-        if resumed is not None:
-            resumed.restore(model, optimizer)
-            history = resumed.history
-            print(f"resuming from {resume} after epoch {resumed.epoch}")
-
-        data = load_dataset(dataset, data_dir)
-        n_train = subset_size("train-size", train_size, len(data.x_train))
-        n_test = subset_size("test-size", test_size, len(data.x_test))
-        data.x_train, data.y_train = data.x_train[:n_train], data.y_train[:n_train]
-        data.x_test, data.y_test = data.x_test[:n_test], data.y_test[:n_test]
-        print(f"training on {n_train} images, testing on {n_test}, backend {backend}, "
-              f"{epochs} epochs of batch {batch_size}, lr {lr} ({lr_schedule}), momentum {momentum}, seed {seed}")
-        settings.update(backend=backend, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                        seed=seed, train_size=n_train, test_size=n_test)
-
-        def report(m):
-            history.append(m)
-            print(f"epoch {m.epoch}/{epochs}  loss {m.train_loss:.4f}  train acc {m.train_accuracy:.4f}  "
-                  f"test acc {m.test_accuracy:.4f}  {m.seconds:.1f} s", flush=True)
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, model, optimizer, history, settings)
-
-        started = time.perf_counter()
-        try:
-            with backend_log_to_stdout(), ctrl_c_at_safe_points() as stop_if_asked:
-                fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=len(history) + 1,
-                    progress=progress, on_epoch=report, on_batch=stop_if_asked,
-                    lr_at=lambda epoch: LR_SCHEDULES[lr_schedule](lr, epoch, epochs))
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(interrupted_message(checkpoint, resume, dict(
-                epochs=epochs, backend=backend, data_dir=data_dir, metrics_out=metrics_out,
-                progress=None if progress else False))) from None
-        final = history[-1].test_accuracy
-        print(f"test accuracy: {final:.4f} ({backend}, {epochs} epochs, {time.perf_counter() - started:.1f} s)")
-        if metrics_out is not None:
-            write_json(metrics_out, {"backend": backend, "test_accuracy": final, "settings": settings,
-                                     "epochs": [m.as_dict() for m in history]})
-
-    def evaluate(self, checkpoint=None, backend=None, data_dir=None, test_size=None):
+    @typed(text=("checkpoint", "backend", "data_dir"))
+    def evaluate(self, *, checkpoint=None, backend=None, data_dir=None, test_size=None):
         """Test accuracy and confusion matrix of a checkpoint written by `convlab train --checkpoint`.
 
         Args:
@@ -230,7 +164,8 @@ class Commands:
         n_test = subset_size("test-size", test_size, len(data.x_test))
         print(evaluation_report(model, saved, data.x_test[:n_test], data.y_test[:n_test]))
 
-    def predict(self, file=None, checkpoint=None, backend=None, invert=False):
+    @typed(positional=("file",), text=("checkpoint", "backend"), flags=("invert",))
+    def predict(self, file=None, *, checkpoint=None, backend=None, invert=False):
         """The class of one 28x28 image, with the probability of each class.
 
         FILE is a grayscale PNG (white digit on black, as MNIST) or a .npy array of shape
@@ -244,13 +179,12 @@ class Commands:
         """
         from convlab.inference import load_image, load_model, prediction_report
 
-        if not isinstance(invert, bool):
-            raise UsageError(f"--invert takes no value or True/False, got {invert!r}")
         model, saved = load_model(required("checkpoint", checkpoint), backend)
         image = load_image(required("FILE", file), invert)
         print(prediction_report(model, image, "digit" if saved.settings["dataset"] == "mnist" else "class"))
 
-    def bench(self, backends=None, kernel_sizes=None, batch_size=None, image_size=None, in_channels=None,
+    @typed(text=("backends", "passes", "json", "plot", "sweep"), flags=("mnist_layer", "memory"))
+    def bench(self, *, backends=None, kernel_sizes=None, batch_size=None, image_size=None, in_channels=None,
               out_channels=None, mnist_layer=True, passes=None, repeat=3, json=None, plot=None,
               memory=False, sweep="kernel", image_sizes=None):
         """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
@@ -279,34 +213,67 @@ class Commands:
                 its kernel sizes default to 5,9).
         """
         from convlab.bench import bench_command
+        from convlab.files import check_outputs, check_suffix
 
-        if not isinstance(mnist_layer, bool):
-            raise UsageError(f"--mnist-layer takes True or False, got {mnist_layer!r}")
-        if not isinstance(memory, bool):
-            raise UsageError(f"--memory takes no value or True/False, got {memory!r}")
+        check_outputs({"--json": json if json is None else check_suffix(json, "--json", ".json", "JSON"),
+                       "--plot": plot})
         optional = lambda name, value: None if value is None else positive_int(name, value)  # noqa: E731
-        bench_command(backends, kernel_sizes, optional("batch-size", batch_size),
-                      optional("image-size", image_size), optional("in-channels", in_channels),
-                      optional("out-channels", out_channels), mnist_layer, passes,
-                      positive_int("repeat", repeat), json, plot,
-                      progress=lambda message: print(message, file=sys.stderr, flush=True),
-                      memory=memory, sweep=sweep, image_sizes=image_sizes)
+        sizes = dict(batch_size=optional("batch-size", batch_size), image_size=optional("image-size", image_size),
+                     in_channels=optional("in-channels", in_channels),
+                     out_channels=optional("out-channels", out_channels))
+        with out_of_memory_names({"sweep": sweep, **{k: v for k, v in sizes.items() if v is not None}}):
+            bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer, passes,
+                          positive_int("repeat", repeat), json, plot,
+                          progress=lambda message: print(message, file=sys.stderr, flush=True),
+                          memory=memory, sweep=sweep, image_sizes=image_sizes)
 
+
+
+def one_line_warning(message, category, filename, lineno, line=None):
+    """A warning as the CLI prints it (see :func:`main`): what is wrong, not where in the code."""
+    return f"convlab: warning: {message}\n"
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("convlab")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"
 
 
 def main(argv=None):
+    warnings.formatwarning = one_line_warning
+    if argv is None and hasattr(signal, "SIGPIPE"):
+        # As command-line tools do: a closed stdout (`convlab train | head -1`) ends the
+        # process quietly at its next print. Every file is saved before the line that
+        # reports it is printed, so nothing is lost.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    if previous_sigterm is signal.SIG_DFL:  # SIGTERM is a stop like Ctrl-C, not a sudden death
+        signal.signal(signal.SIGTERM, raise_terminated)
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
+        if args == ["--version"]:
+            print(f"convlab {version()}")
+            return
         commands = Commands()
-        check_command_line(commands, sys.argv[1:] if argv is None else argv)
-        fire.Fire(commands, command=argv, name="convlab")
+        help_text = check_command_line(commands, args)
+        if help_text is not None:
+            print(help_text)
+            return
+        fire.Fire(commands, command=args, name="convlab")
     # Our checks raise ValueError subclasses with user-facing messages; an OSError is the
     # system refusing a read or write our checks could not foresee (disk full, /proc, ...).
     except (ValueError, OSError) as e:
         print(f"convlab: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # a message, if any, says what survived and how to go on
-        print("convlab: interrupted" + (f"; {e}" if e.args else ""), file=sys.stderr)
-        sys.exit(130)
+        signum = getattr(e, "signum", signal.SIGINT)  # SIGTERM: see convlab.checkpoints.Terminated
+        print(f"convlab: {'terminated' if signum == signal.SIGTERM else 'interrupted'}"
+              + (f"; {e}" if e.args else ""), file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,9 @@ only the FFT backends do.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import threading
-import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convlab.files import atomic_path, user_cache_dir
+from convlab.cachefile import read_cache, update_cache, warn_once
+from convlab.files import user_cache_dir
 
 
 def _import_pyfftw_with_passive_threads():
@@ -60,6 +59,7 @@ pyfftw = _import_pyfftw_with_passive_threads()
 PLANNERS = ("estimate", "measure", "patient", "exhaustive")
 DEFAULT_PLANNER = "measure"
 ENV_THREADS, ENV_PLANNER, ENV_WISDOM = "CONVLAB_FFT_THREADS", "CONVLAB_FFT_PLANNER", "CONVLAB_FFT_WISDOM"
+WISDOM_KIND = "FFTW wisdom file"
 WISDOM_OFF = "off"
 MIN_POINTS_PER_THREAD = 1 << 16
 MIN_POINTS_TO_MEASURE = 1 << 14
@@ -248,19 +248,27 @@ class _Plans:
 
     @staticmethod
     def _load_wisdom(path):
-        if path is None or not path.exists():
-            return
-        try:
-            wisdom = json.loads(path.read_text())["wisdom"]
-            pyfftw.import_wisdom(tuple(w.encode("ascii") for w in wisdom))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            warnings.warn(f"ignoring unreadable FFTW wisdom file {path}: {error}", stacklevel=4)
+        if path is not None:
+            _import_wisdom(read_cache(path, WISDOM_KIND, "wisdom"), path)
 
     @staticmethod
     def _save_wisdom(path):
-        wisdom = [w.decode("ascii") for w in pyfftw.export_wisdom()]
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"fftw": pyfftw.fftw_version, "wisdom": wisdom}))
+        """Merge-on-write (see :mod:`convlab.cachefile`): the wisdom another process saved
+        since we loaded the file is imported, so the file we write holds both."""
+        def merged(stored):
+            _import_wisdom(stored, path)
+            return {"fftw": pyfftw.fftw_version, "wisdom": [w.decode("ascii") for w in pyfftw.export_wisdom()]}
+
+        update_cache(path, WISDOM_KIND, "wisdom", merged)
+
+
+def _import_wisdom(stored, path):
+    """Add the wisdom in a wisdom file's content (``{}``: none) to FFTW's."""
+    try:
+        if stored:
+            pyfftw.import_wisdom(tuple(w.encode("ascii") for w in stored["wisdom"]))
+    except (ValueError, TypeError, AttributeError) as error:
+        warn_once(path, f"ignoring unreadable FFTW wisdom file {path}: {error}")
 
 
 _plans = _Plans()

@@ -36,19 +36,94 @@ def atomic_path(path):
 def check_writable(path, option: str, folder=False) -> Path:
     """``path`` as a place ``atomic_path`` can write a file to (or, with ``folder``, create
     files in), checked before any work is done; a :class:`ValueError` naming ``option``
-    (e.g. "--out") otherwise."""
+    (e.g. "--out") otherwise.
+
+    The folder that will receive the file (or the nearest existing ancestor, where the
+    missing folders will be made) is probed by creating and removing an empty file in it:
+    permission bits do not tell (root ignores them; ACLs and read-only mounts refuse
+    regardless), the attempt does."""
     path = Path(str(path))
     if folder and path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} exists and is not a folder")
     if not folder and path.is_dir():
         raise ValueError(f"{option} {path} is a directory; give a file path such as {path / 'out'}")
-    # The nearest existing ancestor is where the missing folders (if any) will be made.
-    ancestor = next(p for p in path.absolute().parents if p.exists())
-    if not ancestor.is_dir():
-        raise ValueError(f"{option} {path}: {ancestor} is a file, so nothing can be written under it")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path}: no permission to write in {ancestor}")
+    place = path.absolute() if folder and path.is_dir() else next(p for p in path.absolute().parents if p.exists())
+    if not place.is_dir():
+        raise ValueError(f"{option} {path}: {place} is a file, so nothing can be written under it")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".convlab-probe-", dir=place)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot write in {place} ({e.strerror or e})") from None
     return path
+
+
+def check_suffix(path, option: str, suffix: str, what: str) -> Path:
+    """``path`` if it ends in ``suffix`` (any case): a file named for what it holds."""
+    path = Path(str(path))
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{option} {path}: {what} is written there, so the name must end in {suffix} "
+                         f"(such as {path.with_suffix(suffix) if path.name else 'out' + suffix})")
+    return path
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5_file(path: Path) -> bool:
+    """Whether ``path`` is a file starting with the HDF5 signature (a checkpoint, a data set)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
+def check_outputs(outputs: dict, inputs: dict = None) -> dict[str, Path]:
+    """Check every output before any work starts: each writable (:func:`check_writable`),
+    none the same file as an input or as another output (paths compared resolved, so
+    ``./a`` and ``a`` or a symlink match), and none an existing HDF5 file (a checkpoint or
+    data set) that a file of another kind would replace. ``outputs`` and ``inputs`` map
+    what the user typed (``"--metrics-out"``) to a path or None (not given). Returns the
+    outputs given, as paths; raises :class:`ValueError` naming both options otherwise."""
+    inputs = {option: Path(str(p)) for option, p in (inputs or {}).items() if p is not None}
+    seen = dict(inputs)
+    checked = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        path = check_writable(path, option)
+        for other_option, other in seen.items():
+            if same_file(path, other):
+                role = "the input" if other_option in inputs else "the output"
+                raise ValueError(f"{option} {path} is the same file as {role} {other_option} {other}; "
+                                 "refusing to overwrite it (choose another path)")
+        if is_hdf5_file(path):
+            raise ValueError(f"{option} {path} is an existing HDF5 file (a checkpoint or data set?); "
+                             "refusing to replace it with another kind of file (choose another path)")
+        seen[option] = checked[option] = path
+    return checked
+
+
+def check_train_files(checkpoint, resume, metrics_out, data_dir):
+    """``convlab train``'s files, checked before it starts: the checkpoint (saved after every
+    epoch; when it is the resumed one, its folder must take the new version) and the
+    metrics file are writable and neither overwrites the other, the resumed checkpoint or
+    the data. (That a new checkpoint does not exist yet is checked by
+    :func:`convlab.checkpoints.check_new_checkpoint_path`.)"""
+    outputs = {"--checkpoint": checkpoint, "--metrics-out": metrics_out}
+    if checkpoint is not None and resume is not None and same_file(Path(str(checkpoint)), Path(str(resume))):
+        check_writable(resume, "--resume")
+        outputs["--checkpoint"] = None
+    check_outputs(outputs, {"--resume": resume, "--data-dir": data_dir})
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (existing or not)."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
 
 
 def write_json(path, obj):

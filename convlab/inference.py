@@ -18,7 +18,7 @@ import numpy as np
 
 from convlab.checkpoints import load_checkpoint
 from convlab.losses import softmax
-from convlab.models import reference_net
+from convlab.models import DEFAULT_MODEL, get_model
 from convlab.registry import DEFAULT_BACKEND, get_backend, list_backends
 from convlab.training import predict_logits
 
@@ -33,16 +33,19 @@ class ImageError(ValueError):
 
 
 def load_model(checkpoint_path, backend=None):
-    """The reference network holding the checkpoint's weights; returns (model, checkpoint).
+    """The checkpoint's network holding its weights; returns (model, checkpoint).
 
-    The convolution runs on ``backend``; by default the one the checkpoint was trained
-    with, or the default backend if that one is not installed here.
+    The network is the one named by the checkpoint's ``model`` setting (the reference
+    network for checkpoints older than that setting). The convolution runs on ``backend``;
+    by default the one the checkpoint was trained with, or the default backend if that one
+    is not installed here.
     """
     checkpoint = load_checkpoint(checkpoint_path)
     if backend is None:
         trained_with = checkpoint.settings.get("backend")
         backend = trained_with if trained_with in list_backends() else DEFAULT_BACKEND
-    model = reference_net(backend=get_backend(backend).name)
+    model = get_model(checkpoint.settings.get("model", DEFAULT_MODEL)).build()
+    model.set_backend(get_backend(backend).name)
     checkpoint.restore(model)
     return model, checkpoint
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convlab.checks import as_pair
+from convlab.checks import FLOAT_DTYPES, as_pair
 from convlab.registry import get_backend
 
 
@@ -48,6 +48,12 @@ class Conv2D(Layer):
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        try:
+            kind = np.dtype(dtype).type
+        except TypeError:
+            kind = None
+        if kind not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be float32 or float64 (what every backend computes in), got {dtype!r}")
         kh, kw = as_pair(kernel_size, "kernel_size", 1)
         self.stride = as_pair(stride, "stride", 1)
         self.padding = as_pair(padding, "padding", 0)
@@ -76,6 +82,9 @@ class Conv2D(Layer):
         return y
 
     def backward(self, dy, need_dx=True):
+        if self._cache is None:
+            raise ValueError("Conv2D.backward needs the forward first: call forward(x) on this layer, then "
+                             "backward(dy) with dy shaped like its output")
         backend, cache = self._cache
         dx, self.grads["w"], self.grads["b"] = backend.backward(dy, cache, need_dx)
         return dx

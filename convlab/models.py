@@ -1,6 +1,15 @@
-"""Models: a small Sequential container and the reference network."""
+"""Models: a small Sequential container, the networks it builds, and their registry.
+
+A network is registered under a name through the entry-point group ``convlab.models``
+(exactly like backends: a third-party package can add one); the entry point names a
+function ``build(seed=0, dtype=numpy.float32) -> Sequential`` whose weights are a pure
+function of the seed. :func:`get_model` finds one by name.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 import numpy as np
 
@@ -64,3 +73,31 @@ def reference_net(seed=0, backend=None, dtype=np.float32) -> Sequential:
     rng = np.random.default_rng(seed)
     conv = Conv2D(1, 32, 7, stride=1, padding=1, backend=backend, rng=rng, dtype=dtype)
     return Sequential(conv, ReLU(), Flatten(), Dense(32 * 24 * 24, 10, rng=rng, dtype=dtype))
+
+
+ENTRY_POINT_GROUP = "convlab.models"
+DEFAULT_MODEL = "reference"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A network by name: ``build(seed, dtype)`` makes it with fresh weights."""
+
+    name: str
+    build: object
+    description: str = ""
+
+
+def list_models() -> list[str]:
+    """Names of the registered networks (entry-point group ``convlab.models``), sorted."""
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def get_model(name: str) -> Model:
+    """The network called ``name``."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            build = ep.load()
+            doc = (build.__doc__ or "").strip()
+            return Model(name, build, doc.splitlines()[0] if doc else "")
+    raise ValueError(f"unknown model {name!r}; valid models are: {', '.join(list_models())}")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 from importlib.metadata import entry_points
 
 import numpy as np
@@ -91,13 +92,13 @@ class Backend:
         x, w, b, stride, padding = check_forward_inputs(x, w, b, stride, padding)
         self.check_supported(x.shape, w.shape, stride, padding)
         y, cache = self.impl.forward(x, w, b, stride, padding)
-        return y, _CheckedCache(y.shape, cache)
+        return y, _CheckedCache(y.shape, y.dtype, cache)
 
     def backward(self, dy, cache, need_dx=True):
         """Checked backward: ``dy`` shaped like the forward's ``y``; returns (dx, dw, db)."""
         if not isinstance(cache, _CheckedCache):
             raise ValueError(f"cache must be the second value returned by {self.name}.forward")
-        dy = check_backward_inputs(dy, cache.y_shape)
+        dy = check_backward_inputs(dy, cache.y_shape, cache.y_dtype)
         return self.impl.backward(dy, cache.impl_cache, need_dx)
 
     def __repr__(self):
@@ -105,10 +106,11 @@ class Backend:
 
 
 class _CheckedCache:
-    __slots__ = ("y_shape", "impl_cache")
+    __slots__ = ("y_shape", "y_dtype", "impl_cache")
 
-    def __init__(self, y_shape, impl_cache):
+    def __init__(self, y_shape, y_dtype, impl_cache):
         self.y_shape = y_shape
+        self.y_dtype = y_dtype
         self.impl_cache = impl_cache
 
 
@@ -119,15 +121,32 @@ def register_backend(name: str):
     first line of its docstring, is the one-line description ``convlab backends`` shows.
     """
 
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise ValueError(f"a backend name must be a non-empty string without surrounding spaces, got {name!r}")
+
     def decorate(impl):
         instance = impl() if isinstance(impl, type) else impl
         for method in ("forward", "backward"):
             if not callable(getattr(instance, method, None)):
                 raise TypeError(f"backend {name!r} has no {method}() method")
+        previous = _registry.get(name)
+        if previous is not None and qualified_name(previous.impl) != qualified_name(instance):
+            # The same class registered again (a module reloaded) replaces itself silently.
+            warnings.warn(f"backend {name!r} ({qualified_name(previous.impl)}) is replaced by "
+                          f"{qualified_name(instance)}", RuntimeWarning, stacklevel=2)
         _registry[name] = Backend(name, instance)
         return impl
 
     return decorate
+
+
+def qualified_name(instance) -> str:
+    """``module.Class`` of a backend implementation, to tell two of them apart."""
+    return f"{type(instance).__module__}.{type(instance).__qualname__}"
+
+
+class PluginWarning(RuntimeWarning):
+    """An installed plugin (a backend or model entry point) that could not be loaded."""
 
 
 def _load_entry_points():
@@ -138,11 +157,17 @@ def _load_entry_points():
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _registry:
             continue
-        loaded = ep.load()
-        # Loading a module that uses @register_backend registers it; an entry point may
-        # also name a plain object or class with forward/backward.
-        if ep.name not in _registry:
-            register_backend(ep.name)(loaded)
+        # One broken plugin must not take the others (and every command) down with it.
+        try:
+            loaded = ep.load()
+            # Loading a module that uses @register_backend registers it; an entry point may
+            # also name a plain object or class with forward/backward.
+            if ep.name not in _registry:
+                register_backend(ep.name)(loaded)
+        except Exception as e:  # noqa: BLE001 - any error of third-party code
+            warnings.warn(f"skipping backend {ep.name!r} (entry point {ep.value}"
+                          f"{' of ' + ep.dist.name if getattr(ep, 'dist', None) else ''}): it failed to load: "
+                          f"{type(e).__name__}: {e}", PluginWarning, stacklevel=2)
 
 
 def list_backends() -> list[str]:

@@ -29,8 +29,9 @@ import matplotlib.image
 import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from convlab.files import atomic_path, check_writable
+from convlab.files import atomic_path, check_outputs, check_suffix, check_writable
 from convlab.layers import Conv2D, Dense, ReLU
 from convlab.registry import get_backend
 from convlab.training import EpochMetrics
@@ -39,6 +40,8 @@ PAGE = (8.27, 11.69)  # A4 portrait, inches
 MARGIN = 0.8  # inches
 DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 METRICS_HINT = "expected the JSON written by `convlab train --metrics-out PATH`"
+TIMING_TITLE = "convlab bench: time per call (ratios are within one run)"
+TIMING_COLUMNS = ["shape", "pass", "backend", "ms", "vs fastest"]
 BENCH_HINT = 'expected the JSON written by `convlab bench --json PATH`: {"rows": [{"shape", "backend", "pass", "seconds"}]}'
 
 
@@ -51,7 +54,9 @@ class Run:
     """What the report says about one training run.
 
     ``settings`` holds whatever of dataset, lr, momentum, batch_size, seed, train_size and
-    test_size the source recorded; ``model`` is the trained network (checkpoints only).
+    test_size the source recorded; ``model`` is the trained network (checkpoints only);
+    ``backends`` the backend that computed each epoch of ``history`` (None where the source
+    does not say: files written before convlab recorded it know only the last one).
     """
 
     source: Path
@@ -59,6 +64,11 @@ class Run:
     history: list[EpochMetrics]
     settings: dict
     model: object = None
+    backends: list = None
+
+    def __post_init__(self):
+        if self.backends is None:
+            self.backends = [None] * (len(self.history) - 1) + [self.backend]
 
     @property
     def test_accuracy(self) -> float:
@@ -74,7 +84,8 @@ def load_run(path) -> Run:
         from convlab.inference import load_model  # the checkpoint format lives there
 
         model, checkpoint = load_model(path)
-        return Run(path, checkpoint.settings["backend"], checkpoint.history, checkpoint.settings, model)
+        return Run(path, checkpoint.settings["backend"], checkpoint.history, checkpoint.settings, model,
+                   checkpoint.backends)
     return read_metrics(path)
 
 
@@ -94,15 +105,17 @@ def read_metrics(path: Path) -> Run:
     try:
         history = [EpochMetrics(**{name: epoch[name] for name in names}) for epoch in doc["epochs"]]
         backend = doc["backend"]
+        backends = [epoch["backend"] for epoch in doc["epochs"]] if all(
+            "backend" in epoch for epoch in doc["epochs"]) else None
         settings = dict({"dataset": "mnist"}, **(doc.get("settings") or {}))
     except (TypeError, KeyError, AttributeError) as e:
         raise ReportError(f"{path}: missing or malformed {e}; {METRICS_HINT}") from None
     valid = isinstance(backend, str) and history and all(
         isinstance(getattr(m, name), numbers.Real) and math.isfinite(getattr(m, name)) for m in history for name in names)
-    if not valid:
+    if not valid or not all(isinstance(b, (str, type(None))) for b in backends or ()):
         raise ReportError(f"{path}: needs a backend name and at least one epoch of finite numbers "
                           f"({', '.join(names)}); {METRICS_HINT}")
-    return Run(path, backend, history, settings)
+    return Run(path, backend, history, settings, backends=backends)
 
 
 def read_bench(path) -> list[dict]:
@@ -134,8 +147,8 @@ def backend_explanation(name: str) -> tuple[str, list[tuple[str, str]]]:
     try:
         backend = get_backend(name)
     except ValueError:
-        return ("a backend that is not installed here", [("para", f"The backend {name!r} is not installed "
-                                                         "where this report was made, so it cannot describe itself.")])
+        return ("", [("para", f"The \u201c{name}\u201d backend is not installed where this report was made, "
+                              "so it cannot describe itself here.")])
     module = sys.modules.get(type(backend.impl).__module__)
     doc = inspect.cleandoc((module and module.__doc__) or backend.impl.__doc__ or backend.description)
     blocks = []
@@ -187,11 +200,43 @@ def summary_paragraph(run: Run, model) -> str:
         schedule = f" ({s['lr_schedule']} schedule by epoch)" if "lr_schedule" in s else ""
         text += (f"Training: SGD with learning rate {s['lr']}{schedule}, momentum {s['momentum']}, "
                  f"minibatches of {s['batch_size']}, seed {s['seed']}. ")
-    description, _ = backend_explanation(run.backend)
     return text + ("The layers, the loss, the optimizer and every convolution backend are our own code "
-                   "(NumPy; no PyTorch, no SciPy convolution). "
-                   f"The convolution, forward and backward, was computed by the \u201c{run.backend}\u201d backend. "
-                   f"{description.rstrip('.')}.")
+                   "(NumPy; no PyTorch, no SciPy convolution). " + backends_sentence(run))
+
+
+def epoch_ranges(backends: list) -> list[tuple[str | None, int, int]]:
+    """Runs of equal names in ``backends`` (one per epoch, from epoch 1): (name, first, last)."""
+    runs = []
+    for epoch, name in enumerate(backends, 1):
+        if runs and runs[-1][0] == name:
+            runs[-1] = (name, runs[-1][1], epoch)
+        else:
+            runs.append((name, epoch, epoch))
+    return runs
+
+
+def backends_sentence(run: Run) -> str:
+    """Which backend computed the convolution (forward and backward) in which epochs, and
+    what each one is; epochs whose backend the source did not record are said to be so."""
+    def epochs(first, last):
+        return f"epoch {first}" if first == last else f"epochs {first}\u2013{last}"
+
+    ranges = epoch_ranges(run.backends)
+    if len(ranges) == 1:
+        text = f"The convolution, forward and backward, was computed by the \u201c{run.backend}\u201d backend"
+    elif len(ranges) == 2 and ranges[0][0] is None:
+        text = (f"The convolution, forward and backward, was computed by the \u201c{run.backend}\u201d backend "
+                f"in the last epoch; this file, from an older convlab, does not record which backend computed "
+                f"{epochs(ranges[0][1], ranges[0][2])} (a resumed run may change it)")
+    else:
+        parts = [f"{epochs(first, last)} by the \u201c{name}\u201d backend" if name is not None else
+                 f"{epochs(first, last)} by a backend the file does not record (it was written by an older convlab)"
+                 for name, first, last in ranges]
+        text = ("The run was resumed with another backend: the convolution, forward and backward, was computed in "
+                + ", ".join(parts[:-1]) + " and in " + parts[-1])
+    descriptions = [f"{name}: {description.rstrip('.')}" for name in dict.fromkeys(run.backends) if name
+                    for description in [backend_explanation(name)[0]] if description]
+    return text + "." + (" " + "; ".join(descriptions) + "." if descriptions else "")
 
 
 # --- pages and figures -----------------------------------------------------------------
@@ -255,8 +300,13 @@ def curves_figure(history: list[EpochMetrics]) -> Figure:
     acc_ax.set(title="accuracy", xlabel="epoch", ylabel="fraction correct")
     acc_ax.legend()
     for ax in (loss_ax, acc_ax):
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        # Whole epochs, with half an epoch of room either side (one epoch is one point).
+        ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
+    if len(history) == 1:  # a single point: against the whole range, not a sliver around it
+        loss_ax.set_ylim(0, 1.25 * history[0].train_loss or 1)
+        acc_ax.set_ylim(0, 1.02)
     return fig
 
 
@@ -299,13 +349,21 @@ def timing_figure(rows: list[dict]) -> Figure:
     fig = Figure(figsize=(8, 0.5 + 0.25 * (len(cells) + 1)))
     ax = fig.subplots()
     ax.set_axis_off()
-    table = ax.table(cellText=cells, colLabels=["shape", "pass", "backend", "ms", "vs fastest"],
+    table = ax.table(cellText=cells, colLabels=TIMING_COLUMNS,
                      loc="upper center", cellLoc="left", colWidths=[0.40, 0.2, 0.13, 0.12, 0.13])
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.scale(1, 1.25)
-    ax.set_title("convlab bench: time per call (ratios are within one run)", fontsize=10)
+    ax.set_title(TIMING_TITLE, fontsize=10)
     return fig
+
+
+def timing_text(rows: list[dict]) -> str:
+    """The timing table as aligned lines of text."""
+    table = [TIMING_COLUMNS] + timing_rows(rows)
+    widths = [max(len(row[i]) for row in table) for i in range(len(TIMING_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) if i < 3 else cell.rjust(width)
+                               for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in table)
 
 
 def figure_png(fig: Figure) -> bytes:
@@ -318,22 +376,27 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
     """Write the PDF report of the run in ``source`` (metrics JSON or checkpoint) to ``out``,
     and beside it ``<stem>-curves.png``, ``<stem>-filters.png`` (checkpoints only) and
     ``<stem>-timing.png`` (with ``bench``). Returns the paths written, the PDF first."""
-    out = check_writable(out, "--out")
+    out = check_suffix(check_writable(out, "--out"), "--out", ".pdf", "a PDF")
+    figures = {f"--out's figure {out.stem}-{name}.png": out.with_name(f"{out.stem}-{name}.png")
+               for name in ("curves", "filters", "timing")}
+    check_outputs({"--out": out, **figures}, {"SOURCE": source, "--bench": bench})
     run = load_run(source)
     timings = read_bench(bench) if bench is not None else None
     model = run.model
-    if model is None:  # `convlab train` always trains the reference network
-        from convlab.models import reference_net
+    if model is None:  # a metrics file names the network (older ones: the reference network)
+        from convlab.models import DEFAULT_MODEL, get_model
 
-        model = reference_net()
+        model = get_model(run.settings.get("model", DEFAULT_MODEL)).build()
 
     pages = Pages()
-    pages.add("title", f"convlab report: {dataset_title(run)}, {run.backend}, {len(run.history)} epochs")
+    used = [name for name in dict.fromkeys(run.backends) if name is not None]
+    pages.add("title", f"convlab report: {dataset_title(run)}, {', '.join(used)}, {len(run.history)} epochs")
     pages.add("note", f"from {run.source}")
     pages.add("para", summary_paragraph(run, model))
-    pages.add("heading", f"How the \u201c{run.backend}\u201d backend computes the convolution")
-    for kind, block in backend_explanation(run.backend)[1]:
-        pages.add(kind, block)
+    for name in used:
+        pages.add("heading", f"How the \u201c{name}\u201d backend computes the convolution")
+        for kind, block in backend_explanation(name)[1]:
+            pages.add(kind, block)
 
     pngs = {}
 
@@ -348,8 +411,11 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
         pages.add("heading", "Learned filters")
         pages.add("para", f"Not shown: {run.source.name} is a metrics file, which holds no weights. Run "
                           "`convlab report` on a checkpoint (`convlab train --checkpoint PATH`) to see them.")
-    if timings is not None:
-        section("Timing", "timing", timing_figure(timings))
+    if timings is not None:  # as text in the PDF (selectable, searchable), as an image beside it
+        pngs[figures[f"--out's figure {out.stem}-timing.png"]] = figure_png(timing_figure(timings))
+        pages.add("heading", "Timing")
+        pages.add("note", TIMING_TITLE)
+        pages.add("code", timing_text(timings))
 
     pdf = io.BytesIO()
     with PdfPages(pdf, metadata={"Title": "convlab report", "CreationDate": None}) as document:

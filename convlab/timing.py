@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convlab.checks import output_size
-from convlab.registry import ORACLE, get_backend, list_backends
+from convlab.registry import ORACLE, get_backend, list_backends  # noqa: F401 (ORACLE: re-exported for bench and auto)
 
 # Above this many multiply-adds per forward, the oracle takes a good part of a second per call.
 ORACLE_MAX_MACS = 1e8
@@ -72,11 +72,11 @@ def output_gradient(x, w, stride, padding, seed=1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((x.shape[0], w.shape[0], oh, ow)).astype(x.dtype)
 
 
-def conv_pass(backend, x, w, b, stride, padding, dy=None):
+def conv_pass(backend, x, w, b, stride, padding, dy=None, need_dx=True):
     """A no-argument function running one pass of ``backend`` on these arrays.
 
-    With ``dy`` None it runs the forward and returns y; otherwise forward then backward,
-    returning (y, dx, dw, db).
+    With ``dy`` None it runs the forward and returns y; otherwise forward then backward
+    (``need_dx`` False: as for a network's first layer, without dx), returning (y, dx, dw, db).
     """
     backend = get_backend(backend)
 
@@ -85,7 +85,7 @@ def conv_pass(backend, x, w, b, stride, padding, dy=None):
 
     def forward_backward():
         y, cache = backend.forward(x, w, b, stride, padding)
-        return (y,) + tuple(backend.backward(dy, cache))
+        return (y,) + tuple(backend.backward(dy, cache, need_dx))
 
     return forward if dy is None else forward_backward
 

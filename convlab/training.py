@@ -12,7 +12,42 @@ from convlab.losses import softmax_cross_entropy
 
 
 class TrainingDiverged(ValueError):
-    """The loss stopped being a finite number."""
+    """The loss stopped being a finite number, or exploded (see :class:`DivergenceWatch`)."""
+
+
+# A loss above DIVERGED_FACTOR * log(classes) (chance level: log(classes), 2.3 for 10) for
+# DIVERGED_BATCHES batches in a row is a run that blew up, even while it stays finite:
+# at --lr 1e6 the loss sits near 1e6 with accuracy at chance. Healthy runs stay below
+# 2 log(classes); at --lr 1 a single batch spikes to 16 log(classes) and recovers.
+DIVERGED_FACTOR = 10
+DIVERGED_BATCHES = 3
+
+
+class DivergenceWatch:
+    """Raises :class:`TrainingDiverged` when the loss is not finite, or when it has been
+    above ``DIVERGED_FACTOR * log(classes)`` for ``DIVERGED_BATCHES`` batches in a row, or
+    on average over an epoch (which is then not saved: a checkpoint keeps the last epoch
+    whose loss was in bounds)."""
+
+    def __init__(self):
+        self.exploded = 0
+        self.bound = np.inf
+
+    def check(self, loss, classes):
+        if not np.isfinite(loss):
+            raise TrainingDiverged(f"training diverged: the loss became {loss}")
+        self.bound = DIVERGED_FACTOR * np.log(classes)
+        self.exploded = self.exploded + 1 if loss > self.bound else 0
+        if self.exploded >= DIVERGED_BATCHES:
+            raise TrainingDiverged(f"training diverged: the loss stayed above {self.bound:.3g} ({DIVERGED_FACTOR} "
+                                   f"times its chance level, log {classes}) for {self.exploded} batches, "
+                                   f"reaching {loss:.3g}")
+
+    def check_epoch(self, mean_loss, epoch, lr):
+        if mean_loss > self.bound:
+            raise TrainingDiverged(f"training diverged: the mean loss of epoch {epoch} was {mean_loss:.3g}, above "
+                                   f"{self.bound:.3g} ({DIVERGED_FACTOR} times its chance level); "
+                                   f"try a lower learning rate (now {lr})")
 
 
 @dataclass
@@ -47,32 +82,36 @@ def accuracy(model, x, y, batch_size=128) -> float:
     return float((predict_logits(model, x, batch_size).argmax(axis=1) == y).mean())
 
 
-def train_step(model, optimizer, x, y):
-    """One SGD step on the batch x (B, C, H, W), labels y (B,); returns (loss, number correct)."""
+def train_step(model, optimizer, x, y, watch=None):
+    """One SGD step on the batch x (B, C, H, W), labels y (B,); returns (loss, number correct).
+    ``watch`` (a :class:`DivergenceWatch`; default: a new one) checks the loss first."""
     logits = model.forward(x)
     loss, dlogits = softmax_cross_entropy(logits, y)
-    if not np.isfinite(loss):
-        raise TrainingDiverged(f"training diverged: the loss became {loss}")
+    (watch or DivergenceWatch()).check(loss, logits.shape[1])
     model.backward(dlogits)
     optimizer.step()
     return loss, int(np.count_nonzero(logits.argmax(axis=1) == y))
 
 
-def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True, on_batch=None):
+def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True, on_batch=None, watch=None):
     """One pass over (x, y) in minibatches; returns (mean loss, training accuracy).
     ``on_batch()``, if given, is called after each step (a safe point to stop at).
 
     Each batch is gathered by index from the full arrays: the data set is never copied
-    as a whole. Raises :class:`TrainingDiverged` as soon as the loss is not finite.
+    as a whole. Raises :class:`TrainingDiverged` as soon as the loss is not finite, or
+    has exploded (``watch``, a :class:`DivergenceWatch`, carries the count across epochs).
+    The progress bar (``progress``) is drawn only when stderr is a terminal: in a log
+    file, its carriage-return updates would be thousands of lines.
     """
     order = epoch_order(len(x), seed, epoch)
+    watch = watch or DivergenceWatch()
     total_loss, correct = 0.0, 0
     batches = range(0, len(x), batch_size)
-    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
+    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if progress else True)
     for start in bar:
         idx = order[start:start + batch_size]
         try:
-            loss, batch_correct = train_step(model, optimizer, x[idx], y[idx])
+            loss, batch_correct = train_step(model, optimizer, x[idx], y[idx], watch)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e} at epoch {epoch}, batch {start // batch_size + 1}; "
                                    f"try a lower learning rate (now {optimizer.lr})") from None
@@ -95,6 +134,7 @@ def fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=1, progres
     Returns the list of metrics.
     """
     history = []
+    watch = DivergenceWatch()
     for epoch in range(start_epoch, epochs + 1):
         started = time.perf_counter()
         if lr_at is not None:
@@ -102,7 +142,8 @@ def fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=1, progres
         # Overflow ends in a non-finite loss, reported once as TrainingDiverged, not as numpy warnings.
         with np.errstate(over="ignore", invalid="ignore"):
             loss, train_acc = train_epoch(model, optimizer, data.x_train, data.y_train, batch_size, seed, epoch,
-                                          progress, on_batch)
+                                          progress, on_batch, watch)
+        watch.check_epoch(loss, epoch, optimizer.lr)
         seconds = time.perf_counter() - started
         metrics = EpochMetrics(epoch, loss, train_acc, accuracy(model, data.x_test, data.y_test), seconds)
         history.append(metrics)

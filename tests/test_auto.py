@@ -71,7 +71,7 @@ def test_pick_is_logged_cached_on_disk_and_reused_by_a_new_process(cache_file, m
 ])
 def test_a_stale_entry_is_timed_again(cache_file, stale):
     x, w, _ = SHAPE.arrays(np.float64)
-    key = problem_key(x, w, (1, 1), (1, 1))
+    key = problem_key(x, w, (1, 1), (1, 1), need_dx=True)
     if stale == "another convlab":
         stale = {"backend": "naive", "seconds": {name: 1.0 for name in auto_module.candidates()},
                  "convlab": "0.0.1"}
@@ -82,15 +82,25 @@ def test_a_stale_entry_is_timed_again(cache_file, stale):
     assert sorted(json.loads(cache_file.read_text())["picks"][key]["seconds"]) == sorted(auto_module.candidates())
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"picks": {"k": "im2col"}}', '{"picks": 3}'])
-def test_a_corrupt_cache_file_is_ignored_with_a_warning_and_rewritten(cache_file, content):
+@pytest.mark.parametrize("content", ['{"picks": {"k": "im2col"}}', '{"picks": 3}', ""])
+def test_invalid_entries_of_a_cache_file_are_ignored_and_rewritten(cache_file, content):
     cache_file.parent.mkdir()
     cache_file.write_text(content)
     auto = Auto()
-    with pytest.warns(UserWarning, match="ignoring the auto backend's cache file"):
-        y = run(convlab.Backend("auto", auto))[0]
+    y = run(convlab.Backend("auto", auto))[0]
     assert y.shape == (2, 3, 9, 9)
     assert list(json.loads(cache_file.read_text())["picks"]) == list(auto.picks)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"other": 1}', b"\x89PNG\r\n\x1a\n\xff"])
+def test_a_file_that_is_not_a_pick_cache_is_left_intact_with_one_warning(cache_file, content):
+    cache_file.parent.mkdir()
+    cache_file.write_bytes(content)
+    with pytest.warns(UserWarning, match="not using the auto pick cache .* it exists and is not a convlab") as caught:
+        run(convlab.Backend("auto", Auto()))
+        run(convlab.Backend("auto", Auto()))
+    assert len(caught) == 1
+    assert cache_file.read_bytes() == content
 
 
 def test_cache_location(monkeypatch, tmp_path):

@@ -77,7 +77,7 @@ TRAIN_CASES = [
     (["-b", "1"], "`convlab train` option -b is ambiguous: it could be --backend or --batch-size"),
 ]
 OTHER_CASES = [
-    (["nosuch"], "`convlab` has no command 'nosuch'; valid commands are: backends, "),
+    (["nosuch"], "`convlab` has no command 'nosuch'; valid commands are: auto, backends, "),
     (["data", "upload"], "`convlab data` has no command 'upload'; valid commands are: download"),
     (["data", "download", "--dest", "{a-file}"], "--dest {a-file} exists and is not a folder"),
     (["data", "download", "--dest", "{a-file}/x"], "--dest {a-file}/x: {a-file} is a file, so nothing can be written"),
@@ -95,7 +95,8 @@ OTHER_CASES = [
     (["report", "{metrics.json}", "--out", "{a-folder}"], "--out {a-folder} is a directory"),
     (["report", "{no-y-test.h5}", "--out", "{out}"], "is an HDF5 file but not a convlab checkpoint"),
     (["report", "{metrics.json}", "{out}", "{empty-bench.json}", "extra"],
-     "`convlab report` got unexpected argument(s) extra; its options are: --source, --out, --bench"),
+     "`convlab report` got unexpected argument(s) {out} {empty-bench.json} extra: it takes 1 positional "
+     "argument(s) (SOURCE); other values follow their option's name"),
 ]
 
 

@@ -65,7 +65,7 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
     (["--repeat", "0"], "--repeat must be a positive whole number"),
     (["--batch-size", "2.5"], "--batch-size must be a positive whole number"),
     (["--plot", "x.nope"], "--plot 'x.nope': the extension must be one of"),
-    (["--mnist-layer", "maybe"], "--mnist-layer takes True or False"),
+    (["--mnist-layer", "maybe"], "--mnist-layer takes yes or no"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

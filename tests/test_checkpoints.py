@@ -130,7 +130,8 @@ def test_new_run_refuses_to_overwrite_an_existing_file(tmp_path):
 def test_checkpoint_option_without_a_path(capsys, argv):
     code, _, err = run_cli(capsys, *argv)
     assert code == 2
-    assert err == "convlab: error: a checkpoint needs a file path (such as --checkpoint run.h5), got True\n"
+    option = argv[1]
+    assert err == f"convlab: error: `convlab {argv[0]}` option {option} needs a value ({option} {option[2:].upper()})\n"
 
 
 def test_interrupted_message_names_the_surviving_checkpoint_and_the_command(tmp_path):

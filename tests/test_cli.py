@@ -37,7 +37,7 @@ def test_train_smoke_beats_chance_and_writes_metrics(capsys, tmp_path, data_read
     assert result["backend"] == "im2col"
     assert result["test_accuracy"] > 0.6  # chance is 0.1
     (epoch,) = result["epochs"]
-    assert set(epoch) == {"epoch", "train_loss", "train_accuracy", "test_accuracy", "seconds"}
+    assert set(epoch) == {"epoch", "train_loss", "train_accuracy", "test_accuracy", "seconds", "backend"}
     assert epoch["test_accuracy"] == result["test_accuracy"]
 
 

@@ -155,7 +155,7 @@ def test_predict_rejects_a_bad_image_with_one_line(capsys, tmp_path, name):
     (["--checkpoint", "{ck}"], "FILE is required"),
     (["{image}"], "--checkpoint is required"),
     (["--checkpoint", "{image}", "{image}"], "{image} is not an HDF5 file"),
-    (["--checkpoint", "{ck}", "{image}", "--invert", "yes"], "--invert takes no value or True/False, got 'yes'"),
+    (["--checkpoint", "{ck}", "{image}", "--invert", "maybe"], "--invert takes yes or no (also true/false, on/off, 1/0), got 'maybe'"),
 ])
 def test_predict_bad_arguments(capsys, tmp_path, digit, argv, message):
     ck, image = tmp_path / "ck.h5", tmp_path / "digit.npy"

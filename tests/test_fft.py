@@ -236,11 +236,20 @@ def test_estimate_planner_writes_no_wisdom(tmp_path):
 
 def test_unreadable_wisdom_file_is_ignored_with_a_warning(tmp_path):
     wisdom_path = tmp_path / "wisdom.json"
-    wisdom_path.write_text("not json")
+    wisdom_path.write_text('{"wisdom": 3}')  # a wisdom file of ours, damaged
     fftw.configure(planner="measure", wisdom_path=wisdom_path)
     with pytest.warns(UserWarning, match="ignoring unreadable FFTW wisdom"):
         forward_backward(conv_case(**MEDIUM))
     assert json.loads(wisdom_path.read_text())["wisdom"], "the broken file was not replaced"
+
+
+def test_a_file_that_is_not_a_wisdom_file_is_left_intact(tmp_path):
+    wisdom_path = tmp_path / "notes.txt"
+    wisdom_path.write_text("not json: someone's notes")
+    fftw.configure(planner="measure", wisdom_path=wisdom_path)
+    with pytest.warns(UserWarning, match="not using the FFTW wisdom file .*notes.txt: it exists and is not a convlab"):
+        forward_backward(conv_case(**MEDIUM))
+    assert wisdom_path.read_text() == "not json: someone's notes"
 
 
 def test_results_are_not_overwritten_by_the_next_call():

@@ -1,0 +1,93 @@
+"""One ``convlab train`` run from its :class:`~convlab.settings.TrainSettings`: build the
+network, load the data, fit, and after every epoch save the checkpoint and the metrics
+file. Printed lines go to stdout (the CLI's output)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+
+from convlab.arguments import check_fits_dtype, out_of_memory_names
+from convlab.checkpoints import ctrl_c_at_safe_points, interrupted_message, save_checkpoint
+from convlab.data import load_dataset
+from convlab.files import write_json
+from convlab.models import get_model
+from convlab.optimizers import SGD
+from convlab.settings import TrainSettings
+from convlab.training import TrainingDiverged, fit
+
+
+@contextlib.contextmanager
+def backend_log_to_stdout():
+    """Within the block, INFO lines of the ``convlab`` loggers (such as the backend that
+    ``auto`` picked for a shape) are printed to stdout."""
+    logger, handler = logging.getLogger("convlab"), logging.StreamHandler(sys.stdout)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def build_model(settings: TrainSettings):
+    """The settings' network with fresh weights from its seed, on its backend."""
+    model = get_model(settings.model).build(seed=settings.seed)
+    model.set_backend(settings.backend)
+    return model
+
+
+def train(settings: TrainSettings, resumed=None):
+    """Run the training ``settings`` describe, continuing the checkpoint ``resumed`` if
+    given; returns the metrics of every epoch (the resumed ones included)."""
+    model = build_model(settings)
+    check_fits_dtype("--lr", settings.lr, next(model.named_parameters())[1].dtype)
+    optimizer = SGD(model, lr=settings.lr, momentum=settings.momentum)
+    history, backends = [], []
+    if resumed is not None:
+        resumed.restore(model, optimizer)
+        history, backends = resumed.history, resumed.backends
+        print(f"resuming from {settings.resume} after epoch {resumed.epoch}")
+
+    data = load_dataset(settings.dataset, settings.data_dir)
+    settings = settings.with_data_sizes(len(data.x_train), len(data.x_test))
+    data.x_train, data.y_train = data.x_train[:settings.train_size], data.y_train[:settings.train_size]
+    data.x_test, data.y_test = data.x_test[:settings.test_size], data.y_test[:settings.test_size]
+    print(settings.summary())
+
+    def after_epoch(m):
+        # Saved before the line is printed: a closed stdout (`| head`) ends the run at the
+        # print, with every finished epoch on disk.
+        history.append(m)
+        backends.append(settings.backend)
+        if settings.checkpoint is not None:
+            save_checkpoint(settings.checkpoint, model, optimizer, history, settings.record(), backends)
+        if settings.metrics_out is not None:
+            write_json(settings.metrics_out, {
+                "backend": settings.backend, "test_accuracy": m.test_accuracy, "settings": settings.record(),
+                "epochs": [dict(e.as_dict(), backend=b) for e, b in zip(history, backends)]})
+        print(f"epoch {m.epoch}/{settings.epochs}  loss {m.train_loss:.4f}  train acc {m.train_accuracy:.4f}  "
+              f"test acc {m.test_accuracy:.4f}  {m.seconds:.1f} s", flush=True)
+
+    started = time.perf_counter()
+    try:
+        with backend_log_to_stdout(), ctrl_c_at_safe_points() as stop_if_asked, \
+                out_of_memory_names(dict(batch_size=settings.batch_size)):
+            fit(model, optimizer, data, settings.epochs, settings.batch_size, settings.seed,
+                start_epoch=len(history) + 1, progress=settings.progress, on_epoch=after_epoch,
+                on_batch=stop_if_asked, lr_at=settings.lr_at)
+    except TrainingDiverged as e:  # the diverging epoch was not saved
+        if settings.checkpoint is None or not history:
+            raise
+        raise TrainingDiverged(f"{e}; {settings.checkpoint} still holds the run after epoch {history[-1].epoch}") from None
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a subclass)
+        raise type(stop)(interrupted_message(settings.checkpoint, settings.resume, dict(
+            epochs=settings.epochs, backend=settings.backend, data_dir=settings.data_dir,
+            metrics_out=settings.metrics_out, progress=None if settings.progress else False))) from None
+    print(f"test accuracy: {history[-1].test_accuracy:.4f} ({settings.backend}, {settings.epochs} epochs, "
+          f"{time.perf_counter() - started:.1f} s)")
+    return history

@@ -1,0 +1,182 @@
+"""The settings of one ``convlab train`` run: one validated object.
+
+The command line, the checkpoint, the metrics file and the report all read the run's
+settings from a :class:`TrainSettings`; every value is checked once, in ``__post_init__``,
+with the message the user sees (a :class:`UsageError` becomes one ``convlab: error:``
+line). A value left out (None) takes its default, or on ``--resume`` the checkpoint's
+(:meth:`TrainSettings.from_options`).
+
+Fields are of two kinds:
+
+* what the run *is* (:data:`RECORDED`): written into its checkpoint and metrics file, so a
+  resumed run, ``evaluate``, ``predict`` and ``report`` know it;
+* where it reads and writes and what it shows (``data_dir``, ``metrics_out``,
+  ``checkpoint``, ``resume``, ``progress``): not recorded, free to change on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass
+
+from convlab.optimizers import LR_SCHEDULES
+
+
+class UsageError(ValueError):
+    """A setting or command-line argument that is not allowed, said as the option that set it."""
+
+
+# What a run is: stored in its checkpoint and metrics file.
+RECORDED = ("model", "backend", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "momentum", "seed",
+            "train_size", "test_size")
+# Settings a resumed run must keep: changing any of them would make the continuation a
+# different run than the one the checkpoint started (the weights are a function of them).
+FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "lr_schedule", "momentum", "seed", "train_size", "test_size")
+
+
+def positive_int(name, value):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise UsageError(f"--{name} must be a positive whole number, got {value!r}")
+    return int(value)
+
+
+def positive_float(name, value):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0 or value == float("inf"):
+        raise UsageError(f"--{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def subset_size(name, value, available):
+    """``value`` images of a split of ``available`` (None: all of them)."""
+    if value is None:
+        return available
+    value = positive_int(name, value)
+    if value > available:
+        raise UsageError(f"--{name} is {value} but the data set has only {available} images")
+    return value
+
+
+def option(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One training run's settings, checked and normalised on construction.
+
+    ``train_size``/``test_size`` None mean the whole split; :meth:`with_data_sizes` makes
+    them the numbers of images actually used once the data set is loaded.
+    """
+
+    model: str = "reference"
+    backend: str = "im2col"
+    dataset: str = "mnist"
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.02
+    lr_schedule: str = "cosine"
+    momentum: float = 0.9
+    seed: int = 0
+    train_size: int | None = None
+    test_size: int | None = None
+    data_dir: str | None = None
+    metrics_out: str | None = None
+    checkpoint: str | None = None
+    resume: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        from convlab.data import data_source
+        from convlab.models import get_model
+        from convlab.registry import get_backend
+
+        normalised = dict(
+            model=get_model(self.model).name,
+            backend=get_backend(self.backend).name,
+            epochs=positive_int("epochs", self.epochs),
+            batch_size=positive_int("batch-size", self.batch_size),
+            lr=positive_float("lr", self.lr),
+        )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        momentum = self.momentum
+        if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 <= momentum < 1:
+            raise UsageError(f"--momentum must be a number in [0, 1), got {momentum!r}")
+        seed = self.seed
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+            raise UsageError(f"--seed must be a non-negative whole number, got {seed!r}")
+        for name in ("train_size", "test_size"):
+            if getattr(self, name) is not None:
+                normalised[name] = positive_int(name.replace("_", "-"), getattr(self, name))
+        data_source(self.dataset)
+        for name, value in normalised.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_options(cls, **given):
+        """The settings of ``convlab train`` called with ``given`` (None: left out), and
+        the checkpoint being resumed (None without ``resume``): returns (settings, checkpoint).
+
+        Paths are checked before anything else, so that a mistake costs no time and
+        changes no file; on resume, the checkpoint's settings fill in what is left out.
+        """
+        from convlab.checkpoints import check_new_checkpoint_path, load_checkpoint
+        from convlab.files import check_train_files
+
+        resume = given.get("resume")
+        resumed = load_checkpoint(resume) if resume is not None else None
+        if given.get("checkpoint") is None:
+            given["checkpoint"] = resume
+        check_new_checkpoint_path(given["checkpoint"], resume)
+        check_train_files(given["checkpoint"], resume, given.get("metrics_out"), given.get("data_dir"))
+        if resumed is not None:
+            given = dict(given, **resumed_settings(resumed, {key: given.get(key) for key in RECORDED}))
+        return cls(**{key: value for key, value in given.items() if value is not None}), resumed
+
+    def with_data_sizes(self, n_train: int, n_test: int) -> TrainSettings:
+        """These settings with the numbers of training and test images used, out of a
+        data set with ``n_train`` and ``n_test``."""
+        return dataclasses.replace(self, train_size=subset_size("train-size", self.train_size, n_train),
+                                   test_size=subset_size("test-size", self.test_size, n_test))
+
+    def record(self) -> dict:
+        """What the run is (:data:`RECORDED`), as a dict for a checkpoint or metrics file."""
+        return {key: getattr(self, key) for key in RECORDED}
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` under the schedule."""
+        return LR_SCHEDULES[self.lr_schedule](self.lr, epoch, self.epochs)
+
+    def summary(self) -> str:
+        """One line saying what the run does (after :meth:`with_data_sizes`)."""
+        model = "" if self.model == "reference" else f"model {self.model}, "
+        return (f"training on {self.train_size} images, testing on {self.test_size}, {model}backend {self.backend}, "
+                f"{self.epochs} epochs of batch {self.batch_size}, lr {self.lr} ({self.lr_schedule}), "
+                f"momentum {self.momentum}, seed {self.seed}")
+
+
+def resumed_settings(checkpoint, given: dict) -> dict:
+    """The recorded settings for continuing ``checkpoint``'s run: ``given`` (None: not given)
+    completed from the checkpoint. Refuses a change of model or of a setting in
+    :data:`FIXED_ON_RESUME`; ``epochs`` may be raised, ``backend`` may change. A setting
+    that older checkpoints lack (model, lr_schedule) stays None: its default."""
+    from convlab.checkpoints import CheckpointError
+
+    stored = {key: checkpoint.settings.get(key) for key in given}
+    stored["model"] = stored["model"] or "reference"  # checkpoints from before there were models
+    for key, value in given.items():
+        if value is not None and key in FIXED_ON_RESUME and value != stored[key]:
+            raise CheckpointError(
+                f"{option(key)} {value} differs from the checkpoint's {stored[key]}; a resumed run keeps the "
+                f"{', '.join(option(k)[2:] for k in FIXED_ON_RESUME)} it started with "
+                f"(leave {option(key)} out, or start a new run to change it)")
+    if given["model"] is not None and given["model"] != stored["model"]:
+        raise CheckpointError(f"--model {given['model']} differs from the checkpoint's {stored['model']}; a checkpoint "
+                              "holds the weights of one network (leave --model out, or start a new run)")
+    settings = {key: stored[key] if value is None else value for key, value in given.items()}
+    # An --epochs that is not a whole number is refused with the other settings' checks.
+    if isinstance(settings["epochs"], numbers.Integral) and settings["epochs"] <= checkpoint.epoch:
+        raise CheckpointError(f"{checkpoint.path} already holds {checkpoint.epoch} epochs; pass --epochs greater "
+                              f"than {checkpoint.epoch} to train further")
+    return settings

@@ -1,0 +1,458 @@
+"""No lost work: every command run the way a user runs it (a real subprocess, real
+read-only folders, a real pipe closed early) refuses up front what it could not finish,
+with one ``convlab: error:`` line and exit 2, and never destroys a file it was given.
+
+Root ignores file modes, so the read-only cases run the command as root *without
+capabilities* (``setpriv --bounding-set=-all``): the kernel then applies the folder's mode
+to it like to any user.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convlab.checkpoints import load_checkpoint, save_checkpoint
+from convlab.data import DEFAULT_DATA_DIR
+from convlab.models import reference_net
+from convlab.optimizers import SGD
+from convlab.report import curves_figure, load_run, summary_paragraph, write_report
+from convlab.training import EpochMetrics
+from tests.test_cli import run_cli
+
+HISTORY = [EpochMetrics(1, 0.8, 0.74, 0.83, 9.0), EpochMetrics(2, 0.3, 0.91, 0.90, 8.5),
+           EpochMetrics(3, 0.2, 0.93, 0.92, 8.0)]
+SETTINGS = dict(backend="fft", dataset="mnist", epochs=3, batch_size=64, lr=0.01, lr_schedule="cosine", momentum=0.9,
+                seed=0, train_size=2000, test_size=500)
+TINY = ("--train-size", "128", "--test-size", "64", "--progress", "no")
+HAS_MNIST = (DEFAULT_DATA_DIR / "mnist").is_dir()
+needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason="needs MNIST in data/mnist")
+
+if os.geteuid() == 0:
+    DROP_POWERS = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if shutil.which("setpriv") else None
+else:
+    DROP_POWERS = []
+needs_mode_bits = pytest.mark.skipif(DROP_POWERS is None, reason="root without setpriv ignores folder modes")
+
+
+def convlab(*args, cwd=None, powerless=False, timeout=120):
+    """Run the console command ``convlab args`` in a subprocess: (exit code, stdout, stderr)."""
+    env = dict(os.environ, CONVLAB_FFT_WISDOM="off", PYTHONWARNINGS="ignore")
+    command = [*(DROP_POWERS if powerless else []), sys.executable, "-m", "convlab.cli", *map(str, args)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr
+
+
+def assert_one_error_line(code, err, *fragments):
+    assert code == 2, err
+    assert err.startswith("convlab: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def write_checkpoint(path, backends=None, history=HISTORY, settings=SETTINGS):
+    model = reference_net(seed=3)
+    save_checkpoint(path, model, SGD(model), history, settings, backends)
+    return path
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A checkpoint, a bench result, a metrics file and a read-only folder, with their bytes."""
+    paths = {"run": write_checkpoint(tmp_path / "run.h5"), "bench": tmp_path / "b2.json",
+             "metrics": tmp_path / "m.json", "readonly": tmp_path / "readonly", "a-file": tmp_path / "a-file"}
+    paths["bench"].write_text(json.dumps({"rows": [{"shape": "s", "backend": "im2col", "pass": "forward",
+                                                    "seconds": 0.01}]}))
+    paths["metrics"].write_text(json.dumps({"backend": "im2col", "epochs": [m.as_dict() for m in HISTORY]}))
+    paths["a-file"].write_text("a file")
+    paths["readonly"].mkdir()
+    paths["readonly"].chmod(0o555)
+    tmp_path.chmod(0o755)
+    yield paths
+    paths["readonly"].chmod(0o755)
+
+
+def contents(paths):
+    return {name: path.read_bytes() for name, path in paths.items() if path.is_file()}
+
+
+# --- 1. outputs checked before any work -------------------------------------------------
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["report", "{run}", "{bench}"], ["got unexpected argument(s) {bench}", "takes 1 positional argument(s) (SOURCE)"]),
+    (["report", "{run}", "--out", "{run}"], ["--out {run}: a PDF is written there, so the name must end in .pdf"]),
+    (["report", "{run}", "--out", "{bench}"], ["must end in .pdf"]),
+    (["report", "{metrics}", "--out", "{tmp}/m-curves.pdf", "--bench", "{tmp}/m-curves-timing.png"],
+     ["--out's figure m-curves-timing.png {tmp}/m-curves-timing.png is the same file as the input --bench"]),
+    (["report", "{run}", "--out", "{a-file}/r.pdf"], ["{a-file} is a file, so nothing can be written under it"]),
+    (["train", "--resume", "{run}", "--epochs", "4", "--metrics-out", "{run}"],
+     ["--metrics-out {run} is the same file as the input --resume {run}"]),
+    (["train", "--checkpoint", "{tmp}/same.h5", "--metrics-out", "{tmp}/./same.h5"],
+     ["--metrics-out {tmp}/same.h5 is the same file as the output --checkpoint {tmp}/same.h5"]),
+    (["train", "--metrics-out", "{run}"], ["--metrics-out {run} is an existing HDF5 file"]),
+    (["train", "--checkpoint", "{a-file}/c.h5"], ["--checkpoint {a-file}/c.h5: {a-file} is a file"]),
+    (["bench", "--json", "{a-file}/b.json"], ["--json {a-file}/b.json: {a-file} is a file"]),
+    (["bench", "--plot", "{a-file}/p.png"], ["--plot {a-file}/p.png: {a-file} is a file"]),
+    (["bench", "--json", "{tmp}/b.txt"], ["--json {tmp}/b.txt: JSON is written there, so the name must end in .json"]),
+    (["bench", "--json", "{tmp}/x.json", "--plot", "{tmp}/x.json"], ["is the same file as the output --json"]),
+])
+def test_a_bad_output_is_refused_before_any_work_and_nothing_changes(files, tmp_path, argv, fragments):
+    names = {**{k: str(v) for k, v in files.items()}, "tmp": str(tmp_path)}
+    before = contents(files)
+    code, out, err = convlab(*(a.format(**names) for a in argv))
+    assert_one_error_line(code, err, *(f.format(**names) for f in fragments))
+    assert "training on" not in out and not err.startswith("timing ")  # refused before the work
+    assert contents(files) == before
+    assert not (tmp_path / "same.h5").exists()
+
+
+@needs_mode_bits
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "--checkpoint", "{readonly}/c.h5"], "--checkpoint {readonly}/c.h5: cannot write in {readonly}"),
+    (["train", "--metrics-out", "{readonly}/sub/m.json"], "--metrics-out {readonly}/sub/m.json: cannot write in"),
+    (["bench", "--plot", "{readonly}/p.png"], "--plot {readonly}/p.png: cannot write in {readonly}"),
+    (["bench", "--json", "{readonly}/b.json"], "--json {readonly}/b.json: cannot write in {readonly}"),
+    (["report", "{metrics}", "--out", "{readonly}/r.pdf"], "--out {readonly}/r.pdf: cannot write in {readonly}"),
+    (["data", "download", "--dest", "{readonly}", "--mirror", "http://127.0.0.1:9/"],
+     "--dest {readonly}: cannot write in {readonly} (Permission denied)"),
+])
+def test_a_read_only_folder_is_refused_up_front(files, argv, fragment):
+    names = {k: str(v) for k, v in files.items()}
+    code, out, err = convlab(*(a.format(**names) for a in argv), powerless=True)
+    assert_one_error_line(code, err, fragment.format(**names))
+    assert "training on" not in out and not err.startswith("timing ") and "downloading" not in out
+    assert os.listdir(files["readonly"]) == []
+
+
+@needs_mode_bits
+def test_resuming_a_checkpoint_in_a_read_only_folder_is_refused_up_front(files):
+    ro_run = files["readonly"] / "run.h5"
+    files["readonly"].chmod(0o755)
+    shutil.copy(files["run"], ro_run)
+    files["readonly"].chmod(0o555)
+    code, out, err = convlab("train", "--resume", ro_run, "--epochs", "4", *TINY, powerless=True)
+    assert_one_error_line(code, err, f"--resume {ro_run}: cannot write in {files['readonly']}")
+    assert load_checkpoint(ro_run).epoch == 3
+
+
+# --- 2. order of saving: a closed stdout loses nothing ----------------------------------
+
+@needs_mnist
+def test_a_closed_stdout_ends_quietly_with_checkpoint_and_metrics_saved(tmp_path):
+    command = [sys.executable, "-m", "convlab.cli", "train", "--checkpoint", "c.h5", "--metrics-out", "m.json",
+               "--epochs", "3", *TINY]
+    env = dict(os.environ, CONVLAB_FFT_WISDOM="off")
+    shell = subprocess.run(["sh", "-c", " ".join(command) + " 2>err.txt | head -1"],
+                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert shell.stdout.startswith("training on 128 images")
+    err = (tmp_path / "err.txt").read_text()
+    assert "Traceback" not in err and "Broken pipe" not in err and "BrokenPipeError" not in err, err
+    saved = load_checkpoint(tmp_path / "c.h5")
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert saved.epoch >= 1 and len(metrics["epochs"]) == saved.epoch  # both hold every epoch finished
+
+
+@needs_mnist
+def test_the_process_is_ended_by_sigpipe_after_saving(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "convlab.cli", "train", "--checkpoint", "c.h5", "--epochs",
+                                "3", *TINY], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=dict(os.environ, CONVLAB_FFT_WISDOM="off"))
+    assert process.stdout.readline().startswith(b"training on")
+    process.stdout.close()  # as `head -1` does
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGPIPE and b"Traceback" not in err
+    assert load_checkpoint(tmp_path / "c.h5").epoch == 1  # the epoch line comes after the save
+
+
+# --- 4. arguments as typed --------------------------------------------------------------
+
+@needs_mnist
+def test_paths_that_look_like_numbers_are_file_names(tmp_path, capsys, data_read_once):
+    (tmp_path / "2025").symlink_to(DEFAULT_DATA_DIR / "mnist")  # a data folder named like a year
+    code, out, err = convlab("train", "--epochs", "1", "--metrics-out", "1e3", "--checkpoint", "0x10",
+                             "--data-dir", "2025", *TINY, cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads((tmp_path / "1e3").read_text())["epochs"][0]["epoch"] == 1
+    assert load_checkpoint(tmp_path / "0x10").epoch == 1
+    code, _, err = run_cli(capsys, "train", "--epochs", "1", "--metrics-out", str(tmp_path / "True"), *TINY)
+    assert code == 0 and (tmp_path / "True").is_file()
+
+
+@pytest.mark.parametrize("word, on", [("no", False), ("false", False), ("off", False), ("0", False),
+                                     ("yes", True), ("True", True), ("on", True), ("1", True)])
+def test_progress_takes_the_usual_spellings(capsys, monkeypatch, data_read_once, word, on):
+    if not HAS_MNIST:
+        pytest.skip("needs MNIST")
+    import convlab.run
+    seen = []
+    real_fit = convlab.run.fit
+    monkeypatch.setattr(convlab.run, "fit", lambda *a, **k: seen.append(k["progress"]) or real_fit(*a, **k))
+    code, _, err = run_cli(capsys, "train", "--epochs", "1", "--train-size", "64", "--test-size", "32",
+                           "--progress", word)
+    assert code == 0, err
+    # The bar itself is drawn only on a terminal (tests/test_run_control.py runs one in a pty).
+    assert seen == [on]
+
+
+def test_a_flag_refuses_other_words(capsys):
+    code, _, err = run_cli(capsys, "train", "--progress", "maybe")
+    assert_one_error_line(code, err, "--progress takes yes or no (also true/false, on/off, 1/0), got 'maybe'")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "im2col"], "`convlab train` got unexpected argument(s) im2col: it takes no positional arguments"),
+    (["evaluate", "run.h5"], "`convlab evaluate` got unexpected argument(s) run.h5"),
+    (["predict", "a.png", "b.png"], "`convlab predict` got unexpected argument(s) b.png: it takes 1 positional"),
+    (["train", "--metrics-out"], "`convlab train` option --metrics-out needs a value"),
+])
+def test_surplus_positional_arguments_are_refused_as_such(argv, fragment):
+    code, _, err = convlab(*argv)
+    assert_one_error_line(code, err, fragment)
+    assert "unknown backend" not in err
+
+
+def test_version_and_help_as_users_type_options():
+    code, out, err = convlab("--version")
+    assert code == 0 and re.fullmatch(r"convlab \d+\.\d+\.\d+\S*\n", out), out + err
+    code, out, _ = convlab("train", "--help")
+    assert code == 0 and "--batch-size" in out and "--metrics-out" in out and "--progress yes|no" in out
+    assert "batch_size" not in out and "Optional[" not in out
+    code, out, _ = convlab("--help")
+    assert code == 0 and "train" in out and "bench" in out
+
+
+# --- 6. numbers at the edges ------------------------------------------------------------
+
+@pytest.mark.parametrize("lr, what", [("1e39", "overflows to inf"), ("1e-50", "rounds to 0")])
+def test_an_lr_that_does_not_fit_float32_is_refused_up_front(capsys, lr, what):
+    code, out, err = run_cli(capsys, "train", "--lr", lr)
+    assert_one_error_line(code, err, f"--lr {float(lr)!r} {what} in the model's float32 arithmetic")
+    assert "training on" not in out
+
+
+def test_out_of_memory_names_the_options_and_what_was_needed():
+    code, _, err = convlab("bench", "--image-size", "100000", "--backends", "im2col", "--kernel-sizes", "3",
+                           "--mnist-layer", "no")
+    *progress, last = err.splitlines(keepends=True)
+    assert progress == ["timing 64x1->32 100000x100000 k3 p1\n"]
+    assert_one_error_line(code, last, "out of memory with --batch-size 64, --image-size 100000",
+                          "Unable to allocate", "TiB")
+
+
+def test_out_of_memory_in_training_names_the_batch_size(tmp_path):
+    resource = pytest.importorskip("resource")
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "small.h5", "w") as f:
+        f["x_train"], f["y_train"] = rng.random((2000, 784), dtype=np.float32), rng.integers(0, 10, (2000, 1))
+        f["x_test"], f["y_test"] = rng.random((10, 784), dtype=np.float32), rng.integers(0, 10, (10, 1))
+
+    def cap_memory():  # 1 GiB of address space: enough for convlab, not for a batch of 2000
+        resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+    done = subprocess.run([sys.executable, "-m", "convlab.cli", "train", "--batch-size", "2000", "--data-dir",
+                           tmp_path / "small.h5", "--epochs", "1", "--progress", "no", "--checkpoint",
+                           tmp_path / "c.h5"], preexec_fn=cap_memory, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+                                   CONVLAB_FFT_WISDOM="off"))
+    assert_one_error_line(done.returncode, done.stderr, "out of memory with --batch-size 2000: Unable to allocate")
+
+
+# --- 8. the report tells the truth ------------------------------------------------------
+
+def pdf_strings(path) -> str:
+    """The text drawn in a matplotlib PDF: the string pieces of every TJ/Tj operator in its
+    (zlib-compressed) content streams, joined per text object."""
+    data = Path(path).read_bytes()
+    text = []
+    for stream in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S):
+        try:
+            content = zlib.decompress(stream.group(1))
+        except zlib.error:
+            continue
+        for block in re.findall(rb"BT(.*?)ET", content, re.S):
+            pieces = re.findall(rb"\(((?:\\.|[^\\)])*)\)", block)
+            text.append(b"".join(pieces).decode("latin-1").replace("\\(", "(").replace("\\)", ")"))
+    return "\n".join(text)
+
+
+def test_the_report_says_which_backend_computed_which_epochs(tmp_path):
+    run = load_run(write_checkpoint(tmp_path / "run.h5", backends=["im2col", "im2col", "fft"]))
+    assert run.backends == ["im2col", "im2col", "fft"]
+    text = summary_paragraph(run, run.model)
+    assert "epochs 1\u20132 by the \u201cim2col\u201d backend and in epoch 3 by the \u201cfft\u201d backend" in text
+
+
+def test_resuming_with_another_backend_is_recorded(tmp_path, capsys, data_read_once):
+    if not HAS_MNIST:
+        pytest.skip("needs MNIST")
+    ck, metrics = tmp_path / "c.h5", tmp_path / "m.json"
+    assert run_cli(capsys, "train", "--epochs", "1", "--checkpoint", str(ck), "--backend", "naive",
+                   "--train-size", "64", "--test-size", "32", "--progress", "no")[0] == 0
+    assert run_cli(capsys, "train", "--resume", str(ck), "--epochs", "2", "--backend", "im2col",
+                   "--metrics-out", str(metrics))[0] == 0
+    assert load_checkpoint(ck).backends == ["naive", "im2col"]
+    assert [e["backend"] for e in json.loads(metrics.read_text())["epochs"]] == ["naive", "im2col"]
+    assert load_run(metrics).backends == ["naive", "im2col"]
+
+
+def test_an_old_checkpoint_without_the_history_still_loads_and_says_what_it_does_not_know(tmp_path):
+    import h5py
+
+    path = write_checkpoint(tmp_path / "old.h5")
+    with h5py.File(path, "a") as f:
+        del f["backends"]
+    run = load_run(path)
+    assert run.backends == [None, None, "fft"]
+    text = summary_paragraph(run, run.model)
+    assert "by the \u201cfft\u201d backend in the last epoch" in text and "does not record" in text
+
+
+def test_an_unknown_backend_reads_cleanly(tmp_path):
+    run = load_run(write_checkpoint(tmp_path / "run.h5", settings=dict(SETTINGS, backend="gone"),
+                                    backends=["gone"] * 3))
+    text = summary_paragraph(run, run.model)
+    assert text.endswith("was computed by the \u201cgone\u201d backend.")
+    pdf, *_ = write_report(tmp_path / "run.h5", tmp_path / "r.pdf")
+    assert "backend is not installed where this report was made, so it cannot describe itself" in \
+        " ".join(pdf_strings(pdf).split())
+
+
+def test_the_timing_table_is_text_in_the_pdf(files, tmp_path):
+    pdf, *pngs = write_report(files["run"], tmp_path / "r.pdf", files["bench"])
+    assert tmp_path / "r-timing.png" in pngs  # and as an image beside it
+    text = pdf_strings(pdf)
+    assert re.search(r"shape +pass +backend +ms +vs fastest", text)
+    assert re.search(r"s +forward +im2col +10\.00 +1\.0", text)
+
+
+def test_one_epoch_curves_get_whole_epoch_axes():
+    fig = curves_figure(HISTORY[:1])
+    loss_ax, acc_ax = fig.axes
+    for ax in (loss_ax, acc_ax):
+        assert ax.get_xlim() == (0.5, 1.5)
+        ticks = [t for t in ax.get_xticks() if 0.5 <= t <= 1.5]
+        assert ticks == [1.0]
+    assert acc_ax.get_ylim()[0] == 0 and acc_ax.get_ylim()[1] >= 1
+    assert loss_ax.get_ylim()[0] == 0
+
+
+# --- 5. plugins and registry ------------------------------------------------------------
+
+def test_a_plugin_that_fails_to_load_is_skipped_with_one_warning(tmp_path):
+    """Two installed plugins (dist-info folders on the path): one names a module that does
+    not exist, one whose import raises. Every command still works with the rest."""
+    site = tmp_path / "site"
+    info = site / "convlab_broken_plugins-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: convlab-broken-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[convlab.backends]\nmissing = no_such_module_for_convlab\n"
+                                           "exploding = exploding_backend\n")
+    (site / "exploding_backend.py").write_text("raise RuntimeError('boom at import')\n")
+    env = dict(os.environ, PYTHONPATH=str(site), CONVLAB_FFT_WISDOM="off")
+    done = subprocess.run([sys.executable, "-m", "convlab.cli", "backends"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    names = [line.split()[0] for line in done.stdout.splitlines() if line and not line[0].isspace()]
+    assert {"naive", "im2col", "fft", "auto"} <= set(names) and "missing" not in names
+    for name, why in (("missing", "ModuleNotFoundError"), ("exploding", "RuntimeError: boom at import")):
+        lines = [line for line in done.stderr.splitlines() if f"'{name}'" in line]
+        assert len(lines) == 1 and "skipping backend" in lines[0] and why in lines[0], done.stderr
+    code = "import numpy as np, convlab; print(convlab.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2))).sum())"
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.stdout.strip() == "16.0", done.stderr
+
+
+@pytest.mark.parametrize("name", [None, 3, "", "  ", " fft"])
+def test_register_backend_refuses_a_name_that_is_not_one(name):
+    import convlab
+
+    with pytest.raises(ValueError, match="a backend name must be a non-empty string"):
+        convlab.register_backend(name)
+
+
+def test_register_backend_warns_before_replacing_another_backend():
+    import convlab
+    from convlab import registry
+
+    class Impostor:
+        """Not the real fft."""
+
+        def forward(self, x, w, b, stride, padding):
+            return registry.get_backend("naive").impl.forward(x, w, b, stride, padding)
+
+        def backward(self, dy, cache, need_dx=True):
+            return registry.get_backend("naive").impl.backward(dy, cache, need_dx)
+
+    real = convlab.get_backend("fft")
+    try:
+        with pytest.warns(RuntimeWarning, match=r"backend 'fft' \(backends\.fft\.\w+\) is replaced by .*Impostor"):
+            convlab.register_backend("fft")(Impostor)
+    finally:
+        registry._registry["fft"] = real
+
+
+def test_auto_ignores_a_cached_pick_of_a_backend_that_is_not_installed(tmp_path):
+    from backends.auto import Auto, candidates, convlab_version, problem_key
+
+    x, w = np.ones((2, 1, 8, 8), np.float32), np.ones((3, 1, 3, 3), np.float32)
+    key = problem_key(x, w, (1, 1), (0, 0))
+    names = candidates(x.shape, w.shape, (1, 1), (0, 0))
+    cache = tmp_path / "auto.json"
+    cache.write_text(json.dumps({"picks": {key: {"backend": "uninstalled", "seconds": {n: 1.0 for n in names},
+                                                 "convlab": convlab_version()}}}))
+    auto = Auto(cache_path=cache)
+    assert auto.pick(x, w, (1, 1), (0, 0)) in names
+    assert json.loads(cache.read_text())["picks"][key]["backend"] in names  # timed again, rewritten
+
+
+def test_auto_skips_a_candidate_that_raises(tmp_path):
+    import convlab
+    from backends.auto import Auto
+    from convlab import registry
+
+    class Raising:
+        """Fails on every problem."""
+
+        def forward(self, x, w, b, stride, padding):
+            raise RuntimeError("plugin bug")
+
+        def backward(self, dy, cache, need_dx=True):
+            raise RuntimeError("plugin bug")
+
+    convlab.register_backend("raising")(Raising)
+    try:
+        x, w = np.ones((2, 1, 8, 8), np.float32), np.ones((3, 1, 3, 3), np.float32)
+        with pytest.warns(UserWarning, match="auto skips backend 'raising'.*plugin bug"):
+            assert Auto(cache_path=tmp_path / "a.json").pick(x, w, (1, 1), (0, 0)) != "raising"
+    finally:
+        del registry._registry["raising"]
+
+
+def test_backward_before_forward_and_a_dy_of_another_dtype_are_refused():
+    import convlab
+
+    layer = convlab.Conv2D(1, 2, 3, rng=0)
+    with pytest.raises(ValueError, match="needs the forward first"):
+        layer.backward(np.ones((1, 2, 3, 3), np.float32))
+    y = layer.forward(np.ones((1, 1, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="dy is float64 but the forward computed float32"):
+        layer.backward(np.ones(y.shape))
+    layer.backward(np.ones(y.shape, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [int, np.float16, np.int32, "banana", object])
+def test_conv2d_refuses_a_dtype_no_backend_computes_in(dtype):
+    import convlab
+
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        convlab.Conv2D(1, 2, 3, dtype=dtype)

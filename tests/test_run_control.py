@@ -1,0 +1,113 @@
+"""How a `convlab train` run ends and what it prints, tried on real processes: a loss that
+explodes while staying finite stops the run (exit 2, the last good checkpoint kept), SIGTERM
+stops it like Ctrl-C (exit 143), and the progress bar is drawn only on a terminal."""
+
+import fcntl
+import os
+import pty
+import signal
+import struct
+import subprocess
+import sys
+import termios
+
+import pytest
+
+from convlab.checkpoints import load_checkpoint
+from tests.test_interrupts import REPO, start, tiny_data, train_argv, wait_for_line  # noqa: F401 (a fixture)
+
+
+def convlab(tmp_path, *argv, **kwargs):
+    return subprocess.run([sys.executable, "-m", "convlab.cli", *argv], cwd=tmp_path, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300, **kwargs)
+
+
+def test_a_loss_exploding_while_finite_stops_the_run(tmp_path):
+    result = convlab(tmp_path, "train", "--lr", "1e6", "--epochs", "1", "--train-size", "2000", capture_output=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("convlab: error: training diverged: the loss stayed above 23 (10 times its "
+                                    "chance level, log 10) for 3 batches")
+    assert result.stderr.endswith("; try a lower learning rate (now 1000000.0)\n")
+    assert len(result.stderr.splitlines()) == 1 and "test accuracy" not in result.stdout
+
+
+def test_the_epoch_where_the_loss_exploded_is_not_saved(tmp_path, tiny_data):
+    # One batch per epoch: the first loss is computed before any step, so epoch 1 ends in
+    # bounds (and is saved); epoch 2's loss is astronomical.
+    path = tmp_path / "ck.h5"
+    result = convlab(tmp_path, "train", "--data-dir", str(tiny_data), "--batch-size", "64", "--lr", "1e6",
+                     "--epochs", "5", "--progress", "False", "--checkpoint", str(path), capture_output=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("convlab: error: training diverged: the mean loss of epoch 2 was ")
+    assert result.stderr.endswith(f"; {path} still holds the run after epoch 1\n")
+    assert load_checkpoint(path).epoch == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.h5", "tiny.hdf5"]
+
+
+def test_sigterm_stops_at_the_end_of_a_batch_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, tiny_data):
+    path = tmp_path / "ck.h5"
+    process = start(tmp_path, *train_argv(tiny_data, "--epochs", "100000", "--checkpoint", str(path)))
+    out = wait_for_line(process, "epoch 2/")
+    os.kill(process.pid, signal.SIGTERM)
+    rest, err = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM == 143, err
+    assert "Traceback" not in err
+    held = load_checkpoint(path)
+    assert f"epoch {held.epoch}/100000" in out + rest
+    assert err.splitlines()[-1] == (
+        f"convlab: terminated; {path} holds the run after epoch {held.epoch}; resume with: convlab train --resume "
+        f"{path} --epochs 100000 --backend im2col --data-dir {tiny_data} --progress False")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.h5", "tiny.hdf5"]  # no temp file left behind
+
+
+def test_sigterm_before_any_epoch_ended_says_so(tmp_path, tiny_data):
+    process = start(tmp_path, *train_argv(tiny_data, "--epochs", "3", "--batch-size", "1", "--checkpoint", "ck.h5"))
+    wait_for_line(process, "training on")
+    os.kill(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 143, err
+    assert "Traceback" not in err
+    # Just before the first batch, SIGTERM stops the run where it is (as Ctrl-C would);
+    # from the first batch on, at the end of a batch, saying what survived.
+    assert err.splitlines()[-1] in ("convlab: terminated", "convlab: terminated; no epoch had finished, so ck.h5 "
+                                                           "was not written; start the run again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.hdf5"]
+
+
+TRAIN = ["train", "--batch-size", "8", "--epochs", "2"]
+
+
+def test_piped_output_has_one_line_per_epoch_and_no_progress_bar(tmp_path, tiny_data):
+    log = tmp_path / "log.txt"
+    with open(log, "w") as out:
+        result = convlab(tmp_path, *TRAIN, "--data-dir", str(tiny_data), stdout=out, stderr=subprocess.STDOUT)
+    assert result.returncode == 0
+    text = log.read_text()
+    assert "\r" not in text and "batch/s" not in text
+    assert [line.split()[1] for line in text.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
+
+
+@pytest.mark.parametrize("progress, drawn", [([], True), (["--progress", "False"], False)])
+def test_on_a_terminal_the_bar_is_drawn_unless_turned_off(tmp_path, tiny_data, progress, drawn):
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # 80 columns for the bar
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "convlab.cli", *TRAIN, "--data-dir", str(tiny_data),
+                                    *progress], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                   stdout=subprocess.DEVNULL, stderr=terminal)
+        os.close(terminal)
+        seen = b""
+        while chunk := read_or_eof(controller):
+            seen += chunk
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(controller)
+    assert (b"\r" in seen and b"batch" in seen) == drawn, seen
+
+
+def read_or_eof(fd):
+    """The next bytes from a pseudo-terminal's controller; b"" once the other side is closed."""
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: no process holds the terminal any more
+        return b""
