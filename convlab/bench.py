@@ -44,8 +44,9 @@ SWEEPS = ("kernel", "image")
 # from MNIST's to ImageNet's.
 DEFAULT_IMAGE_SIZES = (16, 32, 64, 128, 256)
 IMAGE_SWEEP_KERNEL_SIZES = (5, 9)
-# (batch, in channels, out channels, image size) of each sweep, unless given.
-SWEEP_LAYER = {"kernel": (64, 1, 32, 28), "image": (8, 3, 16, None)}
+# The layer of each sweep, unless given (the image sweep has no one image size).
+SWEEP_LAYER = {"kernel": dict(batch_size=64, image_size=28, in_channels=1, out_channels=32),
+               "image": dict(batch_size=8, image_size=None, in_channels=3, out_channels=16)}
 PASSES = ("forward", "forward+backward")
 # Past this many seconds on one (shape, backend, pass), no more runs are timed.
 MAX_SECONDS_PER_CELL = 0.5
@@ -257,8 +258,9 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
         backends = parse_names(backends, "backends", list_backends())
     passes = PASSES if passes is None else parse_names(passes, "passes", PASSES)
     [sweep] = parse_names(sweep, "sweep", SWEEPS)
-    n, c, f, size = (given if given is not None else default for given, default in
-                     zip((batch_size, in_channels, out_channels, image_size), SWEEP_LAYER[sweep]))
+    layer = SWEEP_LAYER[sweep]
+    n, size, c, f = (layer[name] if given is None else given for name, given in
+                     zip(layer, (batch_size, image_size, in_channels, out_channels)))
     if sweep == "kernel":
         kernel_sizes = DEFAULT_KERNEL_SIZES if kernel_sizes is None else parse_kernel_sizes(kernel_sizes)
         shapes_swept = kernel_sweep(kernel_sizes, n, c, f, size)

@@ -212,7 +212,7 @@ class Commands:
             image_sizes: comma-separated image sizes of the image sweep (default 16,32,64,128,256;
                 its kernel sizes default to 5,9).
         """
-        from convlab.bench import bench_command
+        from convlab.bench import SWEEP_LAYER, bench_command
         from convlab.files import check_outputs, check_suffix
 
         check_outputs({"--json": json if json is None else check_suffix(json, "--json", ".json", "JSON"),
@@ -221,7 +221,10 @@ class Commands:
         sizes = dict(batch_size=optional("batch-size", batch_size), image_size=optional("image-size", image_size),
                      in_channels=optional("in-channels", in_channels),
                      out_channels=optional("out-channels", out_channels))
-        with out_of_memory_names({"sweep": sweep, **{k: v for k, v in sizes.items() if v is not None}}):
+        # The sizes in force (given, else the sweep's defaults) name what was too big.
+        defaults = SWEEP_LAYER.get(sweep, SWEEP_LAYER["kernel"])
+        in_force = {name: defaults[name] if given is None else given for name, given in sizes.items()}
+        with out_of_memory_names({name: value for name, value in in_force.items() if value is not None}):
             bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer, passes,
                           positive_int("repeat", repeat), json, plot,
                           progress=lambda message: print(message, file=sys.stderr, flush=True),
