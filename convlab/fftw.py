@@ -70,7 +70,7 @@ MAX_PLANS = 32
 # Per-bin products with a dimension this small are faster broadcast than matmul'd (at 3,
 # on the 28 x 28 shapes, both ways take the same time).
 BROADCAST_MAX_DIM = 3
-# Grid points per tile of transforms (see inverse_of_products): about an L2 cache's worth.
+# Grid points per tile of transforms (see run_tiles, rows_per_tile): about an L2 cache's worth.
 TILE_POINTS = 1 << 18
 
 
@@ -117,7 +117,7 @@ def configure(threads=None, planner=None, wisdom_path=None) -> Settings:
     A setting not given comes from its environment variable, else its default:
 
     - ``threads`` (``CONVLAB_FFT_THREADS``): FFTW's threads, and the tile pool's (see
-      :func:`inverse_of_products`), default ``os.cpu_count()``.
+      :func:`run_tiles`), default ``os.cpu_count()``.
     - ``planner`` (``CONVLAB_FFT_PLANNER``): ``estimate``, ``measure`` (default),
       ``patient`` or ``exhaustive``; an ``FFTW_`` prefix and any case are accepted.
     - ``wisdom_path`` (``CONVLAB_FFT_WISDOM``): the FFTW wisdom cache file, default
