@@ -38,6 +38,7 @@ import numpy as np
 from convlab import fftw
 from convlab.fftw import (binwise_matmul, broadcasts, cost_per_point, flipped, pyfftw, rfft2, rounding_bound,
                           rows_per_tile, run_tiles, snap_to_bias)
+from convlab.profile import phase
 from convlab.registry import register_backend
 
 
@@ -112,12 +113,14 @@ class FFT:
         (ph, pw), (sh, sw) = padding, stride
         padded = (h + 2 * ph, width + 2 * pw)
         grid = fft_shape_for(padded)
-        x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid)             # (N, C, bins)
-        # The kernel spectra carry the inverse transform's 1/(Hf*Wf): they are the smallest.
-        w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
-        y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid,                # (N, F, OH, OW)
-                                slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw), offset=b)
-        snap_to_bias(y, b, rounding_bound(x, w, grid))  # exact where a direct method is exact
+        with phase("transforms"):
+            x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid)             # (N, C, bins)
+            # The kernel spectra carry the inverse transform's 1/(Hf*Wf): they are the smallest.
+            w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
+        with phase("products, inverse, crop"):
+            y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid,                # (N, F, OH, OW)
+                                    slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw), offset=b)
+            snap_to_bias(y, b, rounding_bound(x, w, grid))  # exact where a direct method is exact
         return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid)
 
     def backward(self, dy, cache, need_dx=True):
@@ -126,13 +129,16 @@ class FFT:
         kh, kw = w_shape[2:]
         padded = (h + 2 * ph, width + 2 * pw)
         stride1_out = (padded[0] - kh + 1, padded[1] - kw + 1)
-        dy_spec = rfft2(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid)  # (N, F, bins)
+        with phase("transforms"):
+            dy_spec = rfft2(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid)  # (N, F, bins)
         db = dy_spec[:, :, 0].real.sum(axis=0)  # a plane's zero-frequency bin is its sum
-        dw = inverse_of_products(dy_spec.transpose(1, 0, 2), np.conj(x_spec), grid,         # (F, C, kh, kw)
-                                 -np.arange(kh), -np.arange(kw))
-        dw *= 1.0 / (grid[0] * grid[1])
+        with phase("products, inverse, crop"):
+            dw = inverse_of_products(dy_spec.transpose(1, 0, 2), np.conj(x_spec), grid,         # (F, C, kh, kw)
+                                     -np.arange(kh), -np.arange(kw))
+            dw *= 1.0 / (grid[0] * grid[1])
         if not need_dx:
             return None, dw, db
-        dx = inverse_of_products(dy_spec, np.conj(w_spec), grid,                              # (N, C, H, W)
-                                 np.arange(h) + ph - kh + 1, np.arange(width) + pw - kw + 1)
+        with phase("products, inverse, crop"):
+            dx = inverse_of_products(dy_spec, np.conj(w_spec), grid,                              # (N, C, H, W)
+                                     np.arange(h) + ph - kh + 1, np.arange(width) + pw - kw + 1)
         return dx, dw, db

@@ -4,28 +4,32 @@ Two measurements, each printed as a ratio (convlab time / PyTorch time; below 1 
 convlab is faster):
 
 * ``layer``: the MNIST convolution alone, x (64, 1, 28, 28), w (32, 1, 7, 7), padding 1:
-  forward + backward, once without the input gradient (as in the network, where the
-  first layer needs none) and once with it. Ours goes through the public, checked
-  backend API; PyTorch's is ``F.conv2d`` + autograd.
+  the forward alone, then forward + backward, once without the input gradient (as in
+  the network, where the first layer needs none) and once with it. Ours goes through the
+  public, checked backend API; PyTorch's is ``F.conv2d`` (without autograd for the
+  forward alone, with it otherwise).
 * ``epoch``: one epoch of training on the full training set: conv 1->32 7x7 pad 1 ->
   ReLU -> Flatten -> Dense 18432->10, softmax cross-entropy, SGD with momentum, batches
   of 64. Both networks start from the same weights and see the same batches in the same
   order; every timed step gathers its batch by index, computes the loss, the gradients
   and the update, and counts correct predictions (ours is ``convlab.training.train_step``,
-  the step ``convlab train`` runs). The mean losses printed at the end must agree.
+  the step ``convlab train`` runs). The mean losses printed at the end must agree. With
+  several backends (``--backend im2col,fft``) each trains its own copy, and each later
+  one's epoch is also compared with the first's.
 
-The machine may be shared, so the two sides take turns: 5 calls a turn for the layer, a
-chunk of batches a turn for the epoch (who goes first alternates too), with an untimed
-pause before each turn so that neither starts while the other's idle threads still spin
-(see ``alternate``). The medians of the per-turn ratios are printed next to the ratio of
-the totals.
-Threads: numpy's OpenBLAS threads its GEMMs over every core unless ``OPENBLAS_NUM_THREADS``
-says otherwise (it is read when numpy is imported), and elementwise numpy is
-single-threaded; PyTorch gets the same number of threads, so set the variable to compare
-at one thread on both sides.
+The first line printed names the machine (CPU, cores, numpy's BLAS, FFTW). The machine
+may be shared, so the sides take turns: 5 calls a turn for the layer, a chunk of batches
+a turn for the epoch (who goes first rotates too), with an untimed pause before each turn
+so that none starts while another's idle threads still spin (see ``alternate``). The
+medians of the per-turn ratios are printed next to the ratio of the totals.
+Threads: convlab shares its layers' work among as many threads as numpy's OpenBLAS was
+started with (every core, unless ``OPENBLAS_NUM_THREADS`` says otherwise; it is read
+when numpy is imported), BLAS itself on one thread; PyTorch gets the same number of
+threads, so set the variable to compare at one thread on both sides.
 
     python benchmarks/epoch_vs_torch.py                  # both measurements, ~1-3 min
     python benchmarks/epoch_vs_torch.py --only layer     # just the layer, a few seconds
+    python benchmarks/epoch_vs_torch.py --backend im2col,fft --only epoch   # fft against im2col too
     python benchmarks/epoch_vs_torch.py --train-size 6400 --chunk 20   # a quick epoch
     OPENBLAS_NUM_THREADS=1 python benchmarks/epoch_vs_torch.py         # one thread each
 """
@@ -45,6 +49,7 @@ from convlab.data import load_mnist
 from convlab.models import reference_net
 from convlab.optimizers import SGD
 from convlab.registry import get_backend
+from convlab.threads import machine_summary
 from convlab.training import epoch_order, train_step
 
 BATCH_SIZE, LR, MOMENTUM, SEED = 64, 0.01, 0.9, 0
@@ -73,30 +78,32 @@ def torch_train_step(net, optimizer, x, y):
     return loss.item(), int((logits.argmax(dim=1) == y).sum())
 
 
-def alternate(ours, theirs, rounds, pause):
-    """Time ``ours(i)`` and ``theirs(i)`` for i in range(rounds), taking turns (who goes
-    first alternates). Returns the two lists of seconds.
+def alternate(sides, rounds, pause):
+    """Time each of ``sides`` (functions of i) for i in range(rounds), taking turns (who
+    goes first rotates). Returns one list of seconds per side.
 
-    Before each turn the process sleeps ``pause`` seconds, untimed: both libraries' worker
-    threads spin for a while after their last job (OpenBLAS ~0.1 s, OpenMP less), and a
-    side that starts while the other's threads still spin finds its cores taken. On a busy
-    2-core machine that made the side going second up to 50x slower.
+    Before each turn the process sleeps ``pause`` seconds, untimed: worker threads may spin
+    for a while after their last job (OpenBLAS ~0.1 s, OpenMP less), and a side that starts
+    while another's threads still spin finds its cores taken. On a busy 2-core machine that
+    made the side going second up to 50x slower.
     """
-    times = ([], [])
+    times = [[] for _ in sides]
     for i in range(rounds):
-        for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+        for j in range(len(sides)):
+            side = (i + j) % len(sides)
             time.sleep(pause)
             started = time.perf_counter()
-            (ours, theirs)[side](i)
+            sides[side](i)
             times[side].append(time.perf_counter() - started)
     return times
 
 
-def summarize(label, ours, theirs):
+def summarize(label, ours, theirs, reference="torch"):
     """Print total times and ratios for paired timings ``ours[i]``, ``theirs[i]``."""
     pair_ratios = [a / b for a, b in zip(ours, theirs)]
-    print(f"{label}: convlab {sum(ours):.3f} s, torch {sum(theirs):.3f} s over {len(ours)} pairs; "
-          f"ratio of totals {sum(ours) / sum(theirs):.2f}x, median pair ratio {statistics.median(pair_ratios):.2f}x")
+    print(f"{label}: convlab {sum(ours):.3f} s, {reference} {sum(theirs):.3f} s over {len(ours)} pairs; "
+          f"ratio of totals {sum(ours) / sum(theirs):.2f}x, median pair ratio {statistics.median(pair_ratios):.2f}x",
+          flush=True)
 
 
 def bench_layer(backend, rounds, pause, per_round=5):
@@ -118,40 +125,70 @@ def bench_layer(backend, rounds, pause, per_round=5):
 
     for need_dx in (False, True):
         ours(need_dx), theirs(need_dx)  # warm-up
-        times = alternate(lambda i: [ours(need_dx) for _ in range(per_round)],
-                          lambda i: [theirs(need_dx) for _ in range(per_round)], rounds, pause)
+        times = alternate([lambda i: [ours(need_dx) for _ in range(per_round)],
+                           lambda i: [theirs(need_dx) for _ in range(per_round)]], rounds, pause)
         summarize(f"MNIST layer forward+backward {'with' if need_dx else 'without'} dx ({backend.name}, "
                   f"{per_round} calls a turn)", *times)
 
 
-def bench_epoch(backend_name, train_size, chunk, pause):
+def bench_layer_forward(backend, rounds, pause, per_round=20):
+    """The MNIST layer's forward alone (PyTorch without autograd)."""
+    rng = np.random.default_rng(SEED)
+    x = rng.random((BATCH_SIZE, 1, 28, 28), dtype=np.float32)
+    w = (rng.standard_normal((32, 1, 7, 7)) * 0.2).astype(np.float32)
+    b = np.zeros(32, np.float32)
+    tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
+
+    def theirs():
+        with torch.no_grad():
+            return F.conv2d(tx, tw, tb, padding=1)
+
+    backend.forward(x, w, b, 1, 1), theirs()  # warm-up
+    times = alternate([lambda i: [backend.forward(x, w, b, 1, 1) for _ in range(per_round)],
+                       lambda i: [theirs() for _ in range(per_round)]], rounds, pause)
+    summarize(f"MNIST layer forward ({backend.name}, {per_round} calls a turn)", *times)
+
+
+def bench_epoch(backend_names, train_size, chunk, pause):
+    """One epoch per backend and one of PyTorch, all taking turns chunk by chunk."""
     data = load_mnist()
     x, y = data.x_train[:train_size], data.y_train[:train_size]
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    model = reference_net(seed=SEED, backend=backend_name)
-    net = torch_twin(model)
-    ours_opt = SGD(model, lr=LR, momentum=MOMENTUM)
-    torch_opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
     order = epoch_order(len(x), SEED, 1)
     chunks = [[order[i:i + BATCH_SIZE] for i in range(start, min(start + chunk * BATCH_SIZE, len(x)), BATCH_SIZE)]
               for start in range(0, len(x), chunk * BATCH_SIZE)]
-    ours_losses, torch_losses = [], []
+    net = torch_twin(reference_net(seed=SEED))
+    torch_opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    torch_losses = []
+    sides, losses = [], {}
+    for name in backend_names:
+        model = reference_net(seed=SEED, backend=name)
+        optimizer = SGD(model, lr=LR, momentum=MOMENTUM)
+        losses[name] = []
 
-    def run_ours(i):
-        ours_losses.extend(train_step(model, ours_opt, x[idx], y[idx])[0] for idx in chunks[i])
+        def run_ours(i, model=model, optimizer=optimizer, out=losses[name]):
+            out.extend(train_step(model, optimizer, x[idx], y[idx])[0] for idx in chunks[i])
+
+        sides.append(run_ours)
 
     def run_torch(i):
         torch_losses.extend(torch_train_step(net, torch_opt, tx[idx], ty[idx])[0]
                             for idx in map(torch.from_numpy, chunks[i]))
 
-    times = alternate(run_ours, run_torch, len(chunks), pause)
-    summarize(f"one epoch, {len(x)} images, batch {BATCH_SIZE} ({backend_name})", *times)
-    print(f"mean training loss: convlab {np.mean(ours_losses):.4f}, torch {np.mean(torch_losses):.4f}")
+    *ours, theirs = alternate(sides + [run_torch], len(chunks), pause)
+    for name, times in zip(backend_names, ours):
+        summarize(f"one epoch, {len(x)} images, batch {BATCH_SIZE} ({name})", times, theirs)
+    for name, times in zip(backend_names[1:], ours[1:]):
+        summarize(f"one epoch, {name} against {backend_names[0]}", times, ours[0], backend_names[0])
+    print("mean training loss: " + ", ".join(f"convlab {name} {np.mean(losses[name]):.4f}" for name in backend_names)
+          + f", torch {np.mean(torch_losses):.4f}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", default="im2col", help="convlab backend to time (default im2col)")
+    parser.add_argument("--backend", default="im2col",
+                        help="convlab backend(s) to time, comma-separated (default im2col); the layer is timed "
+                             "with the first, the epoch with each, and each later one is compared with the first")
     parser.add_argument("--only", choices=["layer", "epoch"], help="run just one of the two measurements")
     parser.add_argument("--train-size", type=int, default=60000, help="training images in the epoch (default all)")
     parser.add_argument("--chunk", type=int, default=50, help="batches per alternation chunk (default 50)")
@@ -161,13 +198,15 @@ def main():
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(int(os.environ.get("OPENBLAS_NUM_THREADS", cores)))
     blas_env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
-    print(f"cores {cores}, torch {torch.__version__} threads {torch.get_num_threads()}, numpy {np.__version__}, "
-          f"BLAS/OpenMP environment {blas_env or 'unset'}")
-    backend = get_backend(args.backend)
+    backends = [get_backend(name.strip()) for name in args.backend.split(",")]
+    print(machine_summary())
+    print(f"torch {torch.__version__} threads {torch.get_num_threads()}, BLAS/OpenMP environment {blas_env or 'unset'}",
+          flush=True)
     if args.only in (None, "layer"):
-        bench_layer(backend, args.rounds, args.pause)
+        bench_layer_forward(backends[0], args.rounds, args.pause)
+        bench_layer(backends[0], args.rounds, args.pause)
     if args.only in (None, "epoch"):
-        bench_epoch(backend.name, args.train_size, args.chunk, args.pause)
+        bench_epoch([backend.name for backend in backends], args.train_size, args.chunk, args.pause)
 
 
 if __name__ == "__main__":

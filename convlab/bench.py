@@ -279,6 +279,9 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
         save_json(result, json_path)
     if plot_path is not None:
         save_plot(result, shapes_swept, plot_path, passes, along="k" if sweep == "kernel" else "size")
+    from convlab.threads import machine_summary
+
+    print(f"on {machine_summary()}")
     print(format_table(result, shapes, passes))
     if result.skipped:
         print(f"{ORACLE} skipped on {len(result.skipped)} shape(s) of over {ORACLE_MAX_MACS:.0e} multiply-adds "
@@ -289,3 +292,39 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
         if path is not None:
             print(f"wrote {path}")
     return result
+
+
+def profile_command(backends=None, steps=100, batch_size=64, warmup_steps=5, data_dir=None):
+    """``convlab bench --profile``: the per-phase profile (:mod:`convlab.profile`) of
+    ``steps`` real training steps of the reference network on MNIST, per backend (default:
+    every strategy but the oracle that supports the reference network's layer). Each backend gets a fresh network (seed 0, SGD lr 0.02,
+    momentum 0.9) and ``warmup_steps`` unrecorded steps first (plans, tuning, first-touch
+    page faults). Prints the machine, then one table per backend; returns the profiles."""
+    from convlab.data import load_mnist
+    from convlab.models import reference_net
+    from convlab.optimizers import SGD
+    from convlab.profile import recording
+    from convlab.threads import machine_summary
+    from convlab.training import train_epoch
+
+    layer = MNIST_LAYER  # the reference network's convolution
+    layer_shapes = ((batch_size, layer.c, layer.size, layer.size), (layer.f, layer.c, layer.k, layer.k))
+    names = [b for b in strategies() if b != ORACLE and get_backend(b).supports(*layer_shapes, 1, layer.padding) is None
+             ] if backends is None else parse_names(backends, "backends", list_backends())
+    data = load_mnist(data_dir)
+    x, y = data.x_train, data.y_train
+    recorded = min(steps * batch_size, len(x))
+    print(f"profile of {recorded // batch_size} training steps of batch {batch_size} (reference network, MNIST) "
+          f"on {machine_summary()}")
+    profiles = {}
+    for name in names:
+        model = reference_net(seed=0, backend=name)
+        optimizer = SGD(model, lr=0.02, momentum=0.9)
+        train_epoch(model, optimizer, x[:warmup_steps * batch_size], y[:warmup_steps * batch_size], batch_size,
+                    seed=0, epoch=0, progress=False)
+        with recording(model) as profile:
+            train_epoch(model, optimizer, x[:recorded], y[:recorded], batch_size, seed=0, epoch=1, progress=False)
+        profiles[name] = profile
+        print()
+        print(profile.table(f"backend {name}: milliseconds per step, seconds in all, share of the steps' time"))
+    return profiles

@@ -107,10 +107,10 @@ class Commands:
             print(f"wrote {path}")
 
     @typed(text=("backend", "dataset", "lr_schedule", "data_dir", "metrics_out", "checkpoint", "resume", "model"),
-           flags=("progress",))
+           flags=("progress", "profile"))
     def train(self, *, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
               train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True,
-              dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None):
+              dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None, profile=False):
         """Train a network (default: the reference one, conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
 
         With --resume, every setting left out comes from the checkpoint; dataset, batch
@@ -136,6 +136,7 @@ class Commands:
             checkpoint: save an HDF5 checkpoint here after every epoch (atomically); must not exist yet.
             resume: continue the run saved in this checkpoint, and keep saving to it.
             model: the network (see `convlab models`); default reference.
+            profile: print where the training steps' time went, per layer and phase, at the end.
         """
         from convlab.run import train
         from convlab.settings import TrainSettings
@@ -144,7 +145,7 @@ class Commands:
             model=model, backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
             lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size, test_size=test_size,
             data_dir=data_dir, metrics_out=metrics_out, checkpoint=checkpoint, resume=resume, progress=progress)
-        train(settings, resumed)
+        train(settings, resumed, profile)
 
     @typed(text=("checkpoint", "backend", "data_dir"))
     def evaluate(self, *, checkpoint=None, backend=None, data_dir=None, test_size=None):
@@ -183,10 +184,10 @@ class Commands:
         image = load_image(required("FILE", file), invert)
         print(prediction_report(model, image, "digit" if saved.settings["dataset"] == "mnist" else "class"))
 
-    @typed(text=("backends", "passes", "json", "plot", "sweep"), flags=("mnist_layer", "memory"))
+    @typed(text=("backends", "passes", "json", "plot", "sweep"), flags=("mnist_layer", "profile", "memory"))
     def bench(self, *, backends=None, kernel_sizes=None, batch_size=None, image_size=None, in_channels=None,
-              out_channels=None, mnist_layer=True, passes=None, repeat=3, json=None, plot=None,
-              memory=False, sweep="kernel", image_sizes=None):
+              out_channels=None, mnist_layer=True, passes=None, repeat=3, json=None, plot=None, profile=False,
+              steps=100, memory=False, sweep="kernel", image_sizes=None):
         """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
 
         The sweep is batch x in_channels -> out_channels on an image_size² input with
@@ -207,13 +208,22 @@ class Commands:
             repeat: timed runs per measurement.
             json: write the results to this JSON file (schema: see convlab/bench.py).
             plot: save the time-vs-kernel-size (or image-size) plot here (.png, .svg, .pdf, ...).
+            profile: instead, profile --steps real training steps of the reference network
+                per backend (default: every backend but naive): time of each phase, per layer.
+            steps: training steps to profile (with --profile).
             memory: also measure each pass's peak extra memory (workspace beyond the results).
             sweep: kernel (time vs kernel size, default) or image (time vs image size).
             image_sizes: comma-separated image sizes of the image sweep (default 16,32,64,128,256;
                 its kernel sizes default to 5,9).
         """
-        from convlab.bench import SWEEP_LAYER, bench_command
+        from convlab.bench import SWEEP_LAYER, bench_command, profile_command
         from convlab.files import check_outputs, check_suffix
+
+        if profile:
+            profile_command(backends, positive_int("steps", steps),
+                            positive_int("batch-size", SWEEP_LAYER["kernel"]["batch_size"] if batch_size is None
+                                         else batch_size))
+            return
 
         check_outputs({"--json": json if json is None else check_suffix(json, "--json", ".json", "JSON"),
                        "--plot": plot})

@@ -4,10 +4,43 @@ backward, in ``layer.grads`` under the same names."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import numpy as np
 
 from convlab.checks import FLOAT_DTYPES, as_pair
+from convlab.profile import phase
 from convlab.registry import get_backend
+from convlab.threads import chunk_bounds, share_chunks
+
+
+_forward_only = contextvars.ContextVar("convlab_forward_only", default=False)
+
+
+@contextlib.contextmanager
+def forward_only():
+    """Within the block, layers keep nothing for a backward (evaluation, prediction): no
+    ReLU mask is written, and a layer's last inputs and caches are let go at once."""
+    token = _forward_only.set(True)
+    try:
+        yield
+    finally:
+        _forward_only.reset(token)
+
+
+def _kept(saved, layer):
+    """What ``layer``'s forward kept for its backward, or a clear error if it kept nothing."""
+    if saved is None:
+        raise ValueError(f"{type(layer).__name__}.backward needs the forward first: call forward(x) on this layer "
+                         f"(outside forward_only(), which keeps nothing), then backward(dy) with dy shaped like "
+                         f"its output")
+    return saved
+
+
+def _at_least_1d(a):
+    """``a``, or a one-element view of it if it is 0-d (blocks are cut along axis 0)."""
+    return a.reshape(1) if a.ndim == 0 else a
 
 
 def _rng(seed_or_rng) -> np.random.Generator:
@@ -78,14 +111,11 @@ class Conv2D(Layer):
     def forward(self, x):
         backend = get_backend(self._backend)
         y, cache = backend.forward(x, self.params["w"], self.params["b"], self.stride, self.padding)
-        self._cache = (backend, cache)
+        self._cache = None if _forward_only.get() else (backend, cache)
         return y
 
     def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise ValueError("Conv2D.backward needs the forward first: call forward(x) on this layer, then "
-                             "backward(dy) with dy shaped like its output")
-        backend, cache = self._cache
+        backend, cache = _kept(self._cache, self)
         dx, self.grads["w"], self.grads["b"] = backend.backward(dy, cache, need_dx)
         return dx
 
@@ -96,15 +126,47 @@ class Conv2D(Layer):
 
 
 class ReLU(Layer):
-    """max(x, 0), elementwise; any shape."""
+    """max(x, 0), elementwise; any shape. The output has x's memory layout.
+
+    The forward keeps a 0/1 mask in x's dtype, written straight from the comparison into
+    a buffer reused step after step, and multiplies by it: on the MNIST layer's output
+    (64 x 32 x 24 x 24, one core) that costs about what ``np.maximum`` alone does (0.5 ms),
+    and in the backward a float mask multiplies twice as fast as a bool one (0.26 ms
+    against 0.53 ms). Both passes run in blocks of images shared among the cores
+    (:mod:`convlab.threads`), a block's mask still in cache when it is multiplied.
+    """
+
+    BLOCK_BYTES = 1 << 18
 
     def forward(self, x):
-        # A 0/1 mask in x's dtype: multiplying by it is about twice as fast as by a bool mask.
-        self._positive = (x > 0).astype(x.dtype)
-        return x * self._positive
+        if _forward_only.get():
+            self._positive = None
+            return np.maximum(x, 0)
+        with phase("ReLU"):
+            mask = getattr(self, "_positive", None)
+            if mask is None or mask.shape != x.shape or mask.dtype != x.dtype or mask.strides != x.strides:
+                mask = self._positive = np.empty_like(x)  # the same buffer, step after step
+            out = np.empty_like(x)
+            x_, mask_, out_ = (_at_least_1d(a) for a in (x, mask, out))
+
+            def block(_, lo, hi):
+                np.greater(x_[lo:hi], 0, out=mask_[lo:hi])
+                np.multiply(x_[lo:hi], mask_[lo:hi], out=out_[lo:hi])
+
+            share_chunks(block, self._blocks(x_))
+            return out
 
     def backward(self, dy, need_dx=True):
-        return dy * self._positive
+        mask = _kept(getattr(self, "_positive", None), self)
+        with phase("ReLU"):
+            dx = np.empty_like(mask, dtype=np.result_type(dy, mask))
+            dy_, mask_, dx_ = (_at_least_1d(a) for a in (dy, mask, dx))
+            share_chunks(lambda _, lo, hi: np.multiply(dy_[lo:hi], mask_[lo:hi], out=dx_[lo:hi]), self._blocks(dy_))
+            return dx
+
+    def _blocks(self, a):
+        """(lo, hi) blocks of a's first axis of about BLOCK_BYTES each."""
+        return chunk_bounds(len(a), max(1, self.BLOCK_BYTES // max(1, a[:1].nbytes)))
 
 
 class Flatten(Layer):
@@ -119,7 +181,20 @@ class Flatten(Layer):
 
 
 class Dense(Layer):
-    """x (N, in_features) -> x @ w + b, (N, out_features). Weights: LeCun-normal."""
+    """x (N, in_features) -> x @ w + b, (N, out_features). Weights: LeCun-normal.
+
+    The three products (``x @ w``, ``dw = x.T @ dy``, ``dx = dy @ w.T``) are shared among
+    the cores by rows of the batch (:func:`convlab.threads.share_chunks`), BLAS on one thread
+    in each: OpenBLAS's own threads, idle, spin for a while after each product and hold a
+    core the convolution's threads then wait for. ``dw`` sums one partial product per
+    block of ``DW_ROWS`` rows, in order, so it does not depend on the number of threads.
+    """
+
+    # Rows of the batch per block: on one core of the AMD EPYC, x @ w took 0.65 ms in blocks
+    # of 32 rows (0.53 in one piece, 1.1 in blocks of 8: OpenBLAS picks other kernels for
+    # small blocks), dy @ w.T 0.41 ms in blocks of 4 (0.94 in one piece), x.T @ dy 0.73 ms
+    # in blocks of 32.
+    ROWS, DX_ROWS, DW_ROWS = 32, 4, 32
 
     def __init__(self, in_features, out_features, rng=None, dtype=np.float32):
         super().__init__()
@@ -128,13 +203,27 @@ class Dense(Layer):
         self.params["b"] = np.zeros(out_features, dtype=dtype)
 
     def forward(self, x):
-        self._x = x
-        return x @ self.params["w"] + self.params["b"]
+        self._x = None if _forward_only.get() else x
+        return self._rows_times(x, self.params["w"], self.ROWS, "GEMM") + self.params["b"]
 
     def backward(self, dy, need_dx=True):
-        self.grads["w"] = self._x.T @ dy
-        self.grads["b"] = dy.sum(axis=0)
-        return dy @ self.params["w"].T if need_dx else None
+        x = _kept(getattr(self, "_x", None), self)
+        chunks = chunk_bounds(len(x), self.DW_ROWS)
+        dw_parts = np.empty((len(chunks),) + self.params["w"].shape, dtype=np.result_type(x, dy))
+        with phase("GEMM dw"):
+            share_chunks(lambda index, lo, hi: np.matmul(x[lo:hi].T, dy[lo:hi], out=dw_parts[index]), chunks)
+            self.grads["w"] = dw_parts.sum(axis=0) if len(chunks) > 1 else dw_parts[0]
+        with phase("db"):
+            self.grads["b"] = dy.sum(axis=0)
+        return self._rows_times(dy, self.params["w"].T, self.DX_ROWS, "GEMM dx") if need_dx else None
+
+    @staticmethod
+    def _rows_times(a, b, rows, phase_name):
+        """a @ b, computed in blocks of ``rows`` rows of a shared among the cores."""
+        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+        with phase(phase_name):
+            share_chunks(lambda _, lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), chunk_bounds(len(a), rows))
+        return out
 
     def __repr__(self):
         return f"Dense({self.params['w'].shape[0]}, {self.params['w'].shape[1]})"

@@ -15,7 +15,9 @@ from convlab.data import load_dataset
 from convlab.files import write_json
 from convlab.models import get_model
 from convlab.optimizers import SGD
+from convlab.profile import recording
 from convlab.settings import TrainSettings
+from convlab.threads import machine_summary
 from convlab.training import TrainingDiverged, fit
 
 
@@ -41,9 +43,11 @@ def build_model(settings: TrainSettings):
     return model
 
 
-def train(settings: TrainSettings, resumed=None):
+def train(settings: TrainSettings, resumed=None, profile=False):
     """Run the training ``settings`` describe, continuing the checkpoint ``resumed`` if
-    given; returns the metrics of every epoch (the resumed ones included)."""
+    given; returns the metrics of every epoch (the resumed ones included). ``profile``:
+    record the per-phase profile of the training steps (:mod:`convlab.profile`) and print
+    it at the end."""
     model = build_model(settings)
     check_fits_dtype("--lr", settings.lr, next(model.named_parameters())[1].dtype)
     optimizer = SGD(model, lr=settings.lr, momentum=settings.momentum)
@@ -76,7 +80,8 @@ def train(settings: TrainSettings, resumed=None):
     started = time.perf_counter()
     try:
         with backend_log_to_stdout(), ctrl_c_at_safe_points() as stop_if_asked, \
-                out_of_memory_names(dict(batch_size=settings.batch_size)):
+                out_of_memory_names(dict(batch_size=settings.batch_size)), \
+                (recording(model) if profile else contextlib.nullcontext()) as recorded:
             fit(model, optimizer, data, settings.epochs, settings.batch_size, settings.seed,
                 start_epoch=len(history) + 1, progress=settings.progress, on_epoch=after_epoch,
                 on_batch=stop_if_asked, lr_at=settings.lr_at)
@@ -88,6 +93,10 @@ def train(settings: TrainSettings, resumed=None):
         raise type(stop)(interrupted_message(settings.checkpoint, settings.resume, dict(
             epochs=settings.epochs, backend=settings.backend, data_dir=settings.data_dir,
             metrics_out=settings.metrics_out, progress=None if settings.progress else False))) from None
+    if recorded is not None:
+        print(f"profile on {machine_summary()}")
+        print(recorded.table(f"backend {settings.backend}: milliseconds per step, seconds in all, "
+                             f"share of the steps' time"))
     print(f"test accuracy: {history[-1].test_accuracy:.4f} ({settings.backend}, {settings.epochs} epochs, "
           f"{time.perf_counter() - started:.1f} s)")
     return history

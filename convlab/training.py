@@ -8,7 +8,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
+from convlab import profile
+from convlab.layers import forward_only
 from convlab.losses import softmax_cross_entropy
+from convlab.profile import phase
+from convlab.threads import single_threaded_blas
 
 
 class TrainingDiverged(ValueError):
@@ -72,9 +76,12 @@ def predict_logits(model, x, batch_size=128) -> np.ndarray:
     """Logits (N, K) for images x (N, C, H, W), computed batch by batch.
 
     Batches of ~100 images keep the im2col matrix (a few MB) in the allocator's reusable
-    heap and near the caches; batches of 500 take about twice as long per image.
+    heap and near the caches; batches of 500 take about twice as long per image. The
+    layers run forward-only (:func:`convlab.layers.forward_only`): no ReLU mask, no caches
+    kept for a backward.
     """
-    return np.concatenate([model.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    with profile.paused(), single_threaded_blas(), forward_only():
+        return np.concatenate([model.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def accuracy(model, x, y, batch_size=128) -> float:
@@ -84,13 +91,22 @@ def accuracy(model, x, y, batch_size=128) -> float:
 
 def train_step(model, optimizer, x, y, watch=None):
     """One SGD step on the batch x (B, C, H, W), labels y (B,); returns (loss, number correct).
-    ``watch`` (a :class:`DivergenceWatch`; default: a new one) checks the loss first."""
-    logits = model.forward(x)
-    loss, dlogits = softmax_cross_entropy(logits, y)
-    (watch or DivergenceWatch()).check(loss, logits.shape[1])
-    model.backward(dlogits)
-    optimizer.step()
-    return loss, int(np.count_nonzero(logits.argmax(axis=1) == y))
+    ``watch`` (a :class:`DivergenceWatch`; default: a new one) checks the loss first.
+
+    BLAS stays on one thread throughout: the layers share their work among the cores
+    themselves (:mod:`convlab.threads`), and a BLAS thread left spinning after a product
+    would hold a core they need.
+    """
+    with single_threaded_blas():
+        logits = model.forward(x)
+        with phase("loss"):
+            loss, dlogits = softmax_cross_entropy(logits, y)
+        (watch or DivergenceWatch()).check(loss, logits.shape[1])
+        model.backward(dlogits)
+        with phase("optimizer"):
+            optimizer.step()
+        with phase("accuracy count"):
+            return loss, int(np.count_nonzero(logits.argmax(axis=1) == y))
 
 
 def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True, on_batch=None, watch=None):
@@ -109,14 +125,18 @@ def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True, 
     batches = range(0, len(x), batch_size)
     bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if progress else True)
     for start in bar:
+        started = time.perf_counter()
         idx = order[start:start + batch_size]
+        with phase("batch gathering"):
+            x_batch, y_batch = x[idx], y[idx]
         try:
-            loss, batch_correct = train_step(model, optimizer, x[idx], y[idx], watch)
+            loss, batch_correct = train_step(model, optimizer, x_batch, y_batch, watch)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e} at epoch {epoch}, batch {start // batch_size + 1}; "
                                    f"try a lower learning rate (now {optimizer.lr})") from None
         total_loss += loss * len(idx)
         correct += batch_correct
+        profile.count_step(time.perf_counter() - started)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         if on_batch is not None:
             on_batch()

@@ -49,6 +49,7 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
     main(["bench", *TINY, "--backends", "im2col,naive", "--json", str(out_json), "--plot", str(out_png)])
     printed = capsys.readouterr().out
     assert "2x1->32 28x28 k7 p1" in printed and "2x1->2 8x8 k5 p2" in printed
+    assert printed.startswith("on ") and "cores; numpy" in printed.splitlines()[0]  # the machine it ran on
     rows = json.loads(out_json.read_text())["rows"]
     assert {tuple(sorted(r)) for r in rows} == {("backend", "pass", "seconds", "shape")}
     assert len(rows) == 3 * 2 * 2  # shapes x backends x passes

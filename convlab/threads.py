@@ -1,0 +1,150 @@
+"""Sharing a pass's work among the cores, without two thread pools fighting over them.
+
+numpy's BLAS (OpenBLAS) threads each big GEMM over every core, and its idle threads spin
+for a while after each call. A backend that runs cache-sized chunks in threads of its own
+(one chunk: unroll, GEMM and bias, back to back, while the chunk is in L2) must therefore
+keep BLAS to one thread inside each chunk, or the two pools oversubscribe the cores.
+
+:func:`share_chunks` does both: it runs ``work(lo, hi)`` over the chunks of ``range(n)``
+on :func:`worker_count` threads, with BLAS held at one thread meanwhile. The number of
+threads is what BLAS itself would use (so ``OPENBLAS_NUM_THREADS=1`` makes everything
+single-threaded), and the chunks are handed out in order to whichever thread is free; a
+caller that sums per-chunk results must keep one result per chunk (never per thread) to
+stay deterministic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import threading
+from importlib.metadata import PackageNotFoundError, version
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+_controller = ThreadpoolController()
+_blas = _controller.select(user_api="blas")
+# What BLAS was started with (OPENBLAS_NUM_THREADS and the like), read before anything here
+# limits it: the chunk pool keeps this many threads busy while BLAS itself runs on one.
+_blas_threads_at_start = min([lib.num_threads for lib in _blas.lib_controllers] or [os.cpu_count() or 1])
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def worker_count() -> int:
+    """Threads a pass may use: as many as numpy's BLAS was started with (its environment
+    variables included), at most the cores this process may run on."""
+    return max(1, min(len(os.sched_getaffinity(0)), _blas_threads_at_start))
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Within the block, BLAS calls run on the calling thread only."""
+    with _controller.limit(limits=1, user_api="blas"):
+        yield
+
+
+def _forget_pool():
+    """In a forked child, which has none of the parent's threads: start a new pool when needed."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _executor(threads) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < threads:
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="convlab-chunks")
+        return _pool
+
+
+def chunk_bounds(n, per_chunk) -> list[tuple[int, int]]:
+    """``range(n)`` cut into consecutive (lo, hi) pieces of ``per_chunk`` (the last may be shorter)."""
+    per_chunk = max(1, int(per_chunk))
+    return [(lo, min(lo + per_chunk, n)) for lo in range(0, n, per_chunk)]
+
+
+def share_chunks(work, chunks, threads=None):
+    """Call ``work(index, lo, hi)`` for every ``(lo, hi)`` of ``chunks``, on ``threads``
+    threads (default :func:`worker_count`) with BLAS single-threaded; returns when all are
+    done, re-raising the first error. With one thread (or one chunk) everything runs in the
+    calling thread.
+
+    The calling thread takes chunks too, and waits only for chunks a helper has actually
+    taken: on a busy machine a helper may get a core only after the calling thread has
+    done all the work, and it then finds nothing left to do instead of being waited for.
+    Helpers run under the caller's numpy error settings (``np.errstate`` is per thread).
+    """
+    threads = min(worker_count() if threads is None else threads, len(chunks))
+    with single_threaded_blas():
+        if threads <= 1:
+            for index, (lo, hi) in enumerate(chunks):
+                work(index, lo, hi)
+            return
+        taken, running, errors = [0], [0], []
+        done = threading.Condition()
+        caller_errstate = np.geterr()
+
+        def help_out():
+            with np.errstate(**caller_errstate):
+                drain()
+
+        def drain():
+            while True:
+                with done:
+                    if taken[0] >= len(chunks) or errors:
+                        return
+                    index = taken[0]
+                    taken[0] += 1
+                    running[0] += 1
+                try:
+                    work(index, *chunks[index])
+                except BaseException as error:  # handed to the calling thread
+                    errors.append(error)
+                finally:
+                    with done:
+                        running[0] -= 1
+                        done.notify_all()
+
+        pool = _executor(threads - 1)
+        for _ in range(threads - 1):
+            pool.submit(help_out)
+        drain()
+        with done:
+            done.wait_for(lambda: running[0] == 0)
+        if errors:
+            raise errors[0]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), or what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_summary() -> str:
+    """One line naming what a timing depends on: CPU model and cores, numpy and its BLAS
+    (library, version, kernel architecture, threads), pyfftw and its FFTW."""
+    blas = ", ".join(f"{lib['internal_api']} {lib['version']} ({lib.get('architecture', '?')}, "
+                     f"{lib['num_threads']} threads)" for lib in _blas.info()) or "unknown BLAS"
+    try:
+        fftw = f"pyfftw {version('pyfftw')}"
+    except PackageNotFoundError:
+        fftw = "pyfftw not installed"
+    if "pyfftw" in sys.modules:  # its FFTW version is known only once it is loaded
+        fftw += f" (FFTW {getattr(sys.modules['pyfftw'], 'fftw_version', '?')})"
+    return (f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores; numpy {np.__version__} with {blas}; {fftw}; "
+            f"convlab threads {worker_count()}")

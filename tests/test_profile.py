@@ -1,0 +1,160 @@
+"""The per-phase profile, the chunk pool, and the forward-only path: what they promise
+(every phase of every layer accounted for, every chunk run once, the same weights on any
+number of threads, layers left as they were), never how fast."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import convlab
+import convlab.threads
+from convlab import profile
+from convlab.cli import main
+from convlab.layers import Dense, Flatten, ReLU, forward_only
+from convlab.optimizers import SGD
+from convlab.training import predict_logits, train_epoch
+
+
+def small_net(seed=0, backend="im2col"):
+    rng = np.random.default_rng(seed)
+    return convlab.Sequential(convlab.Conv2D(1, 4, 3, padding=1, rng=rng, backend=backend), ReLU(), Flatten(),
+                              Dense(4 * 8 * 8, 10, rng=rng))
+
+
+def images(n, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 8, 8), dtype=np.float32), rng.integers(0, 10, n)
+
+
+def test_phase_marks_cost_nothing_unless_recording():
+    assert not profile.is_recording()
+    assert profile.phase("GEMM") is profile.phase("unroll")  # one shared do-nothing object
+
+
+def test_a_recorded_epoch_accounts_for_every_layer_and_phase():
+    model = small_net()
+    x, y = images(40)
+    with profile.recording(model) as recorded:
+        train_epoch(model, SGD(model), x, y, batch_size=8, seed=0, epoch=1, progress=False)
+        predict_logits(model, x)  # evaluation is not recorded
+    assert recorded.steps == 5
+    rows = {(label, name): seconds for label, name, seconds in recorded.rows()}
+    for key in [("training step", "batch gathering"), ("training step", "loss"), ("training step", "optimizer"),
+                ("0 Conv2D im2col forward", "unroll"), ("0 Conv2D im2col forward", "GEMM"),
+                ("0 Conv2D im2col backward", "GEMM dw"), ("1 ReLU forward", "ReLU"),
+                ("3 Dense forward", "GEMM"), ("3 Dense backward", "GEMM dx"), ("2 Flatten forward", "other")]:
+        assert key in rows, key
+    assert all(seconds >= 0 for seconds in rows.values())
+    assert sum(rows.values()) <= recorded.wall * 1.05  # phases never add up to more than the steps took
+    assert recorded.calls["0 Conv2D im2col", "forward"] == 5  # the evaluation's forwards are not counted
+    table = recorded.table("title")
+    assert table.splitlines()[0] == "title" and "(5 steps)" in table and "share" in table
+    # The layers are as they were: no wrapper left behind, and nothing records any more.
+    assert all("forward" not in vars(layer) and "backward" not in vars(layer) for layer in model.layers)
+    assert not profile.is_recording()
+
+
+def test_recording_does_not_change_the_training():
+    x, y = images(32)
+    weights = []
+    for record in (False, True):
+        model = small_net()
+        if record:
+            with profile.recording(model):
+                train_epoch(model, SGD(model), x, y, batch_size=8, seed=0, epoch=1, progress=False)
+        else:
+            train_epoch(model, SGD(model), x, y, batch_size=8, seed=0, epoch=1, progress=False)
+        weights.append([p.copy() for p in model.state_dict().values()])
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_phases_in_threads_are_scaled_to_the_wall_time():
+    model = convlab.Sequential(Flatten())
+    with profile.recording(model) as recorded:
+        with profile.shared_among_threads():
+            def sleeper():
+                with profile.phase("work"):
+                    time.sleep(0.05)
+            threads = [threading.Thread(target=sleeper) for _ in range(4)]
+            started = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - started
+    # Four threads slept 0.05 s each, at once: 0.2 thread-seconds in ~0.05 s of wall time.
+    work = recorded.totals[("training step", ""), "work"]
+    assert 0.04 <= work <= wall + 0.01
+
+
+def test_share_chunks_runs_each_chunk_once_and_passes_errors_on():
+    seen = []
+    chunks = convlab.threads.chunk_bounds(103, 10)
+    assert chunks[0] == (0, 10) and chunks[-1] == (100, 103) and len(chunks) == 11
+    convlab.threads.share_chunks(lambda index, lo, hi: seen.append((index, lo, hi)), chunks, threads=2)
+    assert sorted(seen) == [(i, lo, hi) for i, (lo, hi) in enumerate(chunks)]
+
+    def fails(index, lo, hi):
+        if index == 3:
+            raise KeyError("chunk 3")
+
+    with pytest.raises(KeyError, match="chunk 3"):
+        convlab.threads.share_chunks(fails, chunks, threads=2)
+
+
+@pytest.mark.parametrize("backend", ["im2col", "fft"])
+def test_same_weights_on_one_thread_and_two(monkeypatch, backend):
+    x, y = images(48)
+    weights = []
+    for threads in (1, 2):
+        monkeypatch.setattr(convlab.threads, "worker_count", lambda threads=threads: threads)
+        model = small_net(backend=backend)
+        train_epoch(model, SGD(model), x, y, batch_size=16, seed=0, epoch=1, progress=False)
+        weights.append([p.copy() for p in model.state_dict().values()])
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_forward_only_gives_the_same_logits_and_keeps_nothing_for_a_backward():
+    model = small_net()
+    x, _ = images(12)
+    expected = model.forward(x)
+    with forward_only():
+        np.testing.assert_array_equal(model.forward(x), expected)
+    with pytest.raises(ValueError, match=r"Conv2D.backward needs the forward first: .*outside forward_only"):
+        model.layers[0].backward(np.ones_like(expected, shape=(12, 4, 8, 8)))
+    with pytest.raises(ValueError, match=r"ReLU.backward needs the forward first"):
+        model.layers[1].backward(np.ones((12, 4, 8, 8), np.float32))
+
+
+def test_bench_profile_prints_the_machine_and_a_table_per_backend(capsys, data_read_once):
+    main(["bench", "--profile", "--steps", "2", "--backends", "im2col,fft"])
+    out = capsys.readouterr().out
+    assert out.startswith("profile of 2 training steps of batch 64") and "cores" in out and "numpy" in out
+    assert "backend im2col:" in out and "backend fft:" in out
+    assert "0 Conv2D fft forward" in out and "transforms" in out and "0 Conv2D im2col backward" in out
+
+
+def test_train_profile_prints_the_profile_after_training(capsys, data_read_once):
+    main(["train", "--train-size", "256", "--test-size", "100", "--epochs", "1", "--progress", "False",
+          "--profile"])
+    out = capsys.readouterr().out
+    assert "profile on" in out and "backend im2col: milliseconds per step" in out and "(4 steps)" in out
+    assert out.rstrip().splitlines()[-1].startswith("test accuracy:")
+
+
+def test_helper_threads_follow_the_callers_numpy_error_settings():
+    big = np.full(1000, 3e38, np.float32)
+
+    def overflow_in_helpers(index, lo, hi):
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.01)  # leaves most chunks to the helper
+        else:
+            big[lo:hi] * np.float32(10)
+
+    with np.errstate(over="raise"):
+        with pytest.raises(FloatingPointError):
+            convlab.threads.share_chunks(overflow_in_helpers, convlab.threads.chunk_bounds(len(big), 10), threads=2)
