@@ -1,7 +1,7 @@
 """``fft-tiled``: overlap-save FFT convolution on small T x T tiles, forward and backward.
 
-``fft`` transforms every whole padded image: on a 224 x 224 input its grids are 240 x 240
-for each of N*C (and N*F) planes, whatever the kernel. Here, as in NNPACK's ``ft8x8`` /
+``fft`` transforms every whole padded image: on a 224 x 224 input its grids are 256 x 256
+(k = 7) for each of N*C (and N*F) planes, and it keeps all their spectra. Here, as in NNPACK's ``ft8x8`` /
 ``ft16x16`` and cuDNN's ``FFT_TILING``, the stride-1 output (Ho, Wo) is cut into blocks of
 M = T - k + 1 rows (and Mw = T - kw + 1 columns); the input window of each block is a
 T x T tile, and tiles overlap by k - 1 (overlap-save). One axis shown, circular
