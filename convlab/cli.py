@@ -184,10 +184,11 @@ class Commands:
         image = load_image(required("FILE", file), invert)
         print(prediction_report(model, image, "digit" if saved.settings["dataset"] == "mnist" else "class"))
 
-    @typed(text=("backends", "passes", "json", "plot", "sweep"), flags=("mnist_layer", "profile", "memory"))
+    @typed(text=("backends", "passes", "json", "plot", "sweep"),
+           flags=("mnist_layer", "profile", "accuracy", "many_channels", "memory"))
     def bench(self, *, backends=None, kernel_sizes=None, batch_size=None, image_size=None, in_channels=None,
               out_channels=None, mnist_layer=True, passes=None, repeat=3, json=None, plot=None, profile=False,
-              steps=100, memory=False, sweep="kernel", image_sizes=None):
+              steps=100, accuracy=False, many_channels=False, memory=False, sweep="kernel", image_sizes=None):
         """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
 
         The sweep is batch x in_channels -> out_channels on an image_size² input with
@@ -211,6 +212,8 @@ class Commands:
             profile: instead, profile --steps real training steps of the reference network
                 per backend (default: every backend but naive): time of each phase, per layer.
             steps: training steps to profile (with --profile).
+            accuracy: also measure each backend's float32 error of y, dx and dw against float64.
+            many_channels: also time 3x3 and 5x5 layers with 32 to 128 channels.
             memory: also measure each pass's peak extra memory (workspace beyond the results).
             sweep: kernel (time vs kernel size, default) or image (time vs image size).
             image_sizes: comma-separated image sizes of the image sweep (default 16,32,64,128,256;
@@ -238,6 +241,7 @@ class Commands:
             bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer, passes,
                           positive_int("repeat", repeat), json, plot,
                           progress=lambda message: print(message, file=sys.stderr, flush=True),
+                          accuracy=accuracy, many_channels=many_channels,
                           memory=memory, sweep=sweep, image_sizes=image_sizes)
 
 
