@@ -21,8 +21,8 @@ transforms are shared among threads. The forward's spectra X and W are kept for 
 
 The FFT size is not simply the next fast length: see :func:`fft_shape_for`.
 
-Outputs within FFT rounding of the bias (an input window of zeros) come out as exactly the
-bias, as a direct method gives them: see :func:`convlab.fftw.snap_to_bias`.
+Outputs over an input window of zeros come out as exactly the bias, as a direct method gives
+them, not as FFT rounding noise around it: see :func:`convlab.fftw.snap_to_bias`.
 
 Plans, threads, planner effort and the wisdom file come from :mod:`convlab.fftw`, shared
 with ``fft-tiled``; its :func:`~convlab.fftw.configure` sets them.
@@ -36,8 +36,8 @@ import itertools
 import numpy as np
 
 from convlab import fftw
-from convlab.fftw import (binwise_matmul, broadcasts, cost_per_point, flipped, pyfftw, rfft2, rounding_bound,
-                          rows_per_tile, run_tiles, snap_to_bias)
+from convlab.fftw import (binwise_matmul, broadcasts, cost_per_point, flipped, pyfftw, rfft2, rows_per_tile,
+                          run_tiles, snap_to_bias, zero_windows)
 from convlab.profile import phase
 from convlab.registry import register_backend
 
@@ -120,7 +120,7 @@ class FFT:
         with phase("products, inverse, crop"):
             y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid,                # (N, F, OH, OW)
                                     slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw), offset=b)
-            snap_to_bias(y, b, rounding_bound(x, w, grid))  # exact where a direct method is exact
+            snap_to_bias(y, b, zero_windows(x, (kh, kw), padding, stride))  # exact where a direct method is
         return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid)
 
     def backward(self, dy, cache, need_dx=True):

@@ -36,7 +36,7 @@ threads, planner and wisdom are ``fft``'s (:mod:`convlab.fftw`).
 
 Stride 1 only: a strided output would still need every stride-1 tile, so strided problems
 are refused (``convlab.Unsupported``) rather than computed slowly; ``fft`` takes them.
-Outputs within FFT rounding of the bias are snapped to it (:func:`convlab.fftw.snap_to_bias`).
+Outputs over an input window of zeros are exactly the bias (:func:`convlab.fftw.snap_to_bias`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from convlab import fftw
-from convlab.fftw import cost_per_point, rows_per_tile, run_tiles, snap_to_bias
+from convlab.fftw import cost_per_point, rows_per_tile, run_tiles, snap_to_bias, zero_windows
 from convlab.registry import register_backend
 
 TILE_SIZES = (8, 16, 32, 64, 128)
@@ -175,7 +175,6 @@ class FFTTiled:
         w_conj = np.ascontiguousarray(np.conj(w_spec).transpose(2, 1, 0))            # (bins, C, F)
         x_spec = np.empty((bins, tiling.rows(n), cw * c), w_spec.dtype)              # kept for dw
         y = np.empty((n, f, oh, ow), x.dtype)
-        bound = fftw.rounding_bound(x, w, grid)                                      # (N, F)
         band_width = cw * mw + kw - 1
 
         def block(lo, hi, worker):
@@ -200,9 +199,10 @@ class FFTTiled:
                 rows = min(mh, oh - top)
                 # (Cw, F, rows, Mw) -> (F, rows, Cw * Mw): the tiles of the row side by side
                 band = outputs[row - lo, :, :, :rows, :mw].transpose(1, 2, 0, 3).reshape(f, rows, cw * mw)
-                y[image, :, top:top + rows] = snap_to_bias(band[:, :, :ow], b, bound[image])
+                y[image, :, top:top + rows] = band[:, :, :ow]
 
         run_tiles(block, tiling.rows(n), rows_per_tile(cw * max(c, f), grid))
+        snap_to_bias(y, b, zero_windows(x, (kh, kw), padding))  # exact where a direct method is
         return y, (x_spec, np.ascontiguousarray(w_spec.transpose(2, 0, 1)), tiling, x.shape)
 
     def backward(self, dy, cache, need_dx=True):

@@ -398,38 +398,27 @@ def flipped(length):
     return slice(length - 1, None, -1)
 
 
-# How many "unit" rounding errors (see rounding_bound) an FFT convolution's output may be
-# off by. The largest error seen was 0.03 of a unit (MNIST-like inputs, float32 and float64,
-# fft and fft-tiled; tests/test_fft_tiled.py checks it stays under half): a 30x margin.
-ROUNDING_FACTOR = 1.0
+def zero_windows(x, kernel, padding, stride=(1, 1)):
+    """(N, OH, OW) bool: where the (kh, kw) ``kernel`` window on the zero-``padding``-padded
+    x (N, C, H, W), at ``stride``, holds only zeros in every channel: there a direct method's
+    output is exactly the bias. Box sums of the nonzero mask by prefix sums: O(N H W)."""
+    (kh, kw), (ph, pw), (sh, sw) = kernel, padding, stride
+    # One extra zero row and column in front, so that sums[i] - sums[i - k] is a window's sum.
+    nonzero = np.pad((x != 0).any(axis=1), ((0, 0), (ph + 1, ph), (pw + 1, pw)))
+    sums = nonzero.cumsum(axis=1, dtype=np.int32).cumsum(axis=2)
+    windows = sums[:, kh:, kw:] - sums[:, :-kh, kw:] - sums[:, kh:, :-kw] + sums[:, :-kh, :-kw]
+    return windows[:, ::sh, ::sw] == 0
 
 
-def rounding_bound(x, w, fft_shape):
-    """(N, F): how far rounding can take an FFT convolution's output from the exact value,
-    for x (N, C, H, W) and w (F, C, kh, kw) transformed on ``fft_shape`` grids:
-    ``ROUNDING_FACTOR * eps * log2(Hf * Wf) * sum_c ||x[n, c]||_2 ||w[f, c]||_2``.
-
-    A transform's error is about eps * log2(points) times the norm of what it transforms,
-    and the per-bin products and sums over channels carry it to every output alike: a
-    zero-padded background then comes out as noise of this size around the bias (about
-    1e-6 in float32 on MNIST), not as the exact bias a direct method gives.
-    """
-    x_norms = np.sqrt(np.einsum("nchw,nchw->nc", x, x, dtype=np.float64))
-    w_norms = np.sqrt(np.einsum("fchw,fchw->fc", w, w, dtype=np.float64))
-    unit = np.finfo(x.dtype).eps * np.log2(fft_shape[0] * fft_shape[1])
-    return (ROUNDING_FACTOR * unit) * (x_norms @ w_norms.T)
-
-
-def snap_to_bias(y, b, bound):
-    """``y`` (..., F, H, W) with every output within ``bound`` (..., F) of its bias ``b``
-    (F,) set to exactly that bias; returns ``y``, changed in place.
+def snap_to_bias(y, b, exact):
+    """``y`` (N, F, OH, OW) with the outputs where ``exact`` (N, OH, OW) is true (see
+    :func:`zero_windows`) set to exactly the bias ``b`` (F,); returns ``y``, changed in place.
 
     Why: where a direct method gives exactly the bias (an input window of zeros, such as
-    MNIST's black background, bias 0 at the start), an FFT gives rounding noise around it,
-    and ReLU keeps or drops that noise by its sign, so training with small batches drifts
-    from im2col's. A snapped output moves by at most ``bound``: it stays within twice the
-    FFT's own error of the exact value.
+    MNIST's black background, and a zero bias at the start), an FFT gives rounding noise
+    around it (about 1e-7 in float32), and ReLU keeps or drops that noise by its sign, so
+    training with one image per step drifted from im2col's. Every other output is left as
+    the FFT computed it.
     """
-    near = np.abs(y - b[:, None, None]) <= bound[..., None, None].astype(y.dtype)
-    np.copyto(y, np.broadcast_to(b[:, None, None], y.shape), where=near)
+    np.copyto(y, b[:, None, None], where=exact[:, None])
     return y
