@@ -1,10 +1,12 @@
 """One convolution layer, forward and forward+backward, every backend on the layer
-shapes of the FFT issue; PyTorch CPU and ``scipy.signal.fftconvolve`` as optional
+shapes of the FFT issue and on 3x3 / 5x5 layers with many channels (``MANY_CHANNEL_LAYERS``,
+Winograd's ground; select them with ``-k "k3_p1 or k5_p2"``); PyTorch CPU and ``scipy.signal.fftconvolve`` as optional
 reference rows. Groups are named "<pass> <shape>" so each table compares the backends
 on one shape (see ``ConvShape.label``: N x C -> F, input size, kernel k, padding p).
 
 Padding: the MNIST layer has its own (1); every other shape is "same" padded (k // 2),
 so the output has the input's size and the direct methods' work grows as k².
+A backend that does not support a shape (``Backend.supports``) is skipped there.
 """
 
 import numpy as np
@@ -12,13 +14,14 @@ import pytest
 
 import convlab
 from benchmarks.conftest import assert_close, measure
-from convlab.bench import MNIST_LAYER, kernel_sweep
+from convlab.bench import MANY_CHANNEL_LAYERS, MNIST_LAYER, kernel_sweep
 from convlab.timing import ORACLE, ORACLE_MAX_MACS, conv_pass, is_tuner, output_gradient
 
 SHAPES = ([MNIST_LAYER]
           + kernel_sweep([3, 5, 9, 11, 15, 21], n=64, c=1, f=32, size=28)
           + kernel_sweep([3, 7, 15], n=16, c=16, f=32, size=64)
-          + kernel_sweep([5, 11, 21], n=8, c=3, f=16, size=128))
+          + kernel_sweep([5, 11, 21], n=8, c=3, f=16, size=128)
+          + list(MANY_CHANNEL_LAYERS))
 REFERENCE_ROWS = ["torch", "scipy.fftconvolve"]
 _references = {}
 
@@ -86,6 +89,9 @@ def runner(row, shape, backward):
         return fftconvolve_forward(x, w, b, padding)
     if row == ORACLE and shape != MNIST_LAYER and shape.macs > ORACLE_MAX_MACS:
         pytest.skip(f"{ORACLE} is skipped above {ORACLE_MAX_MACS:.0e} multiply-adds (too slow)")
+    reason = convlab.get_backend(row).supports(x.shape, w.shape, stride, padding)
+    if reason is not None:
+        pytest.skip(f"{row} does not support {reason}")
     if is_tuner(row):  # tune before the warm-up, which then sizes the rounds by the pick's speed
         convlab.get_backend(row).impl.pick(x, w, stride, padding)
     return conv_pass(row, x, w, b, stride, padding, dy)

@@ -10,7 +10,11 @@ JSON output (``--json PATH``, written atomically)::
 
     {"rows": [{"shape": "64x1->32 28x28 k7 p1", "backend": "im2col",
                "pass": "forward", "seconds": 0.0123}, ...],
-     "picks": [{"shape": "64x1->32 28x28 k7 p1", "tuner": "auto", "backend": "im2col"}, ...]}
+     "picks": [{"shape": "64x1->32 28x28 k7 p1", "tuner": "auto", "backend": "im2col"}, ...],
+     "accuracy": [{"shape": ..., "backend": "fft", "y": 3e-07, "dx": 3e-07, "dw": 1e-07}, ...]}
+
+``accuracy`` (with ``--accuracy``): the float32 error of each timed backend on each shape,
+see :mod:`convlab.accuracy`.
 
 ``shape`` is :attr:`ConvShape.label`: batch N x input channels C -> F filters, input
 H x W, kernel k x k, zero padding p, stride 1. ``pass`` is ``"forward"`` or
@@ -25,6 +29,7 @@ import numbers
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from convlab.accuracy import format_accuracy, run_accuracy
 from convlab.files import atomic_path
 from convlab.registry import get_backend, list_backends
 from convlab.timing import (ORACLE, ORACLE_MAX_MACS, ConvShape, best_time, conv_pass, is_tuner,
@@ -33,6 +38,9 @@ from convlab.timing import (ORACLE, ORACLE_MAX_MACS, ConvShape, best_time, conv_
 MNIST_LAYER = ConvShape(n=64, c=1, f=32, size=28, k=7, padding=1)
 DEFAULT_KERNEL_SIZES = (3, 5, 7, 11, 15, 21)
 PASSES = ("forward", "forward+backward")
+# Layers of modern CNNs: 3x3 (and 5x5) with many channels, Winograd's home ground.
+MANY_CHANNEL_LAYERS = (ConvShape(32, 64, 64, 32, 3, 1), ConvShape(16, 128, 128, 16, 3, 1),
+                       ConvShape(64, 32, 32, 28, 3, 1), ConvShape(32, 32, 32, 28, 5, 2))
 # Past this many seconds on one (shape, backend, pass), no more runs are timed.
 MAX_SECONDS_PER_CELL = 0.5
 
@@ -91,6 +99,7 @@ class BenchResult:
     picks: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unsupported: list[tuple[str, str, str]] = field(default_factory=list)
+    accuracy: list[dict] = field(default_factory=list)
 
     def seconds(self, shape, backend, pass_):
         return next((r["seconds"] for r in self.rows
@@ -152,7 +161,10 @@ def format_table(result: BenchResult, shapes, passes=PASSES) -> str:
 
 def save_json(result: BenchResult, path):
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"rows": result.rows, "picks": result.picks}, indent=2) + "\n")
+        saved = {"rows": result.rows, "picks": result.picks}
+        if result.accuracy:
+            saved["accuracy"] = result.accuracy
+        tmp.write_text(json.dumps(saved, indent=2) + "\n")
 
 
 def save_plot(result: BenchResult, sweep, path, passes=PASSES):
@@ -191,10 +203,11 @@ def save_plot(result: BenchResult, sweep, path, passes=PASSES):
 
 def bench_command(backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
                   out_channels=32, mnist_layer=True, passes=None, repeat=3, json_path=None,
-                  plot_path=None, progress=None):
+                  plot_path=None, progress=None, accuracy=False, many_channels=False):
     """Parse the lists, run the bench on the MNIST layer and the kernel sweep, print the
     tables and write the requested files. None means the default; integers are expected
-    already checked."""
+    already checked. ``accuracy``: also measure each timed backend's float32 error;
+    ``many_channels``: also time :data:`MANY_CHANNEL_LAYERS`."""
     if backends is not None:
         backends = parse_names(backends, "backends", list_backends())
     passes = PASSES if passes is None else parse_names(passes, "passes", PASSES)
@@ -204,7 +217,12 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=64, image_size=28
         plot_path = check_plot_path(plot_path)
     mnist = [replace(MNIST_LAYER, n=batch_size)] if mnist_layer else []
     shapes = mnist + [s for s in sweep if s not in mnist]
+    if many_channels:
+        shapes += [s for s in MANY_CHANNEL_LAYERS if s not in shapes]
     result = run_bench(shapes, backends, passes, repeat, progress)
+    if accuracy:
+        timed = lambda shape: list(dict.fromkeys(r["backend"] for r in result.rows if r["shape"] == shape.label))  # noqa: E731
+        result.accuracy = run_accuracy(shapes, timed, progress)
     # The files first: a closed stdout (`| head`) ends the process at its first print.
     if json_path is not None:
         save_json(result, json_path)
@@ -214,6 +232,8 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=64, image_size=28
 
     print(f"on {machine_summary()}")
     print(format_table(result, shapes, passes))
+    if result.accuracy:
+        print(format_accuracy(result.accuracy))
     if result.skipped:
         print(f"{ORACLE} skipped on {len(result.skipped)} shape(s) of over {ORACLE_MAX_MACS:.0e} multiply-adds "
               f"(name it in --backends to time it anyway)")

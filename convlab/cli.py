@@ -184,10 +184,10 @@ class Commands:
         image = load_image(required("FILE", file), invert)
         print(prediction_report(model, image, "digit" if saved.settings["dataset"] == "mnist" else "class"))
 
-    @typed(text=("backends", "passes", "json", "plot"), flags=("mnist_layer", "profile"))
+    @typed(text=("backends", "passes", "json", "plot"), flags=("mnist_layer", "profile", "accuracy", "many_channels"))
     def bench(self, *, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
               out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None, profile=False,
-              steps=100):
+              steps=100, accuracy=False, many_channels=False):
         """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
 
         The sweep is batch x in_channels -> out_channels on an image_size² input with
@@ -210,6 +210,8 @@ class Commands:
             profile: instead, profile --steps real training steps of the reference network
                 per backend (default: every backend but naive): time of each phase, per layer.
             steps: training steps to profile (with --profile).
+            accuracy: also measure each backend's float32 error of y, dx and dw against float64.
+            many_channels: also time 3x3 and 5x5 layers with 32 to 128 channels.
         """
         from convlab.bench import bench_command, profile_command
         from convlab.files import check_outputs, check_suffix
@@ -226,7 +228,8 @@ class Commands:
         with out_of_memory_names(sizes):
             bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer, passes,
                           positive_int("repeat", repeat), json, plot,
-                          progress=lambda message: print(message, file=sys.stderr, flush=True))
+                          progress=lambda message: print(message, file=sys.stderr, flush=True),
+                          accuracy=accuracy, many_channels=many_channels)
 
 
 

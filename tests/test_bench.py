@@ -57,6 +57,36 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["bench.json", "crossover.png", "out"]
 
 
+def test_accuracy_table_and_json_for_every_timed_backend(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    main(["bench", *TINY, "--backends", "im2col,winograd", "--mnist-layer", "no", "--passes", "forward",
+          "--accuracy", "--json", str(out_json)])
+    printed = capsys.readouterr().out
+    assert "float32 error, max|got - ref| / max|ref| against float64" in printed
+    accuracy = json.loads(out_json.read_text())["accuracy"]
+    assert [(r["shape"], r["backend"]) for r in accuracy] == [
+        (label, b) for label in ("2x1->2 8x8 k3 p1", "2x1->2 8x8 k5 p2") for b in ("im2col", "winograd")]
+    assert all(0 <= r[o] < 1e-4 for r in accuracy for o in ("y", "dx", "dw"))
+
+
+def test_many_channel_layers_join_the_shapes(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "MANY_CHANNEL_LAYERS", (ConvShape(n=2, c=3, f=4, size=6, k=3, padding=1),))
+    result = bench.bench_command(["im2col"], [5], 2, 8, 1, 2, False, ["forward"], 1, many_channels=True)
+    assert [r["shape"] for r in result.rows] == ["2x1->2 8x8 k5 p2", "2x3->4 6x6 k3 p1"]
+    assert "accuracy" not in capsys.readouterr().out
+
+
+def test_relative_error_and_a_direct_method_near_float32_rounding():
+    import numpy as np
+
+    from convlab.accuracy import float32_errors, relative_error
+
+    assert relative_error(np.array([1.0, 2.5]), np.array([1.0, 2.0])) == 0.25
+    assert relative_error(np.zeros(2), np.zeros(2)) == 0.0
+    errors = float32_errors("naive", ConvShape(n=2, c=3, f=2, size=7, k=3, padding=1))
+    assert set(errors) == {"y", "dx", "dw"} and all(0 <= e < 1e-6 for e in errors.values())
+
+
 @pytest.mark.parametrize("args, message", [
     (["--backends", "nope"], "--backends got nope; choose from: "),
     (["--backends", "3"], "--backends got 3; choose from: "),
@@ -67,6 +97,8 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
     (["--batch-size", "2.5"], "--batch-size must be a positive whole number"),
     (["--plot", "x.nope"], "--plot 'x.nope': the extension must be one of"),
     (["--mnist-layer", "maybe"], "--mnist-layer takes yes or no"),
+    (["--accuracy", "maybe"], "--accuracy takes yes or no"),
+    (["--many-channels", "maybe"], "--many-channels takes yes or no"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

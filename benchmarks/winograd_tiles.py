@@ -1,0 +1,61 @@
+"""winograd against im2col on the many-channel layers, for each tile size m:
+``python benchmarks/winograd_tiles.py [--cpu]``.
+
+Prints, per layer, im2col's milliseconds and winograd's ratio to them for m = 2, 4, 6,
+forward / forward+backward. Default: wall time with every thread (the fastest of 5 runs
+after a warm-up, ``convlab.timing.best_time``). ``--cpu``: single-thread CPU time
+(``time.process_time``; BLAS and the backend's pool limited to one thread), a measurement a
+busy shared machine disturbs far less than the wall clock.
+"""
+
+import argparse
+import time
+
+import threadpoolctl
+
+import backends.winograd as winograd
+from convlab.bench import MANY_CHANNEL_LAYERS
+from convlab.timing import best_time, conv_pass, output_gradient
+
+TILES = (2, 4, 6)
+
+
+def cpu_time(run, repeat=5):
+    run()
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.process_time()
+        run()
+        best = min(best, time.process_time() - started)
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", action="store_true", help="single-thread CPU time instead of wall time")
+    cpu = parser.parse_args().cpu
+    if cpu:
+        threadpoolctl.threadpool_limits(1)
+        winograd.THREADS = 1
+    measure = cpu_time if cpu else (lambda run: best_time(run, repeat=5))
+    print(f"{'cpu' if cpu else 'wall'} time; ratios winograd / im2col, forward / forward+backward")
+    print(f"{'shape':<26}{'im2col ms':>16}" + "".join(f"{f'F({m}x{m})':>16}" for m in TILES))
+    before = winograd.settings().tile
+    for shape in MANY_CHANNEL_LAYERS:
+        x, w, b = shape.arrays()
+        stride, padding = (1, 1), (shape.padding, shape.padding)
+        dy = output_gradient(x, w, stride, padding)
+        times = {}
+        for backend, m in [("im2col", None)] + [("winograd", m) for m in TILES]:
+            if m is not None:
+                winograd.configure(tile=m)
+            times[backend, m] = [measure(conv_pass(backend, x, w, b, stride, padding, d)) for d in (None, dy)]
+        base = times["im2col", None]
+        cells = [f"{base[0] * 1e3:7.1f} /{base[1] * 1e3:7.1f}"] + [
+            f"{times['winograd', m][0] / base[0]:7.2f} /{times['winograd', m][1] / base[1]:5.2f}" for m in TILES]
+        print(f"{shape.label:<26}" + "".join(f"{c:>16}" for c in cells), flush=True)
+    winograd.configure(tile=before)
+
+
+if __name__ == "__main__":
+    main()
