@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +83,10 @@ def parse_idx(payload: bytes, source: str) -> np.ndarray:
     return np.frombuffer(payload, dtype=dtype, offset=header).reshape(shape)
 
 
-def load_idx(data_dir: Path, stem: str, sha256: str | None) -> np.ndarray:
-    """Read ``stem`` or ``stem.gz`` from ``data_dir`` and verify its payload's sha256."""
+def load_idx(data_dir: Path, stem: str, sha256: str | None, name: str = "") -> np.ndarray:
+    """Read ``stem`` or ``stem.gz`` from ``data_dir`` and verify its payload's sha256 (a
+    file of data set ``name``: when it holds another known data set's file, the error
+    says which)."""
     candidates = [data_dir / f"{stem}.gz", data_dir / stem]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
@@ -92,8 +95,45 @@ def load_idx(data_dir: Path, stem: str, sha256: str | None) -> np.ndarray:
     if sha256 is not None:
         actual = hashlib.sha256(payload).hexdigest()
         if actual != sha256:
+            known = known_payload(actual)
+            if known is not None:
+                raise DataError(f"{path}: holds {known[0]}'s {known[1]}, not {name or 'the expected'} data "
+                                f"(checksum); point --data-dir at the {name} files or pass --dataset {known[0]}")
             raise DataError(f"{path}: checksum mismatch: sha256 of the payload is {actual}, expected {sha256}")
     return parse_idx(payload, str(path))
+
+
+def known_payload(sha256: str) -> tuple[str, str] | None:
+    """(data set, file stem) of a known idx payload with this sha256, or None."""
+    return next(((name, stem) for name, source in DATASETS.items() for stem, sha in source.files.values()
+                 if sha == sha256), None)
+
+
+def identify_images(images: np.ndarray) -> tuple[str, str] | None:
+    """(data set, file stem) whose idx payload holds exactly ``images`` (N, 28, 28) uint8."""
+    header = bytes([0, 0, 0x08, 3]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape)
+    return known_payload(hashlib.sha256(header + np.ascontiguousarray(images).tobytes()).hexdigest())
+
+
+# What a data set's images look like on average (fraction of pixels exactly 0, mean value in
+# [0, 1]): MNIST's digits are thin strokes on black (81 % zeros, mean 0.13), Fashion-MNIST's
+# clothes fill the frame (about 50 % zeros, mean 0.29). Random or other data looks like neither.
+LOOKS = {"mnist": ((0.7, 1.0), (0.05, 0.2)), "fashion-mnist": ((0.35, 0.65), (0.22, 0.36))}
+LOOK_MIN_IMAGES = 100
+
+
+class DataWarning(UserWarning):
+    """Data that may not be what its name says."""
+
+
+def looks_like(x: np.ndarray) -> str | None:
+    """The data set whose images ``x`` (N, 1, 28, 28) in [0, 1] look like (:data:`LOOKS`), if any."""
+    if len(x) < LOOK_MIN_IMAGES:
+        return None
+    sample = x[:5000]
+    zeros, mean = float(np.mean(sample == 0)), float(sample.mean())
+    return next((name for name, ((z0, z1), (m0, m1)) in LOOKS.items() if z0 <= zeros <= z1 and m0 <= mean <= m1),
+                None)
 
 
 @dataclass(frozen=True)
@@ -162,7 +202,7 @@ def load_mnist(data_dir=None, verify=True) -> Dataset:
 def load_idx_dataset(name: str, folder: Path, verify=True) -> Dataset:
     """The four idx files of data set ``name`` from ``folder``."""
     files = data_source(name).files
-    arrays = {key: load_idx(folder, stem, sha if verify else None) for key, (stem, sha) in files.items()}
+    arrays = {key: load_idx(folder, stem, sha if verify else None, name) for key, (stem, sha) in files.items()}
     return checked_dataset(name, str(folder), images_to_float(arrays["train_images"]), arrays["train_labels"],
                            images_to_float(arrays["test_images"]), arrays["test_labels"])
 
@@ -186,8 +226,13 @@ def load_hdf5(path, name="mnist") -> Dataset:
         except OSError as e:  # a truncated or damaged file can fail only when read
             raise DataError(f"{path}: cannot read its data ({e}); {expected}") from None
     source = str(path)
-    return checked_dataset(name, source, hdf5_images(x_train, f"{source}: x_train"), y_train,
-                           hdf5_images(x_test, f"{source}: x_test"), y_test)
+    x_train, x_test = hdf5_images(x_train, f"{source}: x_train"), hdf5_images(x_test, f"{source}: x_test")
+    for key, x in (("x_train", x_train), ("x_test", x_test)):
+        known = identify_images(np.rint(x[:, 0] * 255).astype(np.uint8))
+        if known is not None and known[0] != name:
+            raise DataError(f"{source}: {key} holds {known[0]}'s images ({known[1]}), not {name}'s; "
+                            f"pass --dataset {known[0]}, or give the {name} data")
+    return checked_dataset(name, source, x_train, y_train, x_test, y_test)
 
 
 def hdf5_images(x: np.ndarray, what: str) -> np.ndarray:
@@ -215,6 +260,11 @@ def checked_dataset(name, source, x_train, y_train, x_test, y_test) -> Dataset:
         if y.dtype.kind not in "iuf" or not np.isin(y, np.arange(10)).all():
             raise DataError(f"{source}: {split} labels must be whole numbers 0-9")
         labels[split] = y.astype(np.int64)
+    look = looks_like(x_train)
+    if look is not None and look != name:
+        warnings.warn(f"{source}: the {name} images look like {look} ({float(np.mean(x_train[:5000] == 0)):.0%} "
+                      f"black pixels, mean {float(x_train[:5000].mean()):.2f}); check --dataset and --data-dir",
+                      DataWarning, stacklevel=2)
     return Dataset(x_train, labels["train"], x_test, labels["test"], name)
 
 

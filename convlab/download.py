@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +22,13 @@ MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",  # TensorFlow's tutorial mirror
     "http://yann.lecun.com/exdb/mnist/",               # the original site
 )
+
+
+# Seconds a mirror may stay silent before it counts as stalled, and that one file may take
+# in all (the largest, train-images, is 9.9 MB: 10 minutes is 17 kB/s).
+TIMEOUT = 30.0
+DEADLINE = 600.0
+CHUNK_BYTES = 1 << 16
 
 
 class DownloadError(DataError):
@@ -45,15 +53,32 @@ def mirror_list(mirrors) -> list[str]:
     return [url if url.endswith("/") else url + "/" for url in urls]
 
 
-def fetch(url: str, timeout: float) -> bytes:
-    """The body at ``url``; any network or HTTP failure is a :class:`DownloadError`."""
+def fetch(url: str, timeout: float, deadline: float) -> bytes:
+    """The body at ``url``; any network or HTTP failure is a :class:`DownloadError`.
+
+    ``timeout``: seconds the server may stay silent (connecting, or between two pieces of
+    the body) before the mirror counts as stalled. ``deadline``: seconds the whole file may
+    take, so that a server trickling a byte at a time cannot hold the download forever."""
+    started = time.monotonic()
+    received = 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.read()
+            chunks = []
+            while chunk := response.read1(CHUNK_BYTES):
+                chunks.append(chunk)
+                received += len(chunk)
+                if time.monotonic() - started > deadline:
+                    raise DownloadError(f"too slow: {received:,} bytes in {deadline:g} s, the deadline per file "
+                                        "(--deadline)")
+            return b"".join(chunks)
     except urllib.error.HTTPError as e:
         raise DownloadError(f"HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
-        raise DownloadError(str(getattr(e, "reason", e))) from None
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            raise DownloadError(f"stalled: no data for {timeout:g} s after {received:,} bytes "
+                                "(--timeout)") from None
+        raise DownloadError(str(reason)) from None
 
 
 def checked_payload(body: bytes, sha256: str) -> bytes:
@@ -78,12 +103,14 @@ def is_present(path: Path, sha256: str) -> bool:
         return False
 
 
-def download_files(files: dict[str, str], dest, mirrors, timeout=30.0, log=print) -> list[Path]:
+def download_files(files: dict[str, str], dest, mirrors, timeout=TIMEOUT, deadline=DEADLINE, log=print) -> list[Path]:
     """Fetch each ``<stem>.gz`` of ``files`` (stem -> payload sha256) into ``dest``.
 
     Files already present with the right payload are kept. For the others, each mirror
-    is tried in order until one gives the expected payload; only then is the file
-    written (atomically). Returns the paths in ``dest``.
+    is tried in order until one gives the expected payload within ``timeout`` and
+    ``deadline`` (see :func:`fetch`); only then is the file written (atomically). One line
+    is logged when a file starts, one when it is done, one per mirror that failed.
+    Returns the paths in ``dest``.
     """
     mirrors = mirror_list(mirrors)
     dest = check_writable(dest, "--dest", folder=True)
@@ -95,24 +122,30 @@ def download_files(files: dict[str, str], dest, mirrors, timeout=30.0, log=print
             log(f"{path}: already present, checksum ok")
             continue
         failures = []
-        for mirror in mirrors:
+        for i, mirror in enumerate(mirrors):
             url = mirror + path.name
+            log(f"{path.name}: downloading from {url}")
+            started = time.monotonic()
             try:
-                body = fetch(url, timeout)
+                body = fetch(url, timeout, deadline)
                 checked_payload(body, sha256)
             except DownloadError as e:
                 failures.append(f"{url}: {e}")
+                if i + 1 < len(mirrors):
+                    log(f"{path.name}: mirror {mirror} failed ({e}); trying the next mirror")
                 continue
             with atomic_path(path) as tmp:
                 tmp.write_bytes(body)
-            log(f"{path}: downloaded from {url}, checksum ok")
+            log(f"{path}: downloaded from {url}, {len(body):,} bytes in {time.monotonic() - started:.1f} s, "
+                "checksum ok")
             break
         else:
             raise DownloadError(f"could not download {path.name} from any mirror: " + "; ".join(failures))
     return paths
 
 
-def download_mnist(dest=None, mirrors=MNIST_MIRRORS, timeout=30.0, log=print) -> list[Path]:
+def download_mnist(dest=None, mirrors=MNIST_MIRRORS, timeout=TIMEOUT, deadline=DEADLINE, log=print) -> list[Path]:
     """Fetch the four MNIST files into ``dest`` (default: the repository's ``data/mnist``)."""
     files = {stem: sha256 for stem, sha256 in MNIST_FILES.values()}
-    return download_files(files, DEFAULT_DATA_DIR / "mnist" if dest is None else dest, mirrors, timeout, log)
+    return download_files(files, DEFAULT_DATA_DIR / "mnist" if dest is None else dest, mirrors, timeout, deadline,
+                          log)

@@ -69,24 +69,46 @@ def check_suffix(path, option: str, suffix: str, what: str) -> Path:
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+MAX_JSON_BYTES = 64 << 20  # a metrics or bench file is a few kB; anything this big is not one
 
 
-def is_hdf5_file(path: Path) -> bool:
-    """Whether ``path`` is a file starting with the HDF5 signature (a checkpoint, a data set)."""
+def holds(path: Path, kind: str) -> bool:
+    """Whether the existing file ``path`` is a ``kind`` file ("json", "pdf", "png", "svg",
+    "hdf5"), judged by its content; an empty file is of any kind."""
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
-            return f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+            head = f.read(1024)
     except OSError:
         return False
+    if size == 0:
+        return True
+    if kind == "json":
+        if size > MAX_JSON_BYTES:
+            return False
+        try:
+            json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return False
+        return True
+    signatures = {"pdf": b"%PDF-", "png": b"\x89PNG\r\n\x1a\n", "hdf5": HDF5_SIGNATURE}
+    if kind == "svg":
+        return b"<svg" in head
+    return head.startswith(signatures[kind])
 
 
-def check_outputs(outputs: dict, inputs: dict = None) -> dict[str, Path]:
+KINDS_BY_SUFFIX = {".json": "json", ".pdf": "pdf", ".png": "png", ".svg": "svg"}
+
+
+def check_outputs(outputs: dict, inputs: dict = None, kinds: dict = None) -> dict[str, Path]:
     """Check every output before any work starts: each writable (:func:`check_writable`),
     none the same file as an input or as another output (paths compared resolved, so
-    ``./a`` and ``a`` or a symlink match), and none an existing HDF5 file (a checkpoint or
-    data set) that a file of another kind would replace. ``outputs`` and ``inputs`` map
-    what the user typed (``"--metrics-out"``) to a path or None (not given). Returns the
-    outputs given, as paths; raises :class:`ValueError` naming both options otherwise."""
+    ``./a`` and ``a`` or a symlink match), and none an existing file of another kind than
+    the one written there (``kinds[option]``, else the suffix's: .json, .pdf, .png, .svg;
+    where neither says, an existing HDF5 file, a checkpoint or data set, is protected).
+    ``outputs`` and ``inputs`` map what the user typed (``"--metrics-out"``) to a path or
+    None (not given). Returns the outputs given, as paths; raises :class:`ValueError`
+    naming the option (and the other one) otherwise."""
     inputs = {option: Path(str(p)) for option, p in (inputs or {}).items() if p is not None}
     seen = dict(inputs)
     checked = {}
@@ -99,9 +121,12 @@ def check_outputs(outputs: dict, inputs: dict = None) -> dict[str, Path]:
                 role = "the input" if other_option in inputs else "the output"
                 raise ValueError(f"{option} {path} is the same file as {role} {other_option} {other}; "
                                  "refusing to overwrite it (choose another path)")
-        if is_hdf5_file(path):
-            raise ValueError(f"{option} {path} is an existing HDF5 file (a checkpoint or data set?); "
-                             "refusing to replace it with another kind of file (choose another path)")
+        kind = (kinds or {}).get(option) or KINDS_BY_SUFFIX.get(path.suffix.lower())
+        if path.is_file() and (not holds(path, kind) if kind else holds(path, "hdf5")):
+            what = f"not a {kind.upper()} file" if kind else "an HDF5 file (a checkpoint or data set?)"
+            raise ValueError(f"{option} {path} exists and is {what}; refusing to replace it with "
+                             f"{'the ' + kind.upper() + ' written there' if kind else 'another kind of file'} "
+                             "(choose another path, or remove the file first)")
         seen[option] = checked[option] = path
     return checked
 
@@ -116,7 +141,7 @@ def check_train_files(checkpoint, resume, metrics_out, data_dir):
     if checkpoint is not None and resume is not None and same_file(Path(str(checkpoint)), Path(str(resume))):
         check_writable(resume, "--resume")
         outputs["--checkpoint"] = None
-    check_outputs(outputs, {"--resume": resume, "--data-dir": data_dir})
+    check_outputs(outputs, {"--resume": resume, "--data-dir": data_dir}, kinds={"--metrics-out": "json"})
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -128,6 +128,24 @@ def read_npy(path: Path) -> np.ndarray:
     return array / 255 if array.max() > 1 else array
 
 
+# An image with fewer pixels than this standing out from its background (by more than
+# INK_CONTRAST) holds nothing to classify; MNIST's thinnest digit, a "1", has about 40.
+MIN_INK_PIXELS = 8
+INK_CONTRAST = 0.25
+
+
+def check_has_content(image, path, class_name="digit"):
+    """Refuse an image (1, 28, 28) in [0, 1] that is blank or nearly so: the network would
+    still name a class, with a probability that means nothing."""
+    background = float(np.median(image))
+    ink = int(np.count_nonzero(np.abs(image - background) > INK_CONTRAST))
+    if ink < MIN_INK_PIXELS:
+        raise ImageError(f"{path} holds no {class_name}-like content: {ink} pixel(s) stand out from its "
+                         f"background ({background:.2f}); a {class_name} needs strokes (at least "
+                         f"{MIN_INK_PIXELS} pixels differing by more than {INK_CONTRAST})")
+    return image
+
+
 def prediction_report(model, image, class_name="digit") -> str:
     """The predicted class of ``image`` (1, 28, 28) and all class probabilities, with bars."""
     probabilities = softmax(predict_logits(model, image[None]))[0]

@@ -8,12 +8,14 @@ function of the seed. :func:`get_model` finds one by name.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 import numpy as np
 
 from convlab.layers import Conv2D, Dense, Flatten, ReLU
+from convlab.registry import PluginWarning
 
 
 class Sequential:
@@ -88,16 +90,30 @@ class Model:
     description: str = ""
 
 
+def installed_models() -> dict[str, Model]:
+    """The registered networks (entry-point group ``convlab.models``) by name; one that
+    fails to load is skipped with one warning naming it, as a broken backend plugin is."""
+    models = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            build = ep.load()
+        except Exception as e:  # noqa: BLE001 - any error of third-party code
+            warnings.warn(f"skipping model {ep.name!r} (entry point {ep.value}): it failed to load: "
+                          f"{type(e).__name__}: {e}", PluginWarning)  # one location: shown once
+            continue
+        doc = (build.__doc__ or "").strip()
+        models[ep.name] = Model(ep.name, build, doc.splitlines()[0] if doc else "")
+    return models
+
+
 def list_models() -> list[str]:
-    """Names of the registered networks (entry-point group ``convlab.models``), sorted."""
-    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    """Names of the registered networks that load, sorted."""
+    return sorted(installed_models())
 
 
 def get_model(name: str) -> Model:
     """The network called ``name``."""
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            build = ep.load()
-            doc = (build.__doc__ or "").strip()
-            return Model(name, build, doc.splitlines()[0] if doc else "")
-    raise ValueError(f"unknown model {name!r}; valid models are: {', '.join(list_models())}")
+    models = installed_models()
+    if name in models:
+        return models[name]
+    raise ValueError(f"unknown model {name!r}; valid models are: {', '.join(sorted(models))}")

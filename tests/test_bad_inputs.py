@@ -20,7 +20,10 @@ from convlab.data import HDF5_NAME, MNIST_FILES, DataError, load_dataset, load_h
 from tests.test_cli import run_cli
 from tests.test_data import idx_bytes
 
-OLD = "old content\n"
+# What was there before, of the kind each output is (an output of another kind is refused
+# for that reason alone: see tests/test_no_lost_work.py).
+OLD_JSON = '{"old": "content"}\n'
+OLD_PDF = "%PDF-1.4 old content\n"
 
 
 def make_inputs(root: Path) -> dict[str, Path]:
@@ -120,32 +123,32 @@ def fill(words, paths):
 def test_train(capsys, tmp_path, argv, message):
     paths = make_inputs(tmp_path)
     metrics = tmp_path / "metrics-out.json"
-    metrics.write_text(OLD)
+    metrics.write_text(OLD_JSON)
     code, _, err = run_cli(capsys, "train", *fill(argv, paths), "--metrics-out", str(metrics))
     check_one_error_line(code, err, fill([message], paths)[0])
-    assert metrics.read_text() == OLD
+    assert metrics.read_text() == OLD_JSON
 
 
 @pytest.mark.parametrize("argv, message", OTHER_CASES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_other_commands(capsys, tmp_path, argv, message):
     paths = make_inputs(tmp_path)
     paths["out"] = tmp_path / "report.pdf"
-    paths["out"].write_text(OLD)
+    paths["out"].write_text(OLD_PDF)
     before = sorted(p.name for p in tmp_path.rglob("*"))
     code, _, err = run_cli(capsys, *fill(argv, paths))
     check_one_error_line(code, err, fill([message], paths)[0])
-    assert paths["out"].read_text() == OLD
+    assert paths["out"].read_text() == OLD_PDF
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing created
 
 
 def test_diverging_training_stops_and_suggests_a_lower_lr(capsys, tmp_path):
     metrics = tmp_path / "metrics-out.json"
-    metrics.write_text(OLD)
+    metrics.write_text(OLD_JSON)
     code, _, err = run_cli(capsys, "train", "--lr", "1e20", "--train-size", "256", "--test-size", "50",
                            "--epochs", "1", "--progress", "False", "--metrics-out", str(metrics))
     check_one_error_line(code, err, "training diverged: the loss became nan at epoch 1, batch ")
     assert "try a lower learning rate (now 1e+20)" in err
-    assert metrics.read_text() == OLD
+    assert metrics.read_text() == OLD_JSON
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(capsys, monkeypatch, tmp_path):

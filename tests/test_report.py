@@ -154,11 +154,11 @@ def test_timing_rows_ratios_within_shape_and_pass():
 
 def test_errors_leave_the_old_report_untouched(metrics, tmp_path):
     out = tmp_path / "r.pdf"
-    out.write_bytes(b"old report")
+    out.write_bytes(b"%PDF-1.4 old report")
     (tmp_path / "bad.json").write_text('{"rows": []}')
     with pytest.raises(ReportError, match="no usable timing rows"):
         write_report(metrics, out, tmp_path / "bad.json")
-    assert out.read_bytes() == b"old report" and sorted(p.name for p in tmp_path.iterdir()) == [
+    assert out.read_bytes() == b"%PDF-1.4 old report" and sorted(p.name for p in tmp_path.iterdir()) == [
         "bad.json", "metrics.json", "r.pdf"]
 
 
