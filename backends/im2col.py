@@ -11,7 +11,8 @@ are shared among the cores (:mod:`convlab.threads`), each GEMM single-threaded. 
 GEMM over the whole batch, as this backend first did, streamed a 7 MB ``cols`` and a 5 MB
 output through memory on the MNIST layer and took twice as long on one core.
 
-The backward, per chunk, sums ``cols[n] @ dy[n].T``: that is dw (transposed), and its
+The backward, per chunk, sums ``cols[n] @ dy[n].T`` (dy's chunk copied transposed first,
+so that both operands are row-major): that is dw (transposed), and its
 row from the ones is ``db`` (the sum over pixels comes out of the GEMM rather than a
 separate pass). It keeps one partial sum per chunk, added in chunk order at the end (the
 same weights whatever thread ran which chunk). ``dx``, when
@@ -104,7 +105,11 @@ class Im2col:
 
         def chunk(index, lo, hi):
             with phase("GEMM dw"):
-                np.matmul(cols[lo:hi], dy_mat[lo:hi].transpose(0, 2, 1)).sum(axis=0, out=parts[index])
+                # dy's chunk transposed first: OpenBLAS packs a transposed operand of these
+                # sizes slowly, and the copy of a chunk in cache costs less than it saves.
+                dy_t = np.empty((hi - lo, oh * ow, f), dtype=dy.dtype)
+                np.copyto(dy_t, dy_mat[lo:hi].transpose(0, 2, 1))
+                np.matmul(cols[lo:hi], dy_t).sum(axis=0, out=parts[index])
             if need_dx:
                 with phase("GEMM dx"):
                     np.matmul(w_cols, dy_mat[lo:hi], out=dcols[lo:hi])

@@ -1,6 +1,6 @@
 """One convolution layer, forward and forward+backward, every backend on the layer
-shapes of the FFT issue and on 3x3 / 5x5 layers with many channels (``MANY_CHANNEL_LAYERS``,
-Winograd's ground; select them with ``-k "k3_p1 or k5_p2"``); PyTorch CPU and ``scipy.signal.fftconvolve`` as optional
+shapes of the FFT issues (whole-image and tiled) and on 3x3 / 5x5 layers with many channels
+(``MANY_CHANNEL_LAYERS``, Winograd's ground; select them with ``-k "k3_p1 or k5_p2"``); PyTorch CPU and ``scipy.signal.fftconvolve`` as optional
 reference rows. Groups are named "<pass> <shape>" so each table compares the backends
 on one shape (see ``ConvShape.label``: N x C -> F, input size, kernel k, padding p).
 
@@ -21,6 +21,10 @@ SHAPES = ([MNIST_LAYER]
           + kernel_sweep([3, 5, 9, 11, 15, 21], n=64, c=1, f=32, size=28)
           + kernel_sweep([3, 7, 15], n=16, c=16, f=32, size=64)
           + kernel_sweep([5, 11, 21], n=8, c=3, f=16, size=128)
+          # Big images, medium kernels: where overlap-save (fft-tiled) should beat whole-image
+          # fft. Select them with -k "224x224 or 16to16_128x128".
+          + kernel_sweep([5, 7, 11], n=8, c=3, f=16, size=224)
+          + kernel_sweep([5, 9], n=16, c=16, f=16, size=128)
           + list(MANY_CHANNEL_LAYERS))
 REFERENCE_ROWS = ["torch", "scipy.fftconvolve"]
 _references = {}

@@ -19,7 +19,13 @@ see :mod:`convlab.accuracy`.
 ``shape`` is :attr:`ConvShape.label`: batch N x input channels C -> F filters, input
 H x W, kernel k x k, zero padding p, stride 1. ``pass`` is ``"forward"`` or
 ``"forward+backward"`` (the backward computes dx, dw and db); ``seconds`` is wall time.
+With ``--memory`` each row also has ``"peak_extra_bytes"``: the workspace of one call,
+measured on a call before the timed ones (see :mod:`convlab.memory`).
 Skipped pairs have no row.
+
+Two sweeps: ``kernel`` (time against kernel size on one image size, the default) and
+``image`` (time against image size, at each of a few kernel sizes: where whole-image
+``fft`` loses to ``fft-tiled`` and to the direct methods).
 """
 
 from __future__ import annotations
@@ -31,12 +37,21 @@ from pathlib import Path
 
 from convlab.accuracy import format_accuracy, run_accuracy
 from convlab.files import atomic_path
+from convlab.memory import peak_extra_bytes
 from convlab.registry import get_backend, list_backends
 from convlab.timing import (ORACLE, ORACLE_MAX_MACS, ConvShape, best_time, conv_pass, is_tuner,
                             output_gradient, strategies)
 
 MNIST_LAYER = ConvShape(n=64, c=1, f=32, size=28, k=7, padding=1)
 DEFAULT_KERNEL_SIZES = (3, 5, 7, 11, 15, 21)
+SWEEPS = ("kernel", "image")
+# The image sweep: a few channels, as in the layers after an RGB input, and image sizes
+# from MNIST's to ImageNet's.
+DEFAULT_IMAGE_SIZES = (16, 32, 64, 128, 256)
+IMAGE_SWEEP_KERNEL_SIZES = (5, 9)
+# The layer of each sweep, unless given (the image sweep has no one image size).
+SWEEP_LAYER = {"kernel": dict(batch_size=64, image_size=28, in_channels=1, out_channels=32),
+               "image": dict(batch_size=8, image_size=None, in_channels=3, out_channels=16)}
 PASSES = ("forward", "forward+backward")
 # Layers of modern CNNs: 3x3 (and 5x5) with many channels, Winograd's home ground.
 MANY_CHANNEL_LAYERS = (ConvShape(32, 64, 64, 32, 3, 1), ConvShape(16, 128, 128, 16, 3, 1),
@@ -49,6 +64,11 @@ def kernel_sweep(kernel_sizes, n=64, c=1, f=32, size=28) -> list[ConvShape]:
     """One shape per kernel size, "same" padded (p = k // 2): for odd k the output stays
     size x size, so a direct method's work grows as k² while an FFT's barely grows."""
     return [ConvShape(n, c, f, size, k, k // 2) for k in kernel_sizes]
+
+
+def image_sweep(image_sizes, kernel_sizes, n=8, c=3, f=16) -> list[ConvShape]:
+    """One shape per (kernel size, image size), "same" padded (p = k // 2)."""
+    return [ConvShape(n, c, f, size, k, k // 2) for k in kernel_sizes for size in image_sizes]
 
 
 def list_items(value) -> list:
@@ -67,7 +87,7 @@ def parse_names(value, what: str, allowed) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def parse_kernel_sizes(value) -> list[int]:
+def parse_kernel_sizes(value, option="--kernel-sizes") -> list[int]:
     """Kernel sizes from "3,5,7", a list, or one int; each a positive whole number."""
     try:
         parsed = [int(s) if isinstance(s, str) else s for s in list_items(value)]
@@ -75,7 +95,7 @@ def parse_kernel_sizes(value) -> list[int]:
         parsed = None
     if (not parsed or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k > 0
                               for k in parsed)):
-        raise ValueError(f"--kernel-sizes must be positive whole numbers separated by commas, got {value!r}")
+        raise ValueError(f"{option} must be positive whole numbers separated by commas, got {value!r}")
     return sorted({int(k) for k in parsed})
 
 
@@ -106,9 +126,10 @@ class BenchResult:
                      if (r["shape"], r["backend"], r["pass"]) == (shape, backend, pass_)), None)
 
 
-def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None) -> BenchResult:
+def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None, memory=False) -> BenchResult:
     """Time ``backends`` (default: every strategy, the oracle only on small shapes) on
-    ``shapes`` and ask every tuner for its pick. ``progress(message)`` is called per shape."""
+    ``shapes`` and ask every tuner for its pick. ``progress(message)`` is called per shape.
+    With ``memory``, each row also gets its pass's peak extra memory."""
     explicit = backends is not None
     backends = list(backends) if explicit else strategies()
     result = BenchResult()
@@ -128,8 +149,9 @@ def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None) -> 
                 continue
             for pass_ in passes:
                 run = conv_pass(backend, x, w, b, stride, padding, dy if pass_ == "forward+backward" else None)
+                extra = {"peak_extra_bytes": peak_extra_bytes(run)} if memory else {}
                 result.rows.append({"shape": shape.label, "backend": backend, "pass": pass_,
-                                    "seconds": best_time(run, repeat, MAX_SECONDS_PER_CELL)})
+                                    "seconds": best_time(run, repeat, MAX_SECONDS_PER_CELL), **extra})
         for tuner in filter(is_tuner, list_backends()):
             result.picks.append({"shape": shape.label, "tuner": tuner,
                                  "backend": get_backend(tuner).impl.pick(x, w, stride, padding)})
@@ -156,7 +178,24 @@ def format_table(result: BenchResult, shapes, passes=PASSES) -> str:
             lines.append("  ".join([f"{shape.label:<{label_width}}"] + cells
                                    + [f"{picks[shape.label, t]:>12}" for t in tuners]))
         lines.append("")
+    if any("peak_extra_bytes" in r for r in result.rows):
+        lines += format_memory_table(result, shapes, passes, backends, label_width)
     return "\n".join(lines).rstrip()
+
+
+def format_memory_table(result, shapes, passes, backends, label_width) -> list[str]:
+    """Lines of one table per pass: peak extra memory in MiB, a column per backend."""
+    memory = {(r["shape"], r["backend"], r["pass"]): r.get("peak_extra_bytes") for r in result.rows}
+    lines = []
+    for pass_ in passes:
+        lines += [f"{pass_}: peak extra memory, MiB (beyond the results; see convlab/memory.py)",
+                  "  ".join([f"{'shape':<{label_width}}"] + [f"{b:>17}" for b in backends])]
+        for shape in shapes:
+            cells = [memory.get((shape.label, b, pass_)) for b in backends]
+            lines.append("  ".join([f"{shape.label:<{label_width}}"] + [
+                f"{'skipped':>17}" if m is None else f"{m / 2 ** 20:17.1f}" for m in cells]))
+        lines.append("")
+    return lines
 
 
 def save_json(result: BenchResult, path):
@@ -167,59 +206,91 @@ def save_json(result: BenchResult, path):
         tmp.write_text(json.dumps(saved, indent=2) + "\n")
 
 
-def save_plot(result: BenchResult, sweep, path, passes=PASSES):
-    """Time vs kernel size on the ``sweep`` shapes, one line per backend, log scale, a
-    panel per pass. A dotted line marks the crossover: the smallest kernel size from which
-    one backend is fastest on every larger one (when that backend is not fastest throughout)."""
+def save_plot(result: BenchResult, sweep, path, passes=PASSES, along="k"):
+    """Time vs kernel size (``along="k"``) or image size (``along="size"``) on the
+    ``sweep`` shapes, one line per backend, log scale, a panel per pass (and, along image
+    size, a row of panels per kernel size). A dotted line marks the crossover: the smallest
+    size from which one backend is fastest on every larger one (when that backend is not
+    fastest throughout)."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
-    from matplotlib.ticker import FuncFormatter
 
-    sweep = sorted(sweep, key=lambda s: s.k)
-    backends = list(dict.fromkeys(r["backend"] for r in result.rows))
-    fig = Figure(figsize=(6 * len(passes), 4.5), layout="constrained")
-    for ax, pass_ in zip(fig.subplots(1, len(passes), squeeze=False)[0], passes):
-        for backend in backends:
-            points = [(s.k, result.seconds(s.label, backend, pass_)) for s in sweep]
-            points = [(k, t) for k, t in points if t is not None]
-            ax.plot(*zip(*[(k, t * 1e3) for k, t in points]), marker="o", label=backend)
-        winners = [min(backends, key=lambda b: result.seconds(s.label, b, pass_) or float("inf")) for s in sweep]
-        first_of_last_run = next(i for i in range(len(winners)) if len(set(winners[i:])) == 1)
-        if first_of_last_run > 0:
-            k = (sweep[first_of_last_run - 1].k + sweep[first_of_last_run].k) / 2
-            ax.axvline(k, color="gray", linestyle=":")
-            on_the_right = k > (sweep[0].k + sweep[-1].k) / 2
-            ax.annotate(f" {winners[-1]} fastest from k={sweep[first_of_last_run].k} ", (k, 0.97),
-                        xycoords=("data", "axes fraction"), ha="right" if on_the_right else "left", va="top")
-        ax.set(yscale="log", xlabel="kernel size k (k x k, padding k // 2)", ylabel="milliseconds (fastest run)",
-               xticks=[s.k for s in sweep], title=f"{pass_}: {sweep[0].n}x{sweep[0].c}->{sweep[0].f}, "
-                                                  f"{sweep[0].size}x{sweep[0].size} input")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+    groups = [sweep] if along == "k" else [[s for s in sweep if s.k == k] for k in sorted({s.k for s in sweep})]
+    fig = Figure(figsize=(6 * len(passes), 4.5 * len(groups)), layout="constrained")
+    axes = fig.subplots(len(groups), len(passes), squeeze=False)
+    for group, row in zip(groups, axes):
+        for ax, pass_ in zip(row, passes):
+            draw_panel(ax, result, sorted(group, key=lambda s: getattr(s, along)), pass_, along)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=Path(path).suffix[1:].lower(), dpi=120)
 
 
-def bench_command(backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
-                  out_channels=32, mnist_layer=True, passes=None, repeat=3, json_path=None,
-                  plot_path=None, progress=None, accuracy=False, many_channels=False):
-    """Parse the lists, run the bench on the MNIST layer and the kernel sweep, print the
-    tables and write the requested files. None means the default; integers are expected
-    already checked. ``accuracy``: also measure each timed backend's float32 error;
-    ``many_channels``: also time :data:`MANY_CHANNEL_LAYERS`."""
+def draw_panel(ax, result, shapes, pass_, along):
+    """One panel of :func:`save_plot`: ``shapes`` sorted by ``along`` ("k" or "size")."""
+    from matplotlib.ticker import FuncFormatter
+
+    backends = list(dict.fromkeys(r["backend"] for r in result.rows))
+    xs = [getattr(s, along) for s in shapes]
+    for backend in backends:
+        points = [(x, result.seconds(s.label, backend, pass_)) for x, s in zip(xs, shapes)]
+        points = [(x, t) for x, t in points if t is not None]
+        if points:
+            ax.plot(*zip(*[(x, t * 1e3) for x, t in points]), marker="o", label=backend)
+    winners = [min(backends, key=lambda b: result.seconds(s.label, b, pass_) or float("inf")) for s in shapes]
+    first_of_last_run = next(i for i in range(len(winners)) if len(set(winners[i:])) == 1)
+    if first_of_last_run > 0:
+        x = (xs[first_of_last_run - 1] + xs[first_of_last_run]) / 2
+        ax.axvline(x, color="gray", linestyle=":")
+        on_the_right = x > (xs[0] + xs[-1]) / 2
+        ax.annotate(f" {winners[-1]} fastest from {'k=' if along == 'k' else ''}{xs[first_of_last_run]}"
+                    f"{'' if along == 'k' else chr(178)} ", (x, 0.97),
+                    xycoords=("data", "axes fraction"), ha="right" if on_the_right else "left", va="top")
+    first = shapes[0]
+    if along == "k":
+        ax.set(xlabel="kernel size k (k x k, padding k // 2)",
+               title=f"{pass_}: {first.n}x{first.c}->{first.f}, {first.size}x{first.size} input")
+    else:
+        ax.set(xscale="log", xlabel="image size (size x size, padding k // 2)",
+               title=f"{pass_}: {first.n}x{first.c}->{first.f}, kernel {first.k}x{first.k}")
+    ax.set(yscale="log", ylabel="milliseconds (fastest run)", xticks=xs)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+
+
+def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=None, in_channels=None,
+                  out_channels=None, mnist_layer=True, passes=None, repeat=3, json_path=None,
+                  plot_path=None, progress=None, memory=False, sweep="kernel", image_sizes=None,
+                  accuracy=False, many_channels=False):
+    """Parse the lists, run the bench on the MNIST layer and the sweep (``"kernel"`` or
+    ``"image"``), print the tables and write the requested files. None means the default
+    (the layer sizes of :data:`SWEEP_LAYER`); integers are expected already checked.
+    ``accuracy``: also measure each timed backend's float32 error; ``many_channels``: also
+    time :data:`MANY_CHANNEL_LAYERS`."""
     if backends is not None:
         backends = parse_names(backends, "backends", list_backends())
     passes = PASSES if passes is None else parse_names(passes, "passes", PASSES)
-    kernel_sizes = DEFAULT_KERNEL_SIZES if kernel_sizes is None else parse_kernel_sizes(kernel_sizes)
-    sweep = kernel_sweep(kernel_sizes, batch_size, in_channels, out_channels, image_size)
+    [sweep] = parse_names(sweep, "sweep", SWEEPS)
+    layer = SWEEP_LAYER[sweep]
+    n, size, c, f = (layer[name] if given is None else given for name, given in
+                     zip(layer, (batch_size, image_size, in_channels, out_channels)))
+    if sweep == "kernel":
+        kernel_sizes = DEFAULT_KERNEL_SIZES if kernel_sizes is None else parse_kernel_sizes(kernel_sizes)
+        shapes_swept = kernel_sweep(kernel_sizes, n, c, f, size)
+    else:
+        kernel_sizes = IMAGE_SWEEP_KERNEL_SIZES if kernel_sizes is None else parse_kernel_sizes(kernel_sizes)
+        image_sizes = (DEFAULT_IMAGE_SIZES if image_sizes is None
+                       else parse_kernel_sizes(image_sizes, "--image-sizes"))
+        shapes_swept = image_sweep(image_sizes, kernel_sizes, n, c, f)
     if plot_path is not None:
         plot_path = check_plot_path(plot_path)
-    mnist = [replace(MNIST_LAYER, n=batch_size)] if mnist_layer else []
-    shapes = mnist + [s for s in sweep if s not in mnist]
+    mnist = [replace(MNIST_LAYER, n=batch_size or MNIST_LAYER.n)] if mnist_layer else []
+    shapes = mnist + [s for s in shapes_swept if s not in mnist]
     if many_channels:
         shapes += [s for s in MANY_CHANNEL_LAYERS if s not in shapes]
-    result = run_bench(shapes, backends, passes, repeat, progress)
+    result = run_bench(shapes, backends, passes, repeat, progress, memory)
     if accuracy:
         timed = lambda shape: list(dict.fromkeys(r["backend"] for r in result.rows if r["shape"] == shape.label))  # noqa: E731
         result.accuracy = run_accuracy(shapes, timed, progress)
@@ -227,7 +298,7 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=64, image_size=28
     if json_path is not None:
         save_json(result, json_path)
     if plot_path is not None:
-        save_plot(result, sweep, plot_path, passes)
+        save_plot(result, shapes_swept, plot_path, passes, along="k" if sweep == "kernel" else "size")
     from convlab.threads import machine_summary
 
     print(f"on {machine_summary()}")

@@ -192,52 +192,65 @@ class Commands:
         image = check_has_content(load_image(required("FILE", file), invert), file, class_name)
         print(prediction_report(model, image, class_name))
 
-    @typed(text=("backends", "passes", "json", "plot"), flags=("mnist_layer", "profile", "accuracy", "many_channels"))
-    def bench(self, *, backends=None, kernel_sizes=None, batch_size=64, image_size=28, in_channels=1,
-              out_channels=32, mnist_layer=True, passes=None, repeat=3, json=None, plot=None, profile=False,
-              steps=100, accuracy=False, many_channels=False):
+    @typed(text=("backends", "passes", "json", "plot", "sweep"),
+           flags=("mnist_layer", "profile", "accuracy", "many_channels", "memory"))
+    def bench(self, *, backends=None, kernel_sizes=None, batch_size=None, image_size=None, in_channels=None,
+              out_channels=None, mnist_layer=True, passes=None, repeat=3, json=None, plot=None, profile=False,
+              steps=100, accuracy=False, many_channels=False, memory=False, sweep="kernel", image_sizes=None):
         """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
 
         The sweep is batch x in_channels -> out_channels on an image_size² input with
-        "same" padding (k // 2). Each time is the fastest of --repeat runs after a warm-up.
+        "same" padding (k // 2); --sweep image sweeps the image size instead, at each
+        kernel size. Each time is the fastest of --repeat runs after a warm-up.
         By default every backend is timed except naive on big shapes and auto (whose pick
         per shape is shown instead); name them in --backends to time them.
 
         Args:
             backends: comma-separated backend names (default: see above).
             kernel_sizes: comma-separated kernel sizes of the sweep (default 3,5,7,11,15,21).
-            batch_size: images per batch (N), for every shape.
-            image_size: input height and width of the sweep.
-            in_channels: input channels (C) of the sweep.
-            out_channels: filters (F) of the sweep.
+            batch_size: images per batch (N), for every shape (default 64; image sweep 8).
+            image_size: input height and width of the kernel sweep (default 28).
+            in_channels: input channels (C) of the sweep (default 1; image sweep 3).
+            out_channels: filters (F) of the sweep (default 32; image sweep 16).
             mnist_layer: also time the MNIST layer (1 -> 32, 28², k 7, padding 1).
             passes: forward, forward+backward, or both (comma-separated; default both).
             repeat: timed runs per measurement.
             json: write the results to this JSON file (schema: see convlab/bench.py).
-            plot: save the time-vs-kernel-size plot here (.png, .svg, .pdf, ...).
+            plot: save the time-vs-kernel-size (or image-size) plot here (.png, .svg, .pdf, ...).
             profile: instead, profile --steps real training steps of the reference network
                 per backend (default: every backend but naive): time of each phase, per layer.
             steps: training steps to profile (with --profile).
             accuracy: also measure each backend's float32 error of y, dx and dw against float64.
             many_channels: also time 3x3 and 5x5 layers with 32 to 128 channels.
+            memory: also measure each pass's peak extra memory (workspace beyond the results).
+            sweep: kernel (time vs kernel size, default) or image (time vs image size).
+            image_sizes: comma-separated image sizes of the image sweep (default 16,32,64,128,256;
+                its kernel sizes default to 5,9).
         """
-        from convlab.bench import bench_command, profile_command
+        from convlab.bench import SWEEP_LAYER, bench_command, profile_command
         from convlab.files import check_outputs, check_suffix
 
         if profile:
-            profile_command(backends, positive_int("steps", steps), positive_int("batch-size", batch_size))
+            profile_command(backends, positive_int("steps", steps),
+                            positive_int("batch-size", SWEEP_LAYER["kernel"]["batch_size"] if batch_size is None
+                                         else batch_size))
             return
 
         check_outputs({"--json": json if json is None else check_suffix(json, "--json", ".json", "JSON"),
                        "--plot": plot})
-        sizes = dict(batch_size=positive_int("batch-size", batch_size), image_size=positive_int("image-size", image_size),
-                     in_channels=positive_int("in-channels", in_channels),
-                     out_channels=positive_int("out-channels", out_channels))
-        with out_of_memory_names(sizes):
+        optional = lambda name, value: None if value is None else positive_int(name, value)  # noqa: E731
+        sizes = dict(batch_size=optional("batch-size", batch_size), image_size=optional("image-size", image_size),
+                     in_channels=optional("in-channels", in_channels),
+                     out_channels=optional("out-channels", out_channels))
+        # The sizes in force (given, else the sweep's defaults) name what was too big.
+        defaults = SWEEP_LAYER.get(sweep, SWEEP_LAYER["kernel"])
+        in_force = {name: defaults[name] if given is None else given for name, given in sizes.items()}
+        with out_of_memory_names({name: value for name, value in in_force.items() if value is not None}):
             bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer, passes,
                           positive_int("repeat", repeat), json, plot,
                           progress=lambda message: print(message, file=sys.stderr, flush=True),
-                          accuracy=accuracy, many_channels=many_channels)
+                          accuracy=accuracy, many_channels=many_channels,
+                          memory=memory, sweep=sweep, image_sizes=image_sizes)
 
 
 

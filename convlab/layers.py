@@ -190,11 +190,12 @@ class Dense(Layer):
     block of ``DW_ROWS`` rows, in order, so it does not depend on the number of threads.
     """
 
-    # Rows of the batch per block: on one core of the AMD EPYC, x @ w took 0.65 ms in blocks
-    # of 32 rows (0.53 in one piece, 1.1 in blocks of 8: OpenBLAS picks other kernels for
-    # small blocks), dy @ w.T 0.41 ms in blocks of 4 (0.94 in one piece), x.T @ dy 0.73 ms
-    # in blocks of 32.
-    ROWS, DX_ROWS, DW_ROWS = 32, 4, 32
+    # Rows of the batch per block, the same whatever the number of threads (so are the
+    # results). In real training steps on one core of the AMD EPYC (the activations no longer
+    # in cache), blocks of 32 rows cost about 10 % more than one piece (dy @ w.T: 1.6 against
+    # 1.4 ms), and let two threads share the work; blocks of 4, fastest on arrays still in
+    # cache, took 2.3-2.9 ms there.
+    ROWS = DX_ROWS = DW_ROWS = 32
 
     def __init__(self, in_features, out_features, rng=None, dtype=np.float32):
         super().__init__()

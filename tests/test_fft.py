@@ -15,6 +15,7 @@ import pytest
 
 import convlab
 from backends import fft
+from convlab import fftw
 
 
 @pytest.fixture(autouse=True)
@@ -22,13 +23,13 @@ def private_settings(tmp_path):
     """Each test plans with its own wisdom file under tmp_path, never the user's cache;
     afterwards the settings come from the real environment again."""
     with pytest.MonkeyPatch.context() as mp:
-        for name in (fft.ENV_THREADS, fft.ENV_PLANNER):
+        for name in (fftw.ENV_THREADS, fftw.ENV_PLANNER):
             mp.delenv(name, raising=False)
-        mp.setenv(fft.ENV_WISDOM, str(tmp_path / "wisdom.json"))
+        mp.setenv(fftw.ENV_WISDOM, str(tmp_path / "wisdom.json"))
         mp.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-        fft.configure(planner="estimate")
+        fftw.configure(planner="estimate")
         yield mp
-    fft.configure()
+    fftw.configure()
 
 
 @pytest.fixture
@@ -69,10 +70,10 @@ def test_plans_are_built_once_per_shape(planned):
 
 
 def test_plan_cache_keeps_the_most_recently_used(planned, monkeypatch):
-    monkeypatch.setattr(fft, "MAX_PLANS", 4)
+    monkeypatch.setattr(fftw, "MAX_PLANS", 4)
     for n in (1, 2, 3):  # three forwards of three plans each (input, kernel, inverse)
         fft.FFT().forward(*conv_case(n=n))
-    assert len(fft._plans.cache) == 4
+    assert len(fftw._plans.cache) == 4
     built = len(planned)
     fft.FFT().forward(*conv_case(n=3))
     assert len(planned) == built, "the latest shape's plans were dropped"
@@ -130,7 +131,7 @@ def test_binwise_matmul_is_a_matrix_product_per_bin(i, k, j):
     b = rng.standard_normal((k, j, 300)) + 1j * rng.standard_normal((k, j, 300))
     a = a.transpose(1, 0, 2)  # a transposed view, as the backward passes dy's spectra
     out = np.empty((i, j, 300), complex)
-    assert fft.binwise_matmul(a, b, out) is out
+    assert fftw.binwise_matmul(a, b, out) is out
     np.testing.assert_allclose(out, np.einsum("ikn,kjn->ijn", a, b), rtol=1e-12, atol=1e-12)
 
 
@@ -138,11 +139,11 @@ def test_binwise_matmul_is_a_matrix_product_per_bin(i, k, j):
 def test_any_tiling_gives_the_numbers_of_one_piece(monkeypatch, threads):
     """Products that broadcast (one input channel here) run in tiles shared out among the
     tile pool's threads; one image per tile must change nothing."""
-    fft.configure(threads=threads, planner="estimate")
+    fftw.configure(threads=threads, planner="estimate")
     case = conv_case(n=7, c=1, f=5, size=(12, 10), kernel=(3, 4))
-    monkeypatch.setattr(fft, "TILE_POINTS", 1 << 40)
+    monkeypatch.setattr(fftw, "TILE_POINTS", 1 << 40)
     y, _, *grads = forward_backward(case)
-    monkeypatch.setattr(fft, "TILE_POINTS", 1)
+    monkeypatch.setattr(fftw, "TILE_POINTS", 1)
     y_tiled, _, *grads_tiled = forward_backward(case)
     for whole, tiled in zip((y, *grads), (y_tiled, *grads_tiled)):
         np.testing.assert_allclose(tiled, whole, rtol=1e-12, atol=1e-12)
@@ -156,7 +157,7 @@ def test_float32_stays_single_precision():
 
 
 def test_threads_used_for_large_transforms_only(planned):
-    fft.configure(threads=2)
+    fftw.configure(threads=2)
     forward_backward(conv_case())
     assert {p["threads"] for p in planned} == {1}, "tiny transforms must not wake threads"
     planned.clear()
@@ -168,7 +169,7 @@ MEDIUM = dict(n=8, c=2, f=2, size=(30, 30), kernel=(3, 3))  # x and dy transform
 
 
 def test_planner_setting_reaches_fftw_for_all_but_small_transforms(planned):
-    fft.configure(planner="FFTW_MEASURE")
+    fftw.configure(planner="FFTW_MEASURE")
     forward_backward(conv_case())
     assert {p["flags"] for p in planned} == {("FFTW_ESTIMATE",)}, "tiny transforms are not worth measuring"
     planned.clear()
@@ -177,18 +178,18 @@ def test_planner_setting_reaches_fftw_for_all_but_small_transforms(planned):
 
 
 def test_settings_come_from_environment(private_settings, tmp_path):
-    private_settings.setenv(fft.ENV_THREADS, "3")
-    private_settings.setenv(fft.ENV_PLANNER, "Patient")
-    private_settings.setenv(fft.ENV_WISDOM, "off")
-    assert fft.configure() == fft.Settings(threads=3, planner="patient", wisdom_path=None)
-    assert fft.configure(threads=1).threads == 1
+    private_settings.setenv(fftw.ENV_THREADS, "3")
+    private_settings.setenv(fftw.ENV_PLANNER, "Patient")
+    private_settings.setenv(fftw.ENV_WISDOM, "off")
+    assert fftw.configure() == fftw.Settings(threads=3, planner="patient", wisdom_path=None)
+    assert fftw.configure(threads=1).threads == 1
 
 
 def test_defaults(private_settings, tmp_path):
-    private_settings.delenv(fft.ENV_WISDOM)
-    settings = fft.configure()
+    private_settings.delenv(fftw.ENV_WISDOM)
+    settings = fftw.configure()
     assert settings.threads == (os.cpu_count() or 1)
-    assert settings.planner == fft.DEFAULT_PLANNER
+    assert settings.planner == fftw.DEFAULT_PLANNER
     assert settings.wisdom_path.parent == tmp_path / "cache" / "convlab"
 
 
@@ -200,19 +201,19 @@ def test_defaults(private_settings, tmp_path):
 ])
 def test_invalid_settings_say_what_is_allowed(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        fft.configure(**kwargs)
+        fftw.configure(**kwargs)
 
 
-@pytest.mark.parametrize("variable, value", [(fft.ENV_THREADS, "-1"), (fft.ENV_PLANNER, "quick")])
+@pytest.mark.parametrize("variable, value", [(fftw.ENV_THREADS, "-1"), (fftw.ENV_PLANNER, "quick")])
 def test_invalid_environment_names_the_variable(private_settings, variable, value):
     private_settings.setenv(variable, value)
     with pytest.raises(ValueError, match=variable):
-        fft.configure()
+        fftw.configure()
 
 
 def test_measured_wisdom_round_trip(tmp_path):
     wisdom_path = tmp_path / "wisdom.json"
-    fft.configure(planner="measure", wisdom_path=wisdom_path)
+    fftw.configure(planner="measure", wisdom_path=wisdom_path)
     forward_backward(conv_case(**MEDIUM))
     saved = json.loads(wisdom_path.read_text())
     assert saved["fftw"] == pyfftw.fftw_version and any(saved["wisdom"])
@@ -220,7 +221,7 @@ def test_measured_wisdom_round_trip(tmp_path):
 
     # A new run (wisdom forgotten) loads the file: planning from wisdom alone then succeeds.
     pyfftw.forget_wisdom()
-    fft.configure(planner="measure", wisdom_path=wisdom_path)
+    fftw.configure(planner="measure", wisdom_path=wisdom_path)
     forward_backward(conv_case(**MEDIUM))
     hf, wf = fft.fft_shape_for((30 + 2, 30 + 4))  # the input's plan (one thread at this size)
     pyfftw.FFTW(pyfftw.empty_aligned((8, 2, hf, wf), np.float64),
@@ -236,7 +237,7 @@ def test_estimate_planner_writes_no_wisdom(tmp_path):
 def test_unreadable_wisdom_file_is_ignored_with_a_warning(tmp_path):
     wisdom_path = tmp_path / "wisdom.json"
     wisdom_path.write_text('{"wisdom": 3}')  # a wisdom file of ours, damaged
-    fft.configure(planner="measure", wisdom_path=wisdom_path)
+    fftw.configure(planner="measure", wisdom_path=wisdom_path)
     with pytest.warns(UserWarning, match="ignoring unreadable FFTW wisdom"):
         forward_backward(conv_case(**MEDIUM))
     assert json.loads(wisdom_path.read_text())["wisdom"], "the broken file was not replaced"
@@ -245,7 +246,7 @@ def test_unreadable_wisdom_file_is_ignored_with_a_warning(tmp_path):
 def test_a_file_that_is_not_a_wisdom_file_is_left_intact(tmp_path):
     wisdom_path = tmp_path / "notes.txt"
     wisdom_path.write_text("not json: someone's notes")
-    fft.configure(planner="measure", wisdom_path=wisdom_path)
+    fftw.configure(planner="measure", wisdom_path=wisdom_path)
     with pytest.warns(UserWarning, match="not using the FFTW wisdom file .*notes.txt: it exists and is not a convlab"):
         forward_backward(conv_case(**MEDIUM))
     assert wisdom_path.read_text() == "not json: someone's notes"
@@ -269,10 +270,10 @@ def test_fftw_threads_sleep_when_idle():
     a core that numpy and BLAS need; the environment is left as it was."""
     script = """
 import os, time
-from backends import fft
+from convlab import fftw
 assert "OMP_WAIT_POLICY" not in os.environ
-arrays = fft.pyfftw.empty_aligned((256, 32, 32), "float32"), fft.pyfftw.empty_aligned((256, 32, 17), "complex64")
-plan = fft.pyfftw.FFTW(*arrays, axes=(-2, -1), threads=2)
+arrays = fftw.pyfftw.empty_aligned((256, 32, 32), "float32"), fftw.pyfftw.empty_aligned((256, 32, 17), "complex64")
+plan = fftw.pyfftw.FFTW(*arrays, axes=(-2, -1), threads=2)
 busy = []
 for _ in range(5):
     plan.execute()
@@ -287,8 +288,8 @@ print(min(busy))
 
 
 def test_a_forked_child_gets_its_own_tile_pool(monkeypatch):
-    monkeypatch.setattr(fft, "TILE_POINTS", 1)  # every forward runs in the pool
-    fft.configure(threads=2, planner="estimate")
+    monkeypatch.setattr(fftw, "TILE_POINTS", 1)  # every forward runs in the pool
+    fftw.configure(threads=2, planner="estimate")
     forward_backward(conv_case(c=1))
     pid = os.fork()
     if pid == 0:  # the child: its parent's pool threads do not exist here

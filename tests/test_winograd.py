@@ -129,7 +129,10 @@ def test_gradients_pass_finite_differences_on_3x3_and_5x5(tile):
 def test_refuses_what_it_cannot_do(stride, kernel, reason):
     x, w = np.ones((1, 1, 12, 12)), np.ones((1, 1) + kernel)
     assert WINOGRAD.supports(x.shape, w.shape, stride, 0) == reason
-    with pytest.raises(convlab.Unsupported, match="^" + re.escape(f"backend 'winograd' does not support {reason}; try auto, fft or im2col")):
+    able = [name for name in convlab.list_backends() if name not in ("winograd", "naive")
+            and convlab.get_backend(name).supports(x.shape, w.shape, stride, 0) is None]
+    hint = ", ".join(able[:-1]) + " or " + able[-1]  # e.g. "auto, fft or im2col" (and fft-tiled at stride 1)
+    with pytest.raises(convlab.Unsupported, match="^" + re.escape(f"backend 'winograd' does not support {reason}; try {hint}")):
         convlab.conv2d(x, w, stride=stride, backend="winograd")
 
 
@@ -189,4 +192,4 @@ def test_train_on_the_7x7_reference_network_refuses_in_one_line(capsys, data_rea
     assert code == 2
     assert err.strip() == ("convlab: error: conv layer 1 of reference (conv 1 -> 32 filters 7x7, stride 1, padding 1, "
                            "on 28x28): backend 'winograd' does not support kernel 7x7 (kernel sides 1 to 5 only); "
-                           "try auto, fft or im2col")
+                           "try auto, fft, fft-tiled or im2col")

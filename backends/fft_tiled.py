@@ -1,0 +1,269 @@
+"""``fft-tiled``: overlap-save FFT convolution on small T x T tiles, forward and backward.
+
+``fft`` transforms every whole padded image: on a 224 x 224 input its grids are 256 x 256
+(k = 7) for each of N*C (and N*F) planes, and it keeps all their spectra. Here, as in NNPACK's ``ft8x8`` /
+``ft16x16`` and cuDNN's ``FFT_TILING``, the stride-1 output (Ho, Wo) is cut into blocks of
+M = T - k + 1 rows (and Mw = T - kw + 1 columns); the input window of each block is a
+T x T tile, and tiles overlap by k - 1 (overlap-save). One axis shown, circular
+convolution on the T grid, ``*`` the complex conjugate, w unflipped at [0, k)::
+
+    tile t of x (padded), T values from t*M  ->  X      forward  y[t*M + i] = irfft(X W*)[i],    i < M
+    tile t of dy, M values at [0, M)         ->  D      weights  dw[u] = sum_t irfft(D* X)[u],   u < k
+                                                        input    dx[t*M + j] += irfft(D W)[j],   j < T
+
+The forward is a correlation whose M valid outputs never wrap; dw sums the same
+correlation over all tiles and images *in the frequency domain* (one inverse per (F, C)
+plane at the end); dx is overlap-add: each dy tile's full convolution (T = M + k - 1
+values) is added where it lands, tiles of one phase at a time so that no two threads add
+to the same place. The sums over channels are complex matrix products per frequency bin: ``Y = X W*``
+(tiles, C) @ (C, F), ``dX = D W`` (tiles, F) @ (F, C), and ``dW* = D^T X*`` (F, tiles) @
+(tiles, C) summed over blocks of tiles. FFTW writes (and reads) the spectra bin-major,
+(bins, tiles, channels), so each product is one batched matmul with no transposing copy;
+numpy's matmul there was 1.2-2.5x faster than plane-major broadcast products even with 3
+channels. The kernel spectra W (F, C, bins, scaled by 1/T^2) and the tiles' spectra X are
+computed once per forward and kept for the backward; dy is transformed once.
+
+Work runs in blocks of tile rows (all tiles of rows t of some images) of about an L2
+cache's worth (:func:`convlab.fftw.rows_per_tile`), each block's gather, transform,
+products, inverse and scatter back to back, the blocks shared out to the tile pool's
+threads (:func:`convlab.fftw.run_tiles`): memory beyond the results and the kept spectra
+is a few blocks, whatever the image size.
+
+The tile size T is one of :data:`TILE_SIZES` >= the kernel, chosen per shape by
+:func:`estimated_cost` (see :func:`tile_size_for`), or fixed by the ``tile`` attribute
+of the registered instance or the ``CONVLAB_FFT_TILE`` environment variable. Plans,
+threads, planner and wisdom are ``fft``'s (:mod:`convlab.fftw`).
+
+Stride 1 only: a strided output would still need every stride-1 tile, so strided problems
+are refused (``convlab.Unsupported``) rather than computed slowly; ``fft`` takes them.
+Outputs over an input window of zeros are exactly the bias (:func:`convlab.fftw.snap_to_bias`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from convlab import fftw
+from convlab.checks import int_choice
+from convlab.fftw import cost_per_point, rows_per_tile, run_tiles, snap_to_bias, zero_windows
+from convlab.registry import register_backend
+
+TILE_SIZES = (8, 16, 32, 64, 128)
+ENV_TILE = "CONVLAB_FFT_TILE"
+# Relative costs in estimated_cost, in units of one point of a transform (times log2 of its
+# points and cost_per_point): a transform of T x T points also slows by 1 + T^2 / 4096 as its
+# planes outgrow the L1 cache (a 64 x 64 plane costs twice a 32 x 32 one per point and
+# level), a complex multiply-add of the per-bin products costs PRODUCT_COST, and each tile
+# TILE_COST of fixed work (gathering, scattering, the per-tile loops). Fitted by hand to
+# forward+backward times of T = 16, 32, 64 on the benchmark shapes (2-core AMD EPYC, shared).
+CACHE_POINTS = 4096
+PRODUCT_COST = 1.0
+TILE_COST = 50_000.0
+
+
+def tile_setting(value, source) -> int | None:
+    """A tile size from the user: one of :data:`TILE_SIZES`, or ``None``/``"auto"`` (by cost)."""
+    if value is None or str(value).strip().lower() in ("", "auto"):
+        return None
+    return int_choice(value, TILE_SIZES, source, "fft-tiled's tile size, or auto")
+
+
+def estimated_cost(tile, out_shape, kernel, c, f) -> float:
+    """Relative time of a forward+backward of one image on ``tile`` x ``tile`` tiles:
+    (C + F) forward and (F + C) inverse transforms per tile, three per-bin products of
+    C x F per tile, and fixed work per tile (see :data:`TILE_COST`)."""
+    tiles = math.prod(math.ceil(o / (tile - k + 1)) for o, k in zip(out_shape, kernel))
+    points = tile * tile
+    transform = points * math.log2(points) * cost_per_point(tile) * (1 + points / CACHE_POINTS)
+    products = 3 * c * f * tile * (tile // 2 + 1) * PRODUCT_COST
+    return tiles * (2 * (c + f) * transform + products + TILE_COST)
+
+
+def tile_size_for(out_shape, kernel, c, f, forced=None) -> int:
+    """``forced`` if given, else the tile of :data:`TILE_SIZES` >= the kernel of least
+    :func:`estimated_cost`."""
+    if forced is not None:
+        return forced
+    fits = [t for t in TILE_SIZES if t >= max(kernel)]
+    return min(fits, key=lambda t: estimated_cost(t, out_shape, kernel, c, f))
+
+
+def window(src, n, top, left, height, width):
+    """``src[n, :, top:top+height, left:left+width]`` as a new (channels, height, width)
+    array, zero where the window leaves ``src`` (padding, or past the last tile)."""
+    out = np.zeros((src.shape[1], height, width), src.dtype)
+    r0, r1 = max(top, 0), min(top + height, src.shape[2])
+    c0, c1 = max(left, 0), min(left + width, src.shape[3])
+    if r0 < r1 and c0 < c1:
+        out[:, r0 - top:r1 - top, c0 - left:c1 - left] = src[n, :, r0:r1, c0:c1]
+    return out
+
+
+class Tiling:
+    """Where the tiles of one problem lie: ``tile`` x ``tile`` tiles, each with ``m``
+    (rows, cols) outputs, ``count`` (rows, cols) of them per image, covering the stride-1
+    output ``out`` (Ho, Wo) of a ``padding``-padded input."""
+
+    def __init__(self, tile, kernel, out, padding):
+        self.tile, self.kernel, self.out, self.padding = tile, kernel, out, padding
+        self.m = tuple(tile - k + 1 for k in kernel)
+        self.count = tuple(math.ceil(o / m) for o, m in zip(out, self.m))
+        self.bins = tile * (tile // 2 + 1)
+
+    def rows(self, n):
+        """Tile rows of a batch of n images, numbered ``image * count[0] + row``."""
+        return n * self.count[0]
+
+    def where(self, row):
+        """(image, first output row) of a tile row."""
+        image, t = divmod(row, self.count[0])
+        return image, t * self.m[0]
+
+
+@register_backend("fft-tiled")
+class FFTTiled:
+    """Overlap-save FFT convolution on small T x T tiles (pyfftw), forward and backward."""
+
+    limits = f"stride 1; kernels up to {TILE_SIZES[-1]}x{TILE_SIZES[-1]} (tiles {', '.join(map(str, TILE_SIZES))})"
+
+    def __init__(self, tile=None):
+        self.tile = tile  # None: CONVLAB_FFT_TILE, else chosen per shape by cost
+
+    def forced_tile(self) -> int | None:
+        if self.tile is not None:
+            return tile_setting(self.tile, "fft-tiled's tile")
+        return tile_setting(os.environ.get(ENV_TILE), ENV_TILE)
+
+    def supports(self, x_shape, w_shape, stride, padding):
+        if stride != (1, 1):
+            return (f"stride {stride[0]}x{stride[1]} (stride 1 only: every stride-1 tile would still be "
+                    f"computed)")
+        largest = self.forced_tile() or TILE_SIZES[-1]
+        if max(w_shape[2:]) > largest:
+            return (f"a {w_shape[2]}x{w_shape[3]} kernel (kernels up to {largest}x{largest}, "
+                    f"the {'tile size set' if largest != TILE_SIZES[-1] else 'largest tile'})")
+        return None
+
+    def tiling(self, x_shape, w_shape, padding) -> Tiling:
+        c, h, width = x_shape[1:]
+        f, _, kh, kw = w_shape
+        out = (h + 2 * padding[0] - kh + 1, width + 2 * padding[1] - kw + 1)
+        tile = tile_size_for(out, (kh, kw), c, f, self.forced_tile())
+        return Tiling(tile, (kh, kw), out, padding)
+
+    def forward(self, x, w, b, stride, padding):
+        n, c = x.shape[:2]
+        f, _, kh, kw = w.shape
+        tiling = self.tiling(x.shape, w.shape, padding)
+        t, (mh, mw), (_, cw), (oh, ow) = tiling.tile, tiling.m, tiling.count, tiling.out
+        ph, pw = padding
+        grid, bins = (t, t), tiling.bins
+        # Kernel spectra with the inverse transform's 1/T^2, as (C, F) per bin: W* for the
+        # forward, W (transposed) kept for dx.
+        w_spec = fftw.rfft2(w, slice(0, kh), slice(0, kw), grid) * (1.0 / (t * t))   # (F, C, bins)
+        w_conj = np.ascontiguousarray(np.conj(w_spec).transpose(2, 1, 0))            # (bins, C, F)
+        x_spec = np.empty((bins, tiling.rows(n), cw * c), w_spec.dtype)              # kept for dw
+        y = np.empty((n, f, oh, ow), x.dtype)
+        band_width = cw * mw + kw - 1
+
+        def block(lo, hi, worker):
+            plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * c), grid, x.dtype, worker, bins_first=True)
+            plan.region = None  # every place is written
+            tiles = plan.input.reshape(hi - lo, cw, c, t, t)
+            for row in range(lo, hi):
+                image, top = tiling.where(row)
+                band = window(x, image, top - ph, -pw, t, band_width)                # (C, T, band)
+                s0, s1, s2 = band.strides
+                tiles[row - lo] = as_strided(band, (cw, c, t, t), (mw * s2, s0, s1, s2))
+            plan.fftw.execute()
+            x_spec[:, lo:hi] = plan.bins.reshape(bins, hi - lo, -1)
+            inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * f), grid, x.dtype, worker, bins_first=True)
+            products = np.matmul(plan.bins.reshape(bins, -1, c), w_conj,              # (bins, tiles, F)
+                                 out=inverse.bins.reshape(bins, -1, f))
+            products[0] += b  # the bias, through the zero-frequency bin
+            inverse.fftw.execute()
+            outputs = inverse.fftw.output_array.reshape(hi - lo, cw, f, t, t)
+            for row in range(lo, hi):
+                image, top = tiling.where(row)
+                rows = min(mh, oh - top)
+                # (Cw, F, rows, Mw) -> (F, rows, Cw * Mw): the tiles of the row side by side
+                band = outputs[row - lo, :, :, :rows, :mw].transpose(1, 2, 0, 3).reshape(f, rows, cw * mw)
+                y[image, :, top:top + rows] = band[:, :, :ow]
+
+        run_tiles(block, tiling.rows(n), rows_per_tile(cw * max(c, f), grid))
+        snap_to_bias(y, b, zero_windows(x, (kh, kw), padding))  # exact where a direct method is
+        return y, (x_spec, np.ascontiguousarray(w_spec.transpose(2, 0, 1)), tiling, x.shape)
+
+    def backward(self, dy, cache, need_dx=True):
+        x_spec, w_bins, tiling, x_shape = cache                                      # w_bins: (bins, F, C)
+        n, c, h, width = x_shape
+        f = dy.shape[1]
+        t, (mh, mw), (ch, cw), (kh, kw) = tiling.tile, tiling.m, tiling.count, tiling.kernel
+        ph, pw = tiling.padding
+        grid, bins = (t, t), tiling.bins
+        dx = np.zeros(x_shape, dy.dtype) if need_dx else None
+        dw_sums = {}  # worker -> (bins, F, C) partial sums of D^T X*
+
+        def block(rows, worker):
+            plan = fftw.plan("FFTW_FORWARD", (len(rows), cw * f), grid, dy.dtype, worker, bins_first=True)
+            region = ("dy tiles", tiling.m)
+            if plan.region != region:  # only [0, M) x [0, Mw) of each tile is written
+                plan.input.fill(0)
+                plan.region = region
+            tiles = plan.input.reshape(len(rows), cw, f, t, t)
+            for i, row in enumerate(rows):
+                image, top = tiling.where(row)
+                band = window(dy, image, top, 0, mh, cw * mw)                         # (F, Mh, Cw*Mw)
+                tiles[i, :, :, :mh, :mw] = band.reshape(f, mh, cw, mw).transpose(2, 0, 1, 3)
+            plan.fftw.execute()
+            d_spec = plan.bins.reshape(bins, -1, f)                                   # (bins, tiles, F)
+            x_conj = x_spec[:, rows].reshape(bins, -1, c)                             # (bins, tiles, C), a copy
+            np.conjugate(x_conj, out=x_conj)
+            partial = np.matmul(d_spec.transpose(0, 2, 1), x_conj)                    # (bins, F, C)
+            if worker in dw_sums:
+                dw_sums[worker] += partial
+            else:
+                dw_sums[worker] = partial
+            if not need_dx:
+                return
+            inverse = fftw.plan("FFTW_BACKWARD", (len(rows), cw * c), grid, dy.dtype, worker, bins_first=True)
+            np.matmul(d_spec, w_bins, out=inverse.bins.reshape(bins, -1, c))          # (bins, tiles, C)
+            inverse.fftw.execute()
+            full = inverse.fftw.output_array.reshape(len(rows), cw, c, t, t)
+            for i, row in enumerate(rows):
+                image, top = tiling.where(row)
+                add_tiles(dx[image], full[i], top - ph, -pw, tiling.m[1])
+
+        # Overlap-add: tile rows less than T apart overlap, so rows of one phase (row mod
+        # phases) run together, and the phases one after another.
+        phases = math.ceil(t / mh) if need_dx else 1
+        per_block = rows_per_tile(cw * max(c, f), grid)
+        for phase in range(phases):
+            rows = [r for r in range(tiling.rows(n)) if (r % ch) % phases == phase]
+            run_tiles(lambda lo, hi, worker: block(rows[lo:hi], worker), len(rows), per_block)
+        # dw = irfft(conj(sum D^T X*))[:kh, :kw] (F, C, kh, kw), one inverse per plane.
+        plan = fftw.plan("FFTW_BACKWARD", (f, c), grid, dy.dtype)
+        plan.input.reshape(f, c, -1)[...] = np.conj(sum(dw_sums.values())).transpose(1, 2, 0) * (1.0 / (t * t))
+        plan.fftw.execute()
+        dw = plan.fftw.output_array[:, :, :kh, :kw].copy()
+        db = dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dy.dtype)
+        return dx, dw, db
+
+
+def add_tiles(dst, tiles, top, left, step):
+    """Overlap-add a row of tiles (count, C, T, T) into ``dst`` (C, H, W): tile j at
+    (top, left + j * step), the parts outside ``dst`` dropped."""
+    c, height, width = dst.shape
+    t = tiles.shape[-1]
+    r0, r1 = max(top, 0), min(top + t, height)
+    if r0 >= r1:
+        return
+    for j, tile in enumerate(tiles):
+        col = left + j * step
+        c0, c1 = max(col, 0), min(col + t, width)
+        if c0 < c1:
+            dst[:, r0:r1, c0:c1] += tile[:, r0 - top:r1 - top, c0 - col:c1 - col]
