@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pyfftw
@@ -137,8 +139,8 @@ def test_binwise_matmul_is_a_matrix_product_per_bin(i, k, j):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_any_tiling_gives_the_numbers_of_one_piece(monkeypatch, threads):
-    """Products that broadcast (one input channel here) run in tiles shared out among the
-    tile pool's threads; one image per tile must change nothing."""
+    """Products that broadcast (one input channel here) run in tiles shared among threads;
+    one image per tile must change nothing."""
     fftw.configure(threads=threads, planner="estimate")
     case = conv_case(n=7, c=1, f=5, size=(12, 10), kernel=(3, 4))
     monkeypatch.setattr(fftw, "TILE_POINTS", 1 << 40)
@@ -287,12 +289,43 @@ print(min(busy))
     assert float(run.stdout) < 0.005, f"FFTW's threads used {float(run.stdout) * 1e3:.1f} ms of CPU while idle"
 
 
-def test_a_forked_child_gets_its_own_tile_pool(monkeypatch):
-    monkeypatch.setattr(fftw, "TILE_POINTS", 1)  # every forward runs in the pool
+@pytest.mark.parametrize("threads", [1, 2])
+def test_each_thread_runs_tiles_on_plans_of_its_own(threads, planned):
+    """Whichever thread takes a tile transforms it with its own single-threaded plan: no
+    plan is executed by two threads; with one thread the caller runs every tile."""
+    fftw.configure(threads=threads, planner="estimate")
+    runs, lock = [], threading.Lock()
+
+    def work(index, lo, hi, in_tile):
+        assert in_tile
+        plan = fftw.plan("FFTW_FORWARD", (hi - lo, 1), (512, 512), np.float64, in_tile)  # big enough for threads
+        plan.fftw.execute()
+        time.sleep(0.002)  # long enough for a helper thread to take tiles too
+        with lock:
+            runs.append((index, id(plan), threading.get_ident()))
+
+    fftw.run_tiles(work, 20, 1)
+    assert sorted(index for index, _, _ in runs) == list(range(20))
+    owners = {}
+    for _, plan, thread in runs:
+        assert owners.setdefault(plan, thread) == thread, "a plan ran in two threads"
+    assert {p["threads"] for p in planned} == {1}, "a tile's transform must be single-threaded"
+    if threads == 1:
+        assert {thread for _, _, thread in runs} == {threading.get_ident()}
+
+
+def test_a_lone_tile_runs_in_the_calling_thread_on_the_shared_plan():
+    calls = []
+    fftw.run_tiles(lambda *args: calls.append((args, threading.get_ident())), 5, 8)
+    assert calls == [((0, 0, 5, False), threading.get_ident())]
+
+
+def test_a_forked_child_can_share_tiles_among_threads(monkeypatch):
+    monkeypatch.setattr(fftw, "TILE_POINTS", 1)  # every forward runs in tiles
     fftw.configure(threads=2, planner="estimate")
     forward_backward(conv_case(c=1))
     pid = os.fork()
-    if pid == 0:  # the child: its parent's pool threads do not exist here
+    if pid == 0:  # the child: its parent's helper threads do not exist here
         code = 1
         try:
             signal.alarm(60)  # a child waiting on a pool that has no threads would hang
