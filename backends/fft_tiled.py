@@ -50,6 +50,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from convlab import fftw
+from convlab.checks import int_choice
 from convlab.fftw import cost_per_point, rows_per_tile, run_tiles, snap_to_bias, zero_windows
 from convlab.registry import register_backend
 
@@ -70,15 +71,7 @@ def tile_setting(value, source) -> int | None:
     """A tile size from the user: one of :data:`TILE_SIZES`, or ``None``/``"auto"`` (by cost)."""
     if value is None or str(value).strip().lower() in ("", "auto"):
         return None
-    try:
-        tile = int(value)
-        valid = tile in TILE_SIZES and not isinstance(value, (bool, float))
-    except (TypeError, ValueError):
-        valid = False
-    if not valid:
-        raise ValueError(f"{source} must be one of {', '.join(map(str, TILE_SIZES))} or auto "
-                         f"(fft-tiled's tile size), got {value!r}")
-    return tile
+    return int_choice(value, TILE_SIZES, source, "fft-tiled's tile size, or auto")
 
 
 def estimated_cost(tile, out_shape, kernel, c, f) -> float:
@@ -168,7 +161,7 @@ class FFTTiled:
         n, c = x.shape[:2]
         f, _, kh, kw = w.shape
         tiling = self.tiling(x.shape, w.shape, padding)
-        t, (mh, mw), (ch, cw), (oh, ow) = tiling.tile, tiling.m, tiling.count, tiling.out
+        t, (mh, mw), (_, cw), (oh, ow) = tiling.tile, tiling.m, tiling.count, tiling.out
         ph, pw = padding
         grid, bins = (t, t), tiling.bins
         # Kernel spectra with the inverse transform's 1/T^2, as (C, F) per bin: W* for the

@@ -62,6 +62,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from convlab.checks import int_choice
 from convlab.registry import register_backend
 from convlab.threads import share_chunks, single_threaded_blas, worker_count
 
@@ -91,15 +92,7 @@ _settings: Settings | None = None
 
 
 def _tile(value, source) -> int:
-    try:
-        tile = int(value)
-        valid = tile in TILES and not isinstance(value, (bool, float))
-    except (TypeError, ValueError):
-        valid = False
-    if not valid:
-        raise ValueError(f"{source} must be one of {', '.join(map(str, TILES))} (the output tile side m of "
-                         f"F(m x m, r x r)), got {value!r}")
-    return tile
+    return int_choice(value, TILES, source, "the output tile side m of F(m x m, r x r)")
 
 
 def configure(tile=None) -> Settings:

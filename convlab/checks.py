@@ -26,6 +26,19 @@ def as_pair(value, what: str, minimum: int) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+def int_choice(value, allowed, source: str, what: str) -> int:
+    """``value`` (an int, or text of one, as from an environment variable) if it is one of
+    ``allowed``; else a ValueError naming ``source``, the allowed values and ``what`` they are."""
+    try:
+        number = int(value)
+        valid = number in allowed and not isinstance(value, (bool, float))
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(f"{source} must be one of {', '.join(map(str, allowed))} ({what}), got {value!r}")
+    return number
+
+
 def _check_array(a, name: str, ndim: int, layout: str) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name} must be a numpy array {layout}, got {type(a).__name__}")
