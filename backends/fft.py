@@ -58,8 +58,8 @@ def inverse_of_products(a, b, fft_shape, rows, cols, offset=None):
     dtype = np.finfo(a.dtype).dtype
     out = np.empty((i, j, np.arange(fft_shape[0])[rows].size, np.arange(fft_shape[1])[cols].size), dtype)
 
-    def transform(index, lo, hi, in_tile):
-        plan = fftw.plan("FFTW_BACKWARD", (hi - lo, j), fft_shape, dtype, in_tile)
+    def transform(index, lo, hi, slot):
+        plan = fftw.plan("FFTW_BACKWARD", (hi - lo, j), fft_shape, dtype, slot)
         products = binwise_matmul(a[lo:hi], b, out=plan.input.reshape(hi - lo, j, -1))
         if offset is not None:
             # Through the zero-frequency bin, which adds its value to every point: adding

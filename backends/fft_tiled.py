@@ -172,8 +172,8 @@ class FFTTiled:
         y = np.empty((n, f, oh, ow), x.dtype)
         band_width = cw * mw + kw - 1
 
-        def block(index, lo, hi, in_tile):
-            plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * c), grid, x.dtype, in_tile, bins_first=True)
+        def block(index, lo, hi, slot):
+            plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * c), grid, x.dtype, slot, bins_first=True)
             plan.region = None  # every place is written
             tiles = plan.input.reshape(hi - lo, cw, c, t, t)
             for row in range(lo, hi):
@@ -183,7 +183,7 @@ class FFTTiled:
                 tiles[row - lo] = as_strided(band, (cw, c, t, t), (mw * s2, s0, s1, s2))
             plan.fftw.execute()
             x_spec[:, lo:hi] = plan.bins.reshape(bins, hi - lo, -1)
-            inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * f), grid, x.dtype, in_tile, bins_first=True)
+            inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * f), grid, x.dtype, slot, bins_first=True)
             products = np.matmul(plan.bins.reshape(bins, -1, c), w_conj,              # (bins, tiles, F)
                                  out=inverse.bins.reshape(bins, -1, f))
             products[0] += b  # the bias, through the zero-frequency bin
@@ -210,8 +210,8 @@ class FFTTiled:
         dx = np.zeros(x_shape, dy.dtype) if need_dx else None
         dw_sum = SumInOrder()  # of D^T X* (bins, F, C) over the blocks
 
-        def block(part, rows, in_tile):
-            plan = fftw.plan("FFTW_FORWARD", (len(rows), cw * f), grid, dy.dtype, in_tile, bins_first=True)
+        def block(part, rows, slot):
+            plan = fftw.plan("FFTW_FORWARD", (len(rows), cw * f), grid, dy.dtype, slot, bins_first=True)
             region = ("dy tiles", tiling.m)
             if plan.region != region:  # only [0, M) x [0, Mw) of each tile is written
                 plan.input.fill(0)
@@ -228,7 +228,7 @@ class FFTTiled:
             dw_sum.add(part, np.matmul(d_spec.transpose(0, 2, 1), x_conj))            # (bins, F, C)
             if not need_dx:
                 return
-            inverse = fftw.plan("FFTW_BACKWARD", (len(rows), cw * c), grid, dy.dtype, in_tile, bins_first=True)
+            inverse = fftw.plan("FFTW_BACKWARD", (len(rows), cw * c), grid, dy.dtype, slot, bins_first=True)
             np.matmul(d_spec, w_bins, out=inverse.bins.reshape(bins, -1, c))          # (bins, tiles, C)
             inverse.fftw.execute()
             full = inverse.fftw.output_array.reshape(len(rows), cw, c, t, t)
@@ -243,7 +243,7 @@ class FFTTiled:
         for phase in range(phases):
             rows = [r for r in range(tiling.rows(n)) if (r % ch) % phases == phase]
             first = dw_sum.expected
-            run_tiles(lambda index, lo, hi, in_tile: block(first + index, rows[lo:hi], in_tile), len(rows), per_block)
+            run_tiles(lambda index, lo, hi, slot: block(first + index, rows[lo:hi], slot), len(rows), per_block)
         # dw = irfft(conj(sum D^T X*))[:kh, :kw] (F, C, kh, kw), one inverse per plane.
         plan = fftw.plan("FFTW_BACKWARD", (f, c), grid, dy.dtype)
         plan.input.reshape(f, c, -1)[...] = np.conj(dw_sum.total).transpose(1, 2, 0) * (1.0 / (t * t))

@@ -5,9 +5,9 @@ one set of settings, one wisdom file.
   (environment variables ``CONVLAB_FFT_THREADS``, ``CONVLAB_FFT_PLANNER``,
   ``CONVLAB_FFT_WISDOM``), the same for every FFT backend.
 - :func:`plan`: an FFTW plan (with its own aligned buffers) per (direction, batch shape,
-  FFT shape, dtype, and thread for a tile's plan), the :data:`MAX_PLANS` most recently used kept.
+  FFT shape, dtype, and slot for a tile's plan), the :data:`MAX_PLANS` most recently used kept.
 - :func:`run_tiles`: cache-sized tiles of work shared among threads
-  (:func:`convlab.threads.share_chunks`), each thread with plans of its own.
+  (:func:`convlab.threads.share_chunks`), each running tile with plans no other uses.
 - :func:`binwise_matmul`: the per-frequency-bin complex matrix products that sum over
   channels (and, for weight gradients, over the batch).
 - :func:`cost_per_point`: a fitted model of FFTW's time per point for a length, which the
@@ -20,6 +20,8 @@ only the FFT backends do.
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import importlib
 import os
 import sys
@@ -174,11 +176,11 @@ class _Plans:
     transforms); the wisdom file is read before the first plan and rewritten after each
     measured plan, so a plan dropped and built again is quick.
 
-    A plan for a whole transform (``in_tile`` false) uses the FFTW threads setting and has
-    no owner. A tile's plan (``in_tile`` true) is single-threaded and owned by the thread
-    that asks for it (its ``threading.get_ident()``): whichever thread takes a tile (see
-    :func:`run_tiles`) transforms it in buffers no other thread uses, as an FFTW plan must
-    never execute in two threads at once.
+    A plan for a whole transform (``slot`` None) uses the FFTW threads setting. A tile's
+    plan is single-threaded, one per ``slot``: the number a running tile holds (see
+    :func:`run_tiles` and :class:`_Slots`), so whichever thread takes a tile transforms it
+    in buffers no running tile shares, as an FFTW plan must never execute in two threads
+    at once.
     """
 
     def __init__(self):
@@ -193,9 +195,8 @@ class _Plans:
             self.cache.clear()
             self.wisdom_loaded = False
 
-    def get(self, direction, batch, fft_shape, dtype, in_tile=False, bins_first=False) -> _Plan:
-        owner = threading.get_ident() if in_tile else None
-        key = (direction, batch, fft_shape, np.dtype(dtype), owner, bins_first)
+    def get(self, direction, batch, fft_shape, dtype, slot=None, bins_first=False) -> _Plan:
+        key = (direction, batch, fft_shape, np.dtype(dtype), slot, bins_first)
         current = settings()
         with self.lock:
             plan = self.cache.get(key)
@@ -210,7 +211,7 @@ class _Plans:
         """In a forked child, which has none of the parent's threads: a lock that no thread holds."""
         self.lock = threading.Lock()
 
-    def _build(self, current, direction, batch, fft_shape, dtype, owner, bins_first) -> _Plan:
+    def _build(self, current, direction, batch, fft_shape, dtype, slot, bins_first) -> _Plan:
         if not self.wisdom_loaded:
             self.wisdom_loaded = True
             self._load_wisdom(current.wisdom_path)
@@ -225,7 +226,7 @@ class _Plans:
             bins, spectrum = None, pyfftw.empty_aligned(batch + bins_shape, complex_dtype)
         arrays = (real, spectrum) if direction == "FFTW_FORWARD" else (spectrum, real)
         # Waking threads costs more than a small transform takes.
-        big = owner is None and real.size >= MIN_POINTS_PER_THREAD * current.threads
+        big = slot is None and real.size >= MIN_POINTS_PER_THREAD * current.threads
         threads = current.threads if big else 1
         # Measuring a small transform's plan takes far longer than it could ever save.
         planner = current.planner if real.size >= MIN_POINTS_TO_MEASURE else "estimate"
@@ -267,14 +268,13 @@ _plans = _Plans()
 os.register_at_fork(after_in_child=_plans.forget_lock)
 
 
-def plan(direction, batch, fft_shape, dtype, in_tile=False, bins_first=False) -> _Plan:
+def plan(direction, batch, fft_shape, dtype, slot=None, bins_first=False) -> _Plan:
     """The cached plan transforming (*batch, *fft_shape) grids: ``direction``
     ``"FFTW_FORWARD"`` (real -> complex) or ``"FFTW_BACKWARD"`` (complex -> real, unscaled);
-    ``plan.input`` is its input buffer, ``plan.fftw.output_array`` its output; ``in_tile``
-    (true for work run by :func:`run_tiles`): the calling thread's own single-threaded plan,
-    see :class:`_Plans`. With ``bins_first`` the spectra are laid out bin-major, as
+    ``plan.input`` is its input buffer, ``plan.fftw.output_array`` its output; ``slot``
+    (given to work by :func:`run_tiles`): a tile's single-threaded plan, see :class:`_Plans`. With ``bins_first`` the spectra are laid out bin-major, as
     ``plan.bins`` (bins, *batch): per-bin matrix products then need no transposing copies."""
-    return _plans.get(direction, batch, fft_shape, dtype, in_tile, bins_first)
+    return _plans.get(direction, batch, fft_shape, dtype, slot, bins_first)
 
 
 def rfft2(signal, rows, cols, fft_shape):
@@ -284,8 +284,8 @@ def rfft2(signal, rows, cols, fft_shape):
     b1, b2 = signal.shape[:2]
     spectra = np.empty((b1, b2, fft_shape[0] * (fft_shape[1] // 2 + 1)), np.result_type(signal.dtype, np.complex64))
 
-    def transform(index, lo, hi, in_tile):
-        plan = _plans.get("FFTW_FORWARD", (hi - lo, b2), fft_shape, signal.dtype, in_tile)
+    def transform(index, lo, hi, slot):
+        plan = _plans.get("FFTW_FORWARD", (hi - lo, b2), fft_shape, signal.dtype, slot)
         region = (rows, cols, signal.shape[2:])
         if plan.region != region:
             plan.input.fill(0)
@@ -303,21 +303,57 @@ def rows_per_tile(planes_per_row, fft_shape):
     return max(1, TILE_POINTS // (planes_per_row * fft_shape[0] * fft_shape[1]))
 
 
+class _Slots:
+    """Numbers for the plans of running tiles: a tile holds one while it runs and no other
+    tile gets it meanwhile, so a plan keyed on it never executes in two threads at once
+    (whichever threads they are, whatever runs concurrently). The lowest free number is
+    given, so there are only as many sets of tile plans as tiles ever ran at once."""
+
+    def __init__(self):
+        self.free, self.count, self.lock = [], 0, threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self):
+        with self.lock:
+            if self.free:
+                slot = heapq.heappop(self.free)
+            else:
+                slot, self.count = self.count, self.count + 1
+        try:
+            yield slot
+        finally:
+            with self.lock:
+                heapq.heappush(self.free, slot)
+
+    def forget_lock(self):
+        """In a forked child: a lock that no thread holds."""
+        self.lock = threading.Lock()
+
+
+_slots = _Slots()
+os.register_at_fork(after_in_child=_slots.forget_lock)
+
+
 def run_tiles(work, rows, tile_rows):
-    """``work(index, lo, hi, in_tile)`` for every tile ``[lo, hi)`` (the ``index``-th) of
+    """``work(index, lo, hi, slot)`` for every tile ``[lo, hi)`` (the ``index``-th) of
     ``rows`` rows, shared among as many threads as the threads setting by
     :func:`convlab.threads.share_chunks` (the calling thread takes tiles too; BLAS runs
-    single-threaded meanwhile), ``in_tile`` true: each tile's transforms use the running
-    thread's own single-threaded plans (``plan(..., in_tile=True)``). A lone tile runs in
-    the calling thread with ``in_tile`` false: one transform on FFTW's threads.
+    single-threaded meanwhile); ``slot`` is the tile's own slot (see :class:`_Slots`), for
+    single-threaded plans no running tile shares (``plan(..., slot)``). A lone tile runs in
+    the calling thread with ``slot`` None: one transform on FFTW's threads.
 
     Which thread runs a tile varies from run to run: ``work`` writes only its tile's
     results, and a sum over tiles keeps one partial per ``index``, added in order."""
     tiles = chunk_bounds(rows, tile_rows)
     if len(tiles) == 1:
-        work(0, *tiles[0], False)
+        work(0, *tiles[0], None)
         return
-    share_chunks(lambda index, lo, hi: work(index, lo, hi, True), tiles, settings().threads)
+
+    def tile(index, lo, hi):
+        with _slots.held() as slot:
+            work(index, lo, hi, slot)
+
+    share_chunks(tile, tiles, settings().threads)
 
 
 def binwise_matmul(a, b, out):
