@@ -272,7 +272,8 @@ def plan(direction, batch, fft_shape, dtype, slot=None, bins_first=False) -> _Pl
     """The cached plan transforming (*batch, *fft_shape) grids: ``direction``
     ``"FFTW_FORWARD"`` (real -> complex) or ``"FFTW_BACKWARD"`` (complex -> real, unscaled);
     ``plan.input`` is its input buffer, ``plan.fftw.output_array`` its output; ``slot``
-    (given to work by :func:`run_tiles`): a tile's single-threaded plan, see :class:`_Plans`. With ``bins_first`` the spectra are laid out bin-major, as
+    (given to work by :func:`run_tiles`): a tile's single-threaded plan, see :class:`_Plans`.
+    With ``bins_first`` the spectra are laid out bin-major, as
     ``plan.bins`` (bins, *batch): per-bin matrix products then need no transposing copies."""
     return _plans.get(direction, batch, fft_shape, dtype, slot, bins_first)
 
