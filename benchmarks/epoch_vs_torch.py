@@ -15,7 +15,10 @@ convlab is faster):
   and the update, and counts correct predictions (ours is ``convlab.training.train_step``,
   the step ``convlab train`` runs). The mean losses printed at the end must agree. With
   several backends (``--backend im2col,fft``) each trains its own copy, and each later
-  one's epoch is also compared with the first's.
+  one's epoch is also compared with the first's. With ``--model`` the epoch trains another
+  network (``lenet5``, ``vgg3x3`` or a spec string), each backend on all its conv layers as
+  ``convlab train --model M --backend B`` would put it (``auto`` picks per layer), and
+  PyTorch trains the same layers with the same weights.
 
 The first line printed names the machine (CPU, cores, numpy's BLAS, FFTW). The machine
 may be shared, so the sides take turns: 5 calls a turn for the layer, a chunk of batches
@@ -31,6 +34,7 @@ threads, so set the variable to compare at one thread on both sides.
     python benchmarks/epoch_vs_torch.py --only layer     # just the layer, a few seconds
     python benchmarks/epoch_vs_torch.py --backend im2col,fft --only epoch   # fft against im2col too
     python benchmarks/epoch_vs_torch.py --train-size 6400 --chunk 20   # a quick epoch
+    python benchmarks/epoch_vs_torch.py --only epoch --model lenet5 --backend auto   # another network
     OPENBLAS_NUM_THREADS=1 python benchmarks/epoch_vs_torch.py         # one thread each
 """
 
@@ -46,7 +50,10 @@ import torch
 import torch.nn.functional as F
 
 from convlab.data import load_mnist
-from convlab.models import reference_net
+from convlab.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from convlab.models import get_model
+from convlab.run import build_model
+from convlab.settings import TrainSettings
 from convlab.optimizers import SGD
 from convlab.registry import get_backend
 from convlab.threads import machine_summary
@@ -56,16 +63,26 @@ BATCH_SIZE, LR, MOMENTUM, SEED = 64, 0.01, 0.9, 0
 
 
 def torch_twin(model):
-    """A PyTorch copy of ``reference_net``: same layers, same weights (Dense w is transposed)."""
-    conv_w, conv_b, dense_w, dense_b = (p for _, p, _ in model.named_parameters())
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 7, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(18432, 10))
-    with torch.no_grad():
-        net[0].weight.copy_(torch.from_numpy(conv_w))
-        net[0].bias.copy_(torch.from_numpy(conv_b))
-        net[3].weight.copy_(torch.from_numpy(dense_w.T.copy()))
-        net[3].bias.copy_(torch.from_numpy(dense_b))
-    return net
+    """A PyTorch copy of a convlab ``Sequential``: same layers, same weights (Dense w is transposed)."""
+    layers = []
+    for layer in model.layers:
+        if isinstance(layer, Conv2D):
+            f, c, kh, kw = layer.params["w"].shape
+            twin = torch.nn.Conv2d(c, f, (kh, kw), stride=layer.stride, padding=layer.padding)
+            weights = (layer.params["w"], layer.params["b"])
+        elif isinstance(layer, Dense):
+            twin = torch.nn.Linear(*layer.params["w"].shape)
+            weights = (layer.params["w"].T.copy(), layer.params["b"])
+        else:
+            pools = {MaxPool2D: torch.nn.MaxPool2d, AvgPool2D: torch.nn.AvgPool2d}
+            twin = (pools[type(layer)](layer.kernel_size, layer.stride, layer.padding) if type(layer) in pools
+                    else {ReLU: torch.nn.ReLU, Flatten: torch.nn.Flatten}[type(layer)]())
+            weights = ()
+        with torch.no_grad():
+            for param, value in zip((getattr(twin, "weight", None), getattr(twin, "bias", None)), weights):
+                param.copy_(torch.from_numpy(value))
+        layers.append(twin)
+    return torch.nn.Sequential(*layers)
 
 
 def torch_train_step(net, optimizer, x, y):
@@ -149,7 +166,7 @@ def bench_layer_forward(backend, rounds, pause, per_round=20):
     summarize(f"MNIST layer forward ({backend.name}, {per_round} calls a turn)", *times)
 
 
-def bench_epoch(backend_names, train_size, chunk, pause):
+def bench_epoch(backend_names, train_size, chunk, pause, model_name="reference"):
     """One epoch per backend and one of PyTorch, all taking turns chunk by chunk."""
     data = load_mnist()
     x, y = data.x_train[:train_size], data.y_train[:train_size]
@@ -157,12 +174,13 @@ def bench_epoch(backend_names, train_size, chunk, pause):
     order = epoch_order(len(x), SEED, 1)
     chunks = [[order[i:i + BATCH_SIZE] for i in range(start, min(start + chunk * BATCH_SIZE, len(x)), BATCH_SIZE)]
               for start in range(0, len(x), chunk * BATCH_SIZE)]
-    net = torch_twin(reference_net(seed=SEED))
+    net = torch_twin(get_model(model_name).build(seed=SEED))
     torch_opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
     torch_losses = []
     sides, losses = [], {}
     for name in backend_names:
-        model = reference_net(seed=SEED, backend=name)
+        # The network `convlab train --model M --backend B` trains, conv layers pinned as it pins them.
+        model, _ = build_model(TrainSettings(model=model_name, backend=name, seed=SEED))
         optimizer = SGD(model, lr=LR, momentum=MOMENTUM)
         losses[name] = []
 
@@ -177,7 +195,7 @@ def bench_epoch(backend_names, train_size, chunk, pause):
 
     *ours, theirs = alternate(sides + [run_torch], len(chunks), pause)
     for name, times in zip(backend_names, ours):
-        summarize(f"one epoch, {len(x)} images, batch {BATCH_SIZE} ({name})", times, theirs)
+        summarize(f"one epoch of {model_name}, {len(x)} images, batch {BATCH_SIZE} ({name})", times, theirs)
     for name, times in zip(backend_names[1:], ours[1:]):
         summarize(f"one epoch, {name} against {backend_names[0]}", times, ours[0], backend_names[0])
     print("mean training loss: " + ", ".join(f"convlab {name} {np.mean(losses[name]):.4f}" for name in backend_names)
@@ -190,6 +208,9 @@ def main():
                         help="convlab backend(s) to time, comma-separated (default im2col); the layer is timed "
                              "with the first, the epoch with each, and each later one is compared with the first")
     parser.add_argument("--only", choices=["layer", "epoch"], help="run just one of the two measurements")
+    parser.add_argument("--model", default="reference",
+                        help="network of the epoch: a name (`convlab models`) or a spec string (default reference); "
+                             "each --backend runs on every conv layer (auto: picks per layer, as `convlab train` does)")
     parser.add_argument("--train-size", type=int, default=60000, help="training images in the epoch (default all)")
     parser.add_argument("--chunk", type=int, default=50, help="batches per alternation chunk (default 50)")
     parser.add_argument("--rounds", type=int, default=10, help="layer turns per side, 5 calls each (default 10)")
@@ -206,7 +227,7 @@ def main():
         bench_layer_forward(backends[0], args.rounds, args.pause)
         bench_layer(backends[0], args.rounds, args.pause)
     if args.only in (None, "epoch"):
-        bench_epoch([backend.name for backend in backends], args.train_size, args.chunk, args.pause)
+        bench_epoch([backend.name for backend in backends], args.train_size, args.chunk, args.pause, args.model)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ One :class:`Conv2D` layer, many hand-written convolution strategies ("backends")
 """
 
 from convlab.data import DataError, Dataset, load_mnist
-from convlab.layers import Conv2D, Dense, Flatten, Layer, ReLU
+from convlab.layers import AvgPool2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from convlab.losses import softmax, softmax_cross_entropy
-from convlab.models import Sequential, reference_net
+from convlab.models import Sequential, get_model, list_models, reference_net
 from convlab.optimizers import SGD
 from convlab.registry import (
     Backend,
@@ -25,6 +25,7 @@ from convlab.registry import (
 )
 
 __all__ = [
+    "AvgPool2D", "MaxPool2D", "get_model", "list_models",
     "Backend", "Conv2D", "DataError", "Dataset", "Dense", "Flatten", "Layer", "ReLU", "SGD",
     "Sequential", "Unsupported", "conv2d", "get_backend", "list_backends", "load_mnist", "reference_net",
     "register_backend", "softmax", "softmax_cross_entropy", "use_backend",

@@ -13,6 +13,8 @@ One file per run, rewritten atomically after every epoch (see :func:`save_checkp
     /backends              the backend that computed each finished epoch (strings, one per row
                            of /metrics; a run resumed with another backend has several). Older
                            checkpoints lack it: only their last epoch's backend is known.
+    /layer_times           (optional) JSON text: each layer's mean forward and backward ms per
+                           batch in the last epoch, [{"layer", "backend", "forward_ms", "backward_ms"}]
 
 The only randomness in training is the weight initialisation (done once, captured by the
 weights) and the batch order, a pure function of (seed, epoch) (``training.epoch_order``),
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import json
 import shlex
 import signal
 from dataclasses import dataclass
@@ -60,6 +63,7 @@ class Checkpoint:
     velocity: dict[str, np.ndarray]
     history: list[EpochMetrics]
     backends: list = None
+    layer_times: list[dict] | None = None
 
     def __post_init__(self):
         if self.backends is None:  # not recorded: only the backend of the last save is known
@@ -82,14 +86,15 @@ class Checkpoint:
                 buffer[...] = self.velocity[name]
 
 
-def save_checkpoint(path, model, optimizer, history, settings, backends=None):
+def save_checkpoint(path, model, optimizer, history, settings, backends=None, layer_times=None):
     """Write a checkpoint of ``model`` and ``optimizer`` after ``history[-1].epoch`` epochs.
 
     ``settings`` is the run's record (``TrainSettings.record()``: model, backend, dataset,
     lr, momentum, batch_size, seed, train_size, test_size and target epochs); ``backends``
     the backend that computed each epoch of ``history`` (None: ``settings["backend"]`` for
-    all; an entry None: not known). Atomic: a reader (or a crash at any moment)
-    sees the previous checkpoint or this one; temporary files left by a killed writer
+    all; an entry None: not known); ``layer_times`` (rows as in the module doc) are kept
+    beside the settings, not among them (they are measurements). Atomic: a reader (or a
+    crash at any moment) sees the previous checkpoint or this one; temporary files left by a killed writer
     (``.<name>.*.tmp``) are removed first.
     """
     path = checkpoint_path(path)
@@ -108,6 +113,8 @@ def save_checkpoint(path, model, optimizer, history, settings, backends=None):
             f.create_dataset("metrics", data=np.array(rows, dtype=METRICS_DTYPE))
             backends = [settings["backend"]] * len(history) if backends is None else backends
             f.create_dataset("backends", data=[name or "" for name in backends], dtype=h5py.string_dtype())
+            if layer_times is not None:
+                f.create_dataset("layer_times", data=json.dumps(layer_times))
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e}") from None
 
@@ -155,6 +162,7 @@ def load_checkpoint(path) -> Checkpoint:
             velocity = read_group(f, "optimizer/velocity")
             history = [EpochMetrics(*(python_value(v) for v in row)) for row in f["metrics"][()]]
             backends = [name.decode() or None for name in f["backends"][()]] if "backends" in f else None
+            layer_times = json.loads(f["layer_times"][()]) if "layer_times" in f else None
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError, TypeError, AttributeError) as e:
@@ -172,7 +180,7 @@ def load_checkpoint(path) -> Checkpoint:
     if backends is not None and len(backends) != len(history):
         raise CheckpointError(f"{path} is a damaged checkpoint: {len(backends)} backend names for "
                               f"{len(history)} epochs")
-    return Checkpoint(path, settings, weights, velocity, history, backends)
+    return Checkpoint(path, settings, weights, velocity, history, backends, layer_times)
 
 
 def read_group(f, group) -> dict[str, np.ndarray]:

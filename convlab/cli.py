@@ -122,7 +122,8 @@ class Commands:
         Every setting is checked by convlab.settings.TrainSettings before anything runs.
 
         Args:
-            backend: convolution backend (see `convlab backends`); default im2col.
+            backend: convolution backend (see `convlab backends`) of every conv layer, or one per conv
+                layer, comma-separated (fft,im2col); auto picks per layer; default im2col.
             epochs: train until this many epochs are done; default 5.
             batch_size: minibatch size; default 64.
             lr: SGD learning rate (of the first epoch); default 0.02.
@@ -138,7 +139,8 @@ class Commands:
             dataset: mnist or fashion-mnist; default mnist.
             checkpoint: save an HDF5 checkpoint here after every epoch (atomically); must not exist yet.
             resume: continue the run saved in this checkpoint, and keep saving to it.
-            model: the network (see `convlab models`); default reference.
+            model: the network: a name (see `convlab models`) or a spec string such as
+                "c32k3p1 relu maxpool2 dense10" (see docs/networks.md); default reference.
             profile: print where the training steps' time went, per layer and phase, at the end.
         """
         from convlab.run import train
@@ -156,7 +158,8 @@ class Commands:
 
         Args:
             checkpoint: the checkpoint file (required).
-            backend: convolution backend to compute with (default: the one it was trained with).
+            backend: convolution backend to compute with, or one per conv layer, comma-separated
+                (default: the ones it was trained with).
             data_dir: where the checkpoint's data set is (as for `convlab train`).
             test_size: use only the first N test images (default: all).
         """
@@ -178,7 +181,8 @@ class Commands:
         Args:
             file: the image.
             checkpoint: the checkpoint file (required).
-            backend: convolution backend to compute with (default: the one it was trained with).
+            backend: convolution backend to compute with, or one per conv layer, comma-separated
+                (default: the ones it was trained with).
             invert: the image is a dark digit on a light background.
         """
         from convlab.inference import check_has_content, load_image, load_model, prediction_report

@@ -19,7 +19,8 @@ import numpy as np
 from convlab.checkpoints import load_checkpoint
 from convlab.losses import softmax
 from convlab.models import DEFAULT_MODEL, get_model
-from convlab.registry import DEFAULT_BACKEND, get_backend, list_backends
+from convlab.registry import DEFAULT_BACKEND, list_backends
+from convlab.settings import layer_backends
 from convlab.training import predict_logits
 
 IMAGE_SIZE = (28, 28)
@@ -36,18 +37,25 @@ def load_model(checkpoint_path, backend=None):
     """The checkpoint's network holding its weights; returns (model, checkpoint).
 
     The network is the one named by the checkpoint's ``model`` setting (the reference
-    network for checkpoints older than that setting). The convolution runs on ``backend``;
-    by default the one the checkpoint was trained with, or the default backend if that one
-    is not installed here.
+    network for checkpoints older than that setting). Each conv layer runs on ``backend``
+    (one name, or one per conv layer as for ``convlab train``); by default on the one it
+    was trained with, or the default backend if that one is not installed here.
     """
     checkpoint = load_checkpoint(checkpoint_path)
+    model = get_model(checkpoint.settings.get("model", DEFAULT_MODEL))
     if backend is None:
-        trained_with = checkpoint.settings.get("backend")
-        backend = trained_with if trained_with in list_backends() else DEFAULT_BACKEND
-    model = get_model(checkpoint.settings.get("model", DEFAULT_MODEL)).build()
-    model.set_backend(get_backend(backend).name)
-    checkpoint.restore(model)
-    return model, checkpoint
+        trained_with = str(checkpoint.settings.get("backends") or checkpoint.settings.get("backend")).split(",")
+        backend = ",".join(trained_with) if set(trained_with) <= set(list_backends()) else DEFAULT_BACKEND
+    network = model.build()
+    network.set_backends(layer_backends(model, backend))
+    checkpoint.restore(network)
+    return network, checkpoint
+
+
+def layer_backend_names(model) -> str:
+    """The backends of ``model``'s conv layers: one name if they are all the same, else comma-separated."""
+    names = [layer.backend for layer in model.conv_layers()]
+    return names[0] if len(set(names)) == 1 else ",".join(names)
 
 
 def confusion_matrix(labels, predictions, classes=10) -> np.ndarray:
@@ -65,7 +73,7 @@ def evaluation_report(model, checkpoint, x, y) -> str:
     lines = [
         f"checkpoint {checkpoint.path}: {checkpoint.epoch} epoch{'s' * (checkpoint.epoch != 1)} on "
         f"{s['train_size']} {s['dataset']} images, "
-        f"trained with {s['backend']}; evaluated with {model.conv_layers()[0].backend}",
+        f"trained with {s.get('backends') or s['backend']}; evaluated with {layer_backend_names(model)}",
         f"test accuracy: {correct / len(y):.4f} ({correct}/{len(y)})",
         "confusion matrix (rows: true class, columns: predicted class, recall: fraction of the row right):",
         "true" + "".join(f"{p:>{width}}" for p in range(len(matrix))) + "  recall",

@@ -1,42 +1,73 @@
 """Models: a small Sequential container, the networks it builds, and their registry.
 
-A network is registered under a name through the entry-point group ``convlab.models``
-(exactly like backends: a third-party package can add one); the entry point names a
-function ``build(seed=0, dtype=numpy.float32) -> Sequential`` whose weights are a pure
-function of the seed. :func:`get_model` finds one by name.
+A network is found by name through the entry-point group ``convlab.models`` (exactly like
+backends, so a third-party package can add one): the entry point names a function
+``build(seed=0, dtype=numpy.float32) -> Sequential`` whose weights are a pure function of
+the seed; the first line of its docstring describes it. Built in: ``reference`` (the
+assignment's network), ``lenet5`` and ``vgg3x3``. Anything else can be written as a spec
+string (see :func:`parse_spec` and docs/networks.md)::
+
+    c32k3p1 relu c32k3p1 relu maxpool2 flatten dense10
+
+Every network reads 1x28x28 images (MNIST, Fashion-MNIST) and ends in 10 logits.
 """
 
 from __future__ import annotations
 
+import re
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import entry_points
 
 import numpy as np
 
-from convlab.layers import Conv2D, Dense, Flatten, ReLU
+from convlab.checks import output_size
+from convlab.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from convlab.registry import PluginWarning
+
+INPUT_SHAPE = (1, 28, 28)
+CLASSES = 10
 
 
 class Sequential:
     """Layers applied in order; ``backward`` runs them in reverse.
 
-    The first layer's input gradient is never needed, so it is not computed.
+    The first layer's input gradient is never needed, so it is not computed. Each layer's
+    time is measured (two clock reads per layer and pass, well under a microsecond): the
+    forward of a training step and its backward are added to ``layer_seconds`` when the
+    backward runs, so forward-only passes (evaluation) do not count; ``steps`` counts them.
     """
 
     def __init__(self, *layers):
         self.layers = list(layers)
+        self.reset_timing()
+
+    def reset_timing(self):
+        """Start counting ``layer_seconds`` (one [forward, backward] per layer) and ``steps`` anew."""
+        self.layer_seconds = np.zeros((len(self.layers), 2))
+        self.steps = 0
+        self._forward_seconds = np.zeros(len(self.layers))
 
     def forward(self, x):
-        for layer in self.layers:
+        clock = time.perf_counter
+        for i, layer in enumerate(self.layers):
+            started = clock()
             x = layer.forward(x)
+            self._forward_seconds[i] = clock() - started
         return x
 
     __call__ = forward
 
     def backward(self, dy):
-        for i, layer in reversed(list(enumerate(self.layers))):
-            dy = layer.backward(dy, need_dx=i > 0)
+        clock = time.perf_counter
+        for i in range(len(self.layers) - 1, -1, -1):
+            started = clock()
+            dy = self.layers[i].backward(dy, need_dx=i > 0)
+            self.layer_seconds[i, 1] += clock() - started
+        self.layer_seconds[:, 0] += self._forward_seconds
+        self.steps += 1
 
     def named_parameters(self):
         """Yield (name, param, grad) with names like ``"0.w"``; grad is None before a backward."""
@@ -60,13 +91,77 @@ class Sequential:
     def conv_layers(self):
         return [layer for layer in self.layers if isinstance(layer, Conv2D)]
 
+    def indexed_conv_layers(self) -> list[tuple[int, Conv2D]]:
+        """(position in ``layers``, layer) of each Conv2D layer, in order."""
+        return [(i, layer) for i, layer in enumerate(self.layers) if isinstance(layer, Conv2D)]
+
     def set_backend(self, name):
         """Pin every Conv2D layer to backend ``name`` (None: follow ``use_backend``)."""
         for layer in self.conv_layers():
             layer.backend = name
 
+    def set_backends(self, names):
+        """Pin the Conv2D layers, in order, to the backends ``names`` (one per conv layer)."""
+        convs = self.conv_layers()
+        if len(names) != len(convs):
+            raise ValueError(f"{len(names)} backends given for {len(convs)} conv layers")
+        for layer, name in zip(convs, names):
+            layer.backend = name
+
+    def input_shapes(self, batch=1, input_shape=INPUT_SHAPE) -> list[tuple]:
+        """The shape of each layer's input, for a batch of ``batch`` images, without
+        running anything; raises ValueError where a layer cannot take its input."""
+        shapes, shape = [], (batch, *input_shape)
+        for layer in self.layers:
+            shapes.append(shape)
+            shape = output_shape(layer, shape)
+        return shapes
+
     def __repr__(self):
         return "Sequential(\n" + "".join(f"  {layer!r}\n" for layer in self.layers) + ")"
+
+
+def output_shape(layer, shape) -> tuple:
+    """The output shape of ``layer`` for an input of ``shape``."""
+    if isinstance(layer, Conv2D):
+        f, c, kh, kw = layer.params["w"].shape
+        if len(shape) != 4 or shape[1] != c:
+            raise ValueError(f"{layer!r} needs an input of {c} channels (N, {c}, H, W), gets {shape}")
+        oh, ow = (output_size(size, k, s, p) for size, k, s, p in zip(shape[2:], (kh, kw), layer.stride, layer.padding))
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{layer!r}: its {kh}x{kw} kernel is larger than its padded input {shape[2:]}")
+        return shape[0], f, oh, ow
+    if isinstance(layer, (MaxPool2D, AvgPool2D)):
+        if len(shape) != 4:
+            raise ValueError(f"{layer!r} needs an image input (N, C, H, W), gets {shape}")
+        return layer.output_shape(shape)
+    if isinstance(layer, Flatten):
+        return shape[0], int(np.prod(shape[1:]))
+    if isinstance(layer, Dense):
+        if len(shape) != 2 or shape[1] != layer.params["w"].shape[0]:
+            raise ValueError(f"{layer!r} needs an input of {layer.params['w'].shape[0]} features, gets {shape}")
+        return shape[0], layer.params["w"].shape[1]
+    return shape
+
+
+def describe_layer(layer, x_shape) -> str:
+    """A layer in a few words, given its input shape, e.g. "conv 6 -> 16 filters 5x5,
+    stride 1, padding 0, on 14x14" or "max-pool 2x2, stride 2, on 6x28x28"."""
+    def pair(values):
+        return str(values[0]) if values[0] == values[1] else "x".join(map(str, values))
+
+    if isinstance(layer, Conv2D):
+        f, c, kh, kw = layer.params["w"].shape
+        return (f"conv {c} -> {f} filters {kh}x{kw}, stride {pair(layer.stride)}, padding {pair(layer.padding)}, "
+                f"on {x_shape[2]}x{x_shape[3]}")
+    if isinstance(layer, (MaxPool2D, AvgPool2D)):
+        kind = "max-pool" if isinstance(layer, MaxPool2D) else "avg-pool"
+        padding = f", padding {pair(layer.padding)}" if any(layer.padding) else ""
+        return (f"{kind} {layer.kernel_size[0]}x{layer.kernel_size[1]}, stride {pair(layer.stride)}{padding}, "
+                f"on {'x'.join(map(str, x_shape[1:]))}")
+    if isinstance(layer, Dense):
+        return "dense {} -> {}".format(*layer.params["w"].shape)
+    return type(layer).__name__ if isinstance(layer, ReLU) else type(layer).__name__.lower()
 
 
 def reference_net(seed=0, backend=None, dtype=np.float32) -> Sequential:
@@ -77,13 +172,131 @@ def reference_net(seed=0, backend=None, dtype=np.float32) -> Sequential:
     return Sequential(conv, ReLU(), Flatten(), Dense(32 * 24 * 24, 10, rng=rng, dtype=dtype))
 
 
+# --- spec strings ------------------------------------------------------------------------
+
+# One pattern per kind of token; the groups are its numbers (stride and padding optional).
+TOKENS = {
+    "conv": (re.compile(r"c(\d+)k(\d+)(?:s(\d+))?(?:p(\d+))?"), "c<filters>k<kernel>[s<stride>][p<padding>]"),
+    "maxpool": (re.compile(r"maxpool(\d+)(?:s(\d+))?(?:p(\d+))?"), "maxpool<kernel>[s<stride>][p<padding>]"),
+    "avgpool": (re.compile(r"avgpool(\d+)(?:s(\d+))?(?:p(\d+))?"), "avgpool<kernel>[s<stride>][p<padding>]"),
+    "dense": (re.compile(r"dense(\d+)"), "dense<units>"),
+    "relu": (re.compile(r"relu"), "relu"),
+    "flatten": (re.compile(r"flatten"), "flatten"),
+}
+EXPECTED = ", ".join(form for _, form in TOKENS.values())
+# How many of a token's leading numbers are sizes, which must be at least 1.
+SIZES = {"conv": 2, "maxpool": 1, "avgpool": 1, "dense": 1}
+
+
+class SpecError(ValueError):
+    """A model spec string that does not describe a network convlab can build."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One token of a spec: its kind (a key of :data:`TOKENS`) and numbers."""
+
+    kind: str
+    numbers: tuple = field(default=())
+
+
+def parse_spec(spec: str) -> list[LayerSpec]:
+    """The layers of a spec string: whitespace-separated tokens, in order (case ignored).
+
+    ``c<F>k<K>[s<S>][p<P>]``  convolution, F filters K x K, stride S (1), zero padding P (0)
+    ``maxpool<K>[s<S>][p<P>]``, ``avgpool<K>[s<S>][p<P>]``  pooling, stride S (default K)
+    ``relu``, ``flatten``, ``dense<N>``  (a dense layer after an image layer flattens first)
+
+    Input is 1x28x28; the last layer must give the 10 class logits. Raises
+    :class:`SpecError` naming the first token that is wrong and what was expected.
+    """
+    tokens = spec.lower().split() if isinstance(spec, str) else []
+    if not tokens:
+        raise SpecError(f"a model spec is a string of layers such as \"c32k3p1 relu maxpool2 dense10\", got {spec!r}")
+    layers = []
+    for position, token in enumerate(tokens, start=1):
+        for kind, (pattern, _) in TOKENS.items():
+            match = pattern.fullmatch(token)
+            if match:
+                layers.append(LayerSpec(kind, tuple(None if g is None else int(g) for g in match.groups())))
+                break
+        else:
+            raise SpecError(f"model spec token {position} {token!r} is not a layer; expected one of: {EXPECTED}")
+        if any(n < 1 for n in layers[-1].numbers[:SIZES.get(layers[-1].kind, 0)]):  # strides: checked by the layers
+            raise SpecError(f"model spec token {position} {token!r}: sizes must be at least 1")
+    return layers
+
+
+def spec_network(layers: list[LayerSpec], spec: str, seed=0, dtype=np.float32) -> Sequential:
+    """The network of parsed spec ``layers`` (from :func:`parse_spec` of ``spec``), with
+    weights drawn in layer order from one generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    built, shape = [], (1, *INPUT_SHAPE)
+    for position, (layer, token) in enumerate(zip(layers, spec.lower().split()), start=1):
+        numbers = layer.numbers
+        if layer.kind == "dense" and len(shape) == 4:
+            built.append(Flatten())
+            shape = output_shape(built[-1], shape)
+        try:
+            if layer.kind == "conv":
+                filters, kernel, stride, padding = numbers
+                new = Conv2D(shape[1], filters, kernel, stride or 1, padding or 0, rng=rng, dtype=dtype)
+            elif layer.kind in ("maxpool", "avgpool"):
+                kernel, stride, padding = numbers
+                new = (MaxPool2D if layer.kind == "maxpool" else AvgPool2D)(kernel, stride, padding or 0)
+            elif layer.kind == "dense":
+                new = Dense(shape[1], numbers[0], rng=rng, dtype=dtype)
+            else:
+                new = ReLU() if layer.kind == "relu" else Flatten()
+            if len(shape) == 2 and layer.kind in ("conv", "maxpool", "avgpool", "flatten"):
+                raise ValueError("it needs an image (C, H, W) but comes after the network was flattened")
+            shape = output_shape(new, shape)
+        except ValueError as e:
+            raise SpecError(f"model spec token {position} {token!r} does not fit its input "
+                            f"{'x'.join(map(str, shape[1:]))}: {e}") from None
+        built.append(new)
+    if shape != (1, CLASSES):
+        raise SpecError(f"a model spec must end in the {CLASSES} class logits (such as dense{CLASSES}); "
+                        f"{spec!r} ends in {'x'.join(map(str, shape[1:]))} values")
+    return Sequential(*built)
+
+
+def normal_spec(spec: str) -> str:
+    """A spec string as recorded: lower case, single spaces."""
+    return " ".join(spec.lower().split())
+
+
+def spec_model(spec: str) -> Sequential:
+    """A builder for the network of ``spec``: checks it once (raising :class:`SpecError`)."""
+    layers = parse_spec(spec)
+    spec_network(layers, spec)  # refuses a spec whose shapes do not fit, before anything runs
+    return partial(spec_network, layers, normal_spec(spec))
+
+
+LENET5 = "c6k5p2 relu maxpool2 c16k5 relu maxpool2 flatten dense120 relu dense84 relu dense10"
+VGG3X3 = "c32k3p1 relu c32k3p1 relu maxpool2 c64k3p1 relu c64k3p1 relu maxpool2 flatten dense10"
+
+
+def lenet5(seed=0, dtype=np.float32) -> Sequential:
+    """LeNet-5: conv 6@5x5 pad 2 -> ReLU -> max-pool 2 -> conv 16@5x5 -> ReLU -> max-pool 2 -> dense 120 -> ReLU -> dense 84 -> ReLU -> dense 10."""
+    return spec_network(parse_spec(LENET5), LENET5, seed, dtype)
+
+
+def vgg3x3(seed=0, dtype=np.float32) -> Sequential:
+    """VGG-style 3x3 stack: 2 x conv 32@3x3 pad 1 (ReLU) -> max-pool 2 -> 2 x conv 64@3x3 pad 1 (ReLU) -> max-pool 2 -> dense 10."""
+    return spec_network(parse_spec(VGG3X3), VGG3X3, seed, dtype)
+
+
+# --- the registry ------------------------------------------------------------------------
+
 ENTRY_POINT_GROUP = "convlab.models"
 DEFAULT_MODEL = "reference"
 
 
 @dataclass(frozen=True)
 class Model:
-    """A network by name: ``build(seed, dtype)`` makes it with fresh weights."""
+    """A network by name (registered, or a normalised spec string): ``build(seed, dtype)``
+    makes it with fresh weights."""
 
     name: str
     build: object
@@ -112,8 +325,14 @@ def list_models() -> list[str]:
 
 
 def get_model(name: str) -> Model:
-    """The network called ``name``."""
+    """The network called ``name``, or described by ``name`` as a spec string (see
+    :func:`parse_spec`). An unknown name raises ValueError listing the valid ones; a bad
+    spec, :class:`SpecError` naming the token."""
     models = installed_models()
     if name in models:
         return models[name]
-    raise ValueError(f"unknown model {name!r}; valid models are: {', '.join(sorted(models))}")
+    if not isinstance(name, str) or len(name.split()) < 2 and not any(
+            pattern.fullmatch(name.lower()) for pattern, _ in TOKENS.values()):
+        raise ValueError(f"unknown model {name!r}; valid models are: {', '.join(sorted(models))}, or a spec string "
+                         "such as \"c32k3p1 relu maxpool2 dense10\" (see docs/networks.md)")
+    return Model(normal_spec(name), spec_model(name), f"the network of the spec {normal_spec(name)!r}")

@@ -32,7 +32,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from convlab.files import atomic_path, check_outputs, check_suffix, check_writable
-from convlab.layers import Conv2D, Dense, ReLU
+from convlab.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU
+from convlab.models import DEFAULT_MODEL, INPUT_SHAPE
 from convlab.registry import get_backend
 from convlab.training import EpochMetrics
 
@@ -64,7 +65,8 @@ class Run:
     history: list[EpochMetrics]
     settings: dict
     model: object = None
-    backends: list = None
+    backends: list = None  # per epoch: the --backend it was computed with, if recorded
+    layer_times: list = None  # per layer: {"layer", "backend", "forward_ms", "backward_ms"}, if recorded
 
     def __post_init__(self):
         if self.backends is None:
@@ -73,6 +75,11 @@ class Run:
     @property
     def test_accuracy(self) -> float:
         return self.history[-1].test_accuracy
+
+    @property
+    def layer_backends(self) -> list[str]:
+        """The backend each conv layer ran on (auto's picks resolved, if recorded)."""
+        return str(self.settings.get("backends") or self.backend).split(",")
 
 
 def load_run(path) -> Run:
@@ -85,7 +92,7 @@ def load_run(path) -> Run:
 
         model, checkpoint = load_model(path)
         return Run(path, checkpoint.settings["backend"], checkpoint.history, checkpoint.settings, model,
-                   checkpoint.backends)
+                   checkpoint.backends, checkpoint.layer_times)
     return read_metrics(path)
 
 
@@ -115,7 +122,7 @@ def read_metrics(path: Path) -> Run:
     if not valid or not all(isinstance(b, (str, type(None))) for b in backends or ()):
         raise ReportError(f"{path}: needs a backend name and at least one epoch of finite numbers "
                           f"({', '.join(names)}); {METRICS_HINT}")
-    return Run(path, backend, history, settings, backends=backends)
+    return Run(path, backend, history, settings, backends=backends, layer_times=doc.get("layer_times"))
 
 
 def read_bench(path) -> list[dict]:
@@ -162,19 +169,27 @@ def backend_explanation(name: str) -> tuple[str, list[tuple[str, str]]]:
 
 def describe_network(model) -> str:
     """The layer chain as one line, e.g. "input 1×28×28 → conv 32 filters 7×7 ... → dense 18432 → 10"."""
-    parts = []
+    parts = ["input " + "×".join(map(str, INPUT_SHAPE))]
     for layer in model.layers:
         if isinstance(layer, Conv2D):
             f, c, kh, kw = layer.params["w"].shape
-            if not parts:
-                parts.append(f"input {c}×28×28")
             parts.append(f"conv {f} filters {kh}×{kw}, stride {pair(layer.stride)}, padding {pair(layer.padding)}")
         elif isinstance(layer, ReLU):
             parts.append("ReLU")
+        elif isinstance(layer, (MaxPool2D, AvgPool2D)):
+            kind = "max-pool" if isinstance(layer, MaxPool2D) else "average-pool"
+            padding = f", padding {pair(layer.padding)}" if any(layer.padding) else ""
+            parts.append(f"{kind} {pair(layer.kernel_size)}, stride {pair(layer.stride)}{padding}")
         elif isinstance(layer, Dense):
             parts.append("dense {} → {}".format(*layer.params["w"].shape))
     n_params = sum(p.size for _, p, _ in model.named_parameters())
     return " → ".join(parts) + f" → softmax cross-entropy ({n_params:,} parameters)"
+
+
+def network_name(run: Run) -> str:
+    """" (lenet5)" for a run of a network other than the reference one, else ""."""
+    model = run.settings.get("model", DEFAULT_MODEL)
+    return "" if model == DEFAULT_MODEL else f" ({model})"
 
 
 def pair(values) -> str:
@@ -195,13 +210,29 @@ def summary_paragraph(run: Run, model) -> str:
     epochs = len(run.history)
     text = (f"The network reached a test accuracy of {run.test_accuracy:.2%} on {test_set} "
             f"after {epochs} epoch{'s' * (epochs != 1)} of training{n_train}. "
-            f"Network: {describe_network(model)}. ")
+            f"Network{network_name(run)}: {describe_network(model)}. ")
     if {"lr", "momentum", "batch_size", "seed"} <= set(s):
         schedule = f" ({s['lr_schedule']} schedule by epoch)" if "lr_schedule" in s else ""
         text += (f"Training: SGD with learning rate {s['lr']}{schedule}, momentum {s['momentum']}, "
                  f"minibatches of {s['batch_size']}, seed {s['seed']}. ")
     return text + ("The layers, the loss, the optimizer and every convolution backend are our own code "
                    "(NumPy; no PyTorch, no SciPy convolution). " + backends_sentence(run))
+
+
+def layers_backends_sentence(run: Run) -> str:
+    """Which backend computed each conv layer of a network with several, and what each is."""
+    names = run.layer_backends
+    tuners = [name for name in dict.fromkeys(run.backend.split(",")) if name not in names]
+    picked = f" (picked per layer by \u201c{', '.join(tuners)}\u201d)" if tuners else ""
+    if len(set(names)) == 1:
+        description, _ = backend_explanation(names[0])
+        what = "convolution" if len(names) == 1 else f"{len(names)} convolutions"
+        verb = "was" if len(names) == 1 else "were"
+        return (f"The {what}, forward and backward, {verb} computed by the \u201c{names[0]}\u201d backend{picked}. "
+                f"{description.rstrip('.')}.")
+    layers = ", ".join(f"conv layer {i} by \u201c{name}\u201d" for i, name in enumerate(names, start=1))
+    explained = " ".join(f"{name}: {backend_explanation(name)[0].rstrip('.')}." for name in dict.fromkeys(names))
+    return f"The convolutions, forward and backward, were computed per layer{picked}: {layers}. {explained}"
 
 
 def epoch_ranges(backends: list) -> list[tuple[str | None, int, int]]:
@@ -217,7 +248,10 @@ def epoch_ranges(backends: list) -> list[tuple[str | None, int, int]]:
 
 def backends_sentence(run: Run) -> str:
     """Which backend computed the convolution (forward and backward) in which epochs, and
-    what each one is; epochs whose backend the source did not record are said to be so."""
+    what each one is; epochs whose backend the source did not record are said to be so.
+    A network with several conv layers says which backend computed each layer instead."""
+    if len(run.layer_backends) > 1:
+        return layers_backends_sentence(run)
     def epochs(first, last):
         return f"epoch {first}" if first == last else f"epochs {first}\u2013{last}"
 
@@ -344,18 +378,31 @@ def timing_rows(rows: list[dict]) -> list[list[str]]:
              f"{r['seconds'] / fastest[key(r)]:.1f}×"] for r in ordered]
 
 
-def timing_figure(rows: list[dict]) -> Figure:
-    cells = timing_rows(rows)
+def table_figure(cells, labels, widths, title, fontsize=8) -> Figure:
+    """A figure holding one table: rows of ``cells`` under the column ``labels``."""
     fig = Figure(figsize=(8, 0.5 + 0.25 * (len(cells) + 1)))
     ax = fig.subplots()
     ax.set_axis_off()
-    table = ax.table(cellText=cells, colLabels=TIMING_COLUMNS,
-                     loc="upper center", cellLoc="left", colWidths=[0.40, 0.2, 0.13, 0.12, 0.13])
+    table = ax.table(cellText=cells, colLabels=labels, loc="upper center", cellLoc="left", colWidths=widths)
     table.auto_set_font_size(False)
-    table.set_fontsize(8)
+    table.set_fontsize(fontsize)
     table.scale(1, 1.25)
-    ax.set_title(TIMING_TITLE, fontsize=10)
+    ax.set_title(title, fontsize=10)
     return fig
+
+
+def timing_figure(rows: list[dict]) -> Figure:
+    return table_figure(timing_rows(rows), TIMING_COLUMNS, [0.40, 0.2, 0.13, 0.12, 0.13], TIMING_TITLE)
+
+
+def layer_time_figure(rows: list[dict]) -> Figure:
+    """The per-layer table: each layer's mean forward and backward time per training batch."""
+    total = sum(r["forward_ms"] + r["backward_ms"] for r in rows) or 1.0
+    cells = [[r["layer"], r["backend"] or "", f"{r['forward_ms']:.2f}", f"{r['backward_ms']:.2f}",
+              f"{(r['forward_ms'] + r['backward_ms']) / total:.0%}"] for r in rows]
+    return table_figure(cells, ["layer", "backend", "forward ms", "backward ms", "share"],
+                        [0.6, 0.1, 0.11, 0.12, 0.07],
+                        "time per training batch by layer (mean over the last epoch trained)", fontsize=7.5)
 
 
 def timing_text(rows: list[dict]) -> str:
@@ -375,22 +422,25 @@ def figure_png(fig: Figure) -> bytes:
 def write_report(source, out="report.pdf", bench=None) -> list[Path]:
     """Write the PDF report of the run in ``source`` (metrics JSON or checkpoint) to ``out``,
     and beside it ``<stem>-curves.png``, ``<stem>-filters.png`` (checkpoints only) and
-    ``<stem>-timing.png`` (with ``bench``). Returns the paths written, the PDF first."""
+    ``<stem>-layers.png`` (runs that recorded per-layer times), ``<stem>-timing.png``
+    (with ``bench``). Returns the paths written, the PDF first."""
     out = check_suffix(check_writable(out, "--out"), "--out", ".pdf", "a PDF")
     figures = {f"--out's figure {out.stem}-{name}.png": out.with_name(f"{out.stem}-{name}.png")
-               for name in ("curves", "filters", "timing")}
+               for name in ("curves", "layers", "filters", "timing")}
     check_outputs({"--out": out, **figures}, {"SOURCE": source, "--bench": bench})
     run = load_run(source)
     timings = read_bench(bench) if bench is not None else None
     model = run.model
     if model is None:  # a metrics file names the network (older ones: the reference network)
-        from convlab.models import DEFAULT_MODEL, get_model
+        from convlab.models import get_model
 
         model = get_model(run.settings.get("model", DEFAULT_MODEL)).build()
 
     pages = Pages()
-    used = [name for name in dict.fromkeys(run.backends) if name is not None]
-    pages.add("title", f"convlab report: {dataset_title(run)}, {', '.join(used)}, {len(run.history)} epochs")
+    # The backends each epoch was computed with, and each conv layer's (auto's picks resolved).
+    used = [name for name in dict.fromkeys(run.backends + run.layer_backends) if name is not None and "," not in name]
+    pages.add("title", f"convlab report: {dataset_title(run)}{network_name(run)}, {', '.join(used)}, "
+                       f"{len(run.history)} epochs")
     pages.add("note", f"from {run.source}")
     pages.add("para", summary_paragraph(run, model))
     for name in used:
@@ -405,6 +455,8 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
         pages.add_figure(heading, png)
 
     section("Training curves", "curves", curves_figure(run.history))
+    if run.layer_times:
+        section("Time per layer", "layers", layer_time_figure(run.layer_times))
     if run.model is not None:
         section("Learned filters", "filters", filters_figure(run.model.conv_layers()[0].params["w"]))
     else:

@@ -9,15 +9,18 @@ import logging
 import sys
 import time
 
+import numpy as np
+
 from convlab.arguments import check_fits_dtype, out_of_memory_names
 from convlab.checkpoints import ctrl_c_at_safe_points, interrupted_message, save_checkpoint
-from convlab.data import load_dataset
 from convlab.files import write_json
-from convlab.models import get_model
+from convlab.models import describe_layer, get_model
 from convlab.optimizers import SGD
 from convlab.profile import recording
+from convlab.registry import get_backend
 from convlab.settings import TrainSettings
 from convlab.threads import machine_summary
+from convlab.timing import is_tuner
 from convlab.training import TrainingDiverged, fit
 
 
@@ -37,10 +40,42 @@ def backend_log_to_stdout():
 
 
 def build_model(settings: TrainSettings):
-    """The settings' network with fresh weights from its seed, on its backend."""
+    """The settings' network with fresh weights from its seed, each conv layer pinned to
+    its backend (:func:`pin_backends`); returns (model, settings with ``backends`` set)."""
     model = get_model(settings.model).build(seed=settings.seed)
-    model.set_backend(settings.backend)
-    return model
+    return model, pin_backends(model, settings)
+
+
+def pin_backends(model, settings: TrainSettings) -> TrainSettings:
+    """Pin each conv layer of ``model`` to its backend in ``settings``; returns the settings
+    with ``backends`` set. A layer on ``auto`` gets the backend auto picks for that layer's
+    own problem at the training batch size (timed without dx for the first layer, whose
+    input gradient is never computed); one line per conv layer says which backend it runs on
+    (unless there is one conv layer, on the backend named)."""
+    shapes = model.input_shapes(settings.batch_size)
+    names = []
+    convs = model.indexed_conv_layers()
+    for number, ((i, layer), asked) in enumerate(zip(convs, settings.conv_backends()), start=1):
+        name, how = asked, ""
+        if is_tuner(asked):
+            x = np.random.default_rng(0).standard_normal(shapes[i]).astype(layer.params["w"].dtype)
+            name = get_backend(asked).impl.pick(x, layer.params["w"], layer.stride, layer.padding, need_dx=i > 0)
+            how = f" (picked by {asked})"
+        layer.backend = name
+        names.append(name)
+        if how or len(convs) > 1:  # the reference network on a named backend prints what it always did
+            print(f"conv layer {number} ({describe_layer(layer, shapes[i])}): {name}{how}")
+    return settings.with_backends(names)
+
+
+def layer_times(model) -> list[dict]:
+    """Each layer's mean time per training step since ``model.reset_timing()``: a row
+    {"layer", "backend" (conv layers; else None), "forward_ms", "backward_ms"}."""
+    shapes = model.input_shapes()
+    steps = max(model.steps, 1)
+    return [{"layer": describe_layer(layer, shape), "backend": getattr(layer, "backend", None),
+             "forward_ms": 1e3 * seconds[0] / steps, "backward_ms": 1e3 * seconds[1] / steps}
+            for layer, shape, seconds in zip(model.layers, shapes, model.layer_seconds)]
 
 
 def train(settings: TrainSettings, resumed=None, profile=False):
@@ -48,7 +83,7 @@ def train(settings: TrainSettings, resumed=None, profile=False):
     given; returns the metrics of every epoch (the resumed ones included). ``profile``:
     record the per-phase profile of the training steps (:mod:`convlab.profile`) and print
     it at the end."""
-    model = build_model(settings)
+    model = get_model(settings.model).build(seed=settings.seed)
     check_fits_dtype("--lr", settings.lr, next(model.named_parameters())[1].dtype)
     optimizer = SGD(model, lr=settings.lr, momentum=settings.momentum)
     history, backends = [], []
@@ -56,6 +91,10 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         resumed.restore(model, optimizer)
         history, backends = resumed.history, resumed.backends
         print(f"resuming from {settings.resume} after epoch {resumed.epoch}")
+    with backend_log_to_stdout():
+        settings = pin_backends(model, settings)
+
+    from convlab.data import load_dataset  # looked up at call time: tests share one reading of the data
 
     data = load_dataset(settings.dataset, settings.data_dir)
     settings = settings.with_data_sizes(len(data.x_train), len(data.x_test))
@@ -68,12 +107,14 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         # print, with every finished epoch on disk.
         history.append(m)
         backends.append(settings.backend)
+        times = layer_times(model)
+        model.reset_timing()
         if settings.checkpoint is not None:
-            save_checkpoint(settings.checkpoint, model, optimizer, history, settings.record(), backends)
+            save_checkpoint(settings.checkpoint, model, optimizer, history, settings.record(), backends, times)
         if settings.metrics_out is not None:
             write_json(settings.metrics_out, {
                 "backend": settings.backend, "test_accuracy": m.test_accuracy, "settings": settings.record(),
-                "epochs": [dict(e.as_dict(), backend=b) for e, b in zip(history, backends)]})
+                "layer_times": times, "epochs": [dict(e.as_dict(), backend=b) for e, b in zip(history, backends)]})
         print(f"epoch {m.epoch}/{settings.epochs}  loss {m.train_loss:.4f}  train acc {m.train_accuracy:.4f}  "
               f"test acc {m.test_accuracy:.4f}  {m.seconds:.1f} s", flush=True)
 

@@ -27,9 +27,10 @@ class UsageError(ValueError):
     """A setting or command-line argument that is not allowed, said as the option that set it."""
 
 
-# What a run is: stored in its checkpoint and metrics file.
-RECORDED = ("model", "backend", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "momentum", "seed",
-            "train_size", "test_size")
+# What a run is: stored in its checkpoint and metrics file. ``backends`` is derived (the
+# backend each conv layer ran on, auto's picks resolved), so it is not merged on resume.
+RECORDED = ("model", "backend", "backends", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "momentum",
+            "seed", "train_size", "test_size")
 # Settings a resumed run must keep: changing any of them would make the continuation a
 # different run than the one the checkpoint started (the weights are a function of them).
 FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "lr_schedule", "momentum", "seed", "train_size", "test_size")
@@ -65,12 +66,17 @@ def option(field: str) -> str:
 class TrainSettings:
     """One training run's settings, checked and normalised on construction.
 
-    ``train_size``/``test_size`` None mean the whole split; :meth:`with_data_sizes` makes
-    them the numbers of images actually used once the data set is loaded.
+    ``model`` is a registered network's name or a spec string (recorded normalised).
+    ``backend`` is one backend name for every conv layer, or one per conv layer,
+    comma-separated (``auto`` times each layer's own shape); each layer's backend must
+    support its layer's problem. ``backends`` is what each conv layer ended up on (set when
+    training starts, :meth:`with_backends`). ``train_size``/``test_size`` None mean the
+    whole split; :meth:`with_data_sizes` makes them the numbers of images used.
     """
 
     model: str = "reference"
     backend: str = "im2col"
+    backends: str | None = None
     dataset: str = "mnist"
     epochs: int = 5
     batch_size: int = 64
@@ -91,9 +97,12 @@ class TrainSettings:
         from convlab.models import get_model
         from convlab.registry import get_backend
 
+        model = get_model(self.model)
+        backend = ",".join(get_backend(name).name for name in backend_names(self.backend))
+        layer_backends(model, backend, self.batch_size)
         normalised = dict(
-            model=get_model(self.model).name,
-            backend=get_backend(self.backend).name,
+            model=model.name,
+            backend=backend,
             epochs=positive_int("epochs", self.epochs),
             batch_size=positive_int("batch-size", self.batch_size),
             lr=positive_float("lr", self.lr),
@@ -131,7 +140,8 @@ class TrainSettings:
         check_new_checkpoint_path(given["checkpoint"], resume)
         check_train_files(given["checkpoint"], resume, given.get("metrics_out"), given.get("data_dir"))
         if resumed is not None:
-            given = dict(given, **resumed_settings(resumed, {key: given.get(key) for key in RECORDED}))
+            given = dict(given, **resumed_settings(resumed, {key: given.get(key) for key in RECORDED
+                                                             if key != "backends"}))
         return cls(**{key: value for key, value in given.items() if value is not None}), resumed
 
     def with_data_sizes(self, n_train: int, n_test: int) -> TrainSettings:
@@ -139,6 +149,16 @@ class TrainSettings:
         data set with ``n_train`` and ``n_test``."""
         return dataclasses.replace(self, train_size=subset_size("train-size", self.train_size, n_train),
                                    test_size=subset_size("test-size", self.test_size, n_test))
+
+    def with_backends(self, names) -> TrainSettings:
+        """These settings with ``names``, the backend each conv layer runs on."""
+        return dataclasses.replace(self, backends=",".join(names))
+
+    def conv_backends(self) -> list[str]:
+        """The backend asked for each conv layer of the model (``auto`` still unresolved)."""
+        from convlab.models import get_model
+
+        return layer_backends(get_model(self.model), self.backend, self.batch_size)
 
     def record(self) -> dict:
         """What the run is (:data:`RECORDED`), as a dict for a checkpoint or metrics file."""
@@ -165,6 +185,10 @@ def resumed_settings(checkpoint, given: dict) -> dict:
 
     stored = {key: checkpoint.settings.get(key) for key in given}
     stored["model"] = stored["model"] or "reference"  # checkpoints from before there were models
+    if given["model"] is not None:
+        from convlab.models import get_model
+
+        given["model"] = get_model(given["model"]).name  # a spec as recorded
     for key, value in given.items():
         if value is not None and key in FIXED_ON_RESUME and value != stored[key]:
             raise CheckpointError(
@@ -180,3 +204,36 @@ def resumed_settings(checkpoint, given: dict) -> dict:
         raise CheckpointError(f"{checkpoint.path} already holds {checkpoint.epoch} epochs; pass --epochs greater "
                               f"than {checkpoint.epoch} to train further")
     return settings
+
+
+def backend_names(value) -> list[str]:
+    """The names in a ``--backend`` value: one name, or names separated by commas (which
+    fire hands over as a tuple)."""
+    items = value if isinstance(value, (tuple, list)) else str(value).split(",")
+    return [str(item).strip() for item in items]
+
+
+def layer_backends(model, backend, batch_size=64) -> list[str]:
+    """The backend of each conv layer of ``model`` (a :class:`convlab.models.Model`) from
+    ``--backend``: one name for all, or a comma-separated name per conv layer. Refuses a
+    list of the wrong length and a layer its backend cannot compute, naming the layer."""
+    from convlab.models import describe_layer
+    from convlab.registry import Unsupported, get_backend
+
+    network = model.build()
+    convs = network.indexed_conv_layers()
+    names = [get_backend(name).name for name in backend_names(backend)]
+    if len(names) == 1:
+        names *= len(convs)
+    elif len(names) != len(convs):
+        raise UsageError(f"--backend lists {len(names)} backends but the {model.name} network has {len(convs)} conv "
+                         f"layer{'s' * (len(convs) != 1)}; give one backend for all of them or one per conv layer, "
+                         "comma-separated, in order")
+    shapes = network.input_shapes(batch=64 if not isinstance(batch_size, int) or batch_size < 1 else batch_size)
+    for number, ((i, layer), name) in enumerate(zip(convs, names), start=1):
+        try:
+            get_backend(name).check_supported(shapes[i], layer.params["w"].shape, layer.stride, layer.padding)
+        except Unsupported as e:
+            raise Unsupported(f"conv layer {number} of {model.name} ({describe_layer(layer, shapes[i])}): {e}") from None
+    return names
+

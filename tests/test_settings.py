@@ -10,7 +10,7 @@ from tests.test_cli import run_cli
 
 def test_defaults_and_record():
     settings = TrainSettings()
-    assert settings.record() == dict(model="reference", backend="im2col", dataset="mnist", epochs=5, batch_size=64,
+    assert settings.record() == dict(model="reference", backend="im2col", backends=None, dataset="mnist", epochs=5, batch_size=64,
                                      lr=0.02, lr_schedule="cosine", momentum=0.9, seed=0, train_size=None,
                                      test_size=None)
     assert list(settings.record()) == list(RECORDED)
