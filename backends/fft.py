@@ -50,7 +50,7 @@ def inverse_of_products(a, b, fft_shape, rows, cols, offset=None):
 
     Products that broadcast (see :func:`binwise_matmul`) run in tiles of a's rows: a
     tile's products, inverse transforms and crop follow one another while the tile is in
-    cache, and the tile pool's threads share the tiles. A batched matmul wants the whole
+    cache, and threads share the tiles (:func:`convlab.fftw.run_tiles`). A batched matmul wants the whole
     batch at once, so other products run in one piece, with a multi-threaded transform.
     """
     i, k = a.shape[:2]
@@ -58,8 +58,8 @@ def inverse_of_products(a, b, fft_shape, rows, cols, offset=None):
     dtype = np.finfo(a.dtype).dtype
     out = np.empty((i, j, np.arange(fft_shape[0])[rows].size, np.arange(fft_shape[1])[cols].size), dtype)
 
-    def transform(lo, hi, worker):
-        plan = fftw.plan("FFTW_BACKWARD", (hi - lo, j), fft_shape, dtype, worker)
+    def transform(index, lo, hi, slot):
+        plan = fftw.plan("FFTW_BACKWARD", (hi - lo, j), fft_shape, dtype, slot)
         products = binwise_matmul(a[lo:hi], b, out=plan.input.reshape(hi - lo, j, -1))
         if offset is not None:
             # Through the zero-frequency bin, which adds its value to every point: adding

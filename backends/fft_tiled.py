@@ -25,9 +25,10 @@ computed once per forward and kept for the backward; dy is transformed once.
 
 Work runs in blocks of tile rows (all tiles of rows t of some images) of about an L2
 cache's worth (:func:`convlab.fftw.rows_per_tile`), each block's gather, transform,
-products, inverse and scatter back to back, the blocks shared out to the tile pool's
-threads (:func:`convlab.fftw.run_tiles`): memory beyond the results and the kept spectra
-is a few blocks, whatever the image size.
+products, inverse and scatter back to back, the blocks shared among threads
+(:func:`convlab.fftw.run_tiles`): memory beyond the results and the kept spectra is a few
+blocks, whatever the image size. dw's sum over blocks is added in block order
+(:class:`SumInOrder`), whichever thread ran which block.
 
 The tile size T is one of :data:`TILE_SIZES` >= the kernel, chosen per shape by
 :func:`estimated_cost` (see :func:`tile_size_for`), or fixed by the ``tile`` attribute
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -170,8 +172,8 @@ class FFTTiled:
         y = np.empty((n, f, oh, ow), x.dtype)
         band_width = cw * mw + kw - 1
 
-        def block(lo, hi, worker):
-            plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * c), grid, x.dtype, worker, bins_first=True)
+        def block(index, lo, hi, slot):
+            plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * c), grid, x.dtype, slot, bins_first=True)
             plan.region = None  # every place is written
             tiles = plan.input.reshape(hi - lo, cw, c, t, t)
             for row in range(lo, hi):
@@ -181,7 +183,7 @@ class FFTTiled:
                 tiles[row - lo] = as_strided(band, (cw, c, t, t), (mw * s2, s0, s1, s2))
             plan.fftw.execute()
             x_spec[:, lo:hi] = plan.bins.reshape(bins, hi - lo, -1)
-            inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * f), grid, x.dtype, worker, bins_first=True)
+            inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * f), grid, x.dtype, slot, bins_first=True)
             products = np.matmul(plan.bins.reshape(bins, -1, c), w_conj,              # (bins, tiles, F)
                                  out=inverse.bins.reshape(bins, -1, f))
             products[0] += b  # the bias, through the zero-frequency bin
@@ -206,10 +208,10 @@ class FFTTiled:
         ph, pw = tiling.padding
         grid, bins = (t, t), tiling.bins
         dx = np.zeros(x_shape, dy.dtype) if need_dx else None
-        dw_sums = {}  # worker -> (bins, F, C) partial sums of D^T X*
+        dw_sum = SumInOrder()  # of D^T X* (bins, F, C) over the blocks
 
-        def block(rows, worker):
-            plan = fftw.plan("FFTW_FORWARD", (len(rows), cw * f), grid, dy.dtype, worker, bins_first=True)
+        def block(part, rows, slot):
+            plan = fftw.plan("FFTW_FORWARD", (len(rows), cw * f), grid, dy.dtype, slot, bins_first=True)
             region = ("dy tiles", tiling.m)
             if plan.region != region:  # only [0, M) x [0, Mw) of each tile is written
                 plan.input.fill(0)
@@ -223,14 +225,10 @@ class FFTTiled:
             d_spec = plan.bins.reshape(bins, -1, f)                                   # (bins, tiles, F)
             x_conj = x_spec[:, rows].reshape(bins, -1, c)                             # (bins, tiles, C), a copy
             np.conjugate(x_conj, out=x_conj)
-            partial = np.matmul(d_spec.transpose(0, 2, 1), x_conj)                    # (bins, F, C)
-            if worker in dw_sums:
-                dw_sums[worker] += partial
-            else:
-                dw_sums[worker] = partial
+            dw_sum.add(part, np.matmul(d_spec.transpose(0, 2, 1), x_conj))            # (bins, F, C)
             if not need_dx:
                 return
-            inverse = fftw.plan("FFTW_BACKWARD", (len(rows), cw * c), grid, dy.dtype, worker, bins_first=True)
+            inverse = fftw.plan("FFTW_BACKWARD", (len(rows), cw * c), grid, dy.dtype, slot, bins_first=True)
             np.matmul(d_spec, w_bins, out=inverse.bins.reshape(bins, -1, c))          # (bins, tiles, C)
             inverse.fftw.execute()
             full = inverse.fftw.output_array.reshape(len(rows), cw, c, t, t)
@@ -244,14 +242,38 @@ class FFTTiled:
         per_block = rows_per_tile(cw * max(c, f), grid)
         for phase in range(phases):
             rows = [r for r in range(tiling.rows(n)) if (r % ch) % phases == phase]
-            run_tiles(lambda lo, hi, worker: block(rows[lo:hi], worker), len(rows), per_block)
+            first = dw_sum.expected
+            run_tiles(lambda index, lo, hi, slot: block(first + index, rows[lo:hi], slot), len(rows), per_block)
         # dw = irfft(conj(sum D^T X*))[:kh, :kw] (F, C, kh, kw), one inverse per plane.
         plan = fftw.plan("FFTW_BACKWARD", (f, c), grid, dy.dtype)
-        plan.input.reshape(f, c, -1)[...] = np.conj(sum(dw_sums.values())).transpose(1, 2, 0) * (1.0 / (t * t))
+        plan.input.reshape(f, c, -1)[...] = np.conj(dw_sum.total).transpose(1, 2, 0) * (1.0 / (t * t))
         plan.fftw.execute()
         dw = plan.fftw.output_array[:, :, :kh, :kw].copy()
         db = dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dy.dtype)
         return dx, dw, db
+
+
+class SumInOrder:
+    """The sum of parts numbered 0, 1, 2, ..., added in that order whichever thread hands
+    one in first, so that it is the same on every run: a part that arrives early waits
+    (memory: about one part per thread) until those before it are added."""
+
+    def __init__(self):
+        self.total = None
+        self.expected = 0  # the number of the next part to add
+        self.early = {}    # number -> a part handed in before its turn
+        self.lock = threading.Lock()
+
+    def add(self, number, part):
+        with self.lock:
+            self.early[number] = part
+            while self.expected in self.early:
+                part = self.early.pop(self.expected)
+                if self.total is None:
+                    self.total = part
+                else:
+                    self.total += part
+                self.expected += 1
 
 
 def add_tiles(dst, tiles, top, left, step):

@@ -1,12 +1,13 @@
 """FFTW machinery shared by the FFT backends (``fft``, ``fft-tiled``): one plan cache,
-one set of settings, one tile pool, one wisdom file.
+one set of settings, one wisdom file.
 
 - :func:`configure` / :func:`settings`: FFTW threads, planner effort and the wisdom file
   (environment variables ``CONVLAB_FFT_THREADS``, ``CONVLAB_FFT_PLANNER``,
   ``CONVLAB_FFT_WISDOM``), the same for every FFT backend.
 - :func:`plan`: an FFTW plan (with its own aligned buffers) per (direction, batch shape,
-  FFT shape, dtype, worker), the :data:`MAX_PLANS` most recently used kept.
-- :func:`run_tiles`: cache-sized tiles of work shared out to a pool of threads.
+  FFT shape, dtype, and slot for a tile's plan), the :data:`MAX_PLANS` most recently used kept.
+- :func:`run_tiles`: cache-sized tiles of work shared among threads
+  (:func:`convlab.threads.share_chunks`), each running tile with plans no other uses.
 - :func:`binwise_matmul`: the per-frequency-bin complex matrix products that sum over
   channels (and, for weight gradients, over the batch).
 - :func:`cost_per_point`: a fitted model of FFTW's time per point for a length, which the
@@ -19,12 +20,13 @@ only the FFT backends do.
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import importlib
 import os
 import sys
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from convlab.cachefile import read_cache, update_cache, warn_once
 from convlab.files import user_cache_dir
+from convlab.threads import chunk_bounds, share_chunks
 
 
 def _import_pyfftw_with_passive_threads():
@@ -116,8 +119,8 @@ def configure(threads=None, planner=None, wisdom_path=None) -> Settings:
 
     A setting not given comes from its environment variable, else its default:
 
-    - ``threads`` (``CONVLAB_FFT_THREADS``): FFTW's threads, and the tile pool's (see
-      :func:`run_tiles`), default ``os.cpu_count()``.
+    - ``threads`` (``CONVLAB_FFT_THREADS``): FFTW's threads, and the threads that share
+      tiles (see :func:`run_tiles`), default ``os.cpu_count()``.
     - ``planner`` (``CONVLAB_FFT_PLANNER``): ``estimate``, ``measure`` (default),
       ``patient`` or ``exhaustive``; an ``FFTW_`` prefix and any case are accepted.
     - ``wisdom_path`` (``CONVLAB_FFT_WISDOM``): the FFTW wisdom cache file, default
@@ -168,34 +171,32 @@ class _Plan:
 
 
 class _Plans:
-    """FFTW plans built once per (direction, batch shape, FFT shape, dtype, worker), the
+    """FFTW plans built once per (direction, batch shape, FFT shape, dtype, owner), the
     :data:`MAX_PLANS` most recently used kept (each holds buffers the size of its
     transforms); the wisdom file is read before the first plan and rewritten after each
     measured plan, so a plan dropped and built again is quick.
 
-    ``worker`` None is a plan for the calling thread, using the FFTW threads setting; a
-    worker number is a single-threaded plan, with its own buffers, for that thread of the
-    tile pool (see :func:`run_tiles`), which has as many threads as the setting.
+    A plan for a whole transform (``slot`` None) uses the FFTW threads setting. A tile's
+    plan is single-threaded, one per ``slot``: the number a running tile holds (see
+    :func:`run_tiles` and :class:`_Slots`), so whichever thread takes a tile transforms it
+    in buffers no running tile shares, as an FFTW plan must never execute in two threads
+    at once.
     """
 
     def __init__(self):
         self.settings = None
         self.cache: OrderedDict[tuple, _Plan] = OrderedDict()
         self.wisdom_loaded = False
-        self.pool = None
-        self.lock = threading.Lock()  # the tile pool's threads share the cache and the planner
+        self.lock = threading.Lock()  # the threads sharing tiles share the cache and the planner
 
     def reset(self, settings):
         with self.lock:
-            old_pool, self.pool = self.pool, None
             self.settings = settings
             self.cache.clear()
             self.wisdom_loaded = False
-        if old_pool is not None:  # outside the lock: its threads may be waiting for it
-            old_pool.shutdown()
 
-    def get(self, direction, batch, fft_shape, dtype, worker=None, bins_first=False) -> _Plan:
-        key = (direction, batch, fft_shape, np.dtype(dtype), worker, bins_first)
+    def get(self, direction, batch, fft_shape, dtype, slot=None, bins_first=False) -> _Plan:
+        key = (direction, batch, fft_shape, np.dtype(dtype), slot, bins_first)
         current = settings()
         with self.lock:
             plan = self.cache.get(key)
@@ -206,19 +207,11 @@ class _Plans:
             self.cache.move_to_end(key)
         return plan
 
-    def forget_threads(self):
-        """In a forked child, which has none of the parent's threads: no pool until one is
-        needed, and a lock that no thread holds."""
-        self.pool, self.lock = None, threading.Lock()
+    def forget_lock(self):
+        """In a forked child, which has none of the parent's threads: a lock that no thread holds."""
+        self.lock = threading.Lock()
 
-    def tile_pool(self) -> ThreadPoolExecutor:
-        threads = settings().threads
-        with self.lock:
-            if self.pool is None:
-                self.pool = ThreadPoolExecutor(threads, thread_name_prefix="convlab-fft")
-            return self.pool
-
-    def _build(self, current, direction, batch, fft_shape, dtype, worker, bins_first) -> _Plan:
+    def _build(self, current, direction, batch, fft_shape, dtype, slot, bins_first) -> _Plan:
         if not self.wisdom_loaded:
             self.wisdom_loaded = True
             self._load_wisdom(current.wisdom_path)
@@ -233,7 +226,7 @@ class _Plans:
             bins, spectrum = None, pyfftw.empty_aligned(batch + bins_shape, complex_dtype)
         arrays = (real, spectrum) if direction == "FFTW_FORWARD" else (spectrum, real)
         # Waking threads costs more than a small transform takes.
-        big = worker is None and real.size >= MIN_POINTS_PER_THREAD * current.threads
+        big = slot is None and real.size >= MIN_POINTS_PER_THREAD * current.threads
         threads = current.threads if big else 1
         # Measuring a small transform's plan takes far longer than it could ever save.
         planner = current.planner if real.size >= MIN_POINTS_TO_MEASURE else "estimate"
@@ -272,27 +265,28 @@ def _import_wisdom(stored, path):
 
 
 _plans = _Plans()
-os.register_at_fork(after_in_child=_plans.forget_threads)
+os.register_at_fork(after_in_child=_plans.forget_lock)
 
 
-def plan(direction, batch, fft_shape, dtype, worker=None, bins_first=False) -> _Plan:
+def plan(direction, batch, fft_shape, dtype, slot=None, bins_first=False) -> _Plan:
     """The cached plan transforming (*batch, *fft_shape) grids: ``direction``
     ``"FFTW_FORWARD"`` (real -> complex) or ``"FFTW_BACKWARD"`` (complex -> real, unscaled);
-    ``plan.input`` is its input buffer, ``plan.fftw.output_array`` its output; ``worker``:
-    see :class:`_Plans`. With ``bins_first`` the spectra are laid out bin-major, as
+    ``plan.input`` is its input buffer, ``plan.fftw.output_array`` its output; ``slot``
+    (given to work by :func:`run_tiles`): a tile's single-threaded plan, see :class:`_Plans`.
+    With ``bins_first`` the spectra are laid out bin-major, as
     ``plan.bins`` (bins, *batch): per-bin matrix products then need no transposing copies."""
-    return _plans.get(direction, batch, fft_shape, dtype, worker, bins_first)
+    return _plans.get(direction, batch, fft_shape, dtype, slot, bins_first)
 
 
 def rfft2(signal, rows, cols, fft_shape):
     """Spectra of ``signal`` (B1, B2, h, w) written at ``[rows, cols]`` of a zero (Hf, Wf)
     grid: complex (B1, B2, Hf * (Wf//2 + 1)), a new array. Large batches are transformed
-    in tiles of B1, shared among the tile pool's threads like ``fft``'s inverse transforms."""
+    in tiles of B1, shared among threads like ``fft``'s inverse transforms."""
     b1, b2 = signal.shape[:2]
     spectra = np.empty((b1, b2, fft_shape[0] * (fft_shape[1] // 2 + 1)), np.result_type(signal.dtype, np.complex64))
 
-    def transform(lo, hi, worker):
-        plan = _plans.get("FFTW_FORWARD", (hi - lo, b2), fft_shape, signal.dtype, worker)
+    def transform(index, lo, hi, slot):
+        plan = _plans.get("FFTW_FORWARD", (hi - lo, b2), fft_shape, signal.dtype, slot)
         region = (rows, cols, signal.shape[2:])
         if plan.region != region:
             plan.input.fill(0)
@@ -310,25 +304,57 @@ def rows_per_tile(planes_per_row, fft_shape):
     return max(1, TILE_POINTS // (planes_per_row * fft_shape[0] * fft_shape[1]))
 
 
+class _Slots:
+    """Numbers for the plans of running tiles: a tile holds one while it runs and no other
+    tile gets it meanwhile, so a plan keyed on it never executes in two threads at once
+    (whichever threads they are, whatever runs concurrently). The lowest free number is
+    given, so there are only as many sets of tile plans as tiles ever ran at once."""
+
+    def __init__(self):
+        self.free, self.count, self.lock = [], 0, threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self):
+        with self.lock:
+            if self.free:
+                slot = heapq.heappop(self.free)
+            else:
+                slot, self.count = self.count, self.count + 1
+        try:
+            yield slot
+        finally:
+            with self.lock:
+                heapq.heappush(self.free, slot)
+
+    def forget_lock(self):
+        """In a forked child: a lock that no thread holds."""
+        self.lock = threading.Lock()
+
+
+_slots = _Slots()
+os.register_at_fork(after_in_child=_slots.forget_lock)
+
+
 def run_tiles(work, rows, tile_rows):
-    """``work(lo, hi, worker)`` for every tile ``[lo, hi)`` of ``rows`` rows, dealt out
-    in turn to the tile pool's threads (``worker`` 0, 1, ...); a lone tile runs in the
-    calling thread (``worker`` None), and so do all tiles when there is one thread."""
-    tiles = [(lo, min(lo + tile_rows, rows)) for lo in range(0, rows, tile_rows)]
+    """``work(index, lo, hi, slot)`` for every tile ``[lo, hi)`` (the ``index``-th) of
+    ``rows`` rows, shared among as many threads as the threads setting by
+    :func:`convlab.threads.share_chunks` (the calling thread takes tiles too; BLAS runs
+    single-threaded meanwhile); ``slot`` is the tile's own slot (see :class:`_Slots`), for
+    single-threaded plans no running tile shares (``plan(..., slot)``). A lone tile runs in
+    the calling thread with ``slot`` None: one transform on FFTW's threads.
+
+    Which thread runs a tile varies from run to run: ``work`` writes only its tile's
+    results, and a sum over tiles keeps one partial per ``index``, added in order."""
+    tiles = chunk_bounds(rows, tile_rows)
     if len(tiles) == 1:
-        work(*tiles[0], None)
+        work(0, *tiles[0], None)
         return
-    workers = min(settings().threads, len(tiles))
 
-    def share(worker):
-        for lo, hi in tiles[worker::workers]:
-            work(lo, hi, worker)
+    def tile(index, lo, hi):
+        with _slots.held() as slot:
+            work(index, lo, hi, slot)
 
-    if workers == 1:  # no other thread to share with: no hand-off to the pool
-        share(0)
-        return
-    for future in [_plans.tile_pool().submit(share, worker) for worker in range(workers)]:
-        future.result()
+    share_chunks(tile, tiles, settings().threads)
 
 
 def binwise_matmul(a, b, out):

@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pyfftw
@@ -137,8 +139,8 @@ def test_binwise_matmul_is_a_matrix_product_per_bin(i, k, j):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_any_tiling_gives_the_numbers_of_one_piece(monkeypatch, threads):
-    """Products that broadcast (one input channel here) run in tiles shared out among the
-    tile pool's threads; one image per tile must change nothing."""
+    """Products that broadcast (one input channel here) run in tiles shared among threads;
+    one image per tile must change nothing."""
     fftw.configure(threads=threads, planner="estimate")
     case = conv_case(n=7, c=1, f=5, size=(12, 10), kernel=(3, 4))
     monkeypatch.setattr(fftw, "TILE_POINTS", 1 << 40)
@@ -287,12 +289,45 @@ print(min(busy))
     assert float(run.stdout) < 0.005, f"FFTW's threads used {float(run.stdout) * 1e3:.1f} ms of CPU while idle"
 
 
-def test_a_forked_child_gets_its_own_tile_pool(monkeypatch):
-    monkeypatch.setattr(fftw, "TILE_POINTS", 1)  # every forward runs in the pool
+@pytest.mark.parametrize("threads", [1, 2])
+def test_running_tiles_never_share_a_plan(threads, planned):
+    """Whichever thread takes a tile transforms it with a single-threaded plan no running
+    tile shares, and there are no more such plans than threads; with one thread the
+    caller runs every tile."""
+    fftw.configure(threads=threads, planner="estimate")
+    runs, busy, lock = [], set(), threading.Lock()
+
+    def work(index, lo, hi, slot):
+        plan = fftw.plan("FFTW_FORWARD", (hi - lo, 1), (512, 512), np.float64, slot)  # big enough for threads
+        with lock:
+            assert id(plan) not in busy, "a plan ran in two threads at once"
+            busy.add(id(plan))
+        plan.fftw.execute()
+        time.sleep(0.002)  # long enough for a helper thread to take tiles too
+        with lock:
+            busy.remove(id(plan))
+            runs.append((index, id(plan), threading.get_ident()))
+
+    fftw.run_tiles(work, 20, 1)
+    assert sorted(index for index, _, _ in runs) == list(range(20))
+    assert len({plan for _, plan, _ in runs}) <= threads
+    assert {p["threads"] for p in planned} == {1}, "a tile's transform must be single-threaded"
+    if threads == 1:
+        assert {thread for _, _, thread in runs} == {threading.get_ident()}
+
+
+def test_a_lone_tile_runs_in_the_calling_thread_on_the_shared_plan():
+    calls = []
+    fftw.run_tiles(lambda *args: calls.append((args, threading.get_ident())), 5, 8)
+    assert calls == [((0, 0, 5, None), threading.get_ident())]
+
+
+def test_a_forked_child_can_share_tiles_among_threads(monkeypatch):
+    monkeypatch.setattr(fftw, "TILE_POINTS", 1)  # every forward runs in tiles
     fftw.configure(threads=2, planner="estimate")
     forward_backward(conv_case(c=1))
     pid = os.fork()
-    if pid == 0:  # the child: its parent's pool threads do not exist here
+    if pid == 0:  # the child: its parent's helper threads do not exist here
         code = 1
         try:
             signal.alarm(60)  # a child waiting on a pool that has no threads would hang

@@ -55,6 +55,20 @@ def test_matches_naive_with_kernels_close_to_the_tile(tile, dtype):
             np.testing.assert_allclose(ours, want, rtol=0, atol=TOLERANCE[dtype] * scale, err_msg=f"{name}: {note}")
 
 
+def test_sum_in_order_adds_parts_in_their_order_whatever_order_they_come_in():
+    rng = np.random.default_rng(5)
+    parts = [rng.standard_normal(50) * 10.0 ** rng.integers(-8, 8) for _ in range(9)]
+    in_order = parts[0].copy()
+    for part in parts[1:]:
+        in_order += part
+    for arrival in ([8, 0, 7, 1, 6, 2, 5, 3, 4], list(range(9))[::-1]):
+        total = fft_tiled.SumInOrder()
+        for number in arrival:
+            total.add(number, parts[number].copy())
+        assert total.expected == 9 and not total.early
+        np.testing.assert_array_equal(total.total, in_order)
+
+
 def test_many_blocks_on_two_threads_match_im2col(monkeypatch):
     """Blocks of one tile row each, shared by two threads; dx's overlap-add in phases."""
     monkeypatch.setattr(fftw, "TILE_POINTS", 1)
