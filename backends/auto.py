@@ -34,7 +34,6 @@ backend, so results are exactly that backend's.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import math
 import os
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convlab import installed_version as convlab_version
 from convlab.cachefile import clear_cache, read_cache, update_cache
 from convlab.files import user_cache_dir
 from convlab.registry import get_backend, register_backend
@@ -119,14 +119,6 @@ class Problem:
 def problem_key(x, w, stride, padding, need_dx=True) -> str:
     """The cache key of one convolution problem (see :class:`Problem`)."""
     return Problem.of(x, w, stride, padding, need_dx).key
-
-
-def convlab_version() -> str:
-    """The installed convlab's version, recorded with each pick."""
-    try:
-        return importlib.metadata.version("convlab")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree
-        return "unknown"
 
 
 def candidates(x_shape=None, w_shape=None, stride=1, padding=0) -> list[str]:

@@ -9,6 +9,8 @@ One :class:`Conv2D` layer, many hand-written convolution strategies ("backends")
         logits = model.forward(x)               # every unpinned Conv2D uses fft here
 """
 
+import importlib.metadata
+
 from convlab.data import DataError, Dataset, load_mnist
 from convlab.layers import AvgPool2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from convlab.losses import softmax, softmax_cross_entropy
@@ -30,3 +32,11 @@ __all__ = [
     "Sequential", "Unsupported", "conv2d", "get_backend", "list_backends", "load_mnist", "reference_net",
     "register_backend", "softmax", "softmax_cross_entropy", "use_backend",
 ]
+
+
+def installed_version() -> str:
+    """The installed convlab's version (``convlab --version``; recorded with each auto pick)."""
+    try:
+        return importlib.metadata.version("convlab")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"

@@ -3,13 +3,13 @@ line and exit 2."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import signal
 import sys
 import warnings
 
 import fire
 
+from convlab import installed_version
 from convlab.arguments import check_command_line, out_of_memory_names, typed
 from convlab.checkpoints import raise_terminated
 from convlab.registry import get_backend, list_backends
@@ -259,13 +259,6 @@ def one_line_warning(message, category, filename, lineno, line=None):
     return f"convlab: warning: {message}\n"
 
 
-def version() -> str:
-    try:
-        return importlib.metadata.version("convlab")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree
-        return "unknown"
-
-
 def main(argv=None):
     warnings.formatwarning = one_line_warning
     if argv is None and hasattr(signal, "SIGPIPE"):
@@ -279,7 +272,7 @@ def main(argv=None):
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         if args == ["--version"]:
-            print(f"convlab {version()}")
+            print(f"convlab {installed_version()}")
             return
         commands = Commands()
         help_text = check_command_line(commands, args)
