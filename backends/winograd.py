@@ -64,7 +64,8 @@ import numpy as np
 
 from convlab.checks import int_choice
 from convlab.registry import register_backend
-from convlab.threads import share_chunks, single_threaded_blas, worker_count
+from convlab.profile import phase, shared_among_threads
+from convlab.threads import chunk_bounds, share_chunks, single_threaded_blas
 
 # Interpolation points in the order they are taken; the point at infinity is always added.
 POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2), Fraction(2), Fraction(-2),
@@ -73,9 +74,14 @@ MAX_KERNEL_SIDE = 5
 TILES = (2, 3, 4, 5, 6)
 DEFAULT_TILE = 4
 ENV_TILE = "CONVLAB_WINOGRAD_TILE"
-# Multiply-adds per slice of a transform product (see small_product): with 6 x 6 matrices,
-# about 170 kB in and out, within the L2 cache.
-SLICE_MULTIPLY_ADDS = 1 << 18
+# Bytes of one chunk's transformed input tiles (points x tiles x channels): a chunk of images is
+# gathered, transformed, multiplied and transformed back while it is in the L2 cache (1 MiB a
+# core on the 2-core AMD EPYC measured).
+CHUNK_BYTES = 1 << 19
+# The backward sums dw over the batch in this many parts, one per group of chunks, added in order
+# at the end: enough groups for the cores to share, few enough that the partial sums stay small;
+# a constant, so that dw is the same whatever the number of threads.
+DW_PARTS = 8
 # max |got - ref| / max |ref| of y, dx, dw in float32 on random normal data, by points per axis
 # (m + r - 1): about 3-5x the largest median measured (docs/winograd.md).
 ERROR_BOUND_FLOAT32 = {2: 3e-6, 3: 3e-6, 4: 3e-6, 5: 2e-5, 6: 5e-5, 7: 5e-5, 8: 5e-5, 9: 1e-3, 10: 1e-3}
@@ -181,90 +187,121 @@ def _tile_count(size, m):
     return -(-size // m)
 
 
-def _canvas(x, pads, kernel, m):
-    """x (N, C, H, W) zero-padded by ``pads`` ((top, bottom), (left, right); negative crops)
-    and rounded up to whole tiles: (C, N, th*m + r_h - 1, tw*m + r_w - 1), and (oh, ow)."""
-    n, c, h, w = x.shape
-    (top, bottom), (left, right) = pads
-    oh, ow = h + top + bottom - kernel[0] + 1, w + left + right - kernel[1] + 1
-    hc, wc = _tile_count(oh, m) * m + kernel[0] - 1, _tile_count(ow, m) * m + kernel[1] - 1
-    canvas = np.zeros((c, n, hc, wc), x.dtype)
-    # The part of x inside the canvas: rows [max(0, -top), min(h, hc - top)) go to max(0, top).
-    rows = slice(max(0, -top), min(h, hc - top))
-    cols = slice(max(0, -left), min(w, wc - left))
-    canvas[:, :, max(0, top):max(0, top) + rows.stop - rows.start,
-           max(0, left):max(0, left) + cols.stop - cols.start] = x[:, :, rows, cols].transpose(1, 0, 2, 3)
-    return canvas, (oh, ow)
+@dataclass(frozen=True)
+class Tiling:
+    """Where one pass's tiles lie on a channels-last canvas (n, Hc, Wc, K): tile (i, j),
+    i < counts[0], j < counts[1], is the window of (rows, cols) pixels whose first pixel is
+    at ``origin`` + ``step`` * (i, j). Neighbouring tiles overlap when the window is larger
+    than the step (the input tiles of F(m, r): window m + r - 1, step m)."""
+
+    origin: tuple[int, int]
+    window: tuple[int, int]
+    step: int
+    counts: tuple[int, int]
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        """The canvas (rows, cols) the tiles reach."""
+        return tuple(o + (c - 1) * self.step + w for o, c, w in zip(self.origin, self.counts, self.window))
 
 
-def _tiles(a, axis, m, alpha):
-    """The overlapping tiles of ``a`` along ``axis``, a view: that axis of length
-    t*m + alpha - m becomes two, (t, alpha), tile i starting at i*m."""
-    count = (a.shape[axis] - alpha) // m + 1
-    step = a.strides[axis]
-    shape = a.shape[:axis] + (count, alpha) + a.shape[axis + 1:]
-    strides = a.strides[:axis] + (step * m, step) + a.strides[axis + 1:]
-    return np.lib.stride_tricks.as_strided(a, shape, strides, writeable=False)
+def correlation_tiling(image, kernel, pads, m, placement) -> tuple[tuple[int, int], Tiling]:
+    """The output size (OH, OW) of the stride-1 correlation of an image (H, W) padded by
+    ``pads`` ((top, bottom), (left, right), negative crops) with a kernel (r_h, r_w), and
+    its F(m, r) input tiles on a canvas where the image's pixel (0, 0) is at ``placement``:
+    the padded image starts at placement - (top, left)."""
+    out = tuple(size + lo + hi - r + 1 for size, (lo, hi), r in zip(image, pads, kernel))
+    origin = tuple(at - lo for at, (lo, _) in zip(placement, pads))
+    return out, Tiling(origin, tuple(m + r - 1 for r in kernel), m, tuple(_tile_count(o, m) for o in out))
 
 
-def small_product(matrix, x, q_first=True, p_first=True):
-    """``matrix`` (p, q) applied to the q axis of ``x``, a long array of small vectors:
-    x (q, L, ...) if ``q_first`` else (L, ..., q); the result (p, L, ...) if ``p_first``
-    else (L, ..., p), contiguous. ``x`` may be a strided view (the overlapping tiles).
+def images_per_chunk(tiling, channels, itemsize):
+    """Images whose transformed tiles, (alpha_h * alpha_w, tiles, ``channels``), fit in :data:`CHUNK_BYTES`."""
+    points, tiles = tiling.window[0] * tiling.window[1], tiling.counts[0] * tiling.counts[1]
+    return max(1, CHUNK_BYTES // (points * tiles * channels * itemsize))
 
-    Computed in slices of L of at most :data:`SLICE_MULTIPLY_ADDS`, each gathered (when
-    strided) and multiplied while in cache: OpenBLAS took 10x longer over one
-    (6, 6) @ (6, 550000) product than over slices of it (2-core EPYC, float32). The slices
-    are shared among the cores (:func:`convlab.threads.share_chunks`).
+
+def channels_last(x, placement, size):
+    """x (n, K, H, W) on a zero canvas (n, Hc, Wc, K) of ``size`` (Hc, Wc), its pixel (0, 0)
+    at canvas position ``placement`` (negative: that much of x is cut off), cut at the edge.
+
+    Channels last, so that a tile's pixel is a run of K contiguous values (the tiles' gather
+    copies whole runs) and a band of canvas rows is one contiguous (rows, Wc * K) matrix (the
+    row transform's operand, no copy). When x's channel planes lie a multiple of 4 KiB apart
+    (32 x 32 float32 images), the transposing copy reads K streams that fall into the same L1
+    cache sets and took 4x longer (2-core EPYC); x then goes through a zero channel-first
+    canvas first, whose planes (Hc * Wc) apart do not collide.
     """
-    p, q = matrix.shape
-    long_axis = 1 if q_first else 0
-    length = x.shape[long_axis]
-    rest = x.shape[1:] if q_first else x.shape[:-1]
-    out = np.empty((p,) + rest if p_first else rest + (p,), np.result_type(matrix, x))
-    step = max(1, SLICE_MULTIPLY_ADDS // (p * max(1, x.size // length)))
-
-    def run(index, lo, hi):
-        part = x[:, lo:hi] if q_first else x[lo:hi]
-        part = part.reshape(q, -1) if q_first else part.reshape(-1, q).T  # (q, S), a copy if strided
-        if p_first:
-            np.matmul(matrix, part, out=out[:, lo:hi].reshape(p, -1))
-        else:
-            np.matmul(part.T, matrix.T, out=out[lo:hi].reshape(-1, p))
-
-    share_chunks(run, [(lo, min(lo + step, length)) for lo in range(0, length, step)])
-    return out
+    n, k, h, w = x.shape
+    (hc, wc), (top, left) = size, placement
+    rows, cols = slice(max(0, -top), min(h, hc - top)), slice(max(0, -left), min(w, wc - left))
+    at = (slice(max(0, top), max(0, top) + rows.stop - rows.start),
+          slice(max(0, left), max(0, left) + cols.stop - cols.start))
+    if h * w * x.itemsize % 4096 == 0:
+        first = np.zeros((n, k, hc, wc), x.dtype)
+        first[:, :, at[0], at[1]] = x[:, :, rows, cols]
+        return np.ascontiguousarray(first.transpose(0, 2, 3, 1))
+    canvas = np.zeros((n, hc, wc, k), x.dtype)
+    canvas[:, at[0], at[1]] = x[:, :, rows, cols].transpose(0, 2, 3, 1)
+    return canvas
 
 
-def batched_matmul(a, b):
-    """a (P, I, K) @ b (P, K, J) -> (P, I, J): the P products shared among the cores."""
-    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), np.result_type(a, b))
-    points, parts = a.shape[0], worker_count()
-    size = -(-points // parts)
+def transform_tiles(canvas, tiling, left, right):
+    """``left`` (alpha_h, window rows) applied down and ``right`` (alpha_w, window cols)
+    across every tile: canvas (n, Hc, Wc, K) -> (alpha_w * alpha_h, n * th * tw, K), the
+    transform point (b, a) first, then the tile, then the channel.
 
-    def run(index, lo, hi):
-        np.matmul(a[lo:hi], b[lo:hi], out=out[lo:hi])
+    That is the layout the per-point GEMMs take ((tiles, K) matrices, contiguous), made by
+    two plain GEMMs and one gather, all on a chunk in cache:
 
-    share_chunks(run, [(lo, min(lo + size, points)) for lo in range(0, points, size)])
-    return out
+    1. Down: the window rows of tile row (n, i) are one contiguous (window, width * K)
+       block of the canvas, so ``left`` @ block, batched over (n, i), needs no copy:
+       -> (n, th, alpha_h, width, K).
+    2. Across: the tiles' columns gathered point-first, (window cols, alpha_h, n, th, tw, K)
+       (copying runs of K values), then ``right`` @ that as one (window cols, ...) matrix.
 
-
-def input_transform(canvas, m, kernel):
-    """Bᵀ d B on every tile: canvas (C, N, Hc, Wc) -> V (alpha_w, alpha_h, C, N, th, tw).
-
-    Each axis is one product with the small matrix (see :func:`small_product`) over a
-    strided view of the overlapping tiles. The second takes its operand transposed, so
-    BLAS, not a copy with a short inner run, puts the transform point first.
+    Separable: alpha (window rows + window cols) multiply-adds per tile and channel, 2 x 6 x 6
+    for F(4, 3). One product by kron(Bᵀ, Bᵀ) (36 x 36) on the gathered tiles did 3x the
+    work and took 2-3x longer on the EPYC measured.
     """
-    (rh, rw), dtype = kernel, canvas.dtype
-    b_t_h, b_t_w = transforms(m, rh, dtype)[2], transforms(m, rw, dtype)[2]
-    ah, aw = m + rh - 1, m + rw - 1
-    c, n, hc, wc = canvas.shape
-    # Rows: the (C*N, th, alpha_h, Wc) view of tiles, alpha_h first -> (alpha_h, C*N, th, Wc).
-    rows = small_product(b_t_h, _tiles(canvas.reshape(c * n, hc, wc), 1, m, ah).transpose(2, 0, 1, 3))
-    # Columns: the (alpha_h*C*N*th, tw, alpha_w) view -> (alpha_w, alpha_h*C*N*th, tw).
-    v = small_product(b_t_w, _tiles(rows.reshape(-1, wc), 1, m, aw), q_first=False)
-    return v.reshape(aw, ah, c, n, -1, v.shape[-1])
+    (oy, ox), (wh, ww), step, (th, tw) = tiling.origin, tiling.window, tiling.step, tiling.counts
+    n, k = canvas.shape[0], canvas.shape[3]
+    ah, aw = left.shape[0], right.shape[0]
+    width = (tw - 1) * step + ww
+    band = canvas[:, oy:, ox:ox + width]
+    s = band.strides
+    blocks = np.lib.stride_tricks.as_strided(band, (n, th, wh, width * k), (s[0], step * s[1], s[1], s[3]),
+                                             writeable=False)
+    down = np.matmul(left, blocks)  # (n, th, alpha_h, width * K)
+    d = down.strides
+    columns = np.lib.stride_tricks.as_strided(down, (ww, ah, n, th, tw, k),
+                                              (k * d[3], d[2], d[0], d[1], step * k * d[3], d[3]), writeable=False)
+    gathered = np.empty(columns.shape, canvas.dtype)
+    np.copyto(gathered, columns)
+    return np.matmul(right, gathered.reshape(ww, -1)).reshape(aw * ah, n * th * tw, k)
+
+
+def untransform_tiles(products, a_t_h, a_t_w, counts, out, bias=None):
+    """Aᵀ M A of every tile, written into out (n, F, OH, OW) with the crop, plus ``bias``
+    (F,): products (alpha_w * alpha_h, n * th * tw, F), point (b, a) first.
+
+    Across first (one GEMM over all the b rows), then down (one GEMM per output column v),
+    giving the tiles (v, u, n, i, j, F). Then two copies: to the channels-last image
+    (n, i * m + u, j * m + v, F), moving runs of F values, and from there to out, one
+    (pixels, F) -> (F, pixels) transpose per image, with the bias added on the way. One
+    copy straight from the tiles to out, moving single values, took twice as long.
+    """
+    m, aw, ah = a_t_w.shape[0], a_t_w.shape[1], a_t_h.shape[1]
+    (th, tw), (n, f, oh, ow) = counts, out.shape
+    across = np.matmul(a_t_w, products.reshape(aw, -1))  # (v, alpha_h * tiles * F)
+    tiles = np.matmul(a_t_h, across.reshape(m, ah, -1))  # (v, u, tiles * F)
+    image = np.empty((n, th, m, tw, m, f), out.dtype)
+    np.copyto(image, tiles.reshape(m, m, n, th, tw, f).transpose(2, 3, 1, 4, 0, 5))
+    image = image.reshape(n, th * m, tw * m, f)[:, :oh, :ow].transpose(0, 3, 1, 2)
+    if bias is None:
+        np.copyto(out, image)
+    else:
+        np.add(image, bias[:, None, None], out=out)
 
 
 @functools.lru_cache(maxsize=None)
@@ -278,63 +315,94 @@ def filter_matrix(m, kernel) -> np.ndarray:
 
 
 def filter_transform(w, m):
-    """G g Gᵀ of every filter, in float64 then cast: w (F, C, r_h, r_w) -> U (alpha_w * alpha_h, F, C)."""
+    """G g Gᵀ of every filter, in float64 then cast: w (F, C, r_h, r_w) -> U (alpha_w * alpha_h, C, F),
+    each point's (C, F) contiguous: the right-hand operand of the per-point GEMMs."""
     f, c, rh, rw = w.shape
-    u = filter_matrix(m, (rh, rw)) @ w.reshape(f * c, rh * rw).T.astype(np.float64)
-    return u.reshape(-1, f, c).astype(w.dtype)
+    u = filter_matrix(m, (rh, rw)) @ w.reshape(f * c, rh * rw).T.astype(np.float64)  # (P, F * C)
+    return np.ascontiguousarray(u.reshape(-1, f, c).transpose(0, 2, 1), dtype=w.dtype)
 
 
-def output_transform(products, m, kernel, out_shape, bias=None):
-    """Aᵀ M A of every tile and the crop: products (alpha_w, alpha_h, F, N, th, tw) ->
-    y (N, F, OH, OW), plus ``bias`` (F,) if given.
+def correlate_tiles(canvas, tiling, kernel, u, out, bias=None):
+    """One chunk of a correlation by F(m x m, r x r): the input tiles of ``canvas`` (n, Hc,
+    Wc, C) transformed (Bᵀ d B), one GEMM per point with U (P, C, F), (tiles, C) @ (C, F),
+    and the output transform into out (n, F, OH, OW) plus ``bias``."""
+    m, dtype = tiling.step, canvas.dtype
+    (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = transforms(m, kernel[0], dtype), transforms(m, kernel[1], dtype)
+    with phase("input transform"):
+        v = transform_tiles(canvas, tiling, b_t_h, b_t_w)
+    with phase("GEMM"):
+        products = np.matmul(v, u)  # (P, tiles, F)
+    with phase("output transform"):
+        untransform_tiles(products, a_t_h, a_t_w, tiling.counts, out, bias)
 
-    Columns first, as (.)ᵀ @ A_w, which leaves the tile's column innermost; then rows; the
-    copy into y then moves runs of whole output rows.
-    """
-    (rh, rw), dtype = kernel, products.dtype
-    a_t_h, a_t_w = transforms(m, rh, dtype)[0], transforms(m, rw, dtype)[0]
-    aw, ah, f, n, th, tw = products.shape
-    cols = small_product(a_t_w, products.reshape(aw, -1, tw), p_first=False)  # (alpha_h*F*N*th, tw, m_w)
-    tiles = small_product(a_t_h, cols.reshape(ah, -1, tw * m)).reshape(m, f, n, th, tw * m)  # (m_h, F, N, th, tw*m_w)
-    oh, ow = out_shape
-    y = np.empty((n, f, oh, ow), dtype)
-    # (u, F, N, i, j*m + v) -> (N, F, i*m + u, j*m + v), cropped to (OH, OW).
-    y[...] = tiles.transpose(2, 1, 3, 0, 4).reshape(n, f, th * m, tw * m)[:, :, :oh, :ow]
-    if bias is not None:
-        y += bias[:, None, None]
+
+def forward_pass(x, w, b, padding, m):
+    """y (N, F, OH, OW) of x (N, C, H, W), w (F, C, r_h, r_w), bias b (F,) by F(m x m, r x r),
+    in chunks of images (:func:`images_per_chunk`) shared among the cores, each chunk taken
+    from x to y while in cache: canvas, input transform, GEMMs, output transform and bias."""
+    (ph, pw), kernel, (n, c), f = padding, w.shape[2:], x.shape[:2], w.shape[0]
+    out, tiling = correlation_tiling(x.shape[2:], kernel, ((ph, ph), (pw, pw)), m, placement=(ph, pw))
+    u = filter_transform(w, m)
+    y = np.empty((n, f) + out, x.dtype)
+
+    def chunk(_, lo, hi):
+        with phase("canvas"):
+            canvas = channels_last(x[lo:hi], (ph, pw), tiling.extent)
+        correlate_tiles(canvas, tiling, kernel, u, y[lo:hi], b)
+
+    with shared_among_threads():
+        share_chunks(chunk, chunk_bounds(n, images_per_chunk(tiling, max(c, f), x.itemsize)))
     return y
 
 
-def correlate(x, w, pads, m, bias=None):
-    """Stride-1 correlation of x (N, C, H, W) with w (F, C, r_h, r_w), x padded by
-    ``pads`` ((top, bottom), (left, right), negative crops), by F(m x m, r x r):
-    returns y (N, F, OH, OW) and the transformed input V (P, C, N * tiles)."""
-    kernel = w.shape[2:]
-    canvas, out_shape = _canvas(x, pads, kernel, m)
-    v = input_transform(canvas, m, kernel)
-    aw, ah, c, n, th, tw = v.shape
-    v = v.reshape(aw * ah, c, n * th * tw)
-    u = filter_transform(w, m)
-    products = batched_matmul(u, v).reshape(aw, ah, w.shape[0], n, th, tw)
-    return output_transform(products, m, kernel, out_shape, bias), v
+def backward_pass(dy, x, w, padding, m, need_dx=True):
+    """(dx, dw) for dy (N, F, OH, OW) of the forward of x (N, C, H, W), w (F, C, r_h, r_w).
 
+    In groups of images shared among the cores. A group's input tiles are transformed again
+    (V, as in the forward: recomputing costs less than keeping the forward's V, 2.25x the
+    input, and reading it back), and so are dy's m x m tiles, by A on each axis; then one
+    GEMM per point, (F, tiles) @ (tiles, C), sums dw_hat over the group's tiles. The groups'
+    (P, F, C) sums are added in group order at the end (:data:`DW_PARTS`), then Gᵀ (.) G.
+    ``dx``, per chunk of the group, is the correlation of dy's canvas with the flipped,
+    channel-swapped kernel: the forward's algorithm.
+    """
+    (ph, pw), (n, c), (f, _, kh, kw), dtype = padding, x.shape[:2], w.shape, dy.dtype
+    _, x_tiling = correlation_tiling(x.shape[2:], (kh, kw), ((ph, ph), (pw, pw)), m, placement=(ph, pw))
+    # dy's canvas serves two tilings: dw's m x m tiles of dy, and dx's input tiles (dx is the
+    # correlation of dy padded by q = r - 1 - p, negative q cropping, with the flipped kernel).
+    q = (kh - 1 - ph, kw - 1 - pw)
+    placement = (max(q[0], 0), max(q[1], 0))
+    dy_tiling = Tiling(placement, (m, m), m, x_tiling.counts)
+    _, dx_tiling = correlation_tiling(dy.shape[2:], (kh, kw), ((q[0], q[0]), (q[1], q[1])), m, placement)
+    extent = tuple(map(max, dy_tiling.extent, dx_tiling.extent)) if need_dx else dy_tiling.extent
+    u_dx = filter_transform(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), m) if need_dx else None
+    (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = transforms(m, kh, dtype), transforms(m, kw, dtype)
+    per = images_per_chunk(x_tiling, max(c, f), dtype.itemsize)
+    groups = chunk_bounds(n, max(per, -(-n // DW_PARTS)))
+    points = (m + kw - 1) * (m + kh - 1)
+    parts = np.empty((len(groups), points, f, c), dtype)
+    dx = np.empty(x.shape, dtype) if need_dx else None
 
-def weight_gradient(dy, v, kernel, m):
-    """dw (F, C, r_h, r_w) by F(r x r, m x m): dy (N, F, OH, OW) tiled m x m and
-    transformed by A on each axis, the forward's V (P, C, N * tiles) reused, one GEMM per
-    point summing over the batch and tiles, then Gᵀ (.) G."""
-    (rh, rw), dtype = kernel, dy.dtype
-    n, f, oh, ow = dy.shape
-    th, tw = _tile_count(oh, m), _tile_count(ow, m)
-    a_h, a_w = transforms(m, rh, dtype)[0].T, transforms(m, rw, dtype)[0].T  # (alpha, m)
-    tiled = np.zeros((f, n, th * m, tw * m), dtype)
-    tiled[:, :, :oh, :ow] = dy.transpose(1, 0, 2, 3)
-    rows = small_product(a_h, tiled.reshape(f * n * th, m, tw * m).transpose(1, 0, 2))  # (alpha_h, F*N*th, tw*m)
-    d_hat = small_product(a_w, rows.reshape(-1, m), q_first=False)  # (alpha_w, alpha_h*F*N*th*tw)
-    aw, ah = a_w.shape[0], a_h.shape[0]
-    dw_hat = batched_matmul(d_hat.reshape(aw * ah, f, -1), v.transpose(0, 2, 1))  # (P, F, C)
-    dw = dw_hat.reshape(aw * ah, -1).T.astype(np.float64) @ filter_matrix(m, kernel)  # (F*C, r_h*r_w)
-    return dw.reshape(f, -1, rh, rw).astype(dtype)
+    def group(index, lo, hi):
+        with phase("canvas"):
+            canvas = channels_last(x[lo:hi], (ph, pw), x_tiling.extent)
+            dy_canvas = channels_last(dy[lo:hi], placement, extent)
+        with phase("input transform"):
+            v = transform_tiles(canvas, x_tiling, b_t_h, b_t_w)  # (P, tiles, C)
+            dy_hat = transform_tiles(dy_canvas, dy_tiling, a_t_h.T, a_t_w.T)  # (P, tiles, F)
+        with phase("GEMM dw"):
+            np.matmul(dy_hat.transpose(0, 2, 1), v, out=parts[index])
+        if need_dx:
+            for a, b in chunk_bounds(hi - lo, per):
+                correlate_tiles(dy_canvas[a:b], dx_tiling, (kh, kw), u_dx, dx[lo + a:lo + b])
+
+    with shared_among_threads():
+        share_chunks(group, groups)
+    with phase("dw transform"):
+        dw_hat = np.empty((points, f, c), dtype)  # the parts added in group order, the points shared
+        share_chunks(lambda _, lo, hi: np.sum(parts[:, lo:hi], axis=0, out=dw_hat[lo:hi]), chunk_bounds(points, 1))
+        dw = filter_matrix(m, (kh, kw)).T @ dw_hat.reshape(points, -1).astype(np.float64)  # (r_h * r_w, F * C)
+    return dx, dw.T.reshape(w.shape).astype(dtype)
 
 
 @register_backend("winograd")
@@ -353,23 +421,15 @@ class Winograd:
         return None
 
     def forward(self, x, w, b, stride, padding):
-        m, (ph, pw) = settings().tile, padding
-        # A forward is ~40 GEMMs (F(4x4, 3x3)) and hundreds of small transform products. Each
-        # threaded BLAS call waits for all its threads, and on a busy 2-core machine that made
-        # a forward 2-10x im2col's wall time at the same CPU time; so BLAS runs on one thread
-        # and share_chunks shares the products among the cores: a few hand-offs per call.
+        # BLAS on the calling thread only, also outside the shared chunks (the filter
+        # transform): a threaded BLAS call leaves BLAS's threads spinning for a while on the
+        # core the chunks' second thread needs.
+        m = settings().tile
         with single_threaded_blas():
-            y, v = correlate(x, w, ((ph, ph), (pw, pw)), m, b)
-        return y, (v, w, x.shape, padding, m)
+            return forward_pass(x, w, b, padding, m), (x, w, padding, m)
 
     def backward(self, dy, cache, need_dx=True):
-        v, w, x_shape, (ph, pw), m = cache
-        kh, kw = w.shape[2:]
-        db = dy.sum(axis=(0, 2, 3))
+        x, w, padding, m = cache
         with single_threaded_blas():
-            dw = weight_gradient(dy, v, (kh, kw), m)
-            if not need_dx:
-                return None, dw, db
-            flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, kh, kw)
-            dx, _ = correlate(dy, flipped, ((kh - 1 - ph,) * 2, (kw - 1 - pw,) * 2), m)
-        return dx, dw, db
+            dx, dw = backward_pass(dy, x, w, padding, m, need_dx)
+        return dx, dw, dy.sum(axis=(0, 2, 3))

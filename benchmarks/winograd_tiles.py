@@ -4,18 +4,15 @@
 Prints, per layer, im2col's milliseconds and winograd's ratio to them for m = 2, 4, 6,
 forward / forward+backward. Default: wall time with every thread (the fastest of 5 runs
 after a warm-up, ``convlab.timing.best_time``). ``--cpu``: single-thread CPU time
-(``time.process_time``; BLAS and the backend's pool limited to one thread), a measurement a
-busy shared machine disturbs far less than the wall clock.
+(``time.process_time``; BLAS and convlab's pool limited to one thread before convlab is
+imported), a measurement a busy shared machine disturbs far less than the wall clock.
 """
 
 import argparse
 import time
 
+import numpy  # noqa: F401 (loaded first, so that threadpoolctl finds its BLAS)
 import threadpoolctl
-
-import backends.winograd as winograd
-from convlab.bench import MANY_CHANNEL_LAYERS
-from convlab.timing import best_time, conv_pass, output_gradient
 
 TILES = (2, 4, 6)
 
@@ -34,10 +31,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="single-thread CPU time instead of wall time")
     cpu = parser.parse_args().cpu
-    if cpu:
-        threadpoolctl.threadpool_limits(1)
-        winograd.THREADS = 1
+    # --cpu: BLAS limited before convlab.threads reads its thread count at import (its pool
+    # then has one thread too); the limit holds while this object lives.
+    limits = threadpoolctl.threadpool_limits(1) if cpu else None  # noqa: F841
+    import backends.winograd as winograd
+    from convlab.bench import MANY_CHANNEL_LAYERS
+    from convlab.threads import machine_summary
+    from convlab.timing import best_time, conv_pass, output_gradient
+
     measure = cpu_time if cpu else (lambda run: best_time(run, repeat=5))
+    print(machine_summary())
     print(f"{'cpu' if cpu else 'wall'} time; ratios winograd / im2col, forward / forward+backward")
     print(f"{'shape':<26}{'im2col ms':>16}" + "".join(f"{f'F({m}x{m})':>16}" for m in TILES))
     before = winograd.settings().tile
