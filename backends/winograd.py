@@ -78,10 +78,8 @@ ENV_TILE = "CONVLAB_WINOGRAD_TILE"
 # gathered, transformed, multiplied and transformed back while it is in the L2 cache (1 MiB a
 # core on the 2-core AMD EPYC measured).
 CHUNK_BYTES = 1 << 19
-# The backward sums dw over the batch in this many parts, one per group of chunks, added in order
-# at the end: enough groups for the cores to share, few enough that the partial sums stay small;
-# a constant, so that dw is the same whatever the number of threads.
-DW_PARTS = 8
+# The backward's groups of images (see images_per_group): at least this many, for the cores to share.
+MIN_GROUPS = 4
 # max |got - ref| / max |ref| of y, dx, dw in float32 on random normal data, by points per axis
 # (m + r - 1): about 3-5x the largest median measured (docs/winograd.md).
 ERROR_BOUND_FLOAT32 = {2: 3e-6, 3: 3e-6, 4: 3e-6, 5: 2e-5, 6: 5e-5, 7: 5e-5, 8: 5e-5, 9: 1e-3, 10: 1e-3}
@@ -219,6 +217,16 @@ def images_per_chunk(tiling, channels, itemsize):
     """Images whose transformed tiles, (alpha_h * alpha_w, tiles, ``channels``), fit in :data:`CHUNK_BYTES`."""
     points, tiles = tiling.window[0] * tiling.window[1], tiling.counts[0] * tiling.counts[1]
     return max(1, CHUNK_BYTES // (points * tiles * channels * itemsize))
+
+
+def images_per_group(n, per_chunk, tiling, f, c):
+    """Images in one group of the backward, which sums dw_hat (P, F, C) over the group's tiles
+    with one GEMM per point and adds the groups' sums at the end: each group's sum is written
+    and read once more, so a group has at least 2 max(F, C) tiles (the sums then move at most
+    half the bytes of the tiles), but at most n / :data:`MIN_GROUPS` images, and at least a
+    chunk. It depends on the shapes only, so dw is the same whatever the number of threads."""
+    tiles = tiling.counts[0] * tiling.counts[1]
+    return max(per_chunk, min(-(-2 * max(f, c) // tiles), -(-n // MIN_GROUPS)))
 
 
 def channels_last(x, placement, size):
@@ -362,7 +370,7 @@ def backward_pass(dy, x, w, padding, m, need_dx=True):
     (V, as in the forward: recomputing costs less than keeping the forward's V, 2.25x the
     input, and reading it back), and so are dy's m x m tiles, by A on each axis; then one
     GEMM per point, (F, tiles) @ (tiles, C), sums dw_hat over the group's tiles. The groups'
-    (P, F, C) sums are added in group order at the end (:data:`DW_PARTS`), then Gᵀ (.) G.
+    (P, F, C) sums are added in group order at the end (:func:`images_per_group`), then Gᵀ (.) G.
     ``dx``, per chunk of the group, is the correlation of dy's canvas with the flipped,
     channel-swapped kernel: the forward's algorithm.
     """
@@ -378,7 +386,7 @@ def backward_pass(dy, x, w, padding, m, need_dx=True):
     u_dx = filter_transform(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), m) if need_dx else None
     (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = transforms(m, kh, dtype), transforms(m, kw, dtype)
     per = images_per_chunk(x_tiling, max(c, f), dtype.itemsize)
-    groups = chunk_bounds(n, max(per, -(-n // DW_PARTS)))
+    groups = chunk_bounds(n, images_per_group(n, per, x_tiling, f, c))
     points = (m + kw - 1) * (m + kh - 1)
     parts = np.empty((len(groups), points, f, c), dtype)
     dx = np.empty(x.shape, dtype) if need_dx else None
