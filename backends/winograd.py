@@ -326,8 +326,8 @@ def filter_transform(w, m):
     """G g Gᵀ of every filter, in float64 then cast: w (F, C, r_h, r_w) -> U (alpha_w * alpha_h, C, F),
     each point's (C, F) contiguous: the right-hand operand of the per-point GEMMs."""
     f, c, rh, rw = w.shape
-    u = filter_matrix(m, (rh, rw)) @ w.reshape(f * c, rh * rw).T.astype(np.float64)  # (P, F * C)
-    return np.ascontiguousarray(u.reshape(-1, f, c).transpose(0, 2, 1), dtype=w.dtype)
+    taps = w.transpose(2, 3, 1, 0).reshape(rh * rw, c * f).astype(np.float64)  # (r_h * r_w, C * F)
+    return (filter_matrix(m, (rh, rw)) @ taps).reshape(-1, c, f).astype(w.dtype)
 
 
 def correlate_tiles(canvas, tiling, kernel, u, out, bias=None):
