@@ -78,6 +78,25 @@ def test_matches_naive_on_dense_random_shapes(tile, m):
                                        err_msg=f"{name}, m={m}, x {x.shape} w {wt.shape} padding {(ph, pw)}")
 
 
+def test_chunks_and_groups_match_naive(tile, monkeypatch):
+    """Many chunks of one image and groups of several (the shapes above fit in one chunk):
+    the chunk edges, the groups' dw sums and dx per chunk of a group agree with naive too."""
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
+    rng = np.random.default_rng(7)
+    for m, kernel, padding, n in ((4, (3, 3), (1, 1), 7), (2, (5, 3), (3, 0), 5), (6, (3, 5), (0, 4), 9)):
+        tile(m)
+        x, w = rng.standard_normal((n, 3, 13, 10)), rng.standard_normal((24, 3) + kernel)
+        b = rng.standard_normal(24)
+        pads = tuple((p, p) for p in padding)
+        tiling = winograd.correlation_tiling(x.shape[2:], kernel, pads, m, padding)[1]
+        assert winograd.images_per_chunk(tiling, 24, 8) == 1 and winograd.images_per_group(n, 1, tiling, 24, 3) > 1
+        y, _ = ORACLE.forward(x, w, b, 1, padding)
+        dy = rng.standard_normal(y.shape)
+        for name, ours, ref in zip(("y", "dx", "dw", "db"), run(WINOGRAD, x, w, b, padding, dy),
+                                   run(ORACLE, x, w, b, padding, dy)):
+            np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max(), err_msg=f"{name}, m={m}")
+
+
 def float32_errors(m, kernel, seed, n=4, c=32, f=8, size=14):
     """max |got - ref| / max |ref| of y, dx, dw in float32 against float64 (random normal)."""
     rng = np.random.default_rng(seed)
