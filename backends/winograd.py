@@ -9,21 +9,31 @@ method needs m² r_h r_w::
 
 Summed over the C input channels, the elementwise product becomes, for each of the
 P = alpha_h * alpha_w transform points, one matrix product across channels:
-U (P, F, C) @ V (P, C, N * tiles) -> M (P, F, N * tiles), a single ``np.matmul`` over the
-stack, where the time goes. Data flow, shapes for x (N, C, H, W) and w (F, C, r_h, r_w):
+V (P, tiles, C) @ U (P, C, F) -> M (P, tiles, F), where the time should go. Everything
+else is memory traffic, so the whole pipeline runs on a chunk of images at a time
+(:func:`images_per_chunk`), from x to y while the chunk's arrays are in the L2 cache, the
+chunks shared among the cores (:func:`convlab.threads.share_chunks`, BLAS single-threaded
+inside). Per chunk, shapes for x (n, C, H, W) and w (F, C, r_h, r_w):
 
-1. ``x`` is copied once, channel-major, into a zero canvas (C, N, Hc, Wc) holding the
-   padding and the round-up to whole tiles (a negative padding crops: the backward uses it).
-2. Input transform, one axis at a time, each one strided view (the overlapping tiles) and
-   one ``tensordot`` with the small matrix: V (alpha_w, alpha_h, C, N, th, tw).
-3. Filter transform once per call, in float64, then cast: U (alpha_w, alpha_h, F, C).
-4. The batched GEMM, then the output transform, again one axis at a time, and one copy
-   into (N, F, OH, OW) with the crop and the bias.
+1. canvas: x copied channels-last into a zero canvas (n, Hc, Wc, C) holding the padding and
+   the round-up to whole tiles (:func:`channels_last`; a negative padding crops);
+2. input transform Bᵀ d B (:func:`transform_tiles`): down, one GEMM per band of tile rows
+   (a contiguous block of the canvas, no copy); the tiles gathered point-first, copying runs
+   of C values; across, one GEMM. V (P, tiles, C), point-major: each point's (tiles, C)
+   matrix contiguous, ready for BLAS without a transposing copy;
+3. the per-point GEMMs with U (P, C, F), the filters transformed once per call (G g Gᵀ, in
+   float64, then cast);
+4. output transform Aᵀ M A (:func:`untransform_tiles`): across and down as GEMMs, then the
+   tiles copied to a channels-last image (runs of F values) and transposed into y's
+   (n, F, OH, OW) with the crop and the bias.
+
+The old whole-batch version (each stage one pass over arrays of 19 MB) took 0.6-1.4x
+im2col's time on the 3x3 layers with many channels; this one 0.3-0.45x (docs/winograd.md).
 
 Transforms (see :func:`transforms`) are generated, not typed in: the Cook-Toom
 construction from interpolation points, in exact rationals (``fractions``), then cast.
 The points are :data:`POINTS`, taken in that order, plus the point at infinity: 0, ±1,
-±1/2, ±2 for F(6, 3) and F(4, 5) (8 points, those of NNPACK and wincnn), then ±1/4
+±1/2, ±2 for F(6, 3) and F(4, 5) (8 points, those of NNPACK and wincnn), then ±3/2
 for F(6, 5) (10 points). F(m, 1) needs no transform (identity). The two axes use separate
 1-D transforms, F(m, r_h) and F(m, r_w), so any kernel of sides 1 to 5 works (3 x 5, 1 x 3).
 
@@ -34,11 +44,12 @@ Backward, in the Winograd domain too:
 * ``dw`` is Lavin's F(r x r, m x m): the roles swapped, ``dy``'s m x m tiles are the
   "filters" and ``dw`` the r x r output. With the same points its data transform is the
   forward's Bᵀ (a one-line proof: y = Aᵀ[(Gg) ⊙ (Bᵀd)] for all g, h gives
-  ∑ h·y = gᵀ Gᵀ[(Ah) ⊙ (Bᵀd)], so dw_tile = Gᵀ[(A dy_tile Aᵀ) ⊙ (Bᵀ d B)]G), so the
-  forward's transformed input V is kept and reused: only ``dy`` is transformed (by A),
-  then one batched GEMM per point sums over the batch and the tiles,
-  (P, F, N * tiles) @ (P, N * tiles, C), and Gᵀ(.)G is applied once to the (P, F, C) sum.
-  Exact up to float rounding, and cheaper than an F(m, r) correlation of x with dy.
+  ∑ h·y = gᵀ Gᵀ[(Ah) ⊙ (Bᵀd)], so dw_tile = Gᵀ[(A dy_tile Aᵀ) ⊙ (Bᵀ d B)]G). Per group of
+  images, V is computed again from x (cheaper than keeping the forward's V, 2.25x the input,
+  and reading it back from memory), ``dy``'s tiles are transformed by A, one GEMM per point,
+  (F, tiles) @ (tiles, C), sums over the group's tiles, and Gᵀ(.)G is applied once to the
+  (P, F, C) sum of the groups. Exact up to float rounding, and cheaper than an F(m, r)
+  correlation of x with dy.
 
 Error (float32 against float64, max |got - ref| / max |ref| of y, dx and dw on random normal
 data with 32 to 128 channels, ``convlab bench --accuracy``): it grows with the number of
@@ -46,9 +57,9 @@ points per axis, m + r - 1, not with m alone. F(2x2, 3x3) 2e-7 to 1e-6, as the d
 methods (im2col 1e-7 to 7e-7); F(4x4, 3x3) and F(2x2, 5x5) (6 points) 4e-6 to 1e-5;
 F(6x6, 3x3) and F(4x4, 5x5) (8 points) 4e-6 to 1.4e-5; F(6x6, 5x5) (10 points) 2e-4.
 Bound, asserted in ``tests/test_winograd.py``: :data:`ERROR_BOUND_FLOAT32`, by points.
-Default tile m = 4: the fastest on the 3x3 and 5x5 layers measured, at the error level
-NNPACK's Winograd gates accept (1e-5 to 3e-5); F(6x6, 3x3) is no more accurate than
-F(4x4, 3x3) here and not faster on 16-32 pixel images. See docs/winograd.md.
+Default tile m = 4: the fastest or as fast on the 3x3 and 5x5 layers measured, at the error
+level NNPACK's Winograd gates accept (1e-5 to 3e-5); F(6x6, 3x3) is no more accurate than
+F(4x4, 3x3) and not faster on 12-48 pixel images (it wins on 96 x 96). See docs/winograd.md.
 
 Stride 1 only, kernel sides 1 to 5: :meth:`Winograd.supports` says so up front.
 """
