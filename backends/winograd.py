@@ -76,7 +76,7 @@ import numpy as np
 from convlab.checks import int_choice
 from convlab.registry import register_backend
 from convlab.profile import phase, shared_among_threads
-from convlab.threads import chunk_bounds, share_chunks, single_threaded_blas
+from convlab.threads import chunk_bounds, item_chunks, share_chunks, single_threaded_blas
 
 # Interpolation points in the order they are taken; the point at infinity is always added.
 POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2), Fraction(2), Fraction(-2),
@@ -198,12 +198,11 @@ def _tile_count(size, m):
 
 @dataclass(frozen=True)
 class Tiling:
-    """Where one pass's tiles lie on a channels-last canvas (n, Hc, Wc, K): tile (i, j),
-    i < counts[0], j < counts[1], is the window of (rows, cols) pixels whose first pixel is
-    at ``origin`` + ``step`` * (i, j). Neighbouring tiles overlap when the window is larger
-    than the step (the input tiles of F(m, r): window m + r - 1, step m)."""
+    """Tiles on a channels-last canvas (n, Hc, Wc, K): tile (i, j), i < counts[0],
+    j < counts[1], is the window of (rows, cols) pixels whose first pixel is at
+    ``step`` * (i, j). Neighbouring tiles overlap when the window is larger than the step
+    (the input tiles of F(m, r): window m + r - 1, step m)."""
 
-    origin: tuple[int, int]
     window: tuple[int, int]
     step: int
     counts: tuple[int, int]
@@ -211,36 +210,48 @@ class Tiling:
     @property
     def extent(self) -> tuple[int, int]:
         """The canvas (rows, cols) the tiles reach."""
-        return tuple(o + (c - 1) * self.step + w for o, c, w in zip(self.origin, self.counts, self.window))
+        return tuple((c - 1) * self.step + w for c, w in zip(self.counts, self.window))
+
+    def band(self, first, stop) -> Tiling:
+        """Tile rows first ... stop - 1 only (on a canvas that starts at tile row ``first``)."""
+        return Tiling(self.window, self.step, (stop - first, self.counts[1]))
 
 
-def correlation_tiling(image, kernel, pads, m, placement) -> tuple[tuple[int, int], Tiling]:
+def correlation_tiling(image, kernel, pads, m) -> tuple[tuple[int, int], Tiling]:
     """The output size (OH, OW) of the stride-1 correlation of an image (H, W) padded by
     ``pads`` ((top, bottom), (left, right), negative crops) with a kernel (r_h, r_w), and
-    its F(m, r) input tiles on a canvas where the image's pixel (0, 0) is at ``placement``:
-    the padded image starts at placement - (top, left)."""
+    its F(m, r) input tiles on the padded image."""
     out = tuple(size + lo + hi - r + 1 for size, (lo, hi), r in zip(image, pads, kernel))
-    origin = tuple(at - lo for at, (lo, _) in zip(placement, pads))
-    return out, Tiling(origin, tuple(m + r - 1 for r in kernel), m, tuple(_tile_count(o, m) for o in out))
+    return out, Tiling(tuple(m + r - 1 for r in kernel), m, tuple(_tile_count(o, m) for o in out))
 
 
-def images_per_chunk(tiling, channels, itemsize):
-    """Images whose transformed tiles, (alpha_h * alpha_w, tiles, ``channels``), fit in
+def tile_rows_per_chunk(tiling, channels, itemsize):
+    """Tile rows whose transformed tiles, (alpha_h * alpha_w, tiles, ``channels``), fit in
     :data:`CHUNK_BYTES`; but at least ``channels`` / 4 tiles, so that each per-point GEMM,
     (tiles, C) @ (C, F), has rows enough to pay for packing its (C, F) operand: with 256
     channels, 9 tiles ran at half the speed of 72 (21 against 40 GMAC/s, 2-core EPYC)."""
-    points, tiles = tiling.window[0] * tiling.window[1], tiling.counts[0] * tiling.counts[1]
-    return max(1, CHUNK_BYTES // (points * tiles * channels * itemsize), -(-channels // (4 * tiles)))
+    points, across = tiling.window[0] * tiling.window[1], tiling.counts[1]
+    return max(1, CHUNK_BYTES // (points * across * channels * itemsize), -(-channels // (4 * across)))
 
 
-def images_per_group(n, per_chunk, tiling, f, c):
-    """Images in one group of the backward, which sums dw_hat (P, F, C) over the group's tiles
-    with one GEMM per point and adds the groups' sums at the end: each group's sum is written
-    and read once more, so a group has at least 2 max(F, C) tiles (the sums then move at most
-    half the bytes of the tiles), but at most n / :data:`MIN_GROUPS` images, and at least a
-    chunk. It depends on the shapes only, so dw is the same whatever the number of threads."""
-    tiles = tiling.counts[0] * tiling.counts[1]
-    return max(per_chunk, min(-(-2 * max(f, c) // tiles), -(-n // MIN_GROUPS)))
+def tile_rows_per_group(n, per_chunk, tiling, f, c):
+    """Tile rows in one group of the backward, which sums dw_hat (P, F, C) over the group's
+    tiles with one GEMM per point and adds the groups' sums at the end: each group's sum is
+    written and read once more, so a group has at least 2 max(F, C) tiles (the sums then
+    move at most half the bytes of the tiles), but at most 1 / :data:`MIN_GROUPS` of all, and
+    at least a chunk. It depends on the shapes only: dw is the same whatever the threads."""
+    (down, across), at_least = tiling.counts, -(-2 * max(f, c) // tiling.counts[1])
+    return max(per_chunk, min(at_least, -(-n * down // MIN_GROUPS)))
+
+
+def piece(lo, hi, down):
+    """A chunk (lo, hi) of :func:`convlab.threads.item_chunks` over n images of ``down``
+    tile rows each: whole images, or a band of one image's tile rows, as
+    (images slice, first tile row, stop)."""
+    image, row = divmod(lo, down)
+    if hi - lo >= down:
+        return slice(image, hi // down), 0, down
+    return slice(image, image + 1), row, row + hi - lo
 
 
 def channels_last(x, placement, size):
@@ -252,17 +263,19 @@ def channels_last(x, placement, size):
     row transform's operand, no copy). When x's channel planes lie a multiple of 4 KiB apart
     (32 x 32 float32 images), the transposing copy reads K streams that fall into the same L1
     cache sets and took 4x longer (2-core EPYC); x then goes through a zero channel-first
-    canvas first, whose planes (Hc * Wc) apart do not collide.
+    canvas first, whose planes (Hc * Wc, or one column more) apart do not collide.
     """
     n, k, h, w = x.shape
     (hc, wc), (top, left) = size, placement
-    rows, cols = slice(max(0, -top), min(h, hc - top)), slice(max(0, -left), min(w, wc - left))
+    rows = slice(max(0, -top), max(max(0, -top), min(h, hc - top)))
+    cols = slice(max(0, -left), max(max(0, -left), min(w, wc - left)))
     at = (slice(max(0, top), max(0, top) + rows.stop - rows.start),
           slice(max(0, left), max(0, left) + cols.stop - cols.start))
-    if h * w * x.itemsize % 4096 == 0:
-        first = np.zeros((n, k, hc, wc), x.dtype)
+    if k > 1 and h * w * x.itemsize % 4096 == 0:
+        spare = int(hc * wc * x.itemsize % 4096 == 0)  # a spare column keeps its planes apart too
+        first = np.zeros((n, k, hc, wc + spare), x.dtype)
         first[:, :, at[0], at[1]] = x[:, :, rows, cols]
-        return np.ascontiguousarray(first.transpose(0, 2, 3, 1))
+        return np.ascontiguousarray(first[..., :wc].transpose(0, 2, 3, 1))
     canvas = np.zeros((n, hc, wc, k), x.dtype)
     canvas[:, at[0], at[1]] = x[:, :, rows, cols].transpose(0, 2, 3, 1)
     return canvas
@@ -286,18 +299,20 @@ def transform_tiles(canvas, tiling, left, right):
     for F(4, 3). One product by kron(Bᵀ, Bᵀ) (36 x 36) on the gathered tiles did 3x the
     work and took 2-3x longer on the EPYC measured.
     """
-    (oy, ox), (wh, ww), step, (th, tw) = tiling.origin, tiling.window, tiling.step, tiling.counts
+    (wh, ww), step, (th, tw) = tiling.window, tiling.step, tiling.counts
     n, k = canvas.shape[0], canvas.shape[3]
     ah, aw = left.shape[0], right.shape[0]
     width = (tw - 1) * step + ww
-    band = canvas[:, oy:, ox:ox + width]
-    s = band.strides
-    blocks = np.lib.stride_tricks.as_strided(band, (n, th, wh, width * k), (s[0], step * s[1], s[1], s[3]),
+    # Strides from the shapes (numpy's strides of a length-1 axis can be anything), in items.
+    item, row = canvas.itemsize, canvas.shape[2] * k
+    blocks = np.lib.stride_tricks.as_strided(np.ascontiguousarray(canvas), (n, th, wh, width * k),
+                                             (canvas.shape[1] * row * item, step * row * item, row * item, item),
                                              writeable=False)
-    down = np.matmul(left, blocks)  # (n, th, alpha_h, width * K)
-    d = down.strides
+    down = np.matmul(left, blocks)  # (n, th, alpha_h, width * K), contiguous
+    row = width * k
     columns = np.lib.stride_tricks.as_strided(down, (ww, ah, n, th, tw, k),
-                                              (k * d[3], d[2], d[0], d[1], step * k * d[3], d[3]), writeable=False)
+                                              (k * item, row * item, th * ah * row * item, ah * row * item,
+                                               step * k * item, item), writeable=False)
     gathered = np.empty(columns.shape, canvas.dtype)
     np.copyto(gathered, columns)
     return np.matmul(right, gathered.reshape(ww, -1)).reshape(aw * ah, n * th * tw, k)
@@ -358,73 +373,69 @@ def correlate_tiles(canvas, tiling, kernel, u, out, bias=None):
         untransform_tiles(products, a_t_h, a_t_w, tiling.counts, out, bias)
 
 
-def forward_pass(x, w, b, padding, m):
-    """y (N, F, OH, OW) of x (N, C, H, W), w (F, C, r_h, r_w), bias b (F,) by F(m x m, r x r),
-    in chunks of images (:func:`images_per_chunk`) shared among the cores, each chunk taken
-    from x to y while in cache: canvas, input transform, GEMMs, output transform and bias."""
-    (ph, pw), kernel, (n, c), f = padding, w.shape[2:], x.shape[:2], w.shape[0]
-    out, tiling = correlation_tiling(x.shape[2:], kernel, ((ph, ph), (pw, pw)), m, placement=(ph, pw))
-    u = filter_transform(w, m)
+def correlate(x, u, kernel, pads, m, bias=None):
+    """y (N, F, OH, OW), the stride-1 correlation of x (N, C, H, W), padded by ``pads``
+    ((top, bottom), (left, right), negative crops), with the filters (F, C, r_h, r_w) whose
+    transform is u (P, C, F), by F(m x m, r x r), plus ``bias`` (F,).
+
+    In chunks (:func:`piece`: a few images, or a band of tile rows of a large image)
+    shared among the cores, each taken from x to y while in cache: canvas, input transform,
+    GEMMs, output transform and bias. The forward, and ``dx`` of the backward.
+    """
+    (top, _), (left, _) = pads
+    (n, c), f = x.shape[:2], u.shape[2]
+    out, tiling = correlation_tiling(x.shape[2:], kernel, pads, m)
     y = np.empty((n, f) + out, x.dtype)
 
     def chunk(_, lo, hi):
+        images, first, stop = piece(lo, hi, tiling.counts[0])
+        band = tiling.band(first, stop)
         with phase("canvas"):
-            canvas = channels_last(x[lo:hi], (ph, pw), tiling.extent)
-        correlate_tiles(canvas, tiling, kernel, u, y[lo:hi], b)
+            canvas = channels_last(x[images], (top - first * m, left), band.extent)
+        correlate_tiles(canvas, band, kernel, u, y[images, :, first * m:stop * m], bias)
 
     with shared_among_threads():
-        share_chunks(chunk, chunk_bounds(n, images_per_chunk(tiling, max(c, f), x.itemsize)))
+        share_chunks(chunk, item_chunks(n, tiling.counts[0], tile_rows_per_chunk(tiling, max(c, f), x.itemsize)))
     return y
 
 
-def backward_pass(dy, x, w, padding, m, need_dx=True):
-    """(dx, dw) for dy (N, F, OH, OW) of the forward of x (N, C, H, W), w (F, C, r_h, r_w).
+def weight_gradient(dy, x, kernel, padding, m):
+    """dw (F, C, r_h, r_w) for dy (N, F, OH, OW) of the forward of x (N, C, H, W).
 
-    In groups of images shared among the cores. A group's input tiles are transformed again
-    (V, as in the forward: recomputing costs less than keeping the forward's V, 2.25x the
-    input, and reading it back), and so are dy's m x m tiles, by A on each axis; then one
-    GEMM per point, (F, tiles) @ (tiles, C), sums dw_hat over the group's tiles. The groups'
-    (P, F, C) sums are added in group order at the end (:func:`images_per_group`), then Gᵀ (.) G.
-    ``dx``, per chunk of the group, is the correlation of dy's canvas with the flipped,
-    channel-swapped kernel: the forward's algorithm.
+    In groups of tiles (:func:`tile_rows_per_group`) shared among the cores. A group's input
+    tiles are transformed again (V, as in the forward: recomputing costs less than keeping
+    the forward's V, 2.25x the input, and reading it back), and so are dy's m x m tiles, by
+    A on each axis; then one GEMM per point, (F, tiles) @ (tiles, C), sums dw_hat over the
+    group's tiles. The groups' (P, F, C) sums are added in group order, then Gᵀ (.) G.
     """
-    (ph, pw), (n, c), (f, _, kh, kw), dtype = padding, x.shape[:2], w.shape, dy.dtype
-    _, x_tiling = correlation_tiling(x.shape[2:], (kh, kw), ((ph, ph), (pw, pw)), m, placement=(ph, pw))
-    # dy's canvas serves two tilings: dw's m x m tiles of dy, and dx's input tiles (dx is the
-    # correlation of dy padded by q = r - 1 - p, negative q cropping, with the flipped kernel).
-    q = (kh - 1 - ph, kw - 1 - pw)
-    placement = (max(q[0], 0), max(q[1], 0))
-    dy_tiling = Tiling(placement, (m, m), m, x_tiling.counts)
-    _, dx_tiling = correlation_tiling(dy.shape[2:], (kh, kw), ((q[0], q[0]), (q[1], q[1])), m, placement)
-    extent = tuple(map(max, dy_tiling.extent, dx_tiling.extent)) if need_dx else dy_tiling.extent
-    u_dx = filter_transform(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), m) if need_dx else None
-    (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = transforms(m, kh, dtype), transforms(m, kw, dtype)
-    per = images_per_chunk(x_tiling, max(c, f), dtype.itemsize)
-    groups = chunk_bounds(n, images_per_group(n, per, x_tiling, f, c))
-    points = (m + kw - 1) * (m + kh - 1)
+    (ph, pw), (n, c), f, dtype = padding, x.shape[:2], dy.shape[1], dy.dtype
+    _, tiling = correlation_tiling(x.shape[2:], kernel, ((ph, ph), (pw, pw)), m)
+    dy_tiling = Tiling((m, m), m, tiling.counts)
+    (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = transforms(m, kernel[0], dtype), transforms(m, kernel[1], dtype)
+    per = tile_rows_per_chunk(tiling, max(c, f), dtype.itemsize)
+    groups = item_chunks(n, tiling.counts[0], tile_rows_per_group(n, per, tiling, f, c))
+    points = (m + kernel[1] - 1) * (m + kernel[0] - 1)
     parts = np.empty((len(groups), points, f, c), dtype)
-    dx = np.empty(x.shape, dtype) if need_dx else None
 
     def group(index, lo, hi):
+        images, first, stop = piece(lo, hi, tiling.counts[0])
+        band, dy_band = tiling.band(first, stop), dy_tiling.band(first, stop)
         with phase("canvas"):
-            canvas = channels_last(x[lo:hi], (ph, pw), x_tiling.extent)
-            dy_canvas = channels_last(dy[lo:hi], placement, extent)
+            canvas = channels_last(x[images], (ph - first * m, pw), band.extent)
+            dy_canvas = channels_last(dy[images], (-first * m, 0), dy_band.extent)
         with phase("input transform"):
-            v = transform_tiles(canvas, x_tiling, b_t_h, b_t_w)  # (P, tiles, C)
-            dy_hat = transform_tiles(dy_canvas, dy_tiling, a_t_h.T, a_t_w.T)  # (P, tiles, F)
+            v = transform_tiles(canvas, band, b_t_h, b_t_w)  # (P, tiles, C)
+            dy_hat = transform_tiles(dy_canvas, dy_band, a_t_h.T, a_t_w.T)  # (P, tiles, F)
         with phase("GEMM dw"):
             np.matmul(dy_hat.transpose(0, 2, 1), v, out=parts[index])
-        if need_dx:
-            for a, b in chunk_bounds(hi - lo, per):
-                correlate_tiles(dy_canvas[a:b], dx_tiling, (kh, kw), u_dx, dx[lo + a:lo + b])
 
     with shared_among_threads():
         share_chunks(group, groups)
     with phase("dw transform"):
         dw_hat = np.empty((points, f, c), dtype)  # the parts added in group order, the points shared
         share_chunks(lambda _, lo, hi: np.sum(parts[:, lo:hi], axis=0, out=dw_hat[lo:hi]), chunk_bounds(points, 1))
-        dw = filter_matrix(m, (kh, kw)).T @ dw_hat.reshape(points, -1).astype(np.float64)  # (r_h * r_w, F * C)
-    return dx, dw.T.reshape(w.shape).astype(dtype)
+        dw = filter_matrix(m, kernel).T @ dw_hat.reshape(points, -1).astype(np.float64)  # (r_h * r_w, F * C)
+    return dw.T.reshape(f, c, *kernel).astype(dtype)
 
 
 @register_backend("winograd")
@@ -446,12 +457,20 @@ class Winograd:
         # BLAS on the calling thread only, also outside the shared chunks (the filter
         # transform): a threaded BLAS call leaves BLAS's threads spinning for a while on the
         # core the chunks' second thread needs.
-        m = settings().tile
+        (ph, pw), m = padding, settings().tile
         with single_threaded_blas():
-            return forward_pass(x, w, b, padding, m), (x, w, padding, m)
+            y = correlate(x, filter_transform(w, m), w.shape[2:], ((ph, ph), (pw, pw)), m, b)
+        return y, (x, w, padding, m)
 
     def backward(self, dy, cache, need_dx=True):
-        x, w, padding, m = cache
+        x, w, (ph, pw), m = cache
+        kh, kw = w.shape[2:]
         with single_threaded_blas():
-            dx, dw = backward_pass(dy, x, w, padding, m, need_dx)
+            dw = weight_gradient(dy, x, (kh, kw), (ph, pw), m)
+            if not need_dx:
+                return None, dw, dy.sum(axis=(0, 2, 3))
+            # dx: the correlation of dy, padded by r - 1 - p (negative: cropped), with the
+            # flipped, channel-swapped kernel.
+            flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, kh, kw)
+            dx = correlate(dy, filter_transform(flipped, m), (kh, kw), ((kh - 1 - ph,) * 2, (kw - 1 - pw,) * 2), m)
         return dx, dw, dy.sum(axis=(0, 2, 3))

@@ -71,6 +71,16 @@ def chunk_bounds(n, per_chunk) -> list[tuple[int, int]]:
     return [(lo, min(lo + per_chunk, n)) for lo in range(0, n, per_chunk)]
 
 
+def item_chunks(items, parts, parts_per_chunk) -> list[tuple[int, int]]:
+    """``range(items * parts)`` (item i's parts are i * parts ... (i + 1) * parts - 1) cut into
+    (lo, hi) pieces of about ``parts_per_chunk``: whole items when that is at least one item,
+    else consecutive parts of one item. Big items are so cut into cache-sized pieces (the
+    tile rows of a large image) without a piece ever spanning two items partly."""
+    if parts_per_chunk >= parts:
+        return [(lo * parts, hi * parts) for lo, hi in chunk_bounds(items, parts_per_chunk // parts)]
+    return [(i * parts + lo, i * parts + hi) for i in range(items) for lo, hi in chunk_bounds(parts, parts_per_chunk)]
+
+
 def share_chunks(work, chunks, threads=None):
     """Call ``work(index, lo, hi)`` for every ``(lo, hi)`` of ``chunks``, on ``threads``
     threads (default :func:`worker_count`) with BLAS single-threaded; returns when all are

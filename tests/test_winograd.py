@@ -9,6 +9,7 @@ import pytest
 
 import convlab
 import convlab.data
+import convlab.threads
 from backends import winograd
 from convlab.layers import Conv2D, Dense, Flatten, ReLU
 from convlab.models import Sequential
@@ -79,22 +80,46 @@ def test_matches_naive_on_dense_random_shapes(tile, m):
 
 
 def test_chunks_and_groups_match_naive(tile, monkeypatch):
-    """Many chunks of one image and groups of several (the shapes above fit in one chunk):
-    the chunk edges, the groups' dw sums and dx per chunk of a group agree with naive too."""
+    """Chunks that are bands of tile rows, groups of several images (the shapes above fit in
+    one chunk): the chunk edges, the groups' dw sums and dx agree with naive too."""
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
     rng = np.random.default_rng(7)
-    for m, kernel, padding, n in ((4, (3, 3), (1, 1), 7), (2, (5, 3), (3, 0), 5), (6, (3, 5), (0, 4), 9)):
+    bands = several = False
+    for m, kernel, padding, n, image, f in (((4, (3, 3), (1, 1), 7, (13, 10), 24)), (6, (3, 5), (0, 4), 9, (5, 6), 24),
+                                            (2, (5, 3), (3, 0), 5, (13, 10), 4)):
         tile(m)
-        x, w = rng.standard_normal((n, 3, 13, 10)), rng.standard_normal((24, 3) + kernel)
-        b = rng.standard_normal(24)
-        pads = tuple((p, p) for p in padding)
-        tiling = winograd.correlation_tiling(x.shape[2:], kernel, pads, m, padding)[1]
-        assert winograd.images_per_chunk(tiling, 24, 8) == 1 and winograd.images_per_group(n, 1, tiling, 24, 3) > 1
+        x, w = rng.standard_normal((n, 3) + image), rng.standard_normal((f, 3) + kernel)
+        b = rng.standard_normal(f)
+        tiling = winograd.correlation_tiling(image, kernel, tuple((p, p) for p in padding), m)[1]
+        per = winograd.tile_rows_per_chunk(tiling, f, 8)
+        chunks = [winograd.piece(lo, hi, tiling.counts[0]) for lo, hi in
+                  convlab.threads.item_chunks(n, tiling.counts[0], per)]
+        groups = [winograd.piece(lo, hi, tiling.counts[0]) for lo, hi in convlab.threads.item_chunks(
+                  n, tiling.counts[0], winograd.tile_rows_per_group(n, per, tiling, f, 3))]
+        bands |= any(stop - first < tiling.counts[0] for _, first, stop in chunks)
+        several |= any(images.stop - images.start > 1 for images, _, _ in groups)
         y, _ = ORACLE.forward(x, w, b, 1, padding)
         dy = rng.standard_normal(y.shape)
         for name, ours, ref in zip(("y", "dx", "dw", "db"), run(WINOGRAD, x, w, b, padding, dy),
                                    run(ORACLE, x, w, b, padding, dy)):
             np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max(), err_msg=f"{name}, m={m}")
+    assert bands and several
+
+
+def test_one_channel_images_with_any_strides(tile):
+    """Images of one channel as a data set holds them, (N, 784) viewed (N, 1, 28, 28) with
+    stride 0 on the channel axis (numpy's strides of a length-1 axis can be anything; the
+    transforms must not read them), also 32 x 32 ones (the channel-first detour)."""
+    tile(4)
+    rng = np.random.default_rng(3)
+    for size in (28, 32):
+        x = np.lib.stride_tricks.as_strided(rng.standard_normal((5, size * size)), (5, 1, size, size),
+                                            (size * size * 8, 0, size * 8, 8))
+        w, b = rng.standard_normal((3, 1, 3, 3)), rng.standard_normal(3)
+        y, _ = ORACLE.forward(x, w, b, 1, 1)
+        dy = rng.standard_normal(y.shape)
+        for ours, ref in zip(run(WINOGRAD, x, w, b, 1, dy), run(ORACLE, x, w, b, 1, dy)):
+            np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
 
 
 def float32_errors(m, kernel, seed, n=4, c=32, f=8, size=14):
