@@ -35,10 +35,12 @@ def main():
     # then has one thread too); the limit holds while this object lives.
     limits = threadpoolctl.threadpool_limits(1) if cpu else None  # noqa: F841
     import backends.winograd as winograd
+    from convlab import keep_freed_memory
     from convlab.bench import MANY_CHANNEL_LAYERS
     from convlab.threads import machine_summary
     from convlab.timing import best_time, conv_pass, output_gradient
 
+    keep_freed_memory()  # as convlab's commands do
     measure = cpu_time if cpu else (lambda run: best_time(run, repeat=5))
     print(machine_summary())
     print(f"{'cpu' if cpu else 'wall'} time; ratios winograd / im2col, forward / forward+backward")
