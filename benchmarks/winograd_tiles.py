@@ -1,11 +1,14 @@
 """winograd against im2col on the many-channel layers, for each tile size m:
-``python benchmarks/winograd_tiles.py [--cpu]``.
+``python benchmarks/winograd_tiles.py [--cpu] [--phases]``.
 
 Prints, per layer, im2col's milliseconds and winograd's ratio to them for m = 2, 4, 6,
 forward / forward+backward. Default: wall time with every thread (the fastest of 5 runs
 after a warm-up, ``convlab.timing.best_time``). ``--cpu``: single-thread CPU time
 (``time.process_time``; BLAS and convlab's pool limited to one thread before convlab is
 imported), a measurement a busy shared machine disturbs far less than the wall clock.
+``--phases``: instead, where winograd's time goes on each layer (default tile): the
+:mod:`convlab.profile` table of 20 forward+backward passes (a ReLU in front, so that the
+convolution's dx is computed, as in a network's inner layer).
 """
 
 import argparse
@@ -27,10 +30,33 @@ def cpu_time(run, repeat=5):
     return best
 
 
+def phases(shape, steps=20):
+    """The per-phase profile of ``steps`` forward+backward passes of winograd on ``shape``."""
+    import numpy as np
+
+    from convlab.layers import Conv2D, ReLU
+    from convlab.models import Sequential
+    from convlab.profile import count_step, recording
+
+    x, _, _ = shape.arrays()
+    model = Sequential(ReLU(), Conv2D(shape.c, shape.f, shape.k, padding=shape.padding, backend="winograd", rng=0))
+    dy = np.ones_like(model.forward(x))
+    model.backward(dy)
+    with recording(model) as profile:
+        for _ in range(steps):
+            started = time.perf_counter()
+            model.forward(x)
+            model.backward(dy)
+            count_step(time.perf_counter() - started)
+    return profile.table(f"{shape.label}: winograd, milliseconds per forward+backward")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="single-thread CPU time instead of wall time")
-    cpu = parser.parse_args().cpu
+    parser.add_argument("--phases", action="store_true", help="instead, winograd's time per phase")
+    args = parser.parse_args()
+    cpu = args.cpu
     # --cpu: BLAS limited before convlab.threads reads its thread count at import (its pool
     # then has one thread too); the limit holds while this object lives.
     limits = threadpoolctl.threadpool_limits(1) if cpu else None  # noqa: F841
@@ -41,6 +67,11 @@ def main():
     from convlab.timing import best_time, conv_pass, output_gradient
 
     keep_freed_memory()  # as convlab's commands do
+    if args.phases:
+        print(machine_summary())
+        for shape in MANY_CHANNEL_LAYERS:
+            print(phases(shape), flush=True)
+        return
     measure = cpu_time if cpu else (lambda run: best_time(run, repeat=5))
     print(machine_summary())
     print(f"{'cpu' if cpu else 'wall'} time; ratios winograd / im2col, forward / forward+backward")
