@@ -273,12 +273,26 @@ def channels_last(x, placement, size):
           slice(max(0, left), max(0, left) + cols.stop - cols.start))
     if k > 1 and h * w * x.itemsize % 4096 == 0:
         spare = int(hc * wc * x.itemsize % 4096 == 0)  # a spare column keeps its planes apart too
-        first = np.zeros((n, k, hc, wc + spare), x.dtype)
+        first = _zero_outside(np.empty((n, k, hc, wc + spare), x.dtype), (2, 3), at)
         first[:, :, at[0], at[1]] = x[:, :, rows, cols]
         return np.ascontiguousarray(first[..., :wc].transpose(0, 2, 3, 1))
-    canvas = np.zeros((n, hc, wc, k), x.dtype)
+    canvas = _zero_outside(np.empty((n, hc, wc, k), x.dtype), (1, 2), at)
     canvas[:, at[0], at[1]] = x[:, :, rows, cols].transpose(0, 2, 3, 1)
     return canvas
+
+
+def _zero_outside(a, axes, inside):
+    """``a`` with zeros outside the window ``inside`` (two slices) on two of its ``axes``
+    (the border: each value is written once, not zeroed and then overwritten)."""
+    (rows, cols), index = inside, [slice(None)] * a.ndim
+    for axis, part in ((axes[0], slice(0, rows.start)), (axes[0], slice(rows.stop, None))):
+        index[axis] = part
+        a[tuple(index)] = 0
+    index[axes[0]] = rows
+    for part in (slice(0, cols.start), slice(cols.stop, None)):
+        index[axes[1]] = part
+        a[tuple(index)] = 0
+    return a
 
 
 def transform_tiles(canvas, tiling, left, right):
@@ -305,14 +319,12 @@ def transform_tiles(canvas, tiling, left, right):
     width = (tw - 1) * step + ww
     # Strides from the shapes (numpy's strides of a length-1 axis can be anything), in items.
     item, row = canvas.itemsize, canvas.shape[2] * k
-    blocks = np.lib.stride_tricks.as_strided(np.ascontiguousarray(canvas), (n, th, wh, width * k),
-                                             (canvas.shape[1] * row * item, step * row * item, row * item, item),
-                                             writeable=False)
+    blocks = np.ndarray((n, th, wh, width * k), canvas.dtype, np.ascontiguousarray(canvas),
+                        strides=(canvas.shape[1] * row * item, step * row * item, row * item, item))
     down = np.matmul(left, blocks)  # (n, th, alpha_h, width * K), contiguous
     row = width * k
-    columns = np.lib.stride_tricks.as_strided(down, (ww, ah, n, th, tw, k),
-                                              (k * item, row * item, th * ah * row * item, ah * row * item,
-                                               step * k * item, item), writeable=False)
+    columns = np.ndarray((ww, ah, n, th, tw, k), down.dtype, down, strides=(
+        k * item, row * item, th * ah * row * item, ah * row * item, step * k * item, item))
     gathered = np.empty(columns.shape, canvas.dtype)
     np.copyto(gathered, columns)
     return np.matmul(right, gathered.reshape(ww, -1)).reshape(aw * ah, n * th * tw, k)
