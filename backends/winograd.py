@@ -298,10 +298,11 @@ def _zero_outside(a, axes, inside):
     return a
 
 
-def transform_tiles(canvas, tiling, left, right):
+def transform_tiles(canvas, tiling, left, right, origin=(0, 0)):
     """``left`` (alpha_h, window rows) applied down and ``right`` (alpha_w, window cols)
     across every tile: canvas (n, Hc, Wc, K) -> (alpha_w * alpha_h, n * th * tw, K), the
-    transform point (b, a) first, then the tile, then the channel.
+    transform point (b, a) first, then the tile, then the channel. The tiles start at
+    canvas position ``origin``.
 
     That is the layout the per-point GEMMs take ((tiles, K) matrices, contiguous), made by
     two plain GEMMs and one gather, all on a chunk in cache:
@@ -323,7 +324,8 @@ def transform_tiles(canvas, tiling, left, right):
     # Strides from the shapes (numpy's strides of a length-1 axis can be anything), in items.
     item, row = canvas.itemsize, canvas.shape[2] * k
     blocks = np.ndarray((n, th, wh, width * k), canvas.dtype, np.ascontiguousarray(canvas),
-                        strides=(canvas.shape[1] * row * item, step * row * item, row * item, item))
+                        (origin[0] * row + origin[1] * k) * item,
+                        (canvas.shape[1] * row * item, step * row * item, row * item, item))
     down = np.matmul(left, blocks)  # (n, th, alpha_h, width * K), contiguous
     row = width * k
     columns = np.ndarray((ww, ah, n, th, tw, k), down.dtype, down, strides=(
@@ -426,43 +428,62 @@ def correlate(x, u, kernel, pads, m, ones=False):
     return y
 
 
-def weight_gradient(dy, x, kernel, padding, m):
-    """dw (F, C, r_h, r_w) for dy (N, F, OH, OW) of the forward of x (N, C, H, W).
+def gradients(dy, x, w, padding, m, need_dx=True):
+    """(dx or None, dw) for dy (N, F, OH, OW) of the forward of x (N, C, H, W), w (F, C, r_h, r_w).
 
-    In groups of tiles (:func:`tile_rows_per_group`) shared among the cores. A group's input
-    tiles are transformed again (V, as in the forward: recomputing costs less than keeping
-    the forward's V, 2.25x the input, and reading it back), and so are dy's m x m tiles, by
-    A on each axis; then one GEMM per point, (F, tiles) @ (tiles, C), sums dw_hat over the
-    group's tiles. The groups' (P, F, C) sums are added in group order, then Gᵀ (.) G.
+    ``dw`` in groups of tiles (:func:`tile_rows_per_group`) shared among the cores. A group's
+    input tiles are transformed again (V, as in the forward: recomputing costs less than
+    keeping the forward's V, 2.25x the input, and reading it back), and so are dy's m x m
+    tiles, by A on each axis; then one GEMM per point, (F, tiles) @ (tiles, C), sums dw_hat
+    over the group's tiles. The groups' (P, F, C) sums are added in group order, then
+    Gᵀ (.) G.
+
+    ``dx`` is the correlation of dy, padded by q = r - 1 - p, with the flipped, channel-swapped
+    kernel (:func:`correlate`). When its tile rows are the forward's (OH and H round up to as
+    many tiles, as with "same" padding) and q >= 0, the group's dy canvas (dy padded by q)
+    serves both, dw's tiles starting at q: one transposing copy of dy fewer.
     """
-    (ph, pw), (n, c), f, dtype = padding, x.shape[:2], dy.shape[1], dy.dtype
-    _, tiling = correlation_tiling(x.shape[2:], kernel, ((ph, ph), (pw, pw)), m)
+    (ph, pw), (n, c), (f, _, kh, kw), dtype = padding, x.shape[:2], w.shape, dy.dtype
+    _, tiling = correlation_tiling(x.shape[2:], (kh, kw), ((ph, ph), (pw, pw)), m)
+    q = (kh - 1 - ph, kw - 1 - pw)
+    _, dx_tiling = correlation_tiling(dy.shape[2:], (kh, kw), ((q[0], q[0]), (q[1], q[1])), m)
+    shared = need_dx and min(q) >= 0 and dx_tiling.counts == tiling.counts
     dy_tiling = Tiling((m, m), m, tiling.counts)
-    (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = transforms(m, kernel[0], dtype), transforms(m, kernel[1], dtype)
+    (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = transforms(m, kh, dtype), transforms(m, kw, dtype)
     per = tile_rows_per_chunk(tiling, max(c, f), dtype.itemsize)
     groups = item_chunks(n, tiling.counts[0], tile_rows_per_group(n, per, tiling, f, c))
-    points = (m + kernel[1] - 1) * (m + kernel[0] - 1)
+    points = (m + kw - 1) * (m + kh - 1)
     parts = np.empty((len(groups), points, f, c), dtype)
+    flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, kh, kw)
+    u_dx = filter_transform(flipped, m) if need_dx else None
+    dx = np.empty(x.shape, dtype) if shared else None
 
     def group(index, lo, hi):
         images, first, stop = piece(lo, hi, tiling.counts[0])
-        band, dy_band = tiling.band(first, stop), dy_tiling.band(first, stop)
+        band, dy_band, dx_band = (t.band(first, stop) for t in (tiling, dy_tiling, dx_tiling))
         with phase("canvas"):
             canvas = channels_last(x[images], (ph - first * m, pw), band.extent)
-            dy_canvas = channels_last(dy[images], (-first * m, 0), dy_band.extent)
+            if shared:
+                dy_canvas, origin = channels_last(dy[images], (q[0] - first * m, q[1]), dx_band.extent), q
+            else:
+                dy_canvas, origin = channels_last(dy[images], (-first * m, 0), dy_band.extent), (0, 0)
         with phase("input transform"):
             v = transform_tiles(canvas, band, b_t_h, b_t_w)  # (P, tiles, C)
-            dy_hat = transform_tiles(dy_canvas, dy_band, a_t_h.T, a_t_w.T)  # (P, tiles, F)
+            dy_hat = transform_tiles(dy_canvas, dy_band, a_t_h.T, a_t_w.T, origin)  # (P, tiles, F)
         with phase("GEMM dw"):
             np.matmul(dy_hat.transpose(0, 2, 1), v, out=parts[index])
+        if shared:
+            correlate_tiles(dy_canvas, dx_band, (kh, kw), u_dx, dx[images, :, first * m:stop * m])
 
     with shared_among_threads():
         share_chunks(group, groups)
     with phase("dw transform"):
         dw_hat = np.empty((points, f, c), dtype)  # the parts added in group order, the points shared
         share_chunks(lambda _, lo, hi: np.sum(parts[:, lo:hi], axis=0, out=dw_hat[lo:hi]), chunk_bounds(points, 1))
-        dw = filter_matrix(m, kernel).T @ dw_hat.reshape(points, -1).astype(np.float64)  # (r_h * r_w, F * C)
-    return dw.T.reshape(f, c, *kernel).astype(dtype)
+        dw = filter_matrix(m, (kh, kw)).T @ dw_hat.reshape(points, -1).astype(np.float64)  # (r_h * r_w, F * C)
+    if need_dx and not shared:
+        dx = correlate(dy, u_dx, (kh, kw), ((q[0], q[0]), (q[1], q[1])), m)
+    return dx, dw.T.reshape(w.shape).astype(dtype)
 
 
 @register_backend("winograd")
@@ -490,14 +511,7 @@ class Winograd:
         return y, (x, w, padding, m)
 
     def backward(self, dy, cache, need_dx=True):
-        x, w, (ph, pw), m = cache
-        kh, kw = w.shape[2:]
+        x, w, padding, m = cache
         with single_threaded_blas():
-            dw = weight_gradient(dy, x, (kh, kw), (ph, pw), m)
-            if not need_dx:
-                return None, dw, dy.sum(axis=(0, 2, 3))
-            # dx: the correlation of dy, padded by r - 1 - p (negative: cropped), with the
-            # flipped, channel-swapped kernel.
-            flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, kh, kw)
-            dx = correlate(dy, filter_transform(flipped, m), (kh, kw), ((kh - 1 - ph,) * 2, (kw - 1 - pw,) * 2), m)
+            dx, dw = gradients(dy, x, w, padding, m, need_dx)
         return dx, dw, dy.sum(axis=(0, 2, 3))
