@@ -472,8 +472,10 @@ def gradients(dy, x, w, padding, m, need_dx=True):
             dy_hat = transform_tiles(dy_canvas, dy_band, a_t_h.T, a_t_w.T, origin)  # (P, tiles, F)
         with phase("GEMM dw"):
             np.matmul(dy_hat.transpose(0, 2, 1), v, out=parts[index])
-        if shared:
-            correlate_tiles(dy_canvas, dx_band, (kh, kw), u_dx, dx[images, :, first * m:stop * m])
+        if shared:  # in chunks of the group's images, as the forward's (a group may be larger)
+            for a, b in chunk_bounds(images.stop - images.start, max(1, per // tiling.counts[0])):
+                correlate_tiles(dy_canvas[a:b], dx_band, (kh, kw), u_dx,
+                                dx[images.start + a:images.start + b, :, first * m:stop * m])
 
     with shared_among_threads():
         share_chunks(group, groups)
