@@ -2,10 +2,10 @@
 ``python benchmarks/winograd_tiles.py [--cpu] [--phases]``.
 
 Prints, per layer, im2col's milliseconds and winograd's ratio to them for m = 2, 4, 6,
-forward / forward+backward. Default: wall time with every thread (the fastest of 5 runs
-after a warm-up, ``convlab.timing.best_time``). ``--cpu``: single-thread CPU time
-(``time.process_time``; BLAS and convlab's pool limited to one thread before convlab is
-imported), a measurement a busy shared machine disturbs far less than the wall clock.
+forward / forward+backward. Default: wall time with every thread, the fastest of 7 runs
+after a warm-up, all the runs of a layer taken in turn (:func:`fastest`). ``--cpu``:
+single-thread CPU time (``time.process_time``; BLAS and convlab's pool limited to one
+thread before convlab is imported), which a busy shared machine disturbs far less.
 ``--phases``: instead, where winograd's time goes on each layer (default tile): the
 :mod:`convlab.profile` table of 20 forward+backward passes (a ReLU in front, so that the
 convolution's dx is computed, as in a network's inner layer).
@@ -20,14 +20,29 @@ import threadpoolctl
 TILES = (2, 4, 6)
 
 
-def cpu_time(run, repeat=5):
-    run()
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.process_time()
+def fastest(runs, clock, repeat=7):
+    """The fastest of ``repeat`` timed calls of each of ``runs`` (after one warm-up call
+    each), the runs taken in turn, so that a busy spell of a shared machine falls on all of
+    them rather than on one."""
+    for run in runs:
         run()
-        best = min(best, time.process_time() - started)
+    best = [float("inf")] * len(runs)
+    for _ in range(repeat):
+        for i, run in enumerate(runs):
+            started = clock()
+            run()
+            best[i] = min(best[i], clock() - started)
     return best
+
+
+def with_tile(m, run):
+    """``run`` with winograd's tile side set to m first."""
+    import backends.winograd as winograd
+
+    def tiled():
+        winograd.configure(tile=m)
+        return run()
+    return tiled
 
 
 def phases(shape, steps=20):
@@ -64,7 +79,7 @@ def main():
     from convlab import keep_freed_memory
     from convlab.bench import MANY_CHANNEL_LAYERS
     from convlab.threads import machine_summary
-    from convlab.timing import best_time, conv_pass, output_gradient
+    from convlab.timing import conv_pass, output_gradient
 
     keep_freed_memory()  # as convlab's commands do
     if args.phases:
@@ -72,7 +87,7 @@ def main():
         for shape in MANY_CHANNEL_LAYERS:
             print(phases(shape), flush=True)
         return
-    measure = cpu_time if cpu else (lambda run: best_time(run, repeat=5))
+    clock = time.process_time if cpu else time.perf_counter
     print(machine_summary())
     print(f"{'cpu' if cpu else 'wall'} time; ratios winograd / im2col, forward / forward+backward")
     print(f"{'shape':<26}{'im2col ms':>16}" + "".join(f"{f'F({m}x{m})':>16}" for m in TILES))
@@ -81,11 +96,14 @@ def main():
         x, w, b = shape.arrays()
         stride, padding = (1, 1), (shape.padding, shape.padding)
         dy = output_gradient(x, w, stride, padding)
-        times = {}
-        for backend, m in [("im2col", None)] + [("winograd", m) for m in TILES]:
-            if m is not None:
-                winograd.configure(tile=m)
-            times[backend, m] = [measure(conv_pass(backend, x, w, b, stride, padding, d)) for d in (None, dy)]
+        configs = [("im2col", None)] + [("winograd", m) for m in TILES]
+        runs = []  # per config: forward, forward+backward
+        for backend, m in configs:
+            for d in (None, dy):
+                run = conv_pass(backend, x, w, b, stride, padding, d)
+                runs.append(run if m is None else with_tile(m, run))
+        best = fastest(runs, clock)
+        times = {config: best[2 * i:2 * i + 2] for i, config in enumerate(configs)}
         base = times["im2col", None]
         cells = [f"{base[0] * 1e3:7.1f} /{base[1] * 1e3:7.1f}"] + [
             f"{times['winograd', m][0] / base[0]:7.2f} /{times['winograd', m][1] / base[1]:5.2f}" for m in TILES]
