@@ -81,11 +81,12 @@ def test_matches_naive_on_dense_random_shapes(tile, m):
 
 def test_chunks_and_groups_match_naive(tile, monkeypatch):
     """Chunks that are bands of tile rows, groups of several images (the shapes above fit in
-    one chunk): the chunk edges, the groups' dw sums and dx agree with naive too."""
+    one chunk), dy's canvas shared by dw and dx ("same" padding) or not: the chunk edges, the
+    groups' dw sums and dx agree with naive too."""
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
     rng = np.random.default_rng(7)
     bands = several = False
-    for m, kernel, padding, n, image, f in (((4, (3, 3), (1, 1), 7, (13, 10), 24)), (6, (3, 5), (0, 4), 9, (5, 6), 24),
+    for m, kernel, padding, n, image, f in ((4, (3, 3), (1, 1), 7, (13, 10), 24), (6, (3, 5), (0, 4), 9, (5, 6), 24),
                                             (2, (5, 3), (3, 0), 5, (13, 10), 4)):
         tile(m)
         x, w = rng.standard_normal((n, 3) + image), rng.standard_normal((f, 3) + kernel)
