@@ -85,11 +85,11 @@ MAX_KERNEL_SIDE = 5
 TILES = (2, 3, 4, 5, 6)
 DEFAULT_TILE = 4
 ENV_TILE = "CONVLAB_WINOGRAD_TILE"
-# Bytes of one chunk's transformed input tiles (points x tiles x channels): a chunk of images is
-# gathered, transformed, multiplied and transformed back while it is in the L2 cache (1 MiB a
-# core on the 2-core AMD EPYC measured).
+# Bytes of one chunk's transformed input tiles (points x tiles x channels): a chunk (images, or
+# a band of tile rows of one) is gathered, transformed, multiplied and transformed back while it
+# is in cache (L2: 1 MiB a core on the 2-core AMD EPYC measured).
 CHUNK_BYTES = 1 << 19
-# The backward's groups of images (see images_per_group): at least this many, for the cores to share.
+# The backward's groups of tile rows (see tile_rows_per_group): at least this many, for the cores to share.
 MIN_GROUPS = 4
 # max |got - ref| / max |ref| of y, dx, dw in float32 on random normal data, by points per axis
 # (m + r - 1): about 3-5x the largest median measured (docs/winograd.md).
@@ -240,8 +240,8 @@ def tile_rows_per_group(n, per_chunk, tiling, f, c):
     written and read once more, so a group has at least 2 max(F, C) tiles (the sums then
     move at most half the bytes of the tiles), but at most 1 / :data:`MIN_GROUPS` of all, and
     at least a chunk. It depends on the shapes only: dw is the same whatever the threads."""
-    (down, across), at_least = tiling.counts, -(-2 * max(f, c) // tiling.counts[1])
-    return max(per_chunk, min(at_least, -(-n * down // MIN_GROUPS)))
+    down, across = tiling.counts
+    return max(per_chunk, min(-(-2 * max(f, c) // across), -(-n * down // MIN_GROUPS)))
 
 
 def piece(lo, hi, down):
