@@ -10,25 +10,27 @@ method needs m² r_h r_w::
 Summed over the C input channels, the elementwise product becomes, for each of the
 P = alpha_h * alpha_w transform points, one matrix product across channels:
 V (P, tiles, C) @ U (P, C, F) -> M (P, tiles, F), where the time should go. Everything
-else is memory traffic, so the whole pipeline runs on a chunk of images at a time
-(:func:`images_per_chunk`), from x to y while the chunk's arrays are in the L2 cache, the
-chunks shared among the cores (:func:`convlab.threads.share_chunks`, BLAS single-threaded
-inside). Per chunk, shapes for x (n, C, H, W) and w (F, C, r_h, r_w):
+else is memory traffic, so the whole pipeline runs on a chunk at a time (a few images, or a
+band of tile rows of a large one: :func:`tile_rows_per_chunk`), from x to y while the
+chunk's arrays are in cache, the chunks shared among the cores
+(:func:`convlab.threads.share_chunks`, BLAS single-threaded inside). Per chunk, shapes for
+x (n, C, H, W) and w (F, C, r_h, r_w):
 
-1. canvas: x copied channels-last into a zero canvas (n, Hc, Wc, C) holding the padding and
-   the round-up to whole tiles (:func:`channels_last`; a negative padding crops);
+1. canvas: x copied channels-last into a zero canvas (n, Hc, Wc, C + 1) holding the padding
+   and the round-up to whole tiles (:func:`channels_last`; a negative padding crops), and a
+   channel of ones for the bias (:func:`correlate`);
 2. input transform Bᵀ d B (:func:`transform_tiles`): down, one GEMM per band of tile rows
    (a contiguous block of the canvas, no copy); the tiles gathered point-first, copying runs
    of C values; across, one GEMM. V (P, tiles, C), point-major: each point's (tiles, C)
    matrix contiguous, ready for BLAS without a transposing copy;
-3. the per-point GEMMs with U (P, C, F), the filters transformed once per call (G g Gᵀ, in
-   float64, then cast);
+3. the per-point GEMMs with U (P, C + 1, F), the filters transformed once per call (G g Gᵀ,
+   in float64, then cast), the bias their last row;
 4. output transform Aᵀ M A (:func:`untransform_tiles`): across and down as GEMMs, then the
    tiles copied to a channels-last image (runs of F values) and transposed into y's
-   (n, F, OH, OW) with the crop and the bias.
+   (n, F, OH, OW) with the crop.
 
 The old whole-batch version (each stage one pass over arrays of 19 MB) took 0.6-1.4x
-im2col's time on the 3x3 layers with many channels; this one 0.3-0.45x (docs/winograd.md).
+im2col's time on the 3x3 layers with many channels; this one 0.3-0.6x (docs/winograd.md).
 
 Transforms (see :func:`transforms`) are generated, not typed in: the Cook-Toom
 construction from interpolation points, in exact rationals (``fractions``), then cast.
@@ -409,7 +411,7 @@ def correlate(x, u, kernel, pads, m, ones=False):
 
     In chunks (:func:`piece`: a few images, or a band of tile rows of a large image)
     shared among the cores, each taken from x to y while in cache: canvas, input transform,
-    GEMMs, output transform and bias. The forward, and ``dx`` of the backward.
+    GEMMs, output transform. The forward, and ``dx`` of the backward.
     """
     (top, _), (left, _) = pads
     (n, c), f = x.shape[:2], u.shape[2]  # c: x's channels, without the ones
