@@ -10,7 +10,7 @@ import pytest
 import convlab
 from convlab import registry
 from convlab.checkpoints import load_checkpoint
-from convlab.layers import AvgPool2D, Conv2D, MaxPool2D
+from convlab.layers import AvgPool2D, Conv2D, MaxPool2D, forward_only
 from convlab.models import (LENET5, SpecError, get_model, lenet5, list_models, parse_spec, reference_net,
                             spec_network)
 from convlab.timing import strategies
@@ -61,6 +61,39 @@ def test_max_pooling_ties_go_to_the_first_element_of_the_window():
     expected = np.zeros((4, 4))
     expected[::2, ::2] = [[1, 2], [3, 4]]
     np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+
+@pytest.mark.parametrize("layer_class", [MaxPool2D, AvgPool2D])
+def test_pooling_keeps_nothing_forward_only(layer_class):
+    layer, x = layer_class(2), np.ones((2, 3, 4, 4), np.float32)
+    with forward_only():
+        assert layer.forward(x).shape == (2, 3, 2, 2)
+    with pytest.raises(ValueError, match="needs the forward first"):
+        layer.backward(np.ones((2, 3, 2, 2), np.float32))
+    layer.forward(x)
+    assert layer.backward(np.ones((2, 3, 2, 2), np.float32), need_dx=False) is None
+
+
+@pytest.mark.parametrize("spec", [LENET5, "c4k3p1 relu maxpool2 maxpool3s1p1 relu maxpool3s2p1 relu avgpool2 dense10"])
+def test_a_relu_runs_after_the_max_pool_that_follows_it_with_the_same_results(spec):
+    """Max and ReLU commute: the network, run as listed or with each ReLU after the max-pools
+    that follow it (as Sequential runs it), gives the same logits and gradients, ties in the
+    pooling windows (the zeros of a blank image band) included."""
+    swapped, listed = (get_model(spec).build(seed=3, dtype=np.float64) for _ in range(2))
+    listed.execution_order = lambda: list(range(len(listed.layers)))
+    kinds = [type(swapped.layers[i]).__name__ for i in swapped.execution_order()[:4]]
+    assert kinds == ["Conv2D", "MaxPool2D", "ReLU", "Conv2D"] if spec == LENET5 else kinds[1:4] == [
+        "MaxPool2D", "MaxPool2D", "ReLU"]
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28))
+    x[:, :, :12] = 0
+    logits = [net.forward(x) for net in (swapped, listed)]
+    np.testing.assert_array_equal(*logits)
+    dy = np.random.default_rng(1).standard_normal(logits[0].shape)
+    for net in (swapped, listed):
+        net.backward(dy)
+    for (name, _, a), (_, _, b) in zip(swapped.named_parameters(), listed.named_parameters()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 @pytest.mark.parametrize("kwargs, message", [
