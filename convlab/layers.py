@@ -313,7 +313,7 @@ class MaxPool2D(_Pool2D):
 
         def block(lo, hi):
             views, out = self.windows(xp[lo:hi], oh, ow), y[lo:hi]
-            np.copyto(out, next(views))
+            np.maximum(next(views), next(views, -np.inf), out=out)
             for view in views:
                 np.maximum(out, view, out=out)
 
@@ -363,7 +363,7 @@ class AvgPool2D(_Pool2D):
 
         def block(lo, hi):
             views, out = self.windows(xp[lo:hi], oh, ow), y[lo:hi]
-            np.copyto(out, next(views))
+            np.add(next(views), next(views, 0), out=out)
             for view in views:
                 out += view
             out *= scale
