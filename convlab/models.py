@@ -48,6 +48,9 @@ class Sequential:
     def __init__(self, *layers):
         self.layers = list(layers)
         self._order = self.execution_order()
+        for before, i in zip(self._order, self._order[1:]):
+            if isinstance(self.layers[i], ReLU) and isinstance(self.layers[before], (Conv2D, Dense)):
+                self.layers[i].inplace = True  # their outputs are nobody else's: no new array each way
         self.reset_timing()
 
     def execution_order(self) -> list[int]:
@@ -75,7 +78,6 @@ class Sequential:
 
     def forward(self, x):
         clock, layers = time.perf_counter, self.layers
-        self._order = self.execution_order()  # the backward runs it in reverse
         for i in self._order:
             started = clock()
             x = layers[i].forward(x)
