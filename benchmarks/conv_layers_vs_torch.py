@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from convlab import keep_freed_memory
 from convlab.models import describe_layer, get_model, output_shape
 from convlab.registry import get_backend, list_backends
 from convlab.threads import machine_summary
@@ -78,6 +79,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=7, help="calls per side and layer (default 7)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="CPU time (default) or wall time")
     args = parser.parse_args()
+    keep_freed_memory()  # as `convlab train` and epoch_vs_torch.py do
     torch.set_num_threads(int(os.environ.get("OPENBLAS_NUM_THREADS", len(os.sched_getaffinity(0)))))
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     names = args.backends.split(",") if args.backends else [n for n in list_backends() if n not in ("naive", "auto")]
