@@ -34,11 +34,6 @@ CLASSES = 10
 class Sequential:
     """Layers applied in order; ``backward`` runs them in reverse.
 
-    One exception to the order: a ReLU followed by a max-pool runs after it
-    (:meth:`execution_order`). Max and ReLU commute, gradients and the pool's ties
-    included, so the network computes exactly what it says, and the ReLU touches a
-    quarter of the values (2x2 pooling) in each pass.
-
     The first layer's input gradient is never needed, so it is not computed. Each layer's
     time is measured (two clock reads per layer and pass, well under a microsecond): the
     forward of a training step and its backward are added to ``layer_seconds`` when the
@@ -47,28 +42,10 @@ class Sequential:
 
     def __init__(self, *layers):
         self.layers = list(layers)
-        self._order = self.execution_order()
-        for before, i in zip(self._order, self._order[1:]):
-            if isinstance(self.layers[i], ReLU) and isinstance(self.layers[before], (Conv2D, Dense)):
-                self.layers[i].inplace = True  # their outputs are nobody else's: no new array each way
+        for before, layer in zip(self.layers, self.layers[1:]):
+            if isinstance(layer, ReLU) and isinstance(before, (Conv2D, Dense)):
+                layer.inplace = True  # their outputs are nobody else's: no new array each way
         self.reset_timing()
-
-    def execution_order(self) -> list[int]:
-        """The indices of ``layers`` in the order the passes run them: as listed, but with
-        each ReLU moved after the max-pools that follow it.
-
-        ``maxpool(relu(x)) == relu(maxpool(x))`` elementwise, ReLU being non-decreasing.
-        The gradients agree too: where a window's maximum is positive, both orders send
-        ``dy`` to the same element (the first maximum of x, which is the first of relu(x));
-        where it is not, both send 0 (ReLU's gradient is 0 at and below 0). Only the sign
-        of a zero gradient may differ.
-        """
-        order = list(range(len(self.layers)))
-        for position in range(len(order) - 1):
-            here, after = (self.layers[i] for i in order[position:position + 2])
-            if isinstance(here, ReLU) and isinstance(after, MaxPool2D):
-                order[position], order[position + 1] = order[position + 1], order[position]
-        return order
 
     def reset_timing(self):
         """Start counting ``layer_seconds`` (one [forward, backward] per layer) and ``steps`` anew."""
@@ -77,21 +54,20 @@ class Sequential:
         self._forward_seconds = np.zeros(len(self.layers))
 
     def forward(self, x):
-        clock, layers = time.perf_counter, self.layers
-        for i in self._order:
+        clock = time.perf_counter
+        for i, layer in enumerate(self.layers):
             started = clock()
-            x = layers[i].forward(x)
+            x = layer.forward(x)
             self._forward_seconds[i] = clock() - started
         return x
 
     __call__ = forward
 
     def backward(self, dy):
-        clock, layers, order = time.perf_counter, self.layers, self._order
-        for position in range(len(order) - 1, -1, -1):
-            i = order[position]
+        clock = time.perf_counter
+        for i in range(len(self.layers) - 1, -1, -1):
             started = clock()
-            dy = layers[i].backward(dy, need_dx=position > 0)
+            dy = self.layers[i].backward(dy, need_dx=i > 0)
             self.layer_seconds[i, 1] += clock() - started
         self.layer_seconds[:, 0] += self._forward_seconds
         self.steps += 1
