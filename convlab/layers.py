@@ -245,7 +245,7 @@ class _Pool2D(Layer):
     window: the strided view ``xp[:, :, i::sh, j::sw]`` cropped to (OH, OW) holds, for every
     output pixel, the window's element at (i, j). That is as fast as numpy gets for windows
     of 2x2 or 3x3 and needs no copy of the windows. (A reshape to (N, C, OH, 2, OW, 2) and
-    a reduction over the window axes is 20x slower: numpy's inner loops then run two
+    a reduction over the window axes is 20-40x slower: numpy's inner loops then run two
     elements long.) The images are cut into one block per core (:mod:`convlab.threads`);
     smaller blocks, to keep a block in cache, cost more in numpy calls than they save.
     """
