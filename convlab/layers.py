@@ -12,7 +12,7 @@ import numpy as np
 from convlab.checks import FLOAT_DTYPES, as_pair
 from convlab.profile import phase
 from convlab.registry import get_backend
-from convlab.threads import chunk_bounds, share_chunks
+from convlab.threads import chunk_bounds, share_chunks, worker_count
 
 
 _forward_only = contextvars.ContextVar("convlab_forward_only", default=False)
@@ -244,7 +244,10 @@ class _Pool2D(Layer):
     Both are computed as kh*kw whole-array operations, one per offset (i, j) inside the
     window: the strided view ``xp[:, :, i::sh, j::sw]`` cropped to (OH, OW) holds, for every
     output pixel, the window's element at (i, j). That is as fast as numpy gets for windows
-    of 2x2 or 3x3 and needs no copy of the windows.
+    of 2x2 or 3x3 and needs no copy of the windows. (A reshape to (N, C, OH, 2, OW, 2) and
+    a reduction over the window axes is 20-40x slower: numpy's inner loops then run two
+    elements long.) The images are cut into one block per core (:mod:`convlab.threads`);
+    smaller blocks, to keep a block in cache, cost more in numpy calls than they save.
     """
 
     def __init__(self, kernel_size, stride=None, padding=0):
@@ -255,6 +258,7 @@ class _Pool2D(Layer):
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"padding must be at most half the kernel size, got padding {self.padding} "
                              f"for kernel {self.kernel_size}")
+        self._cache = None
 
     def output_shape(self, x_shape):
         """(N, C, OH, OW) for an input of ``x_shape`` (N, C, H, W); refuses a window larger
@@ -273,6 +277,16 @@ class _Pool2D(Layer):
         for i in range(kh):
             for j in range(kw):
                 yield xp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+
+    def tiles(self, xp_shape, y_shape):
+        """Whether the windows cover the padded input exactly once (stride = kernel, no
+        remainder): then a backward writes every element of dx and need not zero it first."""
+        return self.stride == self.kernel_size and all(
+            size == out * k for size, out, k in zip(xp_shape[2:], y_shape[2:], self.kernel_size))
+
+    def in_blocks(self, work, x):
+        """``work(lo, hi)`` for blocks of images lo:hi of ``x``, one per core."""
+        share_chunks(lambda _, lo, hi: work(lo, hi), chunk_bounds(len(x), -(-len(x) // worker_count())))
 
     def pad(self, x, value):
         (ph, pw) = self.padding
@@ -302,29 +316,45 @@ class MaxPool2D(_Pool2D):
     def forward(self, x):
         n, c, oh, ow = self.output_shape(x.shape)
         xp = self.pad(x, -np.inf)
-        views = self.windows(xp, oh, ow)
-        y = next(views).copy()
-        for view in views:
-            np.maximum(y, view, out=y)
-        self._cache = (xp, y)
+        y = np.empty((n, c, oh, ow), dtype=xp.dtype)
+
+        def block(lo, hi):
+            views, out = self.windows(xp[lo:hi], oh, ow), y[lo:hi]
+            np.maximum(next(views), next(views, -np.inf), out=out)
+            for view in views:
+                np.maximum(out, view, out=out)
+
+        self.in_blocks(block, xp)
+        self._cache = None if _forward_only.get() else (xp, y)
         return y
 
     def backward(self, dy, need_dx=True):
+        xp, y = _kept(self._cache, self)
         if not need_dx:
             return None
-        xp, y = self._cache
-        dxp = np.zeros(xp.shape, dtype=dy.dtype)
-        taken = np.zeros(y.shape, dtype=bool)
+        oh, ow = y.shape[2:]
+        dxp = (np.empty if self.tiles(xp.shape, y.shape) else np.zeros)(xp.shape, dtype=dy.dtype)
         # Windows that do not overlap write each input element at most once: no sum needed.
         disjoint = all(s >= k for s, k in zip(self.stride, self.kernel_size))
-        for view, grad in zip(self.windows(xp, *y.shape[2:]), self.windows(dxp, *y.shape[2:])):
-            first = view == y
-            np.greater(first, taken, out=first)  # a maximum, in a window not served yet
-            taken |= first
-            if disjoint:
-                np.multiply(dy, first, out=grad)
-            else:
-                grad += dy * first
+        last = self.kernel_size[0] * self.kernel_size[1] - 1
+
+        def block(lo, hi):
+            taken = None  # windows whose first maximum is already found
+            for offset, (view, grad) in enumerate(zip(self.windows(xp[lo:hi], oh, ow),
+                                                      self.windows(dxp[lo:hi], oh, ow))):
+                first = np.equal(view, y[lo:hi])
+                if taken is not None:
+                    np.greater(first, taken, out=first)  # a maximum, in a window not served yet
+                if disjoint:
+                    np.multiply(dy[lo:hi], first, out=grad)
+                else:
+                    grad += dy[lo:hi] * first
+                if taken is None:
+                    taken = first
+                elif offset < last:
+                    taken |= first
+
+        self.in_blocks(block, xp)
         return self.crop(dxp)
 
 
@@ -335,19 +365,35 @@ class AvgPool2D(_Pool2D):
     def forward(self, x):
         n, c, oh, ow = self.output_shape(x.shape)
         xp = self.pad(x, 0)
-        views = self.windows(xp, oh, ow)
-        y = next(views).copy()
-        for view in views:
-            y += view
-        y *= x.dtype.type(1 / (self.kernel_size[0] * self.kernel_size[1]))
-        self._cache = xp.shape
+        y = np.empty((n, c, oh, ow), dtype=xp.dtype)
+        scale = xp.dtype.type(1 / (self.kernel_size[0] * self.kernel_size[1]))
+
+        def block(lo, hi):
+            views, out = self.windows(xp[lo:hi], oh, ow), y[lo:hi]
+            np.add(next(views), next(views, 0), out=out)
+            for view in views:
+                out += view
+            out *= scale
+
+        self.in_blocks(block, xp)
+        self._cache = None if _forward_only.get() else xp.shape
         return y
 
     def backward(self, dy, need_dx=True):
+        xp_shape = _kept(self._cache, self)
         if not need_dx:
             return None
-        dxp = np.zeros(self._cache, dtype=dy.dtype)
-        share = dy * dy.dtype.type(1 / (self.kernel_size[0] * self.kernel_size[1]))
-        for view in self.windows(dxp, *dy.shape[2:]):
-            view += share
+        tiled = self.tiles(xp_shape, dy.shape)
+        dxp = (np.empty if tiled else np.zeros)(xp_shape, dtype=dy.dtype)
+        scale = dy.dtype.type(1 / (self.kernel_size[0] * self.kernel_size[1]))
+
+        def block(lo, hi):
+            share = dy[lo:hi] * scale
+            for view in self.windows(dxp[lo:hi], *dy.shape[2:]):
+                if tiled:
+                    np.copyto(view, share)
+                else:
+                    view += share
+
+        self.in_blocks(block, dxp)
         return self.crop(dxp)

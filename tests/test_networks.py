@@ -10,7 +10,7 @@ import pytest
 import convlab
 from convlab import registry
 from convlab.checkpoints import load_checkpoint
-from convlab.layers import AvgPool2D, Conv2D, MaxPool2D
+from convlab.layers import AvgPool2D, Conv2D, MaxPool2D, forward_only
 from convlab.models import (LENET5, SpecError, get_model, lenet5, list_models, parse_spec, reference_net,
                             spec_network)
 from convlab.timing import strategies
@@ -53,6 +53,41 @@ def test_pooling_matches_its_definition_and_finite_differences(layer_class, redu
         dot_product_check(layer.forward, layer.backward, x, rng)
 
 
+
+def pool_gradient_reference(x, dy, kernel, stride, padding, kind):
+    """dx of pooling by its definition, window by window: all of dy to the window's first
+    maximum in row-major order, or an equal share to each element for the mean."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    dxp = np.zeros(xp.shape)
+    for n, c, i, j in np.ndindex(*dy.shape):
+        window = (n, c, slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw))
+        if kind == "max":
+            first = np.unravel_index(np.argmax(xp[window]), (kh, kw))
+            dxp[window][first] += dy[n, c, i, j]
+        else:
+            dxp[window] += dy[n, c, i, j] / (kh * kw)
+    return dxp[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("shape, kernel, stride, padding", [
+    ((5, 3, 8, 6), 2, 2, 0),   # windows tile the input: dx is written, not zeroed first
+    ((5, 3, 7, 9), 2, 2, 0),   # a last row and column in no window: their dx is 0
+    ((3, 2, 7, 7), 3, 2, 1),   # overlapping windows, padding
+])
+def test_pooling_gradients_by_their_definition_in_blocks_of_images(kind, shape, kernel, stride, padding):
+    """Five images, cut unevenly into one block per core. Ties (zeros from a ReLU) included."""
+    rng = np.random.default_rng(1)
+    layer = (MaxPool2D if kind == "max" else AvgPool2D)(kernel, stride, padding)
+    for dtype in (np.float64, np.float32):
+        x = np.maximum(rng.standard_normal(shape), 0).astype(dtype)
+        y = layer.forward(x)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        expected = pool_gradient_reference(x.astype(np.float64), dy.astype(np.float64), layer.kernel_size,
+                                           layer.stride, layer.padding, kind)
+        np.testing.assert_allclose(layer.backward(dy), expected, rtol=1e-6, atol=1e-7)
+
 def test_max_pooling_ties_go_to_the_first_element_of_the_window():
     layer = MaxPool2D(2)
     x = np.ones((1, 1, 4, 4))
@@ -61,6 +96,17 @@ def test_max_pooling_ties_go_to_the_first_element_of_the_window():
     expected = np.zeros((4, 4))
     expected[::2, ::2] = [[1, 2], [3, 4]]
     np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+@pytest.mark.parametrize("layer_class", [MaxPool2D, AvgPool2D])
+def test_pooling_keeps_nothing_forward_only(layer_class):
+    layer, x = layer_class(2), np.ones((2, 3, 4, 4), np.float32)
+    with forward_only():
+        assert layer.forward(x).shape == (2, 3, 2, 2)
+    with pytest.raises(ValueError, match="needs the forward first"):
+        layer.backward(np.ones((2, 3, 2, 2), np.float32))
+    layer.forward(x)
+    assert layer.backward(np.ones((2, 3, 2, 2), np.float32), need_dx=False) is None
 
 
 @pytest.mark.parametrize("kwargs, message", [
