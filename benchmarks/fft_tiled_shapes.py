@@ -1,0 +1,87 @@
+"""fft-tiled against fft, im2col and PyTorch on the big-image shapes of issue 10:
+``python benchmarks/fft_tiled_shapes.py [--cpu] [--repeat 5]``.
+
+Prints, per shape, each backend's milliseconds (forward / forward+backward) and fft-tiled's
+ratios to the faster of fft and im2col and to PyTorch, all measured in one run. Default:
+wall time with every thread (the fastest of ``--repeat`` runs after a warm-up). ``--cpu``:
+single-thread CPU time (``time.process_time``; BLAS, FFTW, convlab's pool and PyTorch at
+one thread), which a busy shared machine disturbs far less than the wall clock.
+"""
+
+import argparse
+import os
+import time
+
+import threadpoolctl
+
+from convlab.bench import ConvShape, kernel_sweep
+from convlab.timing import best_time, conv_pass, output_gradient
+
+SHAPES = kernel_sweep([5, 7, 11], n=8, c=3, f=16, size=224) + kernel_sweep([5, 9], n=16, c=16, f=16, size=128)
+ROWS = ("fft-tiled", "fft", "im2col", "torch")
+
+
+def cpu_time(run, repeat):
+    run()
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.process_time()
+        result = run()  # noqa: F841  (kept alive across the next call, as best_time does)
+        best = min(best, time.process_time() - started)
+    return best
+
+
+def torch_pass(x, w, b, padding, dy):
+    import torch
+
+    xt, wt, bt = (torch.from_numpy(a).requires_grad_(dy is not None) for a in (x, w, b))
+
+    def run():
+        y = torch.nn.functional.conv2d(xt, wt, bt, padding=padding)
+        if dy is None:
+            return y
+        return torch.autograd.grad(y, (xt, wt, bt), torch.from_numpy(dy))
+
+    return run
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", action="store_true", help="single-thread CPU time instead of wall time")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated backends (and torch)")
+    args = parser.parse_args()
+    rows = args.rows.split(",")
+    from convlab import fftw
+
+    if args.cpu:
+        threadpoolctl.threadpool_limits(1)
+        fftw.configure(threads=1)
+        if "torch" in rows:
+            import torch
+            torch.set_num_threads(1)
+    measure = (lambda run: cpu_time(run, args.repeat)) if args.cpu else (lambda run: best_time(run, args.repeat))
+    print(f"{'cpu' if args.cpu else 'wall'} time, ms forward / forward+backward; load {os.getloadavg()[0]:.1f}")
+    print(f"{'shape':<24}" + "".join(f"{r:>18}" for r in rows) + f"{'tiled/min(fft,im2col)':>24}{'tiled/torch':>14}")
+    for shape in SHAPES:
+        x, w, b = shape.arrays()
+        stride, padding = (1, 1), (shape.padding, shape.padding)
+        dy = output_gradient(x, w, stride, padding)
+        times = {}
+        for row in rows:
+            times[row] = [measure(torch_pass(x, w, b, padding, d) if row == "torch"
+                                  else conv_pass(row, x, w, b, stride, padding, d)) for d in (None, dy)]
+        cells = [f"{times[r][0] * 1e3:7.1f} /{times[r][1] * 1e3:7.1f}" for r in rows]
+        ratios = ""
+        if "fft-tiled" in times:
+            rivals = [times[r] for r in ("fft", "im2col") if r in times]
+            if rivals:
+                best = [min(t[i] for t in rivals) for i in (0, 1)]
+                ratios += f"{times['fft-tiled'][0] / best[0]:11.2f} /{times['fft-tiled'][1] / best[1]:5.2f}"
+            if "torch" in times:
+                ratios += f"{times['fft-tiled'][0] / times['torch'][0]:8.2f} /{times['fft-tiled'][1] / times['torch'][1]:5.2f}"
+        print(f"{shape.label:<24}" + "".join(f"{c:>18}" for c in cells) + ratios, flush=True)
+
+
+if __name__ == "__main__":
+    main()
