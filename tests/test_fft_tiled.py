@@ -167,3 +167,16 @@ def test_zero_windows_are_where_the_input_window_holds_only_zeros(stride, paddin
     found = fftw.zero_windows(x, kernel, padding, stride)
     assert found.shape == counts.shape and found.any() and not found.all()
     assert np.array_equal(found, counts == 0)
+
+
+@pytest.mark.parametrize("padding, kernel, stride", [((3, 3), (7, 7), (1, 1)), ((1, 0), (2, 3), (2, 1)),
+                                                     ((3, 1), (3, 3), (1, 2)), ((0, 4), (2, 4), (1, 1))])
+def test_zero_windows_of_an_input_without_zeros_are_only_in_the_padding(padding, kernel, stride):
+    """The shortcut for an input with no zero place (no box sums) agrees with the oracle,
+    also where a window lies wholly in the padding (padding >= kernel)."""
+    x = np.random.default_rng(4).random((2, 3, 11, 9)) + 0.5
+    counts = convlab.conv2d(x, np.ones((1, 3) + kernel), stride=stride, padding=padding, backend="naive")[:, 0]
+    found = fftw.zero_windows(x, kernel, padding, stride)
+    assert found.shape == counts.shape
+    assert np.array_equal(found, counts == 0)
+    assert found.any() == (padding[0] >= kernel[0] or padding[1] >= kernel[1])
