@@ -180,3 +180,18 @@ def test_zero_windows_of_an_input_without_zeros_are_only_in_the_padding(padding,
     assert found.shape == counts.shape
     assert np.array_equal(found, counts == 0)
     assert found.any() == (padding[0] >= kernel[0] or padding[1] >= kernel[1])
+
+
+def test_tile_buffers_shared_by_problems_of_other_widths_hold_no_stale_values():
+    """Two problems with the same tiles and tile count per row but other output widths reuse
+    one plan's buffers; the narrower must not see what the wider wrote past its width."""
+    rng = np.random.default_rng(8)
+    TILED.impl.tile = 8
+    for width in (24, 20):  # 4 tiles of 6 columns per row for both, the last one part-filled in the second
+        case = (rng.standard_normal((2, 2, 9, width)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3),
+                (1, 1), (1, 1))
+        y, cache = ORACLE.forward(*case)
+        dy = rng.standard_normal(y.shape)
+        ref = (y,) + tuple(ORACLE.backward(dy, cache))
+        for ours, want in zip(passes(TILED, case, dy), ref):
+            np.testing.assert_allclose(ours, want, rtol=0, atol=1e-9 * np.abs(want).max())
