@@ -220,10 +220,7 @@ class FFTTiled:
             outputs = inverse.fftw.output_array.reshape(hi - lo, cw, f, t, t)
             for i, row in enumerate(order[lo:hi]):
                 image, top = tiling.where(row)
-                rows = min(mh, oh - top)
-                # (Cw, F, rows, Mw) -> (F, rows, Cw * Mw): the tiles of the row side by side
-                band = outputs[i, :, :, :rows, :mw].transpose(1, 2, 0, 3).reshape(f, rows, cw * mw)
-                y[image, :, top:top + rows] = band[:, :, :ow]
+                paste_corners(y[image, :, top:top + mh], outputs[i], tiling.m)
 
         run_tiles(block, len(order), rows_per_tile(cw * max(c, f), grid))
         snap_to_bias(y, b, zero_windows(x, (kh, kw), padding))  # exact where a direct method is
@@ -242,6 +239,7 @@ class FFTTiled:
         # real or imaginary part of X with one of D, summed over tiles; D^H X from it below.
         # (This operand order ran twice as fast as D's transposed first.)
         dw_sum = SumInOrder()
+        db_sum = SumInOrder()  # of the dy tiles' zero-frequency bins (their sums) over the blocks
 
         def block(part, lo, hi, slot):
             plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * f), grid, dy.dtype, slot, bins_first=True)
@@ -254,6 +252,7 @@ class FFTTiled:
                 image, top = tiling.where(row)
                 cut_into_corners(tiles[i], dy[image, :, top:top + mh], tiling.m)
             plan.fftw.execute()
+            db_sum.add(part, plan.bins[0].real.reshape(-1, f).sum(axis=0, dtype=np.float64))
             d_spec = as_real(plan.bins.reshape(bins, -1, f))                          # (bins, tiles, 2F)
             x_block = as_real(x_spec[:, lo:hi].reshape(bins, -1, c))                  # (bins, tiles, 2C), a view
             dw_sum.add(part, np.matmul(x_block.transpose(0, 2, 1), d_spec))            # (bins, 2C, 2F)
@@ -284,7 +283,7 @@ class FFTTiled:
         spectra.imag = (parts[..., 1, 0] - parts[..., 0, 1]) * scale
         plan.fftw.execute()
         dw = plan.fftw.output_array[:, :, :kh, :kw].copy()
-        db = dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dy.dtype)
+        db = db_sum.total.astype(dy.dtype)
         return dx, dw, db
 
 
@@ -324,6 +323,17 @@ def cut_into_corners(tiles, band, m):
         tiles[whole, :, :rows, :width - whole * mw] = band[:, :, whole * mw:]
     if rows < mh:
         tiles[:, :, rows:mh, :mw] = 0
+
+
+def paste_corners(band, tiles, m):
+    """The reverse of :func:`cut_into_corners`: ``band`` (F, rows <= Mh, W) of y gets the
+    (rows, Mw) corners of a row of tiles (count, F, T, T) side by side, cut at W."""
+    (mh, mw), (f, rows, width) = m, band.shape
+    whole = width // mw
+    if whole:
+        band[:, :, :whole * mw].reshape(f, rows, whole, mw)[...] = tiles[:whole, :, :rows, :mw].transpose(1, 2, 0, 3)
+    if width > whole * mw:
+        band[:, :, whole * mw:] = tiles[whole, :, :rows, :width - whole * mw]
 
 
 def add_tiles(dst, tiles, top, left, step):
