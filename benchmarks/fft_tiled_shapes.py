@@ -2,8 +2,9 @@
 ``python benchmarks/fft_tiled_shapes.py [--cpu] [--repeat 5]``.
 
 Prints, per shape, each backend's milliseconds (forward / forward+backward) and fft-tiled's
-ratios to the faster of fft and im2col and to PyTorch, all measured in one run. Default:
-wall time with every thread (the fastest of ``--repeat`` runs after a warm-up). ``--cpu``:
+ratios to the faster of fft and im2col and to PyTorch, all measured in one run, in rounds
+of one call of each (see :func:`interleaved_best`). Default: wall time with every thread
+(the fastest of ``--repeat`` rounds after a warm-up). ``--cpu``:
 single-thread CPU time (``time.process_time``; BLAS, FFTW, convlab's pool and PyTorch at
 one thread), which a busy shared machine disturbs far less than the wall clock.
 """
@@ -14,20 +15,25 @@ import time
 
 import threadpoolctl
 
-from convlab.bench import ConvShape, kernel_sweep
-from convlab.timing import best_time, conv_pass, output_gradient
+from convlab.bench import kernel_sweep
+from convlab.timing import conv_pass, output_gradient
 
 SHAPES = kernel_sweep([5, 7, 11], n=8, c=3, f=16, size=224) + kernel_sweep([5, 9], n=16, c=16, f=16, size=128)
 ROWS = ("fft-tiled", "fft", "im2col", "torch")
 
 
-def cpu_time(run, repeat):
-    run()
-    best = float("inf")
+def interleaved_best(runs, repeat, clock):
+    """The fastest of ``repeat`` timed calls of each of ``runs`` (name -> function), after a
+    warm-up call each, taken in rounds of one call per run: a load that comes and goes on a
+    shared machine then falls on every run alike, not on whichever ran during it."""
+    best, kept = {}, {}
+    for name, run in runs.items():
+        kept[name] = run()
     for _ in range(repeat):
-        started = time.process_time()
-        result = run()  # noqa: F841  (kept alive across the next call, as best_time does)
-        best = min(best, time.process_time() - started)
+        for name, run in runs.items():
+            started = clock()
+            kept[name] = run()  # the previous result stays alive until this call returns, as in best_time
+            best[name] = min(best.get(name, float("inf")), clock() - started)
     return best
 
 
@@ -60,17 +66,17 @@ def main():
         if "torch" in rows:
             import torch
             torch.set_num_threads(1)
-    measure = (lambda run: cpu_time(run, args.repeat)) if args.cpu else (lambda run: best_time(run, args.repeat))
+    clock = time.process_time if args.cpu else time.perf_counter
     print(f"{'cpu' if args.cpu else 'wall'} time, ms forward / forward+backward; load {os.getloadavg()[0]:.1f}")
     print(f"{'shape':<24}" + "".join(f"{r:>18}" for r in rows) + f"{'tiled/min(fft,im2col)':>24}{'tiled/torch':>14}")
     for shape in SHAPES:
         x, w, b = shape.arrays()
         stride, padding = (1, 1), (shape.padding, shape.padding)
         dy = output_gradient(x, w, stride, padding)
-        times = {}
-        for row in rows:
-            times[row] = [measure(torch_pass(x, w, b, padding, d) if row == "torch"
-                                  else conv_pass(row, x, w, b, stride, padding, d)) for d in (None, dy)]
+        runs = {(row, i): torch_pass(x, w, b, padding, d) if row == "torch" else conv_pass(row, x, w, b, stride, padding, d)
+                for row in rows for i, d in enumerate((None, dy))}
+        best = interleaved_best(runs, args.repeat, clock)
+        times = {row: [best[row, 0], best[row, 1]] for row in rows}
         cells = [f"{times[r][0] * 1e3:7.1f} /{times[r][1] * 1e3:7.1f}" for r in rows]
         ratios = ""
         if "fft-tiled" in times:
