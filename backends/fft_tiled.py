@@ -16,18 +16,20 @@ correlation over all tiles and images *in the frequency domain* (one inverse per
 plane at the end); dx is overlap-add: each dy tile's full convolution (T = M + k - 1
 values) is added where it lands, tiles of one phase at a time so that no two threads add
 to the same place. The sums over channels are complex matrix products per frequency bin: ``Y = X W*``
-(tiles, C) @ (C, F), ``dX = D W`` (tiles, F) @ (F, C), and ``dW* = D^T X*`` (F, tiles) @
-(tiles, C) summed over blocks of tiles. FFTW writes (and reads) the spectra bin-major,
-(bins, tiles, channels), so each product is one batched matmul with no transposing copy;
-numpy's matmul there was 1.2-2.5x faster than plane-major broadcast products even with 3
-channels. The kernel spectra W (F, C, bins, scaled by 1/T^2) and the tiles' spectra X are
-computed once per forward and kept for the backward; dy is transformed once.
+(tiles, C) @ (C, F), ``dX = D W`` (tiles, F) @ (F, C), and ``dW = irfft(D^H X)`` from
+(C, tiles) @ (tiles, F) summed over blocks of tiles. FFTW writes (and reads) the spectra
+bin-major, (bins, tiles, channels), so each product is one batched matmul with no
+transposing copy, done in real arithmetic on the spectra viewed as interleaved floats
+(:func:`as_real`, :func:`real_form`; no conjugate is ever copied). The kernel spectra W
+(F, C, bins, scaled by 1/T^2) and the tiles' spectra X are computed once per forward and
+kept for the backward, X in the order the backward reads it (:class:`Tiling`); dy is
+transformed once, and its zero-frequency bins give db.
 
 Work runs in blocks of tile rows (all tiles of rows t of some images) of about an L2
 cache's worth (:func:`convlab.fftw.rows_per_tile`), each block's gather, transform,
 products, inverse and scatter back to back, the blocks shared among threads
 (:func:`convlab.fftw.run_tiles`): memory beyond the results and the kept spectra is a few
-blocks, whatever the image size. dw's sum over blocks is added in block order
+blocks, whatever the image size. dw's and db's sums over blocks are added in block order
 (:class:`SumInOrder`), whichever thread ran which block.
 
 The tile size T is one of :data:`TILE_SIZES` >= the kernel, chosen per shape by
@@ -220,7 +222,7 @@ class FFTTiled:
             outputs = inverse.fftw.output_array.reshape(hi - lo, cw, f, t, t)
             for i, row in enumerate(order[lo:hi]):
                 image, top = tiling.where(row)
-                paste_corners(y[image, :, top:top + mh], outputs[i], tiling.m)
+                paste_corners(y[image, :, top:top + mh], outputs[i], mw)
 
         run_tiles(block, len(order), rows_per_tile(cw * max(c, f), grid))
         snap_to_bias(y, b, zero_windows(x, (kh, kw), padding))  # exact where a direct method is
@@ -229,9 +231,8 @@ class FFTTiled:
 
     def backward(self, dy, cache, need_dx=True):
         x_spec, w_dx, tiling, x_shape = cache
-        n, c, h, width = x_shape
-        f = dy.shape[1]
-        t, (mh, mw), (ch, cw), (kh, kw) = tiling.tile, tiling.m, tiling.count, tiling.kernel
+        c, f = x_shape[1], dy.shape[1]
+        t, mh, cw, (kh, kw) = tiling.tile, tiling.m[0], tiling.count[1], tiling.kernel
         ph, pw = tiling.padding
         grid, bins, order = (t, t), tiling.bins, tiling.order
         dx = np.zeros(x_shape, dy.dtype) if need_dx else None
@@ -271,8 +272,8 @@ class FFTTiled:
         per_block = rows_per_tile(cw * max(c, f), grid)
         for start, end in tiling.phase_bounds if need_dx else [(0, len(order))]:
             first = dw_sum.expected
-            run_tiles(lambda index, lo, hi, slot: block(first + index, start + lo, start + hi, slot),
-                      end - start, per_block)
+            run_tiles(lambda index, lo, hi, slot, first=first, start=start:
+                      block(first + index, start + lo, start + hi, slot), end - start, per_block)
         # dw = irfft(D^H X summed)[:kh, :kw] (F, C, kh, kw), one inverse per plane; from the
         # real parts' products, D^H X = (Xr Dr + Xi Di) + i (Xi Dr - Xr Di).
         parts = dw_sum.total.reshape(bins, c, 2, f, 2).transpose(3, 1, 0, 2, 4)       # (F, C, bins, 2, 2)
@@ -325,10 +326,10 @@ def cut_into_corners(tiles, band, m):
         tiles[:, :, rows:mh, :mw] = 0
 
 
-def paste_corners(band, tiles, m):
+def paste_corners(band, tiles, mw):
     """The reverse of :func:`cut_into_corners`: ``band`` (F, rows <= Mh, W) of y gets the
     (rows, Mw) corners of a row of tiles (count, F, T, T) side by side, cut at W."""
-    (mh, mw), (f, rows, width) = m, band.shape
+    f, rows, width = band.shape
     whole = width // mw
     if whole:
         band[:, :, :whole * mw].reshape(f, rows, whole, mw)[...] = tiles[:whole, :, :rows, :mw].transpose(1, 2, 0, 3)
@@ -339,7 +340,7 @@ def paste_corners(band, tiles, m):
 def add_tiles(dst, tiles, top, left, step):
     """Overlap-add a row of tiles (count, C, T, T) into ``dst`` (C, H, W): tile j at
     (top, left + j * step), the parts outside ``dst`` dropped."""
-    c, height, width = dst.shape
+    _, height, width = dst.shape
     t = tiles.shape[-1]
     r0, r1 = max(top, 0), min(top + t, height)
     if r0 >= r1:
