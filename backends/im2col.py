@@ -16,9 +16,12 @@ so that both operands are row-major): that is dw (transposed), and its
 row from the ones is ``db`` (the sum over pixels comes out of the GEMM rather than a
 separate pass). It keeps one partial sum per chunk, added in chunk order at the end (the
 same weights whatever thread ran which chunk). ``dx``, when
-needed, is ``dcols[n] = w_mat.T @ dy[n]`` (in the same chunks) folded back onto the input
-by ``col2im``: one strided add per kernel tap over the whole batch, no Python loop over
-pixels and no ``np.add.at``.
+needed, is ``dcols[n] = w_mat.T @ dy[n]`` folded back onto the input by ``col2im``, in the
+same chunks (so the folding runs on every core, on columns still in cache): one add per
+kernel tap, no Python loop over pixels and no ``np.add.at``. At stride 1 each row of dy is
+first widened with zero columns to the padded input's width, so that a tap's columns land
+at one offset of each flattened input plane: one long contiguous add per tap and plane
+(:func:`col2im_rows`) instead of one short run per output row.
 """
 
 import numpy as np
@@ -42,19 +45,37 @@ def windows(x_padded, kernel, stride):
     return win.transpose(0, 1, 4, 5, 2, 3)
 
 
-def col2im(dcols, x_padded_shape, kernel, stride, out_shape):
-    """Adjoint of the unrolling: sum each column back onto the window it came from.
+def col2im(dcols, dx_padded, kernel, stride, out_shape):
+    """Adjoint of the unrolling: add each column back onto the window it came from.
 
-    dcols (N, C*kh*kw, OH*OW) -> (N, C, Hp, Wp).
+    dcols (n, C*kh*kw, OH*OW) is added into dx_padded (n, C, Hp, Wp).
     """
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_shape
-    n, c, hp, wp = x_padded_shape
+    n, c = dx_padded.shape[:2]
     dcols = dcols.reshape(n, c, kh, kw, oh, ow)
-    dx_padded = np.zeros(x_padded_shape, dtype=dcols.dtype)
     for p in range(kh):
         for q in range(kw):
             dx_padded[:, :, p:p + sh * oh:sh, q:q + sw * ow:sw] += dcols[:, :, p, q]
-    return dx_padded
+
+
+def col2im_rows(dcols_wide, dx_padded, kernel, oh):
+    """:func:`col2im` at stride 1, for columns of rows as wide as the padded input.
+
+    dcols_wide (n, C*kh*kw, OH*Wp) holds tap (p, q) of output pixel (i, j) at i*Wp + j, with
+    zeros for j >= OW (it is w_mat.T @ dy widened by zero columns). That value belongs at
+    dx_padded[..., i + p, j + q], flat index p*Wp + q + (i*Wp + j) of the plane: each tap is
+    one add of OH*Wp - (kw - 1) contiguous values per plane at offset p*Wp + q (the zeros
+    land harmlessly on neighbours; the last kw - 1, past the plane's end, are left out).
+    On LeNet-5's second layer that is 10x fewer, 14x longer runs than :func:`col2im`'s.
+    """
+    (kh, kw), (n, c, hp, wp) = kernel, dx_padded.shape
+    planes = dx_padded.reshape(n, c, hp * wp)
+    taps = dcols_wide.reshape(n, c, kh * kw, oh * wp)
+    length = oh * wp - (kw - 1)
+    for p in range(kh):
+        for q in range(kw):
+            offset = p * wp + q
+            planes[:, :, offset:offset + length] += taps[:, :, p * kw + q, :length]
 
 
 def images_per_chunk(k, f, pixels, itemsize):
@@ -95,13 +116,16 @@ class Im2col:
     def backward(self, dy, cache, need_dx=True):
         cols, w, x_padded_shape, stride, padding = cache
         n, f, oh, ow = dy.shape
+        kernel = w.shape[2:]
         k = cols.shape[1] - 1
         dy_mat = dy.reshape(n, f, oh * ow)
         chunks = chunk_bounds(n, images_per_chunk(k, f, oh * ow, dy.itemsize))
         # Per chunk, cols @ dy.T: (k + 1, F), dw.T with db as its last row (the row of ones).
         parts = np.empty((len(chunks), k + 1, f), dtype=dy.dtype)
         w_cols = w.reshape(f, k).T
-        dcols = np.empty((n, k, oh * ow), dtype=dy.dtype) if need_dx else None
+        dx_padded = np.zeros(x_padded_shape, dtype=dy.dtype) if need_dx else None
+        wide = stride == (1, 1)  # rows of dy widened to the padded width: see col2im_rows
+        wp = x_padded_shape[3]
 
         def chunk(index, lo, hi):
             with phase("GEMM dw"):
@@ -110,9 +134,20 @@ class Im2col:
                 dy_t = np.empty((hi - lo, oh * ow, f), dtype=dy.dtype)
                 np.copyto(dy_t, dy_mat[lo:hi].transpose(0, 2, 1))
                 np.matmul(cols[lo:hi], dy_t).sum(axis=0, out=parts[index])
-            if need_dx:
-                with phase("GEMM dx"):
-                    np.matmul(w_cols, dy_mat[lo:hi], out=dcols[lo:hi])
+            if not need_dx:
+                return
+            with phase("GEMM dx"):
+                if wide:
+                    dy_wide = np.zeros((hi - lo, f, oh, wp), dtype=dy.dtype)
+                    dy_wide[..., :ow] = dy[lo:hi]
+                    dcols = np.matmul(w_cols, dy_wide.reshape(hi - lo, f, oh * wp))
+                else:
+                    dcols = np.matmul(w_cols, dy_mat[lo:hi])
+            with phase("col2im"):
+                if wide:
+                    col2im_rows(dcols, dx_padded[lo:hi], kernel, oh)
+                else:
+                    col2im(dcols, dx_padded[lo:hi], kernel, stride, (oh, ow))
 
         with shared_among_threads():
             share_chunks(chunk, chunks)
@@ -121,7 +156,5 @@ class Im2col:
             dw, db = total[:k].T.reshape(w.shape), total[k].copy()
         if not need_dx:
             return None, dw, db
-        with phase("col2im"):
-            dx_padded = col2im(dcols, x_padded_shape, w.shape[2:], stride, (oh, ow))
         ph, pw = padding
         return dx_padded[:, :, ph:x_padded_shape[2] - ph, pw:x_padded_shape[3] - pw], dw, db

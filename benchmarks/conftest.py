@@ -6,12 +6,20 @@ import time
 import numpy as np
 import pytest
 
+from convlab import keep_freed_memory
+
 # Each benchmark gets about this many seconds of timed rounds, and at least one round:
 # the whole suite must stay under 10 minutes on a shared 2-core machine.
 SECONDS_PER_BENCHMARK = 0.6
 MAX_ROUNDS = 20
 # A warm-up slower than this is taken as the calibration: heavy cells cost two calls, not three.
 SLOW_CALL = 1.0
+
+
+@pytest.fixture(autouse=True, scope="session")
+def freed_memory_kept():
+    """As `convlab` commands do (convlab.allocator); PyTorch's rows, in the same process, get it too."""
+    keep_freed_memory()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from convlab import keep_freed_memory
 from convlab.data import load_mnist
 from convlab.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from convlab.models import get_model
@@ -203,6 +204,7 @@ def bench_epoch(backend_names, train_size, chunk, pause, model_name="reference")
 
 
 def main():
+    keep_freed_memory()  # as `convlab train` does; PyTorch, in the same process, gets it too
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="im2col",
                         help="convlab backend(s) to time, comma-separated (default im2col); the layer is timed "

@@ -11,6 +11,7 @@ One :class:`Conv2D` layer, many hand-written convolution strategies ("backends")
 
 import importlib.metadata
 
+from convlab.allocator import keep_freed_memory
 from convlab.data import DataError, Dataset, load_mnist
 from convlab.layers import AvgPool2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from convlab.losses import softmax, softmax_cross_entropy
@@ -30,7 +31,7 @@ __all__ = [
     "AvgPool2D", "MaxPool2D", "get_model", "list_models",
     "Backend", "Conv2D", "DataError", "Dataset", "Dense", "Flatten", "Layer", "ReLU", "SGD",
     "Sequential", "Unsupported", "conv2d", "get_backend", "list_backends", "load_mnist", "reference_net",
-    "register_backend", "softmax", "softmax_cross_entropy", "use_backend",
+    "keep_freed_memory", "register_backend", "softmax", "softmax_cross_entropy", "use_backend",
 ]
 
 

@@ -9,7 +9,7 @@ import warnings
 
 import fire
 
-from convlab import installed_version
+from convlab import installed_version, keep_freed_memory
 from convlab.arguments import check_command_line, out_of_memory_names, typed
 from convlab.checkpoints import raise_terminated
 from convlab.registry import get_backend, list_backends
@@ -270,6 +270,7 @@ def main(argv=None):
     if previous_sigterm is signal.SIG_DFL:  # SIGTERM is a stop like Ctrl-C, not a sudden death
         signal.signal(signal.SIGTERM, raise_terminated)
     args = sys.argv[1:] if argv is None else list(argv)
+    keep_freed_memory()  # training steps reuse their big arrays without page faults
     try:
         if args == ["--version"]:
             print(f"convlab {installed_version()}")

@@ -11,6 +11,8 @@ A backend is any object with a ``forward`` and a ``backward``::
 
 It computes the cross-correlation of ``torch.nn.functional.conv2d``: zero padding,
 ``OH = (H + 2*ph - kh) // sh + 1``. Arrays keep their dtype (float32 or float64).
+The cache may keep x or anything computed from it, but not y itself: y belongs to the
+caller, and in a network the ReLU after the convolution overwrites it in place.
 
 A backend that cannot do every problem (Winograd: stride 1 and the kernel sizes it has
 transforms for) also has::

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import convlab
-from convlab.layers import Dense, Flatten, ReLU
+from convlab.layers import Dense, Flatten, MaxPool2D, ReLU
 from convlab.losses import softmax_cross_entropy
 from convlab.optimizers import SGD
 from convlab.training import predict_logits, train_epoch, train_step
@@ -51,6 +51,30 @@ def test_relu_leaves_its_input_alone_and_keeps_its_dtype():
     np.testing.assert_array_equal(y, [[0, 0, 0, 3]])
     np.testing.assert_array_equal(dx, [[0, 0, 0, 1]])
     assert y.dtype == dx.dtype == np.float32
+
+
+def test_an_inplace_relu_overwrites_x_and_dy_with_the_same_results():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((70, 3, 5, 7)).astype(np.float32)  # several blocks
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    plain = ReLU()
+    y_ref, dx_ref = plain.forward(x.copy()), plain.backward(dy.copy())
+    relu = ReLU(inplace=True)
+    x_in, dy_in = x.copy(), dy.copy()
+    y = relu.forward(x_in)
+    dx = relu.backward(dy_in)
+    assert y is x_in and dx is dy_in
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(dx, dx_ref)
+    np.testing.assert_array_equal(y_ref, np.maximum(x, 0))
+    np.testing.assert_array_equal(dx_ref, dy * (x > 0))
+
+
+def test_a_network_sets_inplace_only_after_layers_that_keep_no_output():
+    rng = np.random.default_rng(0)
+    model = convlab.Sequential(convlab.Conv2D(1, 2, 3, rng=rng), ReLU(), MaxPool2D(2), ReLU(), Flatten(),
+                               Dense(2 * 3 * 3, 4, rng=rng), ReLU())
+    assert [layer.inplace for layer in model.layers if isinstance(layer, ReLU)] == [True, False, True]
 
 
 def test_an_epoch_gathers_batches_without_copying_the_data_set():
