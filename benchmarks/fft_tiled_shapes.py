@@ -15,6 +15,7 @@ import time
 
 import threadpoolctl
 
+from convlab import keep_freed_memory
 from convlab.bench import kernel_sweep
 from convlab.timing import conv_pass, output_gradient
 
@@ -58,6 +59,7 @@ def main():
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated backends (and torch)")
     args = parser.parse_args()
     rows = args.rows.split(",")
+    keep_freed_memory()  # as the other benchmarks and `convlab train` do (PyTorch gets it too)
     from convlab import fftw
 
     if args.cpu:
