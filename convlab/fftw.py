@@ -433,7 +433,7 @@ def zero_windows(x, kernel, padding, stride=(1, 1)):
     if ph < kh and pw < kw and nonzero.all():
         # Every window then holds a place of x, and every place is nonzero somewhere: no
         # window of zeros (the common case, and 20x cheaper than the box sums).
-        out = ((x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1)
+        out = (max(0, (x.shape[2] + 2 * ph - kh) // sh + 1), max(0, (x.shape[3] + 2 * pw - kw) // sw + 1))
         return np.zeros((x.shape[0],) + out, bool)
     # One extra zero row and column in front, so that sums[i] - sums[i - k] is a window's sum.
     nonzero = np.pad(nonzero, ((0, 0), (ph + 1, ph), (pw + 1, pw)))
