@@ -16,18 +16,20 @@ correlation over all tiles and images *in the frequency domain* (one inverse per
 plane at the end); dx is overlap-add: each dy tile's full convolution (T = M + k - 1
 values) is added where it lands, tiles of one phase at a time so that no two threads add
 to the same place. The sums over channels are complex matrix products per frequency bin: ``Y = X W*``
-(tiles, C) @ (C, F), ``dX = D W`` (tiles, F) @ (F, C), and ``dW* = D^T X*`` (F, tiles) @
-(tiles, C) summed over blocks of tiles. FFTW writes (and reads) the spectra bin-major,
-(bins, tiles, channels), so each product is one batched matmul with no transposing copy;
-numpy's matmul there was 1.2-2.5x faster than plane-major broadcast products even with 3
-channels. The kernel spectra W (F, C, bins, scaled by 1/T^2) and the tiles' spectra X are
-computed once per forward and kept for the backward; dy is transformed once.
+(tiles, C) @ (C, F), ``dX = D W`` (tiles, F) @ (F, C), and ``dW = irfft(D^H X)`` from
+(C, tiles) @ (tiles, F) summed over blocks of tiles. FFTW writes (and reads) the spectra
+bin-major, (bins, tiles, channels), so each product is one batched matmul with no
+transposing copy, done in real arithmetic on the spectra viewed as interleaved floats
+(:func:`as_real`, :func:`real_form`; no conjugate is ever copied). The kernel spectra W
+(F, C, bins, scaled by 1/T^2) and the tiles' spectra X are computed once per forward and
+kept for the backward, X in the order the backward reads it (:class:`Tiling`); dy is
+transformed once, and its zero-frequency bins give db.
 
 Work runs in blocks of tile rows (all tiles of rows t of some images) of about an L2
 cache's worth (:func:`convlab.fftw.rows_per_tile`), each block's gather, transform,
 products, inverse and scatter back to back, the blocks shared among threads
 (:func:`convlab.fftw.run_tiles`): memory beyond the results and the kept spectra is a few
-blocks, whatever the image size. dw's sum over blocks is added in block order
+blocks, whatever the image size. dw's and db's sums over blocks are added in block order
 (:class:`SumInOrder`), whichever thread ran which block.
 
 The tile size T is one of :data:`TILE_SIZES` >= the kernel, chosen per shape by
@@ -108,22 +110,51 @@ def window(src, n, top, left, height, width):
 class Tiling:
     """Where the tiles of one problem lie: ``tile`` x ``tile`` tiles, each with ``m``
     (rows, cols) outputs, ``count`` (rows, cols) of them per image, covering the stride-1
-    output ``out`` (Ho, Wo) of a ``padding``-padded input."""
+    output ``out`` (Ho, Wo) of a ``padding``-padded input, for ``n`` images.
 
-    def __init__(self, tile, kernel, out, padding):
+    Tile rows (all tiles at one height of one image) are numbered ``image * count[0] +
+    row`` and handled in ``order``: grouped by overlap-add phase (row mod ``phases``, see
+    :meth:`FFTTiled.backward`), ``phase_bounds`` (start, end) in that order. The forward
+    keeps the tiles' spectra in this order too, so that each block of the backward reads
+    one contiguous slice of them."""
+
+    def __init__(self, tile, kernel, out, padding, n):
         self.tile, self.kernel, self.out, self.padding = tile, kernel, out, padding
         self.m = tuple(tile - k + 1 for k in kernel)
         self.count = tuple(math.ceil(o / m) for o, m in zip(out, self.m))
         self.bins = tile * (tile // 2 + 1)
-
-    def rows(self, n):
-        """Tile rows of a batch of n images, numbered ``image * count[0] + row``."""
-        return n * self.count[0]
+        phases = math.ceil(tile / self.m[0])  # tile rows this far apart never overlap
+        rows = np.arange(n * self.count[0])
+        groups = [rows[(rows % self.count[0]) % phases == phase] for phase in range(phases)]
+        self.order = np.concatenate(groups)
+        ends = np.cumsum([len(group) for group in groups])
+        self.phase_bounds = [(int(end) - len(group), int(end)) for end, group in zip(ends, groups) if len(group)]
 
     def where(self, row):
         """(image, first output row) of a tile row."""
-        image, t = divmod(row, self.count[0])
+        image, t = divmod(int(row), self.count[0])
         return image, t * self.m[0]
+
+
+def as_real(spectra):
+    """Complex (..., K) spectra as real (..., 2K): each value's real and imaginary part side
+    by side, a view."""
+    return spectra.view(np.finfo(spectra.dtype).dtype)
+
+
+def real_form(matrices):
+    """Complex (bins, K, J) matrices w as real (bins, 2K, 2J) ones r, such that
+    ``as_real(x) @ r == as_real(x @ w)`` for complex x (bins, I, K).
+
+    Why: numpy's batched matmul of these small complex matrices (one per bin, a few tiles
+    by 3..16 channels) was 2-4x slower than the real one with twice the sides, the same
+    multiply-adds (2-core AMD EPYC, one thread)."""
+    bins, k, j = matrices.shape
+    real = np.empty((bins, k, 2, j, 2), np.finfo(matrices.dtype).dtype)
+    real[:, :, 0, :, 0] = real[:, :, 1, :, 1] = matrices.real
+    real[:, :, 0, :, 1] = matrices.imag
+    real[:, :, 1, :, 0] = -matrices.imag
+    return real.reshape(bins, 2 * k, 2 * j)
 
 
 @register_backend("fft-tiled")
@@ -155,7 +186,7 @@ class FFTTiled:
         f, _, kh, kw = w_shape
         out = (h + 2 * padding[0] - kh + 1, width + 2 * padding[1] - kw + 1)
         tile = tile_size_for(out, (kh, kw), c, f, self.forced_tile())
-        return Tiling(tile, (kh, kw), out, padding)
+        return Tiling(tile, (kh, kw), out, padding, x_shape[0])
 
     def forward(self, x, w, b, stride, padding):
         n, c = x.shape[:2]
@@ -163,12 +194,12 @@ class FFTTiled:
         tiling = self.tiling(x.shape, w.shape, padding)
         t, (mh, mw), (_, cw), (oh, ow) = tiling.tile, tiling.m, tiling.count, tiling.out
         ph, pw = padding
-        grid, bins = (t, t), tiling.bins
-        # Kernel spectra with the inverse transform's 1/T^2, as (C, F) per bin: W* for the
-        # forward, W (transposed) kept for dx.
+        grid, bins, order = (t, t), tiling.bins, tiling.order
+        # Kernel spectra with the inverse transform's 1/T^2, in real form (see real_form):
+        # W* as (C, F) per bin for the forward, W as (F, C) kept for dx.
         w_spec = fftw.rfft2(w, slice(0, kh), slice(0, kw), grid) * (1.0 / (t * t))   # (F, C, bins)
-        w_conj = np.ascontiguousarray(np.conj(w_spec).transpose(2, 1, 0))            # (bins, C, F)
-        x_spec = np.empty((bins, tiling.rows(n), cw * c), w_spec.dtype)              # kept for dw
+        w_forward = real_form(np.conj(w_spec).transpose(2, 1, 0))                    # (bins, 2C, 2F)
+        x_spec = np.empty((bins, len(order), cw * c), w_spec.dtype)                  # kept for dw, rows in order
         y = np.empty((n, f, oh, ow), x.dtype)
         band_width = cw * mw + kw - 1
 
@@ -176,80 +207,84 @@ class FFTTiled:
             plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * c), grid, x.dtype, slot, bins_first=True)
             plan.region = None  # every place is written
             tiles = plan.input.reshape(hi - lo, cw, c, t, t)
-            for row in range(lo, hi):
+            for i, row in enumerate(order[lo:hi]):
                 image, top = tiling.where(row)
                 band = window(x, image, top - ph, -pw, t, band_width)                # (C, T, band)
                 s0, s1, s2 = band.strides
-                tiles[row - lo] = as_strided(band, (cw, c, t, t), (mw * s2, s0, s1, s2))
+                tiles[i] = as_strided(band, (cw, c, t, t), (mw * s2, s0, s1, s2))
             plan.fftw.execute()
             x_spec[:, lo:hi] = plan.bins.reshape(bins, hi - lo, -1)
             inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * f), grid, x.dtype, slot, bins_first=True)
-            products = np.matmul(plan.bins.reshape(bins, -1, c), w_conj,              # (bins, tiles, F)
-                                 out=inverse.bins.reshape(bins, -1, f))
+            products = inverse.bins.reshape(bins, -1, f)                               # (bins, tiles, F)
+            np.matmul(as_real(plan.bins.reshape(bins, -1, c)), w_forward, out=as_real(products))
             products[0] += b  # the bias, through the zero-frequency bin
             inverse.fftw.execute()
             outputs = inverse.fftw.output_array.reshape(hi - lo, cw, f, t, t)
-            for row in range(lo, hi):
+            for i, row in enumerate(order[lo:hi]):
                 image, top = tiling.where(row)
-                rows = min(mh, oh - top)
-                # (Cw, F, rows, Mw) -> (F, rows, Cw * Mw): the tiles of the row side by side
-                band = outputs[row - lo, :, :, :rows, :mw].transpose(1, 2, 0, 3).reshape(f, rows, cw * mw)
-                y[image, :, top:top + rows] = band[:, :, :ow]
+                paste_corners(y[image, :, top:top + mh], outputs[i], mw)
 
-        run_tiles(block, tiling.rows(n), rows_per_tile(cw * max(c, f), grid))
+        run_tiles(block, len(order), rows_per_tile(cw * max(c, f), grid))
         snap_to_bias(y, b, zero_windows(x, (kh, kw), padding))  # exact where a direct method is
-        return y, (x_spec, np.ascontiguousarray(w_spec.transpose(2, 0, 1)), tiling, x.shape)
+        w_dx = real_form(w_spec.transpose(2, 0, 1))                                   # (bins, 2F, 2C)
+        return y, (x_spec, w_dx, tiling, x.shape)
 
     def backward(self, dy, cache, need_dx=True):
-        x_spec, w_bins, tiling, x_shape = cache                                      # w_bins: (bins, F, C)
-        n, c, h, width = x_shape
-        f = dy.shape[1]
-        t, (mh, mw), (ch, cw), (kh, kw) = tiling.tile, tiling.m, tiling.count, tiling.kernel
+        x_spec, w_dx, tiling, x_shape = cache
+        c, f = x_shape[1], dy.shape[1]
+        t, mh, cw, (kh, kw) = tiling.tile, tiling.m[0], tiling.count[1], tiling.kernel
         ph, pw = tiling.padding
-        grid, bins = (t, t), tiling.bins
+        grid, bins, order = (t, t), tiling.bins, tiling.order
         dx = np.zeros(x_shape, dy.dtype) if need_dx else None
-        dw_sum = SumInOrder()  # of D^T X* (bins, F, C) over the blocks
+        # The sum over blocks of as_real(X)^T as_real(D) (bins, 2C, 2F): every product of a
+        # real or imaginary part of X with one of D, summed over tiles; D^H X from it below.
+        # (This operand order ran twice as fast as D's transposed first.)
+        dw_sum = SumInOrder()
+        db_sum = SumInOrder()  # of the dy tiles' zero-frequency bins (their sums) over the blocks
 
-        def block(part, rows, slot):
-            plan = fftw.plan("FFTW_FORWARD", (len(rows), cw * f), grid, dy.dtype, slot, bins_first=True)
-            region = ("dy tiles", tiling.m)
-            if plan.region != region:  # only [0, M) x [0, Mw) of each tile is written
+        def block(part, lo, hi, slot):
+            plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * f), grid, dy.dtype, slot, bins_first=True)
+            region = ("dy tiles", tiling.m, tiling.out[1])
+            if plan.region != region:  # only [0, M) x [0, Mw) of each tile is written (see cut_into_corners)
                 plan.input.fill(0)
                 plan.region = region
-            tiles = plan.input.reshape(len(rows), cw, f, t, t)
-            for i, row in enumerate(rows):
+            tiles = plan.input.reshape(hi - lo, cw, f, t, t)
+            for i, row in enumerate(order[lo:hi]):
                 image, top = tiling.where(row)
-                band = window(dy, image, top, 0, mh, cw * mw)                         # (F, Mh, Cw*Mw)
-                tiles[i, :, :, :mh, :mw] = band.reshape(f, mh, cw, mw).transpose(2, 0, 1, 3)
+                cut_into_corners(tiles[i], dy[image, :, top:top + mh], tiling.m)
             plan.fftw.execute()
-            d_spec = plan.bins.reshape(bins, -1, f)                                   # (bins, tiles, F)
-            x_conj = x_spec[:, rows].reshape(bins, -1, c)                             # (bins, tiles, C), a copy
-            np.conjugate(x_conj, out=x_conj)
-            dw_sum.add(part, np.matmul(d_spec.transpose(0, 2, 1), x_conj))            # (bins, F, C)
+            db_sum.add(part, plan.bins[0].real.reshape(-1, f).sum(axis=0, dtype=np.float64))
+            d_spec = as_real(plan.bins.reshape(bins, -1, f))                          # (bins, tiles, 2F)
+            x_block = as_real(x_spec[:, lo:hi].reshape(bins, -1, c))                  # (bins, tiles, 2C), a view
+            dw_sum.add(part, np.matmul(x_block.transpose(0, 2, 1), d_spec))            # (bins, 2C, 2F)
             if not need_dx:
                 return
-            inverse = fftw.plan("FFTW_BACKWARD", (len(rows), cw * c), grid, dy.dtype, slot, bins_first=True)
-            np.matmul(d_spec, w_bins, out=inverse.bins.reshape(bins, -1, c))          # (bins, tiles, C)
+            inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * c), grid, dy.dtype, slot, bins_first=True)
+            np.matmul(d_spec, w_dx, out=as_real(inverse.bins.reshape(bins, -1, c)))   # D W: (bins, tiles, 2C)
             inverse.fftw.execute()
-            full = inverse.fftw.output_array.reshape(len(rows), cw, c, t, t)
-            for i, row in enumerate(rows):
+            full = inverse.fftw.output_array.reshape(hi - lo, cw, c, t, t)
+            for i, row in enumerate(order[lo:hi]):
                 image, top = tiling.where(row)
                 add_tiles(dx[image], full[i], top - ph, -pw, tiling.m[1])
 
-        # Overlap-add: tile rows less than T apart overlap, so rows of one phase (row mod
-        # phases) run together, and the phases one after another.
-        phases = math.ceil(t / mh) if need_dx else 1
+        # Overlap-add: tile rows less than T apart overlap, so the rows of one phase run
+        # together, and the phases one after another (without dx, all rows at once).
         per_block = rows_per_tile(cw * max(c, f), grid)
-        for phase in range(phases):
-            rows = [r for r in range(tiling.rows(n)) if (r % ch) % phases == phase]
+        for start, end in tiling.phase_bounds if need_dx else [(0, len(order))]:
             first = dw_sum.expected
-            run_tiles(lambda index, lo, hi, slot: block(first + index, rows[lo:hi], slot), len(rows), per_block)
-        # dw = irfft(conj(sum D^T X*))[:kh, :kw] (F, C, kh, kw), one inverse per plane.
+            run_tiles(lambda index, lo, hi, slot, first=first, start=start:
+                      block(first + index, start + lo, start + hi, slot), end - start, per_block)
+        # dw = irfft(D^H X summed)[:kh, :kw] (F, C, kh, kw), one inverse per plane; from the
+        # real parts' products, D^H X = (Xr Dr + Xi Di) + i (Xi Dr - Xr Di).
+        parts = dw_sum.total.reshape(bins, c, 2, f, 2).transpose(3, 1, 0, 2, 4)       # (F, C, bins, 2, 2)
         plan = fftw.plan("FFTW_BACKWARD", (f, c), grid, dy.dtype)
-        plan.input.reshape(f, c, -1)[...] = np.conj(dw_sum.total).transpose(1, 2, 0) * (1.0 / (t * t))
+        spectra = plan.input.reshape(f, c, bins)
+        scale = 1.0 / (t * t)
+        spectra.real = (parts[..., 0, 0] + parts[..., 1, 1]) * scale
+        spectra.imag = (parts[..., 1, 0] - parts[..., 0, 1]) * scale
         plan.fftw.execute()
         dw = plan.fftw.output_array[:, :, :kh, :kw].copy()
-        db = dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dy.dtype)
+        db = db_sum.total.astype(dy.dtype)
         return dx, dw, db
 
 
@@ -276,10 +311,36 @@ class SumInOrder:
                 self.expected += 1
 
 
+def cut_into_corners(tiles, band, m):
+    """Write a band of dy (F, rows <= Mh, W) into the (Mh, Mw) corners of a row of tiles
+    (count, F, T, T), ``Mw`` columns to a tile, rows past the band zeroed: one strided copy
+    for the whole tiles, one for a last part-tile. The last tile's columns past W are never
+    written, so they keep the zeros they were planned with."""
+    (mh, mw), (f, rows, width) = m, band.shape
+    whole = width // mw
+    if whole:
+        tiles[:whole, :, :rows, :mw] = band[:, :, :whole * mw].reshape(f, rows, whole, mw).transpose(2, 0, 1, 3)
+    if width > whole * mw:
+        tiles[whole, :, :rows, :width - whole * mw] = band[:, :, whole * mw:]
+    if rows < mh:
+        tiles[:, :, rows:mh, :mw] = 0
+
+
+def paste_corners(band, tiles, mw):
+    """The reverse of :func:`cut_into_corners`: ``band`` (F, rows <= Mh, W) of y gets the
+    (rows, Mw) corners of a row of tiles (count, F, T, T) side by side, cut at W."""
+    f, rows, width = band.shape
+    whole = width // mw
+    if whole:
+        band[:, :, :whole * mw].reshape(f, rows, whole, mw)[...] = tiles[:whole, :, :rows, :mw].transpose(1, 2, 0, 3)
+    if width > whole * mw:
+        band[:, :, whole * mw:] = tiles[whole, :, :rows, :width - whole * mw]
+
+
 def add_tiles(dst, tiles, top, left, step):
     """Overlap-add a row of tiles (count, C, T, T) into ``dst`` (C, H, W): tile j at
     (top, left + j * step), the parts outside ``dst`` dropped."""
-    c, height, width = dst.shape
+    _, height, width = dst.shape
     t = tiles.shape[-1]
     r0, r1 = max(top, 0), min(top + t, height)
     if r0 >= r1:

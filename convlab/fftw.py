@@ -435,8 +435,14 @@ def zero_windows(x, kernel, padding, stride=(1, 1)):
     x (N, C, H, W), at ``stride``, holds only zeros in every channel: there a direct method's
     output is exactly the bias. Box sums of the nonzero mask by prefix sums: O(N H W)."""
     (kh, kw), (ph, pw), (sh, sw) = kernel, padding, stride
+    nonzero = (x != 0).any(axis=1)
+    if ph < kh and pw < kw and nonzero.all():
+        # Every window then holds a place of x, and every place is nonzero somewhere: no
+        # window of zeros (the common case, and 20x cheaper than the box sums).
+        out = (max(0, (x.shape[2] + 2 * ph - kh) // sh + 1), max(0, (x.shape[3] + 2 * pw - kw) // sw + 1))
+        return np.zeros((x.shape[0],) + out, bool)
     # One extra zero row and column in front, so that sums[i] - sums[i - k] is a window's sum.
-    nonzero = np.pad((x != 0).any(axis=1), ((0, 0), (ph + 1, ph), (pw + 1, pw)))
+    nonzero = np.pad(nonzero, ((0, 0), (ph + 1, ph), (pw + 1, pw)))
     sums = nonzero.cumsum(axis=1, dtype=np.int32).cumsum(axis=2)
     windows = sums[:, kh:, kw:] - sums[:, :-kh, kw:] - sums[:, kh:, :-kw] + sums[:, :-kh, :-kw]
     return windows[:, ::sh, ::sw] == 0
@@ -452,5 +458,6 @@ def snap_to_bias(y, b, exact):
     training with one image per step drifted from im2col's. Every other output is left as
     the FFT computed it.
     """
-    np.copyto(y, b[:, None, None], where=exact[:, None])
+    if exact.any():
+        np.copyto(y, b[:, None, None], where=exact[:, None])
     return y

@@ -167,3 +167,31 @@ def test_zero_windows_are_where_the_input_window_holds_only_zeros(stride, paddin
     found = fftw.zero_windows(x, kernel, padding, stride)
     assert found.shape == counts.shape and found.any() and not found.all()
     assert np.array_equal(found, counts == 0)
+
+
+@pytest.mark.parametrize("padding, kernel, stride", [((3, 3), (7, 7), (1, 1)), ((1, 0), (2, 3), (2, 1)),
+                                                     ((3, 1), (3, 3), (1, 2)), ((0, 4), (2, 4), (1, 1))])
+def test_zero_windows_of_an_input_without_zeros_are_only_in_the_padding(padding, kernel, stride):
+    """The shortcut for an input with no zero place (no box sums) agrees with the oracle,
+    also where a window lies wholly in the padding (padding >= kernel)."""
+    x = np.random.default_rng(4).random((2, 3, 11, 9)) + 0.5
+    counts = convlab.conv2d(x, np.ones((1, 3) + kernel), stride=stride, padding=padding, backend="naive")[:, 0]
+    found = fftw.zero_windows(x, kernel, padding, stride)
+    assert found.shape == counts.shape
+    assert np.array_equal(found, counts == 0)
+    assert found.any() == (padding[0] >= kernel[0] or padding[1] >= kernel[1])
+
+
+def test_tile_buffers_shared_by_problems_of_other_widths_hold_no_stale_values():
+    """Two problems with the same tiles and tile count per row but other output widths reuse
+    one plan's buffers; the narrower must not see what the wider wrote past its width."""
+    rng = np.random.default_rng(8)
+    TILED.impl.tile = 8
+    for width in (24, 20):  # 4 tiles of 6 columns per row for both, the last one part-filled in the second
+        case = (rng.standard_normal((2, 2, 9, width)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3),
+                (1, 1), (1, 1))
+        y, cache = ORACLE.forward(*case)
+        dy = rng.standard_normal(y.shape)
+        ref = (y,) + tuple(ORACLE.backward(dy, cache))
+        for ours, want in zip(passes(TILED, case, dy), ref):
+            np.testing.assert_allclose(ours, want, rtol=0, atol=1e-9 * np.abs(want).max())

@@ -34,12 +34,14 @@ def test_fft_plan_buffers_count_on_every_measurement():
     assert first > spectrum_bytes and abs(second - first) < first / 20
 
 
-def test_fft_tiled_needs_less_memory_than_fft_on_a_big_image():
-    shape = ConvShape(n=4, c=3, f=8, size=160, k=7, padding=3)
+def test_fft_tiled_needs_a_quarter_of_ffts_memory_on_a_big_image():
+    # Issue 10's shape and bound. (A 160 x 160 image at half the batch, bound 1/2, was too
+    # close: 0.45-0.47, with fft's plan buffers varying from run to run.) Measured: 0.16.
+    shape = ConvShape(n=8, c=3, f=16, size=224, k=7, padding=3)
     x, w, b = shape.arrays()
     dy = output_gradient(x, w, (1, 1), (3, 3))
     fft, tiled = (peak_extra_bytes(conv_pass(name, x, w, b, (1, 1), (3, 3), dy)) for name in ("fft", "fft-tiled"))
-    assert tiled < fft / 2, f"fft-tiled {tiled} bytes, fft {fft}"
+    assert tiled <= fft / 4, f"fft-tiled {tiled} bytes, fft {fft}"
 
 
 def test_cli_memory_and_image_sweep(tmp_path, capsys):

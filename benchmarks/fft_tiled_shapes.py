@@ -1,0 +1,95 @@
+"""fft-tiled against fft, im2col and PyTorch on the big-image shapes of issue 10:
+``python benchmarks/fft_tiled_shapes.py [--cpu] [--repeat 5]``.
+
+Prints, per shape, each backend's milliseconds (forward / forward+backward) and fft-tiled's
+ratios to the faster of fft and im2col and to PyTorch, all measured in one run, in rounds
+of one call of each (see :func:`interleaved_best`). Default: wall time with every thread
+(the fastest of ``--repeat`` rounds after a warm-up). ``--cpu``:
+single-thread CPU time (``time.process_time``; BLAS, FFTW, convlab's pool and PyTorch at
+one thread), which a busy shared machine disturbs far less than the wall clock.
+"""
+
+import argparse
+import os
+import time
+
+import threadpoolctl
+
+from convlab import keep_freed_memory
+from convlab.bench import kernel_sweep
+from convlab.timing import conv_pass, output_gradient
+
+SHAPES = kernel_sweep([5, 7, 11], n=8, c=3, f=16, size=224) + kernel_sweep([5, 9], n=16, c=16, f=16, size=128)
+ROWS = ("fft-tiled", "fft", "im2col", "torch")
+
+
+def interleaved_best(runs, repeat, clock):
+    """The fastest of ``repeat`` timed calls of each of ``runs`` (name -> function), after a
+    warm-up call each, taken in rounds of one call per run: a load that comes and goes on a
+    shared machine then falls on every run alike, not on whichever ran during it."""
+    best, kept = {}, {}
+    for name, run in runs.items():
+        kept[name] = run()
+    for _ in range(repeat):
+        for name, run in runs.items():
+            started = clock()
+            kept[name] = run()  # the previous result stays alive until this call returns, as in best_time
+            best[name] = min(best.get(name, float("inf")), clock() - started)
+    return best
+
+
+def torch_pass(x, w, b, padding, dy):
+    import torch
+
+    xt, wt, bt = (torch.from_numpy(a).requires_grad_(dy is not None) for a in (x, w, b))
+
+    def run():
+        y = torch.nn.functional.conv2d(xt, wt, bt, padding=padding)
+        if dy is None:
+            return y
+        return torch.autograd.grad(y, (xt, wt, bt), torch.from_numpy(dy))
+
+    return run
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", action="store_true", help="single-thread CPU time instead of wall time")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated backends (and torch)")
+    args = parser.parse_args()
+    rows = args.rows.split(",")
+    keep_freed_memory()  # as the other benchmarks and `convlab train` do (PyTorch gets it too)
+    from convlab import fftw
+
+    if args.cpu:
+        threadpoolctl.threadpool_limits(1)
+        fftw.configure(threads=1)
+        if "torch" in rows:
+            import torch
+            torch.set_num_threads(1)
+    clock = time.process_time if args.cpu else time.perf_counter
+    print(f"{'cpu' if args.cpu else 'wall'} time, ms forward / forward+backward; load {os.getloadavg()[0]:.1f}")
+    print(f"{'shape':<24}" + "".join(f"{r:>18}" for r in rows) + f"{'tiled/min(fft,im2col)':>24}{'tiled/torch':>14}")
+    for shape in SHAPES:
+        x, w, b = shape.arrays()
+        stride, padding = (1, 1), (shape.padding, shape.padding)
+        dy = output_gradient(x, w, stride, padding)
+        runs = {(row, i): torch_pass(x, w, b, padding, d) if row == "torch" else conv_pass(row, x, w, b, stride, padding, d)
+                for row in rows for i, d in enumerate((None, dy))}
+        best = interleaved_best(runs, args.repeat, clock)
+        times = {row: [best[row, 0], best[row, 1]] for row in rows}
+        cells = [f"{times[r][0] * 1e3:7.1f} /{times[r][1] * 1e3:7.1f}" for r in rows]
+        ratios = ""
+        if "fft-tiled" in times:
+            rivals = [times[r] for r in ("fft", "im2col") if r in times]
+            if rivals:
+                best = [min(t[i] for t in rivals) for i in (0, 1)]
+                ratios += f"{times['fft-tiled'][0] / best[0]:11.2f} /{times['fft-tiled'][1] / best[1]:5.2f}"
+            if "torch" in times:
+                ratios += f"{times['fft-tiled'][0] / times['torch'][0]:8.2f} /{times['fft-tiled'][1] / times['torch'][1]:5.2f}"
+        print(f"{shape.label:<24}" + "".join(f"{c:>18}" for c in cells) + ratios, flush=True)
+
+
+if __name__ == "__main__":
+    main()
