@@ -133,3 +133,25 @@ def test_torch_comparison_script_trains_the_same_network():
     losses = next(line for line in lines if line.startswith("mean training loss"))
     ours, theirs = (float(part.split()[-1]) for part in losses.split(":")[1].split(","))
     assert ours == pytest.approx(theirs, rel=1e-4), losses
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding, folded", [
+    ((3, 6, 14, 14), (16, 6, 5, 5), 0, True),     # LeNet-5's second layer: kw taps summed in the GEMM
+    ((2, 4, 9, 11), (3, 4, 5, 7), (3, 1), True),  # non-square kernel, padding beyond k // 2 on one axis
+    ((2, 1, 12, 10), (32, 1, 7, 7), 1, False),    # C * kh < F: the widened GEMM and col2im_rows
+    ((2, 3, 8, 9), (2, 3, 3, 3), 2, False),       # kw < 5: the same
+])
+def test_im2col_input_gradient_paths_agree_with_the_oracle(x_shape, w_shape, padding, folded):
+    from backends.im2col import folds_rows
+
+    assert folds_rows(w_shape) == folded
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0])
+    results = []
+    for name in ("naive", "im2col"):
+        backend = convlab.get_backend(name)
+        y, cache = backend.forward(x, w, b, 1, padding)
+        results.append(backend.backward(np.cos(y), cache))
+    for ours, oracle in zip(results[1], results[0]):
+        np.testing.assert_allclose(ours, oracle, rtol=1e-10, atol=1e-10)
