@@ -195,6 +195,9 @@ class Dense(Layer):
     in each: OpenBLAS's own threads, idle, spin for a while after each product and hold a
     core the convolution's threads then wait for. ``dw`` sums one partial product per
     block of ``DW_ROWS`` rows, in order, so it does not depend on the number of threads.
+    A batch of 64 is two blocks, which :func:`~convlab.threads.share_chunks` runs in the
+    calling thread (``MIN_CHUNKS_TO_SHARE``): on the reference network the dense products
+    are memory-bound and took longer on two threads than on one (0.96 against 0.72 ms).
     """
 
     # Rows of the batch per block, the same whatever the number of threads (so are the
@@ -285,7 +288,8 @@ class _Pool2D(Layer):
             size == out * k for size, out, k in zip(xp_shape[2:], y_shape[2:], self.kernel_size))
 
     def in_blocks(self, work, x):
-        """``work(lo, hi)`` for blocks of images lo:hi of ``x``, one per core."""
+        """``work(lo, hi)`` for blocks of images lo:hi of ``x``, one per core (on two cores,
+        two blocks: the calling thread runs both, see ``convlab.threads.MIN_CHUNKS_TO_SHARE``)."""
         share_chunks(lambda _, lo, hi: work(lo, hi), chunk_bounds(len(x), -(-len(x) // worker_count())))
 
     def pad(self, x, value):
