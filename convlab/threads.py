@@ -26,8 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-_controller = ThreadpoolController()
-_blas = _controller.select(user_api="blas")
+_blas = ThreadpoolController().select(user_api="blas")
 # What BLAS was started with (OPENBLAS_NUM_THREADS and the like), read before anything here
 # limits it: the chunk pool keeps this many threads busy while BLAS itself runs on one.
 _blas_threads_at_start = min([lib.num_threads for lib in _blas.lib_controllers] or [os.cpu_count() or 1])
