@@ -309,20 +309,21 @@ def _zero_outside(a, axes, inside):
     return a
 
 
-def transform_tiles(canvas, tiling, left, right, origin=(0, 0)):
+def transform_tiles(canvas, tiling, left, right, origin=(0, 0), out=None):
     """``left`` (alpha_h, window rows) applied down and ``right`` (alpha_w, window cols)
-    across every tile: canvas (n, Hc, Wc, K) -> (alpha_w * alpha_h, n * th * tw, K), the
-    transform point (b, a) first, then the tile, then the channel. The tiles start at
-    canvas position ``origin``.
+    across every tile: canvas (n, Hc, Wc, K) -> (alpha_h * alpha_w, n * th * tw, K), the
+    transform point (a, b) first, then the tile, then the channel; written into ``out`` if
+    given (it may be a slice of a larger array's tile axis). The tiles start at canvas
+    position ``origin``.
 
-    That is the layout the per-point GEMMs take ((tiles, K) matrices, contiguous), made by
-    two plain GEMMs and one gather, all on a chunk in cache:
+    That is the layout the per-point GEMMs take ((tiles, K) matrices, unit stride along K),
+    made by two plain GEMMs and one gather, all on a chunk in cache:
 
     1. Down: the window rows of tile row (n, i) are one contiguous (window, width * K)
        block of the canvas, so ``left`` @ block, batched over (n, i), needs no copy:
        -> (n, th, alpha_h, width, K).
-    2. Across: the tiles' columns gathered point-first, (window cols, alpha_h, n, th, tw, K)
-       (copying runs of K values), then ``right`` @ that as one (window cols, ...) matrix.
+    2. Across: the tiles' columns gathered point-first, (alpha_h, window cols, n, th, tw, K)
+       (copying runs of K values), then ``right`` @ that, one GEMM per row point a.
 
     Separable: alpha (window rows + window cols) multiply-adds per tile and channel, 2 x 6 x 6
     for F(4, 3). One product by kron(Bᵀ, Bᵀ) (36 x 36) on the gathered tiles did 3x the
@@ -339,44 +340,51 @@ def transform_tiles(canvas, tiling, left, right, origin=(0, 0)):
                         (canvas.shape[1] * row * item, step * row * item, row * item, item))
     down = np.matmul(left, blocks)  # (n, th, alpha_h, width * K), contiguous
     row = width * k
-    columns = np.ndarray((ww, ah, n, th, tw, k), down.dtype, down, strides=(
-        k * item, row * item, th * ah * row * item, ah * row * item, step * k * item, item))
+    columns = np.ndarray((ah, ww, n, th, tw, k), down.dtype, down, strides=(
+        row * item, k * item, th * ah * row * item, ah * row * item, step * k * item, item))
     gathered = np.empty(columns.shape, canvas.dtype)
     np.copyto(gathered, columns)
-    return np.matmul(right, gathered.reshape(ww, -1)).reshape(aw * ah, n * th * tw, k)
+    if out is None:
+        out = np.empty((ah * aw, n * th * tw, k), canvas.dtype)
+    np.matmul(right, gathered.reshape(ah, ww, -1), out=out.reshape(ah, aw, -1, copy=False))
+    return out
 
 
 def untransform_tiles(products, a_t_h, a_t_w, counts, out):
     """Aᵀ M A of every tile, written into out (n, F, OH, OW) with the crop: products
-    (alpha_w * alpha_h, n * th * tw, F), point (b, a) first.
+    (alpha_h * alpha_w, F, n * th * tw), point (a, b) first, then the output channel.
 
-    Across first (one GEMM over all the b rows), then down (one GEMM per output column v),
-    giving the tiles (v, u, n, i, j, F). Then two copies: to the channels-last image
-    (n, i * m + u, j * m + v, F), moving runs of F values, and from there to out, one
-    (pixels, F) -> (F, pixels) transpose per image. One copy straight from the tiles to out,
-    moving single values, took twice as long.
+    Down first (one GEMM over all the a rows), then across, the tile's columns last:
+    (u, F * tiles, b) @ A_w, one GEMM per output row u, gives the tiles as (u, F, n, i, j, v),
+    where (j, v) are whole output rows. One copy then moves runs of OW values into out.
+    Products with the tiles last come out of the per-point GEMMs at about the same speed
+    as with F last, and spare the (pixels, F) -> (F, pixels) transpose that took half the
+    output transform's time (64x32->32 28x28, 2-core EPYC).
     """
-    m, aw, ah = a_t_w.shape[0], a_t_w.shape[1], a_t_h.shape[1]
+    m, ah, aw = a_t_w.shape[0], a_t_h.shape[1], a_t_w.shape[1]
     (th, tw), (n, f, oh, ow) = counts, out.shape
-    across = np.matmul(a_t_w, products.reshape(aw, -1))  # (v, alpha_h * tiles * F)
-    tiles = np.matmul(a_t_h, across.reshape(m, ah, -1))  # (v, u, tiles * F)
-    image = np.empty((n, th, m, tw, m, f), out.dtype)
-    np.copyto(image, tiles.reshape(m, m, n, th, tw, f).transpose(2, 3, 1, 4, 0, 5))
-    np.copyto(out, image.reshape(n, th * m, tw * m, f)[:, :oh, :ow].transpose(0, 3, 1, 2))
+    down = np.matmul(a_t_h, products.reshape(ah, -1))  # (u, b * F * tiles)
+    tiles = np.matmul(down.reshape(m, aw, -1).transpose(0, 2, 1), a_t_w.T)  # (u, F * tiles, v)
+    tiles = tiles.reshape(m, f, n, th, tw * m)[..., :ow]
+    whole = min(th, oh // m)  # tile rows entirely inside out
+    np.copyto(out[:, :, :whole * m].reshape(n, f, whole, m, ow, copy=False),
+              tiles[:, :, :, :whole].transpose(2, 1, 3, 0, 4))
+    if whole < th:
+        np.copyto(out[:, :, whole * m:], tiles[:oh - whole * m, :, :, whole].transpose(2, 1, 0, 3))
 
 
 @functools.lru_cache(maxsize=None)
 def filter_matrix(m, kernel) -> np.ndarray:
-    """G_w ⊗ G_h in float64, read-only (alpha_w * alpha_h, r_h * r_w): row (b, a), column
-    (i, j) is G_w[b, j] G_h[a, i], so that G_h g G_wᵀ of every filter is one product."""
+    """G_h ⊗ G_w in float64, read-only (alpha_h * alpha_w, r_h * r_w): row (a, b), column
+    (i, j) is G_h[a, i] G_w[b, j], so that G_h g G_wᵀ of every filter is one product."""
     g_h, g_w = transforms(m, kernel[0], np.float64)[1], transforms(m, kernel[1], np.float64)[1]
-    matrix = np.einsum("bj,ai->baij", g_w, g_h).reshape(g_w.shape[0] * g_h.shape[0], -1)
+    matrix = np.einsum("ai,bj->abij", g_h, g_w).reshape(g_h.shape[0] * g_w.shape[0], -1)
     matrix.flags.writeable = False
     return matrix
 
 
 def filter_transform(w, m):
-    """G g Gᵀ of every filter, in float64 then cast: w (F, C, r_h, r_w) -> U (alpha_w * alpha_h, C, F),
+    """G g Gᵀ of every filter, in float64 then cast: w (F, C, r_h, r_w) -> U (alpha_h * alpha_w, C, F),
     each point's (C, F) contiguous: the right-hand operand of the per-point GEMMs."""
     f, c, rh, rw = w.shape
     taps = w.transpose(2, 3, 1, 0).reshape(rh * rw, c * f).astype(np.float64)  # (r_h * r_w, C * F)
@@ -393,24 +401,28 @@ def with_bias(w, b):
     return out
 
 
-def correlate_tiles(canvas, tiling, kernel, u, out):
+def correlate_tiles(canvas, tiling, kernel, u, out, v=None):
     """One chunk of a correlation by F(m x m, r x r): the input tiles of ``canvas`` (n, Hc,
-    Wc, C) transformed (Bᵀ d B), one GEMM per point with U (P, C, F), (tiles, C) @ (C, F),
-    and the output transform into out (n, F, OH, OW)."""
+    Wc, C) transformed (Bᵀ d B) into ``v`` (P, tiles, C; a new array if not given), one GEMM
+    per point with U (P, C, F), (tiles, C) @ (C, F), written as (P, F, tiles), and the output
+    transform into out (n, F, OH, OW)."""
     m, dtype = tiling.step, canvas.dtype
     (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = transforms(m, kernel[0], dtype), transforms(m, kernel[1], dtype)
     with phase("input transform"):
-        v = transform_tiles(canvas, tiling, b_t_h, b_t_w)
+        v = transform_tiles(canvas, tiling, b_t_h, b_t_w, out=v)
     with phase("GEMM"):
-        products = np.matmul(v, u)  # (P, tiles, F)
+        products = np.empty((u.shape[0], u.shape[2], v.shape[1]), dtype)
+        np.matmul(v, u, out=products.transpose(0, 2, 1))
     with phase("output transform"):
         untransform_tiles(products, a_t_h, a_t_w, tiling.counts, out)
 
 
-def correlate(x, u, kernel, pads, m, ones=False):
-    """y (N, F, OH, OW), the stride-1 correlation of x (N, C, H, W), padded by ``pads``
-    ((top, bottom), (left, right), negative crops), with the filters (F, C, r_h, r_w) whose
-    transform is u (P, C, F), by F(m x m, r x r).
+def correlate(x, u, kernel, pads, m, ones=False, keep=False):
+    """(y, V): y (N, F, OH, OW), the stride-1 correlation of x (N, C, H, W), padded by
+    ``pads`` ((top, bottom), (left, right), negative crops), with the filters (F, C, r_h, r_w)
+    whose transform is u (P, C, F), by F(m x m, r x r); with ``keep``, V (P, N * th * tw, C)
+    the transformed input tiles of all the chunks, tile (n, i, j) at n * th * tw + i * tw + j
+    (else None).
 
     With ``ones``, x gets one more channel, of ones everywhere (padding too), and u has a
     row for it (P, C + 1, F): the forward's bias, as a one-tap filter b at tap (0, 0) of that
@@ -423,66 +435,70 @@ def correlate(x, u, kernel, pads, m, ones=False):
     GEMMs, output transform. The forward, and ``dx`` of the backward.
     """
     (top, _), (left, _) = pads
-    (n, c), f = x.shape[:2], u.shape[2]  # c: x's channels, without the ones
+    (n, c), (points, k, f) = x.shape[:2], u.shape  # c: x's channels; k: with the ones
     out, tiling = correlation_tiling(x.shape[2:], kernel, pads, m)
     y = np.empty((n, f) + out, x.dtype)
+    across = tiling.counts[1]
+    v = np.empty((points, n * tiling.counts[0] * across, k), x.dtype) if keep else None
 
     def chunk(_, lo, hi):
         images, first, stop = piece(lo, hi, tiling.counts[0])
         band = tiling.band(first, stop)
         with phase("canvas"):
             canvas = channels_last(x[images], (top - first * m, left), band.extent, ones)
-        correlate_tiles(canvas, band, kernel, u, y[images, :, first * m:stop * m])
+        correlate_tiles(canvas, band, kernel, u, y[images, :, first * m:stop * m],
+                        None if v is None else v[:, lo * across:hi * across])
 
     with shared_among_threads():
-        share_chunks(chunk, item_chunks(n, tiling.counts[0], tile_rows_per_chunk(tiling, max(c + ones, f), x.itemsize)))
-    return y
+        share_chunks(chunk, item_chunks(n, tiling.counts[0], tile_rows_per_chunk(tiling, max(k, f), x.itemsize)))
+    return y, v
 
 
-def gradients(dy, x, w, padding, m, need_dx=True):
-    """(dx or None, dw) for dy (N, F, OH, OW) of the forward of x (N, C, H, W), w (F, C, r_h, r_w).
+def gradients(dy, v, x_shape, w, padding, m, need_dx=True):
+    """(dx or None, dw) for dy (N, F, OH, OW) of the forward of x (N, C, H, W), w (F, C,
+    r_h, r_w), whose transformed input tiles V (P, N * th * tw, C or more) it kept
+    (:func:`correlate`).
 
     ``dw`` in groups of tiles (:func:`tile_rows_per_group`) shared among the cores. A group's
-    input tiles are transformed again (V, as in the forward: recomputing costs less than
-    keeping the forward's V, 2.25x the input, and reading it back), and so are dy's m x m
-    tiles, by A on each axis; then one GEMM per point, (F, tiles) @ (tiles, C), sums dw_hat
-    over the group's tiles. The groups' (P, F, C) sums are added in group order, then
-    Gᵀ (.) G.
+    dy tiles (m x m) are transformed by A on each axis, and one GEMM per point, (F, tiles) @
+    (tiles, C) with the group's slice of V, sums dw_hat over the group's tiles. The groups'
+    (P, F, C) sums are added in group order, then Gᵀ (.) G. Keeping the forward's V (2.25x
+    the input for F(4x4, 3x3), less than ``im2col``'s 9x) and reading it back costs less than
+    transforming x again: 64x32->32 28x28 forward+backward 0.49 -> 0.43x im2col's time (one
+    thread, 2-core EPYC).
 
     ``dx`` is the correlation of dy, padded by q = r - 1 - p, with the flipped, channel-swapped
     kernel (:func:`correlate`). When its tile rows are the forward's (OH and H round up to as
     many tiles, as with "same" padding) and q >= 0, the group's dy canvas (dy padded by q)
     serves both, dw's tiles starting at q: one transposing copy of dy fewer.
     """
-    (ph, pw), (n, c), (f, _, kh, kw), dtype = padding, x.shape[:2], w.shape, dy.dtype
-    _, tiling = correlation_tiling(x.shape[2:], (kh, kw), ((ph, ph), (pw, pw)), m)
+    (ph, pw), (n, c), (f, _, kh, kw), dtype = padding, x_shape[:2], w.shape, dy.dtype
+    _, tiling = correlation_tiling(x_shape[2:], (kh, kw), ((ph, ph), (pw, pw)), m)
     q = (kh - 1 - ph, kw - 1 - pw)
     _, dx_tiling = correlation_tiling(dy.shape[2:], (kh, kw), ((q[0], q[0]), (q[1], q[1])), m)
     shared = need_dx and min(q) >= 0 and dx_tiling.counts == tiling.counts
     dy_tiling = Tiling((m, m), m, tiling.counts)
-    (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = transforms(m, kh, dtype), transforms(m, kw, dtype)
+    a_t_h, a_t_w = transforms(m, kh, dtype)[0], transforms(m, kw, dtype)[0]
     per = tile_rows_per_chunk(tiling, max(c, f), dtype.itemsize)
     groups = item_chunks(n, tiling.counts[0], tile_rows_per_group(n, per, tiling, f, c))
-    points = (m + kw - 1) * (m + kh - 1)
+    points, across = v.shape[0], tiling.counts[1]
     parts = np.empty((len(groups), points, f, c), dtype)
     flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, kh, kw)
     u_dx = filter_transform(flipped, m) if need_dx else None
-    dx = np.empty(x.shape, dtype) if shared else None
+    dx = np.empty(x_shape, dtype) if shared else None
 
     def group(index, lo, hi):
         images, first, stop = piece(lo, hi, tiling.counts[0])
-        band, dy_band, dx_band = (t.band(first, stop) for t in (tiling, dy_tiling, dx_tiling))
+        dy_band, dx_band = dy_tiling.band(first, stop), dx_tiling.band(first, stop)
         with phase("canvas"):
-            canvas = channels_last(x[images], (ph - first * m, pw), band.extent)
             if shared:
                 dy_canvas, origin = channels_last(dy[images], (q[0] - first * m, q[1]), dx_band.extent), q
             else:
                 dy_canvas, origin = channels_last(dy[images], (-first * m, 0), dy_band.extent), (0, 0)
         with phase("input transform"):
-            v = transform_tiles(canvas, band, b_t_h, b_t_w)  # (P, tiles, C)
             dy_hat = transform_tiles(dy_canvas, dy_band, a_t_h.T, a_t_w.T, origin)  # (P, tiles, F)
         with phase("GEMM dw"):
-            np.matmul(dy_hat.transpose(0, 2, 1), v, out=parts[index])
+            np.matmul(dy_hat.transpose(0, 2, 1), v[:, lo * across:hi * across, :c], out=parts[index])
         if shared:  # in chunks of the group's images, as the forward's (a group may be larger)
             for a, b in chunk_bounds(images.stop - images.start, max(1, per // tiling.counts[0])):
                 correlate_tiles(dy_canvas[a:b], dx_band, (kh, kw), u_dx,
@@ -495,7 +511,7 @@ def gradients(dy, x, w, padding, m, need_dx=True):
         share_chunks(lambda _, lo, hi: np.sum(parts[:, lo:hi], axis=0, out=dw_hat[lo:hi]), chunk_bounds(points, 1))
         dw = filter_matrix(m, (kh, kw)).T @ dw_hat.reshape(points, -1).astype(np.float64)  # (r_h * r_w, F * C)
     if need_dx and not shared:
-        dx = correlate(dy, u_dx, (kh, kw), ((q[0], q[0]), (q[1], q[1])), m)
+        dx, _ = correlate(dy, u_dx, (kh, kw), ((q[0], q[0]), (q[1], q[1])), m)
     return dx, dw.T.reshape(w.shape).astype(dtype)
 
 
@@ -520,11 +536,12 @@ class Winograd:
         # core the chunks' second thread needs.
         (ph, pw), m = padding, settings().tile
         with single_threaded_blas():
-            y = correlate(x, filter_transform(with_bias(w, b), m), w.shape[2:], ((ph, ph), (pw, pw)), m, ones=True)
-        return y, (x, w, padding, m)
+            y, v = correlate(x, filter_transform(with_bias(w, b), m), w.shape[2:], ((ph, ph), (pw, pw)), m,
+                             ones=True, keep=True)
+        return y, (v, x.shape, w, padding, m)
 
     def backward(self, dy, cache, need_dx=True):
-        x, w, padding, m = cache
+        v, x_shape, w, padding, m = cache
         with single_threaded_blas():
-            dx, dw = gradients(dy, x, w, padding, m, need_dx)
+            dx, dw = gradients(dy, v, x_shape, w, padding, m, need_dx)
         return dx, dw, dy.sum(axis=(0, 2, 3))
