@@ -265,88 +265,70 @@ def piece(lo, hi, down):
     return slice(image, image + 1), row, row + hi - lo
 
 
-def channels_last(x, placement, size, ones=False):
-    """x (n, K, H, W) on a zero canvas (n, Hc, Wc, K) of ``size`` (Hc, Wc), its pixel (0, 0)
-    at canvas position ``placement`` (negative: that much of x is cut off), cut at the edge;
-    with ``ones``, one more channel of ones everywhere: (n, Hc, Wc, K + 1) (see :func:`correlate`).
+def unrolled_canvas(x, placement, tiling, ones=False):
+    """x (n, K, H, W) on a zero canvas, stored as its tiles' columns, channels last:
+    (n, window cols, Hc, tw, K), where [i, q, h, j] is the canvas pixel (h, j * step + q) of
+    image i; x's pixel (0, 0) is at canvas position ``placement`` (negative: that much of x is
+    cut off), Hc the rows the tiles reach. With ``ones``, one more channel of ones
+    everywhere: K + 1 (see :func:`correlate`).
 
-    Channels last, so that a tile's pixel is a run of K contiguous values (the tiles' gather
-    copies whole runs) and a band of canvas rows is one contiguous (rows, Wc * K) matrix (the
-    row transform's operand, no copy). When x's channel planes lie a multiple of 4 KiB apart
-    (32 x 32 float32 images), the transposing copy reads K streams that fall into the same L1
-    cache sets and took 4x longer (2-core EPYC); x then goes through a zero channel-first
-    canvas first, whose planes (Hc * Wc, or one column more) apart do not collide.
+    A tile's columns are unrolled (window / step times x, 1.5x for F(4, 3)) so that the
+    transform across is one GEMM over the window column q, and the transform down, over a
+    window of contiguous rows, needs no copy either (:func:`transform_tiles`); a canvas
+    with columns in place needed a gather of the tiles' columns after the first transform,
+    and the two took 25 % longer (64x32->32 28x28, 2-core EPYC). Channels last, so that the
+    per-point GEMMs get (tiles, K) matrices. One transposing copy per window column.
+
+    When x's channel planes lie a multiple of 4 KiB apart (32 x 32 float32 images), the
+    transposing copies read K streams that fall into the same L1 cache sets and took 4x
+    longer; x is then first copied to planes one row longer.
     """
     n, k, h, w = x.shape
-    (hc, wc), (top, left) = size, placement
-    rows = slice(max(0, -top), max(max(0, -top), min(h, hc - top)))
-    cols = slice(max(0, -left), max(max(0, -left), min(w, wc - left)))
-    at = (slice(max(0, top), max(0, top) + rows.stop - rows.start),
-          slice(max(0, left), max(0, left) + cols.stop - cols.start))
+    (top, left), ww, step, tw = placement, tiling.window[1], tiling.step, tiling.counts[1]
+    hc = tiling.extent[0]
+    out = np.zeros((n, ww, hc, tw, k + ones), x.dtype)
+    first, stop = max(0, top), min(hc, top + h)  # the canvas rows x reaches
     if k > 1 and h * w * x.itemsize % 4096 == 0:
-        spare = int(hc * wc * x.itemsize % 4096 == 0)  # a spare column keeps its planes apart too
-        first = _zero_outside(np.empty((n, k + ones, hc, wc + spare), x.dtype), (2, 3), at)
-        first[:, :k, at[0], at[1]] = x[:, :, rows, cols]
-        first[:, k:] = 1
-        return np.ascontiguousarray(first[..., :wc].transpose(0, 2, 3, 1))
-    canvas = _zero_outside(np.empty((n, hc, wc, k + ones), x.dtype), (1, 2), at)
-    canvas[:, at[0], at[1], :k] = x[:, :, rows, cols].transpose(0, 2, 3, 1)
-    canvas[..., k:] = 1
-    return canvas
-
-
-def _zero_outside(a, axes, inside):
-    """``a`` with zeros outside the window ``inside`` (two slices) on two of its ``axes``
-    (the border: each value is written once, not zeroed and then overwritten)."""
-    (rows, cols), index = inside, [slice(None)] * a.ndim
-    for axis, part in ((axes[0], slice(0, rows.start)), (axes[0], slice(rows.stop, None))):
-        index[axis] = part
-        a[tuple(index)] = 0
-    index[axes[0]] = rows
-    for part in (slice(0, cols.start), slice(cols.stop, None)):
-        index[axes[1]] = part
-        a[tuple(index)] = 0
-    return a
+        spaced = np.empty((n, k, h + 1, w), x.dtype)[:, :, :h]
+        np.copyto(spaced, x)
+        x = spaced
+    for q in range(ww):
+        shift = q - left  # x's column under column q of tile 0
+        lo, hi = max(0, -(shift // step)), min(tw, (w - 1 - shift) // step + 1)  # tiles whose column q is in x
+        if first < stop and lo < hi:
+            np.copyto(out[:, q, first:stop, lo:hi, :k], x[:, :, first - top:stop - top,
+                      lo * step + shift:(hi - 1) * step + shift + 1:step].transpose(0, 2, 3, 1))
+    if ones:
+        out[..., k:] = 1
+    return out
 
 
 def transform_tiles(canvas, tiling, left, right, origin=(0, 0), out=None):
     """``left`` (alpha_h, window rows) applied down and ``right`` (alpha_w, window cols)
-    across every tile: canvas (n, Hc, Wc, K) -> (alpha_h * alpha_w, n * th * tw, K), the
-    transform point (a, b) first, then the tile, then the channel; written into ``out`` if
-    given (it may be a slice of a larger array's tile axis). The tiles start at canvas
-    position ``origin``.
+    across every tile of an :func:`unrolled_canvas` (n, Q, Hc, tw, K), the tiles' first
+    pixel at canvas position ``origin`` (their columns origin[1] ... of the Q unrolled):
+    -> (alpha_h * alpha_w, n * th * tw, K), the transform point (a, b) first, then the tile,
+    then the channel; written into ``out`` if given (it may be a slice of a larger array's
+    tile axis). That is the layout the per-point GEMMs take ((tiles, K) matrices, unit
+    stride along K).
 
-    That is the layout the per-point GEMMs take ((tiles, K) matrices, unit stride along K),
-    made by two plain GEMMs and one gather, all on a chunk in cache:
-
-    1. Down: the window rows of tile row (n, i) are one contiguous (window, width * K)
-       block of the canvas, so ``left`` @ block, batched over (n, i), needs no copy:
-       -> (n, th, alpha_h, width, K).
-    2. Across: the tiles' columns gathered point-first, (alpha_h, window cols, n, th, tw, K)
-       (copying runs of K values), then ``right`` @ that, one GEMM per row point a.
-
-    Separable: alpha (window rows + window cols) multiply-adds per tile and channel, 2 x 6 x 6
-    for F(4, 3). One product by kron(Bᵀ, Bᵀ) (36 x 36) on the gathered tiles did 3x the
-    work and took 2-3x longer on the EPYC measured.
+    Two GEMMs, no copy: across, ``right`` @ the (window cols, Hc * tw * K) block of each
+    image; down, ``left`` @ the (window rows, tw * K) block of each (image, b, tile row),
+    written straight into its place in ``out``. Separable: alpha (window rows + window cols)
+    multiply-adds per tile and channel, 2 x 6 x 6 for F(4, 3). One product by kron(Bᵀ, Bᵀ)
+    (36 x 36) did 3x the work and took 2-3x longer on the EPYC measured.
     """
     (wh, ww), step, (th, tw) = tiling.window, tiling.step, tiling.counts
-    n, k = canvas.shape[0], canvas.shape[3]
-    ah, aw = left.shape[0], right.shape[0]
-    width = (tw - 1) * step + ww
-    # Strides from the shapes (numpy's strides of a length-1 axis can be anything), in items.
-    item, row = canvas.itemsize, canvas.shape[2] * k
-    blocks = np.ndarray((n, th, wh, width * k), canvas.dtype, np.ascontiguousarray(canvas),
-                        (origin[0] * row + origin[1] * k) * item,
-                        (canvas.shape[1] * row * item, step * row * item, row * item, item))
-    down = np.matmul(left, blocks)  # (n, th, alpha_h, width * K), contiguous
-    row = width * k
-    columns = np.ndarray((ah, ww, n, th, tw, k), down.dtype, down, strides=(
-        row * item, k * item, th * ah * row * item, ah * row * item, step * k * item, item))
-    gathered = np.empty(columns.shape, canvas.dtype)
-    np.copyto(gathered, columns)
+    n, hc, k = canvas.shape[0], canvas.shape[2], canvas.shape[4]
+    ah, aw, row = left.shape[0], right.shape[0], tw * k
+    columns = canvas[:, origin[1]:origin[1] + ww].reshape(n, ww, hc * row, copy=False)
+    across = np.matmul(right, columns)  # (n, alpha_w, Hc, tw * K)
+    item = across.itemsize  # strides from the shapes (numpy's of a length-1 axis can be anything)
+    blocks = np.ndarray((n, aw, th, wh, row), across.dtype, across, origin[0] * row * item,
+                        (aw * hc * row * item, hc * row * item, step * row * item, row * item, item))
     if out is None:
         out = np.empty((ah * aw, n * th * tw, k), canvas.dtype)
-    np.matmul(right, gathered.reshape(ah, ww, -1), out=out.reshape(ah, aw, -1, copy=False))
+    np.matmul(left, blocks, out=out.reshape(ah, aw, n, th, row, copy=False).transpose(2, 1, 3, 0, 4))
     return out
 
 
@@ -417,12 +399,10 @@ def correlate_tiles(canvas, tiling, kernel, u, out, v=None):
         untransform_tiles(products, a_t_h, a_t_w, tiling.counts, out)
 
 
-def correlate(x, u, kernel, pads, m, ones=False, keep=False):
-    """(y, V): y (N, F, OH, OW), the stride-1 correlation of x (N, C, H, W), padded by
-    ``pads`` ((top, bottom), (left, right), negative crops), with the filters (F, C, r_h, r_w)
-    whose transform is u (P, C, F), by F(m x m, r x r); with ``keep``, V (P, N * th * tw, C)
-    the transformed input tiles of all the chunks, tile (n, i, j) at n * th * tw + i * tw + j
-    (else None).
+def correlate(x, u, kernel, pads, m, ones=False):
+    """y (N, F, OH, OW), the stride-1 correlation of x (N, C, H, W), padded by ``pads``
+    ((top, bottom), (left, right), negative crops), with the filters (F, C, r_h, r_w) whose
+    transform is u (P, C, F), by F(m x m, r x r).
 
     With ``ones``, x gets one more channel, of ones everywhere (padding too), and u has a
     row for it (P, C + 1, F): the forward's bias, as a one-tap filter b at tap (0, 0) of that
@@ -435,70 +415,67 @@ def correlate(x, u, kernel, pads, m, ones=False, keep=False):
     GEMMs, output transform. The forward, and ``dx`` of the backward.
     """
     (top, _), (left, _) = pads
-    (n, c), (points, k, f) = x.shape[:2], u.shape  # c: x's channels; k: with the ones
+    (n, c), (k, f) = x.shape[:2], u.shape[1:]  # c: x's channels; k: with the ones
     out, tiling = correlation_tiling(x.shape[2:], kernel, pads, m)
     y = np.empty((n, f) + out, x.dtype)
-    across = tiling.counts[1]
-    v = np.empty((points, n * tiling.counts[0] * across, k), x.dtype) if keep else None
 
     def chunk(_, lo, hi):
         images, first, stop = piece(lo, hi, tiling.counts[0])
         band = tiling.band(first, stop)
         with phase("canvas"):
-            canvas = channels_last(x[images], (top - first * m, left), band.extent, ones)
-        correlate_tiles(canvas, band, kernel, u, y[images, :, first * m:stop * m],
-                        None if v is None else v[:, lo * across:hi * across])
+            canvas = unrolled_canvas(x[images], (top - first * m, left), band, ones)
+        correlate_tiles(canvas, band, kernel, u, y[images, :, first * m:stop * m])
 
     with shared_among_threads():
         share_chunks(chunk, item_chunks(n, tiling.counts[0], tile_rows_per_chunk(tiling, max(k, f), x.itemsize)))
-    return y, v
+    return y
 
 
-def gradients(dy, v, x_shape, w, padding, m, need_dx=True):
-    """(dx or None, dw) for dy (N, F, OH, OW) of the forward of x (N, C, H, W), w (F, C,
-    r_h, r_w), whose transformed input tiles V (P, N * th * tw, C or more) it kept
-    (:func:`correlate`).
+def gradients(dy, x, w, padding, m, need_dx=True):
+    """(dx or None, dw) for dy (N, F, OH, OW) of the forward of x (N, C, H, W), w (F, C, r_h, r_w).
 
     ``dw`` in groups of tiles (:func:`tile_rows_per_group`) shared among the cores. A group's
-    dy tiles (m x m) are transformed by A on each axis, and one GEMM per point, (F, tiles) @
-    (tiles, C) with the group's slice of V, sums dw_hat over the group's tiles. The groups'
-    (P, F, C) sums are added in group order, then Gᵀ (.) G. Keeping the forward's V (2.25x
-    the input for F(4x4, 3x3), less than ``im2col``'s 9x) and reading it back costs less than
-    transforming x again: 64x32->32 28x28 forward+backward 0.49 -> 0.43x im2col's time (one
-    thread, 2-core EPYC).
+    input tiles are transformed again (V, as in the forward), and so are dy's m x m tiles, by
+    A on each axis; then one GEMM per point, (F, tiles) @ (tiles, C), sums dw_hat over the
+    group's tiles. The groups' (P, F, C) sums are added in group order, then Gᵀ (.) G.
+    Keeping the forward's V instead (2.25x the input for F(4x4, 3x3)) cost the forward the
+    writing of it to memory, and dw the reading: 64x32->32 28x28 forward 0.50 -> 0.55x
+    im2col's time, forward+backward 0.45 -> 0.42x (one thread, 2-core EPYC).
 
     ``dx`` is the correlation of dy, padded by q = r - 1 - p, with the flipped, channel-swapped
     kernel (:func:`correlate`). When its tile rows are the forward's (OH and H round up to as
     many tiles, as with "same" padding) and q >= 0, the group's dy canvas (dy padded by q)
     serves both, dw's tiles starting at q: one transposing copy of dy fewer.
     """
-    (ph, pw), (n, c), (f, _, kh, kw), dtype = padding, x_shape[:2], w.shape, dy.dtype
-    _, tiling = correlation_tiling(x_shape[2:], (kh, kw), ((ph, ph), (pw, pw)), m)
+    (ph, pw), (n, c), (f, _, kh, kw), dtype = padding, x.shape[:2], w.shape, dy.dtype
+    _, tiling = correlation_tiling(x.shape[2:], (kh, kw), ((ph, ph), (pw, pw)), m)
     q = (kh - 1 - ph, kw - 1 - pw)
     _, dx_tiling = correlation_tiling(dy.shape[2:], (kh, kw), ((q[0], q[0]), (q[1], q[1])), m)
     shared = need_dx and min(q) >= 0 and dx_tiling.counts == tiling.counts
     dy_tiling = Tiling((m, m), m, tiling.counts)
-    a_t_h, a_t_w = transforms(m, kh, dtype)[0], transforms(m, kw, dtype)[0]
+    (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = transforms(m, kh, dtype), transforms(m, kw, dtype)
     per = tile_rows_per_chunk(tiling, max(c, f), dtype.itemsize)
     groups = item_chunks(n, tiling.counts[0], tile_rows_per_group(n, per, tiling, f, c))
-    points, across = v.shape[0], tiling.counts[1]
+    points = (m + kw - 1) * (m + kh - 1)
     parts = np.empty((len(groups), points, f, c), dtype)
     flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, kh, kw)
     u_dx = filter_transform(flipped, m) if need_dx else None
-    dx = np.empty(x_shape, dtype) if shared else None
+    dx = np.empty(x.shape, dtype) if shared else None
 
     def group(index, lo, hi):
         images, first, stop = piece(lo, hi, tiling.counts[0])
-        dy_band, dx_band = dy_tiling.band(first, stop), dx_tiling.band(first, stop)
+        band, dy_band, dx_band = (t.band(first, stop) for t in (tiling, dy_tiling, dx_tiling))
         with phase("canvas"):
+            canvas = unrolled_canvas(x[images], (ph - first * m, pw), band)
             if shared:
-                dy_canvas, origin = channels_last(dy[images], (q[0] - first * m, q[1]), dx_band.extent), q
+                dy_canvas, origin = unrolled_canvas(dy[images], (q[0] - first * m, q[1]), dx_band), q
             else:
-                dy_canvas, origin = channels_last(dy[images], (-first * m, 0), dy_band.extent), (0, 0)
+                dy_canvas, origin = unrolled_canvas(dy[images], (-first * m, 0), dy_band), (0, 0)
         with phase("input transform"):
+            v = transform_tiles(canvas, band, b_t_h, b_t_w)  # (P, tiles, C)
             dy_hat = transform_tiles(dy_canvas, dy_band, a_t_h.T, a_t_w.T, origin)  # (P, tiles, F)
         with phase("GEMM dw"):
-            np.matmul(dy_hat.transpose(0, 2, 1), v[:, lo * across:hi * across, :c], out=parts[index])
+            np.matmul(dy_hat.transpose(0, 2, 1), v, out=parts[index])
         if shared:  # in chunks of the group's images, as the forward's (a group may be larger)
             for a, b in chunk_bounds(images.stop - images.start, max(1, per // tiling.counts[0])):
                 correlate_tiles(dy_canvas[a:b], dx_band, (kh, kw), u_dx,
@@ -511,7 +488,7 @@ def gradients(dy, v, x_shape, w, padding, m, need_dx=True):
         share_chunks(lambda _, lo, hi: np.sum(parts[:, lo:hi], axis=0, out=dw_hat[lo:hi]), chunk_bounds(points, 1))
         dw = filter_matrix(m, (kh, kw)).T @ dw_hat.reshape(points, -1).astype(np.float64)  # (r_h * r_w, F * C)
     if need_dx and not shared:
-        dx, _ = correlate(dy, u_dx, (kh, kw), ((q[0], q[0]), (q[1], q[1])), m)
+        dx = correlate(dy, u_dx, (kh, kw), ((q[0], q[0]), (q[1], q[1])), m)
     return dx, dw.T.reshape(w.shape).astype(dtype)
 
 
@@ -536,12 +513,11 @@ class Winograd:
         # core the chunks' second thread needs.
         (ph, pw), m = padding, settings().tile
         with single_threaded_blas():
-            y, v = correlate(x, filter_transform(with_bias(w, b), m), w.shape[2:], ((ph, ph), (pw, pw)), m,
-                             ones=True, keep=True)
-        return y, (v, x.shape, w, padding, m)
+            y = correlate(x, filter_transform(with_bias(w, b), m), w.shape[2:], ((ph, ph), (pw, pw)), m, ones=True)
+        return y, (x, w, padding, m)
 
     def backward(self, dy, cache, need_dx=True):
-        v, x_shape, w, padding, m = cache
+        x, w, padding, m = cache
         with single_threaded_blas():
-            dx, dw = gradients(dy, v, x_shape, w, padding, m, need_dx)
+            dx, dw = gradients(dy, x, w, padding, m, need_dx)
         return dx, dw, dy.sum(axis=(0, 2, 3))
