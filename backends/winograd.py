@@ -16,21 +16,21 @@ chunk's arrays are in cache, the chunks shared among the cores
 (:func:`convlab.threads.share_chunks`, BLAS single-threaded inside). Per chunk, shapes for
 x (n, C, H, W) and w (F, C, r_h, r_w):
 
-1. canvas: x copied channels-last into a zero canvas (n, Hc, Wc, C + 1) holding the padding
-   and the round-up to whole tiles (:func:`channels_last`; a negative padding crops), and a
-   channel of ones for the bias (:func:`correlate`);
-2. input transform Bᵀ d B (:func:`transform_tiles`): down, one GEMM per band of tile rows
-   (a contiguous block of the canvas, no copy); the tiles gathered point-first, copying runs
-   of C values; across, one GEMM. V (P, tiles, C), point-major: each point's (tiles, C)
-   matrix contiguous, ready for BLAS without a transposing copy;
+1. canvas: x copied to a zero canvas holding the padding and the round-up to whole tiles,
+   channels last, with the tiles' columns unrolled, (n, alpha_w, Hc, tw, C + 1), and a
+   channel of ones for the bias (:func:`unrolled_canvas`; a negative padding crops);
+2. input transform Bᵀ d B (:func:`transform_tiles`): across, one GEMM per image over the
+   unrolled window columns; down, one GEMM per tile row over a contiguous block of rows,
+   written straight into V (P, tiles, C), point-major: each point's (tiles, C) matrix
+   contiguous, ready for BLAS;
 3. the per-point GEMMs with U (P, C + 1, F), the filters transformed once per call (G g Gᵀ,
-   in float64, then cast), the bias their last row;
-4. output transform Aᵀ M A (:func:`untransform_tiles`): across and down as GEMMs, then the
-   tiles copied to a channels-last image (runs of F values) and transposed into y's
+   in float64, then cast), the bias their last row, written as (P, F, tiles);
+4. output transform Aᵀ M A (:func:`untransform_tiles`): down and across as GEMMs, giving
+   the tiles as whole output rows (u, F, n, i, j * m + v), then one copy into y
    (n, F, OH, OW) with the crop.
 
 The old whole-batch version (each stage one pass over arrays of 19 MB) took 0.6-1.4x
-im2col's time on the 3x3 layers with many channels; this one 0.3-0.6x (docs/winograd.md).
+im2col's time on the 3x3 layers with many channels; this one 0.3-0.5x (docs/winograd.md).
 
 Transforms (see :func:`transforms`) are generated, not typed in: the Cook-Toom
 construction from interpolation points, in exact rationals (``fractions``), then cast.
@@ -47,8 +47,8 @@ Backward, in the Winograd domain too:
   "filters" and ``dw`` the r x r output. With the same points its data transform is the
   forward's Bᵀ (a one-line proof: y = Aᵀ[(Gg) ⊙ (Bᵀd)] for all g, h gives
   ∑ h·y = gᵀ Gᵀ[(Ah) ⊙ (Bᵀd)], so dw_tile = Gᵀ[(A dy_tile Aᵀ) ⊙ (Bᵀ d B)]G). Per group of
-  images, V is computed again from x (cheaper than keeping the forward's V, 2.25x the input,
-  and reading it back from memory), ``dy``'s tiles are transformed by A, one GEMM per point,
+  images, V is computed again from x (keeping the forward's V instead, 2.25x the input,
+  costs the forward its writing to memory and dw its reading back), ``dy``'s tiles are transformed by A, one GEMM per point,
   (F, tiles) @ (tiles, C), sums over the group's tiles, and Gᵀ(.)G is applied once to the
   (P, F, C) sum of the groups. Exact up to float rounding, and cheaper than an F(m, r)
   correlation of x with dy.
@@ -201,7 +201,7 @@ def _tile_count(size, m):
 
 @dataclass(frozen=True)
 class Tiling:
-    """Tiles on a channels-last canvas (n, Hc, Wc, K): tile (i, j), i < counts[0],
+    """Tiles on a canvas of (Hc, Wc) pixels: tile (i, j), i < counts[0],
     j < counts[1], is the window of (rows, cols) pixels whose first pixel is at
     ``step`` * (i, j). Neighbouring tiles overlap when the window is larger than the step
     (the input tiles of F(m, r): window m + r - 1, step m)."""
