@@ -144,7 +144,10 @@ class Im2col:
         (ph, pw) = padding
         oh, ow = output_size(h, kh, stride[0], ph), output_size(width, kw, stride[1], pw)
         with phase("padding"):
-            x_padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+            x_padded = x
+            if ph or pw:  # zeros and a slice: np.pad's general machinery took 4x as long on MNIST batches
+                x_padded = np.zeros((n, c, h + 2 * ph, width + 2 * pw), dtype=x.dtype)
+                x_padded[:, :, ph:ph + h, pw:pw + width] = x
         win = windows(x_padded, (kh, kw), stride)
         k = c * kh * kw
         # The bias is one more column of the filters, against a row of ones in cols.
