@@ -127,7 +127,7 @@ class Conv2D(Layer):
     def __repr__(self):
         f, c, kh, kw = self.params["w"].shape
         return (f"Conv2D({c}, {f}, kernel_size=({kh}, {kw}), stride={self.stride}, "
-                f"padding={self.padding}, backend={self._backend!r}{', relu=True' if self.relu else ''})")
+                f"padding={self.padding}, backend={self._backend!r})")
 
 
 class ReLU(Layer):
@@ -170,9 +170,6 @@ class ReLU(Layer):
             dx = dy if self.inplace and dy.dtype == np.result_type(dy, out) else np.empty_like(out, np.result_type(dy, out))
             relu_gradient(dy, out, dx)
             return dx
-
-    def __repr__(self):
-        return "ReLU(fused into the convolution before it)" if self.fused else "ReLU()"
 
 
 class Flatten(Layer):
