@@ -92,6 +92,9 @@ ENV_TILE = "CONVLAB_WINOGRAD_TILE"
 # is mostly in cache (L2: 1 MiB a core on the 2-core AMD EPYC measured). 1 MiB against 512 KiB:
 # 64x32->32 28x28 0.50 -> 0.48x im2col's time forward, the 5x5 row 0.31 -> 0.28x, the others alike.
 CHUNK_BYTES = 1 << 20
+# Columns of one block of the float64 filter transforms (:func:`in_float64`): 36 x 2048 float64
+# values of a result, 590 KB, stay in cache until cast.
+FLOAT64_COLUMNS = 2048
 # The backward's groups of tile rows (see tile_rows_per_group): at least this many, for the cores to share.
 MIN_GROUPS = 4
 # max |got - ref| / max |ref| of y, dx, dw in float32 on random normal data, by points per axis
@@ -383,8 +386,21 @@ def filter_transform(w, m):
     """G g Gᵀ of every filter, in float64 then cast: w (F, C, r_h, r_w) -> U (alpha_h * alpha_w, C, F),
     each point's (C, F) contiguous: the right-hand operand of the per-point GEMMs."""
     f, c, rh, rw = w.shape
-    taps = w.transpose(2, 3, 1, 0).reshape(rh * rw, c * f).astype(np.float64)  # (r_h * r_w, C * F)
-    return (filter_matrix(m, (rh, rw)) @ taps).reshape(-1, c, f).astype(w.dtype)
+    u = np.empty(((m + rh - 1) * (m + rw - 1), c, f), w.dtype)
+    in_float64(filter_matrix(m, (rh, rw)), w.transpose(2, 3, 1, 0).reshape(rh * rw, c * f), u.reshape(-1, c * f))
+    return u
+
+
+def in_float64(matrix, operand, out):
+    """out (R, N) = matrix (R, K, float64) @ operand (K, N), computed in float64 and cast to
+    out's dtype, in blocks of :data:`FLOAT64_COLUMNS` columns shared among the cores.
+
+    The filter transforms (K = r_h * r_w) and dw's last one (K = P): with 128 channels, one
+    (36, 9) @ (9, 16 512) float64 product and its casts took 0.5-1 ms on one core while the
+    other waited, a quarter of a 4 ms forward on two threads (16x128->128 16x16, 2-core EPYC).
+    """
+    share_chunks(lambda _, lo, hi: np.copyto(out[:, lo:hi], matrix @ operand[:, lo:hi].astype(np.float64)),
+                 chunk_bounds(operand.shape[1], FLOAT64_COLUMNS))
 
 
 def with_bias(w, b):
@@ -508,10 +524,11 @@ def gradients(dy, x, w, padding, m, need_dx=True):
         dw_hat = np.empty((points, f, c), dtype)
         share_chunks(lambda _, lo, hi: np.sum(parts[:, lo:hi], axis=0, out=dw_hat[lo:hi]),
                      chunk_bounds(points, -(-points // 4)))
-        dw = filter_matrix(m, (kh, kw)).T @ dw_hat.reshape(points, -1).astype(np.float64)  # (r_h * r_w, F * C)
+        dw = np.empty((kh * kw, f * c), dtype)
+        in_float64(filter_matrix(m, (kh, kw)).T, dw_hat.reshape(points, -1), dw)
     if need_dx and not shared:
         dx = correlate(dy, u_dx, (kh, kw), ((q[0], q[0]), (q[1], q[1])), m)
-    return dx, dw.T.reshape(w.shape).astype(dtype), db_parts.sum(axis=0)
+    return dx, dw.T.reshape(w.shape), db_parts.sum(axis=0)
 
 
 @register_backend("winograd")
