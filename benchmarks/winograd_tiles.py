@@ -1,9 +1,10 @@
 """winograd against im2col on the many-channel layers, for each tile size m:
-``python benchmarks/winograd_tiles.py [--cpu] [--phases]``.
+``python benchmarks/winograd_tiles.py [--cpu] [--phases] [--repeat N]``.
 
 Prints, per layer, im2col's milliseconds and winograd's ratio to them for m = 2, 4, 6,
-forward / forward+backward. Default: wall time with every thread, the fastest of 7 runs
-after a warm-up, all the runs of a layer taken in turn (:func:`fastest`). ``--cpu``:
+forward / forward+backward. Default: wall time with every thread, the fastest of ``--repeat``
+(7) runs after a warm-up, all the runs of a layer taken in turn (:func:`fastest`); on a busy
+shared machine more runs give the fastest more chances to fall in a quiet moment. ``--cpu``:
 single-thread CPU time (``time.process_time``; BLAS and convlab's pool limited to one
 thread before convlab is imported), which a busy shared machine disturbs far less.
 ``--phases``: instead, where winograd's time goes on each layer (default tile): the
@@ -70,6 +71,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="single-thread CPU time instead of wall time")
     parser.add_argument("--phases", action="store_true", help="instead, winograd's time per phase")
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs of each configuration (default 7)")
     args = parser.parse_args()
     cpu = args.cpu
     # --cpu: BLAS limited before convlab.threads reads its thread count at import (its pool
@@ -102,7 +104,7 @@ def main():
             for d in (None, dy):
                 run = conv_pass(backend, x, w, b, stride, padding, d)
                 runs.append(run if m is None else with_tile(m, run))
-        best = fastest(runs, clock)
+        best = fastest(runs, clock, max(1, args.repeat))
         times = {config: best[2 * i:2 * i + 2] for i, config in enumerate(configs)}
         base = times["im2col", None]
         cells = [f"{base[0] * 1e3:7.1f} /{base[1] * 1e3:7.1f}"] + [
