@@ -17,10 +17,10 @@ chunk's arrays are in cache, the chunks shared among the cores
 x (n, C, H, W) and w (F, C, r_h, r_w):
 
 1. canvas: x copied to a zero canvas holding the padding and the round-up to whole tiles,
-   channels last, with the tiles' columns unrolled, (n, alpha_w, Hc, tw, C + 1), and a
+   channels last, with the tiles' columns unrolled, (alpha_w, Hc, n, tw, C + 1), and a
    channel of ones for the bias (:func:`unrolled_canvas`; a negative padding crops);
-2. input transform Bᵀ d B (:func:`transform_tiles`): across, one GEMM per image over the
-   unrolled window columns; down, one GEMM per tile row over a contiguous block of rows,
+2. input transform Bᵀ d B (:func:`transform_tiles`): across, one GEMM over the unrolled
+   window columns; down, one GEMM per (b, tile row) over a contiguous block of rows,
    written straight into V (P, tiles, C), point-major: each point's (tiles, C) matrix
    contiguous, ready for BLAS;
 3. the per-point GEMMs with U (P, C + 1, F), the filters transformed once per call (G g Gᵀ,
