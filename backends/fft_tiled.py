@@ -59,8 +59,10 @@ from convlab.registry import register_backend
 
 TILE_SIZES = (8, 16, 32, 64, 128)
 ENV_TILE = "CONVLAB_FFT_TILE"
-# Grid points of a block of tile rows (see rows_per_tile): about an L2 cache's worth.
+# Grid points of a block of tile rows (see block_rows): about an L2 cache's worth, twice
+# that from MANY_PRODUCTS = C x F on.
 BLOCK_POINTS = fftw.TILE_POINTS
+MANY_PRODUCTS = 256
 # Nanoseconds in estimated_cost (one thread, 2-core AMD EPYC Zen 4, FFTW 3.3.5), from
 # per-phase timings of the big-image shapes (benchmarks/fft_tiled_phases.py): a point of a
 # tile transform (r2c or c2r, batched, bin-major spectra) costs TRANSFORM_NS times
@@ -78,6 +80,17 @@ PARTIAL_ADD_NS = 0.5
 RUN_NS = 10.0
 # The longest tile side the cost model may choose (see tile_size_for).
 MAX_AUTO_SIDE = 64
+
+
+def block_rows(across, c, f, tile) -> int:
+    """Tile rows (``across`` tiles of (Th, Tw) each) per block of work: about
+    :data:`BLOCK_POINTS` grid points of the larger side's planes, twice that with many
+    channels. Why: each block adds a (bins, 2C, 2F) partial sum of dw, which with 16 -> 16
+    channels outweighed the cache: 128 x 128, k = 5 and 9, ran 7-18 % faster in blocks of
+    2^19 points than 2^18, while 3 -> 16 channels on 224 x 224 ran 7-22 % slower (one
+    thread, interleaved, shared machine)."""
+    points = BLOCK_POINTS * (2 if c * f >= MANY_PRODUCTS else 1)
+    return rows_per_tile(across * max(c, f), tile, points)
 
 
 def tile_setting(value, source) -> int | None:
@@ -98,7 +111,7 @@ def estimated_cost(tile, out_shape, kernel, c, f) -> float:
     per_point = (cost_per_point(th) + cost_per_point(tw)) / 2 * (1 + points / CACHE_POINTS)
     transforms = tiles * 2 * (c + f) * points * per_point * TRANSFORM_NS
     products = tiles * bins * 12 * c * f * MAC_NS
-    blocks = rows / rows_per_tile(across * max(c, f), tile, BLOCK_POINTS)
+    blocks = rows / block_rows(across, c, f, tile)
     per_block = blocks * bins * (3 * BIN_CALL_NS + 4 * c * f * PARTIAL_ADD_NS)
     runs = (2 * f * out_shape[0] + 2 * c * rows * th) * across  # y, dy; x, dx
     return transforms + products + per_block + runs * RUN_NS
@@ -257,7 +270,7 @@ class FFTTiled:
                     image, top = tiling.where(row)
                     paste_corners(y[image, :, top:top + mh], outputs[i], mw)
 
-        run_tiles(block, len(order), rows_per_tile(cw * max(c, f), grid, BLOCK_POINTS))
+        run_tiles(block, len(order), block_rows(cw, c, f, grid))
         with phase("exact bias"):
             snap_to_bias(y, b, zero_windows(x, (kh, kw), padding))  # exact where a direct method is
         with phase("kernel spectra"):
@@ -288,7 +301,9 @@ class FFTTiled:
             with phase("dy tiles"):
                 for i, row in enumerate(order[lo:hi]):
                     image, top = tiling.where(row)
-                    cut_into_corners(tiles[i], dy[image, :, top:top + mh], tiling.m)
+                    # Read in one stream first: cut straight from dy (out of cache), its
+                    # scattered short runs were read at a third of the speed.
+                    cut_into_corners(tiles[i], np.array(dy[image, :, top:top + mh]), tiling.m)
             with phase("dy FFTs"):
                 plan.execute()
             with phase("db"):
@@ -312,7 +327,7 @@ class FFTTiled:
 
         # Overlap-add: tile rows less than T apart overlap, so the rows of one phase run
         # together, and the phases one after another (without dx, all rows at once).
-        per_block = rows_per_tile(cw * max(c, f), grid, BLOCK_POINTS)
+        per_block = block_rows(cw, c, f, grid)
         for start, end in tiling.phase_bounds if need_dx else [(0, len(order))]:
             first = dw_sum.expected
             run_tiles(lambda index, lo, hi, slot, first=first, start=start:
