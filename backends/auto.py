@@ -166,6 +166,7 @@ class Auto:
     """Times the other backends once per shape (forward+backward) and uses the fastest."""
 
     limits = "whatever one of the backends it times supports"
+    fuses_relu = True  # handed to the pick, which fuses it or has it applied after
 
     def supports(self, x_shape, w_shape, stride, padding):
         if candidates(x_shape, w_shape, stride, padding):
@@ -193,16 +194,16 @@ class Auto:
             self._picks[problem.key] = self._stored_pick(problem.key) or self._timed_pick(problem, x, w)
         return self._picks[problem.key]
 
-    def forward(self, x, w, b, stride, padding):
+    def forward(self, x, w, b, stride, padding, relu=False):
         problem = Problem.of(x, w, stride, padding)
         chosen = get_backend(self.pick(x, w, stride, padding, self._need_dx.get(problem, True)))
-        y, cache = chosen.impl.forward(x, w, b, stride, padding)
+        y, cache = chosen.unchecked_forward(x, w, b, stride, padding, relu)
         return y, (chosen, cache, problem)
 
     def backward(self, dy, cache, need_dx=True):
         chosen, chosen_cache, problem = cache
         self._need_dx[problem] = self._need_dx.get(problem, False) or need_dx
-        return chosen.impl.backward(dy, chosen_cache, need_dx)
+        return chosen.unchecked_backward(dy, chosen_cache, need_dx)
 
     def stored(self) -> dict[str, dict]:
         """{key: entry} of the valid entries in the cache file (see the module doc)."""

@@ -32,6 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from convlab.checks import output_size
 from convlab.profile import phase, shared_among_threads
 from convlab.registry import register_backend
+from convlab.relu import relu_block, relu_gradient_block
 from convlab.threads import chunk_bounds, share_chunks
 
 # dw products with at most this many outputs ((k + 1) * F) per image are formed as dy @ cols.T.
@@ -130,7 +131,11 @@ def images_per_chunk(k, f, pixels, itemsize):
 class Im2col:
     """Image windows unrolled into a matrix, one GEMM per image, in cache-sized chunks shared among the cores."""
 
-    def forward(self, x, w, b, stride, padding):
+    # A ReLU after the layer is applied to each chunk's output right after its GEMM, and its
+    # gradient to each chunk of dy before the chunk's products, while both are in cache.
+    fuses_relu = True
+
+    def forward(self, x, w, b, stride, padding, relu=False):
         n, c, h, width = x.shape
         f, _, kh, kw = w.shape
         (ph, pw) = padding
@@ -144,6 +149,8 @@ class Im2col:
         cols = np.empty((n, k + 1, oh * ow), dtype=x.dtype)  # kept for the backward
         y = np.empty((n, f, oh, ow), dtype=x.dtype)
         y_mat = y.reshape(n, f, oh * ow)
+        chunks = chunk_bounds(n, images_per_chunk(k, f, oh * ow, x.itemsize))
+        zeros = np.zeros((chunks[0][1], f, oh * ow), dtype=x.dtype) if relu else None
 
         def chunk(_, lo, hi):
             with phase("unroll"):
@@ -151,17 +158,19 @@ class Im2col:
                 cols[lo:hi, k] = 1
             with phase("GEMM"):
                 np.matmul(w_aug, cols[lo:hi], out=y_mat[lo:hi])
+            if relu:
+                with phase("ReLU"):
+                    relu_block(y_mat[lo:hi], zeros, y_mat[lo:hi])
 
         with shared_among_threads():
-            share_chunks(chunk, chunk_bounds(n, images_per_chunk(k, f, oh * ow, x.itemsize)))
-        return y, (cols, w, x_padded.shape, stride, padding)
+            share_chunks(chunk, chunks)
+        return y, (cols, w, x_padded.shape, stride, padding, y if relu else None)
 
     def backward(self, dy, cache, need_dx=True):
-        cols, w, x_padded_shape, stride, padding = cache
+        cols, w, x_padded_shape, stride, padding, relu_output = cache
         n, f, oh, ow = dy.shape
         kernel = w.shape[2:]
         k = cols.shape[1] - 1
-        dy_mat = dy.reshape(n, f, oh * ow)
         chunks = chunk_bounds(n, images_per_chunk(k, f, oh * ow, dy.itemsize))
         # Per chunk, cols @ dy.T: (k + 1, F), dw.T with db as its last row (the row of ones).
         parts = np.empty((len(chunks), k + 1, f), dtype=dy.dtype)
@@ -177,30 +186,36 @@ class Im2col:
         wp = x_padded_shape[3]
 
         def chunk(index, lo, hi):
+            dy_chunk = dy[lo:hi]
+            if relu_output is not None:
+                with phase("ReLU"):
+                    dy_chunk = np.empty_like(dy_chunk)
+                    relu_gradient_block(dy[lo:hi], relu_output[lo:hi], dy_chunk)
+            dy_chunk_mat = dy_chunk.reshape(hi - lo, f, oh * ow)
             with phase("GEMM dw"):
                 if small_dw:
                     # dy @ cols.T, (F, k + 1) per image: for small products OpenBLAS does
                     # better with the transposed operand than with a copy of dy first.
-                    np.matmul(dy_mat[lo:hi], cols[lo:hi].transpose(0, 2, 1)).sum(axis=0, out=parts[index].T)
+                    np.matmul(dy_chunk_mat, cols[lo:hi].transpose(0, 2, 1)).sum(axis=0, out=parts[index].T)
                 else:
                     # dy's chunk transposed first: OpenBLAS packs a transposed operand of these
                     # sizes slowly, and the copy of a chunk in cache costs less than it saves.
                     dy_t = np.empty((hi - lo, oh * ow, f), dtype=dy.dtype)
-                    np.copyto(dy_t, dy_mat[lo:hi].transpose(0, 2, 1))
+                    np.copyto(dy_t, dy_chunk_mat.transpose(0, 2, 1))
                     np.matmul(cols[lo:hi], dy_t).sum(axis=0, out=parts[index])
             if not need_dx:
                 return
             if wide and rows_folded:
                 with phase("GEMM dx"):
-                    input_gradient_rows(dy[lo:hi], w, dx_padded[lo:hi])
+                    input_gradient_rows(dy_chunk, w, dx_padded[lo:hi])
                 return
             with phase("GEMM dx"):
                 if wide:
                     dy_wide = np.zeros((hi - lo, f, oh, wp), dtype=dy.dtype)
-                    dy_wide[..., :ow] = dy[lo:hi]
+                    dy_wide[..., :ow] = dy_chunk
                     dcols = np.matmul(w_cols, dy_wide.reshape(hi - lo, f, oh * wp))
                 else:
-                    dcols = np.matmul(w_cols, dy_mat[lo:hi])
+                    dcols = np.matmul(w_cols, dy_chunk_mat)
             with phase("col2im"):
                 if wide:
                     col2im_rows(dcols, dx_padded[lo:hi], kernel, oh)

@@ -12,6 +12,7 @@ import numpy as np
 from convlab.checks import FLOAT_DTYPES, as_pair
 from convlab.profile import phase
 from convlab.registry import get_backend
+from convlab.relu import relu, relu_gradient
 from convlab.threads import chunk_bounds, share_chunks, worker_count
 
 
@@ -36,11 +37,6 @@ def _kept(saved, layer):
                          f"(outside forward_only(), which keeps nothing), then backward(dy) with dy shaped like "
                          f"its output")
     return saved
-
-
-def _at_least_1d(a):
-    """``a``, or a one-element view of it if it is 0-d (blocks are cut along axis 0)."""
-    return a.reshape(1) if a.ndim == 0 else a
 
 
 def _rng(seed_or_rng) -> np.random.Generator:
@@ -73,10 +69,18 @@ class Conv2D(Layer):
     backend. ``layer.backend`` can be reassigned at any time, even between a forward
     and its backward (the backward uses the backend that ran the forward).
     Weights: He-normal, from ``rng`` (a seed or a ``numpy.random.Generator``).
+
+    ``relu=True`` makes the output max(conv(x) + b, 0), with the ReLU's gradient applied
+    to dy in the backward: the layer and a following ReLU in one (as cuDNN's and oneDNN's
+    fused convolution-activation). A backend that can (``fuses_relu``, e.g. ``im2col``)
+    applies it chunk by chunk while its output is in cache, others after the whole pass
+    (:meth:`convlab.registry.Backend.forward`). :class:`convlab.Sequential` sets it where a
+    ``ReLU`` follows. The output must then stay as it is until the backward (the backward
+    reads where it is positive), as a ReLU's would.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 backend=None, rng=None, dtype=np.float32):
+                 backend=None, rng=None, dtype=np.float32, relu=False):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -91,6 +95,7 @@ class Conv2D(Layer):
         self.stride = as_pair(stride, "stride", 1)
         self.padding = as_pair(padding, "padding", 0)
         self.backend = backend
+        self.relu = bool(relu)
         fan_in = in_channels * kh * kw
         self.params["w"] = (_rng(rng).standard_normal((out_channels, in_channels, kh, kw))
                             * np.sqrt(2.0 / fan_in)).astype(dtype)
@@ -110,7 +115,7 @@ class Conv2D(Layer):
 
     def forward(self, x):
         backend = get_backend(self._backend)
-        y, cache = backend.forward(x, self.params["w"], self.params["b"], self.stride, self.padding)
+        y, cache = backend.forward(x, self.params["w"], self.params["b"], self.stride, self.padding, relu=self.relu)
         self._cache = None if _forward_only.get() else (backend, cache)
         return y
 
@@ -122,7 +127,7 @@ class Conv2D(Layer):
     def __repr__(self):
         f, c, kh, kw = self.params["w"].shape
         return (f"Conv2D({c}, {f}, kernel_size=({kh}, {kw}), stride={self.stride}, "
-                f"padding={self.padding}, backend={self._backend!r})")
+                f"padding={self.padding}, backend={self._backend!r}{', relu=True' if self.relu else ''})")
 
 
 class ReLU(Layer):
@@ -130,50 +135,44 @@ class ReLU(Layer):
 
     ``inplace=True`` (like ``torch.nn.ReLU(inplace=True)``) writes the forward's result
     over x and the backward's over dy: no new 4.7 MB array each way on the MNIST layer's
-    output. :class:`convlab.Sequential` sets it on a ReLU that follows a ``Conv2D`` or a
-    ``Dense``, whose outputs nothing else keeps (a convolution backend's cache never holds
-    its y: see :class:`convlab.registry.Backend`).
+    output. :class:`convlab.Sequential` sets it on a ReLU that follows a ``Dense``, whose
+    output nothing else keeps. A ReLU that follows a ``Conv2D`` is *fused* into it instead
+    (``fused=True``, set by ``Sequential`` with the convolution's ``relu``): the convolution
+    applies it chunk by chunk while its output is still in cache, and this layer passes x
+    and dy through untouched.
 
     The backward needs only where the output is positive, so the forward keeps its output
     (no separate mask is written) and the backward multiplies dy by ``output > 0`` block by
-    block. Both passes run in blocks of images of about ``BLOCK_BYTES`` shared among the
-    cores (:mod:`convlab.threads`). ``np.maximum`` against a block of zeros, not the scalar
-    0: numpy's maximum broadcasting a scalar took 3x as long (0.035 against 0.012 ms on four
-    24x24x32 images, AMD EPYC, numpy 2.4), as long as the mask-and-multiply it replaces.
+    block. Both passes run in blocks of images shared among the cores (:mod:`convlab.relu`).
     """
-
-    BLOCK_BYTES = 1 << 18
 
     def __init__(self, inplace=False):
         super().__init__()
         self.inplace = inplace
+        self.fused = False
         self._output = None
-        self._zeros = np.zeros(0)
+        self._zeros = None
 
     def forward(self, x):
+        if self.fused:
+            return x
         with phase("ReLU"):
             out = x if self.inplace else np.empty_like(x)
-            x_, out_ = _at_least_1d(x), _at_least_1d(out)
-            blocks = self._blocks(x_)
-            rows = max(hi - lo for lo, hi in blocks)
-            if self._zeros.shape != (rows,) + x_.shape[1:] or self._zeros.dtype != x.dtype:
-                self._zeros = np.zeros((rows,) + x_.shape[1:], x.dtype)  # the same block, step after step
-            zeros = self._zeros
-            share_chunks(lambda _, lo, hi: np.maximum(x_[lo:hi], zeros[:hi - lo], out=out_[lo:hi]), blocks)
+            self._zeros = relu(x, out, self._zeros)
         self._output = None if _forward_only.get() else out
         return out
 
     def backward(self, dy, need_dx=True):
+        if self.fused:
+            return dy
         out = _kept(self._output, self)
         with phase("ReLU"):
             dx = dy if self.inplace and dy.dtype == np.result_type(dy, out) else np.empty_like(out, np.result_type(dy, out))
-            dy_, out_, dx_ = (_at_least_1d(a) for a in (dy, out, dx))
-            share_chunks(lambda _, lo, hi: np.multiply(dy_[lo:hi], out_[lo:hi] > 0, out=dx_[lo:hi]), self._blocks(dy_))
+            relu_gradient(dy, out, dx)
             return dx
 
-    def _blocks(self, a):
-        """(lo, hi) blocks of a's first axis of about BLOCK_BYTES each."""
-        return chunk_bounds(len(a), max(1, self.BLOCK_BYTES // max(1, a[:1].nbytes)))
+    def __repr__(self):
+        return "ReLU(fused into the convolution before it)" if self.fused else "ReLU()"
 
 
 class Flatten(Layer):
@@ -195,9 +194,10 @@ class Dense(Layer):
     in each: OpenBLAS's own threads, idle, spin for a while after each product and hold a
     core the convolution's threads then wait for. ``dw`` sums one partial product per
     block of ``DW_ROWS`` rows, in order, so it does not depend on the number of threads.
-    A batch of 64 is two blocks, which :func:`~convlab.threads.share_chunks` runs in the
-    calling thread (``MIN_CHUNKS_TO_SHARE``): on the reference network the dense products
-    are memory-bound and took longer on two threads than on one (0.96 against 0.72 ms).
+    A batch of 64 is one forward block and two backward blocks, which
+    :func:`~convlab.threads.share_chunks` runs in the calling thread (``MIN_CHUNKS_TO_SHARE``):
+    on the reference network the dense products are memory-bound and took longer on two
+    threads than on one (0.96 against 0.72 ms).
     """
 
     # Rows of the batch per block, the same whatever the number of threads (so are the
@@ -205,7 +205,15 @@ class Dense(Layer):
     # in cache), blocks of 32 rows cost about 10 % more than one piece (dy @ w.T: 1.6 against
     # 1.4 ms), and let two threads share the work; blocks of 4, fastest on arrays still in
     # cache, took 2.3-2.9 ms there.
-    ROWS = DX_ROWS = DW_ROWS = 32
+    DX_ROWS = DW_ROWS = 32
+    # The forward's x @ w, per block of ROWS rows, is a sum of products over K_BLOCK features
+    # at a time (rows of w), added in order. In real training steps of the reference network
+    # (one core, AMD EPYC, medians of 450 steps) x (64, 18432) @ w (18432, 10) took 0.50 ms
+    # so, against 0.75 ms in one product and 0.83-0.89 ms in blocks of 32 rows; K blocks of
+    # 576 took 0.56 ms, of 2304 0.83 ms. (One plausible reading: a (64, 1152) slice of x is
+    # 295 KB, which OpenBLAS packs while it is still in L2.)
+    ROWS = 64
+    K_BLOCK = 1152
 
     def __init__(self, in_features, out_features, rng=None, dtype=np.float32):
         super().__init__()
@@ -215,7 +223,17 @@ class Dense(Layer):
 
     def forward(self, x):
         self._x = None if _forward_only.get() else x
-        return self._rows_times(x, self.params["w"], self.ROWS, "GEMM") + self.params["b"]
+        w, k = self.params["w"], self.K_BLOCK
+        out = np.empty((x.shape[0], w.shape[1]), dtype=np.result_type(x, w))
+
+        def rows(_, lo, hi):
+            np.matmul(x[lo:hi, :k], w[:k], out=out[lo:hi])
+            for start in range(k, w.shape[0], k):
+                out[lo:hi] += x[lo:hi, start:start + k] @ w[start:start + k]
+
+        with phase("GEMM"):
+            share_chunks(rows, chunk_bounds(len(x), self.ROWS))
+        return out + self.params["b"]
 
     def backward(self, dy, need_dx=True):
         x = _kept(getattr(self, "_x", None), self)

@@ -12,7 +12,21 @@ A backend is any object with a ``forward`` and a ``backward``::
 It computes the cross-correlation of ``torch.nn.functional.conv2d``: zero padding,
 ``OH = (H + 2*ph - kh) // sh + 1``. Arrays keep their dtype (float32 or float64).
 The cache may keep x or anything computed from it, but not y itself: y belongs to the
-caller, and in a network the ReLU after the convolution overwrites it in place.
+caller, who may overwrite it.
+
+A backend may also apply a ReLU to its output itself, chunk by chunk while the output is
+still in cache (as cuDNN's and oneDNN's fused convolution-activation)::
+
+    fuses_relu = True
+    forward(x, w, b, stride, padding, relu=False) -> (y, cache)
+        with relu, y = max(conv(x) + b, 0); the cache may then keep y, which the caller
+        leaves as it is until the backward
+    backward(dy, cache, need_dx=True)
+        after a forward with relu, dy is the gradient of the ReLU's output: the backend
+        first keeps it only where y > 0
+
+For any other backend :meth:`Backend.forward` with ``relu=True`` applies the ReLU after
+the whole pass, and :meth:`Backend.backward` its gradient before (:mod:`convlab.relu`).
 
 A backend that cannot do every problem (Winograd: stride 1 and the kernel sizes it has
 transforms for) also has::
@@ -42,6 +56,8 @@ from importlib.metadata import entry_points
 import numpy as np
 
 from convlab.checks import as_pair, check_backward_inputs, check_forward_inputs
+from convlab.profile import phase
+from convlab import relu as relu_passes
 
 ENTRY_POINT_GROUP = "convlab.backends"
 
@@ -66,6 +82,7 @@ class Backend:
         doc = (getattr(impl, "description", None) or impl.__doc__ or "").strip()
         self.description = doc.splitlines()[0] if doc else ""
         self.limits = getattr(impl, "limits", None) or "any problem"
+        self.fuses_relu = bool(getattr(impl, "fuses_relu", False))
 
     def supports(self, x_shape, w_shape, stride=1, padding=0) -> str | None:
         """None if this backend can compute the convolution of an ``x_shape``
@@ -88,12 +105,13 @@ class Backend:
             f"; try {able[0]}" if able else "")
         raise Unsupported(f"backend {self.name!r} does not support {reason}{hint}")
 
-    def forward(self, x, w, b=None, stride=1, padding=0):
+    def forward(self, x, w, b=None, stride=1, padding=0, relu=False):
         """Checked forward: ``x`` (N, C, H, W), ``w`` (F, C, kh, kw), ``b`` (F,) or None.
+        ``relu=True``: the output is max(conv + b, 0) (see the module doc).
         Raises :class:`Unsupported` for a problem this backend cannot compute."""
         x, w, b, stride, padding = check_forward_inputs(x, w, b, stride, padding)
         self.check_supported(x.shape, w.shape, stride, padding)
-        y, cache = self.impl.forward(x, w, b, stride, padding)
+        y, cache = self.unchecked_forward(x, w, b, stride, padding, relu)
         return y, _CheckedCache(y.shape, y.dtype, cache)
 
     def backward(self, dy, cache, need_dx=True):
@@ -101,10 +119,40 @@ class Backend:
         if not isinstance(cache, _CheckedCache):
             raise ValueError(f"cache must be the second value returned by {self.name}.forward")
         dy = check_backward_inputs(dy, cache.y_shape, cache.y_dtype)
-        return self.impl.backward(dy, cache.impl_cache, need_dx)
+        return self.unchecked_backward(dy, cache.impl_cache, need_dx)
+
+    def unchecked_forward(self, x, w, b, stride, padding, relu=False):
+        """The implementation's forward on inputs already checked, with the ReLU fused when
+        it can, else applied after the pass (then the cache keeps y for the backward)."""
+        if not relu:
+            return self.impl.forward(x, w, b, stride, padding)
+        if self.fuses_relu:
+            return self.impl.forward(x, w, b, stride, padding, relu=True)
+        y, cache = self.impl.forward(x, w, b, stride, padding)
+        with phase("ReLU"):
+            relu_passes.relu(y, y)
+        return y, _ReluApplied(y, cache)
+
+    def unchecked_backward(self, dy, cache, need_dx=True):
+        """The backward of :meth:`unchecked_forward`, for its cache."""
+        if isinstance(cache, _ReluApplied):
+            with phase("ReLU"):
+                dy_kept = np.empty_like(dy)
+                relu_passes.relu_gradient(dy, cache.y, dy_kept)
+            dy, cache = dy_kept, cache.impl_cache
+        return self.impl.backward(dy, cache, need_dx)
 
     def __repr__(self):
         return f"<convlab backend {self.name!r}: {self.description}>"
+
+
+class _ReluApplied:
+    """The cache of a forward whose ReLU was applied after the backend's pass."""
+    __slots__ = ("y", "impl_cache")
+
+    def __init__(self, y, impl_cache):
+        self.y = y
+        self.impl_cache = impl_cache
 
 
 class _CheckedCache:

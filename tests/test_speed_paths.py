@@ -70,11 +70,42 @@ def test_an_inplace_relu_overwrites_x_and_dy_with_the_same_results():
     np.testing.assert_array_equal(dx_ref, dy * (x > 0))
 
 
-def test_a_network_sets_inplace_only_after_layers_that_keep_no_output():
+def test_a_network_fuses_a_relu_after_a_convolution_and_runs_one_after_a_dense_in_place():
     rng = np.random.default_rng(0)
     model = convlab.Sequential(convlab.Conv2D(1, 2, 3, rng=rng), ReLU(), MaxPool2D(2), ReLU(), Flatten(),
                                Dense(2 * 3 * 3, 4, rng=rng), ReLU())
-    assert [layer.inplace for layer in model.layers if isinstance(layer, ReLU)] == [True, False, True]
+    relus = [layer for layer in model.layers if isinstance(layer, ReLU)]
+    assert [(relu.fused, relu.inplace) for relu in relus] == [(True, False), (False, False), (False, True)]
+    assert model.layers[0].relu and "relu=True" in repr(model.layers[0]) and "fused" in repr(relus[0])
+
+
+# (x shape, w shape, padding): im2col's small-dw path, its transposed-dy dw path (the
+# reference layer's), its kernel-row dx path (kw >= 5, C*kh >= F).
+FUSED_RELU_SHAPES = [((5, 2, 7, 6), (3, 2, 3, 3), 1), ((3, 1, 12, 11), (32, 1, 7, 7), 1),
+                     ((3, 4, 9, 10), (8, 4, 5, 5), 2)]
+
+
+@pytest.mark.parametrize("backend", convlab.list_backends())
+@pytest.mark.parametrize("x_shape, w_shape, padding", FUSED_RELU_SHAPES)
+def test_a_fused_relu_gives_what_the_relu_layer_after_the_convolution_gives(backend, x_shape, w_shape, padding):
+    """Fused (im2col, auto's pick) or applied around the pass by the registry: the same
+    y, dx, dw and db as the convolution and a separate ReLU, in float64."""
+    chosen = convlab.get_backend(backend)
+    if chosen.supports(x_shape, w_shape, 1, padding) is not None:
+        pytest.skip(f"{backend} does not support this shape")
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
+    oracle = convlab.get_backend("naive")
+    y_ref, cache = oracle.forward(x, w, b, 1, padding)
+    dy = rng.standard_normal(y_ref.shape)
+    relu = ReLU()
+    y_ref = relu.forward(y_ref)
+    dx_ref, dw_ref, db_ref = oracle.backward(relu.backward(dy), cache)
+    y, cache = chosen.forward(x, w, b, 1, padding, relu=True)
+    dx, dw, db = chosen.backward(dy.copy(), cache)
+    for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref), (db, db_ref)):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    assert (y >= 0).all()
 
 
 def test_an_epoch_gathers_batches_without_copying_the_data_set():
