@@ -168,10 +168,10 @@ class Tiling:
         ends = np.cumsum([len(group) for group in groups])
         self.phase_bounds = [(int(end) - len(group), int(end)) for end, group in zip(ends, groups) if len(group)]
 
-    def where(self, row):
-        """(image, first output row) of a tile row."""
-        image, t = divmod(int(row), self.count[0])
-        return image, t * self.m[0]
+    def places(self, lo, hi):
+        """(i, image, first output row) of the tile rows ``order[lo:hi]``, i counted from 0."""
+        return [(i, int(row) // self.count[0], int(row) % self.count[0] * self.m[0])
+                for i, row in enumerate(self.order[lo:hi])]
 
 
 def as_real(spectra):
@@ -248,8 +248,7 @@ class FFTTiled:
             plan.region = None  # every place is written
             tiles = plan.input.reshape(hi - lo, cw, c, th, tw)
             with phase("x tiles"):
-                for i, row in enumerate(order[lo:hi]):
-                    image, top = tiling.where(row)
+                for i, image, top in tiling.places(lo, hi):
                     band = window(x, image, top - ph, -pw, th, band_width)               # (C, Th, band)
                     s0, s1, s2 = band.strides
                     tiles[i] = as_strided(band, (cw, c, th, tw), (mw * s2, s0, s1, s2))
@@ -266,8 +265,7 @@ class FFTTiled:
                 inverse.execute()
             outputs = inverse.fftw.output_array.reshape(hi - lo, cw, f, th, tw)
             with phase("y paste"):
-                for i, row in enumerate(order[lo:hi]):
-                    image, top = tiling.where(row)
+                for i, image, top in tiling.places(lo, hi):
                     paste_corners(y[image, :, top:top + mh], outputs[i], mw)
 
         run_tiles(block, len(order), block_rows(cw, c, f, grid))
@@ -299,8 +297,7 @@ class FFTTiled:
                 plan.region = region
             tiles = plan.input.reshape(hi - lo, cw, f, th, tw)
             with phase("dy tiles"):
-                for i, row in enumerate(order[lo:hi]):
-                    image, top = tiling.where(row)
+                for i, image, top in tiling.places(lo, hi):
                     # Read in one stream first: cut straight from dy (out of cache), its
                     # scattered short runs were read at a third of the speed.
                     cut_into_corners(tiles[i], np.array(dy[image, :, top:top + mh]), tiling.m)
@@ -321,8 +318,7 @@ class FFTTiled:
                 inverse.execute()
             full = inverse.fftw.output_array.reshape(hi - lo, cw, c, th, tw)
             with phase("dx overlap-add"):
-                for i, row in enumerate(order[lo:hi]):
-                    image, top = tiling.where(row)
+                for i, image, top in tiling.places(lo, hi):
                     add_tiles(dx[image], full[i], top - ph, -pw, tiling.m[1])
 
         # Overlap-add: tile rows less than T apart overlap, so the rows of one phase run
