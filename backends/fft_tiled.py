@@ -59,10 +59,8 @@ from convlab.registry import register_backend
 
 TILE_SIZES = (8, 16, 32, 64, 128)
 ENV_TILE = "CONVLAB_FFT_TILE"
-# Grid points of a block of tile rows (see block_rows): about an L2 cache's worth, twice
-# that from MANY_PRODUCTS = C x F on.
+# Grid points of a block of tile rows (see block_rows): about an L2 cache's worth.
 BLOCK_POINTS = fftw.TILE_POINTS
-MANY_PRODUCTS = 256
 # Nanoseconds in estimated_cost (one thread, 2-core AMD EPYC Zen 4, FFTW 3.3.5), from
 # per-phase timings of the big-image shapes (benchmarks/fft_tiled_phases.py): a point of a
 # tile transform (r2c or c2r, batched, bin-major spectra) costs TRANSFORM_NS times
@@ -84,13 +82,10 @@ MAX_AUTO_SIDE = 64
 
 def block_rows(across, c, f, tile) -> int:
     """Tile rows (``across`` tiles of (Th, Tw) each) per block of work: about
-    :data:`BLOCK_POINTS` grid points of the larger side's planes, twice that with many
-    channels. Why: each block adds a (bins, 2C, 2F) partial sum of dw, which with 16 -> 16
-    channels outweighed the cache: 128 x 128, k = 5 and 9, ran 7-18 % faster in blocks of
-    2^19 points than 2^18, while 3 -> 16 channels on 224 x 224 ran 7-22 % slower (one
-    thread, interleaved, shared machine)."""
-    points = BLOCK_POINTS * (2 if c * f >= MANY_PRODUCTS else 1)
-    return rows_per_tile(across * max(c, f), tile, points)
+    :data:`BLOCK_POINTS` grid points of the larger side's planes. (Blocks of twice that
+    were 7-22 % slower with 3 -> 16 channels on 224 x 224, and within the noise, -5 to
+    +18 %, with 16 -> 16 on 128 x 128; one thread, interleaved, shared machine.)"""
+    return rows_per_tile(across * max(c, f), tile, BLOCK_POINTS)
 
 
 def tile_setting(value, source) -> int | None:
