@@ -147,9 +147,8 @@ class Tiling:
 
     Tile rows (all tiles at one height of one image) are numbered ``image * count[0] +
     row`` and handled in ``order``: grouped by overlap-add phase (row mod ``phases``, see
-    :meth:`FFTTiled.backward`), ``phase_bounds`` (start, end) in that order. The forward
-    keeps the tiles' spectra in this order too, so that each block of the backward reads
-    one contiguous slice of them."""
+    :meth:`FFTTiled.backward`), ``phase_bounds`` (start, end) in that order, in blocks
+    (:meth:`run`)."""
 
     def __init__(self, tile, kernel, out, padding, n):
         self.tile, self.kernel, self.out, self.padding = tile, kernel, out, padding
@@ -162,6 +161,18 @@ class Tiling:
         self.order = np.concatenate(groups)
         ends = np.cumsum([len(group) for group in groups])
         self.phase_bounds = [(int(end) - len(group), int(end)) for end, group in zip(ends, groups) if len(group)]
+
+    def run(self, work, per_block):
+        """``work(number, lo, hi, slot)`` for the blocks of at most ``per_block`` tile rows
+        ``order[lo:hi]``, numbered from 0 in order: the blocks of one phase shared among
+        threads (:func:`convlab.fftw.run_tiles`), the phases one after another. The forward
+        and the backward cut the same blocks, so the backward finds the forward's spectra of
+        its block under the block's number."""
+        first = 0
+        for start, end in self.phase_bounds:
+            run_tiles(lambda index, lo, hi, slot, first=first, start=start:
+                      work(first + index, start + lo, start + hi, slot), end - start, per_block)
+            first += math.ceil((end - start) / per_block)
 
     def places(self, lo, hi):
         """(i, image, first output row) of the tile rows ``order[lo:hi]``, i counted from 0."""
@@ -227,17 +238,18 @@ class FFTTiled:
         tiling = self.tiling(x.shape, w.shape, padding)
         grid, (mh, mw), (_, cw), (oh, ow) = tiling.tile, tiling.m, tiling.count, tiling.out
         (th, tw), (ph, pw) = grid, padding
-        bins, order = tiling.bins, tiling.order
+        bins = tiling.bins
         # Kernel spectra with the inverse transform's 1/(Th Tw), in real form (see real_form):
         # W* as (C, F) per bin for the forward, W as (F, C) kept for dx.
         with phase("kernel spectra"):
             w_spec = fftw.rfft2(w, slice(0, kh), slice(0, kw), grid) * (1.0 / (th * tw))  # (F, C, bins)
             w_forward = real_form(np.conj(w_spec).transpose(2, 1, 0))                    # (bins, 2C, 2F)
-        x_spec = np.empty((bins, len(order), cw * c), w_spec.dtype)                  # kept for dw, rows in order
+        per_block = block_rows(cw, c, f, grid)
+        x_spec = {}  # block number -> its tiles' spectra (bins, rows, cw * C), kept for dw
         y = np.empty((n, f, oh, ow), x.dtype)
         band_width = cw * mw + kw - 1
 
-        def block(index, lo, hi, slot):
+        def block(number, lo, hi, slot):
             # x's plans share their buffers with dx's, y's with dy's (a pair): half the memory.
             plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * c), grid, x.dtype, slot, bins_first=True, pair="x")
             plan.region = None  # every place is written
@@ -247,14 +259,13 @@ class FFTTiled:
                     band = window(x, image, top - ph, -pw, th, band_width)               # (C, Th, band)
                     s0, s1, s2 = band.strides
                     tiles[i] = as_strided(band, (cw, c, th, tw), (mw * s2, s0, s1, s2))
-            with phase("x FFTs"):
-                plan.execute()
-            with phase("x spectra kept"):
-                x_spec[:, lo:hi] = plan.bins.reshape(bins, hi - lo, -1)
+            with phase("x FFTs"):  # written straight into the spectra kept for dw
+                kept = x_spec[number] = plan.empty_bins()
+                plan.execute_into(kept)
             inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * f), grid, x.dtype, slot, bins_first=True, pair="y")
             products = inverse.bins.reshape(bins, -1, f)                               # (bins, tiles, F)
             with phase("y products"):
-                np.matmul(as_real(plan.bins.reshape(bins, -1, c)), w_forward, out=as_real(products))
+                np.matmul(as_real(kept.reshape(bins, -1, c)), w_forward, out=as_real(products))
                 products[0] += b  # the bias, through the zero-frequency bin
             with phase("y inverse FFTs"):
                 inverse.execute()
@@ -263,7 +274,7 @@ class FFTTiled:
                 for i, image, top in tiling.places(lo, hi):
                     paste_corners(y[image, :, top:top + mh], outputs[i], mw)
 
-        run_tiles(block, len(order), block_rows(cw, c, f, grid))
+        tiling.run(block, per_block)
         with phase("exact bias"):
             snap_to_bias(y, b, zero_windows(x, (kh, kw), padding))  # exact where a direct method is
         with phase("kernel spectra"):
@@ -275,7 +286,7 @@ class FFTTiled:
         c, f = x_shape[1], dy.shape[1]
         grid, mh, cw, (kh, kw) = tiling.tile, tiling.m[0], tiling.count[1], tiling.kernel
         (th, tw), (ph, pw) = grid, tiling.padding
-        bins, order = tiling.bins, tiling.order
+        bins = tiling.bins
         with phase("dx zeros"):
             dx = np.zeros(x_shape, dy.dtype) if need_dx else None
         # The sum over blocks of as_real(X)^T as_real(D) (bins, 2C, 2F): every product of a
@@ -301,7 +312,7 @@ class FFTTiled:
             with phase("db"):
                 db_sum.add(part, plan.bins[0].real.reshape(-1, f).sum(axis=0, dtype=np.float64))
             d_spec = as_real(plan.bins.reshape(bins, -1, f))                          # (bins, tiles, 2F)
-            x_block = as_real(x_spec[:, lo:hi].reshape(bins, -1, c))                  # (bins, tiles, 2C), a view
+            x_block = as_real(x_spec[part].reshape(bins, -1, c))                      # (bins, tiles, 2C), a view
             with phase("dw products"):
                 dw_sum.add(part, np.matmul(x_block.transpose(0, 2, 1), d_spec))            # (bins, 2C, 2F)
             if not need_dx:
@@ -317,12 +328,8 @@ class FFTTiled:
                     add_tiles(dx[image], full[i], top - ph, -pw, tiling.m[1])
 
         # Overlap-add: tile rows less than T apart overlap, so the rows of one phase run
-        # together, and the phases one after another (without dx, all rows at once).
-        per_block = block_rows(cw, c, f, grid)
-        for start, end in tiling.phase_bounds if need_dx else [(0, len(order))]:
-            first = dw_sum.expected
-            run_tiles(lambda index, lo, hi, slot, first=first, start=start:
-                      block(first + index, start + lo, start + hi, slot), end - start, per_block)
+        # together, and the phases one after another (the forward's blocks).
+        tiling.run(block, block_rows(cw, c, f, grid))
         # dw = irfft(D^H X summed)[:kh, :kw] (F, C, kh, kw), one inverse per plane; from the
         # real parts' products, D^H X = (Xr Dr + Xi Di) + i (Xi Dr - Xr Di).
         with phase("dw inverse"):

@@ -201,6 +201,20 @@ class _Plan:
         if self.fftw.direction == "FFTW_BACKWARD":
             self.buffers.region = None
 
+    def empty_bins(self):
+        """A new aligned array like ``bins``, for :meth:`execute_into`."""
+        return pyfftw.empty_aligned(self.bins.shape, self.bins.dtype)
+
+    def execute_into(self, bins):
+        """Run this bins-first forward plan with its spectra written into ``bins`` (from
+        :meth:`empty_bins`) instead of its own buffer: spectra to be kept need no copy."""
+        grid = self.buffers.spectrum.shape[-2:]
+        self.fftw.update_arrays(self.input, np.moveaxis(bins.reshape(grid + bins.shape[1:]), (0, 1), (-2, -1)))
+        try:
+            self.fftw.execute()
+        finally:
+            self.fftw.update_arrays(self.input, self.buffers.spectrum)
+
 
 class _Plans:
     """FFTW plans built once per (direction, batch shape, FFT shape, dtype, owner), the
