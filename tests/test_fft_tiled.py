@@ -71,7 +71,7 @@ def test_sum_in_order_adds_parts_in_their_order_whatever_order_they_come_in():
 
 def test_many_blocks_on_two_threads_match_im2col(monkeypatch):
     """Blocks of one tile row each, shared by two threads; dx's overlap-add in phases."""
-    monkeypatch.setattr(fftw, "TILE_POINTS", 1)
+    monkeypatch.setattr(fft_tiled, "BLOCK_POINTS", 1)
     fftw.configure(threads=2, planner="estimate")
     try:
         rng = np.random.default_rng(3)
@@ -84,6 +84,33 @@ def test_many_blocks_on_two_threads_match_im2col(monkeypatch):
             ref = (y,) + tuple(convlab.get_backend("im2col").backward(dy, cache))
             for ours, want in zip(passes(TILED, case, dy), ref):
                 np.testing.assert_allclose(ours, want, rtol=0, atol=1e-9 * np.abs(want).max())
+    finally:
+        fftw.configure()
+
+
+@pytest.mark.parametrize("tile", [(16, 8), (8, 16), (32, 16)])
+@pytest.mark.parametrize("blocks", ["one", "many"])
+def test_rectangular_tiles_match_naive(tile, blocks, monkeypatch):
+    """(Th, Tw) tiles, as the cost model may choose them, in one block or one tile row per
+    block on two threads (spectra kept per block, the backward on the forward's blocks)."""
+    monkeypatch.setattr(fft_tiled, "tile_size_for", lambda *args: tile)
+    if blocks == "many":
+        monkeypatch.setattr(fft_tiled, "BLOCK_POINTS", 1)
+        fftw.configure(threads=2, planner="estimate")
+    try:
+        rng = np.random.default_rng(sum(tile))
+        for _ in range(4):
+            kh, kw = int(rng.integers(1, tile[0] + 1)), int(rng.integers(1, tile[1] + 1))
+            ph, pw = (int(p) for p in rng.integers(0, [kh + 2, kw + 2]))
+            x = rng.standard_normal((2, 3, int(rng.integers(max(1, kh - 2 * ph), 50)),
+                                     int(rng.integers(max(1, kw - 2 * pw), 50))))
+            case = (x, rng.standard_normal((4, 3, kh, kw)), rng.standard_normal(4), (1, 1), (ph, pw))
+            y, cache = ORACLE.forward(*case)
+            dy = rng.standard_normal(y.shape)
+            ref = (y,) + tuple(ORACLE.backward(dy, cache))
+            for name, ours, want in zip(("y", "dx", "dw", "db"), passes(TILED, case, dy), ref):
+                np.testing.assert_allclose(ours, want, rtol=0, atol=1e-9 * max(1.0, np.abs(want).max()),
+                                           err_msg=f"{name}: tile {tile}, x {x.shape} k {kh}x{kw} padding {ph},{pw}")
     finally:
         fftw.configure()
 
