@@ -40,13 +40,15 @@ from convlab.fftw import (binwise_matmul, broadcasts, cost_per_point, flipped, p
                           run_tiles, snap_to_bias, zero_windows)
 from convlab.profile import phase
 from convlab.registry import register_backend
+from convlab.relu import relu_block
 
 
-def inverse_of_products(a, b, fft_shape, rows, cols, offset=None):
+def inverse_of_products(a, b, fft_shape, rows, cols, offset=None, finish=None):
     """The crop ``[rows, cols]`` (see :func:`cropped`) of the inverse of :func:`rfft2`,
     without its 1/(Hf*Wf) scale, of the per-bin matrix products of spectra ``a``
     (I, K, bins) and ``b`` (K, J, bins): real (I, J, h, w). ``offset`` (J,), if given, is
-    added to every value of column j.
+    added to every value of column j. ``finish(out, lo, hi)``, if given, is called on the
+    rows lo:hi of the result as soon as they are cropped, while they are in cache.
 
     Products that broadcast (see :func:`binwise_matmul`) run in tiles of a's rows: a
     tile's products, inverse transforms and crop follow one another while the tile is in
@@ -67,6 +69,8 @@ def inverse_of_products(a, b, fft_shape, rows, cols, offset=None):
             products[:, :, 0] += offset
         plan.fftw.execute()
         out[lo:hi] = cropped(plan.fftw.output_array, rows, cols)
+        if finish is not None:
+            finish(out[lo:hi], lo, hi)
 
     run_tiles(transform, i, rows_per_tile(j, fft_shape) if broadcasts(i, k, j) else i)
     return out
@@ -107,7 +111,11 @@ def fast_lengths(n):
 class FFT:
     """FFT convolution on pyfftw: products of spectra, forward and backward."""
 
-    def forward(self, x, w, b, stride, padding):
+    # A ReLU after the layer is applied to each tile of outputs as it is cropped, and its
+    # gradient to dy as dy is written into the transforms' grid.
+    fuses_relu = True
+
+    def forward(self, x, w, b, stride, padding, relu=False):
         h, width = x.shape[2:]
         kh, kw = w.shape[2:]
         (ph, pw), (sh, sw) = padding, stride
@@ -117,20 +125,32 @@ class FFT:
             x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid)             # (N, C, bins)
             # The kernel spectra carry the inverse transform's 1/(Hf*Wf): they are the smallest.
             w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
+        exact = zero_windows(x, (kh, kw), padding, stride)
+        zeros = None
+
+        def finish(y_rows, lo, hi):
+            snap_to_bias(y_rows, b, exact[lo:hi])  # exact where a direct method is
+            if relu:
+                relu_block(y_rows, zeros, y_rows)
+
         with phase("products, inverse, crop"):
-            y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid,                # (N, F, OH, OW)
-                                    slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw), offset=b)
-            snap_to_bias(y, b, zero_windows(x, (kh, kw), padding, stride))  # exact where a direct method is
-        return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid)
+            rows, cols = slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw)
+            if relu:
+                zeros = np.zeros((1, w.shape[0], len(range(*rows.indices(padded[0]))),
+                                  len(range(*cols.indices(padded[1])))), x.dtype)
+            y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid, rows, cols,   # (N, F, OH, OW)
+                                    offset=b, finish=finish)
+        return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid, y if relu else None)
 
     def backward(self, dy, cache, need_dx=True):
-        x_spec, w_spec, x_shape, w_shape, (sh, sw), (ph, pw), grid = cache
+        x_spec, w_spec, x_shape, w_shape, (sh, sw), (ph, pw), grid, relu_output = cache
         h, width = x_shape[2:]
         kh, kw = w_shape[2:]
         padded = (h + 2 * ph, width + 2 * pw)
         stride1_out = (padded[0] - kh + 1, padded[1] - kw + 1)
         with phase("transforms"):
-            dy_spec = rfft2(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid)  # (N, F, bins)
+            dy_spec = rfft2(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid,  # (N, F, bins)
+                            relu_output=relu_output)
         db = dy_spec[:, :, 0].real.sum(axis=0)  # a plane's zero-frequency bin is its sum
         with phase("products, inverse, crop"):
             dw = inverse_of_products(dy_spec.transpose(1, 0, 2), np.conj(x_spec), grid,         # (F, C, kh, kw)

@@ -20,6 +20,11 @@ convlab is faster):
   ``convlab train --model M --backend B`` would put it (``auto`` picks per layer), and
   PyTorch trains the same layers with the same weights.
 
+PyTorch runs in this process, which calls ``convlab.keep_freed_memory()`` as ``convlab
+train`` does, so PyTorch gets that allocator setting too (it makes it faster); with
+``--torch-process own`` (or ``both``) the epoch's PyTorch runs in a fresh process of its own
+instead (or as well), as a user runs it, taking its turns like any other side.
+
 The first line printed names the machine (CPU, cores, numpy's BLAS, FFTW). The machine
 may be shared, so the sides take turns: 5 calls a turn for the layer, a chunk of batches
 a turn for the epoch (who goes first rotates too), with an untimed pause before each turn
@@ -35,12 +40,14 @@ threads, so set the variable to compare at one thread on both sides.
     python benchmarks/epoch_vs_torch.py --backend im2col,fft --only epoch   # fft against im2col too
     python benchmarks/epoch_vs_torch.py --train-size 6400 --chunk 20   # a quick epoch
     python benchmarks/epoch_vs_torch.py --only epoch --model lenet5 --backend auto   # another network
+    python benchmarks/epoch_vs_torch.py --only epoch --torch-process both   # PyTorch also in its own process
     OPENBLAS_NUM_THREADS=1 python benchmarks/epoch_vs_torch.py         # one thread each
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import time
@@ -167,17 +174,74 @@ def bench_layer_forward(backend, rounds, pause, per_round=20):
     summarize(f"MNIST layer forward ({backend.name}, {per_round} calls a turn)", *times)
 
 
-def bench_epoch(backend_names, train_size, chunk, pause, model_name="reference"):
-    """One epoch per backend and one of PyTorch, all taking turns chunk by chunk."""
+def epoch_data(train_size, chunk):
+    """The training images and labels of the epoch, and its batches' indices grouped in
+    chunks of ``chunk`` batches (one turn each)."""
     data = load_mnist()
     x, y = data.x_train[:train_size], data.y_train[:train_size]
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     order = epoch_order(len(x), SEED, 1)
     chunks = [[order[i:i + BATCH_SIZE] for i in range(start, min(start + chunk * BATCH_SIZE, len(x)), BATCH_SIZE)]
               for start in range(0, len(x), chunk * BATCH_SIZE)]
-    net = torch_twin(get_model(model_name).build(seed=SEED))
-    torch_opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    torch_losses = []
+    return x, y, chunks
+
+
+class TorchSide:
+    """PyTorch's twin network training chunk after chunk (``side(i)`` runs chunk i); its
+    losses go to ``losses``."""
+
+    def __init__(self, model_name, train_size, chunk):
+        x, y, self.chunks = epoch_data(train_size, chunk)
+        self.tx, self.ty = torch.from_numpy(x), torch.from_numpy(y)
+        self.net = torch_twin(get_model(model_name).build(seed=SEED))
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=LR, momentum=MOMENTUM)
+        self.losses = []
+
+    def __call__(self, i):
+        self.losses.extend(torch_train_step(self.net, self.optimizer, self.tx[idx], self.ty[idx])[0]
+                           for idx in map(torch.from_numpy, self.chunks[i]))
+
+
+def torch_in_own_process(conn, model_name, train_size, chunk, threads):
+    """PyTorch's side in a process of its own, started fresh (``spawn``): no
+    ``keep_freed_memory()``, PyTorch as a user runs it. Runs chunk i for each i received,
+    answers with the chunk's losses, until it receives None."""
+    torch.set_num_threads(threads)
+    side = TorchSide(model_name, train_size, chunk)
+    while (i := conn.recv()) is not None:
+        side(i)
+        conn.send(side.losses[-len(side.chunks[i]):])
+
+
+class TorchElsewhere:
+    """A :class:`TorchSide` run in its own process (see :func:`torch_in_own_process`); the
+    parent's timing of a chunk includes a pipe round trip (well under a millisecond)."""
+
+    def __init__(self, model_name, train_size, chunk):
+        context = multiprocessing.get_context("spawn")
+        self.conn, child_conn = context.Pipe()
+        self.process = context.Process(target=torch_in_own_process, daemon=True,
+                                       args=(child_conn, model_name, train_size, chunk, torch.get_num_threads()))
+        self.process.start()
+        self.losses = []
+
+    def __call__(self, i):
+        self.conn.send(i)
+        self.losses.extend(self.conn.recv())
+
+    def close(self):
+        self.conn.send(None)
+        self.process.join()
+
+
+def bench_epoch(backend_names, train_size, chunk, pause, model_name="reference", torch_process="same"):
+    """One epoch per backend and one of PyTorch, all taking turns chunk by chunk. PyTorch
+    runs in this process (``torch_process="same"``), in one of its own (``"own"``), or both."""
+    x, y, chunks = epoch_data(train_size, chunk)
+    torch_sides = {}
+    if torch_process in ("same", "both"):
+        torch_sides["torch"] = TorchSide(model_name, train_size, chunk)
+    if torch_process in ("own", "both"):
+        torch_sides["torch (own process)"] = TorchElsewhere(model_name, train_size, chunk)
     sides, losses = [], {}
     for name in backend_names:
         # The network `convlab train --model M --backend B` trains, conv layers pinned as it pins them.
@@ -190,17 +254,18 @@ def bench_epoch(backend_names, train_size, chunk, pause, model_name="reference")
 
         sides.append(run_ours)
 
-    def run_torch(i):
-        torch_losses.extend(torch_train_step(net, torch_opt, tx[idx], ty[idx])[0]
-                            for idx in map(torch.from_numpy, chunks[i]))
-
-    *ours, theirs = alternate(sides + [run_torch], len(chunks), pause)
-    for name, times in zip(backend_names, ours):
-        summarize(f"one epoch of {model_name}, {len(x)} images, batch {BATCH_SIZE} ({name})", times, theirs)
+    times = alternate(sides + list(torch_sides.values()), len(chunks), pause)
+    ours, theirs = times[:len(sides)], dict(zip(torch_sides, times[len(sides):]))
+    for reference, reference_times in theirs.items():
+        for name, times in zip(backend_names, ours):
+            summarize(f"one epoch of {model_name}, {len(x)} images, batch {BATCH_SIZE} ({name})", times,
+                      reference_times, reference)
     for name, times in zip(backend_names[1:], ours[1:]):
         summarize(f"one epoch, {name} against {backend_names[0]}", times, ours[0], backend_names[0])
     print("mean training loss: " + ", ".join(f"convlab {name} {np.mean(losses[name]):.4f}" for name in backend_names)
-          + f", torch {np.mean(torch_losses):.4f}")
+          + "".join(f", {reference} {np.mean(side.losses):.4f}" for reference, side in torch_sides.items()))
+    for side in torch_sides.values():
+        getattr(side, "close", lambda: None)()
 
 
 def main():
@@ -217,6 +282,9 @@ def main():
     parser.add_argument("--chunk", type=int, default=50, help="batches per alternation chunk (default 50)")
     parser.add_argument("--rounds", type=int, default=10, help="layer turns per side, 5 calls each (default 10)")
     parser.add_argument("--pause", type=float, default=0.5, help="untimed seconds before each turn (default 0.5)")
+    parser.add_argument("--torch-process", choices=["same", "own", "both"], default="same",
+                        help="the epoch's PyTorch in this process, which has convlab's keep_freed_memory() "
+                             "(same, the default), in a fresh process of its own, as a user runs it (own), or both")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(int(os.environ.get("OPENBLAS_NUM_THREADS", cores)))
@@ -229,7 +297,8 @@ def main():
         bench_layer_forward(backends[0], args.rounds, args.pause)
         bench_layer(backends[0], args.rounds, args.pause)
     if args.only in (None, "epoch"):
-        bench_epoch([backend.name for backend in backends], args.train_size, args.chunk, args.pause, args.model)
+        bench_epoch([backend.name for backend in backends], args.train_size, args.chunk, args.pause, args.model,
+                    args.torch_process)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import numpy as np
 
 from convlab.cachefile import read_cache, update_cache, warn_once
 from convlab.files import user_cache_dir
+from convlab.relu import relu_gradient_block
 from convlab.threads import chunk_bounds, share_chunks
 
 
@@ -335,10 +336,13 @@ def plan(direction, batch, fft_shape, dtype, slot=None, bins_first=False, pair=N
     return _plans.get(direction, batch, fft_shape, dtype, slot, bins_first, pair)
 
 
-def rfft2(signal, rows, cols, fft_shape):
+def rfft2(signal, rows, cols, fft_shape, relu_output=None):
     """Spectra of ``signal`` (B1, B2, h, w) written at ``[rows, cols]`` of a zero (Hf, Wf)
     grid: complex (B1, B2, Hf * (Wf//2 + 1)), a new array. Large batches are transformed
-    in tiles of B1, shared among threads like ``fft``'s inverse transforms."""
+    in tiles of B1, shared among threads like ``fft``'s inverse transforms.
+
+    ``relu_output`` (like ``signal``): the signal is kept only where it is positive, as it
+    is written into the grid (a ReLU's gradient, applied without a pass of its own)."""
     b1, b2 = signal.shape[:2]
     spectra = np.empty((b1, b2, fft_shape[0] * (fft_shape[1] // 2 + 1)), np.result_type(signal.dtype, np.complex64))
 
@@ -348,7 +352,10 @@ def rfft2(signal, rows, cols, fft_shape):
         if plan.region != region:
             plan.input.fill(0)
             plan.region = region
-        plan.input[:, :, rows, cols] = signal[lo:hi]
+        if relu_output is None:
+            plan.input[:, :, rows, cols] = signal[lo:hi]
+        else:
+            relu_gradient_block(signal[lo:hi], relu_output[lo:hi], plan.input[:, :, rows, cols])
         plan.fftw.execute()
         spectra[lo:hi] = plan.fftw.output_array.reshape(hi - lo, b2, -1)
 
@@ -492,7 +499,10 @@ def flipped(length):
 def zero_windows(x, kernel, padding, stride=(1, 1)):
     """(N, OH, OW) bool: where the (kh, kw) ``kernel`` window on the zero-``padding``-padded
     x (N, C, H, W), at ``stride``, holds only zeros in every channel: there a direct method's
-    output is exactly the bias. Box sums of the nonzero mask by prefix sums: O(N H W)."""
+    output is exactly the bias. The nonzero mask is or-ed over the window separably, kw - 1
+    shifted views along the rows, then kh - 1 along the columns, on bytes: a batch of 64
+    MNIST images, 7x7 windows, 0.20 ms against 0.47 ms for box sums by prefix sums (which
+    need int32 cumulative sums along both axes; AMD EPYC, one core)."""
     (kh, kw), (ph, pw), (sh, sw) = kernel, padding, stride
     nonzero = (x != 0).any(axis=1)
     if ph < kh and pw < kw and nonzero.all():
@@ -500,11 +510,15 @@ def zero_windows(x, kernel, padding, stride=(1, 1)):
         # window of zeros (the common case, and 20x cheaper than the box sums).
         out = (max(0, (x.shape[2] + 2 * ph - kh) // sh + 1), max(0, (x.shape[3] + 2 * pw - kw) // sw + 1))
         return np.zeros((x.shape[0],) + out, bool)
-    # One extra zero row and column in front, so that sums[i] - sums[i - k] is a window's sum.
-    nonzero = np.pad(nonzero, ((0, 0), (ph + 1, ph), (pw + 1, pw)))
-    sums = nonzero.cumsum(axis=1, dtype=np.int32).cumsum(axis=2)
-    windows = sums[:, kh:, kw:] - sums[:, :-kh, kw:] - sums[:, kh:, :-kw] + sums[:, :-kh, :-kw]
-    return windows[:, ::sh, ::sw] == 0
+    nonzero = np.pad(nonzero, ((0, 0), (ph, ph), (pw, pw)))
+    oh, ow = nonzero.shape[1] - kh + 1, nonzero.shape[2] - kw + 1
+    in_rows = nonzero[:, :, :ow].copy()  # [n, i, j]: x nonzero somewhere in row i, columns j .. j+kw-1
+    for q in range(1, kw):
+        in_rows |= nonzero[:, :, q:q + ow]
+    in_windows = in_rows[:, :oh].copy()
+    for p in range(1, kh):
+        in_windows |= in_rows[:, p:p + oh]
+    return ~in_windows[:, ::sh, ::sw]
 
 
 def snap_to_bias(y, b, exact):

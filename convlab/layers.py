@@ -127,7 +127,7 @@ class Conv2D(Layer):
     def __repr__(self):
         f, c, kh, kw = self.params["w"].shape
         return (f"Conv2D({c}, {f}, kernel_size=({kh}, {kw}), stride={self.stride}, "
-                f"padding={self.padding}, backend={self._backend!r}{', relu=True' if self.relu else ''})")
+                f"padding={self.padding}, backend={self._backend!r})")
 
 
 class ReLU(Layer):
@@ -171,9 +171,6 @@ class ReLU(Layer):
             relu_gradient(dy, out, dx)
             return dx
 
-    def __repr__(self):
-        return "ReLU(fused into the convolution before it)" if self.fused else "ReLU()"
-
 
 class Flatten(Layer):
     """(N, ...) -> (N, prod(...))."""
@@ -189,31 +186,29 @@ class Flatten(Layer):
 class Dense(Layer):
     """x (N, in_features) -> x @ w + b, (N, out_features). Weights: LeCun-normal.
 
-    The three products (``x @ w``, ``dw = x.T @ dy``, ``dx = dy @ w.T``) are shared among
-    the cores by rows of the batch (:func:`convlab.threads.share_chunks`), BLAS on one thread
-    in each: OpenBLAS's own threads, idle, spin for a while after each product and hold a
-    core the convolution's threads then wait for. ``dw`` sums one partial product per
-    block of ``DW_ROWS`` rows, in order, so it does not depend on the number of threads.
-    A batch of 64 is one forward block and two backward blocks, which
-    :func:`~convlab.threads.share_chunks` runs in the calling thread (``MIN_CHUNKS_TO_SHARE``):
-    on the reference network the dense products are memory-bound and took longer on two
-    threads than on one (0.96 against 0.72 ms).
+    The three products are cut along the features (the rows of w), so that each piece is a
+    different part of the 4.7 MB activation of the reference network, and the pieces are
+    shared among the cores (:func:`convlab.threads.share_chunks`, BLAS on one thread in each:
+    OpenBLAS's own threads, idle, spin for a while after each product and hold a core the
+    convolution's threads then wait for):
+
+    * forward: ``x[:, block] @ w[block]`` per block of ``K_BLOCK`` features, (N, out) each,
+      added in block order (so the result does not depend on the number of threads);
+    * ``dw[block] = x[:, block].T @ dy`` and ``dx[:, block] = dy @ w[block].T`` per block of
+      ``FEATURE_BLOCK`` features: each block is its own part of the result, nothing to add.
+
+    Cut by rows of the batch instead (as before 0.5.0), two threads took longer than one on
+    these memory-bound products (0.96 against 0.72 ms): each thread then streamed all of w
+    and half of x through the same caches.
     """
 
-    # Rows of the batch per block, the same whatever the number of threads (so are the
-    # results). In real training steps on one core of the AMD EPYC (the activations no longer
-    # in cache), blocks of 32 rows cost about 10 % more than one piece (dy @ w.T: 1.6 against
-    # 1.4 ms), and let two threads share the work; blocks of 4, fastest on arrays still in
-    # cache, took 2.3-2.9 ms there.
-    DX_ROWS = DW_ROWS = 32
-    # The forward's x @ w, per block of ROWS rows, is a sum of products over K_BLOCK features
-    # at a time (rows of w), added in order. In real training steps of the reference network
-    # (one core, AMD EPYC, medians of 450 steps) x (64, 18432) @ w (18432, 10) took 0.50 ms
-    # so, against 0.75 ms in one product and 0.83-0.89 ms in blocks of 32 rows; K blocks of
-    # 576 took 0.56 ms, of 2304 0.83 ms. (One plausible reading: a (64, 1152) slice of x is
-    # 295 KB, which OpenBLAS packs while it is still in L2.)
-    ROWS = 64
+    # In real training steps of the reference network (one core, AMD EPYC, medians of 450
+    # steps), x (64, 18432) @ w (18432, 10) took 0.50 ms as a sum over blocks of 1152
+    # features, against 0.75 ms in one product and 0.83-0.89 ms in blocks of 32 rows; blocks
+    # of 576 took 0.56 ms, of 2304 0.83 ms. (A (64, 1152) slice of x is 295 KB, which OpenBLAS
+    # packs while it is still in L2.)
     K_BLOCK = 1152
+    FEATURE_BLOCK = 2304
 
     def __init__(self, in_features, out_features, rng=None, dtype=np.float32):
         super().__init__()
@@ -223,36 +218,30 @@ class Dense(Layer):
 
     def forward(self, x):
         self._x = None if _forward_only.get() else x
-        w, k = self.params["w"], self.K_BLOCK
-        out = np.empty((x.shape[0], w.shape[1]), dtype=np.result_type(x, w))
-
-        def rows(_, lo, hi):
-            np.matmul(x[lo:hi, :k], w[:k], out=out[lo:hi])
-            for start in range(k, w.shape[0], k):
-                out[lo:hi] += x[lo:hi, start:start + k] @ w[start:start + k]
-
+        w = self.params["w"]
+        blocks = chunk_bounds(w.shape[0], self.K_BLOCK)
+        parts = np.empty((len(blocks), x.shape[0], w.shape[1]), dtype=np.result_type(x, w))
         with phase("GEMM"):
-            share_chunks(rows, chunk_bounds(len(x), self.ROWS))
+            share_chunks(lambda index, lo, hi: np.matmul(x[:, lo:hi], w[lo:hi], out=parts[index]), blocks)
+            out = parts.sum(axis=0) if len(blocks) > 1 else parts[0]
         return out + self.params["b"]
 
     def backward(self, dy, need_dx=True):
         x = _kept(getattr(self, "_x", None), self)
-        chunks = chunk_bounds(len(x), self.DW_ROWS)
-        dw_parts = np.empty((len(chunks),) + self.params["w"].shape, dtype=np.result_type(x, dy))
+        w = self.params["w"]
+        blocks = chunk_bounds(w.shape[0], self.FEATURE_BLOCK)
+        dw = np.empty(w.shape, dtype=np.result_type(x, dy))
         with phase("GEMM dw"):
-            share_chunks(lambda index, lo, hi: np.matmul(x[lo:hi].T, dy[lo:hi], out=dw_parts[index]), chunks)
-            self.grads["w"] = dw_parts.sum(axis=0) if len(chunks) > 1 else dw_parts[0]
+            share_chunks(lambda _, lo, hi: np.matmul(x[:, lo:hi].T, dy, out=dw[lo:hi]), blocks)
+        self.grads["w"] = dw
         with phase("db"):
             self.grads["b"] = dy.sum(axis=0)
-        return self._rows_times(dy, self.params["w"].T, self.DX_ROWS, "GEMM dx") if need_dx else None
-
-    @staticmethod
-    def _rows_times(a, b, rows, phase_name):
-        """a @ b, computed in blocks of ``rows`` rows of a shared among the cores."""
-        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-        with phase(phase_name):
-            share_chunks(lambda _, lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), chunk_bounds(len(a), rows))
-        return out
+        if not need_dx:
+            return None
+        dx = np.empty((len(dy), w.shape[0]), dtype=np.result_type(dy, w))
+        with phase("GEMM dx"):
+            share_chunks(lambda _, lo, hi: np.matmul(dy, w[lo:hi].T, out=dx[:, lo:hi]), blocks)
+        return dx
 
     def __repr__(self):
         return f"Dense({self.params['w'].shape[0]}, {self.params['w'].shape[1]})"

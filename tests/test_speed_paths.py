@@ -76,7 +76,7 @@ def test_a_network_fuses_a_relu_after_a_convolution_and_runs_one_after_a_dense_i
                                Dense(2 * 3 * 3, 4, rng=rng), ReLU())
     relus = [layer for layer in model.layers if isinstance(layer, ReLU)]
     assert [(relu.fused, relu.inplace) for relu in relus] == [(True, False), (False, False), (False, True)]
-    assert model.layers[0].relu and "relu=True" in repr(model.layers[0]) and "fused" in repr(relus[0])
+    assert model.layers[0].relu
 
 
 # (x shape, w shape, padding): im2col's small-dw path, its transposed-dy dw path (the
