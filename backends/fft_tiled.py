@@ -54,19 +54,38 @@ from numpy.lib.stride_tricks import as_strided
 from convlab import fftw
 from convlab.checks import int_choice
 from convlab.fftw import cost_per_point, rows_per_tile, run_tiles, snap_to_bias, zero_windows
+from convlab.profile import phase
 from convlab.registry import register_backend
 
 TILE_SIZES = (8, 16, 32, 64, 128)
 ENV_TILE = "CONVLAB_FFT_TILE"
-# Relative costs in estimated_cost, in units of one point of a transform (times log2 of its
-# points and cost_per_point): a transform of T x T points also slows by 1 + T^2 / 4096 as its
-# planes outgrow the L1 cache (a 64 x 64 plane costs twice a 32 x 32 one per point and
-# level), a complex multiply-add of the per-bin products costs PRODUCT_COST, and each tile
-# TILE_COST of fixed work (gathering, scattering, the per-tile loops). Fitted by hand to
-# forward+backward times of T = 16, 32, 64 on the benchmark shapes (2-core AMD EPYC, shared).
-CACHE_POINTS = 4096
-PRODUCT_COST = 1.0
-TILE_COST = 50_000.0
+# Grid points of a block of tile rows (see block_rows): about an L2 cache's worth.
+BLOCK_POINTS = fftw.TILE_POINTS
+# Nanoseconds in estimated_cost (one thread, 2-core AMD EPYC Zen 4, FFTW 3.3.5), from
+# per-phase timings of the big-image shapes (benchmarks/fft_tiled_phases.py): a point of a
+# tile transform (r2c or c2r, batched, bin-major spectra) costs TRANSFORM_NS times
+# cost_per_point, times 1 + points / CACHE_POINTS as the planes outgrow the L1 cache (about
+# 1.1 ns a point at 32 x 32, 1.4 at 64 x 64); a real multiply-add of the per-bin products
+# MAC_NS; each of the three per-bin matmuls BIN_CALL_NS per bin and block (numpy's batched
+# matmul pays per matrix: these are a few tiles by 2C or 2F), and each float of dw's
+# per-block partial sum PARTIAL_ADD_NS to add; each contiguous run (one tile's row) that a
+# gather, paste or overlap-add copies RUN_NS beyond its bytes.
+TRANSFORM_NS = 1.1
+CACHE_POINTS = 16384
+MAC_NS = 0.05
+BIN_CALL_NS = 40.0
+PARTIAL_ADD_NS = 0.5
+RUN_NS = 10.0
+# The longest tile side the cost model may choose (see tile_size_for).
+MAX_AUTO_SIDE = 64
+
+
+def block_rows(across, c, f, tile) -> int:
+    """Tile rows (``across`` tiles of (Th, Tw) each) per block of work: about
+    :data:`BLOCK_POINTS` grid points of the larger side's planes. (Blocks of twice that
+    were 7-22 % slower with 3 -> 16 channels on 224 x 224, and within the noise, -5 to
+    +18 %, with 16 -> 16 on 128 x 128; one thread, interleaved, shared machine.)"""
+    return rows_per_tile(across * max(c, f), tile, BLOCK_POINTS)
 
 
 def tile_setting(value, source) -> int | None:
@@ -77,23 +96,37 @@ def tile_setting(value, source) -> int | None:
 
 
 def estimated_cost(tile, out_shape, kernel, c, f) -> float:
-    """Relative time of a forward+backward of one image on ``tile`` x ``tile`` tiles:
-    (C + F) forward and (F + C) inverse transforms per tile, three per-bin products of
-    C x F per tile, and fixed work per tile (see :data:`TILE_COST`)."""
-    tiles = math.prod(math.ceil(o / (tile - k + 1)) for o, k in zip(out_shape, kernel))
-    points = tile * tile
-    transform = points * math.log2(points) * cost_per_point(tile) * (1 + points / CACHE_POINTS)
-    products = 3 * c * f * tile * (tile // 2 + 1) * PRODUCT_COST
-    return tiles * (2 * (c + f) * transform + products + TILE_COST)
+    """Estimated nanoseconds of a forward+backward of one image with (C, F) channels on tiles
+    of (Th, Tw) = ``tile`` (see the constants above): 2 (C + F) transforms and three per-bin
+    products of C x F per tile, per-bin call overheads and dw's partial sums per block, and
+    the runs copied in and out of the tiles."""
+    th, tw = tile
+    rows, across = (math.ceil(o / (t - k + 1)) for o, t, k in zip(out_shape, tile, kernel))
+    tiles, points, bins = rows * across, th * tw, th * (tw // 2 + 1)
+    per_point = (cost_per_point(th) + cost_per_point(tw)) / 2 * (1 + points / CACHE_POINTS)
+    transforms = tiles * 2 * (c + f) * points * per_point * TRANSFORM_NS
+    products = tiles * bins * 12 * c * f * MAC_NS
+    blocks = rows / block_rows(across, c, f, tile)
+    per_block = blocks * bins * (3 * BIN_CALL_NS + 4 * c * f * PARTIAL_ADD_NS)
+    runs = (2 * f * out_shape[0] + 2 * c * rows * th) * across  # y, dy; x, dx
+    return transforms + products + per_block + runs * RUN_NS
 
 
-def tile_size_for(out_shape, kernel, c, f, forced=None) -> int:
-    """``forced`` if given, else the tile of :data:`TILE_SIZES` >= the kernel of least
-    :func:`estimated_cost`."""
+def tile_size_for(out_shape, kernel, c, f, forced=None) -> tuple[int, int]:
+    """(Th, Tw): ``forced`` x ``forced`` if given, else the pair of :data:`TILE_SIZES` that
+    holds the kernel, Th >= Tw, of least :func:`estimated_cost`.
+
+    Why not wider than tall: FFTW's batched bin-major 32 x 64 transforms took 15-30 % longer
+    a point than 64 x 32 ones, and fft-tiled on 32 x 64 tiles was slower than on 64 x 32
+    in three of four interleaved runs on 224 x 224 (k = 7, 11), though it copies half as
+    many runs. Why at most :data:`MAX_AUTO_SIDE` (unless the kernel needs more): a block
+    holds at least one tile row, so memory grows with the tile; 128 x 32 tiles, as fast as
+    64 x 32 on 224 x 224 k = 11, took 0.29 of ``fft``'s memory there (64 x 32: 0.21)."""
     if forced is not None:
-        return forced
-    fits = [t for t in TILE_SIZES if t >= max(kernel)]
-    return min(fits, key=lambda t: estimated_cost(t, out_shape, kernel, c, f))
+        return forced, forced
+    fits = [(th, tw) for th in TILE_SIZES for tw in TILE_SIZES if tw <= th and th >= kernel[0] and tw >= kernel[1]]
+    small = [tile for tile in fits if tile[0] <= MAX_AUTO_SIDE]
+    return min(small or fits, key=lambda tile: estimated_cost(tile, out_shape, kernel, c, f))
 
 
 def window(src, n, top, left, height, width):
@@ -108,32 +141,43 @@ def window(src, n, top, left, height, width):
 
 
 class Tiling:
-    """Where the tiles of one problem lie: ``tile`` x ``tile`` tiles, each with ``m``
+    """Where the tiles of one problem lie: tiles of (Th, Tw) = ``tile``, each with ``m``
     (rows, cols) outputs, ``count`` (rows, cols) of them per image, covering the stride-1
     output ``out`` (Ho, Wo) of a ``padding``-padded input, for ``n`` images.
 
     Tile rows (all tiles at one height of one image) are numbered ``image * count[0] +
     row`` and handled in ``order``: grouped by overlap-add phase (row mod ``phases``, see
-    :meth:`FFTTiled.backward`), ``phase_bounds`` (start, end) in that order. The forward
-    keeps the tiles' spectra in this order too, so that each block of the backward reads
-    one contiguous slice of them."""
+    :meth:`FFTTiled.backward`), ``phase_bounds`` (start, end) in that order, in blocks
+    (:meth:`run`)."""
 
     def __init__(self, tile, kernel, out, padding, n):
         self.tile, self.kernel, self.out, self.padding = tile, kernel, out, padding
-        self.m = tuple(tile - k + 1 for k in kernel)
+        self.m = tuple(t - k + 1 for t, k in zip(tile, kernel))
         self.count = tuple(math.ceil(o / m) for o, m in zip(out, self.m))
-        self.bins = tile * (tile // 2 + 1)
-        phases = math.ceil(tile / self.m[0])  # tile rows this far apart never overlap
+        self.bins = tile[0] * (tile[1] // 2 + 1)
+        phases = math.ceil(tile[0] / self.m[0])  # tile rows this far apart never overlap
         rows = np.arange(n * self.count[0])
         groups = [rows[(rows % self.count[0]) % phases == phase] for phase in range(phases)]
         self.order = np.concatenate(groups)
         ends = np.cumsum([len(group) for group in groups])
         self.phase_bounds = [(int(end) - len(group), int(end)) for end, group in zip(ends, groups) if len(group)]
 
-    def where(self, row):
-        """(image, first output row) of a tile row."""
-        image, t = divmod(int(row), self.count[0])
-        return image, t * self.m[0]
+    def run(self, work, per_block):
+        """``work(number, lo, hi, slot)`` for the blocks of at most ``per_block`` tile rows
+        ``order[lo:hi]``, numbered from 0 in order: the blocks of one phase shared among
+        threads (:func:`convlab.fftw.run_tiles`), the phases one after another. The forward
+        and the backward cut the same blocks, so the backward finds the forward's spectra of
+        its block under the block's number."""
+        first = 0
+        for start, end in self.phase_bounds:
+            run_tiles(lambda index, lo, hi, slot, first=first, start=start:
+                      work(first + index, start + lo, start + hi, slot), end - start, per_block)
+            first += math.ceil((end - start) / per_block)
+
+    def places(self, lo, hi):
+        """(i, image, first output row) of the tile rows ``order[lo:hi]``, i counted from 0."""
+        return [(i, int(row) // self.count[0], int(row) % self.count[0] * self.m[0])
+                for i, row in enumerate(self.order[lo:hi])]
 
 
 def as_real(spectra):
@@ -192,50 +236,59 @@ class FFTTiled:
         n, c = x.shape[:2]
         f, _, kh, kw = w.shape
         tiling = self.tiling(x.shape, w.shape, padding)
-        t, (mh, mw), (_, cw), (oh, ow) = tiling.tile, tiling.m, tiling.count, tiling.out
-        ph, pw = padding
-        grid, bins, order = (t, t), tiling.bins, tiling.order
-        # Kernel spectra with the inverse transform's 1/T^2, in real form (see real_form):
+        grid, (mh, mw), (_, cw), (oh, ow) = tiling.tile, tiling.m, tiling.count, tiling.out
+        (th, tw), (ph, pw) = grid, padding
+        bins = tiling.bins
+        # Kernel spectra with the inverse transform's 1/(Th Tw), in real form (see real_form):
         # W* as (C, F) per bin for the forward, W as (F, C) kept for dx.
-        w_spec = fftw.rfft2(w, slice(0, kh), slice(0, kw), grid) * (1.0 / (t * t))   # (F, C, bins)
-        w_forward = real_form(np.conj(w_spec).transpose(2, 1, 0))                    # (bins, 2C, 2F)
-        x_spec = np.empty((bins, len(order), cw * c), w_spec.dtype)                  # kept for dw, rows in order
+        with phase("kernel spectra"):
+            w_spec = fftw.rfft2(w, slice(0, kh), slice(0, kw), grid) * (1.0 / (th * tw))  # (F, C, bins)
+            w_forward = real_form(np.conj(w_spec).transpose(2, 1, 0))                    # (bins, 2C, 2F)
+        per_block = block_rows(cw, c, f, grid)
+        x_spec = {}  # block number -> its tiles' spectra (bins, rows, cw * C), kept for dw
         y = np.empty((n, f, oh, ow), x.dtype)
         band_width = cw * mw + kw - 1
 
-        def block(index, lo, hi, slot):
-            plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * c), grid, x.dtype, slot, bins_first=True)
+        def block(number, lo, hi, slot):
+            # x's plans share their buffers with dx's, y's with dy's (a pair): half the memory.
+            plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * c), grid, x.dtype, slot, bins_first=True, pair="x")
             plan.region = None  # every place is written
-            tiles = plan.input.reshape(hi - lo, cw, c, t, t)
-            for i, row in enumerate(order[lo:hi]):
-                image, top = tiling.where(row)
-                band = window(x, image, top - ph, -pw, t, band_width)                # (C, T, band)
-                s0, s1, s2 = band.strides
-                tiles[i] = as_strided(band, (cw, c, t, t), (mw * s2, s0, s1, s2))
-            plan.fftw.execute()
-            x_spec[:, lo:hi] = plan.bins.reshape(bins, hi - lo, -1)
-            inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * f), grid, x.dtype, slot, bins_first=True)
+            tiles = plan.input.reshape(hi - lo, cw, c, th, tw)
+            with phase("x tiles"):
+                for i, image, top in tiling.places(lo, hi):
+                    band = window(x, image, top - ph, -pw, th, band_width)               # (C, Th, band)
+                    s0, s1, s2 = band.strides
+                    tiles[i] = as_strided(band, (cw, c, th, tw), (mw * s2, s0, s1, s2))
+            with phase("x FFTs"):  # written straight into the spectra kept for dw
+                kept = x_spec[number] = plan.empty_bins()
+                plan.execute_into(kept)
+            inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * f), grid, x.dtype, slot, bins_first=True, pair="y")
             products = inverse.bins.reshape(bins, -1, f)                               # (bins, tiles, F)
-            np.matmul(as_real(plan.bins.reshape(bins, -1, c)), w_forward, out=as_real(products))
-            products[0] += b  # the bias, through the zero-frequency bin
-            inverse.fftw.execute()
-            outputs = inverse.fftw.output_array.reshape(hi - lo, cw, f, t, t)
-            for i, row in enumerate(order[lo:hi]):
-                image, top = tiling.where(row)
-                paste_corners(y[image, :, top:top + mh], outputs[i], mw)
+            with phase("y products"):
+                np.matmul(as_real(kept.reshape(bins, -1, c)), w_forward, out=as_real(products))
+                products[0] += b  # the bias, through the zero-frequency bin
+            with phase("y inverse FFTs"):
+                inverse.execute()
+            outputs = inverse.fftw.output_array.reshape(hi - lo, cw, f, th, tw)
+            with phase("y paste"):
+                for i, image, top in tiling.places(lo, hi):
+                    paste_corners(y[image, :, top:top + mh], outputs[i], mw)
 
-        run_tiles(block, len(order), rows_per_tile(cw * max(c, f), grid))
-        snap_to_bias(y, b, zero_windows(x, (kh, kw), padding))  # exact where a direct method is
-        w_dx = real_form(w_spec.transpose(2, 0, 1))                                   # (bins, 2F, 2C)
+        tiling.run(block, per_block)
+        with phase("exact bias"):
+            snap_to_bias(y, b, zero_windows(x, (kh, kw), padding))  # exact where a direct method is
+        with phase("kernel spectra"):
+            w_dx = real_form(w_spec.transpose(2, 0, 1))                                   # (bins, 2F, 2C)
         return y, (x_spec, w_dx, tiling, x.shape)
 
     def backward(self, dy, cache, need_dx=True):
         x_spec, w_dx, tiling, x_shape = cache
         c, f = x_shape[1], dy.shape[1]
-        t, mh, cw, (kh, kw) = tiling.tile, tiling.m[0], tiling.count[1], tiling.kernel
-        ph, pw = tiling.padding
-        grid, bins, order = (t, t), tiling.bins, tiling.order
-        dx = np.zeros(x_shape, dy.dtype) if need_dx else None
+        grid, mh, cw, (kh, kw) = tiling.tile, tiling.m[0], tiling.count[1], tiling.kernel
+        (th, tw), (ph, pw) = grid, tiling.padding
+        bins = tiling.bins
+        with phase("dx zeros"):
+            dx = np.zeros(x_shape, dy.dtype) if need_dx else None
         # The sum over blocks of as_real(X)^T as_real(D) (bins, 2C, 2F): every product of a
         # real or imaginary part of X with one of D, summed over tiles; D^H X from it below.
         # (This operand order ran twice as fast as D's transposed first.)
@@ -243,47 +296,51 @@ class FFTTiled:
         db_sum = SumInOrder()  # of the dy tiles' zero-frequency bins (their sums) over the blocks
 
         def block(part, lo, hi, slot):
-            plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * f), grid, dy.dtype, slot, bins_first=True)
+            plan = fftw.plan("FFTW_FORWARD", (hi - lo, cw * f), grid, dy.dtype, slot, bins_first=True, pair="y")
             region = ("dy tiles", tiling.m, tiling.out[1])
             if plan.region != region:  # only [0, M) x [0, Mw) of each tile is written (see cut_into_corners)
                 plan.input.fill(0)
                 plan.region = region
-            tiles = plan.input.reshape(hi - lo, cw, f, t, t)
-            for i, row in enumerate(order[lo:hi]):
-                image, top = tiling.where(row)
-                cut_into_corners(tiles[i], dy[image, :, top:top + mh], tiling.m)
-            plan.fftw.execute()
-            db_sum.add(part, plan.bins[0].real.reshape(-1, f).sum(axis=0, dtype=np.float64))
+            tiles = plan.input.reshape(hi - lo, cw, f, th, tw)
+            with phase("dy tiles"):
+                for i, image, top in tiling.places(lo, hi):
+                    # Read in one stream first: cut straight from dy (out of cache), its
+                    # scattered short runs were read at a third of the speed.
+                    cut_into_corners(tiles[i], np.array(dy[image, :, top:top + mh]), tiling.m)
+            with phase("dy FFTs"):
+                plan.execute()
+            with phase("db"):
+                db_sum.add(part, plan.bins[0].real.reshape(-1, f).sum(axis=0, dtype=np.float64))
             d_spec = as_real(plan.bins.reshape(bins, -1, f))                          # (bins, tiles, 2F)
-            x_block = as_real(x_spec[:, lo:hi].reshape(bins, -1, c))                  # (bins, tiles, 2C), a view
-            dw_sum.add(part, np.matmul(x_block.transpose(0, 2, 1), d_spec))            # (bins, 2C, 2F)
+            x_block = as_real(x_spec[part].reshape(bins, -1, c))                      # (bins, tiles, 2C), a view
+            with phase("dw products"):
+                dw_sum.add(part, np.matmul(x_block.transpose(0, 2, 1), d_spec))            # (bins, 2C, 2F)
             if not need_dx:
                 return
-            inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * c), grid, dy.dtype, slot, bins_first=True)
-            np.matmul(d_spec, w_dx, out=as_real(inverse.bins.reshape(bins, -1, c)))   # D W: (bins, tiles, 2C)
-            inverse.fftw.execute()
-            full = inverse.fftw.output_array.reshape(hi - lo, cw, c, t, t)
-            for i, row in enumerate(order[lo:hi]):
-                image, top = tiling.where(row)
-                add_tiles(dx[image], full[i], top - ph, -pw, tiling.m[1])
+            inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * c), grid, dy.dtype, slot, bins_first=True, pair="x")
+            with phase("dx products"):
+                np.matmul(d_spec, w_dx, out=as_real(inverse.bins.reshape(bins, -1, c)))   # D W: (bins, tiles, 2C)
+            with phase("dx inverse FFTs"):
+                inverse.execute()
+            full = inverse.fftw.output_array.reshape(hi - lo, cw, c, th, tw)
+            with phase("dx overlap-add"):
+                for i, image, top in tiling.places(lo, hi):
+                    add_tiles(dx[image], full[i], top - ph, -pw, tiling.m[1])
 
         # Overlap-add: tile rows less than T apart overlap, so the rows of one phase run
-        # together, and the phases one after another (without dx, all rows at once).
-        per_block = rows_per_tile(cw * max(c, f), grid)
-        for start, end in tiling.phase_bounds if need_dx else [(0, len(order))]:
-            first = dw_sum.expected
-            run_tiles(lambda index, lo, hi, slot, first=first, start=start:
-                      block(first + index, start + lo, start + hi, slot), end - start, per_block)
+        # together, and the phases one after another (the forward's blocks).
+        tiling.run(block, block_rows(cw, c, f, grid))
         # dw = irfft(D^H X summed)[:kh, :kw] (F, C, kh, kw), one inverse per plane; from the
         # real parts' products, D^H X = (Xr Dr + Xi Di) + i (Xi Dr - Xr Di).
-        parts = dw_sum.total.reshape(bins, c, 2, f, 2).transpose(3, 1, 0, 2, 4)       # (F, C, bins, 2, 2)
-        plan = fftw.plan("FFTW_BACKWARD", (f, c), grid, dy.dtype)
-        spectra = plan.input.reshape(f, c, bins)
-        scale = 1.0 / (t * t)
-        spectra.real = (parts[..., 0, 0] + parts[..., 1, 1]) * scale
-        spectra.imag = (parts[..., 1, 0] - parts[..., 0, 1]) * scale
-        plan.fftw.execute()
-        dw = plan.fftw.output_array[:, :, :kh, :kw].copy()
+        with phase("dw inverse"):
+            parts = dw_sum.total.reshape(bins, c, 2, f, 2).transpose(3, 1, 0, 2, 4)       # (F, C, bins, 2, 2)
+            plan = fftw.plan("FFTW_BACKWARD", (f, c), grid, dy.dtype)
+            spectra = plan.input.reshape(f, c, bins)
+            scale = 1.0 / (th * tw)
+            spectra.real = (parts[..., 0, 0] + parts[..., 1, 1]) * scale
+            spectra.imag = (parts[..., 1, 0] - parts[..., 0, 1]) * scale
+            plan.fftw.execute()
+            dw = plan.fftw.output_array[:, :, :kh, :kw].copy()
         db = db_sum.total.astype(dy.dtype)
         return dx, dw, db
 
@@ -338,15 +395,15 @@ def paste_corners(band, tiles, mw):
 
 
 def add_tiles(dst, tiles, top, left, step):
-    """Overlap-add a row of tiles (count, C, T, T) into ``dst`` (C, H, W): tile j at
+    """Overlap-add a row of tiles (count, C, Th, Tw) into ``dst`` (C, H, W): tile j at
     (top, left + j * step), the parts outside ``dst`` dropped."""
     _, height, width = dst.shape
-    t = tiles.shape[-1]
-    r0, r1 = max(top, 0), min(top + t, height)
+    th, tw = tiles.shape[-2:]
+    r0, r1 = max(top, 0), min(top + th, height)
     if r0 >= r1:
         return
     for j, tile in enumerate(tiles):
         col = left + j * step
-        c0, c1 = max(col, 0), min(col + t, width)
+        c0, c1 = max(col, 0), min(col + tw, width)
         if c0 < c1:
             dst[:, r0:r1, c0:c1] += tile[:, r0 - top:r1 - top, c0 - col:c1 - col]

@@ -165,16 +165,56 @@ def settings() -> Settings:
     return _plans.settings
 
 
-class _Plan:
-    """One FFTW plan with its own aligned buffers; ``region`` remembers where the input
-    holds data (everywhere else it is zero). ``bins``: for a bins-first plan, its spectra
-    as a contiguous (bins, *batch) array (else None)."""
+class _Buffers:
+    """A plan's aligned buffers: ``real`` (*batch, *fft_shape), ``spectrum`` (FFTW's view
+    of the spectra) and ``bins`` (for a bins-first plan, the spectra as a contiguous
+    (bins, *batch) array, else None); ``region`` remembers where ``real`` holds data
+    (everywhere else it is zero; None: unknown). A paired forward and inverse plan (see
+    :func:`plan`) share one."""
 
-    def __init__(self, fftw, bins=None):
+    def __init__(self, real, spectrum, bins):
+        self.real, self.spectrum, self.bins = real, spectrum, bins
+        self.region = None
+
+
+class _Plan:
+    """One FFTW plan and its :class:`_Buffers`: ``input`` is its input buffer, ``bins``
+    its bin-major spectra (bins-first plans), ``region`` where the real buffer holds data."""
+
+    def __init__(self, fftw, buffers):
         self.fftw = fftw
         self.input = fftw.input_array
-        self.region = None
-        self.bins = bins
+        self.buffers = buffers
+        self.bins = buffers.bins
+
+    @property
+    def region(self):
+        return self.buffers.region
+
+    @region.setter
+    def region(self, value):
+        self.buffers.region = value
+
+    def execute(self):
+        """Run the transform. An inverse writes the whole real buffer, so where it holds
+        data is then unknown to the forward plan that shares it."""
+        self.fftw.execute()
+        if self.fftw.direction == "FFTW_BACKWARD":
+            self.buffers.region = None
+
+    def empty_bins(self):
+        """A new aligned array like ``bins``, for :meth:`execute_into`."""
+        return pyfftw.empty_aligned(self.bins.shape, self.bins.dtype)
+
+    def execute_into(self, bins):
+        """Run this bins-first forward plan with its spectra written into ``bins`` (from
+        :meth:`empty_bins`) instead of its own buffer: spectra to be kept need no copy."""
+        grid = self.buffers.spectrum.shape[-2:]
+        self.fftw.update_arrays(self.input, np.moveaxis(bins.reshape(grid + bins.shape[1:]), (0, 1), (-2, -1)))
+        try:
+            self.fftw.execute()
+        finally:
+            self.fftw.update_arrays(self.input, self.buffers.spectrum)
 
 
 class _Plans:
@@ -202,13 +242,15 @@ class _Plans:
             self.cache.clear()
             self.wisdom_loaded = False
 
-    def get(self, direction, batch, fft_shape, dtype, slot=None, bins_first=False) -> _Plan:
-        key = (direction, batch, fft_shape, np.dtype(dtype), slot, bins_first)
+    def get(self, direction, batch, fft_shape, dtype, slot=None, bins_first=False, pair=None) -> _Plan:
+        key = (direction, batch, fft_shape, np.dtype(dtype), slot, bins_first, pair)
         current = settings()
         with self.lock:
             plan = self.cache.get(key)
             if plan is None:
-                plan = self.cache[key] = self._build(current, *key)
+                other = ("FFTW_BACKWARD" if direction == "FFTW_FORWARD" else "FFTW_FORWARD",) + key[1:]
+                partner = self.cache.get(other) if pair is not None else None
+                plan = self.cache[key] = self._build(current, *key[:-1], None if partner is None else partner.buffers)
                 if len(self.cache) > MAX_PLANS:
                     self.cache.popitem(last=False)
             self.cache.move_to_end(key)
@@ -218,19 +260,22 @@ class _Plans:
         """In a forked child, which has none of the parent's threads: a lock that no thread holds."""
         self.lock = threading.Lock()
 
-    def _build(self, current, direction, batch, fft_shape, dtype, slot, bins_first) -> _Plan:
+    def _build(self, current, direction, batch, fft_shape, dtype, slot, bins_first, buffers) -> _Plan:
+        """A new plan, on ``buffers`` (its partner's) if given, else on new ones."""
         if not self.wisdom_loaded:
             self.wisdom_loaded = True
             self._load_wisdom(current.wisdom_path)
-        real_shape = batch + fft_shape
-        bins_shape = (fft_shape[0], fft_shape[1] // 2 + 1)
-        real = pyfftw.empty_aligned(real_shape, dtype)
-        complex_dtype = np.result_type(dtype, np.complex64)
-        if bins_first:  # FFTW reads or writes the spectra through a transposed view
-            bins = pyfftw.empty_aligned(bins_shape + batch, complex_dtype)
-            spectrum = np.moveaxis(bins, (0, 1), (-2, -1))
-        else:
-            bins, spectrum = None, pyfftw.empty_aligned(batch + bins_shape, complex_dtype)
+        if buffers is None:
+            real = pyfftw.empty_aligned(batch + fft_shape, dtype)
+            bins_shape = (fft_shape[0], fft_shape[1] // 2 + 1)
+            complex_dtype = np.result_type(dtype, np.complex64)
+            if bins_first:  # FFTW reads or writes the spectra through a transposed view
+                bins = pyfftw.empty_aligned(bins_shape + batch, complex_dtype)
+                spectrum = np.moveaxis(bins, (0, 1), (-2, -1))
+            else:
+                bins, spectrum = None, pyfftw.empty_aligned(batch + bins_shape, complex_dtype)
+            buffers = _Buffers(real, spectrum, None if bins is None else bins.reshape((-1,) + batch))
+        real, spectrum = buffers.real, buffers.spectrum
         arrays = (real, spectrum) if direction == "FFTW_FORWARD" else (spectrum, real)
         # Waking threads costs more than a small transform takes.
         big = slot is None and real.size >= MIN_POINTS_PER_THREAD * current.threads
@@ -241,10 +286,11 @@ class _Plans:
                            flags=(f"FFTW_{planner.upper()}",), threads=threads)
         # Planning by measurement scribbles on the buffers; the input must start zeroed.
         fftw.input_array.fill(0)
+        buffers.region = None
         # An estimated plan is instant, so only measured ones are worth remembering.
         if current.wisdom_path is not None and planner != "estimate":
             self._save_wisdom(current.wisdom_path)
-        return _Plan(fftw, None if bins is None else bins.reshape((-1,) + batch))
+        return _Plan(fftw, buffers)
 
     @staticmethod
     def _load_wisdom(path):
@@ -275,14 +321,19 @@ _plans = _Plans()
 os.register_at_fork(after_in_child=_plans.forget_lock)
 
 
-def plan(direction, batch, fft_shape, dtype, slot=None, bins_first=False) -> _Plan:
+def plan(direction, batch, fft_shape, dtype, slot=None, bins_first=False, pair=None) -> _Plan:
     """The cached plan transforming (*batch, *fft_shape) grids: ``direction``
     ``"FFTW_FORWARD"`` (real -> complex) or ``"FFTW_BACKWARD"`` (complex -> real, unscaled);
     ``plan.input`` is its input buffer, ``plan.fftw.output_array`` its output; ``slot``
     (given to work by :func:`run_tiles`): a tile's single-threaded plan, see :class:`_Plans`.
     With ``bins_first`` the spectra are laid out bin-major, as
-    ``plan.bins`` (bins, *batch): per-bin matrix products then need no transposing copies."""
-    return _plans.get(direction, batch, fft_shape, dtype, slot, bins_first)
+    ``plan.bins`` (bins, *batch): per-bin matrix products then need no transposing copies.
+
+    ``pair`` (a name): the forward and the inverse plan of the same grids and the same
+    ``pair`` share their buffers (half the memory), for work that never needs both at
+    once; run such a plan with ``plan.execute()``, which keeps ``region`` right for its
+    partner."""
+    return _plans.get(direction, batch, fft_shape, dtype, slot, bins_first, pair)
 
 
 def rfft2(signal, rows, cols, fft_shape, relu_output=None):
@@ -312,9 +363,10 @@ def rfft2(signal, rows, cols, fft_shape, relu_output=None):
     return spectra
 
 
-def rows_per_tile(planes_per_row, fft_shape):
-    """How many rows of ``planes_per_row`` grids make a tile of about :data:`TILE_POINTS`."""
-    return max(1, TILE_POINTS // (planes_per_row * fft_shape[0] * fft_shape[1]))
+def rows_per_tile(planes_per_row, fft_shape, points=None):
+    """How many rows of ``planes_per_row`` grids make a tile of about ``points`` grid
+    points (default :data:`TILE_POINTS`)."""
+    return max(1, (points or TILE_POINTS) // (planes_per_row * fft_shape[0] * fft_shape[1]))
 
 
 class _Slots:

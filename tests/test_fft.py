@@ -81,6 +81,39 @@ def test_plan_cache_keeps_the_most_recently_used(planned, monkeypatch):
     assert len(planned) == built, "the latest shape's plans were dropped"
 
 
+def test_paired_plans_share_buffers_and_the_forward_sees_them_written():
+    """A forward and an inverse plan of one pair share their buffers (fft-tiled's x and dx,
+    y and dy); another pair, or no pair, has its own; after the inverse runs, where the
+    real buffer holds data is unknown (the forward must zero it again)."""
+    grid, batch = (8, 8), (2, 3)
+    forward = fftw.plan("FFTW_FORWARD", batch, grid, np.float32, slot=0, bins_first=True, pair="test")
+    inverse = fftw.plan("FFTW_BACKWARD", batch, grid, np.float32, slot=0, bins_first=True, pair="test")
+    other = fftw.plan("FFTW_BACKWARD", batch, grid, np.float32, slot=0, bins_first=True, pair="other")
+    alone = fftw.plan("FFTW_BACKWARD", batch, grid, np.float32, slot=0, bins_first=True)
+    assert forward.input is inverse.fftw.output_array and forward.bins is inverse.bins
+    assert forward.buffers is inverse.buffers
+    assert not np.shares_memory(other.bins, forward.bins) and not np.shares_memory(alone.bins, forward.bins)
+    forward.region = "written"
+    assert inverse.region == "written"
+    inverse.bins[...] = 1
+    inverse.execute()
+    assert forward.region is None
+    np.testing.assert_allclose(forward.input[0, 0], np.eye(1, 64).reshape(8, 8) * 64, atol=1e-4)  # a flat spectrum
+
+
+def test_execute_into_writes_the_spectra_elsewhere_and_leaves_the_plan_as_it_was():
+    plan = fftw.plan("FFTW_FORWARD", (2, 3), (8, 6), np.float64, slot=0, bins_first=True)
+    plan.input[...] = np.random.default_rng(0).standard_normal(plan.input.shape)
+    kept = plan.empty_bins()
+    plan.bins[...] = 0
+    plan.execute_into(kept)
+    want = np.fft.rfft2(plan.input).reshape(2, 3, -1).transpose(2, 0, 1)
+    np.testing.assert_allclose(kept, want, atol=1e-12)
+    assert not plan.bins.any(), "the plan's own buffer was written"
+    plan.execute()
+    np.testing.assert_allclose(plan.bins, want, atol=1e-12)
+
+
 @pytest.mark.parametrize("padded, grid", [
     ((30, 30), (32, 32)),    # the MNIST layer: 32 = 2^5 beats the nearest fast length 30 = 2*3*5
     ((66, 66), (72, 72)),    # 72 = 2^3*3^2 beats 66 = 2*3*11, and 128 would be wasteful

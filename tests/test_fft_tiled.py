@@ -71,7 +71,7 @@ def test_sum_in_order_adds_parts_in_their_order_whatever_order_they_come_in():
 
 def test_many_blocks_on_two_threads_match_im2col(monkeypatch):
     """Blocks of one tile row each, shared by two threads; dx's overlap-add in phases."""
-    monkeypatch.setattr(fftw, "TILE_POINTS", 1)
+    monkeypatch.setattr(fft_tiled, "BLOCK_POINTS", 1)
     fftw.configure(threads=2, planner="estimate")
     try:
         rng = np.random.default_rng(3)
@@ -84,6 +84,33 @@ def test_many_blocks_on_two_threads_match_im2col(monkeypatch):
             ref = (y,) + tuple(convlab.get_backend("im2col").backward(dy, cache))
             for ours, want in zip(passes(TILED, case, dy), ref):
                 np.testing.assert_allclose(ours, want, rtol=0, atol=1e-9 * np.abs(want).max())
+    finally:
+        fftw.configure()
+
+
+@pytest.mark.parametrize("tile", [(16, 8), (8, 16), (32, 16)])
+@pytest.mark.parametrize("blocks", ["one", "many"])
+def test_rectangular_tiles_match_naive(tile, blocks, monkeypatch):
+    """(Th, Tw) tiles, as the cost model may choose them, in one block or one tile row per
+    block on two threads (spectra kept per block, the backward on the forward's blocks)."""
+    monkeypatch.setattr(fft_tiled, "tile_size_for", lambda *args: tile)
+    if blocks == "many":
+        monkeypatch.setattr(fft_tiled, "BLOCK_POINTS", 1)
+        fftw.configure(threads=2, planner="estimate")
+    try:
+        rng = np.random.default_rng(sum(tile))
+        for _ in range(4):
+            kh, kw = int(rng.integers(1, tile[0] + 1)), int(rng.integers(1, tile[1] + 1))
+            ph, pw = (int(p) for p in rng.integers(0, [kh + 2, kw + 2]))
+            x = rng.standard_normal((2, 3, int(rng.integers(max(1, kh - 2 * ph), 50)),
+                                     int(rng.integers(max(1, kw - 2 * pw), 50))))
+            case = (x, rng.standard_normal((4, 3, kh, kw)), rng.standard_normal(4), (1, 1), (ph, pw))
+            y, cache = ORACLE.forward(*case)
+            dy = rng.standard_normal(y.shape)
+            ref = (y,) + tuple(ORACLE.backward(dy, cache))
+            for name, ours, want in zip(("y", "dx", "dw", "db"), passes(TILED, case, dy), ref):
+                np.testing.assert_allclose(ours, want, rtol=0, atol=1e-9 * max(1.0, np.abs(want).max()),
+                                           err_msg=f"{name}: tile {tile}, x {x.shape} k {kh}x{kw} padding {ph},{pw}")
     finally:
         fftw.configure()
 
@@ -109,12 +136,12 @@ def test_gradients_pass_finite_differences():
 
 def test_the_tile_is_chosen_by_cost_and_can_be_set(monkeypatch):
     tiling = TILED.impl.tiling((8, 3, 224, 224), (16, 3, 7, 7), (3, 3))
-    assert tiling.tile in fft_tiled.TILE_SIZES and tiling.tile >= 7
-    assert TILED.impl.tiling((1, 1, 6, 6), (1, 1, 3, 3), (1, 1)).tile == 8  # small image, small tile
+    assert set(tiling.tile) <= set(fft_tiled.TILE_SIZES) and min(tiling.tile) >= 7
+    assert TILED.impl.tiling((1, 1, 6, 6), (1, 1, 3, 3), (1, 1)).tile == (8, 8)  # small image, small tile
     monkeypatch.setenv(fft_tiled.ENV_TILE, "16")
-    assert TILED.impl.tiling((8, 3, 224, 224), (16, 3, 7, 7), (3, 3)).tile == 16
+    assert TILED.impl.tiling((8, 3, 224, 224), (16, 3, 7, 7), (3, 3)).tile == (16, 16)
     TILED.impl.tile = 32  # the attribute wins over the environment
-    assert TILED.impl.tiling((8, 3, 224, 224), (16, 3, 7, 7), (3, 3)).tile == 32
+    assert TILED.impl.tiling((8, 3, 224, 224), (16, 3, 7, 7), (3, 3)).tile == (32, 32)
 
 
 @pytest.mark.parametrize("value", ["12", "0", "big", 16.0, True])
