@@ -78,6 +78,7 @@ import numpy as np
 from convlab.checks import int_choice
 from convlab.registry import register_backend
 from convlab.profile import phase, shared_among_threads
+from convlab.relu import relu_gradient_block
 from convlab.threads import chunk_bounds, item_chunks, share_chunks, single_threaded_blas
 
 # Interpolation points in the order they are taken; the point at infinity is always added.
@@ -353,10 +354,11 @@ def transform_tiles(canvas, tiling, left, right, origin=(0, 0), out=None):
     return out
 
 
-def untransform_tiles(products, a_t_h, a_t_w, counts, out):
+def untransform_tiles(products, a_t_h, a_t_w, counts, out, relu=False):
     """Aᵀ M A of every tile, written into out (n, F, OH, OW) with the crop: products
     (alpha_h * alpha_w, F, th * n * tw), point (a, b) first, then the output channel, then
-    the tile in :func:`transform_tiles`'s order.
+    the tile in :func:`transform_tiles`'s order. With ``relu``, max(., 0) of it: the last
+    copy takes the maximum against a row of zeros instead (one pass either way).
 
     Down first (one GEMM over all the a rows), then across, the tile's columns last:
     (u, F * tiles, b) @ A_w, one GEMM per output row u, gives the tiles as (u, F, i, n, j, v),
@@ -371,10 +373,17 @@ def untransform_tiles(products, a_t_h, a_t_w, counts, out):
     tiles = np.matmul(down.reshape(m, aw, -1).transpose(0, 2, 1), a_t_w.T)  # (u, F * tiles, v)
     tiles = tiles.reshape(m, f, th, n, tw * m)[..., :ow]
     whole = min(th, oh // m)  # tile rows entirely inside out
-    np.copyto(out[:, :, :whole * m].reshape(n, f, whole, m, ow, copy=False),
-              tiles[:, :, :whole].transpose(3, 1, 2, 0, 4))
+    zeros = np.zeros(ow, out.dtype) if relu else None  # broadcast: numpy's inner loop stays contiguous
+
+    def place(source, target):
+        if relu:
+            np.maximum(source, zeros, out=target)
+        else:
+            np.copyto(target, source)
+
+    place(tiles[:, :, :whole].transpose(3, 1, 2, 0, 4), out[:, :, :whole * m].reshape(n, f, whole, m, ow, copy=False))
     if whole < th:
-        np.copyto(out[:, :, whole * m:], tiles[:oh - whole * m, :, whole].transpose(2, 1, 0, 3))
+        place(tiles[:oh - whole * m, :, whole].transpose(2, 1, 0, 3), out[:, :, whole * m:])
 
 
 @functools.lru_cache(maxsize=None)
@@ -418,11 +427,11 @@ def with_bias(w, b):
     return out
 
 
-def correlate_tiles(canvas, tiling, kernel, u, out, v=None):
+def correlate_tiles(canvas, tiling, kernel, u, out, v=None, relu=False):
     """One chunk of a correlation by F(m x m, r x r): the input tiles of ``canvas`` (n, Hc,
     Wc, C) transformed (Bᵀ d B) into ``v`` (P, tiles, C; a new array if not given), one GEMM
     per point with U (P, C, F), (tiles, C) @ (C, F), written as (P, F, tiles), and the output
-    transform into out (n, F, OH, OW)."""
+    transform into out (n, F, OH, OW), with ``relu`` max(., 0) of it."""
     m, dtype = tiling.step, canvas.dtype
     (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = transforms(m, kernel[0], dtype), transforms(m, kernel[1], dtype)
     with phase("input transform"):
@@ -431,10 +440,10 @@ def correlate_tiles(canvas, tiling, kernel, u, out, v=None):
         products = np.empty((u.shape[0], u.shape[2], v.shape[1]), dtype)
         np.matmul(v, u, out=products.transpose(0, 2, 1))
     with phase("output transform"):
-        untransform_tiles(products, a_t_h, a_t_w, tiling.counts, out)
+        untransform_tiles(products, a_t_h, a_t_w, tiling.counts, out, relu)
 
 
-def correlate(x, u, kernel, pads, m, ones=False):
+def correlate(x, u, kernel, pads, m, ones=False, relu=False):
     """y (N, F, OH, OW), the stride-1 correlation of x (N, C, H, W), padded by ``pads``
     ((top, bottom), (left, right), negative crops), with the filters (F, C, r_h, r_w) whose
     transform is u (P, C, F), by F(m x m, r x r).
@@ -447,7 +456,8 @@ def correlate(x, u, kernel, pads, m, ones=False):
 
     In chunks (:func:`piece`: a few images, or a band of tile rows of a large image)
     shared among the cores, each taken from x to y while in cache: canvas, input transform,
-    GEMMs, output transform. The forward, and ``dx`` of the backward.
+    GEMMs, output transform. The forward, and ``dx`` of the backward. With ``relu``, y is
+    max(., 0), taken in the chunk's last copy into y.
     """
     (top, _), (left, _) = pads
     (n, c), (k, f) = x.shape[:2], u.shape[1:]  # c: x's channels; k: with the ones
@@ -459,14 +469,14 @@ def correlate(x, u, kernel, pads, m, ones=False):
         band = tiling.band(first, stop)
         with phase("canvas"):
             canvas = unrolled_canvas(x[images], (top - first * m, left), band, ones)
-        correlate_tiles(canvas, band, kernel, u, y[images, :, first * m:stop * m])
+        correlate_tiles(canvas, band, kernel, u, y[images, :, first * m:stop * m], relu=relu)
 
     with shared_among_threads():
         share_chunks(chunk, item_chunks(n, tiling.counts[0], tile_rows_per_chunk(tiling, max(k, f), x.itemsize)))
     return y
 
 
-def gradients(dy, x, w, padding, m, need_dx=True):
+def gradients(dy, x, w, padding, m, need_dx=True, relu_output=None):
     """(dx or None, dw, db) for dy (N, F, OH, OW) of the forward of x (N, C, H, W), w (F, C, r_h, r_w).
 
     ``dw`` in groups of tiles (:func:`tile_rows_per_group`) shared among the cores. A group's
@@ -485,6 +495,11 @@ def gradients(dy, x, w, padding, m, need_dx=True):
     ``db`` is summed per group too, from the group's dy while it is in cache, the groups'
     sums added in group order: a separate pass over dy after the groups took 0.3-0.5 ms of
     64x32->32 28x28's backward on one core, while the other waited.
+
+    After a forward with a fused ReLU, ``relu_output`` is its y: each group first keeps the
+    rows of dy it reads (its own, and for the shared canvas the r - 1 rows around them) only
+    where y > 0, in a copy of its own; when dx is computed after the groups, each group also
+    writes its own rows of that into one array for it.
     """
     (ph, pw), (n, c), (f, _, kh, kw), dtype = padding, x.shape[:2], w.shape, dy.dtype
     _, tiling = correlation_tiling(x.shape[2:], (kh, kw), ((ph, ph), (pw, pw)), m)
@@ -500,17 +515,27 @@ def gradients(dy, x, w, padding, m, need_dx=True):
     flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, kh, kw)
     u_dx = filter_transform(flipped, m) if need_dx else None
     dx = np.empty(x.shape, dtype) if shared else None
+    kept = np.empty_like(dy) if relu_output is not None and need_dx and not shared else None
 
     def group(index, lo, hi):
         images, first, stop = piece(lo, hi, tiling.counts[0])
         band, dy_band, dx_band = (t.band(first, stop) for t in (tiling, dy_tiling, dx_tiling))
-        db_parts[index] = dy[images, :, first * m:stop * m].sum(axis=(0, 2, 3))
+        source, top = dy[images], 0  # the dy rows this group reads, from row top of dy
+        if relu_output is not None:
+            top = max(0, first * m - q[0]) if shared else first * m
+            rows = slice(top, stop * m + kh - 1 - q[0] if shared else stop * m)
+            source = np.empty_like(dy[images, :, rows])
+            relu_gradient_block(dy[images, :, rows], relu_output[images, :, rows], source)
+        own = source[:, :, first * m - top:stop * m - top]
+        if kept is not None:
+            np.copyto(kept[images, :, first * m:stop * m], own)
+        db_parts[index] = own.sum(axis=(0, 2, 3))
         with phase("canvas"):
             canvas = unrolled_canvas(x[images], (ph - first * m, pw), band)
             if shared:
-                dy_canvas, origin = unrolled_canvas(dy[images], (q[0] - first * m, q[1]), dx_band), q
+                dy_canvas, origin = unrolled_canvas(source, (q[0] - first * m + top, q[1]), dx_band), q
             else:
-                dy_canvas, origin = unrolled_canvas(dy[images], (-first * m, 0), dy_band), (0, 0)
+                dy_canvas, origin = unrolled_canvas(source, (top - first * m, 0), dy_band), (0, 0)
         with phase("input transform"):
             v = transform_tiles(canvas, band, b_t_h, b_t_w)  # (P, tiles, C)
             dy_hat = transform_tiles(dy_canvas, dy_band, a_t_h.T, a_t_w.T, origin)  # (P, tiles, F)
@@ -532,7 +557,7 @@ def gradients(dy, x, w, padding, m, need_dx=True):
         dw = np.empty((kh * kw, f * c), dtype)
         in_float64(filter_matrix(m, (kh, kw)).T, dw_hat.reshape(points, -1), dw)
     if need_dx and not shared:
-        dx = correlate(dy, u_dx, (kh, kw), ((q[0], q[0]), (q[1], q[1])), m)
+        dx = correlate(dy if kept is None else kept, u_dx, (kh, kw), ((q[0], q[0]), (q[1], q[1])), m)
     return dx, dw.T.reshape(w.shape), db_parts.sum(axis=0)
 
 
@@ -551,16 +576,21 @@ class Winograd:
             return f"kernel {kh}x{kw} (kernel sides 1 to {MAX_KERNEL_SIDE} only)"
         return None
 
-    def forward(self, x, w, b, stride, padding):
+    # A ReLU after the layer is taken in each chunk's last copy into y, and its gradient
+    # applied to each group's rows of dy as the backward reads them.
+    fuses_relu = True
+
+    def forward(self, x, w, b, stride, padding, relu=False):
         # BLAS on the calling thread only, also outside the shared chunks (the filter
         # transform): a threaded BLAS call leaves BLAS's threads spinning for a while on the
         # core the chunks' second thread needs.
         (ph, pw), m = padding, settings().tile
         with single_threaded_blas():
-            y = correlate(x, filter_transform(with_bias(w, b), m), w.shape[2:], ((ph, ph), (pw, pw)), m, ones=True)
-        return y, (x, w, padding, m)
+            y = correlate(x, filter_transform(with_bias(w, b), m), w.shape[2:], ((ph, ph), (pw, pw)), m,
+                          ones=True, relu=relu)
+        return y, (x, w, padding, m, y if relu else None)
 
     def backward(self, dy, cache, need_dx=True):
-        x, w, padding, m = cache
+        x, w, padding, m, relu_output = cache
         with single_threaded_blas():
-            return gradients(dy, x, w, padding, m, need_dx)
+            return gradients(dy, x, w, padding, m, need_dx, relu_output)

@@ -29,9 +29,15 @@ def tile():
     winograd.configure(tile=before.tile)
 
 
-def run(backend, x, w, b, padding, dy):
-    y, cache = backend.forward(x, w, b, 1, padding)
+def run(backend, x, w, b, padding, dy, relu=False):
+    y, cache = backend.forward(x, w, b, 1, padding, relu=relu)
     return (y,) + tuple(backend.backward(dy, cache))
+
+
+def run_oracle_then_relu(x, w, b, padding, dy):
+    """naive's (y, dx, dw, db) with a ReLU layer after it."""
+    y, cache = ORACLE.forward(x, w, b, 1, padding)
+    return (np.maximum(y, 0),) + tuple(ORACLE.backward(dy * (y > 0), cache))
 
 
 @pytest.mark.parametrize("m", winograd.TILES)
@@ -82,12 +88,13 @@ def test_matches_naive_on_dense_random_shapes(tile, m):
 def test_chunks_and_groups_match_naive(tile, monkeypatch):
     """Chunks that are bands of tile rows, groups of several images (the shapes above fit in
     one chunk), dy's canvas shared by dw and dx ("same" padding) or not: the chunk edges, the
-    groups' dw sums and dx agree with naive too."""
+    groups' dw sums and dx agree with naive too; also with the ReLU fused (each group keeps
+    dy's rows it reads, those around a band too, where y > 0)."""
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
     rng = np.random.default_rng(7)
-    bands = several = False
+    bands = several = banded_groups = False
     for m, kernel, padding, n, image, f in ((4, (3, 3), (1, 1), 7, (13, 10), 24), (6, (3, 5), (0, 4), 9, (5, 6), 24),
-                                            (2, (5, 3), (3, 0), 5, (13, 10), 4)):
+                                            (2, (5, 3), (3, 0), 5, (13, 10), 4), (2, (3, 3), (1, 1), 2, (40, 6), 3)):
         tile(m)
         x, w = rng.standard_normal((n, 3) + image), rng.standard_normal((f, 3) + kernel)
         b = rng.standard_normal(f)
@@ -99,12 +106,14 @@ def test_chunks_and_groups_match_naive(tile, monkeypatch):
                   n, tiling.counts[0], winograd.tile_rows_per_group(n, per, tiling, f, 3))]
         bands |= any(stop - first < tiling.counts[0] for _, first, stop in chunks)
         several |= any(images.stop - images.start > 1 for images, _, _ in groups)
+        banded_groups |= any(stop - first < tiling.counts[0] for _, first, stop in groups)
         y, _ = ORACLE.forward(x, w, b, 1, padding)
         dy = rng.standard_normal(y.shape)
-        for name, ours, ref in zip(("y", "dx", "dw", "db"), run(WINOGRAD, x, w, b, padding, dy),
-                                   run(ORACLE, x, w, b, padding, dy)):
-            np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max(), err_msg=f"{name}, m={m}")
-    assert bands and several
+        for relu, refs in ((False, run(ORACLE, x, w, b, padding, dy)), (True, run_oracle_then_relu(x, w, b, padding, dy))):
+            for name, ours, ref in zip(("y", "dx", "dw", "db"), run(WINOGRAD, x, w, b, padding, dy, relu), refs):
+                np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max(),
+                                           err_msg=f"{name}, m={m}, relu={relu}")
+    assert bands and several and banded_groups
 
 
 def test_one_channel_images_with_any_strides(tile):
