@@ -186,3 +186,27 @@ def test_im2col_input_gradient_paths_agree_with_the_oracle(x_shape, w_shape, pad
         results.append(backend.backward(np.cos(y), cache))
     for ours, oracle in zip(results[1], results[0]):
         np.testing.assert_allclose(ours, oracle, rtol=1e-10, atol=1e-10)
+
+
+def test_dense_blocks_of_features_give_the_plain_products_on_one_thread_and_two(monkeypatch):
+    """The dense layer's products cut into blocks of features (forward parts added in block
+    order, dw and dx blocks disjoint): the same numbers on one thread and two, and the plain
+    products up to float rounding."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((9, 50))
+    dy = rng.standard_normal((9, 4))
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(convlab.threads, "worker_count", lambda threads=threads: threads)
+        layer = Dense(50, 4, rng=np.random.default_rng(8), dtype=np.float64)
+        monkeypatch.setattr(layer, "K_BLOCK", 7)
+        monkeypatch.setattr(layer, "FEATURE_BLOCK", 6)
+        y = layer.forward(x)
+        dx = layer.backward(dy)
+        results.append((y, dx, layer.grads["w"], layer.grads["b"]))
+        w, b = layer.params["w"], layer.params["b"]
+        np.testing.assert_allclose(y, x @ w + b, rtol=1e-12)
+        np.testing.assert_allclose(dx, dy @ w.T, rtol=1e-12)
+        np.testing.assert_allclose(layer.grads["w"], x.T @ dy, rtol=1e-12)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
