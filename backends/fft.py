@@ -126,20 +126,16 @@ class FFT:
             # The kernel spectra carry the inverse transform's 1/(Hf*Wf): they are the smallest.
             w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
         exact = zero_windows(x, (kh, kw), padding, stride)
-        zeros = None
 
         def finish(y_rows, lo, hi):
             snap_to_bias(y_rows, b, exact[lo:hi])  # exact where a direct method is
             if relu:
-                relu_block(y_rows, zeros, y_rows)
+                relu_block(y_rows, y_rows)
 
         with phase("products, inverse, crop"):
-            rows, cols = slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw)
-            if relu:
-                zeros = np.zeros((1, w.shape[0], len(range(*rows.indices(padded[0]))),
-                                  len(range(*cols.indices(padded[1])))), x.dtype)
-            y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid, rows, cols,   # (N, F, OH, OW)
-                                    offset=b, finish=finish)
+            y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid,                # (N, F, OH, OW)
+                                    slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw), offset=b,
+                                    finish=finish)
         return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid, y if relu else None)
 
     def backward(self, dy, cache, need_dx=True):

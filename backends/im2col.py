@@ -167,7 +167,6 @@ class Im2col:
         y = np.empty((n, f, oh, ow), dtype=x.dtype)
         y_mat = y.reshape(n, f, oh * ow)
         chunks = chunk_bounds(n, images_per_chunk(k, f, oh * ow, x.itemsize))
-        zeros = np.zeros((chunks[0][1], f, oh * ow), dtype=x.dtype) if relu else None
 
         def chunk(_, lo, hi):
             with phase("unroll"):
@@ -177,7 +176,7 @@ class Im2col:
                 np.matmul(w_aug, cols[lo:hi], out=y_mat[lo:hi])
             if relu:
                 with phase("ReLU"):
-                    relu_block(y_mat[lo:hi], zeros, y_mat[lo:hi])
+                    relu_block(y_mat[lo:hi], y_mat[lo:hi])
 
         with shared_among_threads():
             share_chunks(chunk, chunks)

@@ -151,14 +151,13 @@ class ReLU(Layer):
         self.inplace = inplace
         self.fused = False
         self._output = None
-        self._zeros = None
 
     def forward(self, x):
         if self.fused:
             return x
         with phase("ReLU"):
             out = x if self.inplace else np.empty_like(x)
-            self._zeros = relu(x, out, self._zeros)
+            relu(x, out)
         self._output = None if _forward_only.get() else out
         return out
 

@@ -17,22 +17,16 @@ from convlab.threads import chunk_bounds, share_chunks
 BLOCK_BYTES = 1 << 18
 
 
-def zeros_for(block_shape, dtype, kept=None) -> np.ndarray:
-    """A block of zeros to take the maximum against: ``kept`` when it has that shape and
-    dtype already (reused step after step), else a new one."""
-    if kept is not None and kept.shape == tuple(block_shape) and kept.dtype == dtype:
-        return kept
-    return np.zeros(block_shape, dtype)
+def relu_block(x, out):
+    """out = max(x, 0) for a block x (rows, ...) (out may be x).
 
-
-def relu_block(x, zeros, out):
-    """out = max(x, 0) for a block x (rows, ...); ``zeros`` has at least as many rows, or
-    one (broadcast along the first axis, which keeps numpy's inner loop contiguous).
-
-    ``np.maximum`` against a block of zeros, not the scalar 0: numpy's maximum broadcasting
-    a scalar took 3x as long (0.035 against 0.012 ms on four 24x24x32 images, AMD EPYC,
-    numpy 2.4), as long as the mask-and-multiply it replaces."""
-    np.maximum(x, zeros[:len(x)], out=out)
+    ``np.maximum`` against one row of zeros, broadcast along the first axis (numpy's inner
+    loop stays contiguous), not against the scalar 0: numpy's maximum broadcasting a scalar
+    took 3-4x as long (five 24x24x32 images: 43 against 9-11 us, AMD EPYC, numpy 2.4), as
+    long as the mask-and-multiply it replaces. A row of zeros costs about 1 us to make and
+    was as fast as a whole block of them; zeros along the last axis only were up to 4x
+    slower on short rows."""
+    np.maximum(x, np.zeros((1,) + x.shape[1:], x.dtype), out=out)
 
 
 def relu_gradient_block(dy, out, dx):
@@ -45,14 +39,10 @@ def blocks(a) -> list[tuple[int, int]]:
     return chunk_bounds(len(a), max(1, BLOCK_BYTES // max(1, a[:1].nbytes)))
 
 
-def relu(x, out, zeros=None) -> np.ndarray:
-    """out = max(x, 0) (out may be x), block by block on every core; returns the block of
-    zeros it used, for the caller to pass again next time."""
+def relu(x, out):
+    """out = max(x, 0) (out may be x), block by block on every core."""
     x, out = _at_least_1d(x), _at_least_1d(out)
-    pieces = blocks(x)
-    zeros = zeros_for((max(hi - lo for lo, hi in pieces),) + x.shape[1:], x.dtype, zeros)
-    share_chunks(lambda _, lo, hi: relu_block(x[lo:hi], zeros, out[lo:hi]), pieces)
-    return zeros
+    share_chunks(lambda _, lo, hi: relu_block(x[lo:hi], out[lo:hi]), blocks(x))
 
 
 def relu_gradient(dy, out, dx):
