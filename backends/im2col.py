@@ -22,9 +22,9 @@ kernel tap, no Python loop over pixels and no ``np.add.at``. At stride 1 each ro
 first widened with zero columns to the padded input's width, so that a tap's columns land
 at one offset of each flattened input plane: every tap is placed at its offset in one strided
 copy and summed in one call (:func:`col2im_rows`) instead of one short run per output row
-and tap; for wide kernels over many
-channels, kw shifted copies of the widened dy let the GEMM sum a kernel row's taps too, and
-one add per kernel row remains (:func:`input_gradient_rows`).
+and tap; for wide kernels over many channels, kw shifted copies of the widened dy let the
+GEMM sum a kernel row's taps too, and one add per kernel row remains
+(:func:`input_gradient_rows`).
 """
 
 import numpy as np
@@ -191,9 +191,11 @@ class Im2col:
         # Per chunk, cols @ dy.T: (k + 1, F), dw.T with db as its last row (the row of ones).
         parts = np.empty((len(chunks), k + 1, f), dtype=dy.dtype)
         w_cols = w.reshape(f, k).T
-        dx_padded = np.zeros(x_padded_shape, dtype=dy.dtype) if need_dx else None
         wide = stride == (1, 1)  # rows of dy widened to the padded width: see col2im_rows
         rows_folded = folds_rows(w.shape)  # and the kw taps summed in the GEMM: input_gradient_rows
+        dx_padded = None
+        if need_dx:  # col2im_rows writes every value of its planes; the other paths add into zeros
+            dx_padded = (np.empty if wide and not rows_folded else np.zeros)(x_padded_shape, dtype=dy.dtype)
         # Which dw product: per chunk of 5 images of 784 pixels (CPU time, one core, float32),
         # dy @ cols.T took 16-34 us against 38-59 us for a copy of dy.T and cols @ dy.T with
         # (k + 1) * F from 156 to 416 (LeNet-5's and the 3x3 network's first layers); at 1600
