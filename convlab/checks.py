@@ -26,6 +26,14 @@ def as_pair(value, what: str, minimum: int) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+def as_flag(value, what: str) -> bool:
+    """``value`` if it is a bool (Python's or numpy's); a string such as "no" or a number
+    would otherwise switch a flag on silently."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def int_choice(value, allowed, source: str, what: str) -> int:
     """``value`` (an int, or text of one, as from an environment variable) if it is one of
     ``allowed``; else a ValueError naming ``source``, the allowed values and ``what`` they are."""

@@ -9,7 +9,7 @@ import contextvars
 
 import numpy as np
 
-from convlab.checks import FLOAT_DTYPES, as_pair
+from convlab.checks import FLOAT_DTYPES, as_flag, as_pair
 from convlab.profile import phase
 from convlab.registry import get_backend
 from convlab.relu import relu, relu_gradient
@@ -95,7 +95,7 @@ class Conv2D(Layer):
         self.stride = as_pair(stride, "stride", 1)
         self.padding = as_pair(padding, "padding", 0)
         self.backend = backend
-        self.relu = bool(relu)
+        self.relu = as_flag(relu, "relu")
         fan_in = in_channels * kh * kw
         self.params["w"] = (_rng(rng).standard_normal((out_channels, in_channels, kh, kw))
                             * np.sqrt(2.0 / fan_in)).astype(dtype)

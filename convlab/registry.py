@@ -55,7 +55,7 @@ from importlib.metadata import entry_points
 
 import numpy as np
 
-from convlab.checks import as_pair, check_backward_inputs, check_forward_inputs
+from convlab.checks import as_flag, as_pair, check_backward_inputs, check_forward_inputs
 from convlab.profile import phase
 from convlab import relu as relu_passes
 
@@ -110,6 +110,7 @@ class Backend:
         ``relu=True``: the output is max(conv + b, 0) (see the module doc).
         Raises :class:`Unsupported` for a problem this backend cannot compute."""
         x, w, b, stride, padding = check_forward_inputs(x, w, b, stride, padding)
+        relu = as_flag(relu, "relu")
         self.check_supported(x.shape, w.shape, stride, padding)
         y, cache = self.unchecked_forward(x, w, b, stride, padding, relu)
         return y, _CheckedCache(y.shape, y.dtype, cache)

@@ -226,6 +226,8 @@ def test_conv2d_misuse(name, change, message):
     ((1, 4, 3), dict(stride=0), "stride must be >= 1, got 0"),
     ((1, 4, 3), dict(padding=(1, -1)), "padding must be >= 0, got (1, -1)"),
     ((1, 4, 3), dict(backend="nope"), "unknown backend 'nope'; valid backends are: "),
+    ((1, 4, 3), dict(relu="no"), "relu must be True or False, got 'no'"),
+    ((1, 4, 3), dict(relu=1), "relu must be True or False, got 1"),
 ])
 def test_conv2d_layer_construction(args, kwargs, message):
     with pytest.raises(ValueError) as e:
@@ -313,3 +315,8 @@ def test_truncated_hdf5(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(DataError, match="cannot read"):
         load_hdf5(path)
+
+
+def test_a_backends_relu_must_be_a_flag():
+    with pytest.raises(ValueError, match="relu must be True or False, got 'yes'"):
+        convlab.get_backend("im2col").forward(X, W, relu="yes")
