@@ -55,8 +55,7 @@ def inverse_of_products(a, b, fft_shape, rows, cols, offset=None, finish=None):
     cache, and threads share the tiles (:func:`convlab.fftw.run_tiles`). A batched matmul wants the whole
     batch at once, so other products run in one piece, with a multi-threaded transform.
     """
-    i, k = a.shape[:2]
-    j = b.shape[1]
+    i, j = a.shape[0], b.shape[1]
     dtype = np.finfo(a.dtype).dtype
     out = np.empty((i, j, np.arange(fft_shape[0])[rows].size, np.arange(fft_shape[1])[cols].size), dtype)
 
@@ -72,7 +71,7 @@ def inverse_of_products(a, b, fft_shape, rows, cols, offset=None, finish=None):
         if finish is not None:
             finish(out[lo:hi], lo, hi)
 
-    run_tiles(transform, i, rows_per_tile(j, fft_shape) if broadcasts(i, k, j) else i)
+    run_tiles(transform, i, rows_per_tile(j, fft_shape) if broadcasts(a, b) else i)
     return out
 
 
@@ -145,16 +144,17 @@ class FFT:
         padded = (h + 2 * ph, width + 2 * pw)
         stride1_out = (padded[0] - kh + 1, padded[1] - kw + 1)
         with phase("transforms"):
-            dy_spec = rfft2(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid,  # (N, F, bins)
-                            relu_output=relu_output)
-        db = dy_spec[:, :, 0].real.sum(axis=0)  # a plane's zero-frequency bin is its sum
+            # Bin-major (bins, N, F): the products below are then matmuls on them in place.
+            dy_bins = rfft2(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid,
+                            relu_output=relu_output, bins_first=True)
+        db = dy_bins[0].real.sum(axis=0)  # a plane's zero-frequency bin is its sum
         with phase("products, inverse, crop"):
-            dw = inverse_of_products(dy_spec.transpose(1, 0, 2), np.conj(x_spec), grid,         # (F, C, kh, kw)
+            dw = inverse_of_products(dy_bins.transpose(2, 1, 0), np.conj(x_spec), grid,        # (F, C, kh, kw)
                                      -np.arange(kh), -np.arange(kw))
             dw *= 1.0 / (grid[0] * grid[1])
         if not need_dx:
             return None, dw, db
         with phase("products, inverse, crop"):
-            dx = inverse_of_products(dy_spec, np.conj(w_spec), grid,                              # (N, C, H, W)
+            dx = inverse_of_products(dy_bins.transpose(1, 2, 0), np.conj(w_spec), grid,        # (N, C, H, W)
                                      np.arange(h) + ph - kh + 1, np.arange(width) + pw - kw + 1)
         return dx, dw, db

@@ -82,6 +82,9 @@ MAX_PLANS = 32
 BROADCAST_MAX_DIM = 3
 # Grid points per tile of transforms (see run_tiles, rows_per_tile): about an L2 cache's worth.
 TILE_POINTS = 1 << 18
+# The same for tiles whose spectra FFTW writes bin-major (rfft2's bins_first), each bin's
+# values scattered over the tile's planes: smaller tiles keep those writes in cache.
+BINS_FIRST_TILE_POINTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -336,18 +339,22 @@ def plan(direction, batch, fft_shape, dtype, slot=None, bins_first=False, pair=N
     return _plans.get(direction, batch, fft_shape, dtype, slot, bins_first, pair)
 
 
-def rfft2(signal, rows, cols, fft_shape, relu_output=None):
+def rfft2(signal, rows, cols, fft_shape, relu_output=None, bins_first=False):
     """Spectra of ``signal`` (B1, B2, h, w) written at ``[rows, cols]`` of a zero (Hf, Wf)
-    grid: complex (B1, B2, Hf * (Wf//2 + 1)), a new array. Large batches are transformed
-    in tiles of B1, shared among threads like ``fft``'s inverse transforms.
+    grid: complex (B1, B2, Hf * (Wf//2 + 1)), a new array, or with ``bins_first`` complex
+    (bins, B1, B2) (ready for per-bin matrix products, see :func:`binwise_matmul`). Large
+    batches are transformed in tiles of B1, shared among threads like ``fft``'s inverse
+    transforms.
 
     ``relu_output`` (like ``signal``): the signal is kept only where it is positive, as it
     is written into the grid (a ReLU's gradient, applied without a pass of its own)."""
     b1, b2 = signal.shape[:2]
-    spectra = np.empty((b1, b2, fft_shape[0] * (fft_shape[1] // 2 + 1)), np.result_type(signal.dtype, np.complex64))
+    bins = fft_shape[0] * (fft_shape[1] // 2 + 1)
+    dtype = np.result_type(signal.dtype, np.complex64)
+    spectra = np.empty((bins, b1, b2) if bins_first else (b1, b2, bins), dtype)
 
     def transform(index, lo, hi, slot):
-        plan = _plans.get("FFTW_FORWARD", (hi - lo, b2), fft_shape, signal.dtype, slot)
+        plan = _plans.get("FFTW_FORWARD", (hi - lo, b2), fft_shape, signal.dtype, slot, bins_first)
         region = (rows, cols, signal.shape[2:])
         if plan.region != region:
             plan.input.fill(0)
@@ -357,9 +364,13 @@ def rfft2(signal, rows, cols, fft_shape, relu_output=None):
         else:
             relu_gradient_block(signal[lo:hi], relu_output[lo:hi], plan.input[:, :, rows, cols])
         plan.fftw.execute()
-        spectra[lo:hi] = plan.fftw.output_array.reshape(hi - lo, b2, -1)
+        if bins_first:
+            spectra[:, lo:hi] = plan.bins
+        else:
+            spectra[lo:hi] = plan.fftw.output_array.reshape(hi - lo, b2, -1)
 
-    run_tiles(transform, b1, rows_per_tile(b2, fft_shape))
+    points = BINS_FIRST_TILE_POINTS if bins_first else TILE_POINTS
+    run_tiles(transform, b1, rows_per_tile(b2, fft_shape, points))
     return spectra
 
 
@@ -424,19 +435,24 @@ def run_tiles(work, rows, tile_rows):
 
 def binwise_matmul(a, b, out):
     """``out[:, :, k] = a[:, :, k] @ b[:, :, k]`` for every frequency bin k: a (I, K, bins)
-    and b (K, J, bins) plane-major (views are fine), out (I, J, bins).
+    and b (K, J, bins) (views are fine), out (I, J, bins).
 
-    When one of I, J, K is tiny (a single input channel, say), K broadcast products summed
-    in place are several times faster than numpy's matmul, which pays per bin for such
-    small matrices and needs bin-major copies. Otherwise the operands are copied bin-major
-    and multiplied there: batched matmuls, (bins, I, K) @ (bins, K, J), the bins shared
-    among the cores with BLAS single-threaded (called on a whole batch, outside the tile
-    threads, a plain ``np.matmul`` ran on OpenBLAS's threads, twice as slow as one
-    thread on a busy 2-core machine: 28 against 9.5 ms for 144 bins of 64 x 64 products).
+    When one of I, J, K is tiny (a single input channel, say) and both operands are
+    plane-major, K broadcast products summed in place are several times faster than
+    numpy's matmul, which pays per bin for such small matrices and needs bin-major
+    copies. Otherwise (and whenever an operand is a view of bin-major spectra, see
+    :func:`is_bin_major`: numpy's complex multiplies on such strided views are slow, and
+    matmul needs no copy of them) the operands are taken bin-major and multiplied there:
+    batched matmuls, (bins, I, K) @ (bins, K, J), the bins shared among the cores with BLAS
+    single-threaded (called on a whole batch, outside the tile threads, a plain
+    ``np.matmul`` ran on OpenBLAS's threads, twice as slow as one thread on a busy 2-core
+    machine: 28 against 9.5 ms for 144 bins of 64 x 64 products). The reference layer's
+    dw (32 filters x 64 images, one channel, 544 bins) took 0.21 ms so on bin-major dy
+    spectra, against 1.23 ms broadcast from plane-major ones (2-core AMD EPYC, one thread).
     """
     i, k = a.shape[:2]
     j = b.shape[1]
-    if broadcasts(i, k, j):
+    if broadcasts(a, b):
         np.multiply(a[:, 0, None], b[None, 0], out=out)
         term = np.empty_like(out) if k > 1 else None
         for index in range(1, k):
@@ -452,13 +468,23 @@ def binwise_matmul(a, b, out):
     return out
 
 
-def broadcasts(i, k, j):
-    """Whether :func:`binwise_matmul` forms (I, K) @ (K, J) products by broadcasting."""
-    return min(i, k, j) <= BROADCAST_MAX_DIM
+def broadcasts(a, b):
+    """Whether :func:`binwise_matmul` forms the products of a (I, K, bins) and b (K, J,
+    bins) by broadcasting: one of I, K, J is tiny and neither is bin-major."""
+    return min(a.shape[:2] + b.shape[1:2]) <= BROADCAST_MAX_DIM and not (is_bin_major(a) or is_bin_major(b))
+
+
+def is_bin_major(spectra):
+    """Whether (R, S, bins) spectra are a view of bin-major ones (bins, ...), such as
+    ``rfft2(..., bins_first=True)`` transposed: their bins are not contiguous."""
+    return spectra.strides[2] != spectra.itemsize
 
 
 def bin_major(spectra):
-    """Plane-major spectra (R, S, bins) copied bin-major: (bins, R, S)."""
+    """Plane-major spectra (R, S, bins) as bin-major (bins, R, S): a copy, or a view if
+    they are a view of bin-major ones (:func:`is_bin_major`)."""
+    if is_bin_major(spectra):
+        return spectra.transpose(2, 0, 1)
     copy = np.empty(spectra.shape[2:] + spectra.shape[:2], spectra.dtype)
     copy_in_bin_blocks(copy, spectra.transpose(2, 0, 1))
     return copy

@@ -160,11 +160,19 @@ def test_large_batches_match_im2col():
 
 @pytest.mark.parametrize("i, k, j", [(1, 5, 4), (5, 1, 4), (5, 4, 1), (3, 7, 6),   # broadcast
                                      (6, 7, 5), (40, 30, 20)])                        # matmul
-def test_binwise_matmul_is_a_matrix_product_per_bin(i, k, j):
+@pytest.mark.parametrize("a_layout", ["plane-major", "bin-major"])
+def test_binwise_matmul_is_a_matrix_product_per_bin(i, k, j, a_layout):
+    """Either layout of a, as views: plane-major spectra transposed, or bin-major ones (the
+    backward's dy spectra), which take the matmul path whatever the sizes."""
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((k, i, 300)) + 1j * rng.standard_normal((k, i, 300))
     b = rng.standard_normal((k, j, 300)) + 1j * rng.standard_normal((k, j, 300))
-    a = a.transpose(1, 0, 2)  # a transposed view, as the backward passes dy's spectra
+    if a_layout == "plane-major":
+        a = rng.standard_normal((k, i, 300)) + 1j * rng.standard_normal((k, i, 300))
+        a = a.transpose(1, 0, 2)
+    else:
+        a = rng.standard_normal((300, k, i)) + 1j * rng.standard_normal((300, k, i))
+        a = a.transpose(2, 1, 0)
+        assert fftw.is_bin_major(a) and not fftw.broadcasts(a, b)
     out = np.empty((i, j, 300), complex)
     assert fftw.binwise_matmul(a, b, out) is out
     np.testing.assert_allclose(out, np.einsum("ikn,kjn->ijn", a, b), rtol=1e-12, atol=1e-12)
@@ -177,8 +185,10 @@ def test_any_tiling_gives_the_numbers_of_one_piece(monkeypatch, threads):
     fftw.configure(threads=threads, planner="estimate")
     case = conv_case(n=7, c=1, f=5, size=(12, 10), kernel=(3, 4))
     monkeypatch.setattr(fftw, "TILE_POINTS", 1 << 40)
+    monkeypatch.setattr(fftw, "BINS_FIRST_TILE_POINTS", 1 << 40)
     y, _, *grads = forward_backward(case)
     monkeypatch.setattr(fftw, "TILE_POINTS", 1)
+    monkeypatch.setattr(fftw, "BINS_FIRST_TILE_POINTS", 1)
     y_tiled, _, *grads_tiled = forward_backward(case)
     for whole, tiled in zip((y, *grads), (y_tiled, *grads_tiled)):
         np.testing.assert_allclose(tiled, whole, rtol=1e-12, atol=1e-12)
