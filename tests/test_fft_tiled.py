@@ -115,6 +115,26 @@ def test_rectangular_tiles_match_naive(tile, blocks, monkeypatch):
         fftw.configure()
 
 
+def test_cut_tiles_are_the_windows_of_the_zero_padded_source():
+    """Tile rows above, across and below the source, tiles past either edge of its columns
+    (and wholly outside them), steps both shorter and longer than the tile: every tile is
+    the window of the zero-padded source at its place, whatever the buffer held before."""
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        c, height, width = int(rng.integers(1, 4)), int(rng.integers(1, 20)), int(rng.integers(1, 20))
+        th, tw, step = int(rng.integers(1, 9)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        count, top, left = int(rng.integers(1, 6)), int(rng.integers(-10, height + 3)), int(rng.integers(-10, 4))
+        src = rng.standard_normal((c, height, width))
+        margin = 10 + th + tw + count * step
+        padded = np.pad(src, ((0, 0), (margin, margin), (margin, margin)))
+        tiles = np.full((count, c, th, tw), np.nan)
+        fft_tiled.cut_tiles(tiles, src, top, left, step)
+        for j in range(count):
+            r, col = margin + top, margin + left + j * step
+            np.testing.assert_array_equal(tiles[j], padded[:, r:r + th, col:col + tw],
+                                          err_msg=f"tile {j} of {count} at ({top}, {left}) step {step}")
+
+
 def test_gradients_pass_finite_differences():
     rng = np.random.default_rng(11)
     TILED.impl.tile = 8
