@@ -3,8 +3,8 @@
 The first call with a new problem (x.shape, w.shape, stride, padding, dtype, and whether
 the backward computes dx) runs each candidate's forward+backward on the call's own
 arrays (one warm-up run, then up to ``TIMED_RUNS`` timed runs, cut short after
-``TIME_CAP`` seconds, none at all when the warm-up is ``LOST_FACTOR`` times slower than
-the best so far) and picks the fastest. Candidates are every other registered strategy;
+``TIME_CAP`` seconds, only one when that one is ``LOST_FACTOR`` times slower than the
+best so far) and picks the fastest. Candidates are every other registered strategy;
 the ``naive`` oracle only when there is no other.
 
 A network's first layer needs no dx (``backward(..., need_dx=False)``), which changes
@@ -55,7 +55,8 @@ CACHE_KIND = "auto pick cache"
 # runs on a shared machine picked the slower one now and then.
 TIMED_RUNS = 5
 TIME_CAP = 0.5
-# A candidate whose warm-up is this many times slower than the best so far is not run again.
+# A candidate whose first timed run (not its warm-up: see best_time) is this many times
+# slower than the best so far is not run again.
 LOST_FACTOR = 4
 
 log = logging.getLogger("convlab.auto")
