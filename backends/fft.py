@@ -15,8 +15,9 @@ it needs.) Stride: the forward keeps every ``sh``-th stride-1 output; the backwa
 ``dy`` on every ``sh``-th place of the stride-1 grid (zeros between), which is the same
 thing. The sums over channels (and, for ``dw``, over the batch) are complex matrix products
 per frequency bin: ``Y = X W^T`` (N, C) @ (C, F), ``dW = D^T X*`` and ``dX = D W*``.
-Spectra stay in FFTW's plane-major layout (planes, bins); see :func:`binwise_matmul` for
-how the products are formed, and :func:`rfft2` and :func:`inverse_of_products` for how the
+Spectra stay in FFTW's plane-major layout (planes, bins), but for dy's, which FFTW writes
+bin-major on small grids (see :func:`dy_spectra`); see :func:`binwise_matmul` for how the
+products are formed, and :func:`rfft2` and :func:`inverse_of_products` for how the
 transforms are shared among threads. The forward's spectra X and W are kept for the backward.
 
 The FFT size is not simply the next fast length: see :func:`fft_shape_for`.
