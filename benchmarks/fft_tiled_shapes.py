@@ -3,7 +3,7 @@
 
 Prints, per shape, each backend's milliseconds (forward / forward+backward) and fft-tiled's
 ratios to the faster of fft and im2col and to PyTorch, all measured in one run, in rounds
-of one call of each (see :func:`interleaved_best`). Default: wall time with every thread
+of one call of each (see :func:`convlab.timing.interleaved_best`). Default: wall time with every thread
 (the fastest of ``--repeat`` rounds after a warm-up). ``--cpu``:
 single-thread CPU time (``time.process_time``; BLAS, FFTW, convlab's pool and PyTorch at
 one thread), which a busy shared machine disturbs far less than the wall clock.
@@ -17,25 +17,10 @@ import threadpoolctl
 
 from convlab import keep_freed_memory
 from convlab.bench import kernel_sweep
-from convlab.timing import conv_pass, output_gradient
+from convlab.timing import conv_pass, interleaved_best, output_gradient
 
 SHAPES = kernel_sweep([5, 7, 11], n=8, c=3, f=16, size=224) + kernel_sweep([5, 9], n=16, c=16, f=16, size=128)
 ROWS = ("fft-tiled", "fft", "im2col", "torch")
-
-
-def interleaved_best(runs, repeat, clock):
-    """The fastest of ``repeat`` timed calls of each of ``runs`` (name -> function), after a
-    warm-up call each, taken in rounds of one call per run: a load that comes and goes on a
-    shared machine then falls on every run alike, not on whichever ran during it."""
-    best, kept = {}, {}
-    for name, run in runs.items():
-        kept[name] = run()
-    for _ in range(repeat):
-        for name, run in runs.items():
-            started = clock()
-            kept[name] = run()  # the previous result stays alive until this call returns, as in best_time
-            best[name] = min(best.get(name, float("inf")), clock() - started)
-    return best
 
 
 def torch_pass(x, w, b, padding, dy):

@@ -3,7 +3,7 @@
 
 Prints, per layer, im2col's milliseconds and winograd's ratio to them for m = 2, 4, 6,
 forward / forward+backward. Default: wall time with every thread, the fastest of ``--repeat``
-(7) runs after a warm-up, all the runs of a layer taken in turn (:func:`fastest`); on a busy
+(7) runs after a warm-up, all the runs of a layer taken in turn (:func:`convlab.timing.interleaved_best`); on a busy
 shared machine more runs give the fastest more chances to fall in a quiet moment. ``--cpu``:
 single-thread CPU time (``time.process_time``; BLAS and convlab's pool limited to one
 thread before convlab is imported), which a busy shared machine disturbs far less.
@@ -19,21 +19,6 @@ import numpy  # noqa: F401 (loaded first, so that threadpoolctl finds its BLAS)
 import threadpoolctl
 
 TILES = (2, 4, 6)
-
-
-def fastest(runs, clock, repeat=7):
-    """The fastest of ``repeat`` timed calls of each of ``runs`` (after one warm-up call
-    each), the runs taken in turn, so that a busy spell of a shared machine falls on all of
-    them rather than on one."""
-    for run in runs:
-        run()
-    best = [float("inf")] * len(runs)
-    for _ in range(repeat):
-        for i, run in enumerate(runs):
-            started = clock()
-            run()
-            best[i] = min(best[i], clock() - started)
-    return best
 
 
 def with_tile(m, run):
@@ -81,7 +66,7 @@ def main():
     from convlab import keep_freed_memory
     from convlab.bench import MANY_CHANNEL_LAYERS
     from convlab.threads import machine_summary
-    from convlab.timing import conv_pass, output_gradient
+    from convlab.timing import conv_pass, interleaved_best, output_gradient
 
     keep_freed_memory()  # as convlab's commands do
     if args.phases:
@@ -104,7 +89,8 @@ def main():
             for d in (None, dy):
                 run = conv_pass(backend, x, w, b, stride, padding, d)
                 runs.append(run if m is None else with_tile(m, run))
-        best = fastest(runs, clock, max(1, args.repeat))
+        fastest = interleaved_best(dict(enumerate(runs)), max(1, args.repeat), clock)
+        best = [fastest[i] for i in range(len(runs))]
         times = {config: best[2 * i:2 * i + 2] for i, config in enumerate(configs)}
         base = times["im2col", None]
         cells = [f"{base[0] * 1e3:7.1f} /{base[1] * 1e3:7.1f}"] + [

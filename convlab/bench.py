@@ -1,7 +1,8 @@
 """``convlab bench``: time the convolution backends on chosen layer shapes.
 
-Each (shape, backend, pass) is timed by :func:`convlab.timing.best_time`: the fastest of
-``repeat`` runs after one warm-up run, on random float32 arrays. The table gives each time
+Each (shape, backend, pass) is timed by :func:`convlab.timing.interleaved_best`: the
+fastest of ``repeat`` runs after one warm-up run, on random float32 arrays, the backends
+of a shape and pass taking turns run by run. The table gives each time
 and its ratio to the fastest backend on that shape; a tuner backend (``auto``) is not timed
 unless asked for, but its pick for each shape is shown. The ``naive`` oracle is skipped on
 shapes above ``ORACLE_MAX_MACS`` multiply-adds unless asked for by name.
@@ -39,7 +40,7 @@ from convlab.accuracy import format_accuracy, run_accuracy
 from convlab.files import atomic_path
 from convlab.memory import peak_extra_bytes
 from convlab.registry import get_backend, list_backends
-from convlab.timing import (ORACLE, ORACLE_MAX_MACS, ConvShape, best_time, conv_pass, is_tuner,
+from convlab.timing import (ORACLE, ORACLE_MAX_MACS, ConvShape, conv_pass, interleaved_best, is_tuner,
                             output_gradient, strategies)
 
 MNIST_LAYER = ConvShape(n=64, c=1, f=32, size=28, k=7, padding=1)
@@ -139,6 +140,7 @@ def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None, mem
         x, w, b = shape.arrays()
         stride, padding = (1, 1), (shape.padding, shape.padding)
         dy = output_gradient(x, w, stride, padding)
+        timed = []
         for backend in backends:
             if backend == ORACLE and not explicit and shape.macs > ORACLE_MAX_MACS:
                 result.skipped.append((shape.label, backend))
@@ -147,11 +149,15 @@ def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None, mem
             if reason is not None:
                 result.unsupported.append((shape.label, backend, reason))
                 continue
-            for pass_ in passes:
-                run = conv_pass(backend, x, w, b, stride, padding, dy if pass_ == "forward+backward" else None)
-                extra = {"peak_extra_bytes": peak_extra_bytes(run)} if memory else {}
-                result.rows.append({"shape": shape.label, "backend": backend, "pass": pass_,
-                                    "seconds": best_time(run, repeat, MAX_SECONDS_PER_CELL), **extra})
+            timed.append(backend)
+        for pass_ in passes:
+            runs = {backend: conv_pass(backend, x, w, b, stride, padding, dy if pass_ == "forward+backward" else None)
+                    for backend in timed}
+            extra = {backend: {"peak_extra_bytes": peak_extra_bytes(run)} if memory else {}
+                     for backend, run in runs.items()}
+            best = interleaved_best(runs, repeat, max_seconds=MAX_SECONDS_PER_CELL)
+            result.rows += [{"shape": shape.label, "backend": backend, "pass": pass_, "seconds": best[backend],
+                             **extra[backend]} for backend in timed]
         for tuner in filter(is_tuner, list_backends()):
             result.picks.append({"shape": shape.label, "tuner": tuner,
                                  "backend": get_backend(tuner).impl.pick(x, w, stride, padding)})

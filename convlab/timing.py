@@ -4,6 +4,8 @@
 Times are wall-clock seconds of the fastest run after one untimed warm-up run: the
 warm-up absorbs one-off costs (FFT plans, first-touch page faults, BLAS thread start-up),
 and the minimum is the estimate least disturbed by other processes on a shared machine.
+Where several runs are compared, :func:`interleaved_best` takes them in turns, so that a
+busy spell of the machine falls on all of them rather than on whichever ran during it.
 """
 
 from __future__ import annotations
@@ -118,4 +120,31 @@ def best_time(run, repeat=3, max_seconds=math.inf, lost_above=math.inf) -> float
             best = min(best, seconds)
             if spent > max_seconds:
                 break
+    return best
+
+
+def interleaved_best(runs, repeat=3, clock=time.perf_counter, max_seconds=math.inf) -> dict:
+    """The fastest of ``repeat`` timed calls of each of ``runs`` (key -> function), after
+    one untimed warm-up call each, taken in rounds of one call per run: a load that comes
+    and goes on a shared machine (this VM's speed drifts by 20-40 % within minutes) then
+    falls on every run alike. ``clock`` is the timer (``time.process_time`` for CPU time).
+
+    A run whose calls, warm-up included, have taken ``max_seconds`` gets no more after its
+    first timed one, as in :func:`best_time`. Each run's last result stays alive until its
+    next call returns, as a training loop holds its last step's arrays (see best_time).
+    """
+    kept, spent, best = {}, {}, {}
+    for key, run in runs.items():
+        started = clock()
+        kept[key] = run()
+        spent[key] = clock() - started
+    for _ in range(repeat):
+        for key, run in runs.items():
+            if key in best and spent[key] > max_seconds:
+                continue
+            started = clock()
+            kept[key] = run()
+            seconds = clock() - started
+            spent[key] += seconds
+            best[key] = min(best.get(key, math.inf), seconds)
     return best

@@ -7,7 +7,7 @@ import pytest
 
 import convlab.bench as bench
 from convlab.cli import main
-from convlab.timing import ConvShape, best_time, strategies
+from convlab.timing import ConvShape, best_time, interleaved_best, strategies
 
 TINY = ["--kernel-sizes", "3,5", "--batch-size", "2", "--image-size", "8", "--out-channels", "2",
         "--repeat", "1"]
@@ -23,6 +23,21 @@ def test_best_time_takes_the_fastest_timed_call_after_a_warm_up():
     calls.clear()
     best_time(lambda: calls.append(1), repeat=3, lost_above=0)  # a lost cause: one timed call
     assert len(calls) == 2
+
+
+def test_interleaved_best_takes_the_runs_in_turns_after_a_warm_up_each():
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+    best = interleaved_best(runs, repeat=3)
+    assert calls == ["a", "b"] * 4  # one warm-up each, then three rounds of one call each
+    assert set(best) == {"a", "b"} and all(0 <= t < 0.1 for t in best.values())
+
+
+def test_interleaved_best_stops_a_run_over_its_time_budget_after_one_timed_call():
+    calls = []
+    runs = {"slow": lambda: (calls.append("slow"), time.sleep(0.02)), "quick": lambda: calls.append("quick")}
+    interleaved_best(runs, repeat=4, max_seconds=0.01)
+    assert calls.count("slow") == 2 and calls.count("quick") == 5
 
 
 def test_a_slow_warm_up_alone_does_not_lose_the_race():
