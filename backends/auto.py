@@ -2,9 +2,9 @@
 
 The first call with a new problem (x.shape, w.shape, stride, padding, dtype, and whether
 the backward computes dx) runs each candidate's forward+backward on the call's own
-arrays (one warm-up run, then up to ``TIMED_RUNS`` timed runs, cut short after
-``TIME_CAP`` seconds, only one when that one is ``LOST_FACTOR`` times slower than the
-best so far) and picks the fastest. Candidates are every other registered strategy;
+arrays (one warm-up run, then up to ``TIMED_RUNS`` timed runs, the candidates taking
+turns, cut short after ``TIME_CAP`` seconds, only two when the faster of them is
+``LOST_FACTOR`` times slower than the fastest) and picks the fastest. Candidates are every other registered strategy;
 the ``naive`` oracle only when there is no other.
 
 A network's first layer needs no dx (``backward(..., need_dx=False)``), which changes
@@ -35,7 +35,6 @@ backend, so results are exactly that backend's.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from convlab import installed_version as convlab_version
 from convlab.cachefile import clear_cache, read_cache, update_cache
 from convlab.files import user_cache_dir
 from convlab.registry import get_backend, register_backend
-from convlab.timing import ORACLE, best_time, conv_pass, output_gradient, strategies
+from convlab.timing import ORACLE, conv_pass, interleaved_best, output_gradient, strategies
 
 CACHE_ENV = "CONVLAB_AUTO_CACHE"
 CACHE_KIND = "auto pick cache"
@@ -55,8 +54,8 @@ CACHE_KIND = "auto pick cache"
 # runs on a shared machine picked the slower one now and then.
 TIMED_RUNS = 5
 TIME_CAP = 0.5
-# A candidate whose first timed run (not its warm-up: see best_time) is this many times
-# slower than the best so far is not run again.
+# A candidate whose first two timed runs (not its warm-up: see interleaved_best) are both
+# this many times slower than the fastest one's is not run again.
 LOST_FACTOR = 4
 
 log = logging.getLogger("convlab.auto")
@@ -251,16 +250,18 @@ class Auto:
     def _timed_pick(self, problem: Problem, x, w):
         b = np.zeros(w.shape[0], dtype=x.dtype)
         dy = output_gradient(x, w, problem.stride, problem.padding)
-        seconds, failures = {}, []
-        for name in problem.candidates():
-            lost_above = LOST_FACTOR * min(seconds.values(), default=math.inf)
-            run = conv_pass(name, x, w, b, problem.stride, problem.padding, dy, problem.need_dx)
-            try:
-                seconds[name] = best_time(run, TIMED_RUNS, TIME_CAP, lost_above)
-            except Exception as e:  # noqa: BLE001 - a candidate (a plugin, maybe) that fails is not picked
-                failures.append(f"{name} ({type(e).__name__}: {e})")
-                warnings.warn(f"auto skips backend {name!r} for {problem.key}: it raised {type(e).__name__}: {e}",
-                              stacklevel=2)
+        failures = []
+
+        def failed(name, e):  # a candidate (a plugin, maybe) that fails is not picked
+            failures.append(f"{name} ({type(e).__name__}: {e})")
+            warnings.warn(f"auto skips backend {name!r} for {problem.key}: it raised {type(e).__name__}: {e}",
+                          stacklevel=5)  # at the caller of _timed_pick, as before
+
+        runs = {name: conv_pass(name, x, w, b, problem.stride, problem.padding, dy, problem.need_dx)
+                for name in problem.candidates()}
+        # In turns, one call of each candidate per round, so that a busy spell of the
+        # machine falls on all of them.
+        seconds = interleaved_best(runs, TIMED_RUNS, max_seconds=TIME_CAP, lost_factor=LOST_FACTOR, on_error=failed)
         if not seconds:
             raise ValueError(f"auto found no backend that computes {problem.key}: " + "; ".join(failures))
         chosen = min(seconds, key=seconds.get)

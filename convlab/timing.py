@@ -92,59 +92,62 @@ def conv_pass(backend, x, w, b, stride, padding, dy=None, need_dx=True):
     return forward if dy is None else forward_backward
 
 
-def best_time(run, repeat=3, max_seconds=math.inf, lost_above=math.inf) -> float:
-    """Seconds of the fastest of ``repeat`` timed calls of ``run()``, after one untimed
-    warm-up call.
-
-    Calls stop early, after at least one timed call, once they (warm-up included) have
-    taken ``max_seconds``: a slow candidate costs two calls, not ``repeat + 1``. A first
-    timed call slower than ``lost_above`` (a time some rival already beats by far) is
-    returned as it is, also after two calls. The warm-up alone does not decide that: it
-    carries one-time costs (FFTW's planner measuring new plans, first-touch page faults),
-    and on 224 x 224 images, k = 7, fft-tiled's warm-up took 482 ms against fft's 105 ms
-    forward+backward, so it was dropped, though it then runs in 40-60 ms.
-    """
-    spent, best = 0.0, math.inf
-    for call in range(repeat + 1):
-        started = time.perf_counter()
-        # The previous call's result stays alive until this one returns, as a training loop
-        # holds its last step's arrays. Freed first, glibc can hand that memory back to the
-        # OS, and the call pays page faults to get it again: im2col's forward+backward on
-        # the MNIST layer then took 12 ms instead of 8.
-        result = run()  # noqa: F841
-        seconds = time.perf_counter() - started
-        spent += seconds
-        if call > 0:
-            if call == 1 and seconds > lost_above:
-                return seconds
-            best = min(best, seconds)
-            if spent > max_seconds:
-                break
-    return best
-
-
-def interleaved_best(runs, repeat=3, clock=time.perf_counter, max_seconds=math.inf) -> dict:
+def interleaved_best(runs, repeat=3, clock=time.perf_counter, max_seconds=math.inf, lost_factor=math.inf,
+                     on_error=None) -> dict:
     """The fastest of ``repeat`` timed calls of each of ``runs`` (key -> function), after
     one untimed warm-up call each, taken in rounds of one call per run: a load that comes
     and goes on a shared machine (this VM's speed drifts by 20-40 % within minutes) then
     falls on every run alike. ``clock`` is the timer (``time.process_time`` for CPU time).
 
-    A run whose calls, warm-up included, have taken ``max_seconds`` gets no more after its
-    first timed one, as in :func:`best_time`. Each run's last result stays alive until its
-    next call returns, as a training loop holds its last step's arrays (see best_time).
+    A run gets no more calls after its first timed one once its calls, warm-up included,
+    have taken ``max_seconds`` (a slow run costs two calls, not ``repeat + 1``), nor after
+    its second when the faster of its two timed calls is over ``lost_factor`` times the
+    fastest run's (a lost cause). The first calls alone never decide: they carry one-time
+    costs (FFTW's planner measuring new plans, first-touch page faults). On 224 x 224
+    images, k = 7, fft-tiled's warm-up took 482 ms against fft's 105 ms forward+backward,
+    though it then runs in 40-60 ms; on the MNIST layer one first timed call of fft took
+    38 ms, planning a thread's tile plans that the warm-up had not needed (it runs in 8-11).
+
+    ``on_error(key, error)``, if given, is told of a run that raises, which is then left
+    out of the result; without it the error propagates.
+
+    Each run's last result stays alive until its next call returns, as a training loop
+    holds its last step's arrays: freed first, glibc can hand that memory back to the OS,
+    and the call pays page faults to get it again (im2col's forward+backward on the MNIST
+    layer then took 12 ms instead of 8).
     """
     kept, spent, best = {}, {}, {}
-    for key, run in runs.items():
+    live = dict(runs)
+
+    def call(key):
         started = clock()
-        kept[key] = run()
-        spent[key] = clock() - started
-    for _ in range(repeat):
-        for key, run in runs.items():
-            if key in best and spent[key] > max_seconds:
+        try:
+            kept[key] = live[key]()
+        except Exception as error:  # noqa: BLE001 - handed to on_error, or re-raised
+            if on_error is None:
+                raise
+            on_error(key, error)
+            del live[key]
+            kept.pop(key, None)
+            return None
+        return clock() - started
+
+    for key in list(live):
+        seconds = call(key)
+        if seconds is not None:
+            spent[key] = seconds
+    for round_ in range(repeat):
+        for key in list(live):
+            if key not in live or (key in best and spent[key] > max_seconds):
                 continue
-            started = clock()
-            kept[key] = run()
-            seconds = clock() - started
+            seconds = call(key)
+            if seconds is None:
+                best.pop(key, None)
+                continue
             spent[key] += seconds
             best[key] = min(best.get(key, math.inf), seconds)
+        if round_ == 1 and best:
+            bound = lost_factor * min(best.values())
+            for key in [key for key in live if best.get(key, 0) > bound]:
+                del live[key]
     return best

@@ -7,22 +7,10 @@ import pytest
 
 import convlab.bench as bench
 from convlab.cli import main
-from convlab.timing import ConvShape, best_time, interleaved_best, strategies
+from convlab.timing import ConvShape, interleaved_best, strategies
 
 TINY = ["--kernel-sizes", "3,5", "--batch-size", "2", "--image-size", "8", "--out-channels", "2",
         "--repeat", "1"]
-
-
-def test_best_time_takes_the_fastest_timed_call_after_a_warm_up():
-    calls = []
-    assert best_time(lambda: calls.append(1), repeat=3) < 0.1
-    assert len(calls) == 4
-    calls.clear()
-    best_time(lambda: calls.append(1), repeat=3, max_seconds=0)  # over budget: one timed call
-    assert len(calls) == 2
-    calls.clear()
-    best_time(lambda: calls.append(1), repeat=3, lost_above=0)  # a lost cause: one timed call
-    assert len(calls) == 2
 
 
 def test_interleaved_best_takes_the_runs_in_turns_after_a_warm_up_each():
@@ -40,15 +28,33 @@ def test_interleaved_best_stops_a_run_over_its_time_budget_after_one_timed_call(
     assert calls.count("slow") == 2 and calls.count("quick") == 5
 
 
+def test_a_run_far_slower_than_the_fastest_after_two_rounds_is_not_run_again():
+    calls = []
+    runs = {"slow": lambda: (calls.append("slow"), time.sleep(0.02)), "quick": lambda: calls.append("quick")}
+    best = interleaved_best(runs, repeat=4, lost_factor=4)
+    assert calls.count("slow") == 3 and calls.count("quick") == 5  # warm-up, two timed calls
+    assert best["slow"] >= 0.02
+
+
 def test_a_slow_warm_up_alone_does_not_lose_the_race():
-    """The warm-up carries one-time costs (planning, page faults): a candidate is judged
-    on its timed calls."""
-    durations = iter([0.05, 0.0, 0.0, 0.0])
+    """The first calls carry one-time costs (planning, page faults): a run is judged on
+    its two first timed calls, not on its warm-up or its first timed call alone."""
+    durations = {"planned": iter([0.05, 0.05, 0.0, 0.0]), "rival": iter([0.0, 0.001, 0.001, 0.001])}
+    runs = {name: (lambda name=name: time.sleep(next(durations[name]))) for name in durations}
+    best = interleaved_best(runs, repeat=3, lost_factor=4)
+    assert best["planned"] < 0.01
 
-    def run():
-        time.sleep(next(durations))
 
-    assert best_time(run, repeat=3, lost_above=0.01) < 0.01
+def test_a_run_that_raises_is_left_out_when_errors_are_handled():
+    def broken():
+        raise RuntimeError("no")
+
+    errors = []
+    best = interleaved_best({"ok": lambda: None, "broken": broken}, repeat=2,
+                            on_error=lambda key, error: errors.append((key, str(error))))
+    assert list(best) == ["ok"] and errors == [("broken", "no")]
+    with pytest.raises(RuntimeError, match="no"):
+        interleaved_best({"broken": broken})
 
 
 def test_run_bench_times_every_strategy_and_shows_the_tuners_pick():

@@ -23,7 +23,7 @@ import sys, time
 from pathlib import Path
 import numpy as np
 import backends.auto as auto
-auto.best_time = lambda *args: 0.001
+auto.interleaved_best = lambda runs, *args, **kwargs: {name: 0.001 for name in runs}
 cache, tag, count, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 while not go.exists():
     time.sleep(0.001)
