@@ -138,7 +138,7 @@ def interleaved_best(runs, repeat=3, clock=time.perf_counter, max_seconds=math.i
             spent[key] = seconds
     for round_ in range(repeat):
         for key in list(live):
-            if key not in live or (key in best and spent[key] > max_seconds):
+            if key in best and spent[key] > max_seconds:
                 continue
             seconds = call(key)
             if seconds is None:
