@@ -4,8 +4,8 @@ The first call with a new problem (x.shape, w.shape, stride, padding, dtype, and
 the backward computes dx) runs each candidate's forward+backward on the call's own
 arrays (one warm-up run, then up to ``TIMED_RUNS`` timed runs, the candidates taking
 turns, cut short after ``TIME_CAP`` seconds, only two when the faster of them is
-``LOST_FACTOR`` times slower than the fastest) and picks the fastest. Candidates are every other registered strategy;
-the ``naive`` oracle only when there is no other.
+``LOST_FACTOR`` times slower than the fastest) and picks the fastest. Candidates are
+every other registered strategy; the ``naive`` oracle only when there is no other.
 
 A network's first layer needs no dx (``backward(..., need_dx=False)``), which changes
 the race: dx is a third of the backward's work. A forward cannot know what its backward

@@ -37,7 +37,7 @@ import itertools
 import numpy as np
 
 from convlab import fftw
-from convlab.fftw import (BROADCAST_MAX_DIM, binwise_matmul, broadcasts, cost_per_point, flipped, pyfftw, rfft2,
+from convlab.fftw import (binwise_matmul, broadcasts, cost_per_point, flipped, has_tiny_side, pyfftw, rfft2,
                           rows_per_tile, run_tiles, snap_to_bias, zero_windows)
 from convlab.profile import phase
 from convlab.registry import register_backend
@@ -118,7 +118,7 @@ def dy_spectra(dy, rows, cols, fft_shape, relu_output, channels):
     """
     n, f = dy.shape[:2]
     bins = fft_shape[0] * (fft_shape[1] // 2 + 1)
-    if min(n, f, channels) > BROADCAST_MAX_DIM or bins <= BIN_MAJOR_MAX_BINS:
+    if not has_tiny_side(n, f, channels) or bins <= BIN_MAJOR_MAX_BINS:
         return rfft2(dy, rows, cols, fft_shape, relu_output, bins_first=True).transpose(1, 2, 0)
     return rfft2(dy, rows, cols, fft_shape, relu_output)
 

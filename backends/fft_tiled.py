@@ -168,17 +168,20 @@ def cut_tiles(tiles, src, top, left, step):
 class Tiling:
     """Where the tiles of one problem lie: tiles of (Th, Tw) = ``tile``, each with ``m``
     (rows, cols) outputs, ``count`` (rows, cols) of them per image, covering the stride-1
-    output ``out`` (Ho, Wo) of a ``padding``-padded input, for ``n`` images.
+    output ``out`` (Ho, Wo) of a ``padding``-padded input, for ``n`` images of C channels
+    into F, ``channels`` (C, F); handled in blocks of at most ``per_block`` tile rows (see
+    :func:`block_rows`).
 
     Tile rows (all tiles at one height of one image) are numbered ``image * count[0] +
     row`` and handled in ``order``: grouped by overlap-add phase (row mod ``phases``, see
     :meth:`FFTTiled.backward`), ``phase_bounds`` (start, end) in that order, in blocks
     (:meth:`run`)."""
 
-    def __init__(self, tile, kernel, out, padding, n):
+    def __init__(self, tile, kernel, out, padding, n, channels):
         self.tile, self.kernel, self.out, self.padding = tile, kernel, out, padding
         self.m = tuple(t - k + 1 for t, k in zip(tile, kernel))
         self.count = tuple(math.ceil(o / m) for o, m in zip(out, self.m))
+        self.per_block = block_rows(self.count[1], *channels, tile)
         self.bins = tile[0] * (tile[1] // 2 + 1)
         phases = math.ceil(tile[0] / self.m[0])  # tile rows this far apart never overlap
         rows = np.arange(n * self.count[0])
@@ -187,7 +190,7 @@ class Tiling:
         ends = np.cumsum([len(group) for group in groups])
         self.phase_bounds = [(int(end) - len(group), int(end)) for end, group in zip(ends, groups) if len(group)]
 
-    def run(self, work, per_block, phased=True):
+    def run(self, work, phased=True):
         """``work(number, lo, hi, slot)`` for the blocks of at most ``per_block`` tile rows
         ``order[lo:hi]`` (each phase's rows cut in turn), numbered from 0 in order, shared
         among threads (:func:`convlab.fftw.run_tiles`): with ``phased`` (the backward's
@@ -195,7 +198,7 @@ class Tiling:
         all at once (the forward: no two blocks write to the same place, so one wait at the
         end instead of one a phase). The forward and the backward cut the same blocks, so
         the backward finds the forward's spectra of its block under the block's number."""
-        phases = [[(start + lo, start + hi) for lo, hi in chunk_bounds(end - start, per_block)]
+        phases = [[(start + lo, start + hi) for lo, hi in chunk_bounds(end - start, self.per_block)]
                   for start, end in self.phase_bounds]
         first = 0
         for group in phases if phased else [sum(phases, [])]:
@@ -264,7 +267,7 @@ class FFTTiled:
         f, _, kh, kw = w_shape
         out = (h + 2 * padding[0] - kh + 1, width + 2 * padding[1] - kw + 1)
         tile = tile_size_for(out, (kh, kw), c, f, self.forced_tile())
-        return Tiling(tile, (kh, kw), out, padding, x_shape[0])
+        return Tiling(tile, (kh, kw), out, padding, x_shape[0], (c, f))
 
     def forward(self, x, w, b, stride, padding):
         n, c = x.shape[:2]
@@ -279,7 +282,6 @@ class FFTTiled:
             w_spec = fftw.rfft2(w, slice(0, kh), slice(0, kw), grid)                     # (F, C, bins)
             w_spec *= 1.0 / (th * tw)
             w_forward = real_form(w_spec.transpose(2, 1, 0), conjugate=True)             # (bins, 2C, 2F)
-        per_block = block_rows(cw, c, f, grid)
         x_spec = {}  # block number -> its tiles' spectra (bins, rows, cw * C), kept for dw
         y = np.empty((n, f, oh, ow), x.dtype)
 
@@ -306,7 +308,7 @@ class FFTTiled:
                 for i, image, top in tiling.places(lo, hi):
                     paste_corners(y[image, :, top:top + mh], outputs[i], mw)
 
-        tiling.run(block, per_block, phased=False)
+        tiling.run(block, phased=False)
         with phase("exact bias"):
             snap_to_bias(y, b, zero_windows(x, (kh, kw), padding))  # exact where a direct method is
         with phase("kernel spectra"):
@@ -361,7 +363,7 @@ class FFTTiled:
 
         # Overlap-add: tile rows less than T apart overlap, so the rows of one phase run
         # together, and the phases one after another (the forward's blocks).
-        tiling.run(block, block_rows(cw, c, f, grid))
+        tiling.run(block)
         # dw = irfft(D^H X summed)[:kh, :kw] (F, C, kh, kw), one inverse per plane; from the
         # real parts' products, D^H X = (Xr Dr + Xi Di) + i (Xi Dr - Xr Di).
         with phase("dw inverse"):

@@ -474,7 +474,13 @@ def binwise_matmul(a, b, out):
 def broadcasts(a, b):
     """Whether :func:`binwise_matmul` forms the products of a (I, K, bins) and b (K, J,
     bins) by broadcasting: one of I, K, J is tiny and neither is bin-major."""
-    return min(a.shape[:2] + b.shape[1:2]) <= BROADCAST_MAX_DIM and not (is_bin_major(a) or is_bin_major(b))
+    return has_tiny_side(*a.shape[:2], b.shape[1]) and not (is_bin_major(a) or is_bin_major(b))
+
+
+def has_tiny_side(*sides):
+    """Whether per-bin (I, K) @ (K, J) products with these sides have one of at most
+    :data:`BROADCAST_MAX_DIM`, too small for a matmul per bin to pay (see binwise_matmul)."""
+    return min(sides) <= BROADCAST_MAX_DIM
 
 
 def is_bin_major(spectra):
