@@ -45,6 +45,7 @@ def parse_flag(option: str):
         raise CommandLineError(f"--{option.replace('_', '-')} takes yes or no (also true/false, on/off, 1/0), "
                                f"got {text!r}")
 
+    parse.yes_no = True  # for help_text, whatever the option's default
     return parse
 
 
@@ -192,6 +193,7 @@ def help_text(component, usage: str) -> str:
     if inspect.isroutine(component):
         text, described = docstring_parts(component)
         parameters = inspect.signature(component).parameters
+        parse_fns = (fire.decorators.GetParseFns(component) or {}).get("named", {})
         positional = [n for n, p in parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
         lines = [" ".join(["usage:", usage, *(n.upper() for n in positional), "[options]"]), "", text, ""]
         if positional:
@@ -201,7 +203,7 @@ def help_text(component, usage: str) -> str:
         lines.append("options:")
         for name, parameter in parameters.items():
             default = parameter.default
-            if isinstance(default, bool):
+            if isinstance(default, bool) or getattr(parse_fns.get(name), "yes_no", False):
                 typed_as = f"{option_name(name)} yes|no"
             else:
                 typed_as = f"{option_name(name)} {name.split('_')[-1].upper()}"

@@ -10,7 +10,7 @@ import warnings
 import fire
 
 from convlab import installed_version, keep_freed_memory
-from convlab.arguments import check_command_line, out_of_memory_names, typed
+from convlab.arguments import check_command_line, option_name, out_of_memory_names, typed
 from convlab.checkpoints import raise_terminated
 from convlab.registry import get_backend, list_backends
 from convlab.settings import UsageError, positive_float, positive_int, subset_size
@@ -195,8 +195,8 @@ class Commands:
     @typed(text=("backends", "passes", "json", "plot", "sweep"),
            flags=("mnist_layer", "profile", "accuracy", "many_channels", "memory"))
     def bench(self, *, backends=None, kernel_sizes=None, batch_size=None, image_size=None, in_channels=None,
-              out_channels=None, mnist_layer=True, passes=None, repeat=3, json=None, plot=None, profile=False,
-              steps=100, accuracy=False, many_channels=False, memory=False, sweep="kernel", image_sizes=None):
+              out_channels=None, mnist_layer=None, passes=None, repeat=None, json=None, plot=None, profile=False,
+              steps=None, accuracy=None, many_channels=None, memory=None, sweep=None, image_sizes=None):
         """Time the backends on the MNIST layer and a kernel-size sweep; table of ratios.
 
         The sweep is batch x in_channels -> out_channels on an image_size² input with
@@ -212,29 +212,50 @@ class Commands:
             image_size: input height and width of the kernel sweep (default 28).
             in_channels: input channels (C) of the sweep (default 1; image sweep 3).
             out_channels: filters (F) of the sweep (default 32; image sweep 16).
-            mnist_layer: also time the MNIST layer (1 -> 32, 28², k 7, padding 1).
+            mnist_layer: also time the MNIST layer (1 -> 32, 28², k 7, padding 1) (default yes).
             passes: forward, forward+backward, or both (comma-separated; default both).
-            repeat: timed runs per measurement.
+            repeat: timed runs per measurement (default 3).
             json: write the results to this JSON file (schema: see convlab/bench.py).
             plot: save the time-vs-kernel-size (or image-size) plot here (.png, .svg, .pdf, ...).
             profile: instead, profile --steps real training steps of the reference network
                 per backend (default: every backend but naive): time of each phase, per layer.
-            steps: training steps to profile (with --profile).
+                Of the other options only --backends and --batch-size apply to it.
+            steps: training steps to profile (with --profile; default 100).
             accuracy: also measure each backend's float32 error of y, dx and dw against float64.
             many_channels: also time 3x3 and 5x5 layers with 32 to 128 channels.
             memory: also measure each pass's peak extra memory (workspace beyond the results).
-            sweep: kernel (time vs kernel size, default) or image (time vs image size).
+            sweep: kernel (time vs kernel size, default; --image-size sets its image) or image
+                (time vs image size; --image-sizes sets them).
             image_sizes: comma-separated image sizes of the image sweep (default 16,32,64,128,256;
                 its kernel sizes default to 5,9).
         """
-        from convlab.bench import SWEEP_LAYER, bench_command, profile_command
+        from convlab.bench import SWEEP_LAYER, SWEEPS, bench_command, parse_names, profile_command
         from convlab.files import check_outputs, check_suffix
 
+        # An option that would change nothing in the run asked for is refused, not ignored.
+        timing_only = dict(kernel_sizes=kernel_sizes, image_size=image_size, in_channels=in_channels,
+                           out_channels=out_channels, mnist_layer=mnist_layer, passes=passes, repeat=repeat,
+                           json=json, plot=plot, accuracy=accuracy, many_channels=many_channels, memory=memory,
+                           sweep=sweep, image_sizes=image_sizes)
         if profile:
-            profile_command(backends, positive_int("steps", steps),
+            given = [option_name(name) for name, value in timing_only.items() if value is not None]
+            if given:
+                raise UsageError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply with "
+                                 "--profile yes, which profiles training steps of the reference network; "
+                                 "its options are --backends, --steps and --batch-size")
+            profile_command(backends, positive_int("steps", 100 if steps is None else steps),
                             positive_int("batch-size", SWEEP_LAYER["kernel"]["batch_size"] if batch_size is None
                                          else batch_size))
             return
+        if steps is not None:
+            raise UsageError("--steps applies only with --profile yes (the training steps to profile)")
+        [sweep] = parse_names("kernel" if sweep is None else sweep, "sweep", SWEEPS)
+        if sweep == "kernel" and image_sizes is not None:
+            raise UsageError("--image-sizes applies only with --sweep image; the kernel sweep's image size "
+                             "is --image-size")
+        if sweep == "image" and image_size is not None:
+            raise UsageError("--image-size applies only to the kernel sweep; the image sweep's sizes "
+                             "are --image-sizes")
 
         check_outputs({"--json": json if json is None else check_suffix(json, "--json", ".json", "JSON"),
                        "--plot": plot})
@@ -246,11 +267,11 @@ class Commands:
         defaults = SWEEP_LAYER.get(sweep, SWEEP_LAYER["kernel"])
         in_force = {name: defaults[name] if given is None else given for name, given in sizes.items()}
         with out_of_memory_names({name: value for name, value in in_force.items() if value is not None}):
-            bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer, passes,
-                          positive_int("repeat", repeat), json, plot,
+            bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer is not False, passes,
+                          positive_int("repeat", 3 if repeat is None else repeat), json, plot,
                           progress=lambda message: print(message, file=sys.stderr, flush=True),
-                          accuracy=accuracy, many_channels=many_channels,
-                          memory=memory, sweep=sweep, image_sizes=image_sizes)
+                          accuracy=bool(accuracy), many_channels=bool(many_channels),
+                          memory=bool(memory), sweep=sweep, image_sizes=image_sizes)
 
 
 

@@ -132,6 +132,18 @@ def test_relative_error_and_a_direct_method_near_float32_rounding():
     (["--mnist-layer", "maybe"], "--mnist-layer takes yes or no"),
     (["--accuracy", "maybe"], "--accuracy takes yes or no"),
     (["--many-channels", "maybe"], "--many-channels takes yes or no"),
+    # Options that would change nothing in the run asked for.
+    (["--steps", "5"], "--steps applies only with --profile yes"),
+    (["--profile", "no", "--steps", "5"], "--steps applies only with --profile yes"),
+    (["--profile", "yes", "--kernel-sizes", "3"], "--kernel-sizes does not apply with --profile yes, which profiles "
+                                                  "training steps of the reference network; its options are "
+                                                  "--backends, --steps and --batch-size"),
+    (["--profile", "yes", "--memory", "no", "--sweep", "image"], "--memory, --sweep do not apply with --profile yes"),
+    (["--image-sizes", "32"], "--image-sizes applies only with --sweep image; the kernel sweep's image size is "
+                              "--image-size"),
+    (["--sweep", "image", "--image-size", "32"], "--image-size applies only to the kernel sweep; the image "
+                                                 "sweep's sizes are --image-sizes"),
+    (["--sweep", "images"], "--sweep got images; choose from: kernel, image"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
