@@ -196,9 +196,18 @@ class Auto:
 
     def forward(self, x, w, b, stride, padding, relu=False):
         problem = Problem.of(x, w, stride, padding)
-        chosen = get_backend(self.pick(x, w, stride, padding, self._need_dx.get(problem, True)))
+        chosen = self.chosen(problem, x, w, stride, padding)
         y, cache = chosen.unchecked_forward(x, w, b, stride, padding, relu)
         return y, (chosen, cache, problem)
+
+    def inference(self, x, w, b, stride, padding, relu=False):
+        """The pick's inference pass (the pick as for a forward: timed with its backward)."""
+        chosen = self.chosen(Problem.of(x, w, stride, padding), x, w, stride, padding)
+        return chosen.unchecked_inference(x, w, b, stride, padding, relu)
+
+    def chosen(self, problem, x, w, stride, padding):
+        """The backend a forward of ``problem`` runs on: the pick for what its backward computes."""
+        return get_backend(self.pick(x, w, stride, padding, self._need_dx.get(problem, True)))
 
     def backward(self, dy, cache, need_dx=True):
         chosen, chosen_cache, problem = cache

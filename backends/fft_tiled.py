@@ -270,6 +270,17 @@ class FFTTiled:
         return Tiling(tile, (kh, kw), out, padding, x_shape[0], (c, f))
 
     def forward(self, x, w, b, stride, padding):
+        return self.tiled_pass(x, w, b, padding, keep=True)
+
+    def inference(self, x, w, b, stride, padding):
+        """The forward keeping nothing: x's tile spectra (N * tiles * C * bins, 40 MB on
+        16 x 16 -> 16 at 128^2) stay in each block's plan buffer, in cache, instead of being
+        written out to memory for dw. 0.95 (that shape, k 9) and 0.88 (8 x 3 -> 16 at 224^2,
+        k 7) of the forward's time (median ratio of 12 alternating calls, 2-core AMD EPYC)."""
+        return self.tiled_pass(x, w, b, padding, keep=False)
+
+    def tiled_pass(self, x, w, b, padding, keep):
+        """The forward: y, and with ``keep`` the cache for the backward (else y alone)."""
         n, c = x.shape[:2]
         f, _, kh, kw = w.shape
         tiling = self.tiling(x.shape, w.shape, padding)
@@ -293,9 +304,13 @@ class FFTTiled:
             with phase("x tiles"):
                 for i, image, top in tiling.places(lo, hi):
                     cut_tiles(tiles[i], x[image], top - ph, -pw, mw)
-            with phase("x FFTs"):  # written straight into the spectra kept for dw
-                kept = x_spec[number] = plan.empty_bins()
-                plan.execute_into(kept)
+            with phase("x FFTs"):
+                if keep:  # written straight into the spectra kept for dw
+                    kept = x_spec[number] = plan.empty_bins()
+                    plan.execute_into(kept)
+                else:
+                    plan.execute()
+                    kept = plan.bins
             inverse = fftw.plan("FFTW_BACKWARD", (hi - lo, cw * f), grid, x.dtype, slot, bins_first=True, pair="y")
             products = inverse.bins.reshape(bins, -1, f)                               # (bins, tiles, F)
             with phase("y products"):
@@ -311,6 +326,8 @@ class FFTTiled:
         tiling.run(block, phased=False)
         with phase("exact bias"):
             snap_to_bias(y, b, zero_windows(x, (kh, kw), padding))  # exact where a direct method is
+        if not keep:
+            return y
         with phase("kernel spectra"):
             w_dx = real_form(w_spec.transpose(2, 0, 1))                                   # (bins, 2F, 2C)
         return y, (x_spec, w_dx, tiling, x.shape)

@@ -157,7 +157,8 @@ def bench_layer(backend, rounds, pause, per_round=5):
 
 
 def bench_layer_forward(backend, rounds, pause, per_round=20):
-    """The MNIST layer's forward alone (PyTorch without autograd)."""
+    """The MNIST layer's forward alone, keeping nothing for a backward on either side:
+    convlab's inference pass, PyTorch without autograd."""
     rng = np.random.default_rng(SEED)
     x = rng.random((BATCH_SIZE, 1, 28, 28), dtype=np.float32)
     w = (rng.standard_normal((32, 1, 7, 7)) * 0.2).astype(np.float32)
@@ -168,8 +169,8 @@ def bench_layer_forward(backend, rounds, pause, per_round=20):
         with torch.no_grad():
             return F.conv2d(tx, tw, tb, padding=1)
 
-    backend.forward(x, w, b, 1, 1), theirs()  # warm-up
-    times = alternate([lambda i: [backend.forward(x, w, b, 1, 1) for _ in range(per_round)],
+    backend.inference(x, w, b, 1, 1), theirs()  # warm-up
+    times = alternate([lambda i: [backend.inference(x, w, b, 1, 1) for _ in range(per_round)],
                        lambda i: [theirs() for _ in range(per_round)]], rounds, pause)
     summarize(f"MNIST layer forward ({backend.name}, {per_round} calls a turn)", *times)
 

@@ -18,8 +18,10 @@ JSON output (``--json PATH``, written atomically)::
 see :mod:`convlab.accuracy`.
 
 ``shape`` is :attr:`ConvShape.label`: batch N x input channels C -> F filters, input
-H x W, kernel k x k, zero padding p, stride 1. ``pass`` is ``"forward"`` or
-``"forward+backward"`` (the backward computes dx, dw and db); ``seconds`` is wall time.
+H x W, kernel k x k, zero padding p, stride 1. ``pass`` is ``"forward"`` (the inference
+pass, keeping nothing for a backward, as PyTorch's forward without autograd) or
+``"forward+backward"`` (the training forward, then a backward computing dx, dw and db);
+``seconds`` is wall time.
 With ``--memory`` each row also has ``"peak_extra_bytes"``: the workspace of one call,
 measured on a call before the timed ones (see :mod:`convlab.memory`).
 Skipped pairs have no row.

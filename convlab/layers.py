@@ -115,8 +115,12 @@ class Conv2D(Layer):
 
     def forward(self, x):
         backend = get_backend(self._backend)
-        y, cache = backend.forward(x, self.params["w"], self.params["b"], self.stride, self.padding, relu=self.relu)
-        self._cache = None if _forward_only.get() else (backend, cache)
+        args = (x, self.params["w"], self.params["b"], self.stride, self.padding)
+        if _forward_only.get():  # the backend's pass that keeps nothing (Backend.inference)
+            self._cache = None
+            return backend.inference(*args, relu=self.relu)
+        y, cache = backend.forward(*args, relu=self.relu)
+        self._cache = (backend, cache)
         return y
 
     def backward(self, dy, need_dx=True):

@@ -28,6 +28,17 @@ still in cache (as cuDNN's and oneDNN's fused convolution-activation)::
 For any other backend :meth:`Backend.forward` with ``relu=True`` applies the ReLU after
 the whole pass, and :meth:`Backend.backward` its gradient before (:mod:`convlab.relu`).
 
+A backend whose forward keeps something it would not need without a backward (``im2col``
+its unrolled windows, 7.4 MB a batch on the MNIST layer) may also have an inference pass,
+as NNPACK has ``nnp_convolution_inference`` beside ``nnp_convolution_output``::
+
+    inference(x, w, b, stride, padding, relu=False) -> y
+        y exactly as ``forward`` computes it (``relu`` only if it ``fuses_relu``), keeping
+        nothing: evaluation, prediction, and the forward timed against PyTorch's
+        forward without autograd
+
+Without one, :meth:`Backend.inference` runs ``forward`` and lets its cache go.
+
 A backend that cannot do every problem (Winograd: stride 1 and the kernel sizes it has
 transforms for) also has::
 
@@ -115,6 +126,13 @@ class Backend:
         y, cache = self.unchecked_forward(x, w, b, stride, padding, relu)
         return y, _CheckedCache(y.shape, y.dtype, cache)
 
+    def inference(self, x, w, b=None, stride=1, padding=0, relu=False):
+        """Checked forward that keeps nothing for a backward: y as :meth:`forward` computes it."""
+        x, w, b, stride, padding = check_forward_inputs(x, w, b, stride, padding)
+        relu = as_flag(relu, "relu")
+        self.check_supported(x.shape, w.shape, stride, padding)
+        return self.unchecked_inference(x, w, b, stride, padding, relu)
+
     def backward(self, dy, cache, need_dx=True):
         """Checked backward: ``dy`` shaped like the forward's ``y``; returns (dx, dw, db)."""
         if not isinstance(cache, _CheckedCache):
@@ -133,6 +151,20 @@ class Backend:
         with phase("ReLU"):
             relu_passes.relu(y, y)
         return y, _ReluApplied(y, cache)
+
+    def unchecked_inference(self, x, w, b, stride, padding, relu=False):
+        """The implementation's inference pass (else its forward, the cache let go) on
+        inputs already checked, with the ReLU as in :meth:`unchecked_forward`."""
+        inference = getattr(self.impl, "inference", None)
+        if inference is None:
+            return self.unchecked_forward(x, w, b, stride, padding, relu)[0]
+        if self.fuses_relu:
+            return inference(x, w, b, stride, padding, relu=relu)
+        y = inference(x, w, b, stride, padding)
+        if relu:
+            with phase("ReLU"):
+                relu_passes.relu(y, y)
+        return y
 
     def unchecked_backward(self, dy, cache, need_dx=True):
         """The backward of :meth:`unchecked_forward`, for its cache."""
@@ -255,7 +287,7 @@ def use_backend(name: str):
 def conv2d(x, w, b=None, stride=1, padding=0, backend=None) -> np.ndarray:
     """Functional 2-D convolution (cross-correlation), like ``torch.nn.functional.conv2d``.
 
-    x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> (N, F, OH, OW).
+    x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> (N, F, OH, OW). It keeps nothing
+    for a backward (:meth:`Backend.inference`).
     """
-    y, _ = get_backend(backend).forward(x, w, b, stride, padding)
-    return y
+    return get_backend(backend).inference(x, w, b, stride, padding)

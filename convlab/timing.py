@@ -77,13 +77,15 @@ def output_gradient(x, w, stride, padding, seed=1) -> np.ndarray:
 def conv_pass(backend, x, w, b, stride, padding, dy=None, need_dx=True):
     """A no-argument function running one pass of ``backend`` on these arrays.
 
-    With ``dy`` None it runs the forward and returns y; otherwise forward then backward
-    (``need_dx`` False: as for a network's first layer, without dx), returning (y, dx, dw, db).
+    With ``dy`` None it runs the inference pass (:meth:`convlab.registry.Backend.inference`:
+    the forward keeping nothing for a backward, as PyTorch's forward without autograd) and
+    returns y; otherwise forward then backward (``need_dx`` False: as for a network's first
+    layer, without dx), returning (y, dx, dw, db).
     """
     backend = get_backend(backend)
 
     def forward():
-        return backend.forward(x, w, b, stride, padding)[0]
+        return backend.inference(x, w, b, stride, padding)
 
     def forward_backward():
         y, cache = backend.forward(x, w, b, stride, padding)

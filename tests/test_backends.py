@@ -66,6 +66,28 @@ def test_gradients_pass_dot_product_check(backend):
         assert numeric == pytest.approx(analytic, rel=1e-6, abs=1e-6)
 
 
+def chunked_mnist_case(backend, dtype):
+    """(x, w, b, stride, padding): 12 images of 28 x 28, 8 filters 5 x 5 (3 or more chunks
+    in im2col), or a smaller kernel where the backend's are smaller."""
+    rng = np.random.default_rng(5)
+    k = 5 if backend.supports((12, 1, 28, 28), (8, 1, 5, 5), (1, 1), (2, 2)) is None else 3
+    return (rng.standard_normal((12, 1, 28, 28)).astype(dtype), rng.standard_normal((8, 1, k, k)).astype(dtype),
+            rng.standard_normal(8).astype(dtype), (1, 1), (k // 2, k // 2))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_inference_gives_the_forwards_output_exactly(backend, dtype):
+    """The pass that keeps nothing (Backend.inference) computes y as the forward does, bit
+    for bit, with and without a fused ReLU: on random shapes, and on a batch of MNIST-sized
+    images that im2col cuts into several chunks (shared among the threads)."""
+    for x, w, b, stride, padding in supported_conv_cases(backend, np.random.default_rng(77), 12, dtype) + [
+            chunked_mnist_case(backend, dtype)]:
+        for relu in (False, True):
+            y, _ = backend.forward(x, w, b, stride, padding, relu=relu)
+            np.testing.assert_array_equal(backend.inference(x, w, b, stride, padding, relu=relu), y,
+                                          err_msg=f"x {x.shape} w {w.shape} stride {stride} padding {padding}")
+
+
 def test_need_dx_false_skips_dx_only(backend):
     [(x, w, b, stride, padding)] = supported_conv_cases(backend, np.random.default_rng(3), 1)
     y, cache = backend.forward(x, w, b, stride, padding)

@@ -5,6 +5,7 @@ import pytest
 
 import convlab
 from convlab import registry
+from convlab.layers import forward_only
 
 
 def test_builtin_backends_are_listed():
@@ -141,6 +142,39 @@ def test_unsupported_problem_is_refused_up_front_naming_who_can(stride_one_only)
     assert "im2col" in message and "naive" not in message  # the oracle only when nothing else can
     assert isinstance(e.value, ValueError)
     np.testing.assert_array_equal(convlab.conv2d(x, w, stride=1, backend="stride1"), 18 * np.ones((1, 1, 3, 3)))
+    with pytest.raises(convlab.Unsupported, match="^backend 'stride1' does not support stride 2x2"):
+        stride_one_only.inference(x, w, stride=2)  # the pass that keeps nothing refuses alike
+
+
+class Inferring(Doubling):
+    """Doubling, with an inference pass of its own that says it ran."""
+
+    def __init__(self):
+        self.inferences = 0
+
+    def inference(self, x, w, b, stride, padding):
+        self.inferences += 1
+        return self.forward(x, w, b, stride, padding)[0]
+
+
+def test_inference_runs_the_backends_own_pass_else_the_forward(doubling):
+    convlab.register_backend("inferring")(Inferring)
+    try:
+        inferring = convlab.get_backend("inferring")
+        x, w = np.arange(16.0).reshape(1, 1, 4, 4), np.ones((1, 1, 2, 2))
+        for relu in (False, True):
+            expected = doubling.forward(x, -w, None, 1, 0, relu=relu)[0]
+            np.testing.assert_array_equal(inferring.inference(x, -w, relu=relu), expected)
+            np.testing.assert_array_equal(doubling.inference(x, -w, relu=relu), expected)  # no inference(): forward
+        assert inferring.impl.inferences == 2
+        layer = convlab.Conv2D(1, 1, 2, backend="inferring", relu=True)
+        with forward_only():
+            layer.forward(x.astype(np.float32))
+        assert inferring.impl.inferences == 3
+        with pytest.raises(ValueError, match="needs the forward first"):
+            layer.backward(np.ones((1, 1, 3, 3)))
+    finally:
+        del registry._registry["inferring"]
 
 
 def test_auto_times_only_backends_that_support_the_problem(stride_one_only):
