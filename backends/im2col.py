@@ -29,6 +29,8 @@ GEMM sum a kernel row's taps too, and one add per kernel row remains
 (:func:`input_gradient_rows`).
 """
 
+import threading
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
@@ -36,7 +38,7 @@ from convlab.checks import output_size
 from convlab.profile import phase, shared_among_threads
 from convlab.registry import register_backend
 from convlab.relu import relu_block, relu_gradient_block
-from convlab.threads import chunk_bounds, share_chunks, thread_scratch
+from convlab.threads import chunk_bounds, share_chunks
 
 # dw products with at most this many outputs ((k + 1) * F) per image are formed as dy @ cols.T.
 SMALL_DW_OUTPUTS = 1024
@@ -157,10 +159,10 @@ class Im2col:
 
     def inference(self, x, w, b, stride, padding, relu=False):
         """The forward keeping nothing: each chunk unrolled into a buffer its thread reuses
-        (in cache) instead of into the batch's ``cols`` (written out to memory for the
-        backward), and no 7.4 MB batch of them on the MNIST layer. There (2-core AMD EPYC,
-        30 alternating turns of 20 calls in one process, median ratio of the turns) it takes
-        0.83-0.97 of the forward's time on two threads, 0.90 on one."""
+        for the pass (in cache) instead of into the batch's ``cols`` (written out to memory
+        for the backward). On the MNIST layer (2-core AMD EPYC) its peak extra memory is 1.4
+        against 7.6 MB, and it takes 0.92-0.99 of the forward's time on two threads, 0.88 on
+        one (median ratio of 30 alternating turns of 20 calls in one process)."""
         return self.unrolled_pass(x, w, b, stride, padding, relu, keep_cols=False)[0]
 
     def unrolled_pass(self, x, w, b, stride, padding, relu, keep_cols):
@@ -180,11 +182,18 @@ class Im2col:
         w_aug = np.concatenate([w.reshape(f, k), b[:, None]], axis=1)
         per_chunk = images_per_chunk(k, f, oh * ow, x.itemsize)
         cols = np.empty((n, k + 1, oh * ow), dtype=x.dtype) if keep_cols else None  # for the backward
+        buffers = {}  # else a chunk's cols for each thread, reused chunk after chunk in this pass
         y = np.empty((n, f, oh, ow), dtype=x.dtype)
         y_mat = y.reshape(n, f, oh * ow)
 
         def chunk(_, lo, hi):
-            chunk_cols = cols[lo:hi] if keep_cols else thread_scratch((hi - lo, k + 1, oh * ow), x.dtype)
+            if keep_cols:
+                chunk_cols = cols[lo:hi]
+            else:
+                thread = threading.get_ident()
+                if thread not in buffers:
+                    buffers[thread] = np.empty((per_chunk, k + 1, oh * ow), dtype=x.dtype)
+                chunk_cols = buffers[thread][:hi - lo]
             with phase("unroll"):
                 np.copyto(chunk_cols[:, :k].reshape(win[lo:hi].shape), win[lo:hi])
                 chunk_cols[:, k] = 1

@@ -16,7 +16,6 @@ stay deterministic.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import platform
 import sys
@@ -33,7 +32,6 @@ _blas = ThreadpoolController().select(user_api="blas")
 _blas_threads_at_start = min([lib.num_threads for lib in _blas.lib_controllers] or [os.cpu_count() or 1])
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
-_scratch = threading.local()  # see thread_scratch
 
 
 def worker_count() -> int:
@@ -87,17 +85,6 @@ def _executor(threads) -> ThreadPoolExecutor:
 # alternating runs of 500 steps: 12.9 / 10.3 / 11.9 ms sharing every pass, 10.4 / 9.3 /
 # 7.5 ms with this rule; the reference network's 10.5 / 9.3 / 7.4 against 8.3 / 9.6 / 8.0.
 MIN_CHUNKS_TO_SHARE = 3
-
-
-def thread_scratch(shape, dtype) -> np.ndarray:
-    """An uninitialised array of ``shape`` in memory the calling thread keeps and reuses
-    (grown when too small): a chunk's temporary that stays in cache from one chunk to the
-    next, and costs no allocation or page faults. Valid until the thread's next call."""
-    size = math.prod(shape) * np.dtype(dtype).itemsize
-    memory = getattr(_scratch, "memory", None)
-    if memory is None or memory.size < size:
-        memory = _scratch.memory = np.empty(size, np.uint8)
-    return memory[:size].view(dtype).reshape(shape)
 
 
 def chunk_bounds(n, per_chunk) -> list[tuple[int, int]]:
