@@ -78,7 +78,8 @@ def predict_logits(model, x, batch_size=128) -> np.ndarray:
     Batches of ~100 images keep the im2col matrix (a few MB) in the allocator's reusable
     heap and near the caches; batches of 500 take about twice as long per image. The
     layers run forward-only (:func:`convlab.layers.forward_only`): no ReLU mask, no caches
-    kept for a backward.
+    kept for a backward, and each convolution's inference pass
+    (:meth:`convlab.registry.Backend.inference`).
     """
     with profile.paused(), single_threaded_blas(), forward_only():
         return np.concatenate([model.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
