@@ -264,7 +264,7 @@ class Commands:
                      in_channels=optional("in-channels", in_channels),
                      out_channels=optional("out-channels", out_channels))
         # The sizes in force (given, else the sweep's defaults) name what was too big.
-        defaults = SWEEP_LAYER.get(sweep, SWEEP_LAYER["kernel"])
+        defaults = SWEEP_LAYER[sweep]
         in_force = {name: defaults[name] if given is None else given for name, given in sizes.items()}
         with out_of_memory_names({name: value for name, value in in_force.items() if value is not None}):
             bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer is not False, passes,
