@@ -471,7 +471,7 @@ def correlate(x, u, kernel, pads, m, ones=False, relu=False):
     max(., 0), taken in the chunk's last copy into y.
     """
     (top, _), (left, _) = pads
-    (n, c), (k, f) = x.shape[:2], u.shape[1:]  # c: x's channels; k: with the ones
+    n, (k, f) = x.shape[0], u.shape[1:]  # k: x's channels with the ones
     out, tiling = correlation_tiling(x.shape[2:], kernel, pads, m)
     y = np.empty((n, f) + out, x.dtype)
 

@@ -120,18 +120,20 @@ class Backend:
         """Checked forward: ``x`` (N, C, H, W), ``w`` (F, C, kh, kw), ``b`` (F,) or None.
         ``relu=True``: the output is max(conv + b, 0) (see the module doc).
         Raises :class:`Unsupported` for a problem this backend cannot compute."""
-        x, w, b, stride, padding = check_forward_inputs(x, w, b, stride, padding)
-        relu = as_flag(relu, "relu")
-        self.check_supported(x.shape, w.shape, stride, padding)
-        y, cache = self.unchecked_forward(x, w, b, stride, padding, relu)
+        y, cache = self.unchecked_forward(*self.checked_problem(x, w, b, stride, padding, relu))
         return y, _CheckedCache(y.shape, y.dtype, cache)
 
     def inference(self, x, w, b=None, stride=1, padding=0, relu=False):
         """Checked forward that keeps nothing for a backward: y as :meth:`forward` computes it."""
+        return self.unchecked_inference(*self.checked_problem(x, w, b, stride, padding, relu))
+
+    def checked_problem(self, x, w, b, stride, padding, relu):
+        """(x, w, b, stride, padding, relu) checked and normalised, or a ValueError (an
+        :class:`Unsupported` for a problem this backend cannot compute)."""
         x, w, b, stride, padding = check_forward_inputs(x, w, b, stride, padding)
         relu = as_flag(relu, "relu")
         self.check_supported(x.shape, w.shape, stride, padding)
-        return self.unchecked_inference(x, w, b, stride, padding, relu)
+        return x, w, b, stride, padding, relu
 
     def backward(self, dy, cache, need_dx=True):
         """Checked backward: ``dy`` shaped like the forward's ``y``; returns (dx, dw, db)."""

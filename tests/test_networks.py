@@ -11,7 +11,7 @@ import convlab
 from convlab import registry
 from convlab.checkpoints import load_checkpoint
 from convlab.layers import AvgPool2D, Conv2D, MaxPool2D, forward_only
-from convlab.models import (LENET5, SpecError, get_model, lenet5, list_models, parse_spec, reference_net,
+from convlab.models import (LENET5, get_model, lenet5, list_models, parse_spec, reference_net,
                             spec_network)
 from convlab.timing import strategies
 from tests.test_cli import run_cli

@@ -144,6 +144,10 @@ def test_unsupported_problem_is_refused_up_front_naming_who_can(stride_one_only)
     np.testing.assert_array_equal(convlab.conv2d(x, w, stride=1, backend="stride1"), 18 * np.ones((1, 1, 3, 3)))
     with pytest.raises(convlab.Unsupported, match="^backend 'stride1' does not support stride 2x2"):
         stride_one_only.inference(x, w, stride=2)  # the pass that keeps nothing refuses alike
+    with pytest.raises(ValueError, match="x contains NaN or infinite values"):
+        stride_one_only.inference(np.full((1, 1, 5, 5), np.nan), w)  # and checks its inputs alike
+    with pytest.raises(ValueError, match="relu must be True or False"):
+        stride_one_only.inference(x, w, relu="no")
 
 
 class Inferring(Doubling):
