@@ -5,7 +5,7 @@ whose last row is ones; the filters are the rows of ``w_mat`` (F, C*kh*kw + 1), 
 last column is the bias. So image n's output, bias included, is one GEMM,
 ``y[n] = w_mat @ cols[n]`` (F, OH*OW), which is already y's (N, F, OH, OW) layout: no
 transposing copy afterwards, and no separate pass to add the bias. The batch is processed in chunks of a few images
-(``CHUNK_BYTES`` of unrolled windows and outputs, about half an L2 cache): a chunk is
+(``CHUNK_BYTES`` of unrolled windows and outputs, about an L2 cache: 1 MiB): a chunk is
 unrolled, multiplied and biased back to back while it is still in cache, and the chunks
 are shared among the cores (:mod:`convlab.threads`), each GEMM single-threaded. One
 GEMM over the whole batch, as this backend first did, streamed a 7 MB ``cols`` and a 5 MB
@@ -221,9 +221,10 @@ class Im2col:
         dx_padded = None
         if need_dx:  # col2im_rows writes every value of its planes; the other paths add into zeros
             dx_padded = (np.empty if wide and not rows_folded else np.zeros)(x_padded_shape, dtype=dy.dtype)
-        # Which dw product: per chunk of 5 images of 784 pixels (CPU time, one core, float32),
-        # dy @ cols.T took 16-34 us against 38-59 us for a copy of dy.T and cols @ dy.T with
-        # (k + 1) * F from 156 to 416 (LeNet-5's and the 3x3 network's first layers); at 1600
+        # Which dw product: per chunk of 5 images of 784 pixels (the 512 KiB chunks of then;
+        # CPU time, one core, float32), dy @ cols.T took 16-34 us against 38-59 us for a copy
+        # of dy.T and cols @ dy.T with (k + 1) * F from 156 to 416 (LeNet-5's first layer has
+        # 156, the 3x3 network's 320); at 1600
         # (the reference layer, 576 pixels) 71 against 48 us, and at 2416 89 against 41 us.
         small_dw = (k + 1) * f <= SMALL_DW_OUTPUTS
         wp = x_padded_shape[3]

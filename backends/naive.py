@@ -20,7 +20,7 @@ def pad(x, padding):
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
 
 
-def windows(x_padded, kernel, stride, out_shape):
+def windows(kernel, stride, out_shape):
     """Yield ((i, j), window slices) for each output position."""
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_shape
     for i in range(oh):
@@ -38,7 +38,7 @@ class Naive:
         out_shape = (output_size(h, kh, stride[0], padding[0]), output_size(width, kw, stride[1], padding[1]))
         x_padded = pad(x, padding)
         y = np.empty((n, f) + out_shape, dtype=x.dtype)
-        for (i, j), window in windows(x_padded, (kh, kw), stride, out_shape):
+        for (i, j), window in windows((kh, kw), stride, out_shape):
             # (N, C, kh, kw) . (F, C, kh, kw) over (C, kh, kw) -> (N, F)
             y[:, :, i, j] = np.tensordot(x_padded[window], w, axes=([1, 2, 3], [1, 2, 3])) + b
         return y, (x_padded, w, stride, padding)
@@ -48,7 +48,7 @@ class Naive:
         kh, kw = w.shape[2:]
         dx_padded = np.zeros_like(x_padded) if need_dx else None
         dw = np.zeros_like(w)
-        for (i, j), window in windows(x_padded, (kh, kw), stride, dy.shape[2:]):
+        for (i, j), window in windows((kh, kw), stride, dy.shape[2:]):
             dy_ij = dy[:, :, i, j]  # (N, F)
             dw += np.tensordot(dy_ij, x_padded[window], axes=([0], [0]))
             if need_dx:

@@ -26,7 +26,7 @@ x (n, C, H, W) and w (F, C, r_h, r_w):
 3. the per-point GEMMs with U (P, C + 1, F), the filters transformed once per call (G g Gᵀ,
    in float64, then cast), the bias their last row, written as (P, F, tiles);
 4. output transform Aᵀ M A (:func:`untransform_tiles`): down and across as GEMMs, giving
-   the tiles as whole output rows (u, F, n, i, j * m + v), then one copy into y
+   the tiles as whole output rows (u, F, i, n, j * m + v), then one copy into y
    (n, F, OH, OW) with the crop.
 
 The old whole-batch version (each stage one pass over arrays of 19 MB) took 0.6-1.4x
@@ -239,8 +239,9 @@ def tile_rows_per_chunk(tiling, channels, itemsize):
     channels, 9 tiles ran at half the speed of 72 (21 against 40 GMAC/s, 2-core EPYC).
 
     An image of more tile rows than that is cut into bands of equal size, but only when it
-    is more than two chunks: 32 x 32 images with 64 channels (8 tile rows, 7 to a chunk) ran
-    0.49x im2col's time forward in whole images, 0.59x in bands of 7 and 1, 0.69x of 4.
+    is more than two chunks: 32 x 32 images with 64 channels (8 tile rows; 7 to a chunk of
+    the 512 KiB then, 14 of today's 1 MiB, so whole images) ran 0.49x im2col's time forward
+    in whole images, 0.59x in bands of 7 and 1, 0.69x of 4.
     """
     points, (down, across) = tiling.window[0] * tiling.window[1], tiling.counts
     rows = max(1, CHUNK_BYTES // (points * across * channels * itemsize), -(-channels // (4 * across)))
@@ -325,17 +326,17 @@ def spaced_planes(shape, dtype):
     return np.zeros((n, k, lines * 64 // size), dtype)[:, :, :h * w].reshape(n, k, h, w)
 
 
-def transform_tiles(canvas, tiling, left, right, origin=(0, 0), out=None):
+def transform_tiles(canvas, tiling, left, right, origin=(0, 0)):
     """``left`` (alpha_h, window rows) applied down and ``right`` (alpha_w, window cols)
     across every tile of an :func:`unrolled_canvas` (Q, Hc, n, tw, K), the tiles' first
     pixel at canvas position ``origin`` (their columns origin[1] ... of the Q unrolled):
     -> (alpha_h * alpha_w, th * n * tw, K), the transform point (a, b) first, then the tile
-    (tile row i, image, tile column j), then the channel; written into ``out`` if given.
+    (tile row i, image, tile column j), then the channel.
     That is the layout the per-point GEMMs take ((tiles, K) matrices, unit stride along K).
 
     Two GEMMs, no copy: across, ``right`` @ the whole (window cols, Hc * n * tw * K)
     canvas; down, ``left`` @ the (window rows, n * tw * K) block of each (b, tile row),
-    written straight into its place in ``out``: the images side by side in one product, 4x
+    written straight into its place in the result: the images side by side in one product, 4x
     fewer BLAS calls than a product per image (168 calls of (6, 6) @ (6, 231) a chunk of 4
     images on 64x32->32 28x28). Separable: alpha (window rows + window cols)
     multiply-adds per tile and channel, 2 x 6 x 6 for F(4, 3). One product by kron(Bᵀ, Bᵀ)
@@ -352,8 +353,7 @@ def transform_tiles(canvas, tiling, left, right, origin=(0, 0), out=None):
     item = across.itemsize  # strides from the shapes (numpy's of a length-1 axis can be anything)
     blocks = np.ndarray((aw, th, wh, row), across.dtype, across, origin[0] * row * item,
                         (hc * row * item, step * row * item, row * item, item))
-    if out is None:
-        out = np.empty((ah * aw, th * n * tw, k), canvas.dtype)
+    out = np.empty((ah * aw, th * n * tw, k), canvas.dtype)
     np.matmul(left, blocks, out=out.reshape(ah, aw, th, row, copy=False).transpose(1, 2, 0, 3))
     return out
 

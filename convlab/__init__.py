@@ -3,7 +3,7 @@
 One :class:`Conv2D` layer, many hand-written convolution strategies ("backends")::
 
     import convlab
-    convlab.list_backends()                      # ['fft', 'im2col', 'naive', ...]
+    convlab.list_backends()   # ['auto', 'fft', 'fft-tiled', 'im2col', 'naive', 'winograd']
     y = convlab.conv2d(x, w, b, stride=1, padding=1, backend="naive")
     with convlab.use_backend("fft"):
         logits = model.forward(x)               # every unpinned Conv2D uses fft here

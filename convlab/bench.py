@@ -61,6 +61,8 @@ MANY_CHANNEL_LAYERS = (ConvShape(32, 64, 64, 32, 3, 1), ConvShape(16, 128, 128, 
                        ConvShape(64, 32, 32, 28, 3, 1), ConvShape(32, 32, 32, 28, 5, 2))
 # Past this many seconds on one (shape, backend, pass), no more runs are timed.
 MAX_SECONDS_PER_CELL = 0.5
+# Training steps run before a profile records (FFTW plans, auto's timing, first-touch page faults).
+PROFILE_WARMUP_STEPS = 5
 
 
 def kernel_sweep(kernel_sizes, n=64, c=1, f=32, size=28) -> list[ConvShape]:
@@ -324,11 +326,12 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
     return result
 
 
-def profile_command(backends=None, steps=100, batch_size=64, warmup_steps=5, data_dir=None):
+def profile_command(backends=None, steps=100, batch_size=64):
     """``convlab bench --profile``: the per-phase profile (:mod:`convlab.profile`) of
     ``steps`` real training steps of the reference network on MNIST, per backend (default:
-    every strategy but the oracle that supports the reference network's layer). Each backend gets a fresh network (seed 0, SGD lr 0.02,
-    momentum 0.9) and ``warmup_steps`` unrecorded steps first (plans, tuning, first-touch
+    every strategy but the oracle that supports the reference network's layer; ``auto``, a
+    tuner, is not a strategy). Each backend gets a fresh network (seed 0, SGD lr 0.02,
+    momentum 0.9) and :data:`PROFILE_WARMUP_STEPS` unrecorded steps first (plans, tuning, first-touch
     page faults). Prints the machine, then one table per backend; returns the profiles."""
     from convlab.data import load_mnist
     from convlab.models import reference_net
@@ -341,7 +344,7 @@ def profile_command(backends=None, steps=100, batch_size=64, warmup_steps=5, dat
     layer_shapes = ((batch_size, layer.c, layer.size, layer.size), (layer.f, layer.c, layer.k, layer.k))
     names = [b for b in strategies() if b != ORACLE and get_backend(b).supports(*layer_shapes, 1, layer.padding) is None
              ] if backends is None else parse_names(backends, "backends", list_backends())
-    data = load_mnist(data_dir)
+    data = load_mnist()
     x, y = data.x_train, data.y_train
     recorded = min(steps * batch_size, len(x))
     print(f"profile of {recorded // batch_size} training steps of batch {batch_size} (reference network, MNIST) "
@@ -350,7 +353,7 @@ def profile_command(backends=None, steps=100, batch_size=64, warmup_steps=5, dat
     for name in names:
         model = reference_net(seed=0, backend=name)
         optimizer = SGD(model, lr=0.02, momentum=0.9)
-        train_epoch(model, optimizer, x[:warmup_steps * batch_size], y[:warmup_steps * batch_size], batch_size,
+        train_epoch(model, optimizer, x[:PROFILE_WARMUP_STEPS * batch_size], y[:PROFILE_WARMUP_STEPS * batch_size], batch_size,
                     seed=0, epoch=0, progress=False)
         with recording(model) as profile:
             train_epoch(model, optimizer, x[:recorded], y[:recorded], batch_size, seed=0, epoch=1, progress=False)

@@ -3,8 +3,9 @@
 One file per run, rewritten atomically after every epoch (see :func:`save_checkpoint`)::
 
     /                      attributes: format, format_version, epoch, network, rng, and the run's
-                           settings (convlab.settings.RECORDED): model, backend, dataset, epochs,
-                           batch_size, lr, lr_schedule, momentum, seed, train_size, test_size
+                           settings (convlab.settings.RECORDED): model, backend, backends (each
+                           conv layer's, auto's picks resolved), dataset, epochs, batch_size,
+                           lr, lr_schedule, momentum, seed, train_size, test_size
                            (no model: the reference network, as before there were others)
     /weights/<name>        one float32 dataset per parameter, named as in
                            ``Sequential.named_parameters()`` ("0.w", "0.b", "3.w", "3.b")
@@ -89,8 +90,9 @@ class Checkpoint:
 def save_checkpoint(path, model, optimizer, history, settings, backends=None, layer_times=None):
     """Write a checkpoint of ``model`` and ``optimizer`` after ``history[-1].epoch`` epochs.
 
-    ``settings`` is the run's record (``TrainSettings.record()``: model, backend, dataset,
-    lr, momentum, batch_size, seed, train_size, test_size and target epochs); ``backends``
+    ``settings`` is the run's record (``TrainSettings.record()``: model, backend, backends,
+    dataset, lr, lr_schedule, momentum, batch_size, seed, train_size, test_size and target
+    epochs); ``backends``
     the backend that computed each epoch of ``history`` (None: ``settings["backend"]`` for
     all; an entry None: not known); ``layer_times`` (rows as in the module doc) are kept
     beside the settings, not among them (they are measurements). Atomic: a reader (or a

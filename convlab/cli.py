@@ -101,7 +101,8 @@ class Commands:
             source: a metrics file (`convlab train --metrics-out`) or a checkpoint
                 (`convlab train --checkpoint`; only a checkpoint has the filters to show).
             out: the PDF to write; the PNGs go beside it as <stem>-curves.png,
-                <stem>-filters.png and <stem>-timing.png.
+                <stem>-layers.png (per-layer times), <stem>-filters.png (from a checkpoint)
+                and <stem>-timing.png (with --bench).
             bench: a `convlab bench --json` result, shown as the timing table.
         """
         from convlab.report import write_report
@@ -133,7 +134,8 @@ class Commands:
             train_size: use only the first N training images.
             test_size: use only the first N test images.
             data_dir: folder with the idx files or MNISTdata.hdf5, or that HDF5 file
-                (default: the repository's data/, then the system's datasets).
+                (default: the repository's data/<dataset>/; fashion-mnist also
+                /usr/share/datasets/fashion-mnist).
             metrics_out: write per-epoch metrics as JSON to this path (rewritten after every epoch).
             progress: show a progress bar during each epoch (on a terminal only: piped output gets one line per epoch).
             dataset: mnist or fashion-mnist; default mnist.
@@ -208,7 +210,8 @@ class Commands:
         Args:
             backends: comma-separated backend names (default: see above).
             kernel_sizes: comma-separated kernel sizes of the sweep (default 3,5,7,11,15,21).
-            batch_size: images per batch (N), for every shape (default 64; image sweep 8).
+            batch_size: images per batch (N) of the MNIST layer and the sweep (default 64;
+                image sweep 8; the --many-channels layers keep their own).
             image_size: input height and width of the kernel sweep (default 28).
             in_channels: input channels (C) of the sweep (default 1; image sweep 3).
             out_channels: filters (F) of the sweep (default 32; image sweep 16).
@@ -218,7 +221,8 @@ class Commands:
             json: write the results to this JSON file (schema: see convlab/bench.py).
             plot: save the time-vs-kernel-size (or image-size) plot here (.png, .svg, .pdf, ...).
             profile: instead, profile --steps real training steps of the reference network
-                per backend (default: every backend but naive): time of each phase, per layer.
+                per backend (default: every backend but naive and auto that can run the
+                reference layer): time of each phase, per layer.
                 Of the other options only --backends and --batch-size apply to it.
             steps: training steps to profile (with --profile; default 100).
             accuracy: also measure each backend's float32 error of y, dx and dw against float64.

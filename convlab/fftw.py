@@ -5,7 +5,8 @@ one set of settings, one wisdom file.
   (environment variables ``CONVLAB_FFT_THREADS``, ``CONVLAB_FFT_PLANNER``,
   ``CONVLAB_FFT_WISDOM``), the same for every FFT backend.
 - :func:`plan`: an FFTW plan (with its own aligned buffers) per (direction, batch shape,
-  FFT shape, dtype, and slot for a tile's plan), the :data:`MAX_PLANS` most recently used kept.
+  FFT shape, dtype, slot for a tile's plan, spectra bin-major or not, and the pair of plans
+  sharing buffers), the :data:`MAX_PLANS` most recently used kept.
 - :func:`run_tiles`: cache-sized tiles of work shared among threads
   (:func:`convlab.threads.share_chunks`), each running tile with plans no other uses.
 - :func:`binwise_matmul`: the per-frequency-bin complex matrix products that sum over
@@ -224,7 +225,8 @@ class _Plan:
 
 
 class _Plans:
-    """FFTW plans built once per (direction, batch shape, FFT shape, dtype, owner), the
+    """FFTW plans built once per (direction, batch shape, FFT shape, dtype, slot,
+    ``bins_first``, ``pair``), the
     :data:`MAX_PLANS` most recently used kept (each holds buffers the size of its
     transforms); the wisdom file is read before the first plan and rewritten after each
     measured plan, so a plan dropped and built again is quick.

@@ -103,11 +103,6 @@ class Sequential:
         """(position in ``layers``, layer) of each Conv2D layer, in order."""
         return [(i, layer) for i, layer in enumerate(self.layers) if isinstance(layer, Conv2D)]
 
-    def set_backend(self, name):
-        """Pin every Conv2D layer to backend ``name`` (None: follow ``use_backend``)."""
-        for layer in self.conv_layers():
-            layer.backend = name
-
     def set_backends(self, names):
         """Pin the Conv2D layers, in order, to the backends ``names`` (one per conv layer)."""
         convs = self.conv_layers()
@@ -172,9 +167,10 @@ def describe_layer(layer, x_shape) -> str:
     return type(layer).__name__ if isinstance(layer, ReLU) else type(layer).__name__.lower()
 
 
-def reference_net(seed=0, backend=None, dtype=np.float32) -> Sequential:
+def reference_net(seed=0, dtype=np.float32, backend=None) -> Sequential:
     """The assignment's network: 1x28x28 -> conv 32 filters 7x7, stride 1, padding 1
-    -> ReLU -> dense 10 (logits; softmax is in the loss). Same seed, same weights."""
+    -> ReLU -> dense 10 (logits; softmax is in the loss). Same seed, same weights.
+    ``backend`` pins the conv layer's (default: it follows :func:`convlab.use_backend`)."""
     rng = np.random.default_rng(seed)
     conv = Conv2D(1, 32, 7, stride=1, padding=1, backend=backend, rng=rng, dtype=dtype)
     return Sequential(conv, ReLU(), Flatten(), Dense(32 * 24 * 24, 10, rng=rng, dtype=dtype))

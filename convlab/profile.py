@@ -222,7 +222,3 @@ def count_step(seconds):
     if profile is not None:
         profile.steps += 1
         profile.wall += seconds
-
-
-def is_recording() -> bool:
-    return _recording is not None

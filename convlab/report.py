@@ -367,7 +367,7 @@ def filters_figure(weights: np.ndarray) -> Figure:
 
 
 def timing_rows(rows: list[dict]) -> list[list[str]]:
-    """Table cells: shape, pass, backend, seconds, and the time relative to the fastest
+    """Table cells: shape, pass, backend, milliseconds, and the time relative to the fastest
     backend on the same shape and pass (sorted fastest first)."""
     key = lambda r: (str(r["shape"]), r["pass"])  # noqa: E731
     fastest = {}

@@ -5,8 +5,8 @@ for a while after each call. A backend that runs cache-sized chunks in threads o
 (one chunk: unroll, GEMM and bias, back to back, while the chunk is in L2) must therefore
 keep BLAS to one thread inside each chunk, or the two pools oversubscribe the cores.
 
-:func:`share_chunks` does both: it runs ``work(lo, hi)`` over the chunks of ``range(n)``
-on :func:`worker_count` threads, with BLAS held at one thread meanwhile. The number of
+:func:`share_chunks` does both: it runs ``work(index, lo, hi)`` for every ``(lo, hi)`` of its
+``chunks`` on :func:`worker_count` threads, with BLAS held at one thread meanwhile. The number of
 threads is what BLAS itself would use (so ``OPENBLAS_NUM_THREADS=1`` makes everything
 single-threaded), and the chunks are handed out in order to whichever thread is free; a
 caller that sums per-chunk results must keep one result per chunk (never per thread) to

@@ -75,7 +75,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 def predict_logits(model, x, batch_size=128) -> np.ndarray:
     """Logits (N, K) for images x (N, C, H, W), computed batch by batch.
 
-    Batches of ~100 images keep each layer's arrays (a few MB) in the allocator's reusable
+    Batches of 128 images keep each layer's arrays (a few MB) in the allocator's reusable
     heap and near the caches (when im2col's forward kept its unrolled matrix here too,
     batches of 500 took about twice as long per image). The layers run forward-only (:func:`convlab.layers.forward_only`): no ReLU mask, no caches
     kept for a backward, and each convolution's inference pass
