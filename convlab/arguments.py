@@ -98,14 +98,18 @@ def check_command_line(root, argv, program="convlab"):
     """Raise :class:`CommandLineError` unless ``argv`` names a command of ``root`` (an
     object whose public methods and attributes are the commands and groups) with options
     and positional arguments that command takes. Returns the help text to print instead
-    of running anything when ``argv`` asks for it (``--help``/``-h``), else None."""
+    of running anything when ``argv`` asks for it (``--help``/``-h``) or names a group
+    without one of its commands (fire would open its own help in a pager), else None."""
     path = [program]
     component, rest = root, list(argv)
-    while rest and not inspect.isroutine(component):
-        if rest[0].lstrip("-") in FIRE_HELP_FLAGS:
+    while not inspect.isroutine(component):
+        if not rest or rest[0].lstrip("-") in FIRE_HELP_FLAGS:
             return help_text(component, " ".join(path))
-        if is_flag(rest[0]) or rest[0] == "--":
-            return None  # options of a group: fire's own flags, left to fire
+        if rest[0] == "--":
+            return None  # fire's own flags, left to fire
+        if is_flag(rest[0]):
+            raise CommandLineError(f"`{' '.join(path)}` takes no option {rest[0].split('=', 1)[0]} here; give a "
+                                   f"command first (one of: {', '.join(commands_of(component))}), then its options")
         name = rest.pop(0)
         attr = name.replace("-", "_")
         if attr.startswith("_") or not hasattr(component, attr):
@@ -113,9 +117,8 @@ def check_command_line(root, argv, program="convlab"):
             raise CommandLineError(f"`{' '.join(path)}` has no command {name!r}; valid commands are: {valid}")
         component = getattr(component, attr)
         path.append(name)
-    if inspect.isroutine(component):
-        if check_arguments(component, rest, " ".join(path)):
-            return help_text(component, " ".join(path))
+    if check_arguments(component, rest, " ".join(path)):
+        return help_text(component, " ".join(path))
     return None
 
 
@@ -154,6 +157,8 @@ def check_arguments(command, args, usage) -> bool:
         if alone and fire.decorators.GetParseFns(command)["named"].get(name) is str:
             raise CommandLineError(f"`{usage}` option {option_name(name)} needs a value "
                                    f"({option_name(name)} {name.split('_')[-1].upper()})")
+        if name in named:
+            raise CommandLineError(f"`{usage}` option {option_name(name)} is given twice; give it once")
         named.add(name)
         if not alone and "=" not in token:
             i += 1  # the option's value

@@ -23,7 +23,7 @@ def required(name, value):
 
 
 class DataCommands:
-    """Data sets: where they are, and fetching MNIST."""
+    """Data sets: fetching MNIST."""
 
     @typed(text=("dest", "mirror"))
     def download(self, *, dest=None, mirror=None, timeout=30, deadline=600):

@@ -244,7 +244,7 @@ def spec_network(layers: list[LayerSpec], spec: str, seed=0, dtype=np.float32) -
         try:
             if layer.kind == "conv":
                 filters, kernel, stride, padding = numbers
-                new = Conv2D(shape[1], filters, kernel, stride or 1, padding or 0, rng=rng, dtype=dtype)
+                new = Conv2D(shape[1], filters, kernel, 1 if stride is None else stride, padding or 0, rng=rng, dtype=dtype)
             elif layer.kind in ("maxpool", "avgpool"):
                 kernel, stride, padding = numbers
                 new = (MaxPool2D if layer.kind == "maxpool" else AvgPool2D)(kernel, stride, padding or 0)
@@ -258,6 +258,9 @@ def spec_network(layers: list[LayerSpec], spec: str, seed=0, dtype=np.float32) -
         except ValueError as e:
             raise SpecError(f"model spec token {position} {token!r} does not fit its input "
                             f"{'x'.join(map(str, shape[1:]))}: {e}") from None
+        except MemoryError as e:  # a spec's layers can be any size
+            raise SpecError(f"model spec token {position} {token!r} on its input {'x'.join(map(str, shape[1:]))} "
+                            f"needs more memory than there is ({e}); use fewer filters or features") from None
         built.append(new)
     if shape != (1, CLASSES):
         raise SpecError(f"a model spec must end in the {CLASSES} class logits (such as dense{CLASSES}); "

@@ -113,8 +113,9 @@ class TrainSettings:
         if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 <= momentum < 1:
             raise UsageError(f"--momentum must be a number in [0, 1), got {momentum!r}")
         seed = self.seed
-        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-            raise UsageError(f"--seed must be a non-negative whole number, got {seed!r}")
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+            # 2^64 and up: numpy would seed with it, but no checkpoint could record it.
+            raise UsageError(f"--seed must be a whole number from 0 to 2^64 - 1, got {seed!r}")
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
                 normalised[name] = positive_int(name.replace("_", "-"), getattr(self, name))

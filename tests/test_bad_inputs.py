@@ -66,7 +66,14 @@ TRAIN_CASES = [
     (["--lr", "1e999"], "--lr must be a positive number, got inf"),
     (["--lr", "nan"], "--lr must be a positive number, got 'nan'"),
     (["--momentum", "1"], "--momentum must be a number in [0, 1), got 1"),
-    (["--seed", "-1"], "--seed must be a non-negative whole number, got -1"),
+    (["--seed", "-1"], "--seed must be a whole number from 0 to 2^64 - 1, got -1"),
+    # numpy takes any seed, but a checkpoint could not record this one (it failed after an epoch)
+    (["--seed", str(2**64)], f"--seed must be a whole number from 0 to 2^64 - 1, got {2**64}"),
+    (["--model", "c32k3s0 dense10"], "model spec token 1 'c32k3s0' does not fit its input 1x28x28: stride must be >= 1"),
+    (["--model", "dense99999999999 dense10"], "model spec token 1 'dense99999999999' on its input 784 needs more "
+                                               "memory than there is"),
+    (["--epochs", "1", "--epochs", "2"], "`convlab train` option --epochs is given twice; give it once"),
+    (["--progress", "bogus", "--noprogress"], "`convlab train` option --progress is given twice"),
     (["--train-size", "60001"], "--train-size is 60001 but the data set has only 60000 images"),
     (["--test-size", "10001"], "--test-size is 10001 but the data set has only 10000 images"),
     (["--data-dir", "/no/such/dir"], "data directory /no/such/dir does not exist"),
@@ -82,6 +89,8 @@ TRAIN_CASES = [
 OTHER_CASES = [
     (["nosuch"], "`convlab` has no command 'nosuch'; valid commands are: auto, backends, "),
     (["data", "upload"], "`convlab data` has no command 'upload'; valid commands are: download"),
+    (["--foo"], "`convlab` takes no option --foo here; give a command first (one of: auto, backends, bench, "),
+    (["data", "--dest", "x"], "`convlab data` takes no option --dest here; give a command first (one of: download)"),
     (["data", "download", "--dest", "{a-file}"], "--dest {a-file} exists and is not a folder"),
     (["data", "download", "--dest", "{a-file}/x"], "--dest {a-file}/x: {a-file} is a file, so nothing can be written"),
     (["train", "--metrics-out", "{a-folder}"], "--metrics-out {a-folder} is a directory; give a file path"),
@@ -320,3 +329,11 @@ def test_truncated_hdf5(tmp_path):
 def test_a_backends_relu_must_be_a_flag():
     with pytest.raises(ValueError, match="relu must be True or False, got 'yes'"):
         convlab.get_backend("im2col").forward(X, W, relu="yes")
+
+
+@pytest.mark.parametrize("argv", [[], ["data"], ["auto"]])
+def test_a_group_without_its_command_prints_its_commands(capsys, argv):
+    """Not fire's help page in a pager: the group's commands, as ``--help`` lists them."""
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0 and err == ""
+    assert out.startswith(f"usage: {' '.join(['convlab', *argv])} COMMAND [options]") and "commands:" in out
