@@ -168,6 +168,10 @@ class Auto:
     limits = "whatever one of the backends it times supports"
     fuses_relu = True  # handed to the pick, which fuses it or has it applied after
 
+    def check_settings(self):
+        for name in candidates():  # any of them may be timed, and then run
+            get_backend(name).check_settings()
+
     def supports(self, x_shape, w_shape, stride, padding):
         if candidates(x_shape, w_shape, stride, padding):
             return None

@@ -139,6 +139,9 @@ class FFT:
     # gradient to dy as dy is written into the transforms' grid.
     fuses_relu = True
 
+    def check_settings(self):
+        fftw.settings()  # CONVLAB_FFT_THREADS, _PLANNER, _WISDOM
+
     def forward(self, x, w, b, stride, padding, relu=False):
         h, width = x.shape[2:]
         kh, kw = w.shape[2:]

@@ -252,6 +252,10 @@ class FFTTiled:
             return tile_setting(self.tile, "fft-tiled's tile")
         return tile_setting(os.environ.get(ENV_TILE), ENV_TILE)
 
+    def check_settings(self):
+        fftw.settings()  # CONVLAB_FFT_THREADS, _PLANNER, _WISDOM
+        self.forced_tile()  # CONVLAB_FFT_TILE
+
     def supports(self, x_shape, w_shape, stride, padding):
         if stride != (1, 1):
             return (f"stride {stride[0]}x{stride[1]} (stride 1 only: every stride-1 tile would still be "

@@ -579,6 +579,9 @@ class Winograd:
     limits = (f"stride 1, kernel sides 1 to {MAX_KERNEL_SIDE} (3x3, 5x5, 3x5, ...), any padding; "
               f"tile m from backends.winograd.configure (default {DEFAULT_TILE})")
 
+    def check_settings(self):
+        settings()  # CONVLAB_WINOGRAD_TILE
+
     def supports(self, x_shape, w_shape, stride, padding):
         if stride != (1, 1):
             return f"stride {stride[0]}x{stride[1]} (stride 1 only)"

@@ -24,8 +24,13 @@ import statistics
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    raise SystemExit("this benchmark compares convlab with PyTorch, which is not installed: "
+                     "pip install torch==2.13.0 (a CPU build)") from None
 
 from convlab import keep_freed_memory
 from convlab.layers import AvgPool2D, Conv2D, MaxPool2D

@@ -41,7 +41,7 @@ from pathlib import Path
 from convlab.accuracy import format_accuracy, run_accuracy
 from convlab.files import atomic_path
 from convlab.memory import peak_extra_bytes
-from convlab.registry import get_backend, list_backends
+from convlab.registry import Unsupported, get_backend, list_backends
 from convlab.timing import (ORACLE, ORACLE_MAX_MACS, ConvShape, conv_pass, interleaved_best, is_tuner,
                             output_gradient, strategies)
 
@@ -281,6 +281,8 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
     time :data:`MANY_CHANNEL_LAYERS`."""
     if backends is not None:
         backends = parse_names(backends, "backends", list_backends())
+    for name in backends or list_backends():
+        get_backend(name).check_settings()
     passes = PASSES if passes is None else parse_names(passes, "passes", PASSES)
     [sweep] = parse_names(sweep, "sweep", SWEEPS)
     layer = SWEEP_LAYER[sweep]
@@ -342,12 +344,29 @@ def profile_command(backends=None, steps=100, batch_size=64):
 
     layer = MNIST_LAYER  # the reference network's convolution
     layer_shapes = ((batch_size, layer.c, layer.size, layer.size), (layer.f, layer.c, layer.k, layer.k))
-    names = [b for b in strategies() if b != ORACLE and get_backend(b).supports(*layer_shapes, 1, layer.padding) is None
-             ] if backends is None else parse_names(backends, "backends", list_backends())
+    if backends is None:
+        names = [b for b in strategies() if b != ORACLE and get_backend(b).supports(*layer_shapes, 1, layer.padding) is None]
+    else:
+        names = parse_names(backends, "backends", list_backends())
+        for name in names:  # before anything runs, not after the tables of the backends before it
+            try:
+                get_backend(name).check_supported(*layer_shapes, 1, layer.padding)
+            except Unsupported as e:
+                raise Unsupported(f"--profile trains the reference network, whose conv layer is 1 -> {layer.f} "
+                                  f"filters {layer.k}x{layer.k}, padding {layer.padding}, on 28x28: {e}") from None
+    for name in names:
+        get_backend(name).check_settings()
     data = load_mnist()
     x, y = data.x_train, data.y_train
-    recorded = min(steps * batch_size, len(x))
-    print(f"profile of {recorded // batch_size} training steps of batch {batch_size} (reference network, MNIST) "
+    recorded, longest = steps * batch_size, max(steps, PROFILE_WARMUP_STEPS)
+    if longest * batch_size > len(x):  # never fewer steps than asked for, silently
+        most = len(x) // batch_size
+        runs = f"--steps {steps}" if steps >= PROFILE_WARMUP_STEPS else f"its {PROFILE_WARMUP_STEPS} warm-up steps"
+        raise ValueError(f"--profile runs {longest} steps ({runs}) of --batch-size {batch_size}, "
+                         f"{longest * batch_size} training images, but MNIST has {len(x)}; use "
+                         + (f"--steps {most} or fewer" if most >= PROFILE_WARMUP_STEPS
+                            else f"--batch-size {len(x) // PROFILE_WARMUP_STEPS} or smaller"))
+    print(f"profile of {steps} training steps of batch {batch_size} (reference network, MNIST) "
           f"on {machine_summary()}")
     profiles = {}
     for name in names:

@@ -38,6 +38,8 @@ class DataCommands:
         """
         from convlab.download import MNIST_MIRRORS, download_mnist
 
+        if dest is not None and not dest.strip():  # an unset shell variable, most likely: not "here"
+            raise UsageError("--dest is empty; give a folder (such as data/mnist, or . for this one)")
         download_mnist(dest, MNIST_MIRRORS if mirror is None else mirror, positive_float("timeout", timeout),
                        positive_float("deadline", deadline))
 

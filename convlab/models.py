@@ -168,8 +168,9 @@ def describe_layer(layer, x_shape) -> str:
 
 
 def reference_net(seed=0, dtype=np.float32, backend=None) -> Sequential:
-    """The assignment's network: 1x28x28 -> conv 32 filters 7x7, stride 1, padding 1
-    -> ReLU -> dense 10 (logits; softmax is in the loss). Same seed, same weights.
+    """The assignment's network: 1x28x28 -> conv 32@7x7 (stride 1, padding 1) -> ReLU -> dense 10.
+
+    Dense 10 gives the logits (softmax is in the loss). Same seed, same weights.
     ``backend`` pins the conv layer's (default: it follows :func:`convlab.use_backend`)."""
     rng = np.random.default_rng(seed)
     conv = Conv2D(1, 32, 7, stride=1, padding=1, backend=backend, rng=rng, dtype=dtype)

@@ -51,6 +51,14 @@ transforms for) also has::
 and the checked :meth:`Backend.forward` raises :class:`Unsupported` before any work, never
 a wrong answer and never a silent fallback to another backend.
 
+A backend that reads settings from the environment (``fft``'s FFTW threads and planner,
+``winograd``'s tile; ``auto`` those of the backends it may time) checks them in::
+
+    check_settings() -> None, or raises ValueError saying what is wrong and what is allowed
+
+which ``convlab train`` and ``convlab bench`` call before they start
+(:meth:`Backend.check_settings`), so a bad value stops a run before its first epoch.
+
 The registry is a plain dict from name to a :class:`Backend`, which wraps the
 implementation with the input checks, so no strategy has to repeat them. Built-in and
 third-party strategies alike are found through the entry-point group
@@ -102,6 +110,14 @@ class Backend:
         if check is None:
             return None
         return check(tuple(x_shape), tuple(w_shape), as_pair(stride, "stride", 1), as_pair(padding, "padding", 0))
+
+    def check_settings(self):
+        """Raise ``ValueError`` if a setting this backend reads from the environment (its
+        threads, tile size, ...) is not allowed: called before a run starts, so that a bad
+        value stops it then, not at the first pass. Optional for a backend (``check_settings``)."""
+        check = getattr(self.impl, "check_settings", None)
+        if check is not None:
+            check()
 
     def check_supported(self, x_shape, w_shape, stride=1, padding=0):
         """Raise :class:`Unsupported`, naming the backends that can, unless this one can."""

@@ -230,6 +230,8 @@ def layer_backends(model, backend, batch_size=64) -> list[str]:
         raise UsageError(f"--backend lists {len(names)} backends but the {model.name} network has {len(convs)} conv "
                          f"layer{'s' * (len(convs) != 1)}; give one backend for all of them or one per conv layer, "
                          "comma-separated, in order")
+    for name in dict.fromkeys(names):
+        get_backend(name).check_settings()
     shapes = network.input_shapes(batch=64 if not isinstance(batch_size, int) or batch_size < 1 else batch_size)
     for number, ((i, layer), name) in enumerate(zip(convs, names), start=1):
         try:

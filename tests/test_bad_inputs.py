@@ -7,6 +7,7 @@ no traceback and leaves every file as it was.
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,7 @@ OTHER_CASES = [
     (["train", "--metrics-out", "{a-file}/m.json"], "--metrics-out {a-file}/m.json: {a-file} is a file, so nothing"),
     (["report", "{metrics.json}", "--out", "{a-file}/r.pdf"], "--out {a-file}/r.pdf: {a-file} is a file, so nothing"),
     (["report", "{metrics.json}", "--out", "/proc/r.pdf"], "/proc/r.pdf"),  # refused by the system, not our checks
+    (["data", "download", "--dest", ""], "--dest is empty; give a folder (such as data/mnist, or . for this one)"),
     (["data", "download", "--mirror", "ftp://example.org/"], "mirror 'ftp://example.org/' is not an http:// or https:// URL"),
     (["report", "--out", "{out}"], "SOURCE is required"),
     (["report", "/no/such.json", "--out", "{out}"], "/no/such.json does not exist or is not a file"),
@@ -184,6 +186,25 @@ def test_the_real_console_script(tmp_path, argv, message):
     result = subprocess.run([str(script), *fill(argv, make_inputs(tmp_path))], capture_output=True, text=True,
                             timeout=120)
     check_one_error_line(result.returncode, result.stderr, message)
+
+
+@pytest.mark.parametrize("variable, value, backend, message", [
+    ("CONVLAB_FFT_THREADS", "0", "fft", "CONVLAB_FFT_THREADS must be a positive integer"),
+    ("CONVLAB_FFT_TILE", "7", "auto", "CONVLAB_FFT_TILE must be one of 8, 16, 32, 64, 128"),  # auto may time it
+    ("CONVLAB_WINOGRAD_TILE", "99", "winograd", "CONVLAB_WINOGRAD_TILE must be one of 2, 3, 4, 5, 6"),
+])
+def test_a_bad_backend_setting_stops_the_run_before_it_starts(tmp_path, variable, value, backend, message):
+    """Backend.check_settings, not the first pass: no "training on" line, no metrics file."""
+    script = Path(sys.executable).with_name("convlab")
+    if not script.exists():
+        pytest.skip("the convlab console script is not installed next to this Python")
+    metrics = tmp_path / "m.json"
+    result = subprocess.run([str(script), "train", "--model", "c4k3 relu dense10", "--backend", backend, "--epochs", "1",
+                             "--train-size", "64", "--test-size", "10", "--metrics-out", str(metrics)],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, variable: value, "XDG_CACHE_HOME": str(tmp_path)})
+    check_one_error_line(result.returncode, result.stderr, message)
+    assert result.stdout == "" and not metrics.exists()
 
 
 # --- the library -----------------------------------------------------------------------

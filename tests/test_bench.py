@@ -144,10 +144,18 @@ def test_relative_error_and_a_direct_method_near_float32_rounding():
     (["--sweep", "image", "--image-size", "32"], "--image-size applies only to the kernel sweep; the image "
                                                  "sweep's sizes are --image-sizes"),
     (["--sweep", "images"], "--sweep got images; choose from: kernel, image"),
+    # A profile that cannot run as asked is refused before its first table, not cut short.
+    (["--profile", "yes", "--backends", "im2col,winograd"], "--profile trains the reference network, whose conv "
+     "layer is 1 -> 32 filters 7x7, padding 1, on 28x28: backend 'winograd' does not support kernel 7x7"),
+    (["--profile", "yes", "--batch-size", "1000", "--steps", "61"], "--profile runs 61 steps (--steps 61) of "
+     "--batch-size 1000, 61000 training images, but MNIST has 60000; use --steps 60 or fewer"),
+    (["--profile", "yes", "--batch-size", "20000", "--steps", "1"], "--profile runs 5 steps (its 5 warm-up steps) of "
+     "--batch-size 20000, 100000 training images, but MNIST has 60000; use --batch-size 12000 or smaller"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", *args])
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.startswith(f"convlab: error: {message}") and err.count("\n") == 1
+    assert out == ""  # nothing ran

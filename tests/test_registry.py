@@ -187,3 +187,23 @@ def test_auto_times_only_backends_that_support_the_problem(stride_one_only):
     assert "stride1" in candidates((1, 1, 5, 5), (1, 1, 3, 3), (1, 1), (0, 0))
     assert "stride1" not in candidates((1, 1, 5, 5), (1, 1, 3, 3), (2, 2), (0, 0))
     assert convlab.get_backend("auto").supports((1, 1, 5, 5), (1, 1, 3, 3), 2, 0) is None
+
+
+def test_check_settings_is_optional_and_asks_the_backend():
+    class Picky:
+        def forward(self, x, w, b, stride, padding):
+            raise AssertionError("not run")
+
+        def backward(self, dy, cache, need_dx=True):
+            raise AssertionError("not run")
+
+        def check_settings(self):
+            raise ValueError("PICKY_THREADS must be a positive integer")
+
+    convlab.register_backend("picky-settings")(Picky)
+    try:
+        with pytest.raises(ValueError, match="PICKY_THREADS"):
+            convlab.get_backend("picky-settings").check_settings()
+        convlab.get_backend("naive").check_settings()  # no check_settings: nothing to check
+    finally:
+        del registry._registry["picky-settings"]
