@@ -73,7 +73,10 @@ def tiny_data(tmp_path):
 
 
 def train_argv(data, *extra):
-    return ["-m", "convlab.cli", "train", "--data-dir", str(data), "--batch-size", "32", "--progress", "False", *extra]
+    """``convlab train`` on ``data`` with batches of 32 unless ``extra`` sets --batch-size (an
+    option may be given once)."""
+    batch = [] if "--batch-size" in extra else ["--batch-size", "32"]
+    return ["-m", "convlab.cli", "train", "--data-dir", str(data), *batch, "--progress", "False", *extra]
 
 
 def test_ctrl_c_keeps_the_last_checkpoint_and_prints_the_resume_command(tmp_path, tiny_data, capsys):
