@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from convlab.files import atomic_path, user_cache_dir
+from convlab.files import JSON_KIND_NAMES, atomic_path, json_kind, user_cache_dir, write_target
 
 _warned: set[str] = set()
 
@@ -106,7 +106,8 @@ def clear_cache(path, marker: str) -> bool:
 
 
 def _load(path: Path, marker: str) -> dict:
-    """The JSON object in ``path``; :class:`NotOurs` if it is not one with ``marker``.
+    """The JSON object in ``path``; :class:`NotOurs` if it is not a cache with ``marker``
+    (the key, and the kind's name in :data:`convlab.files.JSON_KINDS`).
     An empty file (a crash before atomic writes, or ``touch``) counts as an empty cache."""
     text = path.read_bytes()
     if not text.strip():
@@ -115,11 +116,15 @@ def _load(path: Path, marker: str) -> dict:
         content = json.loads(text)
     except ValueError:
         content = None
-    if not isinstance(content, dict) or marker not in content:
+    # The rule check_outputs applies to --metrics-out and --json (convlab.files.json_kind):
+    # a bench result holds "picks" too, but is not a pick cache.
+    found = json_kind(content)
+    if found != marker:
         if path.absolute().parent == user_cache_dir().absolute():  # a damaged cache of ours
             warn_once(path, f"ignoring the damaged cache file {path}; it is rewritten at the next save")
             return {}
-        raise NotOurs(f"it exists and is not a convlab cache file (a JSON object with {marker!r})")
+        raise NotOurs(f"it exists and is not a convlab cache file (a JSON object with {marker!r})"
+                      + (f"; it is {JSON_KIND_NAMES[found][0]}" if found else ""))
     return content
 
 
@@ -127,9 +132,12 @@ def _load(path: Path, marker: str) -> dict:
 def _locked(path: Path):
     """An exclusive lock on the folder of ``path`` (made if missing) for the block: a lock
     on the file itself would be lost when the file is replaced, and a lock file would be
-    left behind in the user's folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    left behind in the user's folder. A symlinked cache is locked at its target's folder,
+    where it is written (:func:`convlab.files.atomic_path`), so that writers through the
+    link and through the target exclude each other."""
+    folder = write_target(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

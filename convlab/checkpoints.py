@@ -36,7 +36,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from convlab.files import atomic_path
+from convlab.files import atomic_path, write_target
 from convlab.training import EpochMetrics
 
 FORMAT = "convlab-checkpoint"
@@ -100,7 +100,8 @@ def save_checkpoint(path, model, optimizer, history, settings, backends=None, la
     (``.<name>.*.tmp``) are removed first.
     """
     path = checkpoint_path(path)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    target = write_target(path)  # a symlink's target, where atomic_path writes
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         stale.unlink(missing_ok=True)
     attrs = dict(settings, format=FORMAT, format_version=FORMAT_VERSION, epoch=history[-1].epoch,
                  network=describe_network(model), rng=RNG_NOTE)
@@ -143,7 +144,13 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
-    if not h5py.is_hdf5(path):
+    try:  # h5py's "Unable to determine if file is accessible as hdf5" says less than errno
+        with open(path, "rb"):
+            pass
+        is_hdf5 = h5py.is_hdf5(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    if not is_hdf5:
         raise CheckpointError(f"{path} is not an HDF5 file; a checkpoint is the HDF5 file written by "
                               "`convlab train --checkpoint PATH`")
     try:

@@ -5,8 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+
+def write_target(path) -> Path:
+    """The file a write to ``path`` must change: ``path`` with its symlinks resolved (a
+    dangling link's target is created, as ``open(path, "w")`` would). Renaming a new file
+    onto the link itself would replace the link and leave its target as it was. Any other
+    path is kept as given (a symlinked folder on the way is written through anyway)."""
+    path = Path(str(path))
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 @contextlib.contextmanager
@@ -14,18 +24,25 @@ def atomic_path(path):
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
     The rename is atomic on POSIX, so an interrupted write leaves the previous file
-    intact, and on error the temporary file is removed.
+    intact, and on error the temporary file is removed. A symlink is written through:
+    the temporary file sits beside the link's target (a rename cannot cross file
+    systems) and replaces the target, so the link stays and points at the new content.
+    The new file gets the permission bits of the file it replaces (a ``chmod 600``
+    checkpoint stays private), else the mode a plain ``open()`` would give.
     """
-    path = Path(path)
+    path = write_target(path)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:  # no file yet: mkstemp's 0600 would be private; open()'s mode is 0666 & ~umask
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    # mkstemp creates the file private (0600); give it the mode a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield Path(tmp)
+        os.chmod(tmp, mode)  # after the write: the old file's bits may not allow writing (0444)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -41,13 +58,15 @@ def check_writable(path, option: str, folder=False) -> Path:
     The folder that will receive the file (or the nearest existing ancestor, where the
     missing folders will be made) is probed by creating and removing an empty file in it:
     permission bits do not tell (root ignores them; ACLs and read-only mounts refuse
-    regardless), the attempt does."""
+    regardless), the attempt does. For a symlink, that is the folder of its target, where
+    the file is written (:func:`write_target`)."""
     path = Path(str(path))
     if folder and path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} exists and is not a folder")
     if not folder and path.is_dir():
         raise ValueError(f"{option} {path} is a directory; give a file path such as {path / 'out'}")
-    place = path.absolute() if folder and path.is_dir() else next(p for p in path.absolute().parents if p.exists())
+    place = path.absolute() if folder and path.is_dir() else next(
+        p for p in write_target(path).absolute().parents if p.exists())
     if not place.is_dir():
         raise ValueError(f"{option} {path}: {place} is a file, so nothing can be written under it")
     try:
@@ -71,10 +90,42 @@ def check_suffix(path, option: str, suffix: str, what: str) -> Path:
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAX_JSON_BYTES = 64 << 20  # a metrics or bench file is a few kB; anything this big is not one
 
+# The JSON files convlab writes, each told by the keys its top-level object always has.
+# Parsing as JSON is not enough to replace a file (a package.json, a notebook parse too);
+# holding these keys is. The order matters: a bench result also has "picks" (auto's
+# choices in the run), and is not a pick cache.
+JSON_KINDS = {
+    "metrics": ("backend", "epochs"),  # train --metrics-out (convlab.run; read by convlab.report)
+    "bench": ("rows",),                # bench --json (convlab.bench.save_json)
+    "picks": ("picks",),               # the auto backend's pick cache (convlab.cachefile)
+    "wisdom": ("wisdom",),             # the FFTW wisdom cache (convlab.cachefile)
+}
+# What each kind of JSON file is, in refusals: (the file, what is written in its place).
+JSON_KIND_NAMES = {
+    "metrics": ('a metrics file (the JSON object with "backend" and "epochs" that '
+                "`convlab train --metrics-out` writes)", "the metrics"),
+    "bench": ('a bench result (the JSON object with "rows" that `convlab bench --json` writes)', "the bench result"),
+    "picks": ('an auto pick cache (a JSON object with "picks")', "the picks"),
+    "wisdom": ('an FFTW wisdom file (a JSON object with "wisdom")', "the wisdom"),
+    "json": ("a JSON file written by convlab (a metrics file, a bench result or a cache)", "the JSON"),
+}
+
+
+def json_kind(content) -> str | None:
+    """Which of convlab's JSON files (:data:`JSON_KINDS`) the parsed ``content`` is; None
+    for anything else."""
+    if isinstance(content, dict):
+        for kind, keys in JSON_KINDS.items():
+            if all(key in content for key in keys):
+                return kind
+    return None
+
 
 def holds(path: Path, kind: str) -> bool:
-    """Whether the existing file ``path`` is a ``kind`` file ("json", "pdf", "png", "svg",
-    "hdf5"), judged by its content; an empty file is of any kind."""
+    """Whether the existing file ``path`` is a ``kind`` file, judged by its content: "pdf",
+    "png", "svg", "hdf5" by their signature; "metrics", "bench", "picks", "wisdom" by
+    their keys (:data:`JSON_KINDS`), "json" if it is any of those. An empty file is of any
+    kind."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -83,14 +134,14 @@ def holds(path: Path, kind: str) -> bool:
         return False
     if size == 0:
         return True
-    if kind == "json":
+    if kind == "json" or kind in JSON_KINDS:
         if size > MAX_JSON_BYTES:
             return False
         try:
-            json.loads(path.read_text())
+            found = json_kind(json.loads(path.read_bytes()))
         except (OSError, UnicodeDecodeError, ValueError):
             return False
-        return True
+        return found is not None if kind == "json" else found == kind
     signatures = {"pdf": b"%PDF-", "png": b"\x89PNG\r\n\x1a\n", "hdf5": HDF5_SIGNATURE}
     if kind == "svg":
         return b"<svg" in head
@@ -98,14 +149,18 @@ def holds(path: Path, kind: str) -> bool:
 
 
 KINDS_BY_SUFFIX = {".json": "json", ".pdf": "pdf", ".png": "png", ".svg": "svg"}
+# What convlab's options write, where the caller does not say: a .json suffix alone would
+# let `bench --json m.json` replace a metrics file, and the reverse.
+KINDS_BY_OPTION = {"--metrics-out": "metrics", "--json": "bench"}
 
 
 def check_outputs(outputs: dict, inputs: dict = None, kinds: dict = None) -> dict[str, Path]:
     """Check every output before any work starts: each writable (:func:`check_writable`),
     none the same file as an input or as another output (paths compared resolved, so
     ``./a`` and ``a`` or a symlink match), and none an existing file of another kind than
-    the one written there (``kinds[option]``, else the suffix's: .json, .pdf, .png, .svg;
-    where neither says, an existing HDF5 file, a checkpoint or data set, is protected).
+    the one written there (``kinds[option]``, else the option's (:data:`KINDS_BY_OPTION`:
+    a metrics file, a bench result), else the suffix's: .json, .pdf, .png, .svg; where
+    none says, an existing HDF5 file, a checkpoint or data set, is protected).
     ``outputs`` and ``inputs`` map what the user typed (``"--metrics-out"``) to a path or
     None (not given). Returns the outputs given, as paths; raises :class:`ValueError`
     naming the option (and the other one) otherwise."""
@@ -121,14 +176,22 @@ def check_outputs(outputs: dict, inputs: dict = None, kinds: dict = None) -> dic
                 role = "the input" if other_option in inputs else "the output"
                 raise ValueError(f"{option} {path} is the same file as {role} {other_option} {other}; "
                                  "refusing to overwrite it (choose another path)")
-        kind = (kinds or {}).get(option) or KINDS_BY_SUFFIX.get(path.suffix.lower())
+        kind = ((kinds or {}).get(option) or KINDS_BY_OPTION.get(option)
+                or KINDS_BY_SUFFIX.get(path.suffix.lower()))
         if path.is_file() and (not holds(path, kind) if kind else holds(path, "hdf5")):
-            what = f"not a {kind.upper()} file" if kind else "an HDF5 file (a checkpoint or data set?)"
-            raise ValueError(f"{option} {path} exists and is {what}; refusing to replace it with "
-                             f"{'the ' + kind.upper() + ' written there' if kind else 'another kind of file'} "
+            raise ValueError(f"{option} {path} exists and {refusal(kind)} "
                              "(choose another path, or remove the file first)")
         seen[option] = checked[option] = path
     return checked
+
+
+def refusal(kind: str | None) -> str:
+    """What an existing file in the way is not (or is), and what would replace it, for
+    :func:`check_outputs`'s refusal."""
+    if kind is None:
+        return "is an HDF5 file (a checkpoint or data set?); refusing to replace it with another kind of file"
+    what, written = JSON_KIND_NAMES.get(kind, (f"a {kind.upper()} file", f"the {kind.upper()}"))
+    return f"is not {what}; refusing to replace it with {written} written there"
 
 
 def check_train_files(checkpoint, resume, metrics_out, data_dir):
@@ -141,7 +204,7 @@ def check_train_files(checkpoint, resume, metrics_out, data_dir):
     if checkpoint is not None and resume is not None and same_file(Path(str(checkpoint)), Path(str(resume))):
         check_writable(resume, "--resume")
         outputs["--checkpoint"] = None
-    check_outputs(outputs, {"--resume": resume, "--data-dir": data_dir}, kinds={"--metrics-out": "json"})
+    check_outputs(outputs, {"--resume": resume, "--data-dir": data_dir}, kinds={"--metrics-out": "metrics"})
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -425,7 +425,9 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
     ``<stem>-layers.png`` (runs that recorded per-layer times), ``<stem>-timing.png``
     (with ``bench``). Returns the paths written, the PDF first."""
     out = check_suffix(check_writable(out, "--out"), "--out", ".pdf", "a PDF")
-    figures = {f"--out's figure {out.stem}-{name}.png": out.with_name(f"{out.stem}-{name}.png")
+    # Labelled by what they are, not by their name: a refusal names the path after the label
+    # ("--out's layers figure r-layers.png exists and ...").
+    figures = {f"--out's {name} figure": out.with_name(f"{out.stem}-{name}.png")
                for name in ("curves", "layers", "filters", "timing")}
     check_outputs({"--out": out, **figures}, {"SOURCE": source, "--bench": bench})
     run = load_run(source)
@@ -464,7 +466,7 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
         pages.add("para", f"Not shown: {run.source.name} is a metrics file, which holds no weights. Run "
                           "`convlab report` on a checkpoint (`convlab train --checkpoint PATH`) to see them.")
     if timings is not None:  # as text in the PDF (selectable, searchable), as an image beside it
-        pngs[figures[f"--out's figure {out.stem}-timing.png"]] = figure_png(timing_figure(timings))
+        pngs[figures["--out's timing figure"]] = figure_png(timing_figure(timings))
         pages.add("heading", "Timing")
         pages.add("note", TIMING_TITLE)
         pages.add("code", timing_text(timings))

@@ -23,7 +23,7 @@ from tests.test_data import idx_bytes
 
 # What was there before, of the kind each output is (an output of another kind is refused
 # for that reason alone: see tests/test_no_lost_work.py).
-OLD_JSON = '{"old": "content"}\n'
+OLD_JSON = '{"backend": "old", "epochs": []}\n'  # an earlier metrics file, which a failed run keeps
 OLD_PDF = "%PDF-1.4 old content\n"
 
 

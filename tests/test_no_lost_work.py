@@ -73,9 +73,12 @@ def files(tmp_path):
                                                     "seconds": 0.01}]}))
     paths["metrics"].write_text(json.dumps({"backend": "im2col", "epochs": [m.as_dict() for m in HISTORY]}))
     paths["a-file"].write_text("a file")
-    for name, content in (("gz", b"\x1f\x8b\x08\x00 an idx file, compressed"), ("notes-pdf", b"my notes"),
-                          ("notes-json", b"my notes, not JSON")):
-        paths[name] = tmp_path / name.replace("-", ".")
+    for name, file, content in (("gz", "gz", b"\x1f\x8b\x08\x00 an idx file, compressed"),
+                                ("notes-pdf", "notes.pdf", b"my notes"),
+                                ("notes-json", "notes.json", b"my notes, not JSON"),
+                                ("package-json", "package.json", b'{"name": "web", "version": "1"}'),
+                                ("n-curves", "n-curves.png", b"my picture, not a PNG")):  # report --out n.pdf's
+        paths[name] = tmp_path / file
         paths[name].write_bytes(content)
     paths["readonly"].mkdir()
     paths["readonly"].chmod(0o555)
@@ -95,17 +98,28 @@ def contents(paths):
     (["report", "{run}", "--out", "{run}"], ["--out {run}: a PDF is written there, so the name must end in .pdf"]),
     (["report", "{run}", "--out", "{bench}"], ["must end in .pdf"]),
     (["report", "{metrics}", "--out", "{tmp}/m-curves.pdf", "--bench", "{tmp}/m-curves-timing.png"],
-     ["--out's figure m-curves-timing.png {tmp}/m-curves-timing.png is the same file as the input --bench"]),
+     ["--out's timing figure {tmp}/m-curves-timing.png is the same file as the input --bench"]),
     (["report", "{run}", "--out", "{a-file}/r.pdf"], ["{a-file} is a file, so nothing can be written under it"]),
     (["train", "--resume", "{run}", "--epochs", "4", "--metrics-out", "{run}"],
      ["--metrics-out {run} is the same file as the input --resume {run}"]),
     (["train", "--checkpoint", "{tmp}/same.h5", "--metrics-out", "{tmp}/./same.h5"],
      ["--metrics-out {tmp}/same.h5 is the same file as the output --checkpoint {tmp}/same.h5"]),
-    (["train", "--metrics-out", "{run}"], ["--metrics-out {run} exists and is not a JSON file; refusing to replace"]),
-    (["train", "--metrics-out", "{a-file}"], ["--metrics-out {a-file} exists and is not a JSON file"]),
-    (["train", "--metrics-out", "{gz}"], ["--metrics-out {gz} exists and is not a JSON file"]),
+    (["train", "--metrics-out", "{run}"],
+     ["--metrics-out {run} exists and is not a metrics file (", "refusing to replace"]),
+    (["train", "--metrics-out", "{a-file}"], ["--metrics-out {a-file} exists and is not a metrics file"]),
+    (["train", "--metrics-out", "{gz}"], ["--metrics-out {gz} exists and is not a metrics file"]),
+    (["train", "--metrics-out", "{package-json}"],
+     ['--metrics-out {package-json} exists and is not a metrics file (the JSON object with "backend" and "epochs" '
+      "that `convlab train --metrics-out` writes); refusing to replace it with the metrics written there"]),
+    (["train", "--metrics-out", "{bench}"], ["--metrics-out {bench} exists and is not a metrics file"]),
     (["report", "{run}", "--out", "{notes-pdf}"], ["--out {notes-pdf} exists and is not a PDF file"]),
-    (["bench", "--json", "{notes-json}"], ["--json {notes-json} exists and is not a JSON file"]),
+    (["report", "{run}", "--out", "{tmp}/n.pdf"],
+     ["--out's curves figure {n-curves} exists and is not a PNG file; refusing to replace it with the PNG"]),
+    (["bench", "--json", "{notes-json}"], ["--json {notes-json} exists and is not a bench result"]),
+    (["bench", "--json", "{package-json}"],
+     ['--json {package-json} exists and is not a bench result (the JSON object with "rows" that `convlab bench '
+      '--json` writes); refusing to replace it with the bench result written there']),
+    (["bench", "--json", "{metrics}"], ["--json {metrics} exists and is not a bench result"]),
     (["bench", "--plot", "{run}"], ["--plot {run} exists and is an HDF5 file (a checkpoint or data set?)"]),
     (["train", "--checkpoint", "{a-file}/c.h5"], ["--checkpoint {a-file}/c.h5: {a-file} is a file"]),
     (["bench", "--json", "{a-file}/b.json"], ["--json {a-file}/b.json: {a-file} is a file"]),
@@ -127,8 +141,10 @@ def test_an_existing_output_of_the_same_kind_is_replaced(files, tmp_path):
     from convlab.files import check_outputs
 
     (tmp_path / "old.png").write_bytes(b"\x89PNG\r\n\x1a\n...")
+    (tmp_path / "empty.json").touch()
     assert check_outputs({"--metrics-out": files["metrics"], "--plot": tmp_path / "old.png",
-                          "--out": tmp_path / "new.pdf"}, kinds={"--metrics-out": "json"})
+                          "--out": tmp_path / "new.pdf", "--json": files["bench"]})
+    assert check_outputs({"--json": tmp_path / "empty.json"})  # an empty file is of any kind
 
 
 @needs_mode_bits
@@ -181,6 +197,78 @@ def test_a_closed_stdout_ends_quietly_with_checkpoint_and_metrics_saved(tmp_path
     # Ended at the first epoch line printed after head exited (the first, unless head was
     # slow to exit), with that epoch in both files: the line is printed after the saves.
     assert 1 <= saved.epoch < 10 and len(metrics["epochs"]) == saved.epoch
+
+
+# --- 3. a rewrite changes the file the user named: through a symlink, with its mode ------
+
+@needs_mnist
+def test_resuming_through_a_symlink_updates_its_target_and_keeps_modes(tmp_path, capsys, data_read_once):
+    """`ln -s tgt.h5 link.h5; convlab train --resume link.h5`: the link stays a link, the
+    target holds the new epoch, and a private (0600) checkpoint or metrics file stays private."""
+    target, metrics = tmp_path / "runs" / "tgt.h5", tmp_path / "runs" / "m.json"
+    target.parent.mkdir()
+    assert run_cli(capsys, "train", "--epochs", "1", "--checkpoint", str(target), "--metrics-out", str(metrics),
+                   *TINY)[0] == 0
+    target.chmod(0o600)
+    metrics.chmod(0o640)
+    (tmp_path / "link.h5").symlink_to(target)
+    (tmp_path / "m-link.json").symlink_to(Path("runs") / "m.json")  # relative, as `ln -s` makes them
+    code, out, err = run_cli(capsys, "train", "--resume", str(tmp_path / "link.h5"), "--epochs", "2",
+                             "--metrics-out", str(tmp_path / "m-link.json"))
+    assert code == 0, err
+    assert (tmp_path / "link.h5").is_symlink() and (tmp_path / "m-link.json").is_symlink()
+    assert load_checkpoint(target).epoch == 2
+    assert len(json.loads(metrics.read_text())["epochs"]) == 2
+    assert target.stat().st_mode & 0o777 == 0o600 and metrics.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["link.h5", "m-link.json", "m.json", "runs", "tgt.h5"]
+
+
+def test_every_writer_of_user_files_writes_through_symlinks_and_keeps_the_mode(files, tmp_path):
+    """Checkpoints, metrics, bench --json, the report's PDF and PNGs, the pick cache: each
+    replaces the link's target (temporary file beside the target), never the link."""
+    from convlab.bench import BenchResult, save_json
+    from convlab.cachefile import update_cache
+    from convlab.files import write_json
+
+    real, links = tmp_path / "real", tmp_path / "links"
+    real.mkdir()
+    links.mkdir()
+
+    def linked(name, content=b""):
+        (real / name).write_bytes(content)
+        (real / name).chmod(0o600)
+        (links / name).symlink_to(real / name)
+        return links / name
+
+    model = reference_net(seed=3)
+    save_checkpoint(linked("c.h5"), model, SGD(model), HISTORY, SETTINGS)
+    write_json(linked("m.json"), {"backend": "im2col", "epochs": []})
+    save_json(BenchResult(rows=[{"shape": "s", "backend": "im2col", "pass": "forward", "seconds": 0.01}]),
+              linked("b.json"))
+    update_cache(linked("picks.json"), "auto pick cache", "picks", lambda stored: {"picks": {}})
+    linked("r-curves.png")
+    write_report(files["run"], linked("r.pdf"), files["bench"])
+    for name in ("c.h5", "m.json", "b.json", "picks.json", "r.pdf", "r-curves.png"):
+        assert (links / name).is_symlink() and (links / name).resolve() == real / name, name
+        assert (real / name).stat().st_size > 0 and (real / name).stat().st_mode & 0o777 == 0o600, name
+    assert load_checkpoint(links / "c.h5").epoch == 3
+    assert sorted(p.name for p in real.iterdir()) == sorted(  # and no temporary file left
+        ["c.h5", "m.json", "b.json", "picks.json", "r.pdf", "r-curves.png"])
+    assert (links / "r-filters.png").is_file() and not (links / "r-filters.png").is_symlink()  # beside --out
+
+
+def test_a_rewrite_keeps_a_read_only_mode_and_a_dangling_link_gets_its_target(tmp_path):
+    from convlab.files import check_outputs, write_json
+
+    kept = tmp_path / "kept.json"
+    write_json(kept, {"backend": "im2col", "epochs": []})
+    kept.chmod(0o444)
+    write_json(kept, {"backend": "fft", "epochs": []})  # the mode is set after the write
+    assert json.loads(kept.read_text())["backend"] == "fft" and kept.stat().st_mode & 0o777 == 0o444
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "sub" / "new.json")
+    assert check_outputs({"--metrics-out": tmp_path / "dangling.json"})
+    write_json(tmp_path / "dangling.json", {"backend": "fft", "epochs": []})
+    assert (tmp_path / "dangling.json").is_symlink() and (tmp_path / "sub" / "new.json").is_file()
 
 
 # --- 4. arguments as typed --------------------------------------------------------------
