@@ -37,6 +37,7 @@ HDF5_NAME = "MNISTdata.hdf5"
 HDF5_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+GZIP_MAGIC = b"\x1f\x8b"  # the first bytes of a gzip file
 
 
 class DataError(ValueError):
@@ -55,14 +56,22 @@ class Dataset:
 
 
 def read_payload(path: Path) -> bytes:
-    """The bytes of ``path``, decompressed if it ends in ``.gz``."""
+    """The bytes of ``path``, decompressed if it ends in ``.gz``. A file that cannot be
+    read (permissions, a folder) says so; only a ``.gz`` file is expected to be gzip."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
                 return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read it ({e}); expected a gzip-compressed idx file") from None
+        payload = path.read_bytes()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # BadGzipFile is an OSError: first
+        raise DataError(f"{path}: cannot read it ({e}); a file named .gz must be a gzip-compressed idx "
+                        f"file (a plain one is named {path.stem})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if payload[:2] == GZIP_MAGIC:
+        raise DataError(f"{path}: is gzip-compressed but its name does not end in .gz; expected a plain idx "
+                        f"file (or rename it {path.name}.gz)")
+    return payload
 
 
 def parse_idx(payload: bytes, source: str) -> np.ndarray:

@@ -241,6 +241,32 @@ def test_bad_checkpoint_is_one_error_line_and_left_untouched(capsys, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ([] if write is None else ["ck.h5"])
 
 
+def test_unreadable_checkpoint_says_it_cannot_be_read(capsys, tmp_path, monkeypatch):
+    """Not h5py's "[Errno 13] Unable to determine if file is accessible as hdf5 (...)"."""
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)
+
+    def denied(name):
+        raise PermissionError(13, "Permission denied", str(name))
+
+    monkeypatch.setattr(h5py, "is_hdf5", denied)
+    for argv in (["evaluate", "--checkpoint", str(path)], ["train", "--resume", str(path), "--epochs", "2"]):
+        code, out, err = run_cli(capsys, *argv)
+        assert (code, out, err) == (2, "", f"convlab: error: cannot read checkpoint {path}: Permission denied\n")
+
+
+def test_a_checkpoint_without_read_permission_says_so(tmp_path):
+    from tests.test_no_lost_work import DROP_POWERS, convlab
+
+    if DROP_POWERS is None:
+        pytest.skip("root without setpriv ignores file modes")
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)
+    path.chmod(0)
+    code, out, err = convlab("evaluate", "--checkpoint", path, powerless=True)
+    assert (code, err) == (2, f"convlab: error: cannot read checkpoint {path}: Permission denied\n")
+
+
 def test_unwritable_checkpoint_path_is_an_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -59,6 +59,40 @@ def test_truncated_gzip(tmp_path):
         load_idx(tmp_path, "images", None)
 
 
+def test_an_unreadable_file_says_it_cannot_be_read_not_that_it_is_no_gzip(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    (tmp_path / "labels").write_bytes(idx_bytes(np.zeros((2, 3))))
+    (tmp_path / "images.gz").write_bytes(gzip.compress(idx_bytes(np.zeros((2, 3)))))
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DataError) as plain:
+        load_idx(tmp_path, "labels", None)
+    assert str(plain.value) == f"{tmp_path / 'labels'}: cannot read it (Permission denied)"
+    monkeypatch.setattr(gzip, "open", lambda path, mode: denied(path))
+    with pytest.raises(DataError) as gz:
+        load_idx(tmp_path, "images", None)
+    assert str(gz.value) == f"{tmp_path / 'images.gz'}: cannot read it (Permission denied)"
+
+
+def test_a_gzip_file_named_without_gz_is_named_as_such(tmp_path):
+    (tmp_path / "labels").write_bytes(gzip.compress(idx_bytes(np.zeros((2, 3)))))
+    with pytest.raises(DataError) as e:
+        load_idx(tmp_path, "labels", None)
+    assert str(e.value) == (f"{tmp_path / 'labels'}: is gzip-compressed but its name does not end in .gz; "
+                            "expected a plain idx file (or rename it labels.gz)")
+
+
+def test_a_gz_file_that_is_no_gzip_says_what_a_gz_name_means(tmp_path):
+    (tmp_path / "labels.gz").write_bytes(idx_bytes(np.zeros((2, 3))))  # a plain idx file, misnamed
+    with pytest.raises(DataError, match=r"labels.gz: cannot read it \(Not a gzipped file .*\); a file named .gz "
+                                        r"must be a gzip-compressed idx file \(a plain one is named labels\)"):
+        load_idx(tmp_path, "labels", None)
+
+
 def test_truncated_idx_payload(tmp_path):
     (tmp_path / "images").write_bytes(idx_bytes(np.zeros((10, 28, 28)))[:-5])
     with pytest.raises(DataError, match="truncated.*expected 7856"):
