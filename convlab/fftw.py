@@ -5,8 +5,9 @@ one set of settings, one wisdom file.
   (environment variables ``CONVLAB_FFT_THREADS``, ``CONVLAB_FFT_PLANNER``,
   ``CONVLAB_FFT_WISDOM``), the same for every FFT backend.
 - :func:`plan`: an FFTW plan (with its own aligned buffers) per (direction, batch shape,
-  FFT shape, dtype, slot for a tile's plan, spectra bin-major or not, and the pair of plans
-  sharing buffers), the :data:`MAX_PLANS` most recently used kept.
+  FFT shape, dtype, slot for a tile's plan or Python thread for a whole transform's, spectra
+  bin-major or not, and the pair of plans sharing buffers), the :data:`MAX_PLANS` most
+  recently used kept: no two threads ever use one plan's buffers at once.
 - :func:`run_tiles`: cache-sized tiles of work shared among threads
   (:func:`convlab.threads.share_chunks`), each running tile with plans no other uses.
 - :func:`binwise_matmul`: the per-frequency-bin complex matrix products that sum over
@@ -226,16 +227,20 @@ class _Plan:
 
 class _Plans:
     """FFTW plans built once per (direction, batch shape, FFT shape, dtype, slot,
-    ``bins_first``, ``pair``), the
+    ``bins_first``, ``pair``, owner), the
     :data:`MAX_PLANS` most recently used kept (each holds buffers the size of its
     transforms); the wisdom file is read before the first plan and rewritten after each
     measured plan, so a plan dropped and built again is quick.
 
-    A plan for a whole transform (``slot`` None) uses the FFTW threads setting. A tile's
-    plan is single-threaded, one per ``slot``: the number a running tile holds (see
+    A plan and its buffers must never be used by two threads at once. A tile's plan is
+    single-threaded, one per ``slot``: the number a running tile holds (see
     :func:`run_tiles` and :class:`_Slots`), so whichever thread takes a tile transforms it
-    in buffers no running tile shares, as an FFTW plan must never execute in two threads
-    at once.
+    in buffers no running tile shares. A plan for a whole transform (``slot`` None) uses
+    the FFTW threads setting and belongs to the Python thread that asked for it (the owner:
+    its ident), so that two threads convolving at once (a user's, or a server's) each fill,
+    run and read their own buffers; with one thread, as in training, there is one set.
+    (Shared, two threads running the same problem got each other's results: 4-96 wrong
+    outputs of 200 calls each.)
     """
 
     def __init__(self):
@@ -251,14 +256,15 @@ class _Plans:
             self.wisdom_loaded = False
 
     def get(self, direction, batch, fft_shape, dtype, slot=None, bins_first=False, pair=None) -> _Plan:
-        key = (direction, batch, fft_shape, np.dtype(dtype), slot, bins_first, pair)
+        owner = threading.get_ident() if slot is None else None
+        key = (direction, batch, fft_shape, np.dtype(dtype), slot, bins_first, pair, owner)
         current = settings()
         with self.lock:
             plan = self.cache.get(key)
             if plan is None:
                 other = ("FFTW_BACKWARD" if direction == "FFTW_FORWARD" else "FFTW_FORWARD",) + key[1:]
                 partner = self.cache.get(other) if pair is not None else None
-                plan = self.cache[key] = self._build(current, *key[:-1], None if partner is None else partner.buffers)
+                plan = self.cache[key] = self._build(current, *key[:-2], None if partner is None else partner.buffers)
                 if len(self.cache) > MAX_PLANS:
                     self.cache.popitem(last=False)
             self.cache.move_to_end(key)

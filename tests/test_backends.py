@@ -113,3 +113,34 @@ def test_described(backend):
     assert backend.name in convlab.list_backends()
     assert backend.description and "\n" not in backend.description
     assert backend.limits and "\n" not in backend.limits
+
+
+def test_two_threads_on_the_same_problem_get_their_own_answers(backend):
+    """A user's threads (a server's, say) may convolve at once. fft's whole-transform plans
+    were shared by the process, so two threads on the same grid got each other's numbers."""
+    import threading
+
+    rng = np.random.default_rng(9)
+    w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    xs = [rng.standard_normal((2, 3, 16, 16)) for _ in range(2)]
+    dys = [rng.standard_normal((2, 4, 16, 16)) for _ in range(2)]
+    wanted = [run_pass(ORACLE, x, w, b, dy) for x, dy in zip(xs, dys)]
+    wrong = [0, 0]
+
+    def work(i):
+        for _ in range(50):
+            got = run_pass(backend, xs[i], w, b, dys[i])
+            wrong[i] += not all(np.allclose(g, r, rtol=1e-9, atol=1e-9) for g, r in zip(got, wanted[i]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == [0, 0]
+
+
+def run_pass(backend, x, w, b, dy):
+    """y, dx, dw, db of one forward and backward, and ``convlab.conv2d``'s y (the inference pass)."""
+    y, cache = backend.forward(x, w, b, 1, 1)
+    return (y, *backend.backward(dy, cache), convlab.conv2d(x, w, b, 1, 1, backend=backend.name))
