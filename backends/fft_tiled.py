@@ -260,7 +260,10 @@ class FFTTiled:
         if stride != (1, 1):
             return (f"stride {stride[0]}x{stride[1]} (stride 1 only: every stride-1 tile would still be "
                     f"computed)")
-        largest = self.forced_tile() or TILE_SIZES[-1]
+        try:
+            largest = self.forced_tile() or TILE_SIZES[-1]
+        except ValueError:  # a bad CONVLAB_FFT_TILE: check_settings' (and the forward's) to report,
+            largest = TILE_SIZES[-1]  # not every other backend's refusal that lists who can
         if max(w_shape[2:]) > largest:
             return (f"a {w_shape[2]}x{w_shape[3]} kernel (kernels up to {largest}x{largest}, "
                     f"the {'tile size set' if largest != TILE_SIZES[-1] else 'largest tile'})")

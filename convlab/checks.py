@@ -54,6 +54,9 @@ def _check_array(a, name: str, ndim: int, layout: str) -> np.ndarray:
         raise ValueError(f"{name} must have {ndim} dimensions {layout}, got shape {a.shape}")
     if a.dtype.type not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float32 or float64, got {a.dtype}")
+    if not a.dtype.isnative:  # FFTW has no plans for swapped bytes; the other backends would return them
+        raise ValueError(f"{name} must be in this machine's byte order, got {a.dtype.str}; convert it with "
+                         f"{name}.astype({name}.dtype.newbyteorder('='))")
     if not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinite values; every value must be finite")
     return a

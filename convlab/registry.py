@@ -137,7 +137,7 @@ class Backend:
         ``relu=True``: the output is max(conv + b, 0) (see the module doc).
         Raises :class:`Unsupported` for a problem this backend cannot compute."""
         y, cache = self.unchecked_forward(*self.checked_problem(x, w, b, stride, padding, relu))
-        return y, _CheckedCache(y.shape, y.dtype, cache)
+        return y, _CheckedCache(self, y.shape, y.dtype, cache)
 
     def inference(self, x, w, b=None, stride=1, padding=0, relu=False):
         """Checked forward that keeps nothing for a backward: y as :meth:`forward` computes it."""
@@ -155,6 +155,10 @@ class Backend:
         """Checked backward: ``dy`` shaped like the forward's ``y``; returns (dx, dw, db)."""
         if not isinstance(cache, _CheckedCache):
             raise ValueError(f"cache must be the second value returned by {self.name}.forward")
+        if cache.backend is not self:  # each backend keeps its own layout in its cache
+            raise ValueError(f"cache comes from {cache.backend.name}.forward; pass it to {cache.backend.name}'s "
+                             f"backward, or run {self.name}.forward for {self.name}'s")
+        need_dx = as_flag(need_dx, "need_dx")
         dy = check_backward_inputs(dy, cache.y_shape, cache.y_dtype)
         return self.unchecked_backward(dy, cache.impl_cache, need_dx)
 
@@ -207,9 +211,13 @@ class _ReluApplied:
 
 
 class _CheckedCache:
-    __slots__ = ("y_shape", "y_dtype", "impl_cache")
+    """What :meth:`Backend.forward` returns as the cache: the implementation's own, with
+    what the backward checks dy and the cache against (y's shape and dtype, and the
+    backend whose layout the cache is in)."""
+    __slots__ = ("backend", "y_shape", "y_dtype", "impl_cache")
 
-    def __init__(self, y_shape, y_dtype, impl_cache):
+    def __init__(self, backend, y_shape, y_dtype, impl_cache):
+        self.backend = backend
         self.y_shape = y_shape
         self.y_dtype = y_dtype
         self.impl_cache = impl_cache
@@ -282,7 +290,10 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     if isinstance(name, Backend):
         return name
     if name is None:
-        name = _active_backend.get() or DEFAULT_BACKEND
+        active = _active_backend.get()
+        if active is not None:
+            return active
+        name = DEFAULT_BACKEND
     _load_entry_points()
     try:
         return _registry[name]
@@ -292,12 +303,15 @@ def get_backend(name: str | Backend | None = None) -> Backend:
 
 
 @contextlib.contextmanager
-def use_backend(name: str):
-    """Within the block, layers not pinned to a backend (and ``conv2d``) use ``name``."""
-    get_backend(name)
-    token = _active_backend.set(name)
+def use_backend(name: str | Backend):
+    """Within the block, layers not pinned to a backend (and ``conv2d``) use ``name`` (a
+    registered name, or a :class:`Backend` as :func:`get_backend` returns it)."""
+    if name is None:  # get_backend(None) is the active backend: the block would change nothing
+        raise ValueError(f"use_backend needs a backend; valid backends are: {', '.join(list_backends())}")
+    backend = get_backend(name)
+    token = _active_backend.set(backend)
     try:
-        yield get_backend(name)
+        yield backend
     finally:
         _active_backend.reset(token)
 

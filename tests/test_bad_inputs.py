@@ -233,6 +233,9 @@ CONV_MISUSE = [
     (dict(b=np.array([0, 0, 0, np.nan], np.float32)), "b contains NaN or infinite values"),
     (dict(x=X.astype(np.int64)), "x must be float32 or float64, got int64"),
     (dict(x=X.astype(np.float16), w=W.astype(np.float16)), "x must be float32 or float64, got float16"),
+    # FFTW has no plans for swapped bytes (fft and fft-tiled failed inside pyfftw)
+    (dict(x=X.astype(X.dtype.newbyteorder("S")), w=W.astype(W.dtype.newbyteorder("S"))),
+     "x must be in this machine's byte order"),
     (dict(w=W.astype(np.float64)), "x is float32 but w is float64; use one dtype for both"),
     (dict(x=X.tolist()), "x must be a numpy array (N, C, H, W), got list"),
     (dict(b=np.zeros(3, np.float32)), "b must have shape (4,) to match w's 4 filters, got (3,)"),

@@ -207,3 +207,30 @@ def test_check_settings_is_optional_and_asks_the_backend():
         convlab.get_backend("naive").check_settings()  # no check_settings: nothing to check
     finally:
         del registry._registry["picky-settings"]
+
+
+def test_use_backend_takes_a_name_or_a_backend_but_not_none():
+    x, w = np.ones((1, 1, 6, 6)), np.ones((2, 1, 3, 3))
+    with convlab.use_backend(convlab.get_backend("fft")) as backend:
+        assert backend.name == "fft" and convlab.get_backend().name == "fft"
+        np.testing.assert_allclose(convlab.conv2d(x, w), convlab.conv2d(x, w, backend="naive"))
+    with pytest.raises(ValueError, match="use_backend needs a backend; valid backends are: "):
+        with convlab.use_backend(None):
+            pass
+
+
+def test_a_backward_refuses_another_backends_cache_and_a_non_bool_need_dx():
+    x, w = np.ones((1, 1, 6, 6)), np.ones((2, 1, 3, 3))
+    y, cache = convlab.get_backend("im2col").forward(x, w)
+    with pytest.raises(ValueError, match="cache comes from im2col.forward; pass it to im2col's backward"):
+        convlab.get_backend("fft").backward(np.ones_like(y), cache)
+    with pytest.raises(ValueError, match="need_dx must be True or False, got 'no'"):
+        convlab.get_backend("im2col").backward(np.ones_like(y), cache, need_dx="no")
+
+
+def test_a_bad_fft_tile_setting_does_not_replace_other_backends_refusals(monkeypatch):
+    monkeypatch.setenv("CONVLAB_FFT_TILE", "7")
+    with pytest.raises(convlab.Unsupported, match="does not support kernel 7x7"):
+        convlab.conv2d(np.ones((1, 1, 8, 8)), np.ones((1, 1, 7, 7)), backend="winograd")
+    with pytest.raises(ValueError, match="CONVLAB_FFT_TILE must be one of"):
+        convlab.get_backend("fft-tiled").check_settings()
