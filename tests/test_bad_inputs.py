@@ -281,6 +281,32 @@ def test_conv2d_layer_in_use():
         pass
 
 
+# --- layers, loss, optimizer and state dicts, misused --------------------------------------
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([0, -1]), "labels must be class indices from 0 to 9 (logits have 10 columns), got -1"),
+    (np.array([0, 10]), "labels must be class indices from 0 to 9 (logits have 10 columns), got 10"),
+    (np.array([0.0, 1.0]), "labels must be a numpy array of integers (class indices 0 to 9), got float64"),
+    (np.array([True, False]), "labels must be a numpy array of integers (class indices 0 to 9), got bool"),
+    ([0, 1], "labels must be a numpy array of integers (class indices 0 to 9), got list"),
+    (np.array([0, 1, 2]), "labels must have shape (2,), one per row of logits (2, 10), got (3,)"),
+    (np.array([[0, 1]]), "labels must have shape (2,), one per row of logits (2, 10), got (1, 2)"),
+])
+def test_softmax_cross_entropy_labels(labels, message):
+    with pytest.raises(ValueError) as e:
+        convlab.softmax_cross_entropy(np.zeros((2, 10)), labels)
+    assert message in str(e.value)
+
+
+def test_softmax_cross_entropy_takes_any_integer_labels_in_range():
+    for dtype in (np.uint8, np.int32, np.int64):
+        loss, _ = convlab.softmax_cross_entropy(np.zeros((2, 10)), np.array([0, 9], dtype))
+        assert loss == pytest.approx(np.log(10))
+    with pytest.raises(ValueError, match=r"logits must be a numpy array \(N, classes\), got shape \(10,\)"):
+        convlab.softmax_cross_entropy(np.zeros(10), np.array([0]))
+
+
 # --- data files, below the checksum ------------------------------------------------------
 
 
