@@ -39,7 +39,12 @@ class SGD:
         self.velocity = {name: np.zeros_like(p) for name, p, _ in model.named_parameters()}
 
     def step(self):
-        for name, param, grad in self.model.named_parameters():
+        parameters = list(self.model.named_parameters())
+        for name, _, grad in parameters:  # all checked first: no parameter updated if one cannot be
+            if grad is None:
+                raise ValueError(f"step() before any backward: parameter {name} has no gradient; run the model's "
+                                 f"backward (with the loss's gradient) first")
+        for name, param, grad in parameters:
             # Scalars in the parameter's dtype: a numpy float64 lr (from a schedule, say)
             # would otherwise make numpy run these float32 updates in float64.
             momentum, lr = param.dtype.type(self.momentum), param.dtype.type(self.lr)

@@ -284,6 +284,19 @@ def test_conv2d_layer_in_use():
 # --- layers, loss, optimizer and state dicts, misused --------------------------------------
 
 
+def test_sgd_step_before_any_backward():
+    model = convlab.reference_net(seed=1)
+    before = {name: p.copy() for name, p in model.state_dict().items()}
+    with pytest.raises(ValueError, match="step\\(\\) before any backward: parameter 0.w has no gradient; run the "
+                                         "model's backward"):
+        convlab.SGD(model, 0.1).step()
+    model.layers[3].grads.update(w=np.zeros((18432, 10), np.float32), b=np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match="parameter 0.w has no gradient"):  # the dense layer's alone: nothing moves
+        convlab.SGD(model, 0.1).step()
+    for name, p in model.state_dict().items():
+        np.testing.assert_array_equal(p, before[name])
+
+
 @pytest.mark.parametrize("labels, message", [
     (np.array([0, -1]), "labels must be class indices from 0 to 9 (logits have 10 columns), got -1"),
     (np.array([0, 10]), "labels must be class indices from 0 to 9 (logits have 10 columns), got 10"),
