@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import entry_points
@@ -87,13 +88,30 @@ class Sequential:
         return {name: param for name, param, _ in self.named_parameters()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]):
-        """Copy ``state`` into the parameters; names and shapes must match exactly."""
+        """Copy ``state`` into the parameters; names and shapes must match exactly.
+
+        Each value must be a numpy array of floats; it is cast to the parameter's dtype (a
+        float64 state loads into a float32 model, as ``torch``'s ``load_state_dict`` copies),
+        but an int, bool or object array, or a list, is refused rather than converted. Every
+        value is checked before any is copied, so a refused state leaves the model as it was.
+        """
+        if not isinstance(state, Mapping):
+            raise ValueError(f"state must be a dict of numpy arrays by parameter name (as state_dict() gives), "
+                             f"got {type(state).__name__}")
         own = self.state_dict()
         if set(state) != set(own):
             raise ValueError(f"parameter names {sorted(state)} do not match this model's {sorted(own)}")
         for name, param in own.items():
-            if state[name].shape != param.shape:
-                raise ValueError(f"parameter {name} has shape {state[name].shape}, this model needs {param.shape}")
+            value = state[name]
+            if not isinstance(value, np.ndarray):
+                raise ValueError(f"parameter {name} must be a numpy array of shape {param.shape}, "
+                                 f"got {type(value).__name__}")
+            if value.shape != param.shape:
+                raise ValueError(f"parameter {name} has shape {value.shape}, this model needs {param.shape}")
+            if value.dtype.kind != "f":
+                raise ValueError(f"parameter {name} must be an array of floats (float32 or float64; this model "
+                                 f"is {param.dtype}), got {value.dtype}")
+        for name, param in own.items():
             param[...] = state[name]
 
     def conv_layers(self):

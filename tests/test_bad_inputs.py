@@ -297,6 +297,36 @@ def test_sgd_step_before_any_backward():
         np.testing.assert_array_equal(p, before[name])
 
 
+def test_load_state_dict_refuses_what_is_not_a_float_array_of_the_shape():
+    model = convlab.reference_net(seed=0)
+    good = {name: p.copy() for name, p in model.state_dict().items()}
+    other = convlab.reference_net(seed=1).state_dict()
+    for change, message in [
+        (dict(good, **{"3.w": good["3.w"].tolist()}), "parameter 3.w must be a numpy array of shape (18432, 10), got list"),
+        (dict(good, **{"0.b": other["0.b"].astype(np.int64)}),
+         "parameter 0.b must be an array of floats (float32 or float64; this model is float32), got int64"),
+        (dict(good, **{"0.b": other["0.b"].astype(object)}), "got object"),
+        (dict(good, **{"0.b": other["0.b"] > 0}), "got bool"),
+    ]:
+        state = dict(change, **{"0.w": other["0.w"]})  # a good value first: not copied either
+        with pytest.raises(ValueError) as e:
+            model.load_state_dict(state)
+        assert message in str(e.value)
+        for name, p in model.state_dict().items():
+            np.testing.assert_array_equal(p, good[name])
+    with pytest.raises(ValueError, match="state must be a dict of numpy arrays by parameter name .*got list"):
+        model.load_state_dict(list(good.values()))
+
+
+def test_load_state_dict_casts_between_float_types():
+    model = convlab.reference_net(seed=0)
+    trained = convlab.reference_net(seed=1, dtype=np.float64).state_dict()
+    model.load_state_dict(trained)
+    for name, p in model.state_dict().items():
+        assert p.dtype == np.float32
+        np.testing.assert_array_equal(p, trained[name].astype(np.float32))
+
+
 @pytest.mark.parametrize("labels, message", [
     (np.array([0, -1]), "labels must be class indices from 0 to 9 (logits have 10 columns), got -1"),
     (np.array([0, 10]), "labels must be class indices from 0 to 9 (logits have 10 columns), got 10"),
