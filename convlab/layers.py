@@ -39,8 +39,19 @@ def _kept(saved, layer):
     return saved
 
 
-def _rng(seed_or_rng) -> np.random.Generator:
-    return seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
+def as_rng(seed_or_rng, what="rng", none_ok=True) -> np.random.Generator:
+    """A generator from a seed (a non-negative int) or a ``numpy.random.Generator`` itself
+    (shared, so layers built from one draw in turn); None (if ``none_ok``) seeds from the
+    OS. Anything else would reach numpy's SeedSequence, whose TypeError names neither the
+    argument nor what is allowed."""
+    if isinstance(seed_or_rng, np.random.Generator):
+        return seed_or_rng
+    if (seed_or_rng is None and none_ok) or (
+            isinstance(seed_or_rng, (int, np.integer)) and not isinstance(seed_or_rng, bool) and seed_or_rng >= 0):
+        return np.random.default_rng(seed_or_rng)
+    allowed = ("a non-negative int" + ("" if what == "seed" else " (a seed)") + " or a numpy.random.Generator"
+               + (" or None" if none_ok else ""))
+    raise ValueError(f"{what} must be {allowed}, got {seed_or_rng!r}")
 
 
 class Layer:
@@ -97,7 +108,7 @@ class Conv2D(Layer):
         self.backend = backend
         self.relu = as_flag(relu, "relu")
         fan_in = in_channels * kh * kw
-        self.params["w"] = (_rng(rng).standard_normal((out_channels, in_channels, kh, kw))
+        self.params["w"] = (as_rng(rng).standard_normal((out_channels, in_channels, kh, kw))
                             * np.sqrt(2.0 / fan_in)).astype(dtype)
         self.params["b"] = np.zeros(out_channels, dtype=dtype)
         self._cache = None
@@ -215,7 +226,7 @@ class Dense(Layer):
 
     def __init__(self, in_features, out_features, rng=None, dtype=np.float32):
         super().__init__()
-        self.params["w"] = (_rng(rng).standard_normal((in_features, out_features))
+        self.params["w"] = (as_rng(rng).standard_normal((in_features, out_features))
                             * np.sqrt(1.0 / in_features)).astype(dtype)
         self.params["b"] = np.zeros(out_features, dtype=dtype)
 

@@ -25,7 +25,7 @@ from importlib.metadata import entry_points
 import numpy as np
 
 from convlab.checks import output_size
-from convlab.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from convlab.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, as_rng
 from convlab.registry import PluginWarning
 
 INPUT_SHAPE = (1, 28, 28)
@@ -190,7 +190,7 @@ def reference_net(seed=0, dtype=np.float32, backend=None) -> Sequential:
 
     Dense 10 gives the logits (softmax is in the loss). Same seed, same weights.
     ``backend`` pins the conv layer's (default: it follows :func:`convlab.use_backend`)."""
-    rng = np.random.default_rng(seed)
+    rng = as_rng(seed, "seed", none_ok=False)
     conv = Conv2D(1, 32, 7, stride=1, padding=1, backend=backend, rng=rng, dtype=dtype)
     return Sequential(conv, ReLU(), Flatten(), Dense(32 * 24 * 24, 10, rng=rng, dtype=dtype))
 
@@ -253,7 +253,7 @@ def parse_spec(spec: str) -> list[LayerSpec]:
 def spec_network(layers: list[LayerSpec], spec: str, seed=0, dtype=np.float32) -> Sequential:
     """The network of parsed spec ``layers`` (from :func:`parse_spec` of ``spec``), with
     weights drawn in layer order from one generator seeded with ``seed``."""
-    rng = np.random.default_rng(seed)
+    rng = as_rng(seed, "seed", none_ok=False)
     built, shape = [], (1, *INPUT_SHAPE)
     for position, (layer, token) in enumerate(zip(layers, spec.lower().split()), start=1):
         numbers = layer.numbers

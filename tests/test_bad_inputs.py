@@ -297,6 +297,31 @@ def test_sgd_step_before_any_backward():
         np.testing.assert_array_equal(p, before[name])
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: convlab.Conv2D(1, 2, 3, rng="x"),
+     "rng must be a non-negative int (a seed) or a numpy.random.Generator or None, got 'x'"),
+    (lambda: convlab.Dense(10, 3, rng="x"), "rng must be a non-negative int (a seed) or a numpy.random.Generator or None"),
+    (lambda: convlab.Dense(10, 3, rng=-1), "rng must be a non-negative int (a seed)"),
+    (lambda: convlab.Dense(10, 3, rng=1.5), "got 1.5"),
+    (lambda: convlab.Dense(10, 3, rng=True), "got True"),
+    (lambda: convlab.reference_net(seed="a"), "seed must be a non-negative int or a numpy.random.Generator, got 'a'"),
+    (lambda: convlab.reference_net(seed=None), "seed must be a non-negative int or a numpy.random.Generator, got None"),
+    (lambda: convlab.get_model("lenet5").build(seed=-3), "seed must be a non-negative int or a numpy.random.Generator"),
+])
+def test_seeds_and_generators(make, message):
+    with pytest.raises(ValueError) as e:
+        make()
+    assert message in str(e.value)
+
+
+def test_seeds_of_any_int_type_and_generators_are_taken():
+    np.testing.assert_array_equal(convlab.Dense(4, 2, rng=np.int64(3)).params["w"], convlab.Dense(4, 2, rng=3).params["w"])
+    np.testing.assert_array_equal(convlab.Dense(4, 2, rng=np.random.default_rng(3)).params["w"],
+                                  convlab.Dense(4, 2, rng=3).params["w"])
+    assert convlab.reference_net(seed=np.uint64(2**64 - 1)).state_dict()["0.w"].shape == (32, 1, 7, 7)
+    assert convlab.Conv2D(1, 2, 3).params["w"].shape == (2, 1, 3, 3)  # rng=None: seeded by the OS
+
+
 def test_load_state_dict_refuses_what_is_not_a_float_array_of_the_shape():
     model = convlab.reference_net(seed=0)
     good = {name: p.copy() for name, p in model.state_dict().items()}
