@@ -231,14 +231,32 @@ class Dense(Layer):
         self.params["b"] = np.zeros(out_features, dtype=dtype)
 
     def forward(self, x):
-        self._x = None if _forward_only.get() else x
         w = self.params["w"]
+        # Checked, not left to the blocks: x[:, lo:hi] past x's last column is just shorter,
+        # so extra features would be dropped silently (and a float64 or int x would make a
+        # float64 output in a float32 network). Only attributes: no pass over x.
+        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != w.shape[0] or x.dtype != w.dtype:
+            self._refuse(x)
+        self._x = None if _forward_only.get() else x
         blocks = chunk_bounds(w.shape[0], self.K_BLOCK)
         parts = np.empty((len(blocks), x.shape[0], w.shape[1]), dtype=np.result_type(x, w))
         with phase("GEMM"):
             share_chunks(lambda index, lo, hi: np.matmul(x[:, lo:hi], w[lo:hi], out=parts[index]), blocks)
             out = parts.sum(axis=0) if len(blocks) > 1 else parts[0]
         return out + self.params["b"]
+
+    def _refuse(self, x):
+        """The ValueError saying how ``x`` differs from the (N, in_features) array of the
+        layer's dtype its forward takes."""
+        k, dtype = self.params["w"].shape[0], self.params["w"].dtype
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"{self!r}: x must be a numpy array (N, {k}), got {type(x).__name__}")
+        if x.ndim != 2:
+            raise ValueError(f"{self!r}: x must have 2 dimensions (N, in_features) = (N, {k}), got shape {x.shape}")
+        if x.shape[1] != k:
+            raise ValueError(f"{self!r}: x must have {k} features (N, {k}), got shape {x.shape}")
+        raise ValueError(f"{self!r}: x is {x.dtype} but the layer is {dtype}; pass x as {dtype} "
+                         f"(e.g. x.astype(np.{dtype}))")
 
     def backward(self, dy, need_dx=True):
         x = _kept(getattr(self, "_x", None), self)

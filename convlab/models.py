@@ -61,11 +61,34 @@ class Sequential:
 
     def forward(self, x):
         clock = time.perf_counter
+        first = x
         for i, layer in enumerate(self.layers):
             started = clock()
-            x = layer.forward(x)
+            try:
+                x = layer.forward(x)
+            except ValueError as e:
+                # A later layer that cannot take its input is most often an image of the wrong
+                # size: say which layer, and what size of image the network reads. (Subclasses,
+                # such as a backend's Unsupported, are left as they are for their callers.)
+                if i == 0 or type(e) is not ValueError:
+                    raise
+                raise ValueError(self._forward_error(i, first, e)) from None
             self._forward_seconds[i] = clock() - started
         return x
+
+    def _forward_error(self, i, x, error) -> str:
+        """What forward says when layer ``i`` refuses its input, the network's being ``x``."""
+        named = str(error).startswith(repr(self.layers[i]))  # Dense's own message names it
+        message = f"layer {i} of the network{'' if named else f', {self.layers[i]!r},'} cannot take its input: {error}"
+        shape = getattr(x, "shape", None)
+        try:
+            self.input_shapes(1, INPUT_SHAPE)
+        except ValueError:
+            return message  # not a network of 1x28x28 images: nothing more to say
+        if shape is not None and tuple(shape[1:]) != INPUT_SHAPE:
+            message += (f"; this network reads {'x'.join(map(str, INPUT_SHAPE))} images (N, {', '.join(map(str, INPUT_SHAPE))}), "
+                        f"got {tuple(shape)}")
+        return message
 
     __call__ = forward
 

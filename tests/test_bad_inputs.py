@@ -284,6 +284,38 @@ def test_conv2d_layer_in_use():
 # --- layers, loss, optimizer and state dicts, misused --------------------------------------
 
 
+@pytest.mark.parametrize("x, message", [
+    (np.ones((2, 11), np.float32), "Dense(10, 3): x must have 10 features (N, 10), got shape (2, 11)"),
+    (np.ones((2, 9), np.float32), "Dense(10, 3): x must have 10 features (N, 10), got shape (2, 9)"),
+    (np.ones((2, 2, 5), np.float32), "x must have 2 dimensions (N, in_features) = (N, 10), got shape (2, 2, 5)"),
+    (np.ones((2, 10)), "x is float64 but the layer is float32; pass x as float32 (e.g. x.astype(np.float32))"),
+    (np.ones((2, 10), np.int64), "x is int64 but the layer is float32"),
+    ([[1.0] * 10], "Dense(10, 3): x must be a numpy array (N, 10), got list"),
+])
+def test_dense_forward_takes_only_its_features_in_its_dtype(x, message):
+    layer = convlab.Dense(10, 3, rng=0)
+    with pytest.raises(ValueError) as e:
+        layer.forward(x)
+    assert message in str(e.value)
+    assert layer.forward(np.ones((2, 10), np.float32)).dtype == np.float32
+
+
+def test_a_network_given_images_of_another_size_says_which_it_reads():
+    with pytest.raises(ValueError) as e:
+        convlab.reference_net(seed=0).forward(np.ones((2, 1, 30, 30), np.float32))
+    assert str(e.value) == ("layer 3 of the network cannot take its input: Dense(18432, 10): x must have 18432 "
+                            "features (N, 18432), got shape (2, 21632); this network reads 1x28x28 images "
+                            "(N, 1, 28, 28), got (2, 1, 30, 30)")
+    # A network that reads no 1x28x28 image: the layer is named, no image size suggested.
+    model = convlab.Sequential(convlab.Conv2D(1, 2, 3, rng=0), convlab.Conv2D(3, 4, 3, rng=0))
+    with pytest.raises(ValueError) as e:
+        model.forward(X)
+    assert str(e.value).startswith("layer 1 of the network, Conv2D(3, 4, kernel_size=(3, 3), stride=(1, 1), "
+                                   "padding=(0, 0), backend=None), cannot take its input: x has 2 channels but w "
+                                   "expects 3")
+    assert "images" not in str(e.value)
+
+
 def test_sgd_step_before_any_backward():
     model = convlab.reference_net(seed=1)
     before = {name: p.copy() for name, p in model.state_dict().items()}
