@@ -39,6 +39,17 @@ def _kept(saved, layer):
     return saved
 
 
+def _checked_dy(dy, y_shape, layer):
+    """``dy`` if it is an array of the forward output's shape ``y_shape`` (N, ...): numpy
+    would otherwise broadcast a (1, F) dy over the whole batch without a word, or fail
+    with a matmul or broadcast error that does not say which array was wrong."""
+    if not isinstance(dy, np.ndarray) or dy.shape != tuple(y_shape):
+        got = f"shape {dy.shape}" if isinstance(dy, np.ndarray) else type(dy).__name__
+        raise ValueError(f"{type(layer).__name__}.backward: dy must be a numpy array of the forward output's "
+                         f"shape {tuple(y_shape)}, got {got}")
+    return dy
+
+
 def as_rng(seed_or_rng, what="rng", none_ok=True) -> np.random.Generator:
     """A generator from a seed (a non-negative int) or a ``numpy.random.Generator`` itself
     (shared, so layers built from one draw in turn); None (if ``none_ok``) seeds from the
@@ -135,6 +146,7 @@ class Conv2D(Layer):
         return y
 
     def backward(self, dy, need_dx=True):
+        need_dx = as_flag(need_dx, "need_dx")  # "no" would be truthy: dx computed, silently
         backend, cache = _kept(self._cache, self)
         dx, self.grads["w"], self.grads["b"] = backend.backward(dy, cache, need_dx)
         return dx
@@ -177,9 +189,11 @@ class ReLU(Layer):
         return out
 
     def backward(self, dy, need_dx=True):
+        as_flag(need_dx, "need_dx")
         if self.fused:
-            return dy
+            return dy  # checked by the convolution that applied it
         out = _kept(self._output, self)
+        _checked_dy(dy, out.shape, self)
         with phase("ReLU"):
             dx = dy if self.inplace and dy.dtype == np.result_type(dy, out) else np.empty_like(out, np.result_type(dy, out))
             relu_gradient(dy, out, dx)
@@ -187,14 +201,22 @@ class ReLU(Layer):
 
 
 class Flatten(Layer):
-    """(N, ...) -> (N, prod(...))."""
+    """(N, ...) -> (N, prod(...)); the backward reshapes dy (N, prod(...)) back to x's shape."""
+
+    def __init__(self):
+        super().__init__()
+        self._shape = None
 
     def forward(self, x):
-        self._shape = x.shape
+        self._shape = None if _forward_only.get() else x.shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy, need_dx=True):
-        return dy.reshape(self._shape)
+        as_flag(need_dx, "need_dx")
+        shape = _kept(self._shape, self)
+        # A reshape alone would accept any dy of the same size, e.g. (N * 2, prod / 2).
+        _checked_dy(dy, (shape[0], int(np.prod(shape[1:]))), self)
+        return dy.reshape(shape)
 
 
 class Dense(Layer):
@@ -259,8 +281,13 @@ class Dense(Layer):
                          f"(e.g. x.astype(np.{dtype}))")
 
     def backward(self, dy, need_dx=True):
+        need_dx = as_flag(need_dx, "need_dx")
         x = _kept(getattr(self, "_x", None), self)
         w = self.params["w"]
+        _checked_dy(dy, (len(x), w.shape[1]), self)
+        if dy.dtype != w.dtype:  # as Conv2D's: float64 would change every gradient's precision
+            raise ValueError(f"{type(self).__name__}.backward: dy is {dy.dtype} but the forward computed {w.dtype}; "
+                             f"pass dy as {w.dtype} (e.g. dy.astype(np.{w.dtype}))")
         blocks = chunk_bounds(w.shape[0], self.FEATURE_BLOCK)
         dw = np.empty(w.shape, dtype=np.result_type(x, dy))
         with phase("GEMM dw"):
@@ -305,6 +332,8 @@ class _Pool2D(Layer):
     def output_shape(self, x_shape):
         """(N, C, OH, OW) for an input of ``x_shape`` (N, C, H, W); refuses a window larger
         than the padded input."""
+        if len(x_shape) != 4:
+            raise ValueError(f"{type(self).__name__}: x must have 4 dimensions (N, C, H, W), got shape {tuple(x_shape)}")
         n, c, h, w = x_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         if h + 2 * ph < kh or w + 2 * pw < kw:
@@ -357,6 +386,8 @@ class MaxPool2D(_Pool2D):
     """
 
     def forward(self, x):
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"{type(self).__name__}: x must be a numpy array (N, C, H, W), got {type(x).__name__}")
         n, c, oh, ow = self.output_shape(x.shape)
         xp = self.pad(x, -np.inf)
         y = np.empty((n, c, oh, ow), dtype=xp.dtype)
@@ -372,7 +403,9 @@ class MaxPool2D(_Pool2D):
         return y
 
     def backward(self, dy, need_dx=True):
+        need_dx = as_flag(need_dx, "need_dx")
         xp, y = _kept(self._cache, self)
+        _checked_dy(dy, y.shape, self)
         if not need_dx:
             return None
         oh, ow = y.shape[2:]
@@ -406,6 +439,8 @@ class AvgPool2D(_Pool2D):
     ``torch.nn.AvgPool2d``'s default ``count_include_pad=True``)."""
 
     def forward(self, x):
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"{type(self).__name__}: x must be a numpy array (N, C, H, W), got {type(x).__name__}")
         n, c, oh, ow = self.output_shape(x.shape)
         xp = self.pad(x, 0)
         y = np.empty((n, c, oh, ow), dtype=xp.dtype)
@@ -419,11 +454,13 @@ class AvgPool2D(_Pool2D):
             out *= scale
 
         self.in_blocks(block, xp)
-        self._cache = None if _forward_only.get() else xp.shape
+        self._cache = None if _forward_only.get() else (xp.shape, y.shape)
         return y
 
     def backward(self, dy, need_dx=True):
-        xp_shape = _kept(self._cache, self)
+        need_dx = as_flag(need_dx, "need_dx")
+        xp_shape, y_shape = _kept(self._cache, self)
+        _checked_dy(dy, y_shape, self)
         if not need_dx:
             return None
         tiled = self.tiles(xp_shape, dy.shape)

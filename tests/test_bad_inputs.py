@@ -316,6 +316,71 @@ def test_a_network_given_images_of_another_size_says_which_it_reads():
     assert "images" not in str(e.value)
 
 
+def ran(layer, shape, dtype=np.float32):
+    """``layer`` after a forward of ones of ``shape``."""
+    layer.forward(np.ones(shape, dtype))
+    return layer
+
+
+BACKWARD_MISUSE = [
+    (lambda: ran(convlab.Dense(10, 3, rng=0), (2, 10)), np.ones((2, 4), np.float32),
+     "Dense.backward: dy must be a numpy array of the forward output's shape (2, 3), got shape (2, 4)"),
+    (lambda: ran(convlab.Dense(10, 3, rng=0), (2, 10)), np.ones((1, 3), np.float32), "shape (2, 3), got shape (1, 3)"),
+    (lambda: ran(convlab.Dense(10, 3, rng=0), (2, 10)), [[1.0] * 3] * 2, "shape (2, 3), got list"),
+    (lambda: ran(convlab.Dense(10, 3, rng=0), (2, 10)), np.ones((2, 3)),
+     "Dense.backward: dy is float64 but the forward computed float32; pass dy as float32"),
+    (lambda: ran(convlab.ReLU(), (2, 3)), np.ones((1, 3), np.float32),
+     "ReLU.backward: dy must be a numpy array of the forward output's shape (2, 3), got shape (1, 3)"),
+    (lambda: ran(convlab.ReLU(), (2, 3)), np.ones((2, 4), np.float32), "shape (2, 3), got shape (2, 4)"),
+    (lambda: ran(convlab.Flatten(), (2, 2, 3)), np.ones((3, 4), np.float32),
+     "Flatten.backward: dy must be a numpy array of the forward output's shape (2, 6), got shape (3, 4)"),
+    (lambda: ran(convlab.MaxPool2D(2), (2, 3, 4, 4)), np.ones((2, 3, 3, 3), np.float32),
+     "MaxPool2D.backward: dy must be a numpy array of the forward output's shape (2, 3, 2, 2), got shape (2, 3, 3, 3)"),
+    (lambda: ran(convlab.AvgPool2D(2), (2, 3, 4, 4)), np.ones((1, 3, 2, 2), np.float32),
+     "AvgPool2D.backward: dy must be a numpy array of the forward output's shape (2, 3, 2, 2), got shape (1, 3, 2, 2)"),
+]
+
+
+@pytest.mark.parametrize("make, dy, message", BACKWARD_MISUSE, ids=[m for _, _, m in BACKWARD_MISUSE])
+def test_backward_takes_only_a_dy_shaped_like_the_output(make, dy, message):
+    with pytest.raises(ValueError) as e:
+        make().backward(dy)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("layer", [convlab.Dense(10, 3, rng=0), convlab.ReLU(), convlab.Flatten(), convlab.MaxPool2D(2),
+                                   convlab.AvgPool2D(2), convlab.Conv2D(1, 2, 3, rng=0)], ids=repr)
+def test_backward_before_forward(layer):
+    with pytest.raises(ValueError, match=f"{type(layer).__name__}.backward needs the forward first"):
+        layer.backward(np.ones((2, 4)))
+
+
+@pytest.mark.parametrize("pool", [convlab.MaxPool2D(2), convlab.AvgPool2D(2)], ids=repr)
+def test_pooling_takes_images(pool):
+    with pytest.raises(ValueError, match=r"x must have 4 dimensions \(N, C, H, W\), got shape \(1, 4, 4\)"):
+        pool.forward(np.ones((1, 4, 4)))
+    with pytest.raises(ValueError, match=r"x must be a numpy array \(N, C, H, W\), got list"):
+        pool.forward(np.ones((1, 1, 4, 4)).tolist())
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: convlab.Conv2D(1, 2, 3, rng=0), (2, 1, 8, 8)),
+    (lambda: convlab.Dense(10, 3, rng=0), (2, 10)),
+    (lambda: convlab.ReLU(), (2, 3)),
+    (lambda: convlab.Flatten(), (2, 2, 3)),
+    (lambda: convlab.MaxPool2D(2), (2, 3, 4, 4)),
+    (lambda: convlab.AvgPool2D(2), (2, 3, 4, 4)),
+])
+@pytest.mark.parametrize("need_dx", ["no", 1, None])
+def test_need_dx_must_be_a_flag(make, shape, need_dx):
+    layer = make()
+    dy = layer.forward(np.ones(shape, np.float32))
+    with pytest.raises(ValueError) as e:
+        layer.backward(np.ones_like(dy), need_dx=need_dx)
+    assert f"need_dx must be True or False, got {need_dx!r}" in str(e.value)
+    layer.backward(np.ones_like(dy), need_dx=np.bool_(False))
+
+
 def test_sgd_step_before_any_backward():
     model = convlab.reference_net(seed=1)
     before = {name: p.copy() for name, p in model.state_dict().items()}
