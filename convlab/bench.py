@@ -345,7 +345,8 @@ def profile_command(backends=None, steps=100, batch_size=64):
     layer = MNIST_LAYER  # the reference network's convolution
     layer_shapes = ((batch_size, layer.c, layer.size, layer.size), (layer.f, layer.c, layer.k, layer.k))
     if backends is None:
-        names = [b for b in strategies() if b != ORACLE and get_backend(b).supports(*layer_shapes, 1, layer.padding) is None]
+        names = [b for b in strategies()
+                 if b != ORACLE and get_backend(b).supports(*layer_shapes, 1, layer.padding) is None]
     else:
         names = parse_names(backends, "backends", list_backends())
         for name in names:  # before anything runs, not after the tables of the backends before it
@@ -372,8 +373,8 @@ def profile_command(backends=None, steps=100, batch_size=64):
     for name in names:
         model = reference_net(seed=0, backend=name)
         optimizer = SGD(model, lr=0.02, momentum=0.9)
-        train_epoch(model, optimizer, x[:PROFILE_WARMUP_STEPS * batch_size], y[:PROFILE_WARMUP_STEPS * batch_size], batch_size,
-                    seed=0, epoch=0, progress=False)
+        warmup = PROFILE_WARMUP_STEPS * batch_size
+        train_epoch(model, optimizer, x[:warmup], y[:warmup], batch_size, seed=0, epoch=0, progress=False)
         with recording(model) as profile:
             train_epoch(model, optimizer, x[:recorded], y[:recorded], batch_size, seed=0, epoch=1, progress=False)
         profiles[name] = profile

@@ -333,7 +333,8 @@ class _Pool2D(Layer):
         """(N, C, OH, OW) for an input of ``x_shape`` (N, C, H, W); refuses a window larger
         than the padded input."""
         if len(x_shape) != 4:
-            raise ValueError(f"{type(self).__name__}: x must have 4 dimensions (N, C, H, W), got shape {tuple(x_shape)}")
+            raise ValueError(f"{type(self).__name__}: x must have 4 dimensions (N, C, H, W), "
+                             f"got shape {tuple(x_shape)}")
         n, c, h, w = x_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         if h + 2 * ph < kh or w + 2 * pw < kw:

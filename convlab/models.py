@@ -86,8 +86,8 @@ class Sequential:
         except ValueError:
             return message  # not a network of 1x28x28 images: nothing more to say
         if shape is not None and tuple(shape[1:]) != INPUT_SHAPE:
-            message += (f"; this network reads {'x'.join(map(str, INPUT_SHAPE))} images (N, {', '.join(map(str, INPUT_SHAPE))}), "
-                        f"got {tuple(shape)}")
+            message += (f"; this network reads {'x'.join(map(str, INPUT_SHAPE))} images "
+                        f"(N, {', '.join(map(str, INPUT_SHAPE))}), got {tuple(shape)}")
         return message
 
     __call__ = forward
@@ -286,7 +286,8 @@ def spec_network(layers: list[LayerSpec], spec: str, seed=0, dtype=np.float32) -
         try:
             if layer.kind == "conv":
                 filters, kernel, stride, padding = numbers
-                new = Conv2D(shape[1], filters, kernel, 1 if stride is None else stride, padding or 0, rng=rng, dtype=dtype)
+                stride = 1 if stride is None else stride  # 0 is refused by Conv2D, not read as 1
+                new = Conv2D(shape[1], filters, kernel, stride, padding or 0, rng=rng, dtype=dtype)
             elif layer.kind in ("maxpool", "avgpool"):
                 kernel, stride, padding = numbers
                 new = (MaxPool2D if layer.kind == "maxpool" else AvgPool2D)(kernel, stride, padding or 0)
