@@ -23,7 +23,7 @@ transforms are shared among threads. The forward's spectra X and W are kept for 
 The FFT size is not simply the next fast length: see :func:`fft_shape_for`.
 
 Outputs over an input window of zeros come out as exactly the bias, as a direct method gives
-them, not as FFT rounding noise around it: see :func:`convlab.fftw.snap_to_bias`.
+them, not as FFT rounding noise around it: see :func:`convlab.exact.snap_to_bias`.
 
 Plans, threads, planner effort and the wisdom file come from :mod:`convlab.fftw`, shared
 with ``fft-tiled``; its :func:`~convlab.fftw.configure` sets them.
@@ -37,8 +37,9 @@ import itertools
 import numpy as np
 
 from convlab import fftw
+from convlab.exact import snap_to_bias, zero_windows
 from convlab.fftw import (binwise_matmul, broadcasts, cost_per_point, flipped, has_tiny_side, pyfftw, rfft2,
-                          rows_per_tile, run_tiles, snap_to_bias, zero_windows)
+                          rows_per_tile, run_tiles)
 from convlab.profile import phase
 from convlab.registry import register_backend
 from convlab.relu import relu_block

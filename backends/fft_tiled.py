@@ -39,7 +39,7 @@ threads, planner and wisdom are ``fft``'s (:mod:`convlab.fftw`).
 
 Stride 1 only: a strided output would still need every stride-1 tile, so strided problems
 are refused (``convlab.Unsupported``) rather than computed slowly; ``fft`` takes them.
-Outputs over an input window of zeros are exactly the bias (:func:`convlab.fftw.snap_to_bias`).
+Outputs over an input window of zeros are exactly the bias (:func:`convlab.exact.snap_to_bias`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from convlab import fftw
 from convlab.checks import int_choice
-from convlab.fftw import cost_per_point, rows_per_tile, run_tiles, snap_to_bias, zero_windows
+from convlab.exact import snap_to_bias, zero_windows
+from convlab.fftw import cost_per_point, rows_per_tile, run_tiles
 from convlab.threads import chunk_bounds
 from convlab.profile import phase
 from convlab.registry import register_backend

@@ -76,6 +76,7 @@ from fractions import Fraction
 import numpy as np
 
 from convlab.checks import int_choice
+from convlab.exact import snap_to_bias, zero_windows
 from convlab.registry import register_backend
 from convlab.profile import phase, shared_among_threads
 from convlab.relu import relu_gradient_block
@@ -602,6 +603,8 @@ class Winograd:
         with single_threaded_blas():
             y = correlate(x, filter_transform(with_bias(w, b), m), w.shape[2:], ((ph, ph), (pw, pw)), m,
                           ones=True, relu=relu)
+        with phase("exact bias"):  # where a direct method is exact (convlab.exact), after the fused ReLU
+            snap_to_bias(y, np.maximum(b, 0) if relu else b, zero_windows(x, w.shape[2:], padding))
         return y, (x, w, padding, m, y if relu else None)
 
     def backward(self, dy, cache, need_dx=True):

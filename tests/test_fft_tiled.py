@@ -7,7 +7,7 @@ import pytest
 
 import convlab
 from backends import fft_tiled
-from convlab import fftw
+from convlab import exact, fftw
 
 TILED = convlab.get_backend("fft-tiled")
 ORACLE = convlab.get_backend("naive")
@@ -182,26 +182,28 @@ def test_strides_and_kernels_beyond_the_tile_are_refused_up_front():
     assert TILED.supports((1, 1, 200, 200), (1, 1, 129, 129), (1, 1), (0, 0)).startswith("a 129x129 kernel")
 
 
-@pytest.mark.parametrize("name", ["fft", "fft-tiled"])
+@pytest.mark.parametrize("name, k", [("fft", 7), ("fft-tiled", 7), ("winograd", 5)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_outputs_over_a_zero_background_are_exactly_the_bias(name, dtype, monkeypatch):
+def test_outputs_over_a_zero_background_are_exactly_the_bias(name, k, dtype, monkeypatch):
     """As a direct method gives them (issue 14, item 10): no rounding noise for ReLU to
-    keep or drop by its sign; every other output is exactly what the FFT computed."""
+    keep or drop by its sign; every other output is exactly what the transforms computed.
+    (tests/test_backends.py checks the outputs of every backend; this, that the snap is
+    what makes them exact and changes nothing else.)"""
     rng = np.random.default_rng(0)
     x = np.zeros((2, 3, 40, 40), dtype)
     x[:, :, 10:22, 8:30] = rng.random((2, 3, 12, 22))      # a "digit" on a black background
-    w = rng.standard_normal((4, 3, 7, 7)).astype(dtype) * 0.1
+    w = rng.standard_normal((4, 3, k, k)).astype(dtype) * 0.1
     b = np.array([0.0, 0.5, -0.25, 0.0], dtype)
-    ours = convlab.conv2d(x, w, b, padding=3, backend=name)
-    module = "backends.fft" if name == "fft" else "backends.fft_tiled"
+    ours = convlab.conv2d(x, w, b, padding=k // 2, backend=name)
+    module = "backends." + name.replace("-", "_")
     monkeypatch.setattr(f"{module}.snap_to_bias", lambda y, b, exact: y)
-    raw = convlab.conv2d(x, w, b, padding=3, backend=name)
-    exact = convlab.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), padding=3,
-                           backend="naive")
-    background = np.broadcast_to(exact == b[:, None, None], ours.shape)
+    raw = convlab.conv2d(x, w, b, padding=k // 2, backend=name)
+    direct = convlab.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), padding=k // 2,
+                            backend="naive")
+    background = np.broadcast_to(direct == b[:, None, None], ours.shape)
     assert 0.3 < background.mean() < 0.9
     assert np.array_equal(ours[background], np.broadcast_to(b[:, None, None], ours.shape)[background])
-    assert np.any(raw[background] != ours[background]), "the FFT was exact anyway: nothing tested"
+    assert np.any(raw[background] != ours[background]), "the transforms were exact anyway: nothing tested"
     assert np.array_equal(ours[~background], raw[~background])
 
 
@@ -211,7 +213,7 @@ def test_zero_windows_are_where_the_input_window_holds_only_zeros(stride, paddin
     x = np.where(rng.random((3, 2, 23, 19)) < 0.02, 1.0, 0.0)  # sparse: many all-zero windows
     ones = np.ones((1, 2) + kernel)
     counts = convlab.conv2d(np.abs(x), ones, stride=stride, padding=padding, backend="naive")[:, 0]
-    found = fftw.zero_windows(x, kernel, padding, stride)
+    found = exact.zero_windows(x, kernel, padding, stride)
     assert found.shape == counts.shape and found.any() and not found.all()
     assert np.array_equal(found, counts == 0)
 
@@ -223,7 +225,7 @@ def test_zero_windows_of_an_input_without_zeros_are_only_in_the_padding(padding,
     also where a window lies wholly in the padding (padding >= kernel)."""
     x = np.random.default_rng(4).random((2, 3, 11, 9)) + 0.5
     counts = convlab.conv2d(x, np.ones((1, 3) + kernel), stride=stride, padding=padding, backend="naive")[:, 0]
-    found = fftw.zero_windows(x, kernel, padding, stride)
+    found = exact.zero_windows(x, kernel, padding, stride)
     assert found.shape == counts.shape
     assert np.array_equal(found, counts == 0)
     assert found.any() == (padding[0] >= kernel[0] or padding[1] >= kernel[1])
