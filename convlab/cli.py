@@ -194,7 +194,7 @@ class Commands:
         model, saved = load_model(required("checkpoint", checkpoint), backend)
         class_name = "digit" if saved.settings["dataset"] == "mnist" else "class"
         image = check_has_content(load_image(required("FILE", file), invert), file, class_name)
-        print(prediction_report(model, image, class_name))
+        print(prediction_report(model, image, class_name, inverted=invert))
 
     @typed(text=("backends", "passes", "json", "plot", "sweep"),
            flags=("mnist_layer", "profile", "accuracy", "many_channels", "memory"))

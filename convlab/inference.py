@@ -154,14 +154,16 @@ def check_has_content(image, path, class_name="digit"):
     return image
 
 
-def prediction_report(model, image, class_name="digit") -> str:
-    """The predicted class of ``image`` (1, 28, 28) and all class probabilities, with bars."""
+def prediction_report(model, image, class_name="digit", inverted=False) -> str:
+    """The predicted class of ``image`` (1, 28, 28) and all class probabilities, with bars;
+    ``inverted``: the image was inverted (``--invert``) before it got here."""
     probabilities = softmax(predict_logits(model, image[None]))[0]
     best = int(probabilities.argmax())
     lines = [f"{class_name}: {best} (probability {probabilities[best]:.4f})"]
     border = np.concatenate([image[0, [0, -1], :].ravel(), image[0, :, [0, -1]].ravel()])
     if border.mean() > 0.5:
         lines.append("note: the image's border is bright; MNIST digits are white on black "
-                     "(pass --invert for a dark digit on a light background)")
+                     + ("(--invert was given: was the digit already light on dark?)" if inverted else
+                        "(pass --invert for a dark digit on a light background)"))
     lines += [f"{k:>3}  {p:.4f}  {'#' * round(40 * float(p))}".rstrip() for k, p in enumerate(probabilities)]
     return "\n".join(lines)

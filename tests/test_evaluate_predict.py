@@ -98,6 +98,11 @@ def test_predict_notes_a_dark_digit_on_a_light_background(capsys, tmp_path, digi
     Image.fromarray(255 - digit).save(tmp_path / "inverted.png")
     code, out, _ = run_cli(capsys, "predict", "--checkpoint", str(tmp_path / "ck.h5"), str(tmp_path / "inverted.png"))
     assert code == 0 and "note: the image's border is bright; MNIST digits are white on black (pass --invert" in out
+    # The same note for a light digit on dark given --invert must not tell the user to pass it.
+    Image.fromarray(digit).save(tmp_path / "light-on-dark.png")
+    code, out, _ = run_cli(capsys, "predict", "--checkpoint", str(tmp_path / "ck.h5"), "--invert", "yes",
+                           str(tmp_path / "light-on-dark.png"))
+    assert code == 0 and "(--invert was given: was the digit already light on dark?)" in out
 
 
 def write_npy(array):
