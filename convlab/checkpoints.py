@@ -12,7 +12,8 @@ One file per run, rewritten atomically after every epoch (see :func:`save_checkp
     /optimizer/velocity/<name>   the SGD momentum buffers, same names and shapes
     /metrics               one row per finished epoch (a compound dataset, fields of EpochMetrics)
     /backends              the backend that computed each finished epoch (strings, one per row
-                           of /metrics; a run resumed with another backend has several). Older
+                           of /metrics: one name, or one per conv layer "fft,winograd", auto's
+                           picks resolved; a run resumed with another backend has several). Older
                            checkpoints lack it: only their last epoch's backend is known.
     /layer_times           (optional) JSON text: each layer's mean forward and backward ms per
                            batch in the last epoch, [{"layer", "backend", "forward_ms", "backward_ms"}]
@@ -70,6 +71,15 @@ class Checkpoint:
         if self.backends is None:  # not recorded: only the backend of the last save is known
             self.backends = [None] * (len(self.history) - 1) + [self.settings["backend"]]
 
+    def trained_with(self) -> str:
+        """The backends that computed the run: "im2col" (or one per conv layer,
+        "fft,winograd"), or with the epochs of each when a resumed run changed them."""
+        ranges = epoch_ranges(self.backends)
+        if len(ranges) == 1:
+            return self.settings.get("backends") or self.settings["backend"]
+        return ", ".join(f"{name or 'not recorded'} (epoch{'s' * (first != last)} "
+                         f"{first if first == last else f'{first}-{last}'})" for name, first, last in ranges)
+
     @property
     def epoch(self) -> int:
         """The number of finished epochs."""
@@ -85,6 +95,17 @@ class Checkpoint:
         if optimizer is not None:
             for name, buffer in optimizer.velocity.items():
                 buffer[...] = self.velocity[name]
+
+
+def epoch_ranges(backends: list) -> list[tuple[str | None, int, int]]:
+    """Runs of equal names in ``backends`` (one per epoch, from epoch 1): (name, first, last)."""
+    runs = []
+    for epoch, name in enumerate(backends, 1):
+        if runs and runs[-1][0] == name:
+            runs[-1] = (name, runs[-1][1], epoch)
+        else:
+            runs.append((name, epoch, epoch))
+    return runs
 
 
 def save_checkpoint(path, model, optimizer, history, settings, backends=None, layer_times=None):

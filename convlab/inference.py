@@ -73,7 +73,7 @@ def evaluation_report(model, checkpoint, x, y) -> str:
     lines = [
         f"checkpoint {checkpoint.path}: {checkpoint.epoch} epoch{'s' * (checkpoint.epoch != 1)} on "
         f"{s['train_size']} {s['dataset']} images, "
-        f"trained with {s.get('backends') or s['backend']}; evaluated with {layer_backend_names(model)}",
+        f"trained with {checkpoint.trained_with()}; evaluated with {layer_backend_names(model)}",
         f"test accuracy: {correct / len(y):.4f} ({correct}/{len(y)})",
         "confusion matrix (rows: true class, columns: predicted class, recall: fraction of the row right):",
         "true" + "".join(f"{p:>{width}}" for p in range(len(matrix))) + "  recall",

@@ -31,6 +31,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from convlab.checkpoints import epoch_ranges
 from convlab.files import atomic_path, check_outputs, check_suffix, check_writable
 from convlab.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU
 from convlab.models import DEFAULT_MODEL, INPUT_SHAPE
@@ -219,56 +220,43 @@ def summary_paragraph(run: Run, model) -> str:
                    "(NumPy; no PyTorch, no SciPy convolution). " + backends_sentence(run))
 
 
-def layers_backends_sentence(run: Run) -> str:
-    """Which backend computed each conv layer of a network with several, and what each is."""
-    names = run.layer_backends
-    tuners = [name for name in dict.fromkeys(run.backend.split(",")) if name not in names]
-    picked = f" (picked per layer by \u201c{', '.join(tuners)}\u201d)" if tuners else ""
-    if len(set(names)) == 1:
-        description, _ = backend_explanation(names[0])
-        what = "convolution" if len(names) == 1 else f"{len(names)} convolutions"
-        verb = "was" if len(names) == 1 else "were"
-        return (f"The {what}, forward and backward, {verb} computed by the \u201c{names[0]}\u201d backend{picked}. "
-                f"{description.rstrip('.')}.")
-    layers = ", ".join(f"conv layer {i} by \u201c{name}\u201d" for i, name in enumerate(names, start=1))
-    explained = " ".join(f"{name}: {backend_explanation(name)[0].rstrip('.')}." for name in dict.fromkeys(names))
-    return f"The convolutions, forward and backward, were computed per layer{picked}: {layers}. {explained}"
-
-
-def epoch_ranges(backends: list) -> list[tuple[str | None, int, int]]:
-    """Runs of equal names in ``backends`` (one per epoch, from epoch 1): (name, first, last)."""
-    runs = []
-    for epoch, name in enumerate(backends, 1):
-        if runs and runs[-1][0] == name:
-            runs[-1] = (name, runs[-1][1], epoch)
-        else:
-            runs.append((name, epoch, epoch))
-    return runs
+def ran_on(names: str) -> str:
+    """One epoch's record of its backends ("im2col", or one per conv layer, "fft,winograd")
+    in words, after "computed": "by the “im2col” backend", "per layer (conv layer 1 by …)"."""
+    layers = names.split(",")
+    if len(set(layers)) == 1:
+        return f"by the \u201c{layers[0]}\u201d backend"
+    return "per layer (" + ", ".join(f"conv layer {i} by \u201c{name}\u201d" for i, name in enumerate(layers, 1)) + ")"
 
 
 def backends_sentence(run: Run) -> str:
-    """Which backend computed the convolution (forward and backward) in which epochs, and
-    what each one is; epochs whose backend the source did not record are said to be so.
-    A network with several conv layers says which backend computed each layer instead."""
-    if len(run.layer_backends) > 1:
-        return layers_backends_sentence(run)
+    """Which backend computed the convolutions (forward and backward), per layer where they
+    differ, in which epochs, and what each one is; epochs whose backend the source did not
+    record are said to be so. A backend picked by ``auto`` is named, and said to be picked."""
     def epochs(first, last):
         return f"epoch {first}" if first == last else f"epochs {first}\u2013{last}"
 
+    layers = run.layer_backends
     ranges = epoch_ranges(run.backends)
+    what = "convolution" if len(layers) == 1 else "convolutions"
+    verb = "was" if len(layers) == 1 else "were"
     if len(ranges) == 1:
-        text = f"The convolution, forward and backward, was computed by the \u201c{run.backend}\u201d backend"
+        tuners = [name for name in dict.fromkeys(run.backend.split(",")) if name not in layers]
+        picked = (f" ({'picked' if len(layers) == 1 else 'picked per layer'} by \u201c{', '.join(tuners)}\u201d)"
+                  if tuners else "")
+        text = f"The {what}, forward and backward, {verb} computed {ran_on(','.join(layers))}{picked}"
     elif len(ranges) == 2 and ranges[0][0] is None:
-        text = (f"The convolution, forward and backward, was computed by the \u201c{run.backend}\u201d backend "
-                f"in the last epoch; this file, from an older convlab, does not record which backend computed "
+        text = (f"The {what}, forward and backward, {verb} computed {ran_on(ranges[1][0])} in the last epoch; "
+                f"this file, from an older convlab, does not record which backend computed "
                 f"{epochs(ranges[0][1], ranges[0][2])} (a resumed run may change it)")
     else:
-        parts = [f"{epochs(first, last)} by the \u201c{name}\u201d backend" if name is not None else
+        parts = [f"{epochs(first, last)} {ran_on(name)}" if name is not None else
                  f"{epochs(first, last)} by a backend the file does not record (it was written by an older convlab)"
                  for name, first, last in ranges]
-        text = ("The run was resumed with another backend: the convolution, forward and backward, was computed in "
+        text = (f"The run was resumed with another backend: the {what}, forward and backward, {verb} computed in "
                 + ", ".join(parts[:-1]) + " and in " + parts[-1])
-    descriptions = [f"{name}: {description.rstrip('.')}" for name in dict.fromkeys(run.backends) if name
+    names = dict.fromkeys(name for entry in [*run.backends, ",".join(layers)] if entry for name in entry.split(","))
+    descriptions = [f"{name}: {description.rstrip('.')}" for name in names
                     for description in [backend_explanation(name)[0]] if description]
     return text + "." + (" " + "; ".join(descriptions) + "." if descriptions else "")
 
@@ -439,8 +427,10 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
         model = get_model(run.settings.get("model", DEFAULT_MODEL)).build()
 
     pages = Pages()
-    # The backends each epoch was computed with, and each conv layer's (auto's picks resolved).
-    used = [name for name in dict.fromkeys(run.backends + run.layer_backends) if name is not None and "," not in name]
+    # The backends each epoch was computed with, each conv layer's (auto's picks resolved), and
+    # the one asked for (auto, which picked them).
+    used = list(dict.fromkeys(name for entry in [*run.backends, ",".join(run.layer_backends), run.backend] if entry
+                              for name in entry.split(",")))
     pages.add("title", f"convlab report: {dataset_title(run)}{network_name(run)}, {', '.join(used)}, "
                        f"{len(run.history)} epochs")
     pages.add("note", f"from {run.source}")

@@ -106,7 +106,9 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         # Saved before the line is printed: a closed stdout (`| head`) ends the run at the
         # print, with every finished epoch on disk.
         history.append(m)
-        backends.append(settings.backend)
+        # What ran, not what was asked (auto's picks resolved): one name, or one per conv layer.
+        ran = settings.backends.split(",")
+        backends.append(ran[0] if len(set(ran)) == 1 else settings.backends)
         times = layer_times(model)
         model.reset_timing()
         if settings.checkpoint is not None:

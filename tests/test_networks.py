@@ -303,7 +303,7 @@ def test_report_describes_the_network_and_each_layer(capsys, tmp_path, data_read
     run = load_run(ck)
     text = summary_paragraph(run, run.model)
     assert "Network (lenet5): input 1×28×28 → conv 6 filters 5×5, stride 1, padding 2 → ReLU → max-pool 2, " in text
-    assert "per layer: conv layer 1 by “im2col”, conv layer 2 by “fft”" in text
+    assert "per layer (conv layer 1 by “im2col”, conv layer 2 by “fft”)" in text
     assert [row["backend"] for row in run.layer_times][:4] == ["im2col", None, None, "fft"]
     written = write_report(ck, tmp_path / "r.pdf")
     assert [p.name for p in written] == ["r.pdf", "r-curves.png", "r-layers.png", "r-filters.png"]

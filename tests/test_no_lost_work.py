@@ -399,6 +399,36 @@ def test_resuming_with_another_backend_is_recorded(tmp_path, capsys, data_read_o
     assert load_run(metrics).backends == ["naive", "im2col"]
 
 
+@needs_mnist
+def test_each_epoch_records_the_backends_that_ran_per_layer_and_auto_s_picks(tmp_path, capsys, data_read_once):
+    """What ran, not what was asked: a resumed LeNet-5 on two backends, and auto's pick."""
+    small = ["--train-size", "128", "--test-size", "64", "--progress", "no"]
+    ck = tmp_path / "lenet.h5"
+    assert run_cli(capsys, "train", "--model", "lenet5", "--backend", "naive", "--epochs", "1", "--checkpoint",
+                   str(ck), *small)[0] == 0
+    assert run_cli(capsys, "train", "--resume", str(ck), "--epochs", "2", "--backend", "fft,im2col")[0] == 0
+    assert load_checkpoint(ck).backends == ["naive", "fft,im2col"]
+    run = load_run(ck)
+    assert ("computed in epoch 1 by the \u201cnaive\u201d backend and in epoch 2 per layer (conv layer 1 by "
+            "\u201cfft\u201d, conv layer 2 by \u201cim2col\u201d)") in summary_paragraph(run, run.model)
+    code, out, _ = run_cli(capsys, "evaluate", "--checkpoint", str(ck), "--test-size", "64")
+    assert code == 0 and "trained with naive (epoch 1), fft,im2col (epoch 2)" in out
+
+    auto = tmp_path / "auto.h5"
+    assert run_cli(capsys, "train", "--backend", "auto", "--epochs", "1", "--checkpoint", str(auto), *small)[0] == 0
+    [picked] = load_checkpoint(auto).backends
+    assert picked in convlab_strategies()
+    run = load_run(auto)
+    assert (f"computed by the \u201c{picked}\u201d backend (picked by \u201cauto\u201d)"
+            in summary_paragraph(run, run.model))
+
+
+def convlab_strategies():
+    from convlab.timing import strategies
+
+    return strategies()
+
+
 def test_an_old_checkpoint_without_the_history_still_loads_and_says_what_it_does_not_know(tmp_path):
     import h5py
 
