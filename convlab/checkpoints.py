@@ -70,6 +70,7 @@ class Checkpoint:
     def __post_init__(self):
         if self.backends is None:  # not recorded: only the backend of the last save is known
             self.backends = [None] * (len(self.history) - 1) + [self.settings["backend"]]
+        self.backends = tuners_resolved(self.backends, self.settings)
 
     def trained_with(self) -> str:
         """The backends that computed the run: "im2col" (or one per conv layer,
@@ -95,6 +96,26 @@ class Checkpoint:
         if optimizer is not None:
             for name, buffer in optimizer.velocity.items():
                 buffer[...] = self.velocity[name]
+
+
+def tuners_resolved(backends: list, settings: dict) -> list:
+    """Per-epoch records as convlab writes them since 0.8.0, the backends that ran: older
+    files recorded the ``--backend`` asked for, such as "auto", whose picks only the file's
+    ``backends`` setting knows (the last session's, one per conv layer). They stand in for
+    the trailing epochs that name a tuner; an earlier session's "auto" is left as it is."""
+    from convlab.registry import list_backends
+    from convlab.timing import is_tuner
+
+    ran, last = settings.get("backends"), backends[-1] if backends else None
+    installed = set(list_backends())
+    if not ran or last is None or not any(name in installed and is_tuner(name) for name in last.split(",")):
+        return backends
+    layers = ran.split(",")
+    ran = layers[0] if len(set(layers)) == 1 else ran
+    resolved, i = list(backends), len(backends) - 1
+    while i >= 0 and resolved[i] == last:
+        resolved[i], i = ran, i - 1
+    return resolved
 
 
 def epoch_ranges(backends: list) -> list[tuple[str | None, int, int]]:

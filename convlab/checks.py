@@ -94,13 +94,25 @@ def check_forward_inputs(x, w, b, stride, padding):
 
 
 def check_backward_inputs(dy, y_shape, y_dtype) -> np.ndarray:
-    """``dy`` checked against the shape and dtype of the forward output (a float64 ``dy``
-    into a float32 layer would silently change the precision of every gradient)."""
-    dy = _check_array(dy, "dy", 4, "(N, F, OH, OW)")
+    """A convolution's ``dy``: a finite float array (:func:`_check_array`) of the forward
+    output's shape and dtype (:func:`check_output_gradient`)."""
+    return check_output_gradient(_check_array(dy, "dy", 4, "(N, F, OH, OW)"), y_shape, y_dtype)
+
+
+def check_output_gradient(dy, y_shape, y_dtype=None, where="") -> np.ndarray:
+    """``dy`` if it is an array of the forward output's shape ``y_shape`` (and dtype
+    ``y_dtype``, if given), from attributes alone (no pass over it): numpy would otherwise
+    broadcast a (1, F) dy over a whole batch without a word, or fail with a matmul error that
+    does not say which array was wrong, and a float64 ``dy`` into a float32 layer would
+    silently change the precision of every gradient. ``where`` starts the message
+    ("ReLU.backward: ")."""
+    if not isinstance(dy, np.ndarray):
+        raise ValueError(f"{where}dy must be a numpy array of the forward output's shape {tuple(y_shape)}, "
+                         f"got {type(dy).__name__}")
     if dy.shape != tuple(y_shape):
-        raise ValueError(f"dy must have the forward output's shape {tuple(y_shape)}, got {dy.shape}")
-    if dy.dtype != y_dtype:
-        raise ValueError(f"dy is {dy.dtype} but the forward computed {y_dtype}; pass dy as {y_dtype} "
+        raise ValueError(f"{where}dy must have the forward output's shape {tuple(y_shape)}, got {dy.shape}")
+    if y_dtype is not None and dy.dtype != y_dtype:
+        raise ValueError(f"{where}dy is {dy.dtype} but the forward computed {y_dtype}; pass dy as {y_dtype} "
                          f"(e.g. dy.astype(np.{y_dtype}))")
     return dy
 

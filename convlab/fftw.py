@@ -7,7 +7,7 @@ one set of settings, one wisdom file.
 - :func:`plan`: an FFTW plan (with its own aligned buffers) per (direction, batch shape,
   FFT shape, dtype, slot for a tile's plan or Python thread for a whole transform's, spectra
   bin-major or not, and the pair of plans sharing buffers), the :data:`MAX_PLANS` most
-  recently used kept: no two threads ever use one plan's buffers at once.
+  recently used of each owner kept: no two threads ever use one plan's buffers at once.
 - :func:`run_tiles`: cache-sized tiles of work shared among threads
   (:func:`convlab.threads.share_chunks`), each running tile with plans no other uses.
 - :func:`binwise_matmul`: the per-frequency-bin complex matrix products that sum over
@@ -77,8 +77,13 @@ COPY_BLOCK_BYTES = 1 << 16
 # bin-major copies, 7 blocks: 7.05 against 7.79 ms (2-core AMD EPYC, BLAS on one thread).
 MATMUL_BLOCK_BYTES = 1 << 21
 # A training run uses 8-12 plans (training, last and evaluation batch sizes); a sweep of
-# `convlab bench` many more, each with its own buffers.
+# `convlab bench` many more, each with its own buffers. Kept per owner (the tiles' slot
+# plans, and each Python thread's whole-transform plans), so that threads convolving at once
+# do not evict each other's plans at every call (4 threads on 3 problems rebuilt 627 plans in
+# 10 rounds with one shared budget); at most MAX_OWNERS owners' worth in all, the least
+# recently used dropped first (a finished thread's plans, say).
 MAX_PLANS = 32
+MAX_OWNERS = 4
 # Per-bin products with a dimension this small are faster broadcast than matmul'd (at 3,
 # on the 28 x 28 shapes, both ways take the same time).
 BROADCAST_MAX_DIM = 3
@@ -228,7 +233,7 @@ class _Plan:
 class _Plans:
     """FFTW plans built once per (direction, batch shape, FFT shape, dtype, slot,
     ``bins_first``, ``pair``, owner), the
-    :data:`MAX_PLANS` most recently used kept (each holds buffers the size of its
+    :data:`MAX_PLANS` most recently used of each owner kept (each holds buffers the size of its
     transforms); the wisdom file is read before the first plan and rewritten after each
     measured plan, so a plan dropped and built again is quick.
 
@@ -265,7 +270,11 @@ class _Plans:
                 other = ("FFTW_BACKWARD" if direction == "FFTW_FORWARD" else "FFTW_FORWARD",) + key[1:]
                 partner = self.cache.get(other) if pair is not None else None
                 plan = self.cache[key] = self._build(current, *key[:-2], None if partner is None else partner.buffers)
-                if len(self.cache) > MAX_PLANS:
+                self.cache.move_to_end(key)
+                owned = [k for k in self.cache if k[-1] == owner]  # least recently used first
+                if len(owned) > MAX_PLANS:
+                    del self.cache[owned[0]]
+                if len(self.cache) > MAX_PLANS * MAX_OWNERS:
                     self.cache.popitem(last=False)
             self.cache.move_to_end(key)
         return plan

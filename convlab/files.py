@@ -12,7 +12,8 @@ from pathlib import Path
 
 def write_target(path) -> Path:
     """The file a write to ``path`` must change: ``path`` with its symlinks resolved (a
-    dangling link's target is created, as ``open(path, "w")`` would). Renaming a new file
+    dangling link's target is created, as ``open(path, "w")`` would, and so are its missing
+    folders, as for any path :func:`atomic_path` writes). Renaming a new file
     onto the link itself would replace the link and leave its target as it was. Any other
     path is kept as given (a symlinked folder on the way is written through anyway)."""
     path = Path(str(path))

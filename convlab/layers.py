@@ -9,7 +9,7 @@ import contextvars
 
 import numpy as np
 
-from convlab.checks import FLOAT_DTYPES, as_flag, as_pair
+from convlab.checks import FLOAT_DTYPES, as_flag, as_pair, check_output_gradient
 from convlab.profile import phase
 from convlab.registry import get_backend
 from convlab.relu import relu, relu_gradient
@@ -39,15 +39,9 @@ def _kept(saved, layer):
     return saved
 
 
-def _checked_dy(dy, y_shape, layer):
-    """``dy`` if it is an array of the forward output's shape ``y_shape`` (N, ...): numpy
-    would otherwise broadcast a (1, F) dy over the whole batch without a word, or fail
-    with a matmul or broadcast error that does not say which array was wrong."""
-    if not isinstance(dy, np.ndarray) or dy.shape != tuple(y_shape):
-        got = f"shape {dy.shape}" if isinstance(dy, np.ndarray) else type(dy).__name__
-        raise ValueError(f"{type(layer).__name__}.backward: dy must be a numpy array of the forward output's "
-                         f"shape {tuple(y_shape)}, got {got}")
-    return dy
+def _checked_dy(dy, y_shape, layer, y_dtype=None):
+    """``dy`` checked against ``layer``'s forward output (:func:`convlab.checks.check_output_gradient`)."""
+    return check_output_gradient(dy, y_shape, y_dtype, f"{type(layer).__name__}.backward: ")
 
 
 def as_rng(seed_or_rng, what="rng", none_ok=True) -> np.random.Generator:
@@ -284,10 +278,7 @@ class Dense(Layer):
         need_dx = as_flag(need_dx, "need_dx")
         x = _kept(getattr(self, "_x", None), self)
         w = self.params["w"]
-        _checked_dy(dy, (len(x), w.shape[1]), self)
-        if dy.dtype != w.dtype:  # as Conv2D's: float64 would change every gradient's precision
-            raise ValueError(f"{type(self).__name__}.backward: dy is {dy.dtype} but the forward computed {w.dtype}; "
-                             f"pass dy as {w.dtype} (e.g. dy.astype(np.{w.dtype}))")
+        _checked_dy(dy, (len(x), w.shape[1]), self, w.dtype)
         blocks = chunk_bounds(w.shape[0], self.FEATURE_BLOCK)
         dw = np.empty(w.shape, dtype=np.result_type(x, dy))
         with phase("GEMM dw"):
@@ -328,6 +319,12 @@ class _Pool2D(Layer):
             raise ValueError(f"padding must be at most half the kernel size, got padding {self.padding} "
                              f"for kernel {self.kernel_size}")
         self._cache = None
+
+    def checked_output_shape(self, x):
+        """:meth:`output_shape` of ``x``, refused unless it is a numpy array."""
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"{type(self).__name__}: x must be a numpy array (N, C, H, W), got {type(x).__name__}")
+        return self.output_shape(x.shape)
 
     def output_shape(self, x_shape):
         """(N, C, OH, OW) for an input of ``x_shape`` (N, C, H, W); refuses a window larger
@@ -387,9 +384,7 @@ class MaxPool2D(_Pool2D):
     """
 
     def forward(self, x):
-        if not isinstance(x, np.ndarray):
-            raise ValueError(f"{type(self).__name__}: x must be a numpy array (N, C, H, W), got {type(x).__name__}")
-        n, c, oh, ow = self.output_shape(x.shape)
+        n, c, oh, ow = self.checked_output_shape(x)
         xp = self.pad(x, -np.inf)
         y = np.empty((n, c, oh, ow), dtype=xp.dtype)
 
@@ -440,9 +435,7 @@ class AvgPool2D(_Pool2D):
     ``torch.nn.AvgPool2d``'s default ``count_include_pad=True``)."""
 
     def forward(self, x):
-        if not isinstance(x, np.ndarray):
-            raise ValueError(f"{type(self).__name__}: x must be a numpy array (N, C, H, W), got {type(x).__name__}")
-        n, c, oh, ow = self.output_shape(x.shape)
+        n, c, oh, ow = self.checked_output_shape(x)
         xp = self.pad(x, 0)
         y = np.empty((n, c, oh, ow), dtype=xp.dtype)
         scale = xp.dtype.type(1 / (self.kernel_size[0] * self.kernel_size[1]))

@@ -67,14 +67,22 @@ class Sequential:
             try:
                 x = layer.forward(x)
             except ValueError as e:
-                # A later layer that cannot take its input is most often an image of the wrong
-                # size: say which layer, and what size of image the network reads. (Subclasses,
-                # such as a backend's Unsupported, are left as they are for their callers.)
-                if i == 0 or type(e) is not ValueError:
+                # A later layer refusing its input because the image has the wrong size: say
+                # which layer, and what size of image the network reads. Any other error (a
+                # backend's Unsupported, a bad setting, an input the network does fit) as it is.
+                if i == 0 or type(e) is not ValueError or self._fits(first):
                     raise
                 raise ValueError(self._forward_error(i, first, e)) from None
             self._forward_seconds[i] = clock() - started
         return x
+
+    def _fits(self, x) -> bool:
+        """Whether images shaped like ``x`` (N, ...) pass through every layer (:meth:`input_shapes`)."""
+        try:
+            self.input_shapes(1, tuple(x.shape[1:]))
+        except (ValueError, AttributeError, TypeError):
+            return False
+        return True
 
     def _forward_error(self, i, x, error) -> str:
         """What forward says when layer ``i`` refuses its input, the network's being ``x``."""
@@ -208,7 +216,7 @@ def describe_layer(layer, x_shape) -> str:
     return type(layer).__name__ if isinstance(layer, ReLU) else type(layer).__name__.lower()
 
 
-def reference_net(seed=0, dtype=np.float32, backend=None) -> Sequential:
+def reference_net(seed=0, dtype=np.float32, *, backend=None) -> Sequential:
     """The assignment's network: 1x28x28 -> conv 32@7x7 (stride 1, padding 1) -> ReLU -> dense 10.
 
     Dense 10 gives the logits (softmax is in the loss). Same seed, same weights.

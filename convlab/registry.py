@@ -155,7 +155,7 @@ class Backend:
         """Checked backward: ``dy`` shaped like the forward's ``y``; returns (dx, dw, db)."""
         if not isinstance(cache, _CheckedCache):
             raise ValueError(f"cache must be the second value returned by {self.name}.forward")
-        if cache.backend is not self:  # each backend keeps its own layout in its cache
+        if cache.backend.name != self.name:  # each backend keeps its own layout in its cache
             raise ValueError(f"cache comes from {cache.backend.name}.forward; pass it to {cache.backend.name}'s "
                              f"backward, or run {self.name}.forward for {self.name}'s")
         need_dx = as_flag(need_dx, "need_dx")
@@ -291,9 +291,9 @@ def get_backend(name: str | Backend | None = None) -> Backend:
         return name
     if name is None:
         active = _active_backend.get()
-        if active is not None:
+        if isinstance(active, Backend):  # one use_backend was given, not a registered name
             return active
-        name = DEFAULT_BACKEND
+        name = active or DEFAULT_BACKEND
     _load_entry_points()
     try:
         return _registry[name]
@@ -309,7 +309,8 @@ def use_backend(name: str | Backend):
     if name is None:  # get_backend(None) is the active backend: the block would change nothing
         raise ValueError(f"use_backend needs a backend; valid backends are: {', '.join(list_backends())}")
     backend = get_backend(name)
-    token = _active_backend.set(backend)
+    # A name is looked up at each use (a backend registered again replaces the old one).
+    token = _active_backend.set(name if isinstance(name, str) else backend)
     try:
         yield backend
     finally:

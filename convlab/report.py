@@ -31,7 +31,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from convlab.checkpoints import epoch_ranges
+from convlab.checkpoints import epoch_ranges, tuners_resolved
 from convlab.files import atomic_path, check_outputs, check_suffix, check_writable
 from convlab.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU
 from convlab.models import DEFAULT_MODEL, INPUT_SHAPE
@@ -72,6 +72,7 @@ class Run:
     def __post_init__(self):
         if self.backends is None:
             self.backends = [None] * (len(self.history) - 1) + [self.backend]
+        self.backends = tuners_resolved(self.backends, self.settings)
 
     @property
     def test_accuracy(self) -> float:

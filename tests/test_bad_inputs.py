@@ -324,20 +324,20 @@ def ran(layer, shape, dtype=np.float32):
 
 BACKWARD_MISUSE = [
     (lambda: ran(convlab.Dense(10, 3, rng=0), (2, 10)), np.ones((2, 4), np.float32),
-     "Dense.backward: dy must be a numpy array of the forward output's shape (2, 3), got shape (2, 4)"),
-    (lambda: ran(convlab.Dense(10, 3, rng=0), (2, 10)), np.ones((1, 3), np.float32), "shape (2, 3), got shape (1, 3)"),
+     "Dense.backward: dy must have the forward output's shape (2, 3), got (2, 4)"),
+    (lambda: ran(convlab.Dense(10, 3, rng=0), (2, 10)), np.ones((1, 3), np.float32), "shape (2, 3), got (1, 3)"),
     (lambda: ran(convlab.Dense(10, 3, rng=0), (2, 10)), [[1.0] * 3] * 2, "shape (2, 3), got list"),
     (lambda: ran(convlab.Dense(10, 3, rng=0), (2, 10)), np.ones((2, 3)),
      "Dense.backward: dy is float64 but the forward computed float32; pass dy as float32"),
     (lambda: ran(convlab.ReLU(), (2, 3)), np.ones((1, 3), np.float32),
-     "ReLU.backward: dy must be a numpy array of the forward output's shape (2, 3), got shape (1, 3)"),
-    (lambda: ran(convlab.ReLU(), (2, 3)), np.ones((2, 4), np.float32), "shape (2, 3), got shape (2, 4)"),
+     "ReLU.backward: dy must have the forward output's shape (2, 3), got (1, 3)"),
+    (lambda: ran(convlab.ReLU(), (2, 3)), np.ones((2, 4), np.float32), "shape (2, 3), got (2, 4)"),
     (lambda: ran(convlab.Flatten(), (2, 2, 3)), np.ones((3, 4), np.float32),
-     "Flatten.backward: dy must be a numpy array of the forward output's shape (2, 6), got shape (3, 4)"),
+     "Flatten.backward: dy must have the forward output's shape (2, 6), got (3, 4)"),
     (lambda: ran(convlab.MaxPool2D(2), (2, 3, 4, 4)), np.ones((2, 3, 3, 3), np.float32),
-     "MaxPool2D.backward: dy must be a numpy array of the forward output's shape (2, 3, 2, 2), got shape (2, 3, 3, 3)"),
+     "MaxPool2D.backward: dy must have the forward output's shape (2, 3, 2, 2), got (2, 3, 3, 3)"),
     (lambda: ran(convlab.AvgPool2D(2), (2, 3, 4, 4)), np.ones((1, 3, 2, 2), np.float32),
-     "AvgPool2D.backward: dy must be a numpy array of the forward output's shape (2, 3, 2, 2), got shape (1, 3, 2, 2)"),
+     "AvgPool2D.backward: dy must have the forward output's shape (2, 3, 2, 2), got (1, 3, 2, 2)"),
 ]
 
 

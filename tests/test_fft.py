@@ -81,6 +81,26 @@ def test_plan_cache_keeps_the_most_recently_used(planned, monkeypatch):
     assert len(planned) == built, "the latest shape's plans were dropped"
 
 
+def test_threads_keep_their_own_plans_and_do_not_evict_each_other_s(planned, monkeypatch):
+    """Whole-transform plans belong to the thread that asked (no two threads in one plan's
+    buffers), and each thread has its own budget of MAX_PLANS: with one shared budget, two
+    threads alternating on their shapes rebuilt their plans at every call."""
+    monkeypatch.setattr(fftw, "MAX_PLANS", 4)
+    monkeypatch.setattr(fftw, "MAX_OWNERS", 2)
+    shapes = [(8, 8), (8, 10), (10, 10), (12, 12)]
+    thread = [1]
+    monkeypatch.setattr(fftw.threading, "get_ident", lambda: thread[0])
+    for owner in (1, 2, 1, 2):
+        thread[0] = owner
+        for shape in shapes:
+            fftw.plan("FFTW_FORWARD", (1,), shape, np.float64)
+    assert len(planned) == 8, "each thread's 4 plans built once"
+    thread[0] = 3  # a third thread: the least recently used thread's plans make room
+    fftw.plan("FFTW_FORWARD", (1,), (8, 8), np.float64)
+    owners = [key[-1] for key in fftw._plans.cache]
+    assert len(owners) == 8 and owners.count(3) == 1 and owners.count(1) == 3
+
+
 def test_paired_plans_share_buffers_and_the_forward_sees_them_written():
     """A forward and an inverse plan of one pair share their buffers (fft-tiled's x and dx,
     y and dy); another pair, or no pair, has its own; after the inverse runs, where the

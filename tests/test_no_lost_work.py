@@ -716,3 +716,15 @@ def test_predict_on_a_blank_image_says_it_holds_no_digit(tmp_path):
         code, out, err = convlab("predict", tmp_path / name, "--checkpoint", tmp_path / "run.h5")
         assert_one_error_line(code, err, f"{tmp_path / name} holds no digit-like content")
         assert "probability" not in out
+
+
+def test_an_older_file_s_auto_epochs_are_read_as_its_recorded_picks(tmp_path):
+    """Before 0.8.0 each epoch recorded the --backend asked ("auto"); the picks that ran are
+    in the file's "backends" setting, and a resume must not read them as another backend."""
+    path = write_checkpoint(tmp_path / "old.h5", settings=dict(SETTINGS, backend="auto", backends="im2col"),
+                            backends=["naive", "auto", "auto"])
+    assert load_checkpoint(path).backends == ["naive", "im2col", "im2col"]
+    run = load_run(path)
+    assert run.backends == ["naive", "im2col", "im2col"]
+    assert ("epoch 1 by the \u201cnaive\u201d backend and in epochs 2\u20133 by the \u201cim2col\u201d backend"
+            in summary_paragraph(run, run.model))
