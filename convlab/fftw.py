@@ -36,6 +36,7 @@ import numpy as np
 
 from convlab.cachefile import read_cache, update_cache, warn_once
 from convlab.files import user_cache_dir
+from convlab.profile import shared_among_threads
 from convlab.relu import relu_gradient_block
 from convlab.threads import chunk_bounds, share_chunks
 
@@ -450,7 +451,10 @@ def run_tiles(work, rows, tile_rows):
         with _slots.held() as slot:
             work(index, lo, hi, slot)
 
-    share_chunks(tile, tiles, settings().threads)
+    # Phases marked in the tiles (fft-tiled's) are thread time: scaled to the wall time
+    # they shared, or a profile's phases would add up to more than the pass took.
+    with shared_among_threads():
+        share_chunks(tile, tiles, settings().threads)
 
 
 def binwise_matmul(a, b, out):

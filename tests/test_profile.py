@@ -10,6 +10,7 @@ import pytest
 
 import convlab
 import convlab.threads
+import convlab.timing
 from convlab import profile
 from convlab.cli import main
 from convlab.layers import Dense, Flatten, ReLU, forward_only
@@ -69,6 +70,24 @@ def test_recording_does_not_change_the_training():
         weights.append([p.copy() for p in model.state_dict().values()])
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", convlab.timing.strategies())
+def test_every_backend_s_phases_add_up_to_at_most_the_steps(backend):
+    """Phases marked in worker threads (fft-tiled's blocks) are scaled to the wall time they
+    shared: unscaled, fft-tiled's summed to 1.4x its steps (outside the layers: -38 %)."""
+    from convlab import fftw
+
+    fftw.configure(threads=2, planner="estimate")
+    try:
+        model = convlab.Sequential(convlab.Conv2D(1, 8, 3, padding=1, rng=0, backend=backend), ReLU(), Flatten(),
+                                   Dense(8 * 32 * 32, 10, rng=1))
+        x, y = np.random.default_rng(2).random((64, 1, 32, 32), dtype=np.float32), np.arange(64) % 10
+        with profile.recording(model) as recorded:
+            train_epoch(model, SGD(model), x, y, batch_size=32, seed=0, epoch=1, progress=False)
+        assert sum(seconds for _, _, seconds in recorded.rows()) <= recorded.wall * 1.05
+    finally:
+        fftw.configure()
 
 
 def test_phases_in_threads_are_scaled_to_the_wall_time():
