@@ -16,12 +16,15 @@ same rounds, gives the ratio. The tile size is the cost model's choice
 import argparse
 import time
 
+import numpy  # noqa: F401 (loaded first, so that threadpoolctl finds its BLAS)
 import threadpoolctl
 
-import convlab
-from convlab import fftw, keep_freed_memory, profile
-from convlab.bench import kernel_sweep
-from convlab.timing import output_gradient
+threadpoolctl.threadpool_limits(1)  # before convlab is imported: its chunk pool takes BLAS's threads then
+
+import convlab  # noqa: E402
+from convlab import fftw, keep_freed_memory, profile  # noqa: E402
+from convlab.bench import kernel_sweep  # noqa: E402
+from convlab.timing import output_gradient  # noqa: E402
 
 SHAPES = kernel_sweep([5, 7, 11], n=8, c=3, f=16, size=224) + kernel_sweep([5, 9], n=16, c=16, f=16, size=128)
 
@@ -37,7 +40,6 @@ def main():
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--shapes", default="", help="only shapes whose label contains this text")
     args = parser.parse_args()
-    threadpoolctl.threadpool_limits(1)
     fftw.configure(threads=1)
     keep_freed_memory()
     from backends.fft_tiled import FFTTiled

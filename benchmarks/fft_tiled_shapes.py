@@ -13,13 +13,9 @@ import argparse
 import os
 import time
 
+import numpy  # noqa: F401 (loaded first, so that threadpoolctl finds its BLAS)
 import threadpoolctl
 
-from convlab import keep_freed_memory
-from convlab.bench import kernel_sweep
-from convlab.timing import conv_pass, interleaved_best, output_gradient
-
-SHAPES = kernel_sweep([5, 7, 11], n=8, c=3, f=16, size=224) + kernel_sweep([5, 9], n=16, c=16, f=16, size=128)
 ROWS = ("fft-tiled", "fft", "im2col", "torch")
 
 
@@ -44,11 +40,15 @@ def main():
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated backends (and torch)")
     args = parser.parse_args()
     rows = args.rows.split(",")
-    keep_freed_memory()  # as the other benchmarks and `convlab train` do (PyTorch gets it too)
-    from convlab import fftw
-
-    if args.cpu:
+    if args.cpu:  # before convlab is imported: its chunk pool takes the BLAS threads it finds then
         threadpoolctl.threadpool_limits(1)
+    from convlab import fftw, keep_freed_memory
+    from convlab.bench import kernel_sweep
+    from convlab.timing import conv_pass, interleaved_best, output_gradient
+
+    shapes = kernel_sweep([5, 7, 11], n=8, c=3, f=16, size=224) + kernel_sweep([5, 9], n=16, c=16, f=16, size=128)
+    keep_freed_memory()  # as the other benchmarks and `convlab train` do (PyTorch gets it too)
+    if args.cpu:
         fftw.configure(threads=1)
         if "torch" in rows:
             import torch
@@ -56,7 +56,7 @@ def main():
     clock = time.process_time if args.cpu else time.perf_counter
     print(f"{'cpu' if args.cpu else 'wall'} time, ms forward / forward+backward; load {os.getloadavg()[0]:.1f}")
     print(f"{'shape':<24}" + "".join(f"{r:>18}" for r in rows) + f"{'tiled/min(fft,im2col)':>24}{'tiled/torch':>14}")
-    for shape in SHAPES:
+    for shape in shapes:
         x, w, b = shape.arrays()
         stride, padding = (1, 1), (shape.padding, shape.padding)
         dy = output_gradient(x, w, stride, padding)

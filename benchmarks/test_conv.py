@@ -1,7 +1,8 @@
 """One convolution layer, forward and forward+backward, every backend on the layer
 shapes of the FFT issues (whole-image and tiled) and on 3x3 / 5x5 layers with many channels
-(``MANY_CHANNEL_LAYERS``, Winograd's ground; select them with ``-k "k3_p1 or k5_p2"``); PyTorch CPU and ``scipy.signal.fftconvolve`` as optional
-reference rows. Groups are named "<pass> <shape>" so each table compares the backends
+(``MANY_CHANNEL_LAYERS``, Winograd's ground; select them with
+``-k "32x64to64 or 16x128to128 or 64x32to32 or 32x32to32"``); PyTorch CPU and
+``scipy.signal.fftconvolve`` as optional reference rows. Groups are named "<pass> <shape>" so each table compares the backends
 on one shape (see ``ConvShape.label``: N x C -> F, input size, kernel k, padding p).
 
 Padding: the MNIST layer has its own (1); every other shape is "same" padded (k // 2),

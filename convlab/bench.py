@@ -154,6 +154,8 @@ def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None, mem
                 result.unsupported.append((shape.label, backend, reason))
                 continue
             timed.append(backend)
+        for backend in filter(is_tuner, timed):  # tuned first, so that memory and time are its pick's
+            get_backend(backend).impl.pick(x, w, stride, padding)  # (its first call timed every candidate)
         for pass_ in passes:
             runs = {backend: conv_pass(backend, x, w, b, stride, padding, dy if pass_ == "forward+backward" else None)
                     for backend in timed}
@@ -182,11 +184,13 @@ def format_table(result: BenchResult, shapes, passes=PASSES) -> str:
                             + [f"{t + ' picks':>12}" for t in tuners])]
         for shape in shapes:
             times = {b: result.seconds(shape.label, b, pass_) for b in backends}
-            fastest = min(t for t in times.values() if t is not None)
+            # A shape none of the named backends supports (say --backends winograd and the
+            # 7x7 MNIST layer) is a row of skipped cells, not an error.
+            fastest = min((t for t in times.values() if t is not None), default=None)
             cells = [f"{'skipped':>17}" if t is None else f"{t * 1e3:9.2f} ({t / fastest:4.2f}x)"
                      for t in times.values()]
             lines.append("  ".join([f"{shape.label:<{label_width}}"] + cells
-                                   + [f"{picks[shape.label, t]:>12}" for t in tuners]))
+                                   + [f"{picks.get((shape.label, t), '-'):>12}" for t in tuners]))
         lines.append("")
     if any("peak_extra_bytes" in r for r in result.rows):
         lines += format_memory_table(result, shapes, passes, backends, label_width)

@@ -159,3 +159,12 @@ def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
     out, err = capsys.readouterr()
     assert err.startswith(f"convlab: error: {message}") and err.count("\n") == 1
     assert out == ""  # nothing ran
+
+
+def test_a_shape_no_named_backend_supports_is_a_row_of_skipped_cells(capsys, tmp_path):
+    """--backends winograd and the 7x7 MNIST layer: skipped cells and a note, not a crash."""
+    main(["bench", "--backends", "winograd", "--kernel-sizes", "3", "--repeat", "1", "--batch-size", "2",
+          "--plot", str(tmp_path / "p.png")])
+    out = capsys.readouterr().out
+    assert "skipped" in out and "winograd not timed on 2x1->32 28x28 k7 p1: it does not support kernel 7x7" in out
+    assert (tmp_path / "p.png").is_file()
