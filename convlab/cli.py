@@ -119,8 +119,8 @@ class Commands:
               dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None, profile=False):
         """Train a network (default: the reference one, conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
 
-        With --resume, every setting left out comes from the checkpoint; dataset, batch
-        size, lr, lr schedule, momentum, seed and subset sizes cannot change; epochs may be
+        With --resume, every setting left out comes from the checkpoint; model, dataset,
+        batch size, lr, lr schedule, momentum, seed and subset sizes cannot change; epochs may be
         raised (a cosine schedule then stretches over the new total) and the backend may change.
         Every setting is checked by convlab.settings.TrainSettings before anything runs.
 

@@ -51,8 +51,9 @@ transforms for) also has::
 and the checked :meth:`Backend.forward` raises :class:`Unsupported` before any work, never
 a wrong answer and never a silent fallback to another backend.
 
-A backend that reads settings from the environment (``fft``'s FFTW threads and planner,
-``winograd``'s tile; ``auto`` those of the backends it may time) checks them in::
+A backend that reads settings from the environment (``fft``'s and ``fft-tiled``'s FFTW
+threads, planner and wisdom file, ``fft-tiled``'s and ``winograd``'s tile; ``auto`` those of
+the backends it may time) checks them in::
 
     check_settings() -> None, or raises ValueError saying what is wrong and what is allowed
 
