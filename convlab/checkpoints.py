@@ -102,13 +102,14 @@ def tuners_resolved(backends: list, settings: dict) -> list:
     """Per-epoch records as convlab writes them since 0.8.0, the backends that ran: older
     files recorded the ``--backend`` asked for, such as "auto", whose picks only the file's
     ``backends`` setting knows (the last session's, one per conv layer). They stand in for
-    the trailing epochs that name a tuner; an earlier session's "auto" is left as it is."""
+    the trailing epochs that name a tuner (all of them, back to the last epoch that names
+    another backend: consecutive sessions on "auto" cannot be told apart)."""
     from convlab.registry import list_backends
     from convlab.timing import is_tuner
 
     ran, last = settings.get("backends"), backends[-1] if backends else None
     installed = set(list_backends())
-    if not ran or last is None or not any(name in installed and is_tuner(name) for name in last.split(",")):
+    if not isinstance(ran, str) or not ran or last is None or not any(name in installed and is_tuner(name) for name in last.split(",")):
         return backends
     layers = ran.split(",")
     ran = layers[0] if len(set(layers)) == 1 else ran

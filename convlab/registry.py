@@ -156,7 +156,12 @@ class Backend:
         """Checked backward: ``dy`` shaped like the forward's ``y``; returns (dx, dw, db)."""
         if not isinstance(cache, _CheckedCache):
             raise ValueError(f"cache must be the second value returned by {self.name}.forward")
-        if cache.backend.name != self.name:  # each backend keeps its own layout in its cache
+        # Each backend keeps its own layout in its cache: the same name and class (a module
+        # reloaded registers an equal one), not necessarily the same object.
+        if (cache.backend.name, qualified_name(cache.backend.impl)) != (self.name, qualified_name(self.impl)):
+            if cache.backend.name == self.name:
+                raise ValueError(f"cache comes from {qualified_name(cache.backend.impl)}.forward, registered as "
+                                 f"{self.name!r} before {qualified_name(self.impl)} replaced it; run the forward again")
             raise ValueError(f"cache comes from {cache.backend.name}.forward; pass it to {cache.backend.name}'s "
                              f"backward, or run {self.name}.forward for {self.name}'s")
         need_dx = as_flag(need_dx, "need_dx")

@@ -234,3 +234,26 @@ def test_a_bad_fft_tile_setting_does_not_replace_other_backends_refusals(monkeyp
         convlab.conv2d(np.ones((1, 1, 8, 8)), np.ones((1, 1, 7, 7)), backend="winograd")
     with pytest.raises(ValueError, match="CONVLAB_FFT_TILE must be one of"):
         convlab.get_backend("fft-tiled").check_settings()
+
+
+def test_a_cache_is_taken_by_its_backend_registered_again_but_not_by_another_class_of_its_name():
+    class First:
+        def forward(self, x, w, b, stride, padding):
+            return convlab.get_backend("im2col").forward(x, w, b, stride, padding)
+
+        def backward(self, dy, cache, need_dx=True):
+            return convlab.get_backend("im2col").backward(dy, cache, need_dx)
+
+    x, w = np.ones((1, 1, 6, 6)), np.ones((2, 1, 3, 3))
+    convlab.register_backend("reloaded")(First)
+    try:
+        y, cache = convlab.get_backend("reloaded").forward(x, w)
+        convlab.register_backend("reloaded")(First)  # as a module reload does: an equal backend
+        convlab.get_backend("reloaded").backward(np.ones_like(y), cache)
+        with pytest.warns(RuntimeWarning, match="is replaced by"):
+            convlab.register_backend("reloaded")(type("Second", (First,), {}))
+        with pytest.raises(ValueError, match=r"cache comes from .*First.forward, registered as 'reloaded' before "
+                                             r".*Second replaced it; run the forward again"):
+            convlab.get_backend("reloaded").backward(np.ones_like(y), cache)
+    finally:
+        del registry._registry["reloaded"]
