@@ -98,6 +98,13 @@ class Checkpoint:
                 buffer[...] = self.velocity[name]
 
 
+def backends_record(names) -> str:
+    """How a run records the backends of its conv layers ``names`` (in order): one name if
+    they are all the same, else comma-separated ("fft,winograd")."""
+    names = list(names)
+    return names[0] if len(set(names)) == 1 else ",".join(names)
+
+
 def tuners_resolved(backends: list, settings: dict) -> list:
     """Per-epoch records as convlab writes them since 0.8.0, the backends that ran: older
     files recorded the ``--backend`` asked for, such as "auto", whose picks only the file's
@@ -109,10 +116,10 @@ def tuners_resolved(backends: list, settings: dict) -> list:
 
     ran, last = settings.get("backends"), backends[-1] if backends else None
     installed = set(list_backends())
-    if not isinstance(ran, str) or not ran or last is None or not any(name in installed and is_tuner(name) for name in last.split(",")):
+    if (not isinstance(ran, str) or not ran or last is None
+            or not any(name in installed and is_tuner(name) for name in last.split(","))):
         return backends
-    layers = ran.split(",")
-    ran = layers[0] if len(set(layers)) == 1 else ran
+    ran = backends_record(ran.split(","))
     resolved, i = list(backends), len(backends) - 1
     while i >= 0 and resolved[i] == last:
         resolved[i], i = ran, i - 1

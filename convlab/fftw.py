@@ -271,7 +271,6 @@ class _Plans:
                 other = ("FFTW_BACKWARD" if direction == "FFTW_FORWARD" else "FFTW_FORWARD",) + key[1:]
                 partner = self.cache.get(other) if pair is not None else None
                 plan = self.cache[key] = self._build(current, *key[:-2], None if partner is None else partner.buffers)
-                self.cache.move_to_end(key)
                 owned = [k for k in self.cache if k[-1] == owner]  # least recently used first
                 if len(owned) > MAX_PLANS:
                     del self.cache[owned[0]]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlab.checkpoints import load_checkpoint
+from convlab.checkpoints import backends_record, load_checkpoint
 from convlab.losses import softmax
 from convlab.models import DEFAULT_MODEL, get_model
 from convlab.registry import DEFAULT_BACKEND, list_backends
@@ -54,8 +54,7 @@ def load_model(checkpoint_path, backend=None):
 
 def layer_backend_names(model) -> str:
     """The backends of ``model``'s conv layers: one name if they are all the same, else comma-separated."""
-    names = [layer.backend for layer in model.conv_layers()]
-    return names[0] if len(set(names)) == 1 else ",".join(names)
+    return backends_record(layer.backend for layer in model.conv_layers())
 
 
 def confusion_matrix(labels, predictions, classes=10) -> np.ndarray:

@@ -140,8 +140,7 @@ class Conv2D(Layer):
         return y
 
     def backward(self, dy, need_dx=True):
-        need_dx = as_flag(need_dx, "need_dx")  # "no" would be truthy: dx computed, silently
-        backend, cache = _kept(self._cache, self)
+        backend, cache = _kept(self._cache, self)  # need_dx: checked by Backend.backward
         dx, self.grads["w"], self.grads["b"] = backend.backward(dy, cache, need_dx)
         return dx
 

@@ -158,7 +158,8 @@ class Backend:
             raise ValueError(f"cache must be the second value returned by {self.name}.forward")
         # Each backend keeps its own layout in its cache: the same name and class (a module
         # reloaded registers an equal one), not necessarily the same object.
-        if (cache.backend.name, qualified_name(cache.backend.impl)) != (self.name, qualified_name(self.impl)):
+        if cache.backend is not self and (
+                (cache.backend.name, qualified_name(cache.backend.impl)) != (self.name, qualified_name(self.impl))):
             if cache.backend.name == self.name:
                 raise ValueError(f"cache comes from {qualified_name(cache.backend.impl)}.forward, registered as "
                                  f"{self.name!r} before {qualified_name(self.impl)} replaced it; run the forward again")

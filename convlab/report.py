@@ -221,6 +221,11 @@ def summary_paragraph(run: Run, model) -> str:
                    "(NumPy; no PyTorch, no SciPy convolution). " + backends_sentence(run))
 
 
+def names_in(records) -> list[str]:
+    """The backend names in ``records`` (each one name, "fft,winograd", or None), each once, in order."""
+    return list(dict.fromkeys(name for record in records if record for name in record.split(",")))
+
+
 def ran_on(names: str) -> str:
     """One epoch's record of its backends ("im2col", or one per conv layer, "fft,winograd")
     in words, after "computed": "by the “im2col” backend", "per layer (conv layer 1 by …)"."""
@@ -256,8 +261,7 @@ def backends_sentence(run: Run) -> str:
                  for name, first, last in ranges]
         text = (f"The run was resumed with another backend: the {what}, forward and backward, {verb} computed in "
                 + ", ".join(parts[:-1]) + " and in " + parts[-1])
-    names = dict.fromkeys(name for entry in [*run.backends, ",".join(layers)] if entry for name in entry.split(","))
-    descriptions = [f"{name}: {description.rstrip('.')}" for name in names
+    descriptions = [f"{name}: {description.rstrip('.')}" for name in names_in([*run.backends, ",".join(layers)])
                     for description in [backend_explanation(name)[0]] if description]
     return text + "." + (" " + "; ".join(descriptions) + "." if descriptions else "")
 
@@ -430,8 +434,7 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
     pages = Pages()
     # The backends each epoch was computed with, each conv layer's (auto's picks resolved), and
     # the one asked for (auto, which picked them).
-    used = list(dict.fromkeys(name for entry in [*run.backends, ",".join(run.layer_backends), run.backend] if entry
-                              for name in entry.split(",")))
+    used = names_in([*run.backends, ",".join(run.layer_backends), run.backend])
     pages.add("title", f"convlab report: {dataset_title(run)}{network_name(run)}, {', '.join(used)}, "
                        f"{len(run.history)} epochs")
     pages.add("note", f"from {run.source}")

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from convlab.arguments import check_fits_dtype, out_of_memory_names
-from convlab.checkpoints import ctrl_c_at_safe_points, interrupted_message, save_checkpoint
+from convlab.checkpoints import backends_record, ctrl_c_at_safe_points, interrupted_message, save_checkpoint
 from convlab.files import write_json
 from convlab.models import describe_layer, get_model
 from convlab.optimizers import SGD
@@ -107,8 +107,7 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         # print, with every finished epoch on disk.
         history.append(m)
         # What ran, not what was asked (auto's picks resolved): one name, or one per conv layer.
-        ran = settings.backends.split(",")
-        backends.append(ran[0] if len(set(ran)) == 1 else settings.backends)
+        backends.append(backends_record(settings.backends.split(",")))
         times = layer_times(model)
         model.reset_timing()
         if settings.checkpoint is not None:
