@@ -12,8 +12,10 @@ from convlab import keep_freed_memory
 # the whole suite must stay under 10 minutes on a shared 2-core machine.
 SECONDS_PER_BENCHMARK = 0.6
 MAX_ROUNDS = 20
-# A warm-up slower than this is taken as the calibration: heavy cells cost two calls, not three.
-SLOW_CALL = 1.0
+# Untimed calls go on while each is this many times faster than the one before (one-off costs
+# still wearing off), up to WARM_UP_CALLS in all.
+SETTLED = 2.0
+WARM_UP_CALLS = 4
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -33,20 +35,21 @@ def private_auto_cache(tmp_path_factory):
 def measure(benchmark, run, setup=None):
     """Benchmark ``run()`` and return the value of its last round.
 
-    An untimed warm-up call absorbs one-off costs (FFT plans, page faults, auto's tuning);
-    a second untimed call, unless the warm-up was slower than ``SLOW_CALL``, tells how many
-    rounds fit in ``SECONDS_PER_BENCHMARK``. ``setup()``, if given, runs untimed before every
-    call (to reset state that ``run`` changes).
+    Untimed calls first absorb one-off costs (FFT plans, page faults, PyTorch's first call,
+    auto's tuning): at least two, and more while each is over ``SETTLED`` times faster than
+    the one before, up to ``WARM_UP_CALLS``. The last of them tells how many rounds fit in
+    ``SECONDS_PER_BENCHMARK``. Judging by the first call alone gave PyTorch's training step
+    one round, timed straight after a first call of over a second (2026-12-02). ``setup()``,
+    if given, runs untimed before every call (to reset state that ``run`` changes).
     """
-    seconds = 0.0
-    for _ in range(2):
-        if seconds < SLOW_CALL:
-            if setup:
-                setup()
-            started = time.perf_counter()
-            run()
-            seconds = time.perf_counter() - started
-    rounds = int(np.clip(SECONDS_PER_BENCHMARK // max(seconds, 1e-9), 1, MAX_ROUNDS))
+    times = []
+    while len(times) < 2 or (len(times) < WARM_UP_CALLS and times[-2] > SETTLED * times[-1]):
+        if setup:
+            setup()
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    rounds = int(np.clip(SECONDS_PER_BENCHMARK // max(times[-1], 1e-9), 1, MAX_ROUNDS))
     return benchmark.pedantic(run, setup=setup, rounds=rounds, iterations=1)
 
 

@@ -168,3 +168,29 @@ def test_a_shape_no_named_backend_supports_is_a_row_of_skipped_cells(capsys, tmp
     out = capsys.readouterr().out
     assert "skipped" in out and "winograd not timed on 2x1->32 28x28 k7 p1: it does not support kernel 7x7" in out
     assert (tmp_path / "p.png").is_file()
+
+
+@pytest.mark.parametrize("call_seconds, untimed, rounds", [
+    ([1.5, 0.0078125, 0.0078125], 3, 20),  # a slow first call (PyTorch's) does not size the rounds
+    ([4.0, 1.0, 0.25, 0.125, 0.001], 4, 4),  # at most four untimed calls
+    ([0.25, 0.25], 2, 2),                    # settled at once: two untimed calls
+    ([3.0, 2.0], 2, 1),                      # a heavy cell: at least one round
+])
+def test_benchmark_rounds_are_sized_after_one_off_costs_wear_off(monkeypatch, call_seconds, untimed, rounds):
+    import benchmarks.conftest as suite
+
+    clock = [0.0]
+    durations = iter(call_seconds)
+    calls = []
+    monkeypatch.setattr(suite.time, "perf_counter", lambda: clock[0])
+
+    def run():
+        calls.append(1)
+        clock[0] += next(durations, call_seconds[-1])
+
+    class Benchmark:
+        def pedantic(self, target, setup, rounds, iterations):
+            return rounds
+
+    assert suite.measure(Benchmark(), run) == rounds
+    assert len(calls) == untimed
