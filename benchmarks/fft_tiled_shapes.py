@@ -55,7 +55,11 @@ def main():
             torch.set_num_threads(1)
     clock = time.process_time if args.cpu else time.perf_counter
     print(f"{'cpu' if args.cpu else 'wall'} time, ms forward / forward+backward; load {os.getloadavg()[0]:.1f}")
-    print(f"{'shape':<24}" + "".join(f"{r:>18}" for r in rows) + f"{'tiled/min(fft,im2col)':>24}{'tiled/torch':>14}")
+    rivals = [r for r in ("fft", "im2col") if r in rows] if "fft-tiled" in rows else []
+    rival_label = f"tiled/min({','.join(rivals)})" if len(rivals) > 1 else "".join(f"tiled/{r}" for r in rivals)
+    torch_label = "tiled/torch" if "fft-tiled" in rows and "torch" in rows else ""
+    print(f"{'shape':<24}" + "".join(f"{r:>18}" for r in rows) + (f"{rival_label:>24}" if rivals else "")
+          + (f"{torch_label:>14}" if torch_label else ""))
     for shape in shapes:
         x, w, b = shape.arrays()
         stride, padding = (1, 1), (shape.padding, shape.padding)
@@ -66,13 +70,11 @@ def main():
         times = {row: [best[row, 0], best[row, 1]] for row in rows}
         cells = [f"{times[r][0] * 1e3:7.1f} /{times[r][1] * 1e3:7.1f}" for r in rows]
         ratios = ""
-        if "fft-tiled" in times:
-            rivals = [times[r] for r in ("fft", "im2col") if r in times]
-            if rivals:
-                best = [min(t[i] for t in rivals) for i in (0, 1)]
-                ratios += f"{times['fft-tiled'][0] / best[0]:11.2f} /{times['fft-tiled'][1] / best[1]:5.2f}"
-            if "torch" in times:
-                ratios += f"{times['fft-tiled'][0] / times['torch'][0]:8.2f} /{times['fft-tiled'][1] / times['torch'][1]:5.2f}"
+        if rivals:
+            fastest = [min(times[r][i] for r in rivals) for i in (0, 1)]
+            ratios += f"{times['fft-tiled'][0] / fastest[0]:17.2f} /{times['fft-tiled'][1] / fastest[1]:5.2f}"
+        if torch_label:
+            ratios += f"{times['fft-tiled'][0] / times['torch'][0]:7.2f} /{times['fft-tiled'][1] / times['torch'][1]:5.2f}"
         print(f"{shape.label:<24}" + "".join(f"{c:>18}" for c in cells) + ratios, flush=True)
 
 
