@@ -285,7 +285,8 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
     time :data:`MANY_CHANNEL_LAYERS`."""
     if backends is not None:
         backends = parse_names(backends, "backends", list_backends())
-    for name in backends or list_backends():
+    # Every tuner is asked for its pick whatever --backends names (run_bench), and may time any candidate.
+    for name in dict.fromkeys([*(backends or list_backends()), *filter(is_tuner, list_backends())]):
         get_backend(name).check_settings()
     passes = PASSES if passes is None else parse_names(passes, "passes", PASSES)
     [sweep] = parse_names(sweep, "sweep", SWEEPS)

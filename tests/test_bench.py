@@ -194,3 +194,16 @@ def test_benchmark_rounds_are_sized_after_one_off_costs_wear_off(monkeypatch, ca
 
     assert suite.measure(Benchmark(), run) == rounds
     assert len(calls) == untimed
+
+
+def test_a_bad_setting_of_the_tuner_s_candidates_stops_the_bench_before_it_starts(monkeypatch, capsys):
+    """The auto picks column asks auto whatever --backends names, and auto may time
+    fft-tiled: its bad tile setting was a warning in the middle of the table."""
+    monkeypatch.setenv("CONVLAB_FFT_TILE", "7")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--backends", "im2col", "--kernel-sizes", "3", "--mnist-layer", "no", "--batch-size", "2",
+              "--repeat", "1"])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("convlab: error: CONVLAB_FFT_TILE must be one of 8, 16, 32, 64, 128") and err.count("\n") == 1
+    assert out == ""  # nothing ran
