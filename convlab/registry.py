@@ -61,7 +61,11 @@ which ``convlab train`` and ``convlab bench`` call before they start
 (:meth:`Backend.check_settings`), so a bad value stops a run before its first epoch.
 
 The registry is a plain dict from name to a :class:`Backend`, which wraps the
-implementation with the input checks, so no strategy has to repeat them. Built-in and
+implementation with the input checks, so no strategy has to repeat them, and checks what
+it returns, from attributes alone (a few microseconds a call): a forward's (y, cache) pair
+with y (N, F, OH, OW) in x's dtype, an inference's y alike, a backward's (dx, dw, db)
+shaped as x, w and b in that dtype. Anything else is a :class:`BackendError` (a
+ValueError) naming the backend and its class, never a wrong array passed on. Built-in and
 third-party strategies alike are found through the entry-point group
 ``convlab.backends``; ``@register_backend(name)`` adds one from code.
 """
@@ -75,7 +79,7 @@ from importlib.metadata import entry_points
 
 import numpy as np
 
-from convlab.checks import as_flag, as_pair, check_backward_inputs, check_forward_inputs
+from convlab.checks import as_flag, as_pair, check_backward_inputs, check_forward_inputs, output_size
 from convlab.profile import phase
 from convlab import relu as relu_passes
 
@@ -91,6 +95,12 @@ ORACLE = "naive"
 
 class Unsupported(ValueError):
     """A backend was asked for a problem it cannot compute (see ``Backend.supports``)."""
+
+
+class BackendError(ValueError):
+    """A backend broke the contract of the module doc: it returned something of the wrong
+    type, shape or dtype. A bug in that backend, not in the caller's input; a ValueError
+    all the same, so that ``convlab`` says it in one line (the fix at hand: another backend)."""
 
 
 class Backend:
@@ -137,8 +147,9 @@ class Backend:
         """Checked forward: ``x`` (N, C, H, W), ``w`` (F, C, kh, kw), ``b`` (F,) or None.
         ``relu=True``: the output is max(conv + b, 0) (see the module doc).
         Raises :class:`Unsupported` for a problem this backend cannot compute."""
-        y, cache = self.unchecked_forward(*self.checked_problem(x, w, b, stride, padding, relu))
-        return y, _CheckedCache(self, y.shape, y.dtype, cache)
+        x, w, b, stride, padding, relu = self.checked_problem(x, w, b, stride, padding, relu)
+        y, cache = self.unchecked_forward(x, w, b, stride, padding, relu)
+        return y, _CheckedCache(self, x.shape, w.shape, y.shape, y.dtype, cache)
 
     def inference(self, x, w, b=None, stride=1, padding=0, relu=False):
         """Checked forward that keeps nothing for a backward: y as :meth:`forward` computes it."""
@@ -167,16 +178,17 @@ class Backend:
                              f"backward, or run {self.name}.forward for {self.name}'s")
         need_dx = as_flag(need_dx, "need_dx")
         dy = check_backward_inputs(dy, cache.y_shape, cache.y_dtype)
-        return self.unchecked_backward(dy, cache.impl_cache, need_dx)
+        return self.checked_gradients(self.unchecked_backward(dy, cache.impl_cache, need_dx), cache, need_dx)
 
     def unchecked_forward(self, x, w, b, stride, padding, relu=False):
         """The implementation's forward on inputs already checked, with the ReLU fused when
-        it can, else applied after the pass (then the cache keeps y for the backward)."""
+        it can, else applied after the pass (then the cache keeps y for the backward); what
+        it returned is checked (:meth:`checked_output`)."""
+        if relu and self.fuses_relu:
+            return self.checked_output(self.impl.forward(x, w, b, stride, padding, relu=True), x, w, stride, padding)
+        y, cache = self.checked_output(self.impl.forward(x, w, b, stride, padding), x, w, stride, padding)
         if not relu:
-            return self.impl.forward(x, w, b, stride, padding)
-        if self.fuses_relu:
-            return self.impl.forward(x, w, b, stride, padding, relu=True)
-        y, cache = self.impl.forward(x, w, b, stride, padding)
+            return y, cache
         with phase("ReLU"):
             relu_passes.relu(y, y)
         return y, _ReluApplied(y, cache)
@@ -188,8 +200,9 @@ class Backend:
         if inference is None:
             return self.unchecked_forward(x, w, b, stride, padding, relu)[0]
         if self.fuses_relu:
-            return inference(x, w, b, stride, padding, relu=relu)
-        y = inference(x, w, b, stride, padding)
+            y = inference(x, w, b, stride, padding, relu=relu)
+            return self.checked_output(y, x, w, stride, padding, "inference")
+        y = self.checked_output(inference(x, w, b, stride, padding), x, w, stride, padding, "inference")
         if relu:
             with phase("ReLU"):
                 relu_passes.relu(y, y)
@@ -203,6 +216,45 @@ class Backend:
                 relu_passes.relu_gradient(dy, cache.y, dy_kept)
             dy, cache = dy_kept, cache.impl_cache
         return self.impl.backward(dy, cache, need_dx)
+
+    def checked_output(self, returned, x, w, stride, padding, method="forward"):
+        """What the implementation's ``method`` returned, if it is (y, cache) from
+        ``"forward"`` (just y from ``"inference"``) with y (N, F, OH, OW) in x's dtype; else a
+        :class:`BackendError`. A wrong y would otherwise pass silently: a (N, OH, OW, F) one
+        flattens for a dense layer as well as the right one does. Attributes only, no pass
+        over y: a few microseconds a call."""
+        y = returned
+        if method == "forward":
+            if not isinstance(returned, (tuple, list)) or len(returned) != 2:
+                raise self.broken(f"its forward returned {described(returned)}, not a pair (y, cache)")
+            y = returned[0]
+        shape = (x.shape[0], w.shape[0], output_size(x.shape[2], w.shape[2], stride[0], padding[0]),
+                 output_size(x.shape[3], w.shape[3], stride[1], padding[1]))
+        if not isinstance(y, np.ndarray) or y.shape != shape or y.dtype != x.dtype:
+            raise self.broken(f"its {method} returned y {described(y)} for x {x.shape} and w {w.shape}, stride "
+                              f"{stride}, padding {padding}, where y must be {shape} (N, F, OH, OW) {x.dtype}")
+        return tuple(returned) if method == "forward" else y
+
+    def checked_gradients(self, returned, cache, need_dx):
+        """What the implementation's backward returned, if it is (dx, dw, db) shaped as x,
+        w and b of the forward whose :class:`_CheckedCache` is ``cache``, in its dtype (dx
+        may be None when ``need_dx`` is False); else a :class:`BackendError`: numpy would
+        broadcast a db of one number over every filter's bias without a word."""
+        if not isinstance(returned, (tuple, list)) or len(returned) != 3:
+            raise self.broken(f"its backward returned {described(returned)}, not a triple (dx, dw, db)")
+        for name, gradient, shape in zip(("dx", "dw", "db"), returned, (cache.x_shape, cache.w_shape,
+                                                                          cache.w_shape[:1])):
+            if gradient is None and name == "dx" and not need_dx:
+                continue
+            if not isinstance(gradient, np.ndarray) or gradient.shape != shape or gradient.dtype != cache.y_dtype:
+                raise self.broken(f"its backward returned {name} {described(gradient)}, where {name} must be "
+                                  f"{shape} {cache.y_dtype}" + (" (need_dx was True)" if name == "dx" else ""))
+        return tuple(returned)
+
+    def broken(self, what) -> BackendError:
+        """The :class:`BackendError` saying that this backend did ``what``."""
+        return BackendError(f"backend {self.name!r} ({qualified_name(self.impl)}) is broken: {what}; "
+                            "use another backend, and tell its authors")
 
     def __repr__(self):
         return f"<convlab backend {self.name!r}: {self.description}>"
@@ -219,12 +271,14 @@ class _ReluApplied:
 
 class _CheckedCache:
     """What :meth:`Backend.forward` returns as the cache: the implementation's own, with
-    what the backward checks dy and the cache against (y's shape and dtype, and the
-    backend whose layout the cache is in)."""
-    __slots__ = ("backend", "y_shape", "y_dtype", "impl_cache")
+    what the backward checks dy, the cache and its result against (x's, w's and y's shapes,
+    the dtype, and the backend whose layout the cache is in)."""
+    __slots__ = ("backend", "x_shape", "w_shape", "y_shape", "y_dtype", "impl_cache")
 
-    def __init__(self, backend, y_shape, y_dtype, impl_cache):
+    def __init__(self, backend, x_shape, w_shape, y_shape, y_dtype, impl_cache):
         self.backend = backend
+        self.x_shape = x_shape
+        self.w_shape = w_shape
         self.y_shape = y_shape
         self.y_dtype = y_dtype
         self.impl_cache = impl_cache
@@ -254,6 +308,13 @@ def register_backend(name: str):
         return impl
 
     return decorate
+
+
+def described(value) -> str:
+    """What a backend returned, for an error: an array's shape and dtype, else its type."""
+    if isinstance(value, np.ndarray):
+        return f"{value.shape} {value.dtype}"
+    return f"of type {type(value).__name__}" if value is not None else "None"
 
 
 def qualified_name(instance) -> str:

@@ -257,3 +257,86 @@ def test_a_cache_is_taken_by_its_backend_registered_again_but_not_by_another_cla
             convlab.get_backend("reloaded").backward(np.ones_like(y), cache)
     finally:
         del registry._registry["reloaded"]
+
+
+# --- a backend that breaks the contract: a BackendError naming it, never a wrong answer ---
+
+class Returning(Doubling):
+    """Naive, doubled, with what it returns bent by ``bend_forward`` / ``bend_backward``."""
+
+    def bend_forward(self, y, cache):
+        return y, cache
+
+    def bend_backward(self, dx, dw, db):
+        return dx, dw, db
+
+    def forward(self, x, w, b, stride, padding):
+        return self.bend_forward(*super().forward(x, w, b, stride, padding))
+
+    def inference(self, x, w, b, stride, padding):
+        return self.bend_forward(*super().forward(x, w, b, stride, padding))[0]
+
+    def backward(self, dy, cache, need_dx=True):
+        return self.bend_backward(*super().backward(dy, cache, need_dx))
+
+
+@pytest.fixture
+def returning():
+    convlab.register_backend("returning")(Returning)
+    yield convlab.get_backend("returning")
+    del registry._registry["returning"]
+
+
+@pytest.mark.parametrize("bend, message", [
+    (lambda y, cache: (y.transpose(0, 2, 3, 1), cache),
+     r"its forward returned y \(2, 3, 3, 4\) float32 for x \(2, 1, 5, 4\) and w \(4, 1, 3, 2\), stride \(1, 1\), "
+     r"padding \(0, 0\), where y must be \(2, 4, 3, 3\) \(N, F, OH, OW\) float32"),
+    (lambda y, cache: (y.astype(np.float64), cache), r"its forward returned y \(2, 4, 3, 3\) float64 .* float32; use another backend"),
+    (lambda y, cache: (y.tolist(), cache), r"its forward returned y of type list"),
+    (lambda y, cache: y, r"its forward returned \(2, 4, 3, 3\) float32, not a pair \(y, cache\)"),
+], ids=["channels last", "dtype", "list", "y alone"])
+def test_a_forward_returning_a_wrong_y_is_a_backend_error_naming_it(returning, bend, message):
+    returning.impl.bend_forward = bend
+    x, w = np.ones((2, 1, 5, 4), np.float32), np.ones((4, 1, 3, 2), np.float32)
+    prefix = r"^backend 'returning' \(\S*test_registry\.Returning\) is broken: "
+    for call in (lambda: returning.forward(x, w), lambda: returning.forward(x, w, relu=True),
+                 lambda: convlab.Conv2D(1, 4, (3, 2), backend="returning").forward(x)):
+        with pytest.raises(registry.BackendError, match=prefix + message):
+            call()
+    if "pair" not in message:  # the inference pass returns y alone
+        with pytest.raises(registry.BackendError, match=prefix + message.replace("forward", "inference")):
+            convlab.conv2d(x, w, backend="returning")
+    assert issubclass(registry.BackendError, ValueError)  # the CLI says it in one line
+
+
+@pytest.mark.parametrize("bend, need_dx, message", [
+    (lambda dx, dw, db: (dx, dw, db.sum()), False, r"db of type float64, where db must be \(4,\) float64;"),
+    (lambda dx, dw, db: (dx, dw[..., :-1], db), False, r"dw \(4, 2, 3, 1\) float64, where dw must be \(4, 2, 3, 2\)"),
+    (lambda dx, dw, db: (dx.astype(np.float32), dw, db), True, r"dx \(2, 2, 5, 4\) float32, where dx must be .*"
+                                                                r"float64 \(need_dx was True\)"),
+    (lambda dx, dw, db: (None, dw, db), True, r"dx None, where dx must be \(2, 2, 5, 4\) float64 \(need_dx was True\)"),
+    (lambda dx, dw, db: (dw, db), True, r"of type tuple, not a triple \(dx, dw, db\)"),
+], ids=["db summed", "dw cut", "dx dtype", "dx missing", "pair"])
+def test_a_backward_returning_wrong_gradients_is_a_backend_error(returning, bend, need_dx, message):
+    returning.impl.bend_backward = bend
+    x, w = np.ones((2, 2, 5, 4)), np.ones((4, 2, 3, 2))
+    y, cache = returning.forward(x, w)
+    with pytest.raises(registry.BackendError, match=r"^backend 'returning' .* is broken: its backward returned "
+                                                    + message):
+        returning.backward(np.ones_like(y), cache, need_dx=need_dx)
+
+
+def test_a_backward_may_leave_out_dx_only_when_not_asked_for_it(returning):
+    x, w = np.ones((2, 2, 5, 4)), np.ones((4, 2, 3, 2))
+    y, cache = returning.forward(x, w)
+    dx, dw, db = returning.backward(np.ones_like(y), cache, need_dx=False)
+    assert dx is None and dw.shape == w.shape and db.shape == (4,)
+
+
+def test_auto_does_not_pick_a_backend_returning_a_wrong_y(tmp_path, returning):
+    from backends.auto import Auto
+
+    returning.impl.bend_forward = lambda y, cache: (y[:, :, 1:], cache)
+    x, w = np.ones((2, 1, 8, 8), np.float32), np.ones((3, 1, 3, 3), np.float32)
+    with pytest.warns(UserWarning, match="auto skips backend 'returning'.*BackendError: backend 'returning'"):
+        assert Auto(cache_path=tmp_path / "a.json").pick(x, w, (1, 1), (0, 0)) != "returning"
