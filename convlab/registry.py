@@ -49,7 +49,10 @@ transforms for) also has::
     limits: str, optional: one line on what it supports, shown by ``convlab backends``
 
 and the checked :meth:`Backend.forward` raises :class:`Unsupported` before any work, never
-a wrong answer and never a silent fallback to another backend.
+a wrong answer and never a silent fallback to another backend. ``auto``, and another
+backend's refusal listing those that can, ask every backend's ``supports``: one that raises,
+or returns anything but None or a reason, is taken to support nothing (with a
+:class:`PluginWarning`), so that its bug does not stop the others.
 
 A backend that reads settings from the environment (``fft``'s and ``fft-tiled``'s FFTW
 threads, planner and wisdom file, ``fft-tiled``'s and ``winograd``'s tile; ``auto`` those of
@@ -120,7 +123,19 @@ class Backend:
         check = getattr(self.impl, "supports", None)
         if check is None:
             return None
-        return check(tuple(x_shape), tuple(w_shape), as_pair(stride, "stride", 1), as_pair(padding, "padding", 0))
+        problem = tuple(x_shape), tuple(w_shape), as_pair(stride, "stride", 1), as_pair(padding, "padding", 0)
+        try:
+            reason = check(*problem)
+        except Exception as e:  # noqa: BLE001 - a plugin's bug: auto and others' refusals ask every backend
+            reason = e
+        if reason is None or (isinstance(reason, str) and reason):
+            return reason
+        # A backend that cannot say is taken at its word for none of its problems.
+        did = f"raised {type(reason).__name__}: {reason}" if isinstance(reason, Exception) else f"returned {reason!r}"
+        warnings.warn(f"backend {self.name!r} ({qualified_name(self.impl)}) is broken: its supports() {did}, "
+                      "where it must return None or a reason (str); it is not used", PluginWarning)
+        return (f"x {problem[0]} with w {problem[1]}, stride {problem[2]}, padding {problem[3]}: its supports() "
+                f"{did} (a bug in the backend: supports() must return None or a reason)")
 
     def check_settings(self):
         """Raise ``ValueError`` if a setting this backend reads from the environment (its

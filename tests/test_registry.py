@@ -291,7 +291,8 @@ def returning():
     (lambda y, cache: (y.transpose(0, 2, 3, 1), cache),
      r"its forward returned y \(2, 3, 3, 4\) float32 for x \(2, 1, 5, 4\) and w \(4, 1, 3, 2\), stride \(1, 1\), "
      r"padding \(0, 0\), where y must be \(2, 4, 3, 3\) \(N, F, OH, OW\) float32"),
-    (lambda y, cache: (y.astype(np.float64), cache), r"its forward returned y \(2, 4, 3, 3\) float64 .* float32; use another backend"),
+    (lambda y, cache: (y.astype(np.float64), cache),
+     r"its forward returned y \(2, 4, 3, 3\) float64 .* float32; use another backend"),
     (lambda y, cache: (y.tolist(), cache), r"its forward returned y of type list"),
     (lambda y, cache: y, r"its forward returned \(2, 4, 3, 3\) float32, not a pair \(y, cache\)"),
 ], ids=["channels last", "dtype", "list", "y alone"])
@@ -340,3 +341,24 @@ def test_auto_does_not_pick_a_backend_returning_a_wrong_y(tmp_path, returning):
     x, w = np.ones((2, 1, 8, 8), np.float32), np.ones((3, 1, 3, 3), np.float32)
     with pytest.warns(UserWarning, match="auto skips backend 'returning'.*BackendError: backend 'returning'"):
         assert Auto(cache_path=tmp_path / "a.json").pick(x, w, (1, 1), (0, 0)) != "returning"
+
+
+@pytest.mark.parametrize("supports, did", [
+    (lambda *problem: {3: None}[problem[1][2]], "raised KeyError: 5"),
+    (lambda x_shape, w_shape, stride, padding: stride == (1, 1), "returned True"),
+    (lambda *problem: "", "returned ''"),
+], ids=["raises", "bool", "empty"])
+def test_a_supports_that_raises_or_returns_no_reason_refuses_only_its_own_backend(returning, supports, did):
+    returning.impl.supports = supports
+    x, w = np.ones((1, 1, 6, 6)), np.ones((1, 1, 5, 5))
+    broken = "backend 'returning' .* is broken: its supports.. (raised|returned)"
+    with pytest.warns(registry.PluginWarning, match=broken):
+        with pytest.raises(convlab.Unsupported, match=r"^backend 'returning' does not support x \(1, 1, 6, 6\) "
+                                                      rf"with w \(1, 1, 5, 5\), stride \(1, 1\), padding \(0, 0\): "
+                                                      rf"its supports.. {did} \(a bug in the backend"):
+            convlab.conv2d(x, w, backend="returning")
+        # auto, and another backend's refusal listing who can, ask it too: they go on without it.
+        np.testing.assert_allclose(convlab.conv2d(x, w, backend="auto"), convlab.conv2d(x, w, backend="naive"))
+        with pytest.raises(convlab.Unsupported, match=
+                           r"'winograd' does not support stride 2x2 .*; try (?!.*returning)"):
+            convlab.conv2d(x, w, stride=2, backend="winograd")
