@@ -61,7 +61,8 @@ the backends it may time) checks them in::
     check_settings() -> None, or raises ValueError saying what is wrong and what is allowed
 
 which ``convlab train`` and ``convlab bench`` call before they start
-(:meth:`Backend.check_settings`), so a bad value stops a run before its first epoch.
+(:meth:`Backend.check_settings`), so a bad value stops a run before its first epoch. Any
+other exception from it is a :class:`BackendError` naming the backend.
 
 The registry is a plain dict from name to a :class:`Backend`, which wraps the
 implementation with the input checks, so no strategy has to repeat them, and checks what
@@ -142,8 +143,15 @@ class Backend:
         threads, tile size, ...) is not allowed: called before a run starts, so that a bad
         value stops it then, not at the first pass. Optional for a backend (``check_settings``)."""
         check = getattr(self.impl, "check_settings", None)
-        if check is not None:
+        if check is None:
+            return
+        try:
             check()
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a plugin's bug, said as one: which backend, what it raised
+            raise self.broken(f"its check_settings() raised {type(e).__name__}: {e}, where it must return None or "
+                              "raise ValueError saying which setting is wrong") from e
 
     def check_supported(self, x_shape, w_shape, stride=1, padding=0):
         """Raise :class:`Unsupported`, naming the backends that can, unless this one can."""

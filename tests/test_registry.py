@@ -205,6 +205,11 @@ def test_check_settings_is_optional_and_asks_the_backend():
         with pytest.raises(ValueError, match="PICKY_THREADS"):
             convlab.get_backend("picky-settings").check_settings()
         convlab.get_backend("naive").check_settings()  # no check_settings: nothing to check
+        Picky.check_settings = lambda self: {}["PICKY_THREADS"]  # a bug (an unset variable): not a ValueError
+        with pytest.raises(registry.BackendError, match=r"^backend 'picky-settings' \(\S*Picky\) is broken: its "
+                                                        r"check_settings\(\) raised KeyError: 'PICKY_THREADS', where "
+                                                        r"it must return None or raise ValueError"):
+            convlab.get_backend("picky-settings").check_settings()
     finally:
         del registry._registry["picky-settings"]
 
