@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import warnings
 from importlib.metadata import entry_points
 
@@ -312,6 +313,9 @@ def register_backend(name: str):
 
     A class is instantiated with no arguments. Its ``description`` attribute, or else the
     first line of its docstring, is the one-line description ``convlab backends`` shows.
+    A TypeError refuses an object without ``forward`` and ``backward``, with a
+    ``supports``, ``check_settings`` or ``inference`` that is not a method, or that
+    ``fuses_relu`` with a pass taking no ``relu`` argument.
     """
 
     if not isinstance(name, str) or not name.strip() or name != name.strip():
@@ -322,6 +326,14 @@ def register_backend(name: str):
         for method in ("forward", "backward"):
             if not callable(getattr(instance, method, None)):
                 raise TypeError(f"backend {name!r} has no {method}() method")
+        for method in ("supports", "check_settings", "inference"):
+            if getattr(instance, method, None) is not None and not callable(getattr(instance, method)):
+                raise TypeError(f"backend {name!r}: {method} must be a method, got "
+                                f"{type(getattr(instance, method)).__name__}")
+        if getattr(instance, "fuses_relu", False):  # else the first forward with a ReLU fails
+            for method in ("forward", "inference"):
+                if hasattr(instance, method) and not takes_relu(getattr(instance, method)):
+                    raise TypeError(f"backend {name!r} says it fuses_relu, but its {method}() takes no relu argument")
         previous = _registry.get(name)
         if previous is not None and qualified_name(previous.impl) != qualified_name(instance):
             # The same class registered again (a module reloaded) replaces itself silently.
@@ -331,6 +343,15 @@ def register_backend(name: str):
         return impl
 
     return decorate
+
+
+def takes_relu(method) -> bool:
+    """Whether ``method`` can be called with ``relu=...`` (True if its signature is unknown)."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "relu" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def described(value) -> str:

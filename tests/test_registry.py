@@ -53,6 +53,32 @@ def test_register_rejects_objects_without_forward():
         convlab.register_backend("broken")(object())
 
 
+@pytest.mark.parametrize("attributes, message", [
+    ({"supports": "stride 1 only"}, "backend 'broken': supports must be a method, got str"),
+    ({"check_settings": True}, "backend 'broken': check_settings must be a method, got bool"),
+    ({"fuses_relu": True}, r"backend 'broken' says it fuses_relu, but its forward\(\) takes no relu argument"),
+], ids=["supports", "check_settings", "fuses_relu"])
+def test_register_rejects_optional_attributes_the_registry_could_not_call(attributes, message):
+    with pytest.raises(TypeError, match=message):
+        convlab.register_backend("broken")(type("Broken", (Doubling,), attributes))
+    assert "broken" not in convlab.list_backends()
+
+
+def test_a_fusing_backend_may_take_relu_among_keyword_options():
+    class Fusing(Doubling):
+        fuses_relu = True
+
+        def forward(self, x, w, b, stride, padding, **options):
+            y, cache = super().forward(x, w, b, stride, padding)
+            return (np.maximum(y, 0) if options.get("relu") else y), cache
+
+    convlab.register_backend("fusing")(Fusing)
+    try:
+        assert convlab.conv2d(-np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)), backend="fusing").min() == -8
+    finally:
+        del registry._registry["fusing"]
+
+
 def test_use_backend_sets_and_restores(doubling):
     x, w = np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2))
     layer = convlab.Conv2D(1, 1, 2, rng=0, dtype=np.float64)
