@@ -79,6 +79,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import types
 import warnings
 from importlib.metadata import entry_points
 
@@ -92,6 +93,7 @@ ENTRY_POINT_GROUP = "convlab.backends"
 
 _registry: dict[str, Backend] = {}
 _entry_points_loaded = False
+_skipped: dict[str, str] = {}  # name -> why its entry point was not loaded
 _active_backend = contextvars.ContextVar("convlab_backend", default=None)
 DEFAULT_BACKEND = "im2col"
 # The loop-per-output-position definition: the test oracle, minutes on big layers.
@@ -375,8 +377,15 @@ def _load_entry_points():
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _registry:
+    # convlab's own first, so that a plugin cannot take a built-in's name, whichever comes
+    # first on sys.path: `--backend im2col` is always convlab's im2col.
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: distribution(ep) != "convlab"):
+        taken = _registry.get(ep.name)
+        if taken is not None:
+            # Registered from code, or by its own package imported first: nothing to load.
+            if distribution(ep) != "convlab" and top_package(type(taken.impl).__module__) != top_package(ep.module):
+                _skip(ep, f"the name is taken by {qualified_name(taken.impl)}; a plugin needs a name "
+                                       "of its own")
             continue
         # One broken plugin must not take the others (and every command) down with it.
         try:
@@ -384,11 +393,30 @@ def _load_entry_points():
             # Loading a module that uses @register_backend registers it; an entry point may
             # also name a plain object or class with forward/backward.
             if ep.name not in _registry:
+                if isinstance(loaded, types.ModuleType):
+                    raise TypeError(f"module {loaded.__name__} registered no backend {ep.name!r}; name the entry "
+                                    "point as its @register_backend does, or point it at the class (module:Class)")
                 register_backend(ep.name)(loaded)
         except Exception as e:  # noqa: BLE001 - any error of third-party code
-            warnings.warn(f"skipping backend {ep.name!r} (entry point {ep.value}"
-                          f"{' of ' + ep.dist.name if getattr(ep, 'dist', None) else ''}): it failed to load: "
-                          f"{type(e).__name__}: {e}", PluginWarning, stacklevel=2)
+            _skip(ep, f"it failed to load: {type(e).__name__}: {e}")
+
+
+def _skip(ep, why):
+    """Warn (once: the entry points are read once) that entry point ``ep`` was not loaded,
+    and remember ``why`` for :func:`get_backend`'s error."""
+    _skipped[ep.name] = why
+    origin = f"entry point {ep.value}{' of ' + distribution(ep) if distribution(ep) else ''}"
+    warnings.warn(f"skipping backend {ep.name!r} ({origin}): {why}", PluginWarning, stacklevel=3)
+
+
+def distribution(ep) -> str | None:
+    """The name of the distribution (installed package) that declares entry point ``ep``."""
+    return getattr(getattr(ep, "dist", None), "name", None)
+
+
+def top_package(module: str) -> str:
+    """``pkg`` of ``pkg.sub.module``: a plugin's entry point and its classes share it."""
+    return module.partition(".")[0]
 
 
 def list_backends() -> list[str]:
@@ -411,7 +439,9 @@ def get_backend(name: str | Backend | None = None) -> Backend:
         return _registry[name]
     except (KeyError, TypeError):
         valid = ", ".join(sorted(_registry))
-        raise ValueError(f"unknown backend {name!r}; valid backends are: {valid}") from None
+        unknown = (f"backend {name!r} is installed but was skipped: {_skipped[name]}"
+                   if isinstance(name, str) and name in _skipped else f"unknown backend {name!r}")
+        raise ValueError(f"{unknown}; valid backends are: {valid}") from None
 
 
 @contextlib.contextmanager

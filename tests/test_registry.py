@@ -1,5 +1,7 @@
 """The registry: names, errors that list the valid names, use_backend, entry points."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -134,6 +136,58 @@ def test_entry_point_naming_a_plain_class_is_registered(monkeypatch):
         assert "from-plugin" in convlab.list_backends()
     finally:
         registry._registry.pop("from-plugin", None)
+
+
+class FakeDistribution:
+    def __init__(self, name):
+        self.name = name
+
+
+class DeclaredEntryPoint:
+    """An entry point of group convlab.backends declared by distribution ``dist``."""
+
+    def __init__(self, name, value, dist, load):
+        self.name, self.value, self.module = name, value, value.partition(":")[0]
+        self.dist, self.load = FakeDistribution(dist), load
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """An empty registry whose entry points are ``set_entry_points(...)``'s."""
+    monkeypatch.setattr(registry, "_registry", {})
+    monkeypatch.setattr(registry, "_skipped", {})
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    return lambda *points: monkeypatch.setattr(registry, "entry_points", lambda group: list(points))
+
+
+def test_a_plugin_cannot_take_a_builtin_name_whatever_comes_first_on_the_path(fresh_registry):
+    builtin = type("Im2col", (Doubling,), {"__module__": "backends.im2col"})
+    fresh_registry(DeclaredEntryPoint("im2col", "impostor:Fast", "convlab-impostor", lambda: StrideOneOnly),
+                   DeclaredEntryPoint("im2col", "backends.im2col", "convlab", lambda: builtin))
+    with pytest.warns(registry.PluginWarning) as caught:
+        assert convlab.list_backends() == ["im2col"]
+    assert type(convlab.get_backend("im2col").impl) is builtin
+    (warning,) = caught
+    assert str(warning.message) == ("skipping backend 'im2col' (entry point impostor:Fast of convlab-impostor): the "
+                                    "name is taken by backends.im2col.Im2col; a plugin needs a name of its own")
+
+
+def test_an_entry_point_naming_a_module_that_registers_another_name_says_so(fresh_registry):
+    import types
+
+    def load():
+        convlab.register_backend("my-conv")(Doubling)
+        return types.ModuleType("mm_module")
+
+    fresh_registry(DeclaredEntryPoint("mine", "mm_module", "convlab-mine", load))
+    message = ("module mm_module registered no backend 'mine'; name the entry point as its @register_backend does, "
+               "or point it at the class (module:Class)")
+    with pytest.warns(registry.PluginWarning, match=r"^skipping backend 'mine' \(entry point mm_module of "
+                                                    r"convlab-mine\): it failed to load: TypeError: " + re.escape(message)):
+        assert convlab.list_backends() == ["my-conv"]
+    with pytest.raises(ValueError, match=r"^backend 'mine' is installed but was skipped: it failed to load: "
+                                         r"TypeError: module mm_module .*; valid backends are: my-conv$"):
+        convlab.get_backend("mine")
 
 
 def test_cache_from_another_call_is_rejected():
