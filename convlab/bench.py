@@ -24,7 +24,8 @@ pass, keeping nothing for a backward, as PyTorch's forward without autograd) or
 ``seconds`` is wall time.
 With ``--memory`` each row also has ``"peak_extra_bytes"``: the workspace of one call,
 measured on a call before the timed ones (see :mod:`convlab.memory`).
-Skipped pairs have no row.
+Skipped pairs have no row, nor has a backend that raised on a shape and pass (a plugin's
+bug, say): the table says what it raised, and the other backends are timed all the same.
 
 Two sweeps: ``kernel`` (time against kernel size on one image size, the default) and
 ``image`` (time against image size, at each of a few kernel sizes: where whole-image
@@ -118,12 +119,14 @@ def check_plot_path(path) -> Path:
 @dataclass
 class BenchResult:
     """Rows and picks as in the module docstring; ``skipped``: (shape label, backend) of
-    the oracle on big shapes; ``unsupported``: (shape label, backend, reason)."""
+    the oracle on big shapes; ``unsupported``: (shape label, backend, reason); ``failed``:
+    (shape label, backend, pass, error) of a backend that raised."""
 
     rows: list[dict] = field(default_factory=list)
     picks: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unsupported: list[tuple[str, str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str, str, str]] = field(default_factory=list)
     accuracy: list[dict] = field(default_factory=list)
 
     def seconds(self, shape, backend, pass_):
@@ -157,13 +160,26 @@ def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None, mem
         for backend in filter(is_tuner, timed):  # tuned first, so that memory and time are its pick's
             get_backend(backend).impl.pick(x, w, stride, padding)  # (its first call timed every candidate)
         for pass_ in passes:
+            def failed(backend, error, pass_=pass_):
+                """A backend (a plugin, maybe) that raises: a skipped cell and a line saying
+                why, not the end of every other backend's timing. Memory is the user's to size."""
+                if isinstance(error, MemoryError):
+                    raise error
+                result.failed.append((shape.label, backend, pass_, f"{type(error).__name__}: {error}"))
+
             runs = {backend: conv_pass(backend, x, w, b, stride, padding, dy if pass_ == "forward+backward" else None)
                     for backend in timed}
-            extra = {backend: {"peak_extra_bytes": peak_extra_bytes(run)} if memory else {}
-                     for backend, run in runs.items()}
-            best = interleaved_best(runs, repeat, max_seconds=MAX_SECONDS_PER_CELL)
-            result.rows += [{"shape": shape.label, "backend": backend, "pass": pass_, "seconds": best[backend],
-                             **extra[backend]} for backend in timed]
+            extra = {backend: {} for backend in runs}
+            if memory:
+                for backend, run in list(runs.items()):
+                    try:
+                        extra[backend]["peak_extra_bytes"] = peak_extra_bytes(run)
+                    except Exception as error:  # noqa: BLE001 - handed to failed
+                        failed(backend, error)
+                        del runs[backend]
+            best = interleaved_best(runs, repeat, max_seconds=MAX_SECONDS_PER_CELL, on_error=failed)
+            result.rows += [{"shape": shape.label, "backend": backend, "pass": pass_, "seconds": seconds,
+                             **extra[backend]} for backend, seconds in best.items()]
         for tuner in filter(is_tuner, list_backends()):
             result.picks.append({"shape": shape.label, "tuner": tuner,
                                  "backend": get_backend(tuner).impl.pick(x, w, stride, padding)})
@@ -327,6 +343,8 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
               f"(name it in --backends to time it anyway)")
     for label, backend, reason in result.unsupported:
         print(f"{backend} not timed on {label}: it does not support {reason}")
+    for label, backend, pass_, error in result.failed:
+        print(f"{backend} failed on {label} ({pass_}): {error}")
     for path in (json_path, plot_path):
         if path is not None:
             print(f"wrote {path}")

@@ -207,3 +207,31 @@ def test_a_bad_setting_of_the_tuner_s_candidates_stops_the_bench_before_it_start
     out, err = capsys.readouterr()
     assert err.startswith("convlab: error: CONVLAB_FFT_TILE must be one of 8, 16, 32, 64, 128") and err.count("\n") == 1
     assert out == ""  # nothing ran
+
+
+def test_a_backend_that_raises_is_a_skipped_cell_and_a_line_not_the_end_of_the_bench(capsys, monkeypatch):
+    """A plugin failing on some shapes: the other backends' times are still shown."""
+    from convlab import registry
+
+    class FailsOnBigKernels:
+        """Naive, but raises on kernels over 3x3 (a plugin's bug)."""
+
+        def forward(self, x, w, b, stride, padding):
+            if w.shape[2] > 3:
+                raise RuntimeError("kernel too big for my buffer")
+            return registry.get_backend("naive").impl.forward(x, w, b, stride, padding)
+
+        def backward(self, dy, cache, need_dx=True):
+            return registry.get_backend("naive").impl.backward(dy, cache, need_dx)
+
+    monkeypatch.setitem(registry._registry, "fails", registry.Backend("fails", FailsOnBigKernels()))
+    with pytest.warns(UserWarning, match="auto skips backend 'fails'"):  # as auto times it for its pick
+        main(["bench", "--backends", "fails,im2col", "--kernel-sizes", "3,5", "--repeat", "1", "--batch-size", "2",
+              "--mnist-layer", "no", "--memory", "yes"])
+    out = capsys.readouterr().out
+    for pass_ in ("forward", "forward+backward"):
+        assert f"fails failed on 2x1->32 28x28 k5 p2 ({pass_}): RuntimeError: kernel too big for my buffer" in out
+    rows = [line.split()[4:6] for line in out.splitlines() if line.startswith("2x1->32 28x28 k")]
+    # Time and memory tables, both passes: fails's cell skipped on k5 only, im2col's never.
+    assert [cells[0] == "skipped" for cells in rows] == [False, True] * 4
+    assert "skipped" not in [cells[-1] for cells in rows]
