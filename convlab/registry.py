@@ -71,7 +71,8 @@ with y (N, F, OH, OW) in x's dtype, an inference's y alike, a backward's (dx, dw
 shaped as x, w and b in that dtype. Anything else is a :class:`BackendError` (a
 ValueError) naming the backend and its class, never a wrong array passed on. Built-in and
 third-party strategies alike are found through the entry-point group
-``convlab.backends``; ``@register_backend(name)`` adds one from code.
+``convlab.backends`` (convlab's own first: a plugin cannot take a built-in's name; how to
+package and test one: docs/plugins.md); ``@register_backend(name)`` adds one from code.
 """
 
 from __future__ import annotations
