@@ -120,7 +120,8 @@ def check_plot_path(path) -> Path:
 class BenchResult:
     """Rows and picks as in the module docstring; ``skipped``: (shape label, backend) of
     the oracle on big shapes; ``unsupported``: (shape label, backend, reason); ``failed``:
-    (shape label, backend, pass, error) of a backend that raised."""
+    (shape label, backend, what it was doing: a pass, "tuning" or "its pick", error) of a
+    backend that raised."""
 
     rows: list[dict] = field(default_factory=list)
     picks: list[dict] = field(default_factory=list)
@@ -157,16 +158,26 @@ def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None, mem
                 result.unsupported.append((shape.label, backend, reason))
                 continue
             timed.append(backend)
-        for backend in filter(is_tuner, timed):  # tuned first, so that memory and time are its pick's
-            get_backend(backend).impl.pick(x, w, stride, padding)  # (its first call timed every candidate)
-        for pass_ in passes:
-            def failed(backend, error, pass_=pass_):
-                """A backend (a plugin, maybe) that raises: a skipped cell and a line saying
-                why, not the end of every other backend's timing. Memory is the user's to size."""
-                if isinstance(error, MemoryError):
-                    raise error
-                result.failed.append((shape.label, backend, pass_, f"{type(error).__name__}: {error}"))
 
+        def failed(backend, error, what):
+            """A backend (a plugin, maybe) that raised on this shape: a skipped cell and a
+            line saying so, not the end of every other backend's timing. Running out of
+            memory still ends the bench, naming the sizes to lower."""
+            if isinstance(error, MemoryError):
+                raise error
+            result.failed.append((shape.label, backend, what, f"{type(error).__name__}: {error}"))
+
+        def pick(tuner, what):
+            """``tuner``'s pick for this shape; None if it raised (said by :func:`failed`)."""
+            try:
+                return get_backend(tuner).impl.pick(x, w, stride, padding)
+            except Exception as error:  # noqa: BLE001 - handed to failed
+                failed(tuner, error, what)
+                return None
+
+        # Tuned first, so that memory and time are the pick's (its first call timed every candidate).
+        timed = [backend for backend in timed if not is_tuner(backend) or pick(backend, "tuning") is not None]
+        for pass_ in passes:
             runs = {backend: conv_pass(backend, x, w, b, stride, padding, dy if pass_ == "forward+backward" else None)
                     for backend in timed}
             extra = {backend: {} for backend in runs}
@@ -175,14 +186,16 @@ def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None, mem
                     try:
                         extra[backend]["peak_extra_bytes"] = peak_extra_bytes(run)
                     except Exception as error:  # noqa: BLE001 - handed to failed
-                        failed(backend, error)
+                        failed(backend, error, pass_)
                         del runs[backend]
-            best = interleaved_best(runs, repeat, max_seconds=MAX_SECONDS_PER_CELL, on_error=failed)
+            best = interleaved_best(runs, repeat, max_seconds=MAX_SECONDS_PER_CELL,
+                                    on_error=lambda backend, error: failed(backend, error, pass_))
             result.rows += [{"shape": shape.label, "backend": backend, "pass": pass_, "seconds": seconds,
                              **extra[backend]} for backend, seconds in best.items()]
         for tuner in filter(is_tuner, list_backends()):
-            result.picks.append({"shape": shape.label, "tuner": tuner,
-                                 "backend": get_backend(tuner).impl.pick(x, w, stride, padding)})
+            chosen = pick(tuner, "its pick")
+            if chosen is not None:
+                result.picks.append({"shape": shape.label, "tuner": tuner, "backend": chosen})
     return result
 
 
@@ -343,8 +356,8 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
               f"(name it in --backends to time it anyway)")
     for label, backend, reason in result.unsupported:
         print(f"{backend} not timed on {label}: it does not support {reason}")
-    for label, backend, pass_, error in result.failed:
-        print(f"{backend} failed on {label} ({pass_}): {error}")
+    for label, backend, what, error in result.failed:
+        print(f"{backend} failed on {label} ({what}): {error}")
     for path in (json_path, plot_path):
         if path is not None:
             print(f"wrote {path}")

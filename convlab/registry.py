@@ -64,6 +64,15 @@ which ``convlab train`` and ``convlab bench`` call before they start
 (:meth:`Backend.check_settings`), so a bad value stops a run before its first epoch. Any
 other exception from it is a :class:`BackendError` naming the backend.
 
+A tuner, which runs another backend's passes rather than computing its own (``auto``), has::
+
+    pick(x, w, stride, padding, need_dx=True) -> the name of the registered backend it
+        runs for this problem
+
+Any backend with a callable ``pick`` is taken for one: ``auto`` does not time tuners,
+``convlab bench`` shows each tuner's pick (and times it only if named), and ``convlab
+train`` runs each layer on its tuner's pick and records that.
+
 The registry is a plain dict from name to a :class:`Backend`, which wraps the
 implementation with the input checks, so no strategy has to repeat them, and checks what
 it returns, from attributes alone (a few microseconds a call): a forward's (y, cache) pair

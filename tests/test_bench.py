@@ -235,3 +235,22 @@ def test_a_backend_that_raises_is_a_skipped_cell_and_a_line_not_the_end_of_the_b
     # Time and memory tables, both passes: fails's cell skipped on k5 only, im2col's never.
     assert [cells[0] == "skipped" for cells in rows] == [False, True] * 4
     assert "skipped" not in [cells[-1] for cells in rows]
+
+
+def test_a_tuner_whose_pick_raises_loses_its_column_not_the_bench(capsys, monkeypatch):
+    from convlab import registry
+
+    class Picky:
+        """A tuner (it has pick) that fails to pick."""
+
+        def pick(self, x, w, stride, padding, need_dx=True):
+            raise RuntimeError("no candidates configured")
+
+        forward = backward = None
+
+    monkeypatch.setitem(registry._registry, "picky", registry.Backend("picky", Picky()))
+    main(["bench", "--backends", "im2col", "--kernel-sizes", "3", "--repeat", "1", "--batch-size", "2",
+          "--mnist-layer", "no", "--passes", "forward"])
+    out = capsys.readouterr().out
+    assert "picky failed on 2x1->32 28x28 k3 p1 (its pick): RuntimeError: no candidates configured" in out
+    assert "auto picks" in out and "picky picks" not in out
