@@ -161,6 +161,23 @@ def test_bench_profile_prints_the_machine_and_a_table_per_backend(capsys, data_r
     assert "0 Conv2D fft forward" in out and "transforms" in out and "0 Conv2D im2col backward" in out
 
 
+def test_bench_profile_goes_on_past_a_backend_that_raises(capsys, data_read_once, monkeypatch):
+    from convlab import registry
+
+    class Failing:
+        """Raises in every forward (a plugin's bug)."""
+
+        def forward(self, x, w, b, stride, padding):
+            raise RuntimeError("plugin bug")
+
+        backward = forward
+
+    monkeypatch.setitem(registry._registry, "failing", registry.Backend("failing", Failing()))
+    main(["bench", "--profile", "--steps", "2", "--batch-size", "8", "--backends", "failing,im2col"])
+    out = capsys.readouterr().out
+    assert "\nbackend failing failed: RuntimeError: plugin bug\n" in out and "backend im2col: milliseconds" in out
+
+
 def test_train_profile_prints_the_profile_after_training(capsys, data_read_once):
     main(["train", "--train-size", "256", "--test-size", "100", "--epochs", "1", "--progress", "False",
           "--profile"])
