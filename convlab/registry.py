@@ -394,9 +394,9 @@ def _load_entry_points():
         if taken is not None:
             # Registered from code, or by its own package imported first: nothing to load.
             if distribution(ep) != "convlab" and top_package(type(taken.impl).__module__) != top_package(ep.module):
-                _skip(ep, f"the name is taken by {qualified_name(taken.impl)}; a plugin needs a name "
-                                       "of its own")
+                _skip(ep, f"the name is taken by {qualified_name(taken.impl)}; a plugin needs a name of its own")
             continue
+        before = dict(_registry)
         # One broken plugin must not take the others (and every command) down with it.
         try:
             loaded = ep.load()
@@ -409,14 +409,26 @@ def _load_entry_points():
                 register_backend(ep.name)(loaded)
         except Exception as e:  # noqa: BLE001 - any error of third-party code
             _skip(ep, f"it failed to load: {type(e).__name__}: {e}")
+        # Nor take a name by registering it as its module is imported (register_backend has
+        # warned that it replaced one): what was there stays.
+        replaced = [name for name, backend in before.items() if _registry.get(name) is not backend]
+        if replaced:
+            _registry.update((name, before[name]) for name in replaced)
+            warnings.warn(f"kept backend {', '.join(map(repr, replaced))} as it was: loading {origin(ep)} "
+                          "registered another under that name; a plugin needs a name of its own", PluginWarning,
+                          stacklevel=2)
 
 
 def _skip(ep, why):
     """Warn (once: the entry points are read once) that entry point ``ep`` was not loaded,
     and remember ``why`` for :func:`get_backend`'s error."""
     _skipped[ep.name] = why
-    origin = f"entry point {ep.value}{' of ' + distribution(ep) if distribution(ep) else ''}"
-    warnings.warn(f"skipping backend {ep.name!r} ({origin}): {why}", PluginWarning, stacklevel=3)
+    warnings.warn(f"skipping backend {ep.name!r} ({origin(ep)}): {why}", PluginWarning, stacklevel=3)
+
+
+def origin(ep) -> str:
+    """Entry point ``ep`` and the distribution that declares it, for a warning."""
+    return f"entry point {ep.value}{' of ' + distribution(ep) if distribution(ep) else ''}"
 
 
 def distribution(ep) -> str | None:

@@ -172,6 +172,26 @@ def test_a_plugin_cannot_take_a_builtin_name_whatever_comes_first_on_the_path(fr
                                     "name is taken by backends.im2col.Im2col; a plugin needs a name of its own")
 
 
+def test_a_plugin_module_registering_a_taken_name_as_it_is_imported_does_not_replace_it(fresh_registry):
+    import types
+
+    builtin = type("Im2col", (Doubling,), {"__module__": "backends.im2col"})
+
+    def load():
+        convlab.register_backend("im2col")(StrideOneOnly)
+        convlab.register_backend("fast")(Doubling)
+        return types.ModuleType("fast_module")
+
+    fresh_registry(DeclaredEntryPoint("fast", "fast_module", "convlab-fast", load),
+                   DeclaredEntryPoint("im2col", "backends.im2col", "convlab", lambda: builtin))
+    with pytest.warns(RuntimeWarning) as caught:
+        assert convlab.list_backends() == ["fast", "im2col"]
+    assert type(convlab.get_backend("im2col").impl) is builtin
+    assert str(caught[-1].message) == ("kept backend 'im2col' as it was: loading entry point fast_module of "
+                                       "convlab-fast registered another under that name; a plugin needs a name of "
+                                       "its own")
+
+
 def test_an_entry_point_naming_a_module_that_registers_another_name_says_so(fresh_registry):
     import types
 
@@ -182,8 +202,8 @@ def test_an_entry_point_naming_a_module_that_registers_another_name_says_so(fres
     fresh_registry(DeclaredEntryPoint("mine", "mm_module", "convlab-mine", load))
     message = ("module mm_module registered no backend 'mine'; name the entry point as its @register_backend does, "
                "or point it at the class (module:Class)")
-    with pytest.warns(registry.PluginWarning, match=r"^skipping backend 'mine' \(entry point mm_module of "
-                                                    r"convlab-mine\): it failed to load: TypeError: " + re.escape(message)):
+    skipped = r"^skipping backend 'mine' \(entry point mm_module of convlab-mine\): it failed to load: TypeError: "
+    with pytest.warns(registry.PluginWarning, match=skipped + re.escape(message)):
         assert convlab.list_backends() == ["my-conv"]
     with pytest.raises(ValueError, match=r"^backend 'mine' is installed but was skipped: it failed to load: "
                                          r"TypeError: module mm_module .*; valid backends are: my-conv$"):
