@@ -172,6 +172,14 @@ def test_a_plugin_cannot_take_a_builtin_name_whatever_comes_first_on_the_path(fr
                                     "name is taken by backends.im2col.Im2col; a plugin needs a name of its own")
 
 
+def test_a_builtin_whose_name_code_registered_first_is_not_loaded_and_that_is_said(fresh_registry):
+    fresh_registry(DeclaredEntryPoint("fft", "backends.fft", "convlab", lambda: StrideOneOnly))
+    convlab.register_backend("fft")(Doubling)  # before anything listed the backends
+    with pytest.warns(registry.PluginWarning, match=r"^skipping backend 'fft' \(entry point backends.fft of convlab\): "
+                                                    r"the name is taken by \S*test_registry.Doubling$"):
+        assert type(convlab.get_backend("fft").impl) is Doubling
+
+
 def test_a_plugin_module_registering_a_taken_name_as_it_is_imported_does_not_replace_it(fresh_registry):
     import types
 
