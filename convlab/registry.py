@@ -76,8 +76,8 @@ train`` runs each layer on its tuner's pick and records that.
 The registry is a plain dict from name to a :class:`Backend`, which wraps the
 implementation with the input checks, so no strategy has to repeat them, and checks what
 it returns, from attributes alone (a few microseconds a call): a forward's (y, cache) pair
-with y (N, F, OH, OW) in x's dtype, an inference's y alike, a backward's (dx, dw, db)
-shaped as x, w and b in that dtype. Anything else is a :class:`BackendError` (a
+with y (N, F, OH, OW) in x's dtype and writeable, an inference's y alike, a backward's
+(dx, dw, db) shaped as x, w and b in that dtype. Anything else is a :class:`BackendError` (a
 ValueError) naming the backend and its class, never a wrong array passed on. Built-in and
 third-party strategies alike are found through the entry-point group
 ``convlab.backends`` (convlab's own first: a plugin cannot take a built-in's name; how to
@@ -266,9 +266,10 @@ class Backend:
             y = returned[0]
         shape = (x.shape[0], w.shape[0], output_size(x.shape[2], w.shape[2], stride[0], padding[0]),
                  output_size(x.shape[3], w.shape[3], stride[1], padding[1]))
-        if not isinstance(y, np.ndarray) or y.shape != shape or y.dtype != x.dtype:
+        if not isinstance(y, np.ndarray) or y.shape != shape or y.dtype != x.dtype or not y.flags.writeable:
             raise self.broken(f"its {method} returned y {described(y)} for x {x.shape} and w {w.shape}, stride "
-                              f"{stride}, padding {padding}, where y must be {shape} (N, F, OH, OW) {x.dtype}")
+                              f"{stride}, padding {padding}, where y must be {shape} (N, F, OH, OW) {x.dtype}, "
+                              "writeable (the caller's to overwrite)")
         return tuple(returned) if method == "forward" else y
 
     def checked_gradients(self, returned, cache, need_dx):
@@ -369,7 +370,7 @@ def takes_relu(method) -> bool:
 def described(value) -> str:
     """What a backend returned, for an error: an array's shape and dtype, else its type."""
     if isinstance(value, np.ndarray):
-        return f"{value.shape} {value.dtype}"
+        return f"{value.shape} {value.dtype}" + ("" if value.flags.writeable else " read-only")
     return f"of type {type(value).__name__}" if value is not None else "None"
 
 

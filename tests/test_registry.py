@@ -405,10 +405,12 @@ def returning():
      r"its forward returned y \(2, 3, 3, 4\) float32 for x \(2, 1, 5, 4\) and w \(4, 1, 3, 2\), stride \(1, 1\), "
      r"padding \(0, 0\), where y must be \(2, 4, 3, 3\) \(N, F, OH, OW\) float32"),
     (lambda y, cache: (y.astype(np.float64), cache),
-     r"its forward returned y \(2, 4, 3, 3\) float64 .* float32; use another backend"),
+     r"its forward returned y \(2, 4, 3, 3\) float64 .* float32, writeable"),
     (lambda y, cache: (y.tolist(), cache), r"its forward returned y of type list"),
     (lambda y, cache: y, r"its forward returned \(2, 4, 3, 3\) float32, not a pair \(y, cache\)"),
-], ids=["channels last", "dtype", "list", "y alone"])
+    (lambda y, cache: (np.broadcast_to(y[:1], y.shape), cache),
+     r"its forward returned y \(2, 4, 3, 3\) float32 read-only .* float32, writeable \(the caller's to overwrite\)"),
+], ids=["channels last", "dtype", "list", "y alone", "read-only"])
 def test_a_forward_returning_a_wrong_y_is_a_backend_error_naming_it(returning, bend, message):
     returning.impl.bend_forward = bend
     x, w = np.ones((2, 1, 5, 4), np.float32), np.ones((4, 1, 3, 2), np.float32)
