@@ -147,7 +147,8 @@ def save_checkpoint(path, model, optimizer, history, settings, backends=None, la
     all; an entry None: not known); ``layer_times`` (rows as in the module doc) are kept
     beside the settings, not among them (they are measurements). Atomic: a reader (or a
     crash at any moment) sees the previous checkpoint or this one; temporary files left by a killed writer
-    (``.<name>.*.tmp``) are removed first.
+    (``.<name>.*.tmp``) are removed first (a live one's too: ``convlab train`` claims its
+    checkpoint, :func:`convlab.files.sole_writer`, so that no other run writes it meanwhile).
     """
     path = checkpoint_path(path)
     target = write_target(path)  # a symlink's target, where atomic_path writes

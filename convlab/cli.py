@@ -150,11 +150,12 @@ class Commands:
         from convlab.run import train
         from convlab.settings import TrainSettings
 
-        settings, resumed = TrainSettings.from_options(
-            model=model, backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
-            lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size, test_size=test_size,
-            data_dir=data_dir, metrics_out=metrics_out, checkpoint=checkpoint, resume=resume, progress=progress)
-        train(settings, resumed, profile)
+        with TrainSettings.claimed(
+                model=model, backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
+                lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size, test_size=test_size,
+                data_dir=data_dir, metrics_out=metrics_out, checkpoint=checkpoint, resume=resume,
+                progress=progress) as (settings, resumed):
+            train(settings, resumed, profile)
 
     @typed(text=("checkpoint", "backend", "data_dir"))
     def evaluate(self, *, checkpoint=None, backend=None, data_dir=None, test_size=None):
@@ -236,7 +237,7 @@ class Commands:
                 its kernel sizes default to 5,9).
         """
         from convlab.bench import SWEEP_LAYER, SWEEPS, bench_command, parse_names, profile_command
-        from convlab.files import check_outputs, check_suffix
+        from convlab.files import check_outputs, check_suffix, sole_writer
 
         # An option that would change nothing in the run asked for is refused, not ignored.
         timing_only = dict(kernel_sizes=kernel_sizes, image_size=image_size, in_channels=in_channels,
@@ -272,7 +273,8 @@ class Commands:
         # The sizes in force (given, else the sweep's defaults) name what was too big.
         defaults = SWEEP_LAYER[sweep]
         in_force = {name: defaults[name] if given is None else given for name, given in sizes.items()}
-        with out_of_memory_names({name: value for name, value in in_force.items() if value is not None}):
+        with out_of_memory_names({name: value for name, value in in_force.items() if value is not None}), \
+                sole_writer({"--json": json, "--plot": plot}):  # not another bench's result, written at its end
             bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer is not False, passes,
                           positive_int("repeat", 3 if repeat is None else repeat), json, plot,
                           progress=lambda message: print(message, file=sys.stderr, flush=True),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import stat
@@ -206,6 +207,62 @@ def check_train_files(checkpoint, resume, metrics_out, data_dir):
         check_writable(resume, "--resume")
         outputs["--checkpoint"] = None
     check_outputs(outputs, {"--resume": resume, "--data-dir": data_dir}, kinds={"--metrics-out": "metrics"})
+
+
+@contextlib.contextmanager
+def sole_writer(outputs: dict):
+    """Within the block, this process is the only convlab run writing each of ``outputs``
+    ({option: path or None}, as for :func:`check_outputs`, already checked by it); a
+    :class:`ValueError` naming the option and the other process if another run holds one.
+
+    Two runs given one ``--checkpoint`` or ``--metrics-out`` would each replace the other's
+    file after every epoch, and the run that ended last would erase the other's. So a run
+    claims each output for as long as it runs, by an exclusive ``flock`` on a lock file
+    ``.<name>.lock`` beside it (beside a symlink's target, where it is written: see
+    :func:`write_target`), which holds the holder's process id and is removed at the end
+    of the block. The lock is released when its holder dies (``kill -9``); the file left
+    behind then is claimed again by the next run. The lock cannot be on the output
+    itself: that is replaced at every save, and HDF5 takes locks of its own on it.
+    """
+    with contextlib.ExitStack() as claims:
+        for option, path in outputs.items():
+            if path is not None:
+                claims.enter_context(_claimed(Path(str(path)), option))
+        yield
+
+
+@contextlib.contextmanager
+def _claimed(path: Path, option: str):
+    """An exclusive claim on ``path`` for the block (see :func:`sole_writer`)."""
+    target = write_target(path)
+    lock = target.with_name(f".{target.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ValueError(f"{option} {path}: cannot create its lock file {lock} ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise ValueError(f"{option} {path} is being written by another convlab run"
+                             f"{f' (process {holder})' if holder else ''}; wait for it to end, or choose "
+                             "another path") from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # a lock file its holder removed as it left: claim the one there now
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # before the lock is released: no one else can hold it yet
+        os.close(fd)
 
 
 def same_file(a: Path, b: Path) -> bool:

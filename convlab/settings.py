@@ -16,6 +16,7 @@ Fields are of two kinds:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
 from dataclasses import dataclass
@@ -144,6 +145,21 @@ class TrainSettings:
             given = dict(given, **resumed_settings(resumed, {key: given.get(key) for key in RECORDED
                                                              if key != "backends"}))
         return cls(**{key: value for key, value in given.items() if value is not None}), resumed
+
+    @classmethod
+    @contextlib.contextmanager
+    def claimed(cls, **given):
+        """:meth:`from_options`, with the run's outputs (checkpoint, metrics file) claimed for
+        the block (:func:`convlab.files.sole_writer`: another run writing one is refused up
+        front); yields (settings, checkpoint). Checked once before the claim, so that a
+        mistake makes no lock file, and again under it: a run that held the files until
+        just now may have created the checkpoint, or saved more epochs into it."""
+        from convlab.files import sole_writer
+
+        settings, _ = cls.from_options(**given)
+        claimed_as = "--resume" if settings.checkpoint == settings.resume else "--checkpoint"
+        with sole_writer({claimed_as: settings.checkpoint, "--metrics-out": settings.metrics_out}):
+            yield cls.from_options(**given)
 
     def with_data_sizes(self, n_train: int, n_test: int) -> TrainSettings:
         """These settings with the numbers of training and test images used, out of a

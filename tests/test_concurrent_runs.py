@@ -1,0 +1,67 @@
+"""Two `convlab train` runs given the same checkpoint or metrics file (or two benches the
+same --json): the second is refused before it trains (each would otherwise replace the
+other's file after every epoch, and the last to end would erase the other's run), and a
+claim ends with its run."""
+
+import os
+import signal
+
+import pytest
+
+from convlab.checkpoints import load_checkpoint
+from convlab.files import sole_writer
+from tests.test_checkpoints import SMALL, make_checkpoint
+from tests.test_cli import run_cli
+from tests.test_interrupts import start, tiny_data, train_argv, wait_for_line  # noqa: F401 (a fixture)
+
+
+@pytest.mark.parametrize("claimed, argv", [
+    ("--checkpoint {new}", ["--checkpoint", "{new}", *SMALL]),
+    ("--resume {old}", ["--resume", "{old}", "--epochs", "3", "--progress", "no"]),
+    ("--metrics-out {metrics}", ["--metrics-out", "{metrics}", *SMALL]),
+])
+def test_an_output_another_run_writes_is_refused_up_front(capsys, tmp_path, claimed, argv):
+    paths = dict(new=tmp_path / "new.h5", old=tmp_path / "old.h5", metrics=tmp_path / "m.json")
+    make_checkpoint(paths["old"], epochs_done=2)
+    before = paths["old"].read_bytes()
+    option, path = claimed.format(**paths).split()
+    with sole_writer({option: path}):  # as another run holds it
+        code, out, err = run_cli(capsys, "train", *[a.format(**paths) for a in argv])
+    assert code == 2 and out == "" and err == (
+        f"convlab: error: {option} {path} is being written by another convlab run (process {os.getpid()}); "
+        "wait for it to end, or choose another path\n")
+    assert paths["old"].read_bytes() == before and not paths["new"].exists() and not paths["metrics"].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.h5"]  # the claim's lock file went with it
+
+
+def test_a_lock_file_left_by_a_killed_run_is_claimed_again(tmp_path):
+    lock = tmp_path / ".run.h5.lock"
+    lock.write_text("999999\n")  # its process was killed: the file stays, its lock does not
+    with sole_writer({"--checkpoint": tmp_path / "run.h5"}):
+        assert lock.read_text() == f"{os.getpid()}\n"
+    assert not lock.exists()
+
+
+def test_a_running_training_keeps_its_checkpoint_from_a_second_run(tmp_path, tiny_data, capsys):  # noqa: F811
+    path = tmp_path / "ck.h5"
+    first = start(tmp_path, *train_argv(tiny_data, "--epochs", "100000", "--checkpoint", str(path)))
+    wait_for_line(first, "epoch 1/")
+    code, _, err = run_cli(capsys, "train", "--resume", str(path), "--epochs", "100001", "--progress", "no")
+    assert code == 2 and err.startswith(
+        f"convlab: error: --resume {path} is being written by another convlab run (process {first.pid})")
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=30)
+    assert first.returncode == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.h5", "tiny.hdf5"]
+    epochs = load_checkpoint(path).epoch
+    code, _, err = run_cli(capsys, "train", "--resume", str(path), "--epochs", str(epochs + 1), "--progress", "no")
+    assert code == 0, err
+    assert load_checkpoint(path).epoch == epochs + 1
+
+
+def test_a_bench_result_another_bench_writes_is_refused_before_timing(capsys, tmp_path):
+    path = tmp_path / "b.json"
+    with sole_writer({"--json": path}):
+        code, out, err = run_cli(capsys, "bench", "--json", str(path), "--backends", "naive")
+    assert code == 2 and out == "" and err.startswith(f"convlab: error: --json {path} is being written by another")
+    assert list(tmp_path.iterdir()) == []
