@@ -124,15 +124,26 @@ def test_share_chunks_runs_each_chunk_once_and_passes_errors_on():
         convlab.threads.share_chunks(fails, chunks, threads=2)
 
 
-@pytest.mark.parametrize("backend", ["im2col", "fft"])
+@pytest.mark.parametrize("backend", [name for name in convlab.timing.strategies() if name != "naive"])
 def test_same_weights_on_one_thread_and_two(monkeypatch, backend):
-    x, y = images(48)
+    """The chunk pool's threads (OPENBLAS_NUM_THREADS) and FFTW's (CONVLAB_FFT_THREADS, which
+    also share the FFT backends' tiles) change no bit: MNIST-sized batches of 32 filters, cut
+    into many chunks and tiles (fft: 8 and 16, fft-tiled: 8)."""
+    from convlab import fftw
+
+    rng = np.random.default_rng(1)
+    x, y = rng.random((128, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 128)
     weights = []
-    for threads in (1, 2):
-        monkeypatch.setattr(convlab.threads, "worker_count", lambda threads=threads: threads)
-        model = small_net(backend=backend)
-        train_epoch(model, SGD(model), x, y, batch_size=16, seed=0, epoch=1, progress=False)
-        weights.append([p.copy() for p in model.state_dict().values()])
+    try:
+        for threads in (1, 2):
+            monkeypatch.setattr(convlab.threads, "worker_count", lambda threads=threads: threads)
+            fftw.configure(threads=threads)
+            model = convlab.Sequential(convlab.Conv2D(1, 32, 5, padding=1, rng=0, backend=backend), ReLU(),
+                                       Flatten(), Dense(32 * 26 * 26, 10, rng=1))
+            train_epoch(model, SGD(model), x, y, batch_size=64, seed=0, epoch=1, progress=False)
+            weights.append([p.copy() for p in model.state_dict().values()])
+    finally:
+        fftw.configure()
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
 
