@@ -17,7 +17,7 @@ from convlab.files import write_json
 from convlab.models import describe_layer, get_model
 from convlab.optimizers import SGD
 from convlab.profile import recording
-from convlab.registry import get_backend
+from convlab.registry import get_backend, list_backends
 from convlab.settings import TrainSettings
 from convlab.threads import machine_summary
 from convlab.timing import is_tuner
@@ -46,18 +46,26 @@ def build_model(settings: TrainSettings):
     return model, pin_backends(model, settings)
 
 
-def pin_backends(model, settings: TrainSettings) -> TrainSettings:
+def pin_backends(model, settings: TrainSettings, resumed=None) -> TrainSettings:
     """Pin each conv layer of ``model`` to its backend in ``settings``; returns the settings
     with ``backends`` set. A layer on ``auto`` gets the backend auto picks for that layer's
     own problem at the training batch size (timed without dx for the first layer, whose
-    input gradient is never computed); one line per conv layer says which backend it runs on
-    (unless there is one conv layer, on the backend named)."""
+    input gradient is never computed), or, continuing the checkpoint ``resumed`` on the
+    backends it was asked for, the one it ran on there: a pick timed again (the cache
+    cleared, a new convlab version) may be another backend, which rounds differently, and
+    the continuation would not be the run's. One line per conv layer says which backend it
+    runs on (unless there is one conv layer, on the backend named)."""
     shapes = model.input_shapes(settings.batch_size)
     names = []
     convs = model.indexed_conv_layers()
-    for number, ((i, layer), asked) in enumerate(zip(convs, settings.conv_backends()), start=1):
+    same_ask = resumed is not None and resumed.settings["backend"] == settings.backend
+    ran = str(resumed.settings.get("backends") or "").split(",") if same_ask else []
+    before = ran if len(ran) == len(convs) else [None] * len(convs)
+    for number, ((i, layer), asked, kept) in enumerate(zip(convs, settings.conv_backends(), before), start=1):
         name, how = asked, ""
-        if is_tuner(asked):
+        if is_tuner(asked) and kept in list_backends():
+            name, how = kept, f" (picked by {asked} before the resume)"
+        elif is_tuner(asked):
             x = np.random.default_rng(0).standard_normal(shapes[i]).astype(layer.params["w"].dtype)
             name = get_backend(asked).impl.pick(x, layer.params["w"], layer.stride, layer.padding, need_dx=i > 0)
             how = f" (picked by {asked})"
@@ -92,7 +100,7 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         history, backends = resumed.history, resumed.backends
         print(f"resuming from {settings.resume} after epoch {resumed.epoch}")
     with backend_log_to_stdout():
-        settings = pin_backends(model, settings)
+        settings = pin_backends(model, settings, resumed)
 
     from convlab.data import load_dataset  # looked up at call time: tests share one reading of the data
 

@@ -95,6 +95,20 @@ def test_resume_under_another_backend(capsys, tmp_path, data_read_once):
     assert resumed.epoch == 2 and resumed.settings["backend"] == "naive" and resumed.history[0].seconds == 0.5
 
 
+def test_resuming_on_auto_keeps_the_backends_auto_picked_before(capsys, tmp_path, data_read_once):
+    """A pick timed again (the cache cleared, a new convlab version) may be another backend,
+    which rounds differently: the continuation would not be the run's."""
+    path = tmp_path / "ck.h5"
+    model = reference_net(seed=0)
+    save_checkpoint(path, model, SGD(model, lr=0.01), [EpochMetrics(1, 1.0, 0.5, 0.3, 0.5)],
+                    dict(RUN_SETTINGS, backend="auto", backends="fft"))  # this machine's cache knows no pick
+    code, out, err = run_cli(capsys, "train", "--resume", str(path), "--epochs", "2", "--progress", "no")
+    assert code == 0, err
+    assert ("conv layer 1 (conv 1 -> 32 filters 7x7, stride 1, padding 1, on 28x28): fft (picked by auto before "
+            "the resume)") in out and "auto picked" not in out
+    assert load_checkpoint(path).backends == ["fft", "fft"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "0.1"], "--lr 0.1 differs from the checkpoint's 0.01; a resumed run keeps the dataset, batch-size, "
                       "lr, lr-schedule, momentum, seed, train-size, test-size it started with"),
