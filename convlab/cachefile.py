@@ -90,7 +90,8 @@ def update_cache(path, kind: str, marker: str, merge: Callable[[dict], dict]) ->
 
 def clear_cache(path, marker: str) -> bool:
     """Delete the cache ``path`` (under its lock); False if there was none. Raises
-    :class:`NotOurs` (a ValueError) for a file that is not such a cache."""
+    :class:`NotOurs` (a ValueError) for a file that is not such a cache, and a ValueError
+    saying why for one that cannot be deleted (a folder, a read-only one's file)."""
     path = Path(path)
     if not path.exists():
         return False
@@ -102,6 +103,8 @@ def clear_cache(path, marker: str) -> bool:
             pass
         except NotOurs as e:
             raise NotOurs(f"not deleting {path}: {e}") from None
+        except OSError as e:
+            raise ValueError(f"cannot delete {path}: {e.strerror or e}") from None
     return True
 
 

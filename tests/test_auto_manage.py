@@ -93,6 +93,16 @@ def test_clear_refuses_a_file_that_is_not_a_pick_cache(cache_file, capsys):
     assert cache_file.read_text() == "my notes"
 
 
+def test_clear_of_a_setting_that_names_a_folder_says_so(cache_file, capsys):
+    cache_file.mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        with pytest.warns(UserWarning, match="could not read the auto pick cache"):
+            main(["auto", "clear"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"convlab: error: cannot delete {cache_file}: Is a directory\n"
+    assert cache_file.is_dir()
+
+
 @pytest.mark.parametrize("problem", [{"x": [1, 1, 4]}, {"x": [1, 1, 4, 4], "w": [1, 1, 3, 3], "stride": [1, 1],
                                                        "padding": [0, 0], "dtype": "no such type", "need_dx": True}])
 def test_an_entry_with_a_damaged_problem_is_ignored(cache_file, capsys, problem):
