@@ -52,6 +52,11 @@ def atomic_path(path):
         raise
 
 
+# A file name each output option accepts, for a refusal's example.
+EXAMPLE_NAMES = {"--metrics-out": "metrics.json", "--out": "report.pdf", "--json": "bench.json", "--plot": "plot.png",
+                 "--checkpoint": "run.h5"}
+
+
 def check_writable(path, option: str, folder=False) -> Path:
     """``path`` as a place ``atomic_path`` can write a file to (or, with ``folder``, create
     files in), checked before any work is done; a :class:`ValueError` naming ``option``
@@ -66,7 +71,8 @@ def check_writable(path, option: str, folder=False) -> Path:
     if folder and path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} exists and is not a folder")
     if not folder and path.is_dir():
-        raise ValueError(f"{option} {path} is a directory; give a file path such as {path / 'out'}")
+        raise ValueError(f"{option} {path} is a directory; give a file path such as "
+                         f"{path / EXAMPLE_NAMES.get(option, 'out')}")
     place = path.absolute() if folder and path.is_dir() else next(
         p for p in write_target(path).absolute().parents if p.exists())
     if not place.is_dir():

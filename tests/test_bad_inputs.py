@@ -94,7 +94,8 @@ OTHER_CASES = [
     (["data", "--dest", "x"], "`convlab data` takes no option --dest here; give a command first (one of: download)"),
     (["data", "download", "--dest", "{a-file}"], "--dest {a-file} exists and is not a folder"),
     (["data", "download", "--dest", "{a-file}/x"], "--dest {a-file}/x: {a-file} is a file, so nothing can be written"),
-    (["train", "--metrics-out", "{a-folder}"], "--metrics-out {a-folder} is a directory; give a file path"),
+    (["train", "--metrics-out", "{a-folder}"],
+     "--metrics-out {a-folder} is a directory; give a file path such as {a-folder}/metrics.json"),
     (["train", "--metrics-out", "{a-file}/m.json"], "--metrics-out {a-file}/m.json: {a-file} is a file, so nothing"),
     (["report", "{metrics.json}", "--out", "{a-file}/r.pdf"], "--out {a-file}/r.pdf: {a-file} is a file, so nothing"),
     (["report", "{metrics.json}", "--out", "/proc/r.pdf"], "/proc/r.pdf"),  # refused by the system, not our checks
@@ -106,7 +107,8 @@ OTHER_CASES = [
     (["report", "{wrong-schema.json}", "--out", "{out}"], "{wrong-schema.json}: missing or malformed 'train_loss'"),
     (["report", "{metrics.json}", "--out", "{out}", "--bench", "{empty-bench.json}"],
      "{empty-bench.json}: no usable timing rows"),
-    (["report", "{metrics.json}", "--out", "{a-folder}"], "--out {a-folder} is a directory"),
+    (["report", "{metrics.json}", "--out", "{a-folder}"], "--out {a-folder} is a directory; give a file path such as "
+                                                          "{a-folder}/report.pdf"),
     (["report", "{no-y-test.h5}", "--out", "{out}"], "is an HDF5 file but not a convlab checkpoint"),
     (["report", "{metrics.json}", "{out}", "{empty-bench.json}", "extra"],
      "`convlab report` got unexpected argument(s) {out} {empty-bench.json} extra: it takes 1 positional "
