@@ -127,8 +127,8 @@ def test_share_chunks_runs_each_chunk_once_and_passes_errors_on():
 @pytest.mark.parametrize("backend", [name for name in convlab.timing.strategies() if name != "naive"])
 def test_same_weights_on_one_thread_and_two(monkeypatch, backend):
     """The chunk pool's threads (OPENBLAS_NUM_THREADS) and FFTW's (CONVLAB_FFT_THREADS, which
-    also share the FFT backends' tiles) change no bit: MNIST-sized batches of 32 filters, cut
-    into many chunks and tiles (fft: 8 and 16, fft-tiled: 8)."""
+    also share the FFT backends' tiles) change no bit: MNIST-sized batches, cut into many
+    chunks and tiles, and (the second layer's) transforms big enough for FFTW's own threads."""
     from convlab import fftw
 
     rng = np.random.default_rng(1)
@@ -138,8 +138,9 @@ def test_same_weights_on_one_thread_and_two(monkeypatch, backend):
         for threads in (1, 2):
             monkeypatch.setattr(convlab.threads, "worker_count", lambda threads=threads: threads)
             fftw.configure(threads=threads)
-            model = convlab.Sequential(convlab.Conv2D(1, 32, 5, padding=1, rng=0, backend=backend), ReLU(),
-                                       Flatten(), Dense(32 * 26 * 26, 10, rng=1))
+            model = convlab.Sequential(convlab.Conv2D(1, 16, 5, padding=1, rng=0, backend=backend), ReLU(),
+                                       convlab.Conv2D(16, 16, 3, padding=1, rng=2, backend=backend), ReLU(),
+                                       Flatten(), Dense(16 * 26 * 26, 10, rng=1))
             train_epoch(model, SGD(model), x, y, batch_size=64, seed=0, epoch=1, progress=False)
             weights.append([p.copy() for p in model.state_dict().values()])
     finally:
