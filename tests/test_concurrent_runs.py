@@ -1,8 +1,9 @@
 """Two `convlab train` runs given the same checkpoint or metrics file (or two benches the
 same --json): the second is refused before it trains (each would otherwise replace the
 other's file after every epoch, and the last to end would erase the other's run), and a
-claim ends with its run."""
+claim ends with its run. Readers are not refused: they see whole versions."""
 
+import json
 import os
 import signal
 
@@ -10,9 +11,10 @@ import pytest
 
 from convlab.checkpoints import load_checkpoint
 from convlab.files import sole_writer
-from tests.test_checkpoints import SMALL, make_checkpoint
+from tests.test_checkpoints import RUN_SETTINGS, SMALL, make_checkpoint
 from tests.test_cli import run_cli
-from tests.test_interrupts import start, tiny_data, train_argv, wait_for_line  # noqa: F401 (a fixture)
+from tests.test_interrupts import (CHECKPOINT_WRITER, start, tiny_data,  # noqa: F401 (a fixture)
+                                    train_argv, wait_for_line)
 
 
 @pytest.mark.parametrize("claimed, argv", [
@@ -65,3 +67,18 @@ def test_a_bench_result_another_bench_writes_is_refused_before_timing(capsys, tm
         code, out, err = run_cli(capsys, "bench", "--json", str(path), "--backends", "naive")
     assert code == 2 and out == "" and err.startswith(f"convlab: error: --json {path} is being written by another")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_never_sees_half_a_checkpoint_being_rewritten(tmp_path):
+    """What evaluate, predict and report do while a run saves: each read is one whole version."""
+    path = tmp_path / "ck.h5"
+    writer = start(tmp_path, "-c", CHECKPOINT_WRITER, str(path), json.dumps(RUN_SETTINGS))
+    wait_for_line(writer, "1")
+    epochs = []
+    for _ in range(40):
+        held = load_checkpoint(path)
+        assert (held.weights["3.b"] == held.epoch).all()  # version k has every bias of layer 3 equal to k
+        epochs.append(held.epoch)
+    writer.kill()
+    writer.communicate()
+    assert epochs == sorted(epochs) and epochs[-1] > epochs[0]  # read while it was being rewritten
