@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import tempfile
+import warnings
 from pathlib import Path
 
 
@@ -243,6 +244,23 @@ def _claimed(path: Path, option: str):
     target = write_target(path)
     lock = target.with_name(f".{target.name}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = _lock(lock, path, option)
+    if fd is None:
+        yield
+        return
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # before the lock is released: no one else can hold it yet
+        os.close(fd)
+
+
+def _lock(lock: Path, path: Path, option: str) -> int | None:
+    """A descriptor of the file ``lock`` (made if missing) holding its exclusive ``flock``;
+    None, with a warning, where the file system has no locks (some FUSE mounts): the run
+    then goes on unclaimed, as it did before claims."""
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -256,19 +274,18 @@ def _claimed(path: Path, option: str):
             raise ValueError(f"{option} {path} is being written by another convlab run"
                              f"{f' (process {holder})' if holder else ''}; wait for it to end, or choose "
                              "another path") from None
+        except OSError as e:
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+            warnings.warn(f"{option} {path}: cannot lock {lock} ({e.strerror or e}); another run writing "
+                          f"{path} at the same time would not be noticed", stacklevel=4)
+            return None
         try:
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                break
+                return fd
         except FileNotFoundError:
             pass
         os.close(fd)  # a lock file its holder removed as it left: claim the one there now
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        lock.unlink(missing_ok=True)  # before the lock is released: no one else can hold it yet
-        os.close(fd)
 
 
 def same_file(a: Path, b: Path) -> bool:

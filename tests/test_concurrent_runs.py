@@ -3,6 +3,8 @@ same --json): the second is refused before it trains (each would otherwise repla
 other's file after every epoch, and the last to end would erase the other's run), and a
 claim ends with its run. Readers are not refused: they see whole versions."""
 
+import errno
+import fcntl
 import json
 import os
 import signal
@@ -43,6 +45,18 @@ def test_a_lock_file_left_by_a_killed_run_is_claimed_again(tmp_path):
         assert lock.read_text() == f"{os.getpid()}\n"
     assert not lock.exists()
 
+
+
+def test_where_the_file_system_has_no_locks_the_run_goes_on_with_a_warning(tmp_path, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match=r"--checkpoint .*run.h5: cannot lock .*\.run\.h5\.lock "
+                                         r"\(No locks available\); another run writing"):
+        with sole_writer({"--checkpoint": tmp_path / "run.h5"}):
+            pass
+    assert list(tmp_path.iterdir()) == []
 
 def test_a_running_training_keeps_its_checkpoint_from_a_second_run(tmp_path, tiny_data, capsys):  # noqa: F811
     path = tmp_path / "ck.h5"
