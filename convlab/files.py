@@ -253,7 +253,11 @@ def _claimed(path: Path, option: str):
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
-        lock.unlink(missing_ok=True)  # before the lock is released: no one else can hold it yet
+        # Removed before the lock is released, when no one else can hold it. A folder made
+        # read-only meanwhile keeps it (the next run claims it again), and the run's own
+        # error, if any, is the one the user sees.
+        with contextlib.suppress(OSError):
+            lock.unlink(missing_ok=True)
         os.close(fd)
 
 

@@ -47,6 +47,16 @@ def test_a_lock_file_left_by_a_killed_run_is_claimed_again(tmp_path):
 
 
 
+
+def test_a_lock_file_that_cannot_be_removed_does_not_hide_the_run_s_own_error(tmp_path):
+    """A folder made read-only during a run: the failed save is what the user must read."""
+    lock = tmp_path / ".run.h5.lock"
+    with pytest.raises(ValueError, match="^the run's own error$"):
+        with sole_writer({"--checkpoint": tmp_path / "run.h5"}):
+            lock.unlink()
+            lock.mkdir()  # unlink() cannot remove it, as in a read-only folder
+            raise ValueError("the run's own error")
+
 def test_where_the_file_system_has_no_locks_the_run_goes_on_with_a_warning(tmp_path, monkeypatch):
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
