@@ -48,7 +48,10 @@ def atomic_path(path):
         os.chmod(tmp, mode)  # after the write: the old file's bits may not allow writing (0444)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        # What stopped the write (a second Ctrl-C, a full disk) is what the user must read,
+        # not that the temporary file could not go too (its folder made read-only
+        # meanwhile); one left behind is hidden, and a checkpoint's goes at its next save.
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 

@@ -135,3 +135,8 @@ def test_atomic_write_gets_ordinary_permissions_and_leaves_no_temp_on_error(tmp_
             raise RuntimeError("interrupted")
     assert target.read_text().strip() == '{\n  "a": 1\n}'.strip()
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    with pytest.raises(KeyboardInterrupt):  # not the OSError of a temporary file that cannot go
+        with atomic_path(target) as tmp:
+            tmp.unlink()
+            tmp.mkdir()  # os.unlink() cannot remove it, as in a folder made read-only meanwhile
+            raise KeyboardInterrupt
