@@ -8,11 +8,13 @@ import contextlib
 import logging
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from convlab.arguments import check_fits_dtype, out_of_memory_names
-from convlab.checkpoints import backends_record, ctrl_c_at_safe_points, interrupted_message, save_checkpoint
+from convlab.checkpoints import (CheckpointError, backends_record, ctrl_c_at_safe_points, interrupted_message,
+                                 save_checkpoint)
 from convlab.files import write_json
 from convlab.models import describe_layer, get_model
 from convlab.optimizers import SGD
@@ -127,6 +129,9 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         print(f"epoch {m.epoch}/{settings.epochs}  loss {m.train_loss:.4f}  train acc {m.train_accuracy:.4f}  "
               f"test acc {m.test_accuracy:.4f}  {m.seconds:.1f} s", flush=True)
 
+    # What an interrupted or failed run's message needs to say how to go on from its checkpoint.
+    resume_options = dict(epochs=settings.epochs, backend=settings.backend, data_dir=settings.data_dir,
+                          metrics_out=settings.metrics_out, progress=None if settings.progress else False)
     started = time.perf_counter()
     try:
         with backend_log_to_stdout(), ctrl_c_at_safe_points() as stop_if_asked, \
@@ -139,10 +144,13 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         if settings.checkpoint is None or not history:
             raise
         raise TrainingDiverged(f"{e}; {settings.checkpoint} still holds the run after epoch {history[-1].epoch}") from None
+    except CheckpointError as e:  # a save failed (a full disk, a folder made read-only): the last one stands
+        if not (Path(settings.checkpoint).exists() or settings.resume):
+            raise
+        raise CheckpointError(f"{e}; {interrupted_message(settings.checkpoint, settings.resume, resume_options)}") \
+            from None
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a subclass)
-        raise type(stop)(interrupted_message(settings.checkpoint, settings.resume, dict(
-            epochs=settings.epochs, backend=settings.backend, data_dir=settings.data_dir,
-            metrics_out=settings.metrics_out, progress=None if settings.progress else False))) from None
+        raise type(stop)(interrupted_message(settings.checkpoint, settings.resume, resume_options)) from None
     if recorded is not None:
         print(f"profile on {machine_summary()}")
         print(recorded.table(f"backend {settings.backend}: milliseconds per step, seconds in all, "

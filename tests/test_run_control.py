@@ -13,7 +13,8 @@ import termios
 
 import pytest
 
-from convlab.checkpoints import load_checkpoint
+from convlab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from tests.test_cli import run_cli
 from tests.test_interrupts import REPO, start, tiny_data, train_argv, wait_for_line  # noqa: F401 (a fixture)
 
 
@@ -43,6 +44,28 @@ def test_the_epoch_where_the_loss_exploded_is_not_saved(tmp_path, tiny_data):
     assert load_checkpoint(path).epoch == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.h5", "tiny.hdf5"]
 
+
+
+def test_a_failed_save_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path, tiny_data, capsys, monkeypatch):
+    """A full disk, or a folder made read-only during the run: one line with the cause, what
+    survived, and the command that goes on from it."""
+    saves = []
+
+    def full_disk_at_epoch_2(path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 2:
+            raise CheckpointError(f"cannot write checkpoint {path}: [Errno 28] No space left on device")
+        save_checkpoint(path, *args, **kwargs)
+
+    monkeypatch.setattr("convlab.run.save_checkpoint", full_disk_at_epoch_2)
+    path = tmp_path / "ck.h5"
+    code, _, err = run_cli(capsys, "train", "--data-dir", str(tiny_data), "--batch-size", "32", "--epochs", "3",
+                           "--progress", "no", "--checkpoint", str(path))
+    assert code == 2 and err == (
+        f"convlab: error: cannot write checkpoint {path}: [Errno 28] No space left on device; {path} holds the run "
+        f"after epoch 1; resume with: convlab train --resume {path} --epochs 3 --backend im2col --data-dir "
+        f"{tiny_data} --progress False\n")
+    assert load_checkpoint(path).epoch == 1
 
 def test_sigterm_stops_at_the_end_of_a_batch_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, tiny_data):
     path = tmp_path / "ck.h5"
