@@ -170,7 +170,7 @@ def save_checkpoint(path, model, optimizer, history, settings, backends=None, la
             if layer_times is not None:
                 f.create_dataset("layer_times", data=json.dumps(layer_times))
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {path}: {e}") from None
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
 
 
 def checkpoint_path(value) -> Path:

@@ -26,6 +26,11 @@ from convlab.timing import is_tuner
 from convlab.training import TrainingDiverged, fit
 
 
+class SaveFailed(ValueError):
+    """An epoch's checkpoint or metrics file that could not be written (a full disk, a folder
+    made read-only during the run)."""
+
+
 @contextlib.contextmanager
 def backend_log_to_stdout():
     """Within the block, INFO lines of the ``convlab`` loggers (such as the backend that
@@ -120,12 +125,17 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         backends.append(backends_record(settings.backends.split(",")))
         times = layer_times(model)
         model.reset_timing()
-        if settings.checkpoint is not None:
-            save_checkpoint(settings.checkpoint, model, optimizer, history, settings.record(), backends, times)
-        if settings.metrics_out is not None:
-            write_json(settings.metrics_out, {
-                "backend": settings.backend, "test_accuracy": m.test_accuracy, "settings": settings.record(),
-                "layer_times": times, "epochs": [dict(e.as_dict(), backend=b) for e, b in zip(history, backends)]})
+        try:
+            if settings.checkpoint is not None:
+                save_checkpoint(settings.checkpoint, model, optimizer, history, settings.record(), backends, times)
+            if settings.metrics_out is not None:
+                write_json(settings.metrics_out, {
+                    "backend": settings.backend, "test_accuracy": m.test_accuracy, "settings": settings.record(),
+                    "layer_times": times, "epochs": [dict(e.as_dict(), backend=b) for e, b in zip(history, backends)]})
+        except CheckpointError as e:
+            raise SaveFailed(e) from None
+        except OSError as e:
+            raise SaveFailed(f"cannot write --metrics-out {settings.metrics_out}: {e.strerror or e}") from None
         print(f"epoch {m.epoch}/{settings.epochs}  loss {m.train_loss:.4f}  train acc {m.train_accuracy:.4f}  "
               f"test acc {m.test_accuracy:.4f}  {m.seconds:.1f} s", flush=True)
 
@@ -144,11 +154,10 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         if settings.checkpoint is None or not history:
             raise
         raise TrainingDiverged(f"{e}; {settings.checkpoint} still holds the run after epoch {history[-1].epoch}") from None
-    except CheckpointError as e:  # a save failed (a full disk, a folder made read-only): the last one stands
-        if not (Path(settings.checkpoint).exists() or settings.resume):
+    except SaveFailed as e:  # what the epochs before saved stands
+        if settings.checkpoint is None or not (Path(settings.checkpoint).exists() or settings.resume):
             raise
-        raise CheckpointError(f"{e}; {interrupted_message(settings.checkpoint, settings.resume, resume_options)}") \
-            from None
+        raise SaveFailed(f"{e}; {interrupted_message(settings.checkpoint, settings.resume, resume_options)}") from None
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a subclass)
         raise type(stop)(interrupted_message(settings.checkpoint, settings.resume, resume_options)) from None
     if recorded is not None:

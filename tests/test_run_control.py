@@ -42,6 +42,18 @@ def test_the_epoch_where_the_loss_exploded_is_not_saved(tmp_path, tiny_data):
     assert result.stderr.startswith("convlab: error: training diverged: the mean loss of epoch 2 was ")
     assert result.stderr.endswith(f"; {path} still holds the run after epoch 1\n")
     assert load_checkpoint(path).epoch == 1
+
+
+def test_a_metrics_file_that_cannot_be_written_says_so_in_words(tmp_path, tiny_data, capsys, monkeypatch):
+    def read_only_folder(path, obj):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".m.json.x.tmp"), None, str(path))
+
+    monkeypatch.setattr("convlab.run.write_json", read_only_folder)
+    path, metrics = tmp_path / "ck.h5", tmp_path / "m.json"
+    code, _, err = run_cli(capsys, "train", "--data-dir", str(tiny_data), "--batch-size", "32", "--epochs", "3",
+                           "--progress", "no", "--checkpoint", str(path), "--metrics-out", str(metrics))
+    assert code == 2 and err.startswith(f"convlab: error: cannot write --metrics-out {metrics}: Permission denied; "
+                                        f"{path} holds the run after epoch 1; resume with: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.h5", "tiny.hdf5"]
 
 
@@ -54,7 +66,7 @@ def test_a_failed_save_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path
     def full_disk_at_epoch_2(path, *args, **kwargs):
         saves.append(path)
         if len(saves) == 2:
-            raise CheckpointError(f"cannot write checkpoint {path}: [Errno 28] No space left on device")
+            raise CheckpointError(f"cannot write checkpoint {path}: No space left on device")
         save_checkpoint(path, *args, **kwargs)
 
     monkeypatch.setattr("convlab.run.save_checkpoint", full_disk_at_epoch_2)
@@ -62,7 +74,7 @@ def test_a_failed_save_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path
     code, _, err = run_cli(capsys, "train", "--data-dir", str(tiny_data), "--batch-size", "32", "--epochs", "3",
                            "--progress", "no", "--checkpoint", str(path))
     assert code == 2 and err == (
-        f"convlab: error: cannot write checkpoint {path}: [Errno 28] No space left on device; {path} holds the run "
+        f"convlab: error: cannot write checkpoint {path}: No space left on device; {path} holds the run "
         f"after epoch 1; resume with: convlab train --resume {path} --epochs 3 --backend im2col --data-dir "
         f"{tiny_data} --progress False\n")
     assert load_checkpoint(path).epoch == 1
