@@ -121,7 +121,8 @@ class Commands:
 
         With --resume, every setting left out comes from the checkpoint; model, dataset,
         batch size, lr, lr schedule, momentum, seed and subset sizes cannot change; epochs may be
-        raised (a cosine schedule then stretches over the new total) and the backend may change.
+        raised (a cosine schedule then stretches over the new total) and the backend may change
+        (on auto, the backends auto picked before are kept).
         Every setting is checked by convlab.settings.TrainSettings before anything runs.
 
         Args:
