@@ -29,9 +29,9 @@ DIVERGED_BATCHES = 3
 
 class DivergenceWatch:
     """Raises :class:`TrainingDiverged` when the loss is not finite, or when it has been
-    above ``DIVERGED_FACTOR * log(classes)`` for ``DIVERGED_BATCHES`` batches in a row, or
-    on average over an epoch (which is then not saved: a checkpoint keeps the last epoch
-    whose loss was in bounds)."""
+    above ``DIVERGED_FACTOR * log(classes)`` for ``DIVERGED_BATCHES`` batches in a row
+    within an epoch, or on average over an epoch (which is then not saved: a checkpoint
+    keeps the last epoch whose loss was in bounds)."""
 
     def __init__(self):
         self.exploded = 0
@@ -116,7 +116,8 @@ def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True, 
 
     Each batch is gathered by index from the full arrays: the data set is never copied
     as a whole. Raises :class:`TrainingDiverged` as soon as the loss is not finite, or
-    has exploded (``watch``, a :class:`DivergenceWatch`, carries the count across epochs).
+    has exploded (``watch``, a :class:`DivergenceWatch`: the caller then checks the epoch's
+    mean loss against its bound).
     The progress bar (``progress``) is drawn only when stderr is a terminal: in a log
     file, its carriage-return updates would be thousands of lines.
     """
@@ -155,8 +156,10 @@ def fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=1, progres
     Returns the list of metrics.
     """
     history = []
-    watch = DivergenceWatch()
     for epoch in range(start_epoch, epochs + 1):
+        # Counted afresh each epoch: a run resumed at this epoch counts from here too, and
+        # so stops (or not) where the uninterrupted run would.
+        watch = DivergenceWatch()
         started = time.perf_counter()
         if lr_at is not None:
             optimizer.lr = lr_at(epoch)

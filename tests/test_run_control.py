@@ -11,9 +11,15 @@ import subprocess
 import sys
 import termios
 
+import numpy as np
 import pytest
 
 from convlab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from convlab.data import Dataset
+from convlab.layers import Dense, Flatten
+from convlab.models import Sequential
+from convlab.optimizers import SGD
+from convlab.training import fit
 from tests.test_cli import run_cli
 from tests.test_interrupts import REPO, start, tiny_data, train_argv, wait_for_line  # noqa: F401 (a fixture)
 
@@ -31,6 +37,29 @@ def test_a_loss_exploding_while_finite_stops_the_run(tmp_path):
     assert result.stderr.endswith("; try a lower learning rate (now 1000000.0)\n")
     assert len(result.stderr.splitlines()) == 1 and "test accuracy" not in result.stdout
 
+
+
+
+def test_a_resumed_run_stops_for_divergence_where_an_uninterrupted_one_would(monkeypatch):
+    """Losses above the bound (10 log 10 = 23) in the last 2 steps of epoch 1 and the first of
+    epoch 2: a count carried across epochs stopped the uninterrupted run in epoch 2, while the
+    run resumed after epoch 1 (a new count) went on. Each epoch now counts afresh."""
+    losses = []
+
+    def scripted_step(model, optimizer, x, y, watch):
+        loss = losses.pop(0)
+        watch.check(loss, 10)
+        return loss, 0
+
+    monkeypatch.setattr("convlab.training.train_step", scripted_step)
+    data = Dataset(np.zeros((6, 1, 2, 2), np.float32), np.zeros(6, np.int64), np.zeros((2, 1, 2, 2), np.float32),
+                   np.zeros(2, np.int64))  # 3 steps of 2 an epoch
+    model = Sequential(Flatten(), Dense(4, 10, rng=0))
+    losses[:] = [30.0, 1.0, 1.0]
+    resumed = fit(model, SGD(model), data, 2, 2, 0, start_epoch=2, progress=False)
+    losses[:] = [1.0, 30.0, 30.0, 30.0, 1.0, 1.0]
+    straight = fit(model, SGD(model), data, 2, 2, 0, progress=False)
+    assert [m.epoch for m in resumed] == [2] and [m.epoch for m in straight] == [1, 2]
 
 def test_the_epoch_where_the_loss_exploded_is_not_saved(tmp_path, tiny_data):
     # One batch per epoch: the first loss is computed before any step, so epoch 1 ends in
