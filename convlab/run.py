@@ -164,6 +164,7 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         print(f"profile on {machine_summary()}")
         print(recorded.table(f"backend {settings.backend}: milliseconds per step, seconds in all, "
                              f"share of the steps' time"))
-    print(f"test accuracy: {history[-1].test_accuracy:.4f} ({settings.backend}, {settings.epochs} epochs, "
-          f"{time.perf_counter() - started:.1f} s)")
+    ran = settings.backend if backends[-1] == settings.backend else f"{settings.backend}: {backends[-1]}"
+    print(f"test accuracy: {history[-1].test_accuracy:.4f} ({ran}, {settings.epochs} "
+          f"epoch{'s' * (settings.epochs != 1)}, {time.perf_counter() - started:.1f} s)")
     return history

@@ -124,6 +124,7 @@ def test_train_with_auto_says_what_it_picked_and_matches_that_backend(cache_file
     main(["train", "--backend", "auto"] + args)
     out = capsys.readouterr().out
     picked = re.search(r"auto picked ([\w-]+) for x 64x1x28x28 w 32x1x7x7", out).group(1)  # fft-tiled too
+    assert f"(auto: {picked}, 1 epoch, " in out  # the last line says what ran, and "1 epoch"
     main(["train", "--backend", picked] + args)
     accuracy = re.compile(r"test accuracy: (\S+)")
     assert accuracy.search(out).group(1) == accuracy.search(capsys.readouterr().out).group(1)

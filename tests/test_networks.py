@@ -309,3 +309,14 @@ def test_report_describes_the_network_and_each_layer(capsys, tmp_path, data_read
     written = write_report(ck, tmp_path / "r.pdf")
     assert [p.name for p in written] == ["r.pdf", "r-curves.png", "r-layers.png", "r-filters.png"]
     assert isinstance(run.model.conv_layers()[0], Conv2D) and run.model.layers[0].params["w"].shape == (6, 1, 5, 5)
+
+
+def test_a_network_run_on_one_backend_is_said_to_be_trained_with_that_one_name(capsys, tmp_path, data_read_once):
+    """Every conv layer on im2col: "trained with im2col", as the per-epoch record says, not
+    one name per layer ("im2col,im2col")."""
+    checkpoint = str(tmp_path / "ck.h5")
+    code, out, err = run_cli(capsys, "train", "--model", "c4k3 relu c4k3 relu dense10", "--backend", "im2col",
+                             "--epochs", "1", *SMALL, "--checkpoint", checkpoint)
+    assert code == 0 and out.splitlines()[-1].startswith("test accuracy: ") and "(im2col, 1 epoch, " in out, err
+    code, out, _ = run_cli(capsys, "evaluate", "--checkpoint", checkpoint, "--test-size", "50")
+    assert code == 0 and "trained with im2col; evaluated with im2col\n" in out
