@@ -66,6 +66,23 @@ def test_gradients_pass_dot_product_check(backend):
         assert numeric == pytest.approx(analytic, rel=1e-6, abs=1e-6)
 
 
+def test_a_fused_relu_on_random_shapes_gives_naive_and_a_relu_layer_s_results(backend):
+    """relu=True (fused by im2col, fft, winograd and auto's pick, applied around the pass
+    for the others) on random shapes, strides included (tests/test_speed_paths.py has
+    stride-1 shapes only): y = max(conv, 0), and the backward of naive's convolution with
+    the ReLU's gradient applied to dy first, in float64."""
+    rng = np.random.default_rng(21)
+    for x, w, b, stride, padding in supported_conv_cases(backend, np.random.default_rng(20), 8):
+        y_ref, cache = ORACLE.forward(x, w, b, stride, padding)
+        dy = rng.standard_normal(y_ref.shape)
+        refs = (np.maximum(y_ref, 0),) + tuple(ORACLE.backward(dy * (y_ref > 0), cache))
+        y, cache = backend.forward(x, w, b, stride, padding, relu=True)
+        shape_note = f"x {x.shape} w {w.shape} stride {stride} padding {padding}"
+        for name, got, want in zip(("y", "dx", "dw", "db"), (y,) + tuple(backend.backward(dy, cache)), refs):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * max(1.0, float(np.abs(want).max())),
+                                       err_msg=f"{name} with a fused ReLU differs from naive's ({shape_note})")
+
+
 def chunked_mnist_case(backend, dtype):
     """(x, w, b, stride, padding): 12 images of 28 x 28, 8 filters 5 x 5 (3 or more chunks
     in im2col), or a smaller kernel where the backend's are smaller."""

@@ -178,19 +178,21 @@ def test_large_batches_match_im2col():
         np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("c, f", [(1, 5), (2, 3), (4, 5)])  # products broadcast, broadcast, matmul
-def test_dy_spectra_in_either_layout_give_the_same_gradients(monkeypatch, c, f):
+def test_dy_spectra_in_either_layout_give_the_same_gradients(monkeypatch, c, f, relu):
     """dy's spectra bin-major (small grids, or matmul-sized products) or plane-major (big
-    grids with a channel count of 3 or less): both give im2col's gradients."""
+    grids with a channel count of 3 or less): both give im2col's gradients, also after a
+    fused ReLU, whose gradient is applied as dy is written into either layout's grids."""
     case = conv_case(n=5, c=c, f=f, size=(12, 10), kernel=(3, 4))
     dy = np.random.default_rng(1).standard_normal(fft.FFT().forward(*case)[0].shape)
     grads = {}
     for layout, max_bins in (("bin-major", 1 << 40), ("plane-major", 0)):
         monkeypatch.setattr(fft, "BIN_MAJOR_MAX_BINS", max_bins)
         backend = fft.FFT()
-        grads[layout] = backend.backward(dy, backend.forward(*case)[1])
+        grads[layout] = backend.backward(dy, backend.forward(*case, relu=relu)[1])
     im2col = convlab.get_backend("im2col")
-    reference = im2col.backward(dy, im2col.forward(*case)[1])
+    reference = im2col.backward(dy, im2col.forward(*case, relu=relu)[1])
     for layout, ours in grads.items():
         for got, ref in zip(ours, reference):
             np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max(), err_msg=layout)
