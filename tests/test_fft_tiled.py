@@ -115,6 +115,22 @@ def test_rectangular_tiles_match_naive(tile, blocks, monkeypatch):
         fftw.configure()
 
 
+def test_tile_rows_of_one_phase_never_overlap():
+    """dx's overlap-add runs the tile rows of one phase at once, on several threads: for every
+    tile and kernel height, rows of one image in one phase lie a whole tile apart (else two
+    threads add to the same rows, a race no comparison with the oracle reliably catches),
+    and every tile row is in exactly one phase."""
+    for tile in fft_tiled.TILE_SIZES[:3]:
+        for k in range(1, tile + 1):
+            tiling = fft_tiled.Tiling((tile, 8), (k, 1), (3 * tile + k, 5), (0, 0), 2, (1, 1))
+            rows = tiling.count[0]
+            assert sorted(tiling.order) == list(range(2 * rows))
+            for start, end in tiling.phase_bounds:
+                for image in range(2):
+                    tops = sorted(int(r) % rows * tiling.m[0] for r in tiling.order[start:end] if r // rows == image)
+                    assert all(b - a >= tile for a, b in zip(tops, tops[1:])), f"tile {tile}, k {k}: rows at {tops}"
+
+
 def test_cut_tiles_are_the_windows_of_the_zero_padded_source():
     """Tile rows above, across and below the source, tiles past either edge of its columns
     (and wholly outside them), steps both shorter and longer than the tile: every tile is

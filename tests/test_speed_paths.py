@@ -2,9 +2,11 @@
 rather than the data set copied, evaluation does not depend on its batch size, and the
 PyTorch comparison script trains the very same network."""
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -186,6 +188,33 @@ def test_im2col_input_gradient_paths_agree_with_the_oracle(x_shape, w_shape, pad
         results.append(backend.backward(np.cos(y), cache))
     for ours, oracle in zip(results[1], results[0]):
         np.testing.assert_allclose(ours, oracle, rtol=1e-10, atol=1e-10)
+
+
+def test_im2col_inference_chunks_on_two_threads_unroll_into_buffers_of_their_own(monkeypatch):
+    """The inference pass unrolls each chunk into a buffer its thread reuses. Two threads that
+    both unroll a chunk before either multiplies (forced here by a barrier at the GEMM; on a
+    busy machine a matter of timing) must each multiply their own chunk's windows: with one
+    buffer between them, a chunk's output was another chunk's."""
+    from backends import im2col
+
+    gemm_together = threading.Barrier(2, timeout=10)
+    real_phase = im2col.phase
+
+    @contextlib.contextmanager
+    def phase(name):
+        if name == "GEMM":
+            gemm_together.wait()
+        with real_phase(name):
+            yield
+
+    rng = np.random.default_rng(6)
+    x, w, b = rng.standard_normal((4, 2, 9, 9)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    backend = convlab.get_backend("im2col")
+    y, _ = backend.forward(x, w, b, 1, 1)
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 1)  # one image a chunk: 4 chunks, two rounds of two threads
+    monkeypatch.setattr(im2col, "phase", phase)
+    monkeypatch.setattr(im2col, "share_chunks", lambda work, chunks: convlab.threads.share_chunks(work, chunks, 2))
+    np.testing.assert_array_equal(backend.inference(x, w, b, 1, 1), y)
 
 
 def test_dense_blocks_of_features_give_the_plain_products_on_one_thread_and_two(monkeypatch):
