@@ -16,7 +16,7 @@ from convlab.checkpoints import (
 from convlab.layers import Conv2D, Dense, Flatten, ReLU
 from convlab.models import Sequential, reference_net
 from convlab.optimizers import SGD
-from convlab.training import EpochMetrics
+from convlab.training import EpochMetrics, epoch_order
 from tests.test_cli import run_cli
 
 RUN_SETTINGS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, lr_schedule="cosine",
@@ -82,6 +82,15 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(capsys, tmp_path, data_
     without_seconds = [[(m.epoch, m.train_loss, m.train_accuracy, m.test_accuracy) for m in c.history] for c in (a, b)]
     assert without_seconds[0] == without_seconds[1]
     assert a.settings == b.settings
+
+
+def test_each_epoch_has_its_own_batch_order_a_pure_function_of_seed_and_epoch():
+    """What a checkpoint keeps instead of an RNG state (its seed): the same shuffle for the same
+    (seed, epoch), another one for every other epoch or seed."""
+    orders = {(seed, epoch): epoch_order(200, seed, epoch) for seed in (0, 1) for epoch in (1, 2)}
+    assert all(sorted(order) == list(range(200)) for order in orders.values())
+    np.testing.assert_array_equal(orders[0, 1], epoch_order(200, 0, 1))
+    assert len({order.tobytes() for order in orders.values()}) == len(orders)
 
 
 def test_resume_under_another_backend(capsys, tmp_path, data_read_once):
