@@ -128,6 +128,19 @@ def test_an_epoch_gathers_batches_without_copying_the_data_set():
     assert peak < x.nbytes / 4, f"peak allocation {peak} bytes during an epoch over {x.nbytes} bytes of images"
 
 
+def test_an_epoch_s_loss_and_accuracy_are_means_over_images_with_a_short_last_batch():
+    """train_epoch's mean loss weighs each batch by its images: 10 images in batches of 4, 4
+    and 2, with a learning rate of 0 (the model stays as it is), give the loss and accuracy of
+    all 10 at once."""
+    rng = np.random.default_rng(4)
+    model = small_net(rng)
+    x, y = rng.random((10, 1, 8, 8), dtype=np.float32), rng.integers(0, 10, 10)
+    logits = model.forward(x)
+    loss, accuracy = train_epoch(model, SGD(model, lr=0.0), x, y, batch_size=4, seed=0, epoch=1, progress=False)
+    assert loss == pytest.approx(softmax_cross_entropy(logits, y)[0], rel=1e-5)
+    assert accuracy == np.mean(logits.argmax(axis=1) == y)
+
+
 def test_predictions_do_not_depend_on_the_evaluation_batch_size():
     rng = np.random.default_rng(2)
     model = small_net(rng)
