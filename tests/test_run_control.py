@@ -21,6 +21,10 @@ from convlab.models import Sequential
 from convlab.optimizers import SGD
 from convlab.training import fit
 from tests.test_cli import run_cli
+
+
+from convlab.checkpoints import load_checkpoint
+from convlab.training import DIVERGED_BATCHES, DivergenceWatch, TrainingDiverged
 from tests.test_interrupts import REPO, start, tiny_data, train_argv, wait_for_line  # noqa: F401 (a fixture)
 
 
@@ -60,6 +64,19 @@ def test_a_resumed_run_stops_for_divergence_where_an_uninterrupted_one_would(mon
     losses[:] = [1.0, 30.0, 30.0, 30.0, 1.0, 1.0]
     straight = fit(model, SGD(model), data, 2, 2, 0, progress=False)
     assert [m.epoch for m in resumed] == [2] and [m.epoch for m in straight] == [1, 2]
+
+
+def test_only_batches_exploding_in_a_row_stop_the_run():
+    """A spike that recovers (at --lr 1 a batch reaches 16 log(classes)) is no divergence, however
+    many an epoch has; DIVERGED_BATCHES batches in a row above the bound are."""
+    watch = DivergenceWatch()
+    for loss in [100.0, 1.0] * DIVERGED_BATCHES:
+        watch.check(loss, 10)
+    for _ in range(DIVERGED_BATCHES - 1):
+        watch.check(100.0, 10)
+    with pytest.raises(TrainingDiverged, match=f"for {DIVERGED_BATCHES} batches"):
+        watch.check(100.0, 10)
+
 
 def test_the_epoch_where_the_loss_exploded_is_not_saved(tmp_path, tiny_data):
     # One batch per epoch: the first loss is computed before any step, so epoch 1 ends in
