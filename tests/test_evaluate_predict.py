@@ -69,13 +69,15 @@ def image_files(tmp_path, digit):
     Image.fromarray(digit).save(tmp_path / "gray.png")
     Image.fromarray(np.stack([digit] * 3, axis=-1)).save(tmp_path / "rgb.png")
     Image.fromarray(np.dstack([digit, digit, digit, np.full_like(digit, 255)])).save(tmp_path / "rgba.png")
+    opaque = np.where(digit > 0, 255, 0).astype(np.uint8)  # the digit on a transparent background stored white
+    Image.fromarray(np.dstack([np.where(opaque > 0, digit, 255)] * 3 + [opaque])).save(tmp_path / "transparent.png")
     Image.fromarray(gray).save(tmp_path / "gray16.png")
     Image.fromarray(digit).convert("P").save(tmp_path / "palette.png")
     Image.fromarray(255 - digit).save(tmp_path / "dark-on-light.png")
     np.save(tmp_path / "uint8.npy", digit)
     np.save(tmp_path / "float01.npy", (digit / 255.0)[None])
     np.save(tmp_path / "float255.npy", digit.astype(np.float64))
-    return {"gray.png": [], "rgb.png": [], "rgba.png": [], "gray16.png": [], "palette.png": [],
+    return {"gray.png": [], "rgb.png": [], "rgba.png": [], "transparent.png": [], "gray16.png": [], "palette.png": [],
             "dark-on-light.png": ["--invert"], "uint8.npy": [], "float01.npy": [], "float255.npy": []}
 
 
