@@ -178,6 +178,26 @@ def test_large_batches_match_im2col():
         np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
 
 
+def test_each_tile_of_images_gets_its_own_images_windows_of_zeros_exactly_the_bias(monkeypatch):
+    """The forward's products run in tiles of images (one input channel: they broadcast),
+    and each tile's outputs over windows of zeros are set to exactly the bias: with the
+    masks of the tile's own images, not of the batch's first ones. The "digits" sit in a
+    different place in each image, so another image's mask is wrong both ways."""
+    monkeypatch.setattr(fftw, "TILE_POINTS", 1)  # one image per tile
+    rng = np.random.default_rng(0)
+    x = np.zeros((3, 1, 16, 16))
+    for image, (top, left) in enumerate([(1, 1), (8, 2), (3, 9)]):
+        x[image, 0, top:top + 6, left:left + 5] = rng.random((6, 5))
+    w = rng.standard_normal((4, 1, 3, 3))
+    b = rng.standard_normal(4)
+    y, _ = fft.FFT().forward(x, w, b, (1, 1), (1, 1))
+    background = np.broadcast_to(convlab.conv2d(np.abs(x), np.ones_like(w[:1]), padding=1,
+                                                backend="naive") == 0, y.shape)
+    assert not np.array_equal(background[0], background[1])
+    np.testing.assert_array_equal(y[background], np.broadcast_to(b[:, None, None], y.shape)[background])
+    np.testing.assert_allclose(y, convlab.conv2d(x, w, b, padding=1, backend="naive"), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("c, f", [(1, 5), (2, 3), (4, 5)])  # products broadcast, broadcast, matmul
 def test_dy_spectra_in_either_layout_give_the_same_gradients(monkeypatch, c, f, relu):
