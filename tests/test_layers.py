@@ -106,6 +106,14 @@ def test_same_seed_same_weights_other_seed_other_weights():
             assert not np.array_equal(pa, pc)
 
 
+def test_conv_weights_start_with_he_scale_over_channels_and_kernel():
+    """He initialisation: w ~ N(0, 2 / fan_in), fan_in = in_channels * kh * kw (every input a
+    filter sees), so a ReLU network's activations neither grow nor shrink layer to layer."""
+    w = Conv2D(4, 64, (5, 3), rng=0).params["w"]  # 3840 draws each: the std within about 1 %
+    assert w.std() == pytest.approx(np.sqrt(2.0 / (4 * 5 * 3)), rel=0.05)
+    assert Conv2D(60, 64, 1, rng=0).params["w"].std() == pytest.approx(np.sqrt(2.0 / 60), rel=0.05)
+
+
 def test_reference_net_shapes():
     model = convlab.reference_net(seed=0)
     assert model.forward(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10)
