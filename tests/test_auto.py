@@ -68,6 +68,29 @@ def test_pick_is_logged_cached_on_disk_and_reused_by_a_new_process(cache_file, m
     assert f"auto uses {picked} for {key} (timed earlier" in caplog.text
 
 
+@pytest.mark.parametrize("change", [dict(dtype=np.float32), dict(padding=(0, 1)), dict(stride=(1, 2)),
+                                    dict(need_dx=False), dict(x_shape=(3, 2, 9, 9)), dict(w_shape=(3, 2, 3, 2))],
+                         ids=lambda change: next(iter(change)))
+def test_a_problem_that_differs_in_one_field_is_timed_for_itself(cache_file, monkeypatch, change):
+    """Each field of a problem (dtype, padding, stride, need_dx, the shapes) is part of its
+    pick's key, in memory and in the file: a pick timed for float64, or for another padding,
+    is not reused for a problem it was not timed on."""
+    timed = []
+    monkeypatch.setattr(auto_module, "interleaved_best",
+                        lambda runs, *a, **k: timed.append(runs) or {name: 1e-3 for name in runs})
+    problem = dict(x_shape=(2, 2, 9, 9), w_shape=(3, 2, 3, 3), stride=(1, 1), padding=(1, 1), dtype=np.float64,
+                   need_dx=True)
+
+    def pick(auto, x_shape, w_shape, stride, padding, dtype, need_dx):
+        return auto.pick(np.ones(x_shape, dtype), np.ones(w_shape, dtype), stride, padding, need_dx)
+
+    pick(Auto(), **problem)
+    pick(Auto(), **problem)  # a new process: the pick from the file
+    assert len(timed) == 1
+    pick(Auto(), **{**problem, **change})
+    assert len(timed) == 2, f"a pick for {problem} was reused for {change}"
+
+
 @pytest.mark.parametrize("stale", [
     {"backend": "naive", "seconds": {"naive": 1.0}},  # timed when only naive existed
     "another convlab",                                 # timed with other versions of the backends
