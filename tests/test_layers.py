@@ -78,6 +78,18 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits():
     assert dlogits.dtype == np.float32
 
 
+def test_softmax_cross_entropy_of_a_row_does_not_depend_on_the_other_rows():
+    """Each row's log-sum-exp is shifted by that row's own max: shifted by the batch's max,
+    a row of logits far below another row's (here by 2000) underflows to exp(.) = 0 and
+    its loss to log(0)."""
+    logits = np.array([[1000.0, 0.0, -1000.0], [-1000.0, -999.0, -1001.0]])
+    labels = np.array([0, 1])
+    loss, dlogits = softmax_cross_entropy(logits, labels)
+    alone = [softmax_cross_entropy(logits[i:i + 1], labels[i:i + 1]) for i in range(2)]
+    assert loss == pytest.approx(np.mean([row_loss for row_loss, _ in alone]))
+    np.testing.assert_allclose(dlogits, np.concatenate([row_grad for _, row_grad in alone]) / 2)
+
+
 def test_whole_model_gradient_check():
     rng = np.random.default_rng(3)
     model = convlab.Sequential(Conv2D(1, 2, 3, padding=1, rng=rng, dtype=np.float64), ReLU(), Flatten(),
