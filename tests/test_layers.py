@@ -6,6 +6,7 @@ import pytest
 import convlab
 from convlab.layers import Conv2D, Dense, Flatten, ReLU
 from convlab.losses import softmax, softmax_cross_entropy
+from convlab.optimizers import cosine_lr
 
 
 def dot_product_check(forward, backward, x, rng, eps=1e-6):
@@ -143,6 +144,14 @@ def test_sgd_momentum_matches_the_pytorch_formula():
         opt.step()
     # v1 = g, v2 = 0.9 g + g; w = w0 - 0.1 (v1 + v2)
     np.testing.assert_allclose(model.layers[0].params["w"], w0 - 0.1 * (g + 1.9 * g))
+
+
+def test_cosine_schedule_starts_at_the_base_rate_and_halves_it_midway():
+    """Epochs count from 1: epoch 1 trains at the full rate, epoch 1 + epochs/2 at half of it,
+    and the last epoch still learns (the rate reaches 0 only one epoch after it)."""
+    rates = [cosine_lr(0.1, epoch, 4) for epoch in range(1, 5)]
+    assert rates[0] == 0.1 and rates[2] == pytest.approx(0.05)
+    assert rates[3] > 0 and rates == sorted(rates, reverse=True)
 
 
 def test_load_state_dict_rejects_other_networks():
