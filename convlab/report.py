@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from convlab.checkpoints import epoch_ranges, tuners_resolved
-from convlab.files import atomic_path, check_outputs, check_suffix, check_writable
+from convlab.files import atomic_path, check_outputs, check_suffix, check_writable, sole_writer
 from convlab.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU
 from convlab.models import DEFAULT_MODEL, INPUT_SHAPE
 from convlab.registry import get_backend
@@ -423,6 +423,23 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
     figures = {f"--out's {name} figure": out.with_name(f"{out.stem}-{name}.png")
                for name in ("curves", "layers", "filters", "timing")}
     check_outputs({"--out": out, **figures}, {"SOURCE": source, "--bench": bench})
+    # Claimed from now to the last write, every figure name too (another report, from a
+    # checkpoint, may be writing the filters this one does not draw): two reports to one
+    # --out would otherwise leave one's PDF beside the other's figures.
+    with sole_writer({"--out": out, **figures}):
+        outputs = rendered_report(source, out, bench)
+        for path, content in outputs.items():
+            try:
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(content)
+            except OSError as e:
+                raise ReportError(f"cannot write {path}: {e.strerror}") from None
+    return list(outputs)
+
+
+def rendered_report(source, out: Path, bench=None) -> dict[Path, bytes]:
+    """The report :func:`write_report` writes, rendered in memory: {path: content}, the PDF
+    at ``out`` first, then the PNGs beside it."""
     run = load_run(source)
     timings = read_bench(bench) if bench is not None else None
     model = run.model
@@ -460,7 +477,7 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
         pages.add("para", f"Not shown: {run.source.name} is a metrics file, which holds no weights. Run "
                           "`convlab report` on a checkpoint (`convlab train --checkpoint PATH`) to see them.")
     if timings is not None:  # as text in the PDF (selectable, searchable), as an image beside it
-        pngs[figures["--out's timing figure"]] = figure_png(timing_figure(timings))
+        pngs[out.with_name(f"{out.stem}-timing.png")] = figure_png(timing_figure(timings))
         pages.add("heading", "Timing")
         pages.add("note", TIMING_TITLE)
         pages.add("code", timing_text(timings))
@@ -469,11 +486,4 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
     with PdfPages(pdf, metadata={"Title": "convlab report", "CreationDate": None}) as document:
         for page in pages.pages:
             document.savefig(page)
-    outputs = {out: pdf.getvalue(), **pngs}
-    for path, content in outputs.items():
-        try:
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(content)
-        except OSError as e:
-            raise ReportError(f"cannot write {path}: {e.strerror}") from None
-    return list(outputs)
+    return {out: pdf.getvalue(), **pngs}

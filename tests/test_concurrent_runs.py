@@ -1,7 +1,8 @@
 """Two `convlab train` runs given the same checkpoint or metrics file (or two benches the
-same --json): the second is refused before it trains (each would otherwise replace the
-other's file after every epoch, and the last to end would erase the other's run), and a
-claim ends with its run. Readers are not refused: they see whole versions."""
+same --json, two reports the same --out): the second is refused before it trains (each
+would otherwise replace the other's file after every epoch, and the last to end would
+erase the other's run), and a claim ends with its run. Readers are not refused: they see
+whole versions."""
 
 import errno
 import fcntl
@@ -17,6 +18,7 @@ from tests.test_checkpoints import RUN_SETTINGS, SMALL, make_checkpoint
 from tests.test_cli import run_cli
 from tests.test_interrupts import (CHECKPOINT_WRITER, start, tiny_data,  # noqa: F401 (a fixture)
                                     train_argv, wait_for_line)
+from tests.test_report import HISTORY
 
 
 @pytest.mark.parametrize("claimed, argv", [
@@ -91,6 +93,25 @@ def test_a_bench_result_another_bench_writes_is_refused_before_timing(capsys, tm
         code, out, err = run_cli(capsys, "bench", "--json", str(path), "--backends", "naive")
     assert code == 2 and out == "" and err.startswith(f"convlab: error: --json {path} is being written by another")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("claimed", ["--out {folder}/r.pdf", "--out's filters figure {folder}/r-filters.png"])
+def test_a_report_another_report_writes_is_refused_before_it_renders(capsys, tmp_path, claimed):
+    """Two reports to one --out would each replace the PDF and the PNGs beside it, and could
+    leave one's PDF with the other's figures. Every figure name is claimed, also those
+    this report does not draw: another report (from a checkpoint) may be writing it."""
+    metrics = tmp_path / "m.json"
+    metrics.write_text(json.dumps({"backend": "im2col", "epochs": [m.as_dict() for m in HISTORY]}))
+    *option, path = claimed.format(folder=tmp_path).split()
+    with sole_writer({" ".join(option): path}):
+        code, out, err = run_cli(capsys, "report", str(metrics), "--out", str(tmp_path / "r.pdf"))
+    assert code == 2 and out == "" and err == (
+        f"convlab: error: {' '.join(option)} {path} is being written by another convlab run "
+        f"(process {os.getpid()}); wait for it to end, or choose another path\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+    code, _, err = run_cli(capsys, "report", str(metrics), "--out", str(tmp_path / "r.pdf"))
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "r-curves.png", "r.pdf"]  # claims end with it
 
 
 def test_a_reader_never_sees_half_a_checkpoint_being_rewritten(tmp_path):
