@@ -89,6 +89,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import threading
 import types
 import warnings
 from importlib.metadata import entry_points
@@ -103,6 +104,11 @@ ENTRY_POINT_GROUP = "convlab.backends"
 
 _registry: dict[str, Backend] = {}
 _entry_points_loaded = False
+# Held while the entry points load: another thread's first list_backends() or get_backend()
+# waits for all of them. Reentrant, and _entry_points_loading set meanwhile: a plugin that
+# asks for the backends as it is imported gets what is registered so far, as before.
+_entry_points_lock = threading.RLock()
+_entry_points_loading = False
 _skipped: dict[str, str] = {}  # name -> why its entry point was not loaded
 _active_backend = contextvars.ContextVar("convlab_backend", default=None)
 DEFAULT_BACKEND = "im2col"
@@ -384,10 +390,24 @@ class PluginWarning(RuntimeWarning):
 
 
 def _load_entry_points():
-    global _entry_points_loaded
+    """Load the backends of the entry points, once (see :data:`_entry_points_lock`)."""
+    global _entry_points_loaded, _entry_points_loading
     if _entry_points_loaded:
         return
-    _entry_points_loaded = True
+    with _entry_points_lock:
+        if _entry_points_loaded or _entry_points_loading:
+            return
+        _entry_points_loading = True
+        try:
+            _load_each_entry_point()
+        finally:
+            _entry_points_loading = False
+            _entry_points_loaded = True
+
+
+def _load_each_entry_point():
+    """Register the backend of each entry point of :data:`ENTRY_POINT_GROUP` whose name is
+    free, warning about those that are not loaded (:func:`_skip`)."""
     # convlab's own first, so that a plugin cannot take a built-in's name, whichever comes
     # first on sys.path: `--backend im2col` is always convlab's im2col.
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: distribution(ep) != "convlab"):
@@ -419,14 +439,14 @@ def _load_entry_points():
             _registry.update((name, before[name]) for name in replaced)
             warnings.warn(f"kept backend {', '.join(map(repr, replaced))} as it was: loading {origin(ep)} "
                           "registered another under that name; a plugin needs a name of its own", PluginWarning,
-                          stacklevel=2)
+                          stacklevel=3)
 
 
 def _skip(ep, why):
     """Warn (once: the entry points are read once) that entry point ``ep`` was not loaded,
     and remember ``why`` for :func:`get_backend`'s error."""
     _skipped[ep.name] = why
-    warnings.warn(f"skipping backend {ep.name!r} ({origin(ep)}): {why}", PluginWarning, stacklevel=3)
+    warnings.warn(f"skipping backend {ep.name!r} ({origin(ep)}): {why}", PluginWarning, stacklevel=4)
 
 
 def origin(ep) -> str:

@@ -1,6 +1,8 @@
 """The registry: names, errors that list the valid names, use_backend, entry points."""
 
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -216,6 +218,52 @@ def test_an_entry_point_naming_a_module_that_registers_another_name_says_so(fres
     with pytest.raises(ValueError, match=r"^backend 'mine' is installed but was skipped: it failed to load: "
                                          r"TypeError: module mm_module .*; valid backends are: my-conv$"):
         convlab.get_backend("mine")
+
+
+def test_threads_listing_the_backends_first_all_wait_for_every_entry_point(fresh_registry):
+    """The first listing loads the entry points (slow: each imports a module); threads
+    that list or get backends meanwhile wait for it, not see a half-filled registry."""
+    def slow_load():
+        time.sleep(0.02)  # an import
+        return Doubling
+
+    names = [f"plugin-{i}" for i in range(4)]
+    fresh_registry(*(DeclaredEntryPoint(name, f"plugin_{name}:Doubling", "convlab-plugins", slow_load)
+                     for name in names))
+    start = threading.Barrier(4)
+    seen = []
+
+    def first_look(look):
+        start.wait()
+        try:
+            seen.append(look())
+        except ValueError as e:  # unknown backend: not loaded yet
+            seen.append([str(e)])
+
+    threads = [threading.Thread(target=first_look, args=(look,)) for look in
+               [convlab.list_backends] * 2 + [lambda: [convlab.get_backend(names[-1]).name]] * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(seen) == [names] * 2 + [[names[-1]]] * 2
+
+
+def test_a_plugin_that_lists_the_backends_as_it_loads_does_not_wait_for_itself(fresh_registry):
+    """The thread loading the entry points sees what is registered so far."""
+    listed = []
+
+    def load():
+        listed.append(convlab.list_backends())
+        return Doubling
+
+    fresh_registry(DeclaredEntryPoint("first", "first:Doubling", "convlab-first", lambda: Doubling),
+                   DeclaredEntryPoint("second", "second:Doubling", "convlab-second", load))
+    loading = threading.Thread(target=convlab.list_backends, daemon=True)
+    loading.start()
+    loading.join(timeout=10)
+    assert not loading.is_alive(), "the loading thread waits for itself"
+    assert listed == [["first"]] and convlab.list_backends() == ["first", "second"]
 
 
 def test_cache_from_another_call_is_rejected():
