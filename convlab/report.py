@@ -8,7 +8,9 @@ convolution filters (a checkpoint holds the weights; a metrics file does not), a
 a ``convlab bench --json`` result, the timing table.
 
 Everything is rendered in memory first and then written atomically, so an error leaves
-no file half-written and no stale figure beside a new PDF.
+no file half-written and no stale figure beside a new PDF. A figure this report does not
+draw (the filters, from a metrics file) is not touched: one an earlier report wrote under
+that name stays.
 """
 
 from __future__ import annotations
