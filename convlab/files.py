@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import stat
@@ -230,9 +231,10 @@ def sole_writer(outputs: dict):
     claims each output for as long as it runs, by an exclusive ``flock`` on a lock file
     ``.<name>.lock`` beside it (beside a symlink's target, where it is written: see
     :func:`write_target`), which holds the holder's process id and is removed at the end
-    of the block. The lock is released when its holder dies (``kill -9``); the file left
-    behind then is claimed again by the next run. The lock cannot be on the output
-    itself: that is replaced at every save, and HDF5 takes locks of its own on it.
+    of the block, with the folders made for it if nothing was written in them. The lock
+    is released when its holder dies (``kill -9``); the file left behind then is claimed
+    again by the next run. The lock cannot be on the output itself: that is replaced at
+    every save, and HDF5 takes locks of its own on it.
     """
     with contextlib.ExitStack() as claims:
         for option, path in outputs.items():
@@ -246,22 +248,30 @@ def _claimed(path: Path, option: str):
     """An exclusive claim on ``path`` for the block (see :func:`sole_writer`)."""
     target = write_target(path)
     lock = target.with_name(f".{target.name}.lock")
+    # The output's missing folders are made now, for the lock file; those the run wrote
+    # nothing in (it stopped at a mistake found after the claim) go again at its end.
+    made = list(itertools.takewhile(lambda folder: not folder.exists(), [lock.parent, *lock.parent.parents]))
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = _lock(lock, path, option)
-    if fd is None:
-        yield
-        return
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        fd = _lock(lock, path, option)
+        if fd is None:
+            yield
+            return
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            # Removed before the lock is released, when no one else can hold it. A folder made
+            # read-only meanwhile keeps it (the next run claims it again), and the run's own
+            # error, if any, is the one the user sees.
+            with contextlib.suppress(OSError):
+                lock.unlink(missing_ok=True)
+            os.close(fd)
     finally:
-        # Removed before the lock is released, when no one else can hold it. A folder made
-        # read-only meanwhile keeps it (the next run claims it again), and the run's own
-        # error, if any, is the one the user sees.
-        with contextlib.suppress(OSError):
-            lock.unlink(missing_ok=True)
-        os.close(fd)
+        for folder in made:  # deepest first; one not empty stays, and so do those above it
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _lock(lock: Path, path: Path, option: str) -> int | None:

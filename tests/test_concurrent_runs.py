@@ -50,6 +50,18 @@ def test_a_lock_file_left_by_a_killed_run_is_claimed_again(tmp_path):
 
 
 
+def test_a_run_that_fails_before_saving_leaves_no_folder_its_claim_made(tmp_path, capsys):
+    """A missing folder of an output is made for its lock file; a mistake found then (no
+    such data) must not leave it behind, empty. One the run wrote in stays."""
+    code, _, err = run_cli(capsys, "train", "--data-dir", str(tmp_path / "none.hdf5"), "--checkpoint",
+                           str(tmp_path / "new" / "sub" / "run.h5"), "--metrics-out", str(tmp_path / "m" / "m.json"))
+    assert code == 2 and "none.hdf5 does not exist" in err
+    assert list(tmp_path.iterdir()) == []
+    with sole_writer({"--json": tmp_path / "new" / "b.json"}):
+        (tmp_path / "new" / "b.json").write_text("{}")
+    assert [p.name for p in tmp_path.glob("**/*")] == ["new", "b.json"]
+
+
 def test_a_lock_file_that_cannot_be_removed_does_not_hide_the_run_s_own_error(tmp_path):
     """A folder made read-only during a run: the failed save is what the user must read."""
     lock = tmp_path / ".run.h5.lock"
