@@ -153,7 +153,8 @@ def save_checkpoint(path, model, optimizer, history, settings, backends=None, la
     path = checkpoint_path(path)
     target = write_target(path)  # a symlink's target, where atomic_path writes
     for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a courtesy: one that cannot go does not stop the save
+            stale.unlink(missing_ok=True)
     attrs = dict(settings, format=FORMAT, format_version=FORMAT_VERSION, epoch=history[-1].epoch,
                  network=describe_network(model), rng=RNG_NOTE)
     try:

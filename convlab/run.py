@@ -125,17 +125,18 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         backends.append(backends_record(settings.backends.split(",")))
         times = layer_times(model)
         model.reset_timing()
-        try:
-            if settings.checkpoint is not None:
+        if settings.checkpoint is not None:
+            try:
                 save_checkpoint(settings.checkpoint, model, optimizer, history, settings.record(), backends, times)
-            if settings.metrics_out is not None:
+            except CheckpointError as e:
+                raise SaveFailed(e) from None
+        if settings.metrics_out is not None:
+            try:
                 write_json(settings.metrics_out, {
                     "backend": settings.backend, "test_accuracy": m.test_accuracy, "settings": settings.record(),
                     "layer_times": times, "epochs": [dict(e.as_dict(), backend=b) for e, b in zip(history, backends)]})
-        except CheckpointError as e:
-            raise SaveFailed(e) from None
-        except OSError as e:
-            raise SaveFailed(f"cannot write --metrics-out {settings.metrics_out}: {e.strerror or e}") from None
+            except OSError as e:
+                raise SaveFailed(f"cannot write --metrics-out {settings.metrics_out}: {e.strerror or e}") from None
         print(f"epoch {m.epoch}/{settings.epochs}  loss {m.train_loss:.4f}  train acc {m.train_accuracy:.4f}  "
               f"test acc {m.test_accuracy:.4f}  {m.seconds:.1f} s", flush=True)
 

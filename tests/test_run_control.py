@@ -104,6 +104,18 @@ def test_a_metrics_file_that_cannot_be_written_says_so_in_words(tmp_path, tiny_d
 
 
 
+def test_a_left_over_temporary_name_that_cannot_be_removed_does_not_stop_the_saves(tmp_path, tiny_data, capsys):
+    """Clearing a killed writer's temporary files is a courtesy: one that cannot go (here a
+    folder of that name) stopped the run with "cannot write --metrics-out None: Is a
+    directory", naming an option not given."""
+    (tmp_path / ".ck.h5.x1y2.tmp").mkdir()
+    path = tmp_path / "ck.h5"
+    code, _, err = run_cli(capsys, "train", "--data-dir", str(tiny_data), "--batch-size", "32", "--epochs", "1",
+                           "--progress", "no", "--checkpoint", str(path))
+    assert code == 0, err
+    assert load_checkpoint(path).epoch == 1
+
+
 def test_a_failed_save_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path, tiny_data, capsys, monkeypatch):
     """A full disk, or a folder made read-only during the run: one line with the cause, what
     survived, and the command that goes on from it."""
