@@ -167,13 +167,18 @@ def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None, mem
                 raise error
             result.failed.append((shape.label, backend, what, f"{type(error).__name__}: {error}"))
 
+        picked = {}  # tuner -> its pick for this shape, None if it raised
+
         def pick(tuner, what):
-            """``tuner``'s pick for this shape; None if it raised (said by :func:`failed`)."""
-            try:
-                return get_backend(tuner).impl.pick(x, w, stride, padding)
-            except Exception as error:  # noqa: BLE001 - handed to failed
-                failed(tuner, error, what)
-                return None
+            """``tuner``'s pick for this shape, asked once; None if it raised (said once, by
+            :func:`failed`)."""
+            if tuner not in picked:
+                try:
+                    picked[tuner] = get_backend(tuner).impl.pick(x, w, stride, padding)
+                except Exception as error:  # noqa: BLE001 - handed to failed
+                    failed(tuner, error, what)
+                    picked[tuner] = None
+            return picked[tuner]
 
         # Tuned first, so that memory and time are the pick's (its first call timed every candidate).
         timed = [backend for backend in timed if not is_tuner(backend) or pick(backend, "tuning") is not None]

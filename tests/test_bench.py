@@ -254,3 +254,28 @@ def test_a_tuner_whose_pick_raises_loses_its_column_not_the_bench(capsys, monkey
     out = capsys.readouterr().out
     assert "picky failed on 2x1->32 28x28 k3 p1 (its pick): RuntimeError: no candidates configured" in out
     assert "auto picks" in out and "picky picks" not in out
+
+
+def test_a_timed_tuner_whose_pick_raises_is_asked_once_and_said_once(capsys, monkeypatch):
+    """Named in --backends, a tuner is asked before the timing and again for the picks
+    column: a failure was retried (another full tuning) and printed twice."""
+    from convlab import registry
+
+    asked = []
+
+    class Picky:
+        """A tuner (it has pick) that fails to pick."""
+
+        def pick(self, x, w, stride, padding, need_dx=True):
+            asked.append(w.shape)
+            raise RuntimeError("no candidates configured")
+
+        forward = backward = None
+
+    monkeypatch.setitem(registry._registry, "picky", registry.Backend("picky", Picky()))
+    main(["bench", "--backends", "picky,im2col", "--kernel-sizes", "3", "--repeat", "1", "--batch-size", "2",
+          "--mnist-layer", "no", "--passes", "forward"])
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "picky failed" in line] == [
+        "picky failed on 2x1->32 28x28 k3 p1 (tuning): RuntimeError: no candidates configured"]
+    assert len(asked) == 1
