@@ -354,7 +354,8 @@ def register_backend(name: str):
                 if hasattr(instance, method) and not takes_relu(getattr(instance, method)):
                     raise TypeError(f"backend {name!r} says it fuses_relu, but its {method}() takes no relu argument")
         previous = _registry.get(name)
-        if previous is not None and qualified_name(previous.impl) != qualified_name(instance):
+        if (previous is not None and qualified_name(previous.impl) != qualified_name(instance)
+                and not _entry_points_loading):  # else _load_entry_points puts it back, and says so
             # The same class registered again (a module reloaded) replaces itself silently.
             warnings.warn(f"backend {name!r} ({qualified_name(previous.impl)}) is replaced by "
                           f"{qualified_name(instance)}", RuntimeWarning, stacklevel=2)
@@ -432,8 +433,7 @@ def _load_each_entry_point():
                 register_backend(ep.name)(loaded)
         except Exception as e:  # noqa: BLE001 - any error of third-party code
             _skip(ep, f"it failed to load: {type(e).__name__}: {e}")
-        # Nor take a name by registering it as its module is imported (register_backend has
-        # warned that it replaced one): what was there stays.
+        # Nor take a name by registering it as its module is imported: what was there stays.
         replaced = [name for name, backend in before.items() if _registry.get(name) is not backend]
         if replaced:
             _registry.update((name, before[name]) for name in replaced)
