@@ -279,3 +279,32 @@ def test_a_timed_tuner_whose_pick_raises_is_asked_once_and_said_once(capsys, mon
     assert [line for line in out.splitlines() if "picky failed" in line] == [
         "picky failed on 2x1->32 28x28 k3 p1 (tuning): RuntimeError: no candidates configured"]
     assert len(asked) == 1
+
+
+def test_a_plugin_whose_check_settings_is_broken_does_not_stop_auto_nor_a_bench_of_others(capsys, monkeypatch):
+    """Every bench asks auto, and auto checks the settings of every backend it may time: a
+    plugin's bug there (not a ValueError) stopped `bench --backends im2col` and `train
+    --backend auto` with "use another backend". auto warns, and times it where it runs."""
+    from convlab import registry
+
+    class BrokenSettings:
+        """Naive, with a check_settings that fails on a bug (an unset variable)."""
+
+        def forward(self, x, w, b, stride, padding):
+            return registry.get_backend("naive").impl.forward(x, w, b, stride, padding)
+
+        def backward(self, dy, cache, need_dx=True):
+            return registry.get_backend("naive").impl.backward(dy, cache, need_dx)
+
+        def check_settings(self):
+            raise KeyError("MINE_THREADS")
+
+    monkeypatch.setitem(registry._registry, "mine", registry.Backend("mine", BrokenSettings()))
+    with pytest.warns(registry.PluginWarning, match=r"^backend 'mine' \(\S*BrokenSettings\) is broken: its "
+                                                    r"check_settings\(\) raised KeyError: 'MINE_THREADS'"):
+        main(["bench", "--backends", "im2col", "--kernel-sizes", "3", "--repeat", "1", "--batch-size", "2",
+              "--mnist-layer", "no", "--passes", "forward"])
+    assert "auto picks" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # named, it is refused
+        main(["bench", "--backends", "mine", "--kernel-sizes", "3"])
+    assert capsys.readouterr().err.startswith("convlab: error: backend 'mine' ")
