@@ -45,7 +45,7 @@ import numpy as np
 from convlab import installed_version as convlab_version
 from convlab.cachefile import clear_cache, read_cache, update_cache
 from convlab.files import user_cache_dir
-from convlab.registry import BackendError, PluginWarning, get_backend, register_backend
+from convlab.registry import get_backend, register_backend
 from convlab.timing import ORACLE, conv_pass, interleaved_best, output_gradient, strategies
 
 CACHE_ENV = "CONVLAB_AUTO_CACHE"
@@ -169,11 +169,8 @@ class Auto:
     fuses_relu = True  # handed to the pick, which fuses it or has it applied after
 
     def check_settings(self):
-        for name in candidates():  # any of them may be timed, and then run
-            try:
-                get_backend(name).check_settings()
-            except BackendError as e:  # a bug in it, not a setting: timed all the same, skipped if it fails
-                warnings.warn(str(e), PluginWarning, stacklevel=2)
+        for name in candidates():  # any of them may be timed (one that raises is skipped), and then run
+            get_backend(name).check_settings(warn_if_broken=True)
 
     def supports(self, x_shape, w_shape, stride, padding):
         if candidates(x_shape, w_shape, stride, padding):

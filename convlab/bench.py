@@ -321,7 +321,7 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
         backends = parse_names(backends, "backends", list_backends())
     # Every tuner is asked for its pick whatever --backends names (run_bench), and may time any candidate.
     for name in dict.fromkeys([*(backends or list_backends()), *filter(is_tuner, list_backends())]):
-        get_backend(name).check_settings()
+        get_backend(name).check_settings(warn_if_broken=name not in (backends or ()))  # else timed as it runs
     passes = PASSES if passes is None else parse_names(passes, "passes", PASSES)
     [sweep] = parse_names(sweep, "sweep", SWEEPS)
     layer = SWEEP_LAYER[sweep]

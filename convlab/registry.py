@@ -63,7 +63,7 @@ the backends it may time) checks them in::
 which ``convlab train`` and ``convlab bench`` call before they start
 (:meth:`Backend.check_settings`), so a bad value stops a run before its first epoch. Any
 other exception from it is a :class:`BackendError` naming the backend (which ``auto``,
-checking every backend it may time, only warns of).
+checking every backend it may time, and ``convlab bench``, of those not named, only warn of).
 
 A tuner, which runs another backend's passes rather than computing its own (``auto``), has::
 
@@ -158,10 +158,14 @@ class Backend:
         return (f"x {problem[0]} with w {problem[1]}, stride {problem[2]}, padding {problem[3]}: its supports() "
                 f"{did} (a bug in the backend: supports() must return None or a reason)")
 
-    def check_settings(self):
+    def check_settings(self, warn_if_broken=False):
         """Raise ``ValueError`` if a setting this backend reads from the environment (its
         threads, tile size, ...) is not allowed: called before a run starts, so that a bad
-        value stops it then, not at the first pass. Optional for a backend (``check_settings``)."""
+        value stops it then, not at the first pass. Optional for a backend (``check_settings``).
+
+        Any other exception is the backend's bug: a :class:`BackendError`, or, with
+        ``warn_if_broken`` (a check on behalf of a run that may not use this backend: ``auto``
+        checking every candidate), a :class:`PluginWarning`, shown once however many ask."""
         check = getattr(self.impl, "check_settings", None)
         if check is None:
             return
@@ -170,8 +174,11 @@ class Backend:
         except ValueError:
             raise
         except Exception as e:  # noqa: BLE001 - a plugin's bug, said as one: which backend, what it raised
-            raise self.broken(f"its check_settings() raised {type(e).__name__}: {e}, where it must return None or "
-                              "raise ValueError saying which setting is wrong") from e
+            error = self.broken(f"its check_settings() raised {type(e).__name__}: {e}, where it must return None "
+                                "or raise ValueError saying which setting is wrong")
+            if not warn_if_broken:
+                raise error from e
+            warnings.warn(str(error), PluginWarning, stacklevel=1)  # here: once, however many ask
 
     def check_supported(self, x_shape, w_shape, stride=1, padding=0):
         """Raise :class:`Unsupported`, naming the backends that can, unless this one can."""

@@ -2,6 +2,7 @@
 
 import json
 import time
+import warnings
 
 import pytest
 
@@ -305,6 +306,13 @@ def test_a_plugin_whose_check_settings_is_broken_does_not_stop_auto_nor_a_bench_
         main(["bench", "--backends", "im2col", "--kernel-sizes", "3", "--repeat", "1", "--batch-size", "2",
               "--mnist-layer", "no", "--passes", "forward"])
     assert "auto picks" in capsys.readouterr().out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # as the CLI shows them: once per place in the code
+        main(["bench", "--kernel-sizes", "3", "--repeat", "1", "--batch-size", "2", "--mnist-layer", "no",
+              "--passes", "forward"])  # every backend, this one too: timed, as it runs
+    assert "mine" in capsys.readouterr().out.split("auto picks")[0]
+    (warned,) = [str(w.message) for w in caught if "'mine'" in str(w.message)]  # once, though bench and auto check it
+    assert warned.startswith("backend 'mine' (") and "check_settings() raised KeyError: 'MINE_THREADS'" in warned
     with pytest.raises(SystemExit):  # named, it is refused
         main(["bench", "--backends", "mine", "--kernel-sizes", "3"])
     assert capsys.readouterr().err.startswith("convlab: error: backend 'mine' ")
