@@ -398,7 +398,7 @@ def profile_command(backends=None, steps=100, batch_size=64):
                 raise Unsupported(f"--profile trains the reference network, whose conv layer is 1 -> {layer.f} "
                                   f"filters {layer.k}x{layer.k}, padding {layer.padding}, on 28x28: {e}") from None
     for name in names:
-        get_backend(name).check_settings()
+        get_backend(name).check_settings(warn_if_broken=backends is None)  # else profiled as it runs
     data = load_mnist()
     x, y = data.x_train, data.y_train
     recorded, longest = steps * batch_size, max(steps, PROFILE_WARMUP_STEPS)

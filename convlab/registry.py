@@ -63,7 +63,8 @@ the backends it may time) checks them in::
 which ``convlab train`` and ``convlab bench`` call before they start
 (:meth:`Backend.check_settings`), so a bad value stops a run before its first epoch. Any
 other exception from it is a :class:`BackendError` naming the backend (which ``auto``,
-checking every backend it may time, and ``convlab bench``, of those not named, only warn of).
+checking every backend it may time, and ``convlab bench`` (``--profile`` too), of those not
+named, only warn of).
 
 A tuner, which runs another backend's passes rather than computing its own (``auto``), has::
 

@@ -190,6 +190,33 @@ def test_bench_profile_goes_on_past_a_backend_that_raises(capsys, data_read_once
     assert "\nbackend failing failed: RuntimeError: plugin bug\n" in out and "backend im2col: milliseconds" in out
 
 
+
+def test_bench_profile_of_every_backend_goes_on_past_one_whose_check_settings_is_broken(capsys, data_read_once,
+                                                                                          monkeypatch):
+    """Not named, a plugin's check_settings bug is a warning (as for the timing tables), not
+    the end of every backend's profile."""
+    import convlab.bench
+    from convlab import registry
+
+    class BrokenSettings:
+        """im2col, with a check_settings that fails on a bug (an unset variable)."""
+
+        def forward(self, x, w, b, stride, padding):
+            return registry.get_backend("im2col").impl.forward(x, w, b, stride, padding)
+
+        def backward(self, dy, cache, need_dx=True):
+            return registry.get_backend("im2col").impl.backward(dy, cache, need_dx)
+
+        def check_settings(self):
+            raise KeyError("MINE_THREADS")
+
+    monkeypatch.setitem(registry._registry, "mine", registry.Backend("mine", BrokenSettings()))
+    monkeypatch.setattr(convlab.bench, "strategies", lambda: ["im2col", "mine"])  # every backend, kept to two
+    with pytest.warns(registry.PluginWarning, match=r"^backend 'mine' .* check_settings\(\) raised KeyError"):
+        main(["bench", "--profile", "--steps", "2", "--batch-size", "8"])
+    out = capsys.readouterr().out
+    assert "backend im2col: milliseconds" in out and "backend mine: milliseconds" in out
+
 def test_train_profile_prints_the_profile_after_training(capsys, data_read_once):
     main(["train", "--train-size", "256", "--test-size", "100", "--epochs", "1", "--progress", "False",
           "--profile"])
