@@ -283,7 +283,6 @@ class Commands:
                           memory=bool(memory), sweep=sweep, image_sizes=image_sizes)
 
 
-
 def one_line_warning(message, category, filename, lineno, line=None):
     """A warning as the CLI prints it (see :func:`main`): what is wrong, not where in the code."""
     return f"convlab: warning: {message}\n"

@@ -48,8 +48,6 @@ def test_a_lock_file_left_by_a_killed_run_is_claimed_again(tmp_path):
     assert not lock.exists()
 
 
-
-
 def test_a_run_that_fails_before_saving_leaves_no_folder_its_claim_made(tmp_path, capsys):
     """A missing folder of an output is made for its lock file; a mistake found then (no
     such data) must not leave it behind, empty. One the run wrote in stays."""
@@ -71,6 +69,7 @@ def test_a_lock_file_that_cannot_be_removed_does_not_hide_the_run_s_own_error(tm
             lock.mkdir()  # unlink() cannot remove it, as in a read-only folder
             raise ValueError("the run's own error")
 
+
 def test_where_the_file_system_has_no_locks_the_run_goes_on_with_a_warning(tmp_path, monkeypatch):
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
@@ -81,6 +80,7 @@ def test_where_the_file_system_has_no_locks_the_run_goes_on_with_a_warning(tmp_p
         with sole_writer({"--checkpoint": tmp_path / "run.h5"}):
             pass
     assert list(tmp_path.iterdir()) == []
+
 
 def test_a_running_training_keeps_its_checkpoint_from_a_second_run(tmp_path, tiny_data, capsys):  # noqa: F811
     path = tmp_path / "ck.h5"

@@ -190,7 +190,6 @@ def test_bench_profile_goes_on_past_a_backend_that_raises(capsys, data_read_once
     assert "\nbackend failing failed: RuntimeError: plugin bug\n" in out and "backend im2col: milliseconds" in out
 
 
-
 def test_bench_profile_of_every_backend_goes_on_past_one_whose_check_settings_is_broken(capsys, data_read_once,
                                                                                           monkeypatch):
     """Not named, a plugin's check_settings bug is a warning (as for the timing tables), not
@@ -216,6 +215,7 @@ def test_bench_profile_of_every_backend_goes_on_past_one_whose_check_settings_is
         main(["bench", "--profile", "--steps", "2", "--batch-size", "8"])
     out = capsys.readouterr().out
     assert "backend im2col: milliseconds" in out and "backend mine: milliseconds" in out
+
 
 def test_train_profile_prints_the_profile_after_training(capsys, data_read_once):
     main(["train", "--train-size", "256", "--test-size", "100", "--epochs", "1", "--progress", "False",

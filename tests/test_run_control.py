@@ -19,12 +19,8 @@ from convlab.data import Dataset
 from convlab.layers import Dense, Flatten
 from convlab.models import Sequential
 from convlab.optimizers import SGD
-from convlab.training import fit
+from convlab.training import DIVERGED_BATCHES, DivergenceWatch, TrainingDiverged, fit
 from tests.test_cli import run_cli
-
-
-from convlab.checkpoints import load_checkpoint
-from convlab.training import DIVERGED_BATCHES, DivergenceWatch, TrainingDiverged
 from tests.test_interrupts import REPO, start, tiny_data, train_argv, wait_for_line  # noqa: F401 (a fixture)
 
 
@@ -40,8 +36,6 @@ def test_a_loss_exploding_while_finite_stops_the_run(tmp_path):
                                     "chance level, log 10) for 3 batches")
     assert result.stderr.endswith("; try a lower learning rate (now 1000000.0)\n")
     assert len(result.stderr.splitlines()) == 1 and "test accuracy" not in result.stdout
-
-
 
 
 def test_a_resumed_run_stops_for_divergence_where_an_uninterrupted_one_would(monkeypatch):
@@ -103,7 +97,6 @@ def test_a_metrics_file_that_cannot_be_written_says_so_in_words(tmp_path, tiny_d
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.h5", "tiny.hdf5"]
 
 
-
 def test_a_left_over_temporary_name_that_cannot_be_removed_does_not_stop_the_saves(tmp_path, tiny_data, capsys):
     """Clearing a killed writer's temporary files is a courtesy: one that cannot go (here a
     folder of that name) stopped the run with "cannot write --metrics-out None: Is a
@@ -136,6 +129,7 @@ def test_a_failed_save_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path
         f"after epoch 1; resume with: convlab train --resume {path} --epochs 3 --backend im2col --data-dir "
         f"{tiny_data} --progress False\n")
     assert load_checkpoint(path).epoch == 1
+
 
 def test_sigterm_stops_at_the_end_of_a_batch_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, tiny_data):
     path = tmp_path / "ck.h5"
