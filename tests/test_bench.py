@@ -7,6 +7,7 @@ import warnings
 import pytest
 
 import convlab.bench as bench
+from convlab import registry
 from convlab.cli import main
 from convlab.timing import ConvShape, interleaved_best, strategies
 
@@ -212,7 +213,6 @@ def test_a_bad_setting_of_the_tuner_s_candidates_stops_the_bench_before_it_start
 
 def test_a_backend_that_raises_is_a_skipped_cell_and_a_line_not_the_end_of_the_bench(capsys, monkeypatch):
     """A plugin failing on some shapes: the other backends' times are still shown."""
-    from convlab import registry
 
     class FailsOnBigKernels:
         """Naive, but raises on kernels over 3x3 (a plugin's bug)."""
@@ -238,68 +238,50 @@ def test_a_backend_that_raises_is_a_skipped_cell_and_a_line_not_the_end_of_the_b
     assert "skipped" not in [cells[-1] for cells in rows]
 
 
-def test_a_tuner_whose_pick_raises_loses_its_column_not_the_bench(capsys, monkeypatch):
-    from convlab import registry
+class Picky:
+    """A tuner (it has pick) that fails to pick; ``asked``: how many times it was."""
 
-    class Picky:
-        """A tuner (it has pick) that fails to pick."""
+    forward = backward = None
 
-        def pick(self, x, w, stride, padding, need_dx=True):
-            raise RuntimeError("no candidates configured")
+    def __init__(self):
+        self.asked = 0
 
-        forward = backward = None
-
-    monkeypatch.setitem(registry._registry, "picky", registry.Backend("picky", Picky()))
-    main(["bench", "--backends", "im2col", "--kernel-sizes", "3", "--repeat", "1", "--batch-size", "2",
-          "--mnist-layer", "no", "--passes", "forward"])
-    out = capsys.readouterr().out
-    assert "picky failed on 2x1->32 28x28 k3 p1 (its pick): RuntimeError: no candidates configured" in out
-    assert "auto picks" in out and "picky picks" not in out
+    def pick(self, x, w, stride, padding, need_dx=True):
+        self.asked += 1
+        raise RuntimeError("no candidates configured")
 
 
-def test_a_timed_tuner_whose_pick_raises_is_asked_once_and_said_once(capsys, monkeypatch):
-    """Named in --backends, a tuner is asked before the timing and again for the picks
-    column: a failure was retried (another full tuning) and printed twice."""
-    from convlab import registry
-
-    asked = []
-
-    class Picky:
-        """A tuner (it has pick) that fails to pick."""
-
-        def pick(self, x, w, stride, padding, need_dx=True):
-            asked.append(w.shape)
-            raise RuntimeError("no candidates configured")
-
-        forward = backward = None
-
-    monkeypatch.setitem(registry._registry, "picky", registry.Backend("picky", Picky()))
-    main(["bench", "--backends", "picky,im2col", "--kernel-sizes", "3", "--repeat", "1", "--batch-size", "2",
+@pytest.mark.parametrize("backends, when", [("im2col", "its pick"), ("picky,im2col", "tuning")])
+def test_a_tuner_whose_pick_raises_loses_its_column_not_the_bench(capsys, monkeypatch, backends, when):
+    """Named in --backends, a tuner is asked before the timing, and not again for the picks
+    column: a failure was asked again (another full tuning) and printed twice."""
+    picky = Picky()
+    monkeypatch.setitem(registry._registry, "picky", registry.Backend("picky", picky))
+    main(["bench", "--backends", backends, "--kernel-sizes", "3", "--repeat", "1", "--batch-size", "2",
           "--mnist-layer", "no", "--passes", "forward"])
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if "picky failed" in line] == [
-        "picky failed on 2x1->32 28x28 k3 p1 (tuning): RuntimeError: no candidates configured"]
-    assert len(asked) == 1
+        f"picky failed on 2x1->32 28x28 k3 p1 ({when}): RuntimeError: no candidates configured"]
+    assert "auto picks" in out and "picky picks" not in out and picky.asked == 1
+
+
+class BrokenSettings:
+    """im2col, with a check_settings that fails on a bug (an unset variable), not a ValueError."""
+
+    def forward(self, x, w, b, stride, padding):
+        return registry.get_backend("im2col").impl.forward(x, w, b, stride, padding)
+
+    def backward(self, dy, cache, need_dx=True):
+        return registry.get_backend("im2col").impl.backward(dy, cache, need_dx)
+
+    def check_settings(self):
+        raise KeyError("MINE_THREADS")
 
 
 def test_a_plugin_whose_check_settings_is_broken_does_not_stop_auto_nor_a_bench_of_others(capsys, monkeypatch):
     """Every bench asks auto, and auto checks the settings of every backend it may time: a
     plugin's bug there (not a ValueError) stopped `bench --backends im2col` and `train
     --backend auto` with "use another backend". auto warns, and times it where it runs."""
-    from convlab import registry
-
-    class BrokenSettings:
-        """Naive, with a check_settings that fails on a bug (an unset variable)."""
-
-        def forward(self, x, w, b, stride, padding):
-            return registry.get_backend("naive").impl.forward(x, w, b, stride, padding)
-
-        def backward(self, dy, cache, need_dx=True):
-            return registry.get_backend("naive").impl.backward(dy, cache, need_dx)
-
-        def check_settings(self):
-            raise KeyError("MINE_THREADS")
-
     monkeypatch.setitem(registry._registry, "mine", registry.Backend("mine", BrokenSettings()))
     with pytest.warns(registry.PluginWarning, match=r"^backend 'mine' \(\S*BrokenSettings\) is broken: its "
                                                     r"check_settings\(\) raised KeyError: 'MINE_THREADS'"):

@@ -196,18 +196,7 @@ def test_bench_profile_of_every_backend_goes_on_past_one_whose_check_settings_is
     the end of every backend's profile."""
     import convlab.bench
     from convlab import registry
-
-    class BrokenSettings:
-        """im2col, with a check_settings that fails on a bug (an unset variable)."""
-
-        def forward(self, x, w, b, stride, padding):
-            return registry.get_backend("im2col").impl.forward(x, w, b, stride, padding)
-
-        def backward(self, dy, cache, need_dx=True):
-            return registry.get_backend("im2col").impl.backward(dy, cache, need_dx)
-
-        def check_settings(self):
-            raise KeyError("MINE_THREADS")
+    from tests.test_bench import BrokenSettings
 
     monkeypatch.setitem(registry._registry, "mine", registry.Backend("mine", BrokenSettings()))
     monkeypatch.setattr(convlab.bench, "strategies", lambda: ["im2col", "mine"])  # every backend, kept to two
