@@ -251,7 +251,6 @@ def _claimed(path: Path, option: str):
     # The output's missing folders are made now, for the lock file; those the run wrote
     # nothing in (it stopped at a mistake found after the claim) go again at its end.
     made = list(itertools.takewhile(lambda folder: not folder.exists(), [lock.parent, *lock.parent.parents]))
-    lock.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = _lock(lock, path, option)
         if fd is None:
@@ -275,13 +274,16 @@ def _claimed(path: Path, option: str):
 
 
 def _lock(lock: Path, path: Path, option: str) -> int | None:
-    """A descriptor of the file ``lock`` (made if missing) holding its exclusive ``flock``;
-    None, with a warning, where the file system has no locks (some FUSE mounts): the run
-    then goes on unclaimed, as it did before claims."""
+    """A descriptor of the file ``lock`` (made if missing, with its folders) holding its
+    exclusive ``flock``; None, with a warning, where the file system has no locks (some FUSE
+    mounts): the run then goes on unclaimed, as it did before claims."""
     while True:
+        lock.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
+            if isinstance(e, FileNotFoundError) and not lock.parent.is_dir():
+                continue  # its folder, made for a run that ended at once, went with it: made again
             raise ValueError(f"{option} {path}: cannot create its lock file {lock} ({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -60,6 +60,21 @@ def test_a_run_that_fails_before_saving_leaves_no_folder_its_claim_made(tmp_path
     assert [p.name for p in tmp_path.glob("**/*")] == ["new", "b.json"]
 
 
+def test_a_folder_removed_by_a_run_ending_as_this_one_claims_is_made_again(tmp_path, monkeypatch):
+    """Two runs claiming outputs in one new folder: the first, ending at once, removes it
+    (it wrote nothing) between the second's making it and creating its lock file there."""
+    real_open = os.open
+
+    def open_after_the_other_run_left(path, *args):
+        monkeypatch.setattr(os, "open", real_open)
+        os.rmdir(os.path.dirname(path))
+        return real_open(path, *args)
+
+    monkeypatch.setattr(os, "open", open_after_the_other_run_left)
+    with sole_writer({"--checkpoint": tmp_path / "new" / "run.h5"}):
+        assert (tmp_path / "new" / ".run.h5.lock").is_file()
+
+
 def test_a_lock_file_that_cannot_be_removed_does_not_hide_the_run_s_own_error(tmp_path):
     """A folder made read-only during a run: the failed save is what the user must read."""
     lock = tmp_path / ".run.h5.lock"
