@@ -143,7 +143,7 @@ def train(settings: TrainSettings, resumed=None, profile=False):
     # What an interrupted or failed run's message needs to say how to go on from its checkpoint.
     resume_options = dict(epochs=settings.epochs, backend=settings.backend, data_dir=settings.data_dir,
                           metrics_out=settings.metrics_out, progress=None if settings.progress else False)
-    started = time.perf_counter()
+    started, epochs_before = time.perf_counter(), len(history)
     try:
         with backend_log_to_stdout(), ctrl_c_at_safe_points() as stop_if_asked, \
                 out_of_memory_names(dict(batch_size=settings.batch_size)), \
@@ -166,6 +166,9 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         print(recorded.table(f"backend {settings.backend}: milliseconds per step, seconds in all, "
                              f"share of the steps' time"))
     ran = settings.backend if backends[-1] == settings.backend else f"{settings.backend}: {backends[-1]}"
-    print(f"test accuracy: {history[-1].test_accuracy:.4f} ({ran}, {settings.epochs} "
-          f"epoch{'s' * (settings.epochs != 1)}, {time.perf_counter() - started:.1f} s)")
+    # The seconds are those of this process's epochs: after a resume, say which they were.
+    done = len(history) - epochs_before
+    epochs = (f"{done} epoch{'s' * (done != 1)}" if not epochs_before
+              else f"epochs {epochs_before + 1}-{len(history)}" if done > 1 else f"epoch {len(history)}")
+    print(f"test accuracy: {history[-1].test_accuracy:.4f} ({ran}, {epochs}, {time.perf_counter() - started:.1f} s)")
     return history

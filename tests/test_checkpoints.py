@@ -74,6 +74,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(capsys, tmp_path, data_
     code, out, _ = run_cli(capsys, "train", "--resume", str(first), "--epochs", "2", "--progress", "False",
                            "--checkpoint", str(resumed))
     assert code == 0 and f"resuming from {first} after epoch 1" in out and "epoch 2/2" in out
+    assert "(im2col, epoch 2, " in out.splitlines()[-1]  # the seconds it gives are this process's epoch's
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
     assert load_checkpoint(first).epoch == 1 and a.epoch == b.epoch == 2
     for name in a.weights:

@@ -318,5 +318,6 @@ def test_a_network_run_on_one_backend_is_said_to_be_trained_with_that_one_name(c
     code, out, err = run_cli(capsys, "train", "--model", "c4k3 relu c4k3 relu dense10", "--backend", "im2col",
                              "--epochs", "1", *SMALL, "--checkpoint", checkpoint)
     assert code == 0 and out.splitlines()[-1].startswith("test accuracy: ") and "(im2col, 1 epoch, " in out, err
+    assert ", 1 epoch of batch 64," in out  # the summary line, not "1 epochs"
     code, out, _ = run_cli(capsys, "evaluate", "--checkpoint", checkpoint, "--test-size", "50")
     assert code == 0 and "trained with im2col; evaluated with im2col\n" in out
