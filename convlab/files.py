@@ -257,8 +257,11 @@ def _claimed(path: Path, option: str):
             yield
             return
         try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            # The holder's process id is for the refusal of another run to name; the lock
+            # holds without it (a full disk then stops the run at its first save, saying so).
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
             yield
         finally:
             # Removed before the lock is released, when no one else can hold it. A folder made

@@ -97,6 +97,22 @@ def test_where_the_file_system_has_no_locks_the_run_goes_on_with_a_warning(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_lock_file_that_cannot_take_the_process_id_still_claims_the_output(tmp_path, monkeypatch):
+    """A full disk when the claim writes its holder's process id: the claim holds anyway (the
+    run's first save then says the disk is full), not a bare "[Errno 28]" naming no file."""
+    def disk_full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "write", disk_full)
+        with sole_writer({"--checkpoint": tmp_path / "run.h5"}):
+            patched.undo()
+            with pytest.raises(ValueError, match=r"--checkpoint .*run.h5 is being written by another convlab run; "):
+                with sole_writer({"--checkpoint": tmp_path / "run.h5"}):
+                    pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_running_training_keeps_its_checkpoint_from_a_second_run(tmp_path, tiny_data, capsys):  # noqa: F811
     path = tmp_path / "ck.h5"
     first = start(tmp_path, *train_argv(tiny_data, "--epochs", "100000", "--checkpoint", str(path)))
