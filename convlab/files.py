@@ -78,6 +78,14 @@ def check_writable(path, option: str, folder=False) -> Path:
     if not folder and path.is_dir():
         raise ValueError(f"{option} {path} is a directory; give a file path such as "
                          f"{path / EXAMPLE_NAMES.get(option, 'out')}")
+    # A missing folder on the way is made; a symlink to a missing one cannot be (mkdir finds
+    # the link there), and would end the run with a bare "[Errno 17] File exists".
+    for step in ([path] if folder else []) + list(write_target(path).parents):
+        if step.exists():
+            break
+        if step.is_symlink():
+            raise ValueError(f"{option} {path}: {step} is a symlink to {os.readlink(step)}, which does not "
+                             "exist, so no folder can be made there (create its target, or give another path)")
     place = path.absolute() if folder and path.is_dir() else next(
         p for p in write_target(path).absolute().parents if p.exists())
     if not place.is_dir():

@@ -31,7 +31,8 @@ def make_inputs(root: Path) -> dict[str, Path]:
     """Small broken (and a few good) input files under ``root``, by name."""
     paths = {name: root / name for name in
              ("empty", "bad-checksum", "corrupt-gzip", "not-hdf5.h5", "no-y-test.h5", "a-folder",
-              "metrics.json", "not-json.json", "wrong-schema.json", "empty-bench.json", "a-file")}
+              "metrics.json", "not-json.json", "wrong-schema.json", "empty-bench.json", "a-file",
+              "dangling-link")}
     for name in ("empty", "bad-checksum", "corrupt-gzip", "a-folder"):
         paths[name].mkdir()
     for stem, _ in MNIST_FILES.values():
@@ -47,6 +48,8 @@ def make_inputs(root: Path) -> dict[str, Path]:
     paths["wrong-schema.json"].write_text('{"backend": "im2col", "epochs": [{"epoch": 1}]}')
     paths["empty-bench.json"].write_text('{"rows": []}')
     paths["a-file"].write_text("a file, not a folder")
+    paths["no-such-folder"] = root / "no-such-folder"  # not made
+    paths["dangling-link"].symlink_to(paths["no-such-folder"])
     return paths
 
 
@@ -98,6 +101,11 @@ OTHER_CASES = [
      "--metrics-out {a-folder} is a directory; give a file path such as {a-folder}/metrics.json"),
     (["train", "--metrics-out", "{a-file}/m.json"], "--metrics-out {a-file}/m.json: {a-file} is a file, so nothing"),
     (["report", "{metrics.json}", "--out", "{a-file}/r.pdf"], "--out {a-file}/r.pdf: {a-file} is a file, so nothing"),
+    (["train", "--checkpoint", "{dangling-link}/run.h5"],
+     "--checkpoint {dangling-link}/run.h5: {dangling-link} is a symlink to {no-such-folder}, which does not exist"),
+    (["bench", "--json", "{dangling-link}/b.json"], "--json {dangling-link}/b.json: {dangling-link} is a symlink to"),
+    (["report", "{metrics.json}", "--out", "{dangling-link}/r.pdf"], "--out {dangling-link}/r.pdf: {dangling-link} is a "),
+    (["data", "download", "--dest", "{dangling-link}"], "--dest {dangling-link}: {dangling-link} is a symlink to"),
     (["report", "{metrics.json}", "--out", "/proc/r.pdf"], "/proc/r.pdf"),  # refused by the system, not our checks
     (["data", "download", "--dest", ""], "--dest is empty; give a folder (such as data/mnist, or . for this one)"),
     (["data", "download", "--mirror", "ftp://example.org/"], "mirror 'ftp://example.org/' is not an http:// or https:// URL"),
