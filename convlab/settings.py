@@ -218,8 +218,8 @@ def resumed_settings(checkpoint, given: dict) -> dict:
     settings = {key: stored[key] if value is None else value for key, value in given.items()}
     # An --epochs that is not a whole number is refused with the other settings' checks.
     if isinstance(settings["epochs"], numbers.Integral) and settings["epochs"] <= checkpoint.epoch:
-        raise CheckpointError(f"{checkpoint.path} already holds {checkpoint.epoch} epochs; pass --epochs greater "
-                              f"than {checkpoint.epoch} to train further")
+        raise CheckpointError(f"{checkpoint.path} already holds {checkpoint.epoch} epoch{'s' * (checkpoint.epoch != 1)}"
+                              f"; pass --epochs greater than {checkpoint.epoch} to train further")
     return settings
 
 

@@ -140,6 +140,14 @@ def test_resume_refuses_changed_settings(capsys, tmp_path, argv, message):
     assert path.read_bytes() == before and other.read_text() == "someone's file"
 
 
+def test_resuming_a_one_epoch_run_to_one_epoch_says_one_epoch(capsys, tmp_path):
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path, epochs_done=1)
+    code, _, err = run_cli(capsys, "train", "--resume", str(path), "--epochs", "1")
+    assert code == 2 and err == (f"convlab: error: {path} already holds 1 epoch; pass --epochs greater than 1 "
+                                 "to train further\n")
+
+
 def test_new_run_refuses_to_overwrite_an_existing_file(tmp_path):
     existing = tmp_path / "notes.txt"
     existing.write_text("keep me")
