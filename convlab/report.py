@@ -455,7 +455,7 @@ def rendered_report(source, out: Path, bench=None) -> dict[Path, bytes]:
     # the one asked for (auto, which picked them).
     used = names_in([*run.backends, ",".join(run.layer_backends), run.backend])
     pages.add("title", f"convlab report: {dataset_title(run)}{network_name(run)}, {', '.join(used)}, "
-                       f"{len(run.history)} epochs")
+                       f"{len(run.history)} epoch{'s' * (len(run.history) != 1)}")
     pages.add("note", f"from {run.source}")
     pages.add("para", summary_paragraph(run, model))
     for name in used:

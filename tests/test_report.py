@@ -89,6 +89,23 @@ def test_from_metrics_has_no_filters(metrics, tmp_path):
         assert "Not shown: metrics.json is a metrics file" in pdf_text(written[0])
 
 
+def test_the_title_of_a_one_epoch_run_says_one_epoch(tmp_path, monkeypatch):
+    from convlab import report
+
+    titles, real_add = [], report.Pages.add
+
+    def add(pages, style, text):
+        if style == "title":
+            titles.append(text)
+        real_add(pages, style, text)
+
+    monkeypatch.setattr(report.Pages, "add", add)
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"backend": "im2col", "test_accuracy": 0.83, "epochs": [HISTORY[0].as_dict()]}))
+    write_report(path, tmp_path / "r.pdf")
+    assert titles == ["convlab report: MNIST, im2col, 1 epoch"]
+
+
 @pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs pdftotext (poppler-utils)")
 def test_pdf_text_says_what_the_assignment_asked(full_report):
     text = pdf_text(full_report[0] / "report.pdf")
