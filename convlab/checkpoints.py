@@ -77,7 +77,8 @@ class Checkpoint:
         "fft,winograd"), or with the epochs of each when a resumed run changed them."""
         ranges = epoch_ranges(self.backends)
         if len(ranges) == 1:
-            return ranges[0][0] or backends_record(str(self.settings.get("backends") or self.settings["backend"]).split(","))
+            asked = self.settings.get("backends") or self.settings["backend"]
+            return ranges[0][0] or backends_record(str(asked).split(","))
         return ", ".join(f"{name or 'not recorded'} (epoch{'s' * (first != last)} "
                          f"{first if first == last else f'{first}-{last}'})" for name, first, last in ranges)
 

@@ -58,7 +58,8 @@ class AutoCommands:
     def clear(self):
         """Delete the stored picks; the next run with --backend auto times again."""
         auto = get_backend("auto").impl
-        print(f"removed {auto.clear()} stored picks ({auto.cache_file()})")
+        removed = auto.clear()
+        print(f"removed {removed} stored pick{'s' * (removed != 1)} ({auto.cache_file()})")
 
     def retune(self):
         """Time every stored problem again and store the new picks."""

@@ -189,8 +189,8 @@ class TrainSettings:
         """One line saying what the run does (after :meth:`with_data_sizes`)."""
         model = "" if self.model == "reference" else f"model {self.model}, "
         return (f"training on {self.train_size} images, testing on {self.test_size}, {model}backend {self.backend}, "
-                f"{self.epochs} epoch{'s' * (self.epochs != 1)} of batch {self.batch_size}, lr {self.lr} ({self.lr_schedule}), "
-                f"momentum {self.momentum}, seed {self.seed}")
+                f"{self.epochs} epoch{'s' * (self.epochs != 1)} of batch {self.batch_size}, "
+                f"lr {self.lr} ({self.lr_schedule}), momentum {self.momentum}, seed {self.seed}")
 
 
 def resumed_settings(checkpoint, given: dict) -> dict:

@@ -77,7 +77,7 @@ def test_show_retune_and_clear(cache_file, capsys):
     assert "[not used: timed with convlab 0.0.1" in capsys.readouterr().out
 
     main(["auto", "clear"])
-    assert capsys.readouterr().out == f"removed 1 stored picks ({cache_file})\n"
+    assert capsys.readouterr().out == f"removed 1 stored pick ({cache_file})\n"
     assert not cache_file.exists()
     main(["auto", "show"])
     assert capsys.readouterr().out == f"{cache_file}: 0 stored picks\n"
