@@ -175,11 +175,12 @@ class Backend:
         except ValueError:
             raise
         except Exception as e:  # noqa: BLE001 - a plugin's bug, said as one: which backend, what it raised
-            error = self.broken(f"its check_settings() raised {type(e).__name__}: {e}, where it must return None "
-                                "or raise ValueError saying which setting is wrong")
+            what = (f"its check_settings() raised {type(e).__name__}: {e}, where it must return None or raise "
+                    "ValueError saying which setting is wrong")
             if not warn_if_broken:
-                raise error from e
-            warnings.warn(str(error), PluginWarning, stacklevel=1)  # here: once, however many ask
+                raise self.broken(what) from e
+            warnings.warn(str(self.broken(what, advice="its settings go unchecked and this run goes on")),
+                          PluginWarning, stacklevel=1)  # here: once, however many ask
 
     def check_supported(self, x_shape, w_shape, stride=1, padding=0):
         """Raise :class:`Unsupported`, naming the backends that can, unless this one can."""
@@ -303,10 +304,10 @@ class Backend:
                                   f"{shape} {cache.y_dtype}" + (" (need_dx was True)" if name == "dx" else ""))
         return tuple(returned)
 
-    def broken(self, what) -> BackendError:
-        """The :class:`BackendError` saying that this backend did ``what``."""
+    def broken(self, what, advice="use another backend") -> BackendError:
+        """The :class:`BackendError` saying that this backend did ``what``, and what to do."""
         return BackendError(f"backend {self.name!r} ({qualified_name(self.impl)}) is broken: {what}; "
-                            "use another backend, and tell its authors")
+                            f"{advice}, and tell its authors")
 
     def __repr__(self):
         return f"<convlab backend {self.name!r}: {self.description}>"
