@@ -414,6 +414,16 @@ def figure_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+# The figures a report may write beside its PDF (see figure_path).
+FIGURES = ("curves", "layers", "filters", "timing")
+
+
+def figure_path(out: Path, name: str) -> Path:
+    """Where the report at ``out`` writes its figure ``name`` (one of :data:`FIGURES`):
+    ``<stem>-<name>.png`` beside it."""
+    return out.with_name(f"{out.stem}-{name}.png")
+
+
 def write_report(source, out="report.pdf", bench=None) -> list[Path]:
     """Write the PDF report of the run in ``source`` (metrics JSON or checkpoint) to ``out``,
     and beside it ``<stem>-curves.png``, ``<stem>-filters.png`` (checkpoints only) and
@@ -422,8 +432,7 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
     out = check_suffix(check_writable(out, "--out"), "--out", ".pdf", "a PDF")
     # Labelled by what they are, not by their name: a refusal names the path after the label
     # ("--out's layers figure r-layers.png exists and ...").
-    figures = {f"--out's {name} figure": out.with_name(f"{out.stem}-{name}.png")
-               for name in ("curves", "layers", "filters", "timing")}
+    figures = {f"--out's {name} figure": figure_path(out, name) for name in FIGURES}
     check_outputs({"--out": out, **figures}, {"SOURCE": source, "--bench": bench})
     # Claimed from now to the last write, every figure name too (another report, from a
     # checkpoint, may be writing the filters this one does not draw): two reports to one
@@ -466,7 +475,7 @@ def rendered_report(source, out: Path, bench=None) -> dict[Path, bytes]:
     pngs = {}
 
     def section(heading, name, fig):
-        pngs[out.with_name(f"{out.stem}-{name}.png")] = png = figure_png(fig)
+        pngs[figure_path(out, name)] = png = figure_png(fig)
         pages.add_figure(heading, png)
 
     section("Training curves", "curves", curves_figure(run.history))
@@ -479,7 +488,7 @@ def rendered_report(source, out: Path, bench=None) -> dict[Path, bytes]:
         pages.add("para", f"Not shown: {run.source.name} is a metrics file, which holds no weights. Run "
                           "`convlab report` on a checkpoint (`convlab train --checkpoint PATH`) to see them.")
     if timings is not None:  # as text in the PDF (selectable, searchable), as an image beside it
-        pngs[out.with_name(f"{out.stem}-timing.png")] = figure_png(timing_figure(timings))
+        pngs[figure_path(out, "timing")] = figure_png(timing_figure(timings))
         pages.add("heading", "Timing")
         pages.add("note", TIMING_TITLE)
         pages.add("code", timing_text(timings))
