@@ -7,25 +7,26 @@ One :class:`Conv2D` layer, many hand-written convolution strategies ("backends")
     y = convlab.conv2d(x, w, b, stride=1, padding=1, backend="naive")
     with convlab.use_backend("fft"):
         logits = model.forward(x)               # every unpinned Conv2D uses fft here
+
+The names below are imported at their first use (PEP 562), not by ``import convlab``:
+the ``convlab`` command imports this package before any code of its own can run, and
+numpy and h5py take about 0.2 s to import: imported later, by ``convlab.cli.main``, a
+Ctrl-C during them ends in ``convlab: interrupted``, not a traceback.
 """
 
-import importlib.metadata
+import importlib
 
-from convlab.allocator import keep_freed_memory
-from convlab.data import DataError, Dataset, load_mnist
-from convlab.layers import AvgPool2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
-from convlab.losses import softmax, softmax_cross_entropy
-from convlab.models import Sequential, get_model, list_models, reference_net
-from convlab.optimizers import SGD
-from convlab.registry import (
-    Backend,
-    Unsupported,
-    conv2d,
-    get_backend,
-    list_backends,
-    register_backend,
-    use_backend,
-)
+# Each public name -> the module that defines it.
+_EXPORTS = {
+    "keep_freed_memory": "convlab.allocator",
+    **dict.fromkeys(("DataError", "Dataset", "load_mnist"), "convlab.data"),
+    **dict.fromkeys(("AvgPool2D", "Conv2D", "Dense", "Flatten", "Layer", "MaxPool2D", "ReLU"), "convlab.layers"),
+    **dict.fromkeys(("softmax", "softmax_cross_entropy"), "convlab.losses"),
+    **dict.fromkeys(("Sequential", "get_model", "list_models", "reference_net"), "convlab.models"),
+    "SGD": "convlab.optimizers",
+    **dict.fromkeys(("Backend", "Unsupported", "conv2d", "get_backend", "list_backends", "register_backend",
+                     "use_backend"), "convlab.registry"),
+}
 
 __all__ = [
     "AvgPool2D", "MaxPool2D", "get_model", "list_models",
@@ -35,8 +36,23 @@ __all__ = [
 ]
 
 
+def __getattr__(name):
+    """A public name, imported from its module at its first use (see the module doc)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'convlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later uses find it without this function
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS})
+
+
 def installed_version() -> str:
     """The installed convlab's version (``convlab --version``; recorded with each auto pick)."""
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("convlab")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree

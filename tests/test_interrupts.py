@@ -40,6 +40,38 @@ for epoch in range(1, 10 ** 6):
     print(epoch, flush=True)
 """
 
+# The lines of the `convlab` console script (pip writes them for `convlab.cli:main`), after
+# a finder that sends this process SIGINT as the module argv[1] starts to be imported: a
+# Ctrl-C at that moment of start-up, every time. With argv[2] "ImportError" the import then
+# fails as a C extension's can when Ctrl-C lands in its own imports (numpy, h5py); "broken"
+# is an ImportError with no Ctrl-C (a broken install).
+CTRL_C_AT_IMPORT = """
+import signal
+import sys
+
+module, how = sys.argv[1:3]
+del sys.argv[1:3]
+
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name != module:
+            return None
+        sys.meta_path.remove(self)
+        if how == "broken":
+            raise ImportError(f"{name} is broken")
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            if how == "ImportError":
+                raise ImportError(f"{name} failed to import") from None
+            raise
+
+
+sys.meta_path.insert(0, CtrlC())
+from convlab.cli import main
+sys.exit(main())
+"""
 
 def start(tmp_path, *argv):
     """``python argv`` with this repository's convlab, Ctrl-C raising KeyboardInterrupt even
@@ -153,3 +185,27 @@ def test_first_ctrl_c_waits_for_a_safe_point_and_a_second_one_does_not():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, inherited)
+
+
+@pytest.mark.parametrize("module, how", [("numpy", "KeyboardInterrupt"), ("h5py", "KeyboardInterrupt"),
+                                         ("fire", "KeyboardInterrupt"), ("pyfftw", "KeyboardInterrupt"),
+                                         ("numpy", "ImportError"), ("h5py", "ImportError")])
+def test_ctrl_c_while_convlab_starts_ends_as_at_any_other_moment(tmp_path, module, how):
+    # pyfftw is imported as `convlab backends` loads the backends, the others before any command.
+    process = start(tmp_path, "-c", CTRL_C_AT_IMPORT, module, how, "backends")
+    out, err = process.communicate(timeout=60)
+    assert (process.returncode, err, out) == (130, "convlab: interrupted\n", "")
+
+
+def test_an_import_that_fails_without_ctrl_c_is_not_taken_for_one(tmp_path):
+    process = start(tmp_path, "-c", CTRL_C_AT_IMPORT, "numpy", "broken", "backends")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1 and err.splitlines()[-1] == "ImportError: numpy is broken", err
+
+
+def test_import_convlab_imports_nothing_until_a_name_is_used(tmp_path):
+    process = start(tmp_path, "-c", "import sys, convlab; print(sorted({'numpy', 'h5py', 'fire'} & set(sys.modules))); "
+                                    "print([getattr(convlab, name).__name__ for name in convlab.__all__] == "
+                                    "convlab.__all__, sorted(convlab.__all__) == sorted(convlab._EXPORTS))")
+    out, err = process.communicate(timeout=60)
+    assert out.splitlines() == ["[]", "True True"], err
