@@ -2,6 +2,7 @@ import dataclasses
 import functools
 import os
 
+import h5py
 import numpy as np
 import pytest
 
@@ -75,3 +76,15 @@ def data_read_once(monkeypatch):
     def load_dataset(name="mnist", data_dir=None, verify=True):
         return dataclasses.replace(_load_dataset_once(name, data_dir, verify))  # the CLI slices its fields
     monkeypatch.setattr(convlab.data, "load_dataset", load_dataset)
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """A 64 + 32 image data set in the assignment's MNISTdata.hdf5 layout: loads instantly."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.hdf5"
+    with h5py.File(path, "w") as f:
+        for split, n in (("train", 64), ("test", 32)):
+            f[f"x_{split}"] = rng.integers(0, 256, (n, 784), dtype=np.uint8)
+            f[f"y_{split}"] = rng.integers(0, 10, (n, 1))
+    return path

@@ -16,8 +16,7 @@ from convlab.checkpoints import load_checkpoint
 from convlab.files import sole_writer
 from tests.test_checkpoints import RUN_SETTINGS, SMALL, make_checkpoint
 from tests.test_cli import run_cli
-from tests.test_interrupts import (CHECKPOINT_WRITER, start, tiny_data,  # noqa: F401 (a fixture)
-                                    train_argv, wait_for_line)
+from tests.test_interrupts import CHECKPOINT_WRITER, start, train_argv, wait_for_line
 from tests.test_report import HISTORY
 
 
@@ -113,7 +112,7 @@ def test_a_lock_file_that_cannot_take_the_process_id_still_claims_the_output(tmp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_running_training_keeps_its_checkpoint_from_a_second_run(tmp_path, tiny_data, capsys):  # noqa: F811
+def test_a_running_training_keeps_its_checkpoint_from_a_second_run(tmp_path, tiny_data, capsys):
     path = tmp_path / "ck.h5"
     first = start(tmp_path, *train_argv(tiny_data, "--epochs", "100000", "--checkpoint", str(path)))
     wait_for_line(first, "epoch 1/")

@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 
 from convlab.checkpoints import ctrl_c_at_safe_points, load_checkpoint, save_checkpoint
@@ -90,18 +88,6 @@ def wait_for_line(process, prefix):
         if line.startswith(prefix):
             return "".join(lines)
     pytest.fail(f"the process ended without printing {prefix!r}: {process.communicate()}")
-
-
-@pytest.fixture
-def tiny_data(tmp_path):
-    """A 64 + 32 image data set in the assignment's MNISTdata.hdf5 layout: loads instantly."""
-    rng = np.random.default_rng(0)
-    path = tmp_path / "tiny.hdf5"
-    with h5py.File(path, "w") as f:
-        for split, n in (("train", 64), ("test", 32)):
-            f[f"x_{split}"] = rng.integers(0, 256, (n, 784), dtype=np.uint8)
-            f[f"y_{split}"] = rng.integers(0, 10, (n, 1))
-    return path
 
 
 def train_argv(data, *extra):

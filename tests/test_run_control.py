@@ -21,7 +21,7 @@ from convlab.models import Sequential
 from convlab.optimizers import SGD
 from convlab.training import DIVERGED_BATCHES, DivergenceWatch, TrainingDiverged, fit
 from tests.test_cli import run_cli
-from tests.test_interrupts import REPO, start, tiny_data, train_argv, wait_for_line  # noqa: F401 (a fixture)
+from tests.test_interrupts import REPO, start, train_argv, wait_for_line
 
 
 def convlab(tmp_path, *argv, **kwargs):
