@@ -65,8 +65,9 @@ def main(argv=None):
         run(sys.argv[1:] if argv is None else list(argv))
     # Our checks raise ValueError subclasses with user-facing messages; an OSError is the
     # system refusing a read or write our checks could not foresee (disk full, /proc, ...).
+    # Notes (a failed run's: what its checkpoint holds) go on the same line.
     except (ValueError, OSError) as e:
-        print(f"convlab: error: {e}", file=sys.stderr)
+        print(f"convlab: error: {'; '.join([str(e), *getattr(e, '__notes__', ())])}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # a message, if any, says what survived and how to go on
         signum = getattr(e, "signum", signal.SIGINT)  # SIGTERM: see convlab.checkpoints.Terminated

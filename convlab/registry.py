@@ -125,7 +125,13 @@ class Unsupported(ValueError):
 class BackendError(ValueError):
     """A backend broke the contract of the module doc: it returned something of the wrong
     type, shape or dtype. A bug in that backend, not in the caller's input; a ValueError
-    all the same, so that ``convlab`` says it in one line (the fix at hand: another backend)."""
+    all the same, so that ``convlab`` says it in one line (the fix at hand: another backend).
+    :attr:`backend` is the name of the backend that broke (``convlab train`` names another
+    in the command that resumes the run)."""
+
+    def __init__(self, message, backend):
+        super().__init__(message)
+        self.backend = backend
 
 
 class Backend:
@@ -307,7 +313,7 @@ class Backend:
     def broken(self, what, advice="use another backend") -> BackendError:
         """The :class:`BackendError` saying that this backend did ``what``, and what to do."""
         return BackendError(f"backend {self.name!r} ({qualified_name(self.impl)}) is broken: {what}; "
-                            f"{advice}, and tell its authors")
+                            f"{advice}, and tell its authors", self.name)
 
     def __repr__(self):
         return f"<convlab backend {self.name!r}: {self.description}>"

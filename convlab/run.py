@@ -19,7 +19,7 @@ from convlab.files import write_json
 from convlab.models import describe_layer, get_model
 from convlab.optimizers import SGD
 from convlab.profile import recording
-from convlab.registry import get_backend, list_backends
+from convlab.registry import DEFAULT_BACKEND, ORACLE, BackendError, get_backend, list_backends
 from convlab.settings import TrainSettings
 from convlab.threads import machine_summary
 from convlab.timing import is_tuner
@@ -161,6 +161,16 @@ def train(settings: TrainSettings, resumed=None, profile=False):
         raise SaveFailed(f"{e}; {interrupted_message(settings.checkpoint, settings.resume, resume_options)}") from None
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a subclass)
         raise type(stop)(interrupted_message(settings.checkpoint, settings.resume, resume_options)) from None
+    except Exception as e:  # a backend that broke or raised (or a bug of convlab's): the epochs saved stand
+        if settings.checkpoint is None:
+            raise
+        if isinstance(e, BackendError):  # it would break again: go on on another, one that computes any problem
+            resume_options["backend"] = DEFAULT_BACKEND if e.backend != DEFAULT_BACKEND else ORACLE
+        # As e.add_note (Python 3.11+) does: the CLI's one-line error ends with it, and so does
+        # a traceback (on 3.11+), which keeps the backend's own code in view.
+        e.__notes__ = [*getattr(e, "__notes__", ()),
+                       interrupted_message(settings.checkpoint, settings.resume, resume_options)]
+        raise
     if recorded is not None:
         print(f"profile on {machine_summary()}")
         print(recorded.table(f"backend {settings.backend}: milliseconds per step, seconds in all, "

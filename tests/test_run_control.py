@@ -5,16 +5,20 @@ stops it like Ctrl-C (exit 143), and the progress bar is drawn only on a termina
 import fcntl
 import os
 import pty
+import shlex
 import signal
 import struct
 import subprocess
 import sys
 import termios
+import traceback
 
 import numpy as np
 import pytest
 
+from convlab import registry
 from convlab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from convlab.cli import main
 from convlab.data import Dataset
 from convlab.layers import Dense, Flatten
 from convlab.models import Sequential
@@ -129,6 +133,77 @@ def test_a_failed_save_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path
         f"after epoch 1; resume with: convlab train --resume {path} --epochs 3 --backend im2col --data-dir "
         f"{tiny_data} --progress False\n")
     assert load_checkpoint(path).epoch == 1
+
+
+class Breaking:
+    """im2col until its forward number ``at`` (one batch of tiny_data takes 2: the step and
+    the test pass), then a contract broken (``"contract"``: a BackendError) or ``failure`` raised."""
+
+    def __init__(self, at, failure):
+        self.at, self.failure, self.calls = at, failure, 0
+
+    def forward(self, x, w, b, stride, padding):
+        self.calls += 1
+        y, cache = registry.get_backend("im2col").impl.forward(x, w, b, stride, padding)
+        if self.calls < self.at:
+            return y, cache
+        if self.failure == "contract":
+            return y[:, :1], cache
+        raise self.failure
+
+    def backward(self, dy, cache, need_dx=True):
+        return registry.get_backend("im2col").impl.backward(dy, cache, need_dx)
+
+
+@pytest.fixture
+def breaking():
+    """Registers backend 'breaking' as ``breaking(at, failure)`` (a :class:`Breaking`)."""
+    yield lambda at, failure: registry.register_backend("breaking")(Breaking(at, failure))
+    registry._registry.pop("breaking", None)
+
+
+def train_on_breaking(data, path):
+    return ["train", "--data-dir", str(data), "--batch-size", "64", "--epochs", "3", "--progress", "no",
+            "--backend", "breaking", "--checkpoint", str(path)]
+
+
+def test_a_backend_that_breaks_mid_run_says_what_the_checkpoint_holds_and_resumes_on_another(
+        tmp_path, tiny_data, capsys, breaking):
+    breaking(3, "contract")  # in epoch 2
+    path = tmp_path / "ck.h5"
+    code, _, err = run_cli(capsys, *train_on_breaking(tiny_data, path))
+    command = (f"convlab train --resume {path} --epochs 3 --backend im2col --data-dir {tiny_data} "
+               "--progress False")
+    assert code == 2 and err.startswith(f"convlab: error: backend 'breaking' ({Breaking.__module__}.Breaking) is "
+                                        "broken: its forward returned y (64, 1, 24, 24) float32")
+    assert err.endswith(f"; use another backend, and tell its authors; {path} holds the run after epoch 1; "
+                        f"resume with: {command}\n") and len(err.splitlines()) == 1
+    code, out, err = run_cli(capsys, *shlex.split(command)[1:])
+    assert code == 0 and "epoch 3/3" in out, err
+    assert load_checkpoint(path).epoch == 3
+
+
+def test_a_backend_that_breaks_in_the_first_epoch_says_nothing_was_saved(tmp_path, tiny_data, capsys, breaking):
+    breaking(1, "contract")
+    path = tmp_path / "ck.h5"
+    code, _, err = run_cli(capsys, *train_on_breaking(tiny_data, path))
+    assert code == 2 and err.endswith(f"; use another backend, and tell its authors; no epoch had finished, so {path} "
+                                      "was not written; start the run again\n")
+    assert not path.exists()
+
+
+def test_a_backend_that_raises_mid_run_keeps_its_traceback_which_ends_saying_how_to_resume(
+        tmp_path, tiny_data, capsys, breaking):
+    """Its own exception, from its own code (docs/plugins.md), the run resumed as it was."""
+    breaking(3, RuntimeError("the device is gone"))
+    path = tmp_path / "ck.h5"
+    with pytest.raises(RuntimeError) as raised:
+        main(train_on_breaking(tiny_data, path))
+    assert str(raised.value) == "the device is gone"
+    assert raised.value.__notes__ == [
+        f"{path} holds the run after epoch 1; resume with: convlab train --resume {path} --epochs 3 --backend "
+        f"breaking --data-dir {tiny_data} --progress False"]
+    assert "".join(traceback.format_exception(raised.value)).endswith(raised.value.__notes__[0] + "\n")
 
 
 def test_sigterm_stops_at_the_end_of_a_batch_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, tiny_data):
