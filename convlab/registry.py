@@ -108,7 +108,8 @@ _registry: dict[str, Backend] = {}
 _entry_points_loaded = False
 # Held while the entry points load: another thread's first list_backends() or get_backend()
 # waits for all of them. Reentrant, and _entry_points_loading set meanwhile: a plugin that
-# asks for the backends as it is imported gets what is registered so far, as before.
+# asks for the backends as it is imported gets what is registered so far, as before. So a
+# plugin whose import waits for a thread it started that asks for them hangs (docs/plugins.md).
 _entry_points_lock = threading.RLock()
 _entry_points_loading = False
 _skipped: dict[str, str] = {}  # name -> why its entry point was not loaded

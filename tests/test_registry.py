@@ -267,6 +267,24 @@ def test_a_plugin_that_lists_the_backends_as_it_loads_does_not_wait_for_itself(f
     assert listed == [["first"]] and convlab.list_backends() == ["first", "second"]
 
 
+def test_a_thread_a_loading_plugin_starts_waits_for_every_entry_point(fresh_registry):
+    """The limit docs/plugins.md states: that thread is not given a half-filled registry, so a
+    plugin that waited for it as it is imported would hang."""
+    helper, seen = [], []
+
+    def load():
+        helper.append(threading.Thread(target=lambda: seen.append(convlab.list_backends()), daemon=True))
+        helper[0].start()
+        helper[0].join(timeout=0.2)
+        assert helper[0].is_alive()  # waiting for this very load
+        return Doubling
+
+    fresh_registry(DeclaredEntryPoint("first", "first:Doubling", "convlab-first", load),
+                   DeclaredEntryPoint("second", "second:Doubling", "convlab-second", lambda: Doubling))
+    assert convlab.list_backends() == ["first", "second"]
+    helper[0].join(timeout=10)
+    assert seen == [["first", "second"]]
+
 def test_cache_from_another_call_is_rejected():
     with pytest.raises(ValueError, match="cache"):
         convlab.get_backend("naive").backward(np.ones((1, 1, 1, 1)), object())
