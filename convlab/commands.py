@@ -77,13 +77,18 @@ class Commands:
     auto = AutoCommands()
 
     def backends(self):
-        """List the convolution backends with their descriptions and what each supports."""
+        """List the convolution backends: description, what each supports, a plugin's package.
+
+        A backend from another package (an entry point of convlab.backends) names that
+        package and its version, to know which one to update or uninstall."""
         names = list_backends()
         width = max(map(len, names))
         for name in names:
             backend = get_backend(name)
             print(f"{name:<{width}}  {backend.description}")
             print(f"{'':<{width}}  supports: {backend.limits}")
+            if backend.distribution is not None:  # a plugin's
+                print(f"{'':<{width}}  from: {backend.distribution}")
 
     def models(self):
         """List the networks `convlab train --model` can train, with their descriptions."""

@@ -145,6 +145,9 @@ class Backend:
         self.description = doc.splitlines()[0] if doc else ""
         self.limits = getattr(impl, "limits", None) or "any problem"
         self.fuses_relu = bool(getattr(impl, "fuses_relu", False))
+        # The installed package ("name version") whose entry point provided it, if another
+        # than convlab: which plugin to update or uninstall (`convlab backends` shows it).
+        self.distribution = None
 
     def supports(self, x_shape, w_shape, stride=1, padding=0) -> str | None:
         """None if this backend can compute the convolution of an ``x_shape``
@@ -448,6 +451,7 @@ def _load_each_entry_point():
                     raise TypeError(f"module {loaded.__name__} registered no backend {ep.name!r}; name the entry "
                                     "point as its @register_backend does, or point it at the class (module:Class)")
                 register_backend(ep.name)(loaded)
+            _registry[ep.name].distribution = plugin_distribution(ep)
         except Exception as e:  # noqa: BLE001 - any error of third-party code
             _skip(ep, f"it failed to load: {type(e).__name__}: {e}")
         # Nor take a name by registering it as its module is imported: what was there stays.
@@ -474,6 +478,16 @@ def origin(ep) -> str:
 def distribution(ep) -> str | None:
     """The name of the distribution (installed package) that declares entry point ``ep``."""
     return getattr(getattr(ep, "dist", None), "name", None)
+
+
+def plugin_distribution(ep) -> str | None:
+    """``name version`` of the distribution that declares entry point ``ep``, unless it is
+    convlab (or unknown)."""
+    dist = getattr(ep, "dist", None)
+    if distribution(ep) in (None, "convlab"):
+        return None
+    version = getattr(dist, "version", None)
+    return f"{dist.name} {version}" if version else dist.name
 
 
 def top_package(module: str) -> str:

@@ -1,8 +1,10 @@
 """The command line: training end to end on small subsets, and one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,29 @@ def test_backends_lists_names_and_descriptions(capsys):
     assert any(line.startswith("naive ") and "oracle" in line for line in out.splitlines())
     assert any(line.startswith("im2col ") and "GEMM" in line for line in out.splitlines())
 
+
+def test_backends_names_the_package_a_plugin_comes_from(tmp_path):
+    """A plugin installed as pip installs one (a dist-info folder on the path): its backend
+    gets a third line, the distribution and its version; convlab's own get none."""
+    site = tmp_path / "site"
+    info = site / "convlab_mine-0.3.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: convlab-mine\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text("[convlab.backends]\nmine = mine_backend:Mine\n")
+    (site / "mine_backend.py").write_text('class Mine:\n    """A throwaway plugin."""\n\n'
+                                          "    def forward(self, x, w, b, stride, padding): ...\n\n"
+                                          "    def backward(self, dy, cache, need_dx=True): ...\n")
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "convlab.cli", "backends"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(repo)])), timeout=120)
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    lines = done.stdout.splitlines()
+    mine = next(i for i, line in enumerate(lines) if line.startswith("mine "))
+    assert lines[mine].split(maxsplit=1) == ["mine", "A throwaway plugin."]
+    assert lines[mine + 1].split(maxsplit=1) == ["supports:", "any problem"]
+    assert lines[mine + 2].split(maxsplit=1) == ["from:", "convlab-mine 0.3"]
+    assert lines[mine + 2].index("from:") == lines[mine + 1].index("supports:")
+    assert [line for line in lines if "from:" in line] == [lines[mine + 2]]  # built-ins: no such line
 
 def test_train_smoke_beats_chance_and_writes_metrics(capsys, tmp_path, data_read_once):
     metrics = tmp_path / "out" / "metrics.json"
