@@ -37,10 +37,17 @@ __all__ = [
 
 
 def __getattr__(name):
-    """A public name, imported from its module at its first use (see the module doc)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'convlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    """A public name, imported from its module at its first use (see the module doc), or
+    a submodule, as ``import convlab`` used to import them all (``convlab.layers.forward_only()``)."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":  # a submodule that needs something missing
+                raise
+            raise AttributeError(f"module 'convlab' has no attribute {name!r}") from None
     globals()[name] = value  # later uses find it without this function
     return value
 

@@ -195,3 +195,12 @@ def test_import_convlab_imports_nothing_until_a_name_is_used(tmp_path):
                                     "convlab.__all__, sorted(convlab.__all__) == sorted(convlab._EXPORTS))")
     out, err = process.communicate(timeout=60)
     assert out.splitlines() == ["[]", "True True"], err
+
+
+def test_import_convlab_still_reaches_its_submodules_as_attributes(tmp_path):
+    # As when __init__ imported them all: `import convlab; convlab.layers.forward_only()`.
+    process = start(tmp_path, "-c", "import convlab; print(convlab.layers.forward_only.__name__, "
+                                    "convlab.registry.BackendError.__name__); convlab.no_such_module")
+    out, err = process.communicate(timeout=60)
+    assert out == "forward_only BackendError\n", err
+    assert err.splitlines()[-1] == "AttributeError: module 'convlab' has no attribute 'no_such_module'", err
