@@ -127,6 +127,9 @@ def test_relative_error_and_a_direct_method_near_float32_rounding():
     (["--backends", "3"], "--backends got 3; choose from: "),
     (["--kernel-sizes", "3,0"], "--kernel-sizes must be positive whole numbers"),
     (["--kernel-sizes", "a"], "--kernel-sizes must be positive whole numbers"),
+    (["--kernel-sizes", "3,x"], "--kernel-sizes must be positive whole numbers separated by commas, got 3,x\n"),
+    (["--sweep", "image", "--image-sizes", "16,0"], "--image-sizes must be positive whole numbers separated by "
+                                                    "commas, got 16,0\n"),
     (["--passes", "backward"], "--passes got backward; choose from: forward, forward+backward"),
     (["--repeat", "0"], "--repeat must be a positive whole number"),
     (["--batch-size", "2.5"], "--batch-size must be a positive whole number"),
