@@ -113,14 +113,18 @@ def read_metrics(path: Path) -> Run:
     missing from older files, and then the paragraph leaves out what it does not know."""
     doc = read_json(path, METRICS_HINT)
     names = [f.name for f in fields(EpochMetrics)]
+    epochs = doc.get("epochs") if isinstance(doc, dict) else None
+    if not isinstance(epochs, list) or not all(isinstance(epoch, dict) for epoch in epochs):
+        raise ReportError(f'{path}: has no "epochs" list of objects; {METRICS_HINT}')
+    if not isinstance(doc.get("settings") or {}, dict):
+        raise ReportError(f'{path}: its "settings" is not an object; {METRICS_HINT}')
     try:
-        history = [EpochMetrics(**{name: epoch[name] for name in names}) for epoch in doc["epochs"]]
+        history = [EpochMetrics(**{name: epoch[name] for name in names}) for epoch in epochs]
         backend = doc["backend"]
-        backends = [epoch["backend"] for epoch in doc["epochs"]] if all(
-            "backend" in epoch for epoch in doc["epochs"]) else None
-        settings = dict({"dataset": "mnist"}, **(doc.get("settings") or {}))
-    except (TypeError, KeyError, AttributeError) as e:
-        raise ReportError(f"{path}: missing or malformed {e}; {METRICS_HINT}") from None
+    except KeyError as e:
+        raise ReportError(f"{path}: missing {e}; {METRICS_HINT}") from None
+    backends = [epoch["backend"] for epoch in epochs] if all("backend" in epoch for epoch in epochs) else None
+    settings = dict({"dataset": "mnist"}, **(doc.get("settings") or {}))
     valid = isinstance(backend, str) and history and all(
         isinstance(getattr(m, name), numbers.Real) and math.isfinite(getattr(m, name)) for m in history for name in names)
     if not valid or not all(isinstance(b, (str, type(None))) for b in backends or ()):

@@ -31,7 +31,8 @@ def make_inputs(root: Path) -> dict[str, Path]:
     """Small broken (and a few good) input files under ``root``, by name."""
     paths = {name: root / name for name in
              ("empty", "bad-checksum", "corrupt-gzip", "not-hdf5.h5", "no-y-test.h5", "a-folder",
-              "metrics.json", "not-json.json", "wrong-schema.json", "empty-bench.json", "a-file",
+              "metrics.json", "not-json.json", "wrong-schema.json", "list.json", "bad-settings.json", "empty-bench.json",
+              "a-file",
               "dangling-link")}
     for name in ("empty", "bad-checksum", "corrupt-gzip", "a-folder"):
         paths[name].mkdir()
@@ -46,6 +47,8 @@ def make_inputs(root: Path) -> dict[str, Path]:
         {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.4, "test_accuracy": 0.5, "seconds": 1.0}]}))
     paths["not-json.json"].write_text("{not json")
     paths["wrong-schema.json"].write_text('{"backend": "im2col", "epochs": [{"epoch": 1}]}')
+    paths["list.json"].write_text('[{"epoch": 1}]')
+    paths["bad-settings.json"].write_text(paths["metrics.json"].read_text()[:-1] + ', "settings": [1]}')
     paths["empty-bench.json"].write_text('{"rows": []}')
     paths["a-file"].write_text("a file, not a folder")
     paths["no-such-folder"] = root / "no-such-folder"  # not made
@@ -112,7 +115,10 @@ OTHER_CASES = [
     (["report", "--out", "{out}"], "SOURCE is required"),
     (["report", "/no/such.json", "--out", "{out}"], "/no/such.json does not exist or is not a file"),
     (["report", "{not-json.json}", "--out", "{out}"], "{not-json.json}: cannot read it as JSON"),
-    (["report", "{wrong-schema.json}", "--out", "{out}"], "{wrong-schema.json}: missing or malformed 'train_loss'"),
+    (["report", "{wrong-schema.json}", "--out", "{out}"], "{wrong-schema.json}: missing 'train_loss'; expected the "
+                                                          "JSON written by `convlab train --metrics-out PATH`"),
+    (["report", "{list.json}", "--out", "{out}"], '{list.json}: has no "epochs" list of objects; expected the JSON'),
+    (["report", "{bad-settings.json}", "--out", "{out}"], '{bad-settings.json}: its "settings" is not an object;'),
     (["report", "{metrics.json}", "--out", "{out}", "--bench", "{empty-bench.json}"],
      "{empty-bench.json}: no usable timing rows"),
     (["report", "{metrics.json}", "--out", "{a-folder}"], "--out {a-folder} is a directory; give a file path such as "
