@@ -232,8 +232,7 @@ class Auto:
     def clear(self) -> int:
         """Delete the cache file and forget this process's picks; returns how many
         entries the file held. A file that is not a pick cache is refused (ValueError)."""
-        count = len(self.stored())
-        clear_cache(self.cache_file(), "picks")
+        count = len(valid_entries(clear_cache(self.cache_file(), "picks")))
         self._picks.clear()
         return count
 

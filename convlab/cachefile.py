@@ -88,24 +88,26 @@ def update_cache(path, kind: str, marker: str, merge: Callable[[dict], dict]) ->
     return False
 
 
-def clear_cache(path, marker: str) -> bool:
-    """Delete the cache ``path`` (under its lock); False if there was none. Raises
-    :class:`NotOurs` (a ValueError) for a file that is not such a cache, and a ValueError
-    saying why for one that cannot be deleted (a folder, a read-only one's file)."""
+def clear_cache(path, marker: str) -> dict:
+    """Delete the cache ``path`` (under its lock); returns what it held (``{}`` if there was
+    none), so that a caller counts it from this one read instead of a :func:`read_cache`
+    first, whose warning would come before the refusal below. Raises :class:`NotOurs` (a
+    ValueError) for a file that is not such a cache, and a ValueError saying why for one
+    that cannot be deleted (a folder, a read-only one's file)."""
     path = Path(path)
     if not path.exists():
-        return False
+        return {}
     with _locked(path):
         try:
-            _load(path, marker)
+            content = _load(path, marker)
             path.unlink()
         except FileNotFoundError:
-            pass
+            return {}
         except NotOurs as e:
             raise NotOurs(f"not deleting {path}: {e}") from None
         except OSError as e:
             raise ValueError(f"cannot delete {path}: {e.strerror or e}") from None
-    return True
+    return content
 
 
 def _load(path: Path, marker: str) -> dict:
