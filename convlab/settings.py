@@ -240,6 +240,9 @@ def layer_backends(model, backend, batch_size=64) -> list[str]:
     network = model.build()
     convs = network.indexed_conv_layers()
     names = [get_backend(name).name for name in backend_names(backend)]
+    if not convs:  # no backend would run: the run would still name one (and its report, a conv layer's filters)
+        raise UsageError(f"the {model.name} network has no conv layer, so no backend would compute anything in it; "
+                         "convlab trains convolutional networks: give it one (such as c8k3p1 relu before dense10)")
     if len(names) == 1:
         names *= len(convs)
     elif len(names) != len(convs):

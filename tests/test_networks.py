@@ -227,6 +227,8 @@ def stride_one_only(monkeypatch):
      "conv layer 2 of c4k3 relu c4k3s2 relu dense10 (conv 4 -> 4 filters 3x3, stride 2, padding 0, on 26x26): "
      "backend 'stride1' does not support stride 2x2 (stride 1 only); try "),
     (["--model", "c4k3 relu c4k3s2 relu dense10", "--backend", "stride1,stride1"], "conv layer 2 of"),
+    (["--model", "flatten dense10"], "the flatten dense10 network has no conv layer, so no backend would compute "
+                                     "anything in it; convlab trains convolutional networks: give it one"),
 ])
 def test_backend_per_layer_mistakes(capsys, tmp_path, stride_one_only, argv, message):
     metrics = tmp_path / "m.json"
