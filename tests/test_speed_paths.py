@@ -181,6 +181,27 @@ def test_torch_comparison_script_trains_the_same_network():
     assert ours == pytest.approx(theirs, rel=1e-4), losses
 
 
+def test_fft_tiled_shapes_leaves_out_the_torch_row_where_torch_is_not_installed(monkeypatch, capsys):
+    """The README's `python benchmarks/fft_tiled_shapes.py` without PyTorch (a reference in
+    no extra): its row is left out, not a traceback from `import torch` at the first shape."""
+    import runpy
+
+    import convlab.bench
+
+    script = str(REPO / "benchmarks" / "fft_tiled_shapes.py")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed: `import torch` fails
+    monkeypatch.setattr(convlab.bench, "kernel_sweep", lambda *args, **kwargs: [])  # the header, no shape timed
+    monkeypatch.setattr(sys, "argv", [script])
+    runpy.run_path(script, run_name="__main__")
+    header = capsys.readouterr().out.splitlines()[1].split()
+    assert header == ["shape", "fft-tiled", "fft", "im2col", "tiled/min(fft,im2col)"]
+    monkeypatch.setattr(sys, "argv", [script, "--rows", "fft-tiled,torch"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(script, run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--rows names torch, which is not installed: pip install torch" in err
+
+
 @pytest.mark.parametrize("x_shape, w_shape, padding, folded", [
     ((3, 6, 14, 14), (16, 6, 5, 5), 0, True),     # LeNet-5's second layer: kw taps summed in the GEMM
     ((2, 4, 9, 11), (3, 4, 5, 7), (3, 1), True),  # non-square kernel, padding beyond k // 2 on one axis
