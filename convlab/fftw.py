@@ -131,7 +131,12 @@ def _planner(value, source) -> str:
     return planner
 
 
-def _wisdom_path(value) -> Path | None:
+def _wisdom_path(value, source) -> Path | None:
+    # Anything but a str path (an int, bytes, a bool) would reach Path(), whose TypeError
+    # names neither the setting nor what it takes.
+    if not isinstance(value, (str, os.PathLike)) or not isinstance(os.fspath(value), str):
+        raise ValueError(f"{source} must be a file path (a str or pathlib.Path; the FFTW wisdom cache), "
+                         f"or \"{WISDOM_OFF}\" for none, got {value!r}")
     return None if str(value).strip().lower() in (WISDOM_OFF, "") else Path(value).expanduser()
 
 
@@ -157,8 +162,8 @@ def configure(threads=None, planner=None, wisdom_path=None) -> Settings:
         planner=_planner(planner, "planner") if planner is not None
         else _planner(env[ENV_PLANNER], ENV_PLANNER) if env.get(ENV_PLANNER)
         else DEFAULT_PLANNER,
-        wisdom_path=_wisdom_path(wisdom_path) if wisdom_path is not None
-        else _wisdom_path(env[ENV_WISDOM]) if ENV_WISDOM in env
+        wisdom_path=_wisdom_path(wisdom_path, "wisdom_path") if wisdom_path is not None
+        else _wisdom_path(env[ENV_WISDOM], ENV_WISDOM) if ENV_WISDOM in env
         else default_wisdom_path(),
     )
     _plans.reset(settings)

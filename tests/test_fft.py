@@ -303,6 +303,9 @@ def test_defaults(private_settings, tmp_path):
     (dict(threads="two"), "threads must be a positive integer"),
     (dict(threads=1.5), "threads must be a positive integer"),
     (dict(planner="fast"), "planner must be one of estimate, measure, patient, exhaustive"),
+    (dict(wisdom_path=3), "wisdom_path must be a file path .* or \"off\" for none, got 3"),
+    (dict(wisdom_path=b"wisdom.json"), "wisdom_path must be a file path"),
+    (dict(wisdom_path=True), "wisdom_path must be a file path"),
 ])
 def test_invalid_settings_say_what_is_allowed(kwargs, message):
     with pytest.raises(ValueError, match=message):
