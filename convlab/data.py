@@ -101,6 +101,11 @@ def load_idx(data_dir: Path, stem: str, sha256: str | None, name: str = "") -> n
     if path is None:
         raise DataError(f"missing data file: {candidates[0]} (or {candidates[1].name}) not found")
     payload = read_payload(path)
+    if not payload:  # an interrupted download or copy; its checksum would only be that of nothing
+        source = DATASETS.get(name)
+        raise DataError(f"{path}: is empty{' once decompressed' if path.stat().st_size else ''}, as an "
+                        f"interrupted download or copy leaves a file; replace it with the complete {stem} file"
+                        + (f" ({source.how_to_get})" if source is not None else ""))
     if sha256 is not None:
         actual = hashlib.sha256(payload).hexdigest()
         if actual != sha256:

@@ -30,13 +30,14 @@ OLD_PDF = "%PDF-1.4 old content\n"
 def make_inputs(root: Path) -> dict[str, Path]:
     """Small broken (and a few good) input files under ``root``, by name."""
     paths = {name: root / name for name in
-             ("empty", "bad-checksum", "corrupt-gzip", "not-hdf5.h5", "no-y-test.h5", "a-folder",
+             ("empty", "bad-checksum", "empty-gz", "corrupt-gzip", "not-hdf5.h5", "no-y-test.h5", "a-folder",
               "metrics.json", "not-json.json", "wrong-schema.json", "list.json", "bad-settings.json", "empty-bench.json",
               "a-file",
               "dangling-link")}
-    for name in ("empty", "bad-checksum", "corrupt-gzip", "a-folder"):
+    for name in ("empty", "bad-checksum", "empty-gz", "corrupt-gzip", "a-folder"):
         paths[name].mkdir()
     for stem, _ in MNIST_FILES.values():
+        (paths["empty-gz"] / f"{stem}.gz").write_bytes(b"")  # as an interrupted download leaves them
         (paths["bad-checksum"] / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(np.zeros((3, 28, 28)))))
         (paths["corrupt-gzip"] / f"{stem}.gz").write_bytes(b"\x1f\x8b\x08\x00 not deflate data")
     paths["not-hdf5.h5"].write_bytes(b"just some bytes")
@@ -86,6 +87,9 @@ TRAIN_CASES = [
     (["--data-dir", "/no/such/dir"], "data directory /no/such/dir does not exist"),
     (["--data-dir", "{empty}"], "{empty} holds no mnist data: expected the idx files"),
     (["--data-dir", "{bad-checksum}"], "train-images-idx3-ubyte.gz: checksum mismatch: sha256 of the payload is"),
+    (["--data-dir", "{empty-gz}"], "train-images-idx3-ubyte.gz: is empty, as an interrupted download or copy "
+                                   "leaves a file; replace it with the complete train-images-idx3-ubyte file (run "
+                                   "`convlab data download`"),
     (["--data-dir", "{corrupt-gzip}"], "cannot read it (Error -3 while decompressing"),
     (["--data-dir", "{not-hdf5.h5}"], "{not-hdf5.h5}: cannot read it as HDF5"),
     (["--data-dir", "{no-y-test.h5}"], "{no-y-test.h5}: has no dataset y_test; expected an HDF5 file like"),

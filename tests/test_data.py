@@ -113,6 +113,18 @@ def test_checksum_mismatch(tmp_path):
         load_idx(tmp_path, "labels", expected)
 
 
+@pytest.mark.parametrize("name, content, empty", [
+    ("labels.gz", b"", "is empty,"), ("labels.gz", gzip.compress(b""), "is empty once decompressed,"),
+    ("labels", b"", "is empty,")])
+def test_an_empty_file_is_called_empty_not_a_checksum_mismatch(tmp_path, name, content, empty):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError) as e:
+        load_idx(tmp_path, "labels", "0" * 64, "mnist")
+    assert str(e.value) == (f"{tmp_path / name}: {empty} as an interrupted download or copy leaves a file; replace "
+                            "it with the complete labels file (run `convlab data download`, or put the four MNIST "
+                            "idx files in data/mnist/)")
+
+
 def test_raw_idx_is_read_when_no_gz(tmp_path):
     a = np.arange(6, dtype=np.uint8).reshape(2, 3)
     (tmp_path / "labels").write_bytes(idx_bytes(a))
