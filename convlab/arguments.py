@@ -212,8 +212,10 @@ def help_text(component, usage: str) -> str:
                 typed_as = f"{option_name(name)} yes|no"
             else:
                 typed_as = f"{option_name(name)} {name.split('_')[-1].upper()}"
-            note = "" if default in (None, inspect.Parameter.empty) or isinstance(default, bool) and not default \
-                else f" (default: {'yes' if default is True else default})"
+            # Every yes/no option shows its default, off as well as on (one whose default is
+            # None, decided by the command, says it in its description).
+            note = (f" (default: {'yes' if default else 'no'})" if isinstance(default, bool)
+                    else "" if default in (None, inspect.Parameter.empty) else f" (default: {default})")
             if name not in positional:
                 lines.append(f"  {typed_as:<27} {described.get(name, '')}{note}")
         lines.append(f"  {'--help':<27} show this help and exit")

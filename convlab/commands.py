@@ -233,9 +233,10 @@ class Commands:
                 reference layer): time of each phase, per layer.
                 Of the other options only --backends and --batch-size apply to it.
             steps: training steps to profile (with --profile; default 100).
-            accuracy: also measure each backend's float32 error of y, dx and dw against float64.
-            many_channels: also time 3x3 and 5x5 layers with 32 to 128 channels.
-            memory: also measure each pass's peak extra memory (workspace beyond the results).
+            accuracy: also measure each backend's float32 error of y, dx and dw against float64 (default no).
+            many_channels: also time 3x3 and 5x5 layers with 32 to 128 channels (default no).
+            memory: also measure each pass's peak extra memory (workspace beyond the results)
+                (default no).
             sweep: kernel (time vs kernel size, default; --image-size sets its image) or image
                 (time vs image size; --image-sizes sets them).
             image_sizes: comma-separated image sizes of the image sweep (default 16,32,64,128,256;

@@ -324,6 +324,32 @@ def test_version_and_help_as_users_type_options():
     assert code == 0 and "train" in out and "bench" in out
 
 
+def every_command(component=None, usage="convlab"):
+    """(usage, command) of every command of the CLI, groups opened."""
+    import inspect
+
+    from convlab.arguments import commands_of
+    from convlab.commands import Commands
+
+    component = Commands() if component is None else component
+    for name in commands_of(component):
+        child = getattr(component, name.replace("-", "_"))
+        if inspect.isroutine(child):
+            yield f"{usage} {name}", child
+        else:
+            yield from every_command(child, f"{usage} {name}")
+
+
+def test_help_shows_the_default_of_every_yes_no_option():
+    from convlab.arguments import help_text
+
+    lines = [line for usage, command in every_command() for line in help_text(command, usage).splitlines()
+             if " yes|no " in line]
+    assert len(lines) >= 8  # progress, profile (train, bench), invert, mnist-layer, accuracy, many-channels, memory
+    assert [line for line in lines if not re.search(r"\(default:? (yes|no)\)\.?$", line)] == []
+    assert any(line.startswith("  --invert yes|no") and line.endswith("(default: no)") for line in lines)
+
+
 # --- 6. numbers at the edges ------------------------------------------------------------
 
 @pytest.mark.parametrize("lr, what", [("1e39", "overflows to inf"), ("1e-50", "rounds to 0")])
