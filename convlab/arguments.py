@@ -129,7 +129,10 @@ def check_arguments(command, args, usage) -> bool:
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters.values()):
         return False
     names = list(parameters)
-    options = ", ".join(option_name(n) for n in names) or "none"
+    # As --help lists them: a positional parameter (predict's FILE) is named as such, not
+    # offered as an option (fire takes --file too, but --help shows FILE).
+    arguments = [n.upper() for n, p in parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
+    options = ", ".join(option_name(n) for n, p in parameters.items() if p.kind != p.POSITIONAL_OR_KEYWORD) or "none"
     named, positional = set(), []
     i = 0
     while i < len(args):
@@ -153,7 +156,9 @@ def check_arguments(command, args, usage) -> bool:
                                        + " or ".join(option_name(n) for n in matches))
             name = matches[0]
         else:
-            raise CommandLineError(f"`{usage}` has no option {token.split('=', 1)[0]}; its options are: {options}")
+            raise CommandLineError(f"`{usage}` has no option {token.split('=', 1)[0]}; its options are: {options}"
+                                   + (f" (and the argument{'s' * (len(arguments) > 1)} {' '.join(arguments)}, "
+                                      "given by position)" if arguments else ""))
         if alone and fire.decorators.GetParseFns(command)["named"].get(name) is str:
             raise CommandLineError(f"`{usage}` option {option_name(name)} needs a value "
                                    f"({option_name(name)} {name.split('_')[-1].upper()})")

@@ -314,6 +314,19 @@ def test_surplus_positional_arguments_are_refused_as_such(argv, fragment):
     assert "unknown backend" not in err
 
 
+@pytest.mark.parametrize("command, options, argument", [
+    ("predict", "--checkpoint, --backend, --invert", "FILE"), ("report", "--out, --bench", "SOURCE")])
+def test_an_unknown_option_lists_the_options_help_shows(command, options, argument):
+    """The positional argument is named as --help names it (FILE), not offered as --file."""
+    code, _, err = convlab(command, "--bogus", "1")
+    assert_one_error_line(code, err, f"`convlab {command}` has no option --bogus; its options are: {options} "
+                                     f"(and the argument {argument}, given by position)")
+    _, help_text, _ = convlab(command, "--help")
+    assert f"usage: convlab {command} {argument} [options]" in help_text
+    assert all(f"  {option} " in help_text for option in options.split(", "))
+    assert f"--{argument.lower()}" not in help_text + err
+
+
 def test_version_and_help_as_users_type_options():
     code, out, err = convlab("--version")
     assert code == 0 and re.fullmatch(r"convlab \d+\.\d+\.\d+\S*\n", out), out + err
