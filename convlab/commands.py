@@ -175,8 +175,11 @@ class Commands:
         """
         from convlab.data import load_dataset
         from convlab.inference import evaluation_report, load_model
+        from convlab.training import EVALUATION_BATCH
 
-        model, saved = load_model(required("checkpoint", checkpoint), backend)
+        test_size = None if test_size is None else positive_int("test-size", test_size)
+        model, saved = load_model(required("checkpoint", checkpoint), backend,
+                                  batch=min(EVALUATION_BATCH, test_size or EVALUATION_BATCH))
         data = load_dataset(saved.settings["dataset"], data_dir)
         n_test = subset_size("test-size", test_size, len(data.x_test))
         print(evaluation_report(model, saved, data.x_test[:n_test], data.y_test[:n_test]))
@@ -197,7 +200,7 @@ class Commands:
         """
         from convlab.inference import check_has_content, load_image, load_model, prediction_report
 
-        model, saved = load_model(required("checkpoint", checkpoint), backend)
+        model, saved = load_model(required("checkpoint", checkpoint), backend, batch=1)
         class_name = "digit" if saved.settings["dataset"] == "mnist" else "class"
         image = check_has_content(load_image(required("FILE", file), invert), file, class_name)
         print(prediction_report(model, image, class_name, inverted=invert))

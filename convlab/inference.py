@@ -33,21 +33,24 @@ class ImageError(ValueError):
     """An image file that cannot be given to the network."""
 
 
-def load_model(checkpoint_path, backend=None):
+def load_model(checkpoint_path, backend=None, batch=None):
     """The checkpoint's network holding its weights; returns (model, checkpoint).
 
     The network is the one named by the checkpoint's ``model`` setting (the reference
     network for checkpoints older than that setting). Each conv layer runs on ``backend``
     (one name, or one per conv layer as for ``convlab train``); by default on the one it
-    was trained with, or the default backend if that one is not installed here.
+    was trained with, or the default backend if that one is not installed here. With
+    ``batch``, a network whose forward pass over that many images at once cannot fit in
+    the memory available is refused first (:func:`convlab.settings.check_memory`).
     """
     checkpoint = load_checkpoint(checkpoint_path)
     model = get_model(checkpoint.settings.get("model", DEFAULT_MODEL))
     if backend is None:
         trained_with = str(checkpoint.settings.get("backends") or checkpoint.settings.get("backend")).split(",")
         backend = ",".join(trained_with) if set(trained_with) <= set(list_backends()) else DEFAULT_BACKEND
+    names = layer_backends(model, backend, memory_batch=batch, training=False)  # before this network is built
     network = model.build()
-    network.set_backends(layer_backends(model, backend))
+    network.set_backends(names)
     checkpoint.restore(network)
     return network, checkpoint
 

@@ -14,6 +14,7 @@ Every network reads 1x28x28 images (MNIST, Fashion-MNIST) and ends in 10 logits.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import warnings
@@ -30,6 +31,8 @@ from convlab.registry import PluginWarning
 
 INPUT_SHAPE = (1, 28, 28)
 CLASSES = 10
+# The layer types whose arrays Sequential.least_memory counts.
+KNOWN = (Conv2D, Dense, ReLU, Flatten, MaxPool2D, AvgPool2D)
 
 
 class Sequential:
@@ -168,6 +171,62 @@ class Sequential:
             shapes.append(shape)
             shape = output_shape(layer, shape)
         return shapes
+
+    def least_memory(self, batch, training=True) -> int:
+        """A lower bound of the bytes one pass over a batch of ``batch`` images needs at its
+        peak: what must be held at once whatever the backends do. Counted only what the
+        layers below are known to hold (shapes from :meth:`input_shapes`, each array once):
+
+        * forward only (``training=False``): the weights, the batch, and one layer's input
+          and the new array it writes its output into;
+        * a training step: the weights and their momentum; the activations the layers keep
+          for the backward (a ``Dense``'s input, a ``MaxPool2D``'s padded input and output, a
+          ``ReLU``'s output; a convolution's backend keeps what it chooses, so none) and the
+          batch; and the larger of the weights' gradients (all held at the optimizer's step)
+          and the gradients of one layer's output and input (held together in its backward).
+
+        Views (``Flatten``, a fused or in-place ``ReLU``) are no new arrays; a layer of
+        another type counts as nothing. Not counted at all: backends' workspaces (im2col's
+        unrolled windows, FFT spectra), numpy's temporaries, the data set, Python. So a
+        pass never needs less, and a network this refuses could not have run.
+        """
+        shapes = self.input_shapes(batch)
+        shapes.append(output_shape(self.layers[-1], shapes[-1]))
+        weights = [param for _, param, _ in self.named_parameters()]
+        itemsize = weights[0].itemsize if weights else np.dtype(np.float32).itemsize
+        params = sum(param.nbytes for param in weights)
+
+        def size(shape) -> int:  # Python ints: no overflow, whatever the network
+            return math.prod(shape) * itemsize
+
+        # Each layer's input is an array (by number; 0 is the batch) or a view of one;
+        # unknown holds the numbers of arrays some other layer type made (not counted).
+        arrays, unknown, kept = [0], set(), {0: size(shapes[0])}
+        forward_peak = gradient_peak = 0
+        for i, layer in enumerate(self.layers):
+            x, y, source = shapes[i], shapes[i + 1], arrays[i]
+            view = isinstance(layer, Flatten) or isinstance(layer, ReLU) and (layer.fused or layer.inplace)
+            known = isinstance(layer, KNOWN)
+            arrays.append(source if view else len(arrays))
+            if not known:
+                unknown.add(arrays[-1])
+            held_input = 0 if source == 0 or source in unknown else size(x)  # the batch is held throughout
+            forward_peak = max(forward_peak, held_input + (0 if view or not known else size(y)))
+            if isinstance(layer, Dense):
+                kept[source] = size(x)
+            elif isinstance(layer, ReLU) and not layer.fused:
+                kept[arrays[-1]] = size(y)
+            elif isinstance(layer, MaxPool2D):
+                kept[arrays[-1]] = size(y)
+                padded = (x[0], x[1], *(side + 2 * pad for side, pad in zip(x[2:], layer.padding)))
+                kept[source if padded == x else -i - 1] = size(padded)  # a padded copy is another array
+            # Its dy is the loss's gradient or the next layer's dx (unknown from another type).
+            dy = size(y) if i + 1 == len(self.layers) or isinstance(self.layers[i + 1], KNOWN) else 0
+            gradient_peak = max(gradient_peak, dy + (size(x) if i > 0 and known and not view else 0))
+        if not training:
+            return params + kept[0] + forward_peak
+        activations = sum(nbytes for array, nbytes in kept.items() if array not in unknown)
+        return 2 * params + activations + max(params, gradient_peak)
 
     def __repr__(self):
         return "Sequential(\n" + "".join(f"  {layer!r}\n" for layer in self.layers) + ")"

@@ -73,6 +73,10 @@ class TrainSettings:
     support its layer's problem. ``backends`` is what each conv layer ended up on (set when
     training starts, :meth:`with_backends`). ``train_size``/``test_size`` None mean the
     whole split; :meth:`with_data_sizes` makes them the numbers of images used.
+
+    A network whose training step cannot fit in the memory available is refused
+    (:func:`check_memory`), unless ``memory_check`` is False: so are the copies made once the
+    run's model, momentum and data take memory, which the check would count a second time.
     """
 
     model: str = "reference"
@@ -92,15 +96,15 @@ class TrainSettings:
     checkpoint: str | None = None
     resume: str | None = None
     progress: bool = True
+    memory_check: dataclasses.InitVar[bool] = True
 
-    def __post_init__(self):
+    def __post_init__(self, memory_check):
         from convlab.data import data_source
         from convlab.models import get_model
         from convlab.registry import get_backend
 
         model = get_model(self.model)
         backend = ",".join(get_backend(name).name for name in backend_names(self.backend))
-        layer_backends(model, backend, self.batch_size)
         normalised = dict(
             model=model.name,
             backend=backend,
@@ -121,6 +125,10 @@ class TrainSettings:
             if getattr(self, name) is not None:
                 normalised[name] = positive_int(name.replace("_", "-"), getattr(self, name))
         data_source(self.dataset)
+        # A step's batch: --batch-size images, or all of --train-size if fewer. (Without
+        # --train-size, a --batch-size beyond the data set's images is counted as given.)
+        batch = min(normalised["batch_size"], normalised.get("train_size", normalised["batch_size"]))
+        layer_backends(model, backend, normalised["batch_size"], memory_batch=batch if memory_check else None)
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
 
@@ -165,11 +173,11 @@ class TrainSettings:
         """These settings with the numbers of training and test images used, out of a
         data set with ``n_train`` and ``n_test``."""
         return dataclasses.replace(self, train_size=subset_size("train-size", self.train_size, n_train),
-                                   test_size=subset_size("test-size", self.test_size, n_test))
+                                   test_size=subset_size("test-size", self.test_size, n_test), memory_check=False)
 
     def with_backends(self, names) -> TrainSettings:
         """These settings with ``names``, the backend each conv layer runs on."""
-        return dataclasses.replace(self, backends=",".join(names))
+        return dataclasses.replace(self, backends=",".join(names), memory_check=False)
 
     def conv_backends(self) -> list[str]:
         """The backend asked for each conv layer of the model (``auto`` still unresolved)."""
@@ -230,23 +238,35 @@ def backend_names(value) -> list[str]:
     return [str(item).strip() for item in items]
 
 
-def layer_backends(model, backend, batch_size=64) -> list[str]:
+def layer_backends(model, backend, batch_size=64, memory_batch=None, training=True) -> list[str]:
     """The backend of each conv layer of ``model`` (a :class:`convlab.models.Model`) from
     ``--backend``: one name for all, or a comma-separated name per conv layer. Refuses a
-    list of the wrong length and a layer its backend cannot compute, naming the layer."""
+    list of the wrong length and a layer its backend cannot compute, naming the layer.
+    With ``memory_batch``, also refuses a network that cannot fit in memory for a training
+    step (or, ``training=False``, a forward pass) on that many images (:func:`check_memory`)."""
+    network = model.build()
+    names = network_backends(network, model.name, backend, batch_size)
+    if memory_batch is not None:
+        needed = network.least_memory(memory_batch, training)
+        del network  # its weights go back before the free memory is read: the run builds its own
+        check_memory(needed, model.name, memory_batch, training)
+    return names
+
+
+def network_backends(network, model_name, backend, batch_size) -> list[str]:
+    """:func:`layer_backends` of ``network``, a built :class:`convlab.models.Sequential`."""
     from convlab.models import describe_layer
     from convlab.registry import Unsupported, get_backend
 
-    network = model.build()
     convs = network.indexed_conv_layers()
     names = [get_backend(name).name for name in backend_names(backend)]
     if not convs:  # no backend would run: the run would still name one (and its report, a conv layer's filters)
-        raise UsageError(f"the {model.name} network has no conv layer, so no backend would compute anything in it; "
+        raise UsageError(f"the {model_name} network has no conv layer, so no backend would compute anything in it; "
                          "convlab trains convolutional networks: give it one (such as c8k3p1 relu before dense10)")
     if len(names) == 1:
         names *= len(convs)
     elif len(names) != len(convs):
-        raise UsageError(f"--backend lists {len(names)} backends but the {model.name} network has {len(convs)} conv "
+        raise UsageError(f"--backend lists {len(names)} backends but the {model_name} network has {len(convs)} conv "
                          f"layer{'s' * (len(convs) != 1)}; give one backend for all of them or one per conv layer, "
                          "comma-separated, in order")
     for name in dict.fromkeys(names):
@@ -256,6 +276,47 @@ def layer_backends(model, backend, batch_size=64) -> list[str]:
         try:
             get_backend(name).check_supported(shapes[i], layer.params["w"].shape, layer.stride, layer.padding)
         except Unsupported as e:
-            raise Unsupported(f"conv layer {number} of {model.name} ({describe_layer(layer, shapes[i])}): {e}") from None
+            raise Unsupported(f"conv layer {number} of {model_name} ({describe_layer(layer, shapes[i])}): {e}") from None
     return names
 
+
+MEMINFO = "/proc/meminfo"
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel can still give processes without swapping (Linux's MemAvailable in
+    :data:`MEMINFO`, which counts the page cache it can drop), or None where it cannot be read."""
+    try:
+        with open(MEMINFO) as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def in_units(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def check_memory(needed: int, name: str, batch: int, training=True):
+    """Refuse, up front, the network called ``name`` when a pass over ``batch`` images needs
+    ``needed`` bytes at least (:meth:`convlab.models.Sequential.least_memory`) and less is
+    available (:func:`available_memory`; where that cannot be read, nothing is checked).
+
+    Without this the run starts, and the kernel's OOM killer ends it (exit 137, no message)
+    once the machine has been driven into swapping, or numpy's MemoryError comes in the
+    middle of an epoch. ``needed`` is a lower bound, so a run this refuses could not have fit.
+    """
+    available = available_memory()
+    if available is None or needed <= available:
+        return
+    if training:
+        what = f"a training step on {batch} image{'s' * (batch != 1)} (weights, momentum, activations, gradients)"
+        lower = "lower --batch-size, or the network's size (the filters of c<F>k<K> and units of dense<N> in its spec)"
+    else:
+        what = f"a forward pass on {batch} image{'s' * (batch != 1)} (weights and activations)"
+        lower = "free memory, or run it on a machine with more"
+    raise UsageError(f"the {name} network needs at least {in_units(needed)} of memory for {what}, but "
+                     f"{in_units(available)} is available; {lower}")

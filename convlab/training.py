@@ -72,7 +72,11 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def predict_logits(model, x, batch_size=128) -> np.ndarray:
+# Images per forward pass of an evaluation (see predict_logits).
+EVALUATION_BATCH = 128
+
+
+def predict_logits(model, x, batch_size=EVALUATION_BATCH) -> np.ndarray:
     """Logits (N, K) for images x (N, C, H, W), computed batch by batch.
 
     Batches of 128 images keep each layer's arrays (a few MB) in the allocator's reusable
@@ -85,7 +89,7 @@ def predict_logits(model, x, batch_size=128) -> np.ndarray:
         return np.concatenate([model.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def accuracy(model, x, y, batch_size=128) -> float:
+def accuracy(model, x, y, batch_size=EVALUATION_BATCH) -> float:
     """Fraction of ``x`` whose arg-max logit equals the label ``y``."""
     return float((predict_logits(model, x, batch_size).argmax(axis=1) == y).mean())
 

@@ -1,0 +1,152 @@
+"""The up-front memory check: a network whose training step (or, for evaluate and predict,
+forward pass) cannot fit in the memory available is refused in one line, before it can drive
+the machine into the OOM killer. Nothing here allocates more than a few MB: the available
+memory is faked small, and a huge network's weights are broadcast views of one number."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import convlab.settings
+from convlab.layers import Conv2D, Dense, Flatten
+from convlab.models import Sequential, get_model
+from convlab.optimizers import SGD
+from convlab.settings import TrainSettings, UsageError, available_memory, check_memory
+from convlab.training import predict_logits, train_step
+from tests.test_checkpoints import make_checkpoint
+from tests.test_cli import run_cli
+
+MiB, GiB = 2**20, 2**30
+# Every kind of layer least_memory knows: fused and in-place ReLUs and one of its own,
+# padded and unpadded max-pooling, average pooling, a flatten before a dense layer.
+NETWORKS = ["reference", "lenet5", "vgg3x3", "c4k3p1 relu maxpool2p1 c6k3 avgpool2 relu flatten dense16 relu dense10",
+            "c3k5s2 maxpool3s2 relu dense10"]
+
+
+@pytest.fixture
+def memory(monkeypatch):
+    """Set the memory available (bytes, or None: unknown) that the check reads."""
+    return lambda available: monkeypatch.setattr(convlab.settings, "available_memory", lambda: available)
+
+
+def traced_peak(run) -> int:
+    """The peak of the memory numpy and Python allocate while ``run()`` builds and runs a network."""
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_the_estimate_is_below_what_training_steps_and_forward_passes_take(name):
+    batch, rng = 16, np.random.default_rng(0)
+    x, y = rng.random((batch, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, batch)
+    model = get_model(name)
+
+    def two_steps():  # from the second on, last step's gradients are held too
+        network = model.build()
+        optimizer = SGD(network, lr=0.01, momentum=0.9)
+        for _ in range(2):
+            train_step(network, optimizer, x.copy(), y)
+
+    least = model.build().least_memory(batch)
+    # Backends' workspaces (im2col's unrolled windows, 9x a 3x3 layer's input) are not counted.
+    assert 0.1 * traced_peak(two_steps) < least <= traced_peak(two_steps)
+    forward = model.build().least_memory(batch, training=False)
+    assert forward <= traced_peak(lambda: predict_logits(model.build(), x.copy())) and forward < least
+
+
+def test_the_estimate_of_a_small_network_by_hand():
+    network = get_model("c8k3 dense10").build()  # conv 1 -> 8, 26x26 (not fused: no ReLU), flatten, dense 5408 -> 10
+    batch, weights, conv_out = 4 * 784 * 4, (8 * 9 + 8 + 5408 * 10 + 10) * 4, 4 * 8 * 26 * 26 * 4
+    gradients = max(weights, 4 * 10 * 4 + conv_out)  # all the weights', or dense's dy and dx
+    assert network.least_memory(4) == 2 * weights + batch + conv_out + gradients  # dense keeps the conv's output
+    assert network.least_memory(4, training=False) == weights + batch + conv_out + 4 * 10 * 4  # dense's x and y
+
+
+def huge_network(filters=100_000) -> Sequential:
+    """``c100000k3 dense10`` without its 2.7 GB of weights: read-only views of a zero."""
+    conv, dense = Conv2D(1, 1, 3), Dense(1, 10)
+    conv.params.update(w=np.broadcast_to(np.float32(0), (filters, 1, 3, 3)),
+                       b=np.broadcast_to(np.float32(0), (filters,)))
+    dense.params.update(w=np.broadcast_to(np.float32(0), (filters * 26 * 26, 10)), b=np.zeros(10, np.float32))
+    return Sequential(conv, Flatten(), dense)
+
+
+def test_the_network_that_the_oom_killer_ended_is_refused_on_this_machine(memory):
+    """`train --model "c100000k3 dense10"`: 17 GB of activations for a batch of 64, and as much
+    again of their gradients, the weights (2.7 GB) aside: more than this 24 GB machine has."""
+    needed = huge_network().least_memory(64)
+    assert 36 * GiB < needed < 38 * GiB
+    memory(22 * GiB)
+    with pytest.raises(UsageError) as refused:
+        check_memory(needed, "c100000k3 dense10", 64)
+    assert str(refused.value) == (
+        "the c100000k3 dense10 network needs at least 37.3 GiB of memory for a training step on 64 images "
+        "(weights, momentum, activations, gradients), but 22.0 GiB is available; lower --batch-size, or the "
+        "network's size (the filters of c<F>k<K> and units of dense<N> in its spec)")
+    assert huge_network().least_memory(1, training=False) < 3 * GiB  # predict would fit
+
+
+@pytest.mark.parametrize("name, mib", [("reference", 10.6), ("lenet5", 4.1), ("vgg3x3", 24.7)])
+def test_the_built_in_networks_need_a_small_fraction_of_the_memory(name, mib):
+    """At the default batch, tens of MB (as docs/training.md says): far below any machine's
+    available memory (and this one's)."""
+    assert round(get_model(name).build().least_memory(64) / MiB, 1) == mib
+    available = available_memory()
+    assert available is None or available > 1 * GiB
+    TrainSettings(model=name)  # checked against this machine's memory, and passes
+
+
+def test_train_refuses_in_one_line_before_anything_runs(capsys, memory, tmp_path):
+    memory(40 * MiB)
+    code, out, err = run_cli(capsys, "train", "--model", "c64k3p1 relu dense10", "--batch-size", "128",
+                             "--checkpoint", str(tmp_path / "run.h5"), "--progress", "no")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("convlab: error: the c64k3p1 relu dense10 network needs at least 53.2 MiB of memory for "
+                          "a training step on 128 images (weights, momentum, activations, gradients), but 40.0 MiB "
+                          "is available; lower --batch-size")
+    assert list(tmp_path.iterdir()) == []
+    # The batch is at most --train-size images; and a smaller one fits.
+    assert TrainSettings(model="c64k3p1 relu dense10", batch_size=128, train_size=32).batch_size == 128
+    settings = TrainSettings(model="c64k3p1 relu dense10", batch_size=32)
+    # Once the run's model and data take memory, the settings' copies are not checked again.
+    memory(1 * MiB)
+    assert settings.with_backends(["im2col"]).with_data_sizes(60000, 10000).backends == "im2col"
+    with pytest.raises(UsageError, match="needs at least"):
+        TrainSettings(model="c64k3p1 relu dense10", batch_size=32)
+
+
+def test_without_a_reading_of_the_memory_nothing_is_checked(memory, monkeypatch, tmp_path):
+    memory(None)
+    TrainSettings(model="c64k3p1 relu dense10", batch_size=4096)
+    monkeypatch.undo()
+    monkeypatch.setattr(convlab.settings, "MEMINFO", str(tmp_path / "no-meminfo"))  # not Linux
+    assert available_memory() is None
+    (tmp_path / "meminfo").write_text("MemTotal:       24683652 kB\nMemAvailable:   1024 kB\n")
+    monkeypatch.setattr(convlab.settings, "MEMINFO", str(tmp_path / "meminfo"))
+    assert available_memory() == 1024 * 1024
+    (tmp_path / "meminfo").write_text("MemTotal:       24683652 kB\n")  # a kernel before 3.14
+    assert available_memory() is None
+
+
+def test_evaluate_and_predict_check_one_forward_pass(capsys, memory, tmp_path):
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)  # the reference network
+    np.save(tmp_path / "digit.npy", np.eye(28, dtype=np.float32))
+    memory(4 * MiB)
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(path))
+    assert code == 2 and err == ("convlab: error: the reference network needs at least 10.1 MiB of memory for a "
+                                 "forward pass on 128 images (weights and activations), but 4.0 MiB is available; "
+                                 "free memory, or run it on a machine with more\n")
+    memory(1 * MiB)
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(path), "--test-size", "8")
+    assert code == 2 and "at least 1.3 MiB of memory for a forward pass on 8 images (" in err
+    code, out, err = run_cli(capsys, "predict", str(tmp_path / "digit.npy"), "--checkpoint", str(path))
+    assert code == 0 and out.startswith("digit: "), err  # one image fits
+    memory(MiB // 2)
+    code, _, err = run_cli(capsys, "predict", str(tmp_path / "digit.npy"), "--checkpoint", str(path))
+    assert code == 2 and "at least 0.8 MiB of memory for a forward pass on 1 image (" in err
