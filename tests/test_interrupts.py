@@ -71,17 +71,23 @@ from convlab.cli import main
 sys.exit(main())
 """
 
-def start(tmp_path, *argv):
+def start(tmp_path, *argv, unbuffered=False):
     """``python argv`` with this repository's convlab, Ctrl-C raising KeyboardInterrupt even
-    when the test runner ignores SIGINT (a child inherits an ignored signal)."""
-    return subprocess.Popen([sys.executable, *argv], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    when the test runner ignores SIGINT (a child inherits an ignored signal).
+
+    Its stdout is a pipe, block-buffered as in a user's ``convlab train | tee log``: a line
+    arrives when convlab flushes it, whatever PYTHONUNBUFFERED the test runner has (set on
+    some machines, not on CI: a test syncing on a line convlab does not flush passed there
+    and failed here). ``unbuffered``: every line arrives as it is printed (``python -u``)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    return subprocess.Popen([sys.executable, *(["-u"] if unbuffered else []), *argv], cwd=tmp_path,
+                            env=dict(env, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_line(process, prefix):
     """Read the process's output up to a line starting with ``prefix`` and return what was
-    read (lines are flushed when a checkpoint was written, or, in training, just before)."""
+    read (an epoch's line is flushed after its checkpoint was written; see :func:`start`)."""
     lines = []
     for line in process.stdout:
         lines.append(line)

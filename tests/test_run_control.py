@@ -223,7 +223,10 @@ def test_sigterm_stops_at_the_end_of_a_batch_keeps_the_checkpoint_and_says_how_t
 
 
 def test_sigterm_before_any_epoch_ended_says_so(tmp_path, tiny_data):
-    process = start(tmp_path, *train_argv(tiny_data, "--epochs", "3", "--batch-size", "1", "--checkpoint", "ck.h5"))
+    # "training on" is not flushed by itself: block-buffered, it would arrive with epoch 1's
+    # line, after ck.h5 was written.
+    process = start(tmp_path, *train_argv(tiny_data, "--epochs", "3", "--batch-size", "1", "--checkpoint", "ck.h5"),
+                    unbuffered=True)
     wait_for_line(process, "training on")
     os.kill(process.pid, signal.SIGTERM)
     _, err = process.communicate(timeout=30)
