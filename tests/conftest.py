@@ -78,13 +78,17 @@ def data_read_once(monkeypatch):
     monkeypatch.setattr(convlab.data, "load_dataset", load_dataset)
 
 
-@pytest.fixture
-def tiny_data(tmp_path):
-    """A 64 + 32 image data set in the assignment's MNISTdata.hdf5 layout: loads instantly."""
+def random_digits(path, train=64, test=32):
+    """``train`` + ``test`` random images in the assignment's MNISTdata.hdf5 layout at ``path``."""
     rng = np.random.default_rng(0)
-    path = tmp_path / "tiny.hdf5"
     with h5py.File(path, "w") as f:
-        for split, n in (("train", 64), ("test", 32)):
+        for split, n in (("train", train), ("test", test)):
             f[f"x_{split}"] = rng.integers(0, 256, (n, 784), dtype=np.uint8)
             f[f"y_{split}"] = rng.integers(0, 10, (n, 1))
     return path
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """A 64 + 32 image data set at tmp_path / "tiny.hdf5": loads instantly."""
+    return random_digits(tmp_path / "tiny.hdf5")

@@ -25,6 +25,7 @@ from convlab.models import Sequential
 from convlab.optimizers import SGD
 from convlab.training import DIVERGED_BATCHES, DivergenceWatch, TrainingDiverged, fit
 from tests.test_cli import run_cli
+from tests.conftest import random_digits
 from tests.test_interrupts import REPO, start, train_argv, wait_for_line
 
 
@@ -222,10 +223,13 @@ def test_sigterm_stops_at_the_end_of_a_batch_keeps_the_checkpoint_and_says_how_t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.h5", "tiny.hdf5"]  # no temp file left behind
 
 
-def test_sigterm_before_any_epoch_ended_says_so(tmp_path, tiny_data):
-    # "training on" is not flushed by itself: block-buffered, it would arrive with epoch 1's
-    # line, after ck.h5 was written.
-    process = start(tmp_path, *train_argv(tiny_data, "--epochs", "3", "--batch-size", "1", "--checkpoint", "ck.h5"),
+def test_sigterm_before_any_epoch_ended_says_so(tmp_path):
+    # Epoch 1 must outlast the test's reading "training on" and sending SIGTERM: 64 images took
+    # 60 ms, which a busy machine can take to schedule the test process; 4096 take seconds (the
+    # run stops within its first batches, so the test is no slower). "training on" is not
+    # flushed by itself: block-buffered, it would arrive with epoch 1's line, after ck.h5 was written.
+    data = random_digits(tmp_path / "tiny.hdf5", train=4096)
+    process = start(tmp_path, *train_argv(data, "--epochs", "3", "--batch-size", "1", "--checkpoint", "ck.h5"),
                     unbuffered=True)
     wait_for_line(process, "training on")
     os.kill(process.pid, signal.SIGTERM)
