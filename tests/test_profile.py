@@ -92,21 +92,25 @@ def test_every_backend_s_phases_add_up_to_at_most_the_steps(backend):
 
 def test_phases_in_threads_are_scaled_to_the_wall_time():
     model = convlab.Sequential(Flatten())
+
+    def sleeper():
+        with profile.phase("work"):
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=sleeper) for _ in range(4)]
     with profile.recording(model) as recorded:
+        # The wall time around the whole block: measured inside it, it missed the block's own
+        # start and end, which a busy machine can stretch past any fixed slack.
+        started = time.perf_counter()
         with profile.shared_among_threads():
-            def sleeper():
-                with profile.phase("work"):
-                    time.sleep(0.05)
-            threads = [threading.Thread(target=sleeper) for _ in range(4)]
-            started = time.perf_counter()
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-            wall = time.perf_counter() - started
+        wall = time.perf_counter() - started
     # Four threads slept 0.05 s each, at once: 0.2 thread-seconds in ~0.05 s of wall time.
     work = recorded.totals[("training step", ""), "work"]
-    assert 0.04 <= work <= wall + 0.01
+    assert 0.04 <= work <= wall
 
 
 def test_share_chunks_runs_each_chunk_once_and_passes_errors_on():
