@@ -291,7 +291,7 @@ def test_a_checkpoint_without_read_permission_says_so(tmp_path):
     from tests.test_no_lost_work import DROP_POWERS, convlab
 
     if DROP_POWERS is None:
-        pytest.skip("root without setpriv ignores file modes")
+        pytest.skip("file modes do not bind here (root whose capabilities setpriv cannot drop)")
     path = tmp_path / "ck.h5"
     make_checkpoint(path)
     path.chmod(0)
