@@ -24,8 +24,8 @@ from convlab.layers import Dense, Flatten
 from convlab.models import Sequential
 from convlab.optimizers import SGD
 from convlab.training import DIVERGED_BATCHES, DivergenceWatch, TrainingDiverged, fit
-from tests.test_cli import run_cli
 from tests.conftest import random_digits
+from tests.test_cli import run_cli
 from tests.test_interrupts import REPO, start, train_argv, wait_for_line
 
 

@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
+
+from tests.conftest import random_digits
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,16 +97,6 @@ def planned_problems(wisdom: str) -> set:
     return {tuple(line.rstrip(")").split()[-4:]) for line in wisdom.splitlines() if line.startswith("  (")}
 
 
-def tiny_data(path):
-    """A 64 + 32 image data set in MNISTdata.hdf5's layout at ``path``: trains in a blink."""
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        for split, n in (("train", 64), ("test", 32)):
-            f[f"x_{split}"] = rng.integers(0, 256, (n, 784), dtype=np.uint8)
-            f[f"y_{split}"] = rng.integers(0, 10, (n, 1))
-    return path
-
-
 @pytest.fixture
 def readable_dir(tmp_path):
     """A folder every user can read (pytest's tmp_path is private to its owner)."""
@@ -137,7 +127,7 @@ def write_denied_prefix(read_only: Path):
 
 @pytest.mark.parametrize("backend, cache", [("fft", "FFTW wisdom file"), ("auto", "auto pick cache")])
 def test_a_read_only_cache_folder_is_one_warning_and_the_run_goes_on(readable_dir, backend, cache):
-    data = tiny_data(readable_dir / "tiny.hdf5")
+    data = random_digits(readable_dir / "tiny.hdf5")
     home = readable_dir / "home"
     home.mkdir()
     prefix = write_denied_prefix(home)
@@ -157,7 +147,7 @@ def test_a_read_only_cache_folder_is_one_warning_and_the_run_goes_on(readable_di
 
 
 def test_a_cache_setting_naming_someone_elses_file_leaves_it_intact(tmp_path):
-    data = tiny_data(tmp_path / "tiny.hdf5")
+    data = random_digits(tmp_path / "tiny.hdf5")
     notes, picture = tmp_path / "notes.txt", tmp_path / "picture.png"
     notes.write_text("my notes\n")
     picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
