@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,15 +86,23 @@ def start(tmp_path, *argv, unbuffered=False):
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def wait_for_line(process, prefix):
+def wait_for_line(process, prefix, timeout=300):
     """Read the process's output up to a line starting with ``prefix`` and return what was
-    read (an epoch's line is flushed after its checkpoint was written; see :func:`start`)."""
+    read (an epoch's line is flushed after its checkpoint was written; see :func:`start`).
+    A process that has not printed it after ``timeout`` seconds (hung, or blocked writing to
+    its unread stderr pipe) is killed: the test fails instead of holding CI to its cap."""
     lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith(prefix):
-            return "".join(lines)
-    pytest.fail(f"the process ended without printing {prefix!r}: {process.communicate()}")
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith(prefix):
+                return "".join(lines)
+    finally:
+        watchdog.cancel()
+    pytest.fail(f"the process ended (or was killed after {timeout} s) without printing {prefix!r}: "
+                f"{''.join(lines)!r} {process.communicate()}")
 
 
 def train_argv(data, *extra):

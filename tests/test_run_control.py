@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import traceback
 
 import numpy as np
@@ -266,8 +267,13 @@ def test_on_a_terminal_the_bar_is_drawn_unless_turned_off(tmp_path, tiny_data, p
                                    stdout=subprocess.DEVNULL, stderr=terminal)
         os.close(terminal)
         seen = b""
-        while chunk := read_or_eof(controller):
-            seen += chunk
+        watchdog = threading.Timer(300, process.kill)  # a hung run ends the reading, not CI's time
+        watchdog.start()
+        try:
+            while chunk := read_or_eof(controller):
+                seen += chunk
+        finally:
+            watchdog.cancel()
         assert process.wait(timeout=60) == 0
     finally:
         os.close(controller)
