@@ -115,7 +115,8 @@ def train(settings: TrainSettings, resumed=None, profile=False):
     settings = settings.with_data_sizes(len(data.x_train), len(data.x_test))
     data.x_train, data.y_train = data.x_train[:settings.train_size], data.y_train[:settings.train_size]
     data.x_test, data.y_test = data.x_test[:settings.test_size], data.y_test[:settings.test_size]
-    print(settings.summary())
+    # Flushed: to a pipe or file, the run's first lines would otherwise wait for epoch 1's.
+    print(settings.summary(), flush=True)
 
     def after_epoch(m):
         # Saved before the line is printed: a closed stdout (`| head`) ends the run at the

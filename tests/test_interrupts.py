@@ -72,16 +72,16 @@ from convlab.cli import main
 sys.exit(main())
 """
 
-def start(tmp_path, *argv, unbuffered=False):
+def start(tmp_path, *argv):
     """``python argv`` with this repository's convlab, Ctrl-C raising KeyboardInterrupt even
     when the test runner ignores SIGINT (a child inherits an ignored signal).
 
     Its stdout is a pipe, block-buffered as in a user's ``convlab train | tee log``: a line
     arrives when convlab flushes it, whatever PYTHONUNBUFFERED the test runner has (set on
     some machines, not on CI: a test syncing on a line convlab does not flush passed there
-    and failed here). ``unbuffered``: every line arrives as it is printed (``python -u``)."""
+    and failed here)."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
-    return subprocess.Popen([sys.executable, *(["-u"] if unbuffered else []), *argv], cwd=tmp_path,
+    return subprocess.Popen([sys.executable, *argv], cwd=tmp_path,
                             env=dict(env, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 

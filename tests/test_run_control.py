@@ -227,11 +227,10 @@ def test_sigterm_stops_at_the_end_of_a_batch_keeps_the_checkpoint_and_says_how_t
 def test_sigterm_before_any_epoch_ended_says_so(tmp_path):
     # Epoch 1 must outlast the test's reading "training on" and sending SIGTERM: 64 images took
     # 60 ms, which a busy machine can take to schedule the test process; 4096 take seconds (the
-    # run stops within its first batches, so the test is no slower). "training on" is not
-    # flushed by itself: block-buffered, it would arrive with epoch 1's line, after ck.h5 was written.
+    # run stops within its first batches, so the test is no slower). Without -u: "training on"
+    # is flushed as it is printed, not with epoch 1's line, after ck.h5 was written.
     data = random_digits(tmp_path / "tiny.hdf5", train=4096)
-    process = start(tmp_path, *train_argv(data, "--epochs", "3", "--batch-size", "1", "--checkpoint", "ck.h5"),
-                    unbuffered=True)
+    process = start(tmp_path, *train_argv(data, "--epochs", "3", "--batch-size", "1", "--checkpoint", "ck.h5"))
     wait_for_line(process, "training on")
     os.kill(process.pid, signal.SIGTERM)
     _, err = process.communicate(timeout=30)
