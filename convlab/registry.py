@@ -128,9 +128,10 @@ class BackendError(ValueError):
     type, shape or dtype. A bug in that backend, not in the caller's input; a ValueError
     all the same, so that ``convlab`` says it in one line (the fix at hand: another backend).
     :attr:`backend` is the name of the backend that broke (``convlab train`` names another
-    in the command that resumes the run)."""
+    in the command that resumes the run). Optional, as an exception's extra arguments must
+    be for pickle and copy, which make it again from its message alone (the name follows)."""
 
-    def __init__(self, message, backend):
+    def __init__(self, message, backend=None):
         super().__init__(message)
         self.backend = backend
 

@@ -1,5 +1,7 @@
 """The registry: names, errors that list the valid names, use_backend, entry points."""
 
+import copy
+import pickle
 import re
 import threading
 import time
@@ -490,6 +492,13 @@ def test_a_forward_returning_a_wrong_y_is_a_backend_error_naming_it(returning, b
         with pytest.raises(registry.BackendError, match=prefix + message.replace("forward", "inference")):
             convlab.conv2d(x, w, backend="returning")
     assert issubclass(registry.BackendError, ValueError)  # the CLI says it in one line
+
+
+def test_a_backend_error_survives_pickle_and_copy_with_the_backend_it_names():
+    """As any exception must, to cross a process pool or a copy: both make it again from its args."""
+    error = convlab.get_backend("naive").broken("its forward returned y of type list")
+    for again in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert type(again) is registry.BackendError and str(again) == str(error) and again.backend == "naive"
 
 
 @pytest.mark.parametrize("bend, need_dx, message", [
