@@ -435,11 +435,14 @@ def _load_each_entry_point():
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: distribution(ep) != "convlab"):
         taken = _registry.get(ep.name)
         if taken is not None:
-            # Registered by its own package imported first: nothing to load. By other code:
+            # Registered by its own package imported first (or by one of its entry points
+            # loaded before, a module of several backends): nothing to load. By other code:
             # that is said, even for a built-in (register_backend says so once they are loaded).
             if top_package(type(taken.impl).__module__) != top_package(ep.module):
                 _skip(ep, f"the name is taken by {qualified_name(taken.impl)}"
                           + ("" if distribution(ep) == "convlab" else "; a plugin needs a name of its own"))
+            else:
+                taken.distribution = plugin_distribution(ep)
             continue
         before = dict(_registry)
         # One broken plugin must not take the others (and every command) down with it.

@@ -223,6 +223,22 @@ def test_an_entry_point_naming_a_module_that_registers_another_name_says_so(fres
         convlab.get_backend("mine")
 
 
+def test_each_backend_of_a_plugin_module_registering_several_names_its_distribution(fresh_registry):
+    """One module, two backends, an entry point each: the second is registered by the
+    first's import, and comes from the same package all the same (`convlab backends`)."""
+    import types
+
+    def load():
+        for name in ("pair-one", "pair-two"):
+            convlab.register_backend(name)(type(name, (Doubling,), {"__module__": "pair_module"}))
+        return types.ModuleType("pair_module")
+
+    fresh_registry(DeclaredEntryPoint("pair-one", "pair_module", "convlab-pair", load),
+                   DeclaredEntryPoint("pair-two", "pair_module", "convlab-pair", load))
+    assert convlab.list_backends() == ["pair-one", "pair-two"]
+    assert [convlab.get_backend(name).distribution for name in ("pair-one", "pair-two")] == ["convlab-pair"] * 2
+
+
 def test_threads_listing_the_backends_first_all_wait_for_every_entry_point(fresh_registry):
     """The first listing loads the entry points (slow: each imports a module); threads
     that list or get backends meanwhile wait for it, not see a half-filled registry."""
