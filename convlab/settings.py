@@ -128,7 +128,8 @@ class TrainSettings:
         # A step's batch: --batch-size images, or all of --train-size if fewer. (Without
         # --train-size, a --batch-size beyond the data set's images is counted as given.)
         batch = min(normalised["batch_size"], normalised.get("train_size", normalised["batch_size"]))
-        layer_backends(model, backend, normalised["batch_size"], memory_batch=batch if memory_check else None)
+        layer_backends(model, backend, normalised["batch_size"], memory_batch=batch if memory_check else None,
+                       resumed=self.resume is not None)
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
 
@@ -238,18 +239,19 @@ def backend_names(value) -> list[str]:
     return [str(item).strip() for item in items]
 
 
-def layer_backends(model, backend, batch_size=64, memory_batch=None, training=True) -> list[str]:
+def layer_backends(model, backend, batch_size=64, memory_batch=None, training=True, resumed=False) -> list[str]:
     """The backend of each conv layer of ``model`` (a :class:`convlab.models.Model`) from
     ``--backend``: one name for all, or a comma-separated name per conv layer. Refuses a
     list of the wrong length and a layer its backend cannot compute, naming the layer.
     With ``memory_batch``, also refuses a network that cannot fit in memory for a training
-    step (or, ``training=False``, a forward pass) on that many images (:func:`check_memory`)."""
+    step (or, ``training=False``, a forward pass) on that many images (:func:`check_memory`;
+    ``resumed``: of a run resumed from its checkpoint)."""
     network = model.build()
     names = network_backends(network, model.name, backend, batch_size)
     if memory_batch is not None:
         needed = network.least_memory(memory_batch, training)
         del network  # its weights go back before the free memory is read: the run builds its own
-        check_memory(needed, model.name, memory_batch, training)
+        check_memory(needed, model.name, memory_batch, training, resumed)
     return names
 
 
@@ -300,7 +302,7 @@ def in_units(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
-def check_memory(needed: int, name: str, batch: int, training=True):
+def check_memory(needed: int, name: str, batch: int, training=True, resumed=False):
     """Refuse, up front, the network called ``name`` when a pass over ``batch`` images needs
     ``needed`` bytes at least (:meth:`convlab.models.Sequential.least_memory`) and less is
     available (:func:`available_memory`; where that cannot be read, nothing is checked).
@@ -308,13 +310,17 @@ def check_memory(needed: int, name: str, batch: int, training=True):
     Without this the run starts, and the kernel's OOM killer ends it (exit 137, no message)
     once the machine has been driven into swapping, or numpy's MemoryError comes in the
     middle of an epoch. ``needed`` is a lower bound, so a run this refuses could not have fit.
+    What to lower is said only where it can change: not for a ``resumed`` run, whose network
+    and batch size are its checkpoint's.
     """
     available = available_memory()
     if available is None or needed <= available:
         return
     if training:
         what = f"a training step on {batch} image{'s' * (batch != 1)} (weights, momentum, activations, gradients)"
-        lower = "lower --batch-size, or the network's size (the filters of c<F>k<K> and units of dense<N> in its spec)"
+        lower = ("a resumed run keeps the network and --batch-size it started with: free memory, or resume it on "
+                 "a machine with more" if resumed else "lower --batch-size, or the network's size (the filters "
+                 "of c<F>k<K> and units of dense<N> in its spec)")
     else:
         what = f"a forward pass on {batch} image{'s' * (batch != 1)} (weights and activations)"
         lower = "free memory, or run it on a machine with more"

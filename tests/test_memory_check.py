@@ -120,6 +120,18 @@ def test_train_refuses_in_one_line_before_anything_runs(capsys, memory, tmp_path
         TrainSettings(model="c64k3p1 relu dense10", batch_size=32)
 
 
+def test_a_resumed_run_is_checked_and_not_told_to_lower_what_it_cannot_change(capsys, memory, tmp_path):
+    """Its network and --batch-size are the checkpoint's (a resume refuses another)."""
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)  # the reference network, batches of 64
+    memory(4 * MiB)
+    code, out, err = run_cli(capsys, "train", "--resume", str(path), "--epochs", "3", "--progress", "no")
+    assert code == 2 and out == "" and err == (
+        "convlab: error: the reference network needs at least 10.6 MiB of memory for a training step on 64 images "
+        "(weights, momentum, activations, gradients), but 4.0 MiB is available; a resumed run keeps the network "
+        "and --batch-size it started with: free memory, or resume it on a machine with more\n")
+
+
 def test_without_a_reading_of_the_memory_nothing_is_checked(memory, monkeypatch, tmp_path):
     memory(None)
     TrainSettings(model="c64k3p1 relu dense10", batch_size=4096)
