@@ -13,10 +13,11 @@ VM that was about 300 faults and 1.4 ms of system time per reference-network ste
 :func:`keep_freed_memory` asks glibc to serve big blocks from its heap and never to
 return its free top to the kernel (``mallopt(M_MMAP_THRESHOLD)``, ``mallopt(M_TRIM_THRESHOLD)``),
 and numpy not to ``madvise`` huge pages. The price: the process keeps its peak heap until
-it ends (the memory is reused, not leaked). It changes the whole process, PyTorch in the
-same process included, so ``convlab``'s commands and benchmarks call it at start, and a
-library user opts in by calling it; importing convlab changes nothing. Elsewhere than
-glibc (macOS, musl) it does nothing but the numpy part.
+it ends (the memory is reused, not leaked; :func:`give_back_freed_memory` returns it before
+the memory check reads what the machine has available). It changes the whole process,
+PyTorch in the same process included, so ``convlab``'s commands and benchmarks call it at
+start, and a library user opts in by calling it; importing convlab changes nothing.
+Elsewhere than glibc (macOS, musl) it does nothing but the numpy part.
 """
 
 from __future__ import annotations
@@ -43,14 +44,34 @@ def keep_freed_memory() -> bool:
     set_hugepage = getattr(set_hugepage, "_set_madvise_hugepage", None)
     if set_hugepage is not None:
         set_hugepage(False)
-    name = ctypes.util.find_library("c")
-    if not name:
+    mallopt = _glibc("mallopt", (ctypes.c_int, ctypes.c_int))
+    if mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # no C library to load, or not glibc's malloc
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     if not any(mallopt(_M_MMAP_THRESHOLD, threshold) for threshold in _MMAP_THRESHOLDS):
         return False
     return bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def give_back_freed_memory() -> bool:
+    """Return the freed memory this process keeps (see the module docstring) to the kernel
+    now (glibc's ``malloc_trim``). Before the memory available is read (``MemAvailable``:
+    :func:`convlab.settings.available_memory`), where the kept memory would count as taken,
+    though the run would reuse it: a network built to size it up and let go (its weights
+    and their float64 draws, hundreds of MB for a big dense layer) would count twice.
+    Returns False where there is no glibc."""
+    malloc_trim = _glibc("malloc_trim", (ctypes.c_size_t,))
+    return malloc_trim is not None and bool(malloc_trim(0))
+
+
+def _glibc(function: str, argtypes: tuple):
+    """The C library's ``function`` (returning an int), or None if there is no such library
+    or function (not glibc)."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        found = getattr(ctypes.CDLL(name), function)
+    except (OSError, AttributeError):  # no C library to load, or not glibc's malloc
+        return None
+    found.argtypes, found.restype = argtypes, ctypes.c_int
+    return found

@@ -287,7 +287,11 @@ MEMINFO = "/proc/meminfo"
 
 def available_memory() -> int | None:
     """Bytes the kernel can still give processes without swapping (Linux's MemAvailable in
-    :data:`MEMINFO`, which counts the page cache it can drop), or None where it cannot be read."""
+    :data:`MEMINFO`, which counts the page cache it can drop), or None where it cannot be read.
+    The memory this process freed but kept is given back first, to be counted as available."""
+    from convlab.allocator import give_back_freed_memory
+
+    give_back_freed_memory()
     try:
         with open(MEMINFO) as meminfo:
             for line in meminfo:
