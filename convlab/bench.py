@@ -102,7 +102,8 @@ def parse_kernel_sizes(value, option="--kernel-sizes") -> list[int]:
     if (not parsed or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k > 0
                               for k in parsed)):
         typed = ",".join(map(str, list_items(value)))  # as typed: fire turns "3,x" into a tuple
-        raise ValueError(f"{option} must be positive whole numbers separated by commas, got {typed}")
+        raise ValueError(f"{option} must be positive whole numbers separated by commas, "
+                         f"got {typed if typed.strip() else 'nothing'}")
     return sorted({int(k) for k in parsed})
 
 

@@ -128,6 +128,7 @@ def test_relative_error_and_a_direct_method_near_float32_rounding():
     (["--kernel-sizes", "3,0"], "--kernel-sizes must be positive whole numbers"),
     (["--kernel-sizes", "a"], "--kernel-sizes must be positive whole numbers"),
     (["--kernel-sizes", "3,x"], "--kernel-sizes must be positive whole numbers separated by commas, got 3,x\n"),
+    (["--kernel-sizes", ""], "--kernel-sizes must be positive whole numbers separated by commas, got nothing\n"),
     (["--sweep", "image", "--image-sizes", "16,0"], "--image-sizes must be positive whole numbers separated by "
                                                     "commas, got 16,0\n"),
     (["--passes", "backward"], "--passes got backward; choose from: forward, forward+backward"),
