@@ -165,7 +165,7 @@ class TrainSettings:
         just now may have created the checkpoint, or saved more epochs into it."""
         from convlab.files import sole_writer
 
-        settings, _ = cls.from_options(**given)
+        settings = cls.from_options(**given)[0]  # not its checkpoint: that would be held (weights and momentum) all run
         claimed_as = "--resume" if settings.checkpoint == settings.resume else "--checkpoint"
         with sole_writer({claimed_as: settings.checkpoint, "--metrics-out": settings.metrics_out}):
             yield cls.from_options(**given)

@@ -132,6 +132,24 @@ def test_a_resumed_run_is_checked_and_not_told_to_lower_what_it_cannot_change(ca
         "and --batch-size it started with: free memory, or resume it on a machine with more\n")
 
 
+def test_a_resumed_run_holds_one_copy_of_its_checkpoint(monkeypatch, tmp_path):
+    """The settings are read twice (before and after the outputs are claimed), the checkpoint
+    with them: the first copy of its weights and momentum is let go, not held all run."""
+    import gc
+    import weakref
+
+    import convlab.checkpoints
+
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)
+    load, loaded = convlab.checkpoints.load_checkpoint, []
+    monkeypatch.setattr(convlab.checkpoints, "load_checkpoint", lambda p: loaded.append(load(p)) or loaded[-1])
+    with TrainSettings.claimed(resume=str(path), epochs=3) as (_, resumed):
+        first = weakref.ref(loaded.pop(0))
+        gc.collect()
+        assert first() is None and loaded == [resumed]
+
+
 def test_without_a_reading_of_the_memory_nothing_is_checked(memory, monkeypatch, tmp_path):
     memory(None)
     TrainSettings(model="c64k3p1 relu dense10", batch_size=4096)
