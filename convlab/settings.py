@@ -286,20 +286,23 @@ MEMINFO = "/proc/meminfo"
 
 
 def available_memory() -> int | None:
-    """Bytes the kernel can still give processes without swapping (Linux's MemAvailable in
-    :data:`MEMINFO`, which counts the page cache it can drop), or None where it cannot be read.
+    """Bytes the kernel can still give processes before its OOM killer ends one: Linux's
+    MemAvailable in :data:`MEMINFO` (which counts the page cache it can drop) plus SwapFree
+    (slow, but a run that swaps still finishes), or None where MemAvailable cannot be read.
     The memory this process freed but kept is given back first, to be counted as available."""
     from convlab.allocator import give_back_freed_memory
 
     give_back_freed_memory()
+    fields = {}
     try:
         with open(MEMINFO) as meminfo:
             for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # in kB
+                name, _, value = line.partition(":")
+                if name in ("MemAvailable", "SwapFree"):
+                    fields[name] = int(value.split()[0]) * 1024  # in kB
     except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return None
+    return fields["MemAvailable"] + fields.get("SwapFree", 0) if "MemAvailable" in fields else None
 
 
 def in_units(nbytes: int) -> str:

@@ -159,6 +159,8 @@ def test_without_a_reading_of_the_memory_nothing_is_checked(memory, monkeypatch,
     (tmp_path / "meminfo").write_text("MemTotal:       24683652 kB\nMemAvailable:   1024 kB\n")
     monkeypatch.setattr(convlab.settings, "MEMINFO", str(tmp_path / "meminfo"))
     assert available_memory() == 1024 * 1024
+    (tmp_path / "meminfo").write_text("MemAvailable:   1024 kB\nSwapTotal:    8192 kB\nSwapFree:    2048 kB\n")
+    assert available_memory() == 3072 * 1024  # a run that swaps is slow, but finishes
     (tmp_path / "meminfo").write_text("MemTotal:       24683652 kB\n")  # a kernel before 3.14
     assert available_memory() is None
 
