@@ -1,9 +1,9 @@
 """fft-tiled against fft, im2col and PyTorch on the big-image shapes of issue 10:
 ``python benchmarks/fft_tiled_shapes.py [--cpu] [--repeat 5]``.
 
-Prints, per shape, each backend's milliseconds (forward / forward+backward) and fft-tiled's
-ratios to the faster of fft and im2col and to PyTorch, all measured in one run, in rounds
-of one call of each (see :func:`convlab.timing.interleaved_best`). Default: wall time with every thread
+Prints the machine and its BLAS kernel (see docs/benchmarks.md), then, per shape, each
+backend's milliseconds (forward / forward+backward) and fft-tiled's ratios to the faster of
+fft and im2col and to PyTorch, all measured in one run, in rounds of one call of each (see :func:`convlab.timing.interleaved_best`). Default: wall time with every thread
 (the fastest of ``--repeat`` rounds after a warm-up). ``--cpu``:
 single-thread CPU time (``time.process_time``; BLAS, FFTW, convlab's pool and PyTorch at
 one thread), which a busy shared machine disturbs far less than the wall clock.
@@ -51,6 +51,7 @@ def main():
         threadpoolctl.threadpool_limits(1)
     from convlab import fftw, keep_freed_memory
     from convlab.bench import kernel_sweep
+    from convlab.threads import machine_summary
     from convlab.timing import conv_pass, interleaved_best, output_gradient
 
     shapes = kernel_sweep([5, 7, 11], n=8, c=3, f=16, size=224) + kernel_sweep([5, 9], n=16, c=16, f=16, size=128)
@@ -61,6 +62,9 @@ def main():
             import torch
             torch.set_num_threads(1)
     clock = time.process_time if args.cpu else time.perf_counter
+    # Which OpenBLAS kernel ran: its products are fft-tiled's per-bin products too, and
+    # OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU moved the k = 7 ratio from 0.60 to 1.04.
+    print(machine_summary())
     print(f"{'cpu' if args.cpu else 'wall'} time, ms forward / forward+backward; load {os.getloadavg()[0]:.1f}")
     rivals = [r for r in ("fft", "im2col") if r in rows] if "fft-tiled" in rows else []
     rival_label = f"tiled/min({','.join(rivals)})" if len(rivals) > 1 else "".join(f"tiled/{r}" for r in rivals)
