@@ -58,7 +58,8 @@ def give_back_freed_memory() -> bool:
     :func:`convlab.settings.available_memory`), where the kept memory would count as taken,
     though the run would reuse it: a network built to size it up and let go (its weights
     and their float64 draws, hundreds of MB for a big dense layer) would count twice.
-    Returns False where there is no glibc."""
+    Returns whether memory went back: False where glibc had none to give, and where there
+    is no glibc (musl, macOS: nothing to do, as :func:`keep_freed_memory` kept nothing)."""
     malloc_trim = _glibc("malloc_trim", (ctypes.c_size_t,))
     return malloc_trim is not None and bool(malloc_trim(0))
 

@@ -66,3 +66,25 @@ def test_the_memory_check_counts_freed_memory_the_process_kept_as_available():
     process; it goes back before MemAvailable is read, which would count it as taken."""
     out = subprocess.run([sys.executable, "-c", GIVE_BACK], capture_output=True, text=True, check=True).stdout
     assert int(out) > 60 << 20
+
+
+@pytest.mark.parametrize("libc", [None, "no-such-libc.so", "libc-without-glibc-functions"])
+def test_without_glibc_nothing_is_given_back_and_the_memory_is_still_read(monkeypatch, libc):
+    """musl and macOS have a C library without malloc_trim (or none ctypes finds, or one it
+    cannot load): give_back_freed_memory says False, and the memory check reads on."""
+    import ctypes
+    import ctypes.util
+
+    import convlab.settings
+    from convlab.allocator import give_back_freed_memory
+
+    class WithoutGlibcFunctions:  # as ctypes.CDLL of macOS's libSystem or musl: no malloc_trim, no mallopt
+        def __init__(self, name):
+            if name != "libc-without-glibc-functions":
+                raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: libc)
+    monkeypatch.setattr(ctypes, "CDLL", WithoutGlibcFunctions)
+    assert give_back_freed_memory() is False
+    if sys.platform.startswith("linux"):
+        assert convlab.settings.available_memory() > 0
