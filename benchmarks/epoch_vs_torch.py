@@ -286,7 +286,7 @@ def main():
                              "each --backend runs on every conv layer (auto: picks per layer, as `convlab train` does)")
     parser.add_argument("--train-size", type=int, default=60000, help="training images in the epoch (default all)")
     parser.add_argument("--chunk", type=int, default=50, help="batches per alternation chunk (default 50)")
-    parser.add_argument("--rounds", type=int, default=10, help="layer turns per side, 5 calls each (default 10)")
+    parser.add_argument("--rounds", type=int, default=10, help="layer turns per side: 20 calls each for the forward, 5 for forward+backward (default 10)")
     parser.add_argument("--pause", type=float, default=0.5, help="untimed seconds before each turn (default 0.5)")
     parser.add_argument("--torch-process", choices=["same", "own", "both"], default="same",
                         help="the epoch's PyTorch in this process, which has convlab's keep_freed_memory() "
