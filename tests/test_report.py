@@ -133,10 +133,14 @@ def test_paragraph_from_metrics_claims_only_what_it_knows(metrics):
 
 @pytest.mark.parametrize("name", registry.list_backends())
 def test_every_backend_explains_itself_from_its_module_docstring(name):
+    """From its module's docstring, else (a plugin's module may have none) its class's,
+    else its description: the suite tests plugins too (docs/plugins.md)."""
+    backend = registry.get_backend(name)
     description, blocks = backend_explanation(name)
-    module_doc = sys.modules[type(registry.get_backend(name).impl).__module__].__doc__
-    assert description and blocks
-    assert plain(" ".join(module_doc.split()[:3])) in " ".join(text for _, text in blocks)
+    source = sys.modules[type(backend.impl).__module__].__doc__ or backend.impl.__doc__ or backend.description
+    assert blocks
+    assert description == plain(backend.description)
+    assert plain(" ".join(source.split()[:3])) in " ".join(text for _, text in blocks)
 
 
 def test_a_new_backend_describes_itself(monkeypatch):
