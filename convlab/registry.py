@@ -527,7 +527,15 @@ def get_backend(name: str | Backend | None = None) -> Backend:
 @contextlib.contextmanager
 def use_backend(name: str | Backend):
     """Within the block, layers not pinned to a backend (and ``conv2d``) use ``name`` (a
-    registered name, or a :class:`Backend` as :func:`get_backend` returns it)."""
+    registered name, or a :class:`Backend` as :func:`get_backend` returns it). A pinned
+    layer keeps its own backend inside the block.
+
+    The setting is a :mod:`contextvars` variable, as :func:`decimal.localcontext`'s: it holds
+    in the thread (or asyncio task) that opened the block, so two threads' blocks do not
+    meet, and a thread started inside the block does not see it (it starts with the
+    default, ``im2col``, unless it opens a block of its own). As with ``localcontext``, a
+    generator that yields inside the block leaves its backend active in the code that
+    iterates it until it resumes: open the block around the work, not around a ``yield``."""
     if name is None:  # get_backend(None) is the active backend: the block would change nothing
         raise ValueError(f"use_backend needs a backend; valid backends are: {', '.join(list_backends())}")
     backend = get_backend(name)

@@ -101,6 +101,50 @@ def test_use_backend_sets_and_restores(doubling):
     np.testing.assert_allclose(layer.forward(x), before)
 
 
+def test_use_backend_holds_in_its_own_thread_and_task_only():
+    """As its docstring says: two threads' blocks do not meet, a thread started inside a
+    block starts with the default, and each asyncio task has its own."""
+    import asyncio
+
+    seen, inside, done = {}, threading.Event(), threading.Event()
+
+    def in_block():
+        with convlab.use_backend("fft"):
+            inside.set()
+            done.wait(10)
+            seen["fft thread"] = convlab.get_backend().name
+
+    def beside():
+        inside.wait(10)
+        seen["other thread"] = convlab.get_backend().name
+        with convlab.use_backend("naive"):
+            seen["its own block"] = convlab.get_backend().name
+        done.set()
+
+    threads = [threading.Thread(target=in_block), threading.Thread(target=beside)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with convlab.use_backend("fft"):
+        child = threading.Thread(target=lambda: seen.setdefault("started inside", convlab.get_backend().name))
+        child.start()
+        child.join()
+
+    async def task(name):
+        with convlab.use_backend(name):
+            await asyncio.sleep(0.01)  # the other task runs its block meanwhile
+            return convlab.get_backend().name
+
+    async def both():
+        return await asyncio.gather(task("fft"), task("naive"))
+
+    assert seen == {"fft thread": "fft", "other thread": registry.DEFAULT_BACKEND, "its own block": "naive",
+                    "started inside": registry.DEFAULT_BACKEND}
+    assert asyncio.run(both()) == ["fft", "naive"]
+    assert convlab.get_backend().name == registry.DEFAULT_BACKEND
+
+
 def test_use_backend_unknown_name_fails_on_entry():
     with pytest.raises(ValueError, match="valid backends"):
         with convlab.use_backend("nope"):
