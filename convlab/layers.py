@@ -86,6 +86,10 @@ class Conv2D(Layer):
     and its backward (the backward uses the backend that ran the forward).
     Weights: He-normal, from ``rng`` (a seed or a ``numpy.random.Generator``).
 
+    x must stay as it is until the backward: a backend's cache may keep it rather than a
+    copy (``winograd``'s does: x changed in between gives it a wrong dw, silently), as
+    torch's autograd keeps the input (which refuses a changed one; numpy cannot tell).
+
     ``relu=True`` makes the output max(conv(x) + b, 0), with the ReLU's gradient applied
     to dy in the backward: the layer and a following ReLU in one (as cuDNN's and oneDNN's
     fused convolution-activation). A backend that can (``fuses_relu``, e.g. ``im2col``)

@@ -12,7 +12,7 @@ A backend is any object with a ``forward`` and a ``backward``::
 It computes the cross-correlation of ``torch.nn.functional.conv2d``: zero padding,
 ``OH = (H + 2*ph - kh) // sh + 1``. Arrays keep their dtype (float32 or float64).
 The cache may keep x or anything computed from it, but not y itself: y belongs to the
-caller, who may overwrite it.
+caller, who may overwrite it, and x stays as it is until the backward (the caller's part).
 
 A backend may also apply a ReLU to its output itself, chunk by chunk while the output is
 still in cache (as cuDNN's and oneDNN's fused convolution-activation)::
