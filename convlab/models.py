@@ -126,8 +126,10 @@ class Sequential:
 
         Each value must be a numpy array of floats; it is cast to the parameter's dtype (a
         float64 state loads into a float32 model, as ``torch``'s ``load_state_dict`` copies),
-        but an int, bool or object array, or a list, is refused rather than converted. Every
-        value is checked before any is copied, so a refused state leaves the model as it was.
+        but an int, bool or object array, or a list, is refused rather than converted, and so
+        is a NaN or infinite value, or one beyond the model's dtype (1e300 into float32): the
+        model would carry it until a forward refused it, far from here, or give NaN logits.
+        Every value is checked before any is copied, so a refused state leaves the model as it was.
         """
         if not isinstance(state, Mapping):
             raise ValueError(f"state must be a dict of numpy arrays by parameter name (as state_dict() gives), "
@@ -145,6 +147,11 @@ class Sequential:
             if value.dtype.kind != "f":
                 raise ValueError(f"parameter {name} must be an array of floats (float32 or float64; this model "
                                  f"is {param.dtype}), got {value.dtype}")
+            with np.errstate(over="ignore"):  # a value too big for the model's dtype: said below
+                finite = np.isfinite(value.astype(param.dtype, copy=False)).all()
+            if not finite:
+                beyond = f" or beyond {param.dtype}'s range" if np.isfinite(value).all() else ""
+                raise ValueError(f"parameter {name} holds NaN or infinite values{beyond}; every value must be finite")
         for name, param in own.items():
             param[...] = state[name]
 

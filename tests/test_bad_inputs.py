@@ -449,6 +449,11 @@ def test_load_state_dict_refuses_what_is_not_a_float_array_of_the_shape():
          "parameter 0.b must be an array of floats (float32 or float64; this model is float32), got int64"),
         (dict(good, **{"0.b": other["0.b"].astype(object)}), "got object"),
         (dict(good, **{"0.b": other["0.b"] > 0}), "got bool"),
+        (dict(good, **{"3.b": np.full(10, np.nan, np.float32)}),
+         "parameter 3.b holds NaN or infinite values; every value must be finite"),
+        (dict(good, **{"3.b": np.full(10, -np.inf)}), "parameter 3.b holds NaN or infinite values; every"),
+        (dict(good, **{"3.b": np.full(10, 1e300)}),
+         "parameter 3.b holds NaN or infinite values or beyond float32's range; every value must be finite"),
     ]:
         state = dict(change, **{"0.w": other["0.w"]})  # a good value first: not copied either
         with pytest.raises(ValueError) as e:
