@@ -27,7 +27,7 @@ import numpy as np
 
 from convlab.checks import output_size
 from convlab.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, as_rng
-from convlab.registry import PluginWarning
+from convlab.registry import PluginWarning, get_backend
 
 INPUT_SHAPE = (1, 28, 28)
 CLASSES = 10
@@ -163,10 +163,18 @@ class Sequential:
         return [(i, layer) for i, layer in enumerate(self.layers) if isinstance(layer, Conv2D)]
 
     def set_backends(self, names):
-        """Pin the Conv2D layers, in order, to the backends ``names`` (one per conv layer)."""
+        """Pin the Conv2D layers, in order, to the backends ``names`` (one per conv layer).
+
+        A string is refused, not read as its letters ("fft" as three names); every name is
+        looked up before any layer is pinned, so an unknown one leaves the model as it was."""
         convs = self.conv_layers()
+        if isinstance(names, str):
+            raise ValueError(f"set_backends takes a list of backend names, one per conv layer ({len(convs)}), "
+                             f"got the string {names!r}; for every layer: [{names!r}] * {len(convs)}")
+        names = list(names)
         if len(names) != len(convs):
             raise ValueError(f"{len(names)} backends given for {len(convs)} conv layers")
+        names = [None if name is None else get_backend(name).name for name in names]
         for layer, name in zip(convs, names):
             layer.backend = name
 

@@ -175,3 +175,15 @@ def test_load_state_dict_rejects_other_networks():
 def test_conv2d_layer_rejects_bad_configuration(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Conv2D(**kwargs)
+
+
+def test_set_backends_refuses_a_string_and_pins_nothing_when_a_name_is_unknown():
+    model = convlab.get_model("c4k3 relu c4k3 relu dense10").build()
+    with pytest.raises(ValueError, match=r"set_backends takes a list of backend names, one per conv layer \(2\), "
+                                         r"got the string 'fft'; for every layer: \['fft'\] \* 2"):
+        model.set_backends("fft")
+    with pytest.raises(ValueError, match="unknown backend 'nope'; valid backends are: "):
+        model.set_backends(("fft", "nope"))
+    assert [layer.backend for layer in model.conv_layers()] == [None, None]
+    model.set_backends(iter(["fft", None]))
+    assert [layer.backend for layer in model.conv_layers()] == ["fft", None]
