@@ -47,6 +47,8 @@ class Sequential:
     """
 
     def __init__(self, *layers):
+        for position, layer in enumerate(layers):
+            check_layer(layer, position)
         self.layers = list(layers)
         for before, layer in zip(self.layers, self.layers[1:]):
             if isinstance(layer, ReLU) and isinstance(before, Conv2D):
@@ -245,6 +247,23 @@ class Sequential:
 
     def __repr__(self):
         return "Sequential(\n" + "".join(f"  {layer!r}\n" for layer in self.layers) + ")"
+
+
+def check_layer(layer, position):
+    """A TypeError, up front, for what ``Sequential`` cannot run as its layer ``position``:
+    else the first forward fails with an AttributeError deep inside, or, for a class
+    (``ReLU`` for ``ReLU()``), a TypeError about a missing ``x``."""
+    what = f"Sequential's argument {position} ({layer!r})"
+    if isinstance(layer, (list, tuple)):
+        raise TypeError(f"{what} is a {type(layer).__name__}; pass the layers as separate arguments: "
+                        "Sequential(*layers)")
+    if isinstance(layer, type):
+        raise TypeError(f"{what} is a class, not a layer; make one: {layer.__name__}(...)")
+    missing = [name for name in ("forward", "backward") if not callable(getattr(layer, name, None))]
+    missing += [name for name in ("params", "grads") if not isinstance(getattr(layer, name, None), Mapping)]
+    if missing:
+        raise TypeError(f"{what} is not a layer: it has no {', '.join(missing)}; a layer has forward(x), "
+                        "backward(dy, need_dx) and dicts params and grads, as convlab.Layer's subclasses")
 
 
 def output_shape(layer, shape) -> tuple:

@@ -187,3 +187,26 @@ def test_set_backends_refuses_a_string_and_pins_nothing_when_a_name_is_unknown()
     assert [layer.backend for layer in model.conv_layers()] == [None, None]
     model.set_backends(iter(["fft", None]))
     assert [layer.backend for layer in model.conv_layers()] == ["fft", None]
+
+
+@pytest.mark.parametrize("layers, message", [
+    (([ReLU(), Flatten()],), r"Sequential's argument 0 \(\[.*\]\) is a list; pass the layers as separate arguments"),
+    ((Flatten(), ReLU), r"argument 1 \(<class 'convlab.layers.ReLU'>\) is a class, not a layer; make one: ReLU\(...\)"),
+    ((np.abs,), r"argument 0 \(<ufunc 'absolute'>\) is not a layer: it has no forward, backward, params, grads; "
+                r"a layer has forward\(x\), backward\(dy, need_dx\) and dicts params and grads"),
+])
+def test_sequential_refuses_what_is_not_a_layer_up_front(layers, message):
+    with pytest.raises(TypeError, match=message):
+        convlab.Sequential(*layers)
+
+
+def test_sequential_runs_a_layer_of_ones_own():
+    class Double(convlab.Layer):
+        def forward(self, x):
+            return 2 * x
+
+        def backward(self, dy, need_dx=True):
+            return 2 * dy
+
+    model = convlab.Sequential(Flatten(), Double())
+    np.testing.assert_array_equal(model.forward(np.ones((2, 1, 2, 2))), np.full((2, 4), 2.0))
