@@ -351,6 +351,7 @@ class _CheckedCache:
 def register_backend(name: str):
     """Class or object decorator: ``@register_backend("mine")`` makes it a backend.
 
+    ``name`` has no spaces or commas (``--backend a,b`` is one name per conv layer).
     A class is instantiated with no arguments. Its ``description`` attribute, or else the
     first line of its docstring, is the one-line description ``convlab backends`` shows.
     A TypeError refuses an object without ``forward`` and ``backward``, with a
@@ -358,8 +359,10 @@ def register_backend(name: str):
     ``fuses_relu`` with a pass taking no ``relu`` argument.
     """
 
-    if not isinstance(name, str) or not name.strip() or name != name.strip():
-        raise ValueError(f"a backend name must be a non-empty string without surrounding spaces, got {name!r}")
+    if not isinstance(name, str) or not name or any(c.isspace() or c == "," for c in name):
+        # A comma separates one name per conv layer in --backend and in a run's recorded backends.
+        raise ValueError(f"a backend name must be a non-empty string without spaces or commas (--backend reads "
+                         f"'a,b' as a per-layer list), got {name!r}")
 
     def decorate(impl):
         instance = impl() if isinstance(impl, type) else impl

@@ -145,6 +145,14 @@ def test_use_backend_holds_in_its_own_thread_and_task_only():
     assert convlab.get_backend().name == registry.DEFAULT_BACKEND
 
 
+@pytest.mark.parametrize("name", ["", " mine", "my backend", "a,b", "mine\n", None, 3])
+def test_register_backend_refuses_a_name_the_command_line_cannot_give(name):
+    with pytest.raises(ValueError, match=r"a backend name must be a non-empty string without spaces or commas "
+                                         r"\(--backend reads 'a,b' as a per-layer list\), got "):
+        convlab.register_backend(name)
+    assert name not in registry._registry
+
+
 def test_use_backend_unknown_name_fails_on_entry():
     with pytest.raises(ValueError, match="valid backends"):
         with convlab.use_backend("nope"):
