@@ -135,6 +135,11 @@ class Conv2D(Layer):
 
     def forward(self, x):
         backend = get_backend(self._backend)
+        dtype = self.params["w"].dtype
+        if isinstance(x, np.ndarray) and x.dtype.type in FLOAT_DTYPES and x.dtype != dtype:
+            # The check shared by conv2d would say "but w is", of weights a layer's user never passed.
+            raise ValueError(f"{self!r}: x is {x.dtype} but the layer is {dtype}; pass x as {dtype} "
+                             f"(e.g. x.astype(np.{dtype}))")
         args = (x, self.params["w"], self.params["b"], self.stride, self.padding)
         if _forward_only.get():  # the backend's pass that keeps nothing (Backend.inference)
             self._cache = None

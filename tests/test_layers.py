@@ -210,3 +210,13 @@ def test_sequential_runs_a_layer_of_ones_own():
 
     model = convlab.Sequential(Flatten(), Double())
     np.testing.assert_array_equal(model.forward(np.ones((2, 1, 2, 2))), np.full((2, 4), 2.0))
+
+
+def test_conv2d_layer_names_its_dtype_for_an_input_of_the_other():
+    """As Dense does: not "x is float64 but w is float32", of weights its user never passed."""
+    layer = Conv2D(1, 2, 3)
+    with pytest.raises(ValueError, match=r"^Conv2D\(1, 2, kernel_size=\(3, 3\).*\): x is float64 but the layer is "
+                                         r"float32; pass x as float32 \(e.g. x.astype\(np.float32\)\)$"):
+        layer.forward(np.ones((1, 1, 5, 5)))
+    with pytest.raises(ValueError, match="^x must be float32 or float64, got int64$"):
+        layer.forward(np.ones((1, 1, 5, 5), np.int64))
