@@ -2,6 +2,7 @@
 and learning-rate schedules say which rate each epoch uses."""
 
 import math
+import numbers
 
 import numpy as np
 
@@ -33,6 +34,11 @@ class SGD:
     """
 
     def __init__(self, model, lr=0.01, momentum=0.9):
+        for name, value in (("lr", lr), ("momentum", momentum)):
+            # A string would parse (np.float32("0.1")) and a bool count as 0 or 1: refused,
+            # as are NaN, infinities and negatives (which would train nothing, or diverge).
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+                raise ValueError(f"SGD's {name} must be a finite number ≥ 0, got {value!r}")
         self.model = model
         self.lr = lr
         self.momentum = momentum

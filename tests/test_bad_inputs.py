@@ -401,6 +401,15 @@ def test_need_dx_must_be_a_flag(make, shape, need_dx):
     layer.backward(np.ones_like(dy), need_dx=np.bool_(False))
 
 
+@pytest.mark.parametrize("setting", [dict(lr="0.1"), dict(lr=True), dict(lr=-0.1), dict(lr=float("nan")),
+                                     dict(momentum=float("inf")), dict(momentum=None)])
+def test_sgd_refuses_a_setting_that_is_not_a_finite_number_at_least_0(setting):
+    (name, value), = setting.items()
+    with pytest.raises(ValueError, match=f"SGD's {name} must be a finite number ≥ 0, got {value!r}"):
+        convlab.SGD(convlab.reference_net(seed=1), **setting)
+    convlab.SGD(convlab.reference_net(seed=1), lr=np.float32(0.1), momentum=0)  # numpy scalars and 0 are fine
+
+
 def test_sgd_step_before_any_backward():
     model = convlab.reference_net(seed=1)
     before = {name: p.copy() for name, p in model.state_dict().items()}
