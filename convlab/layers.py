@@ -201,6 +201,9 @@ class ReLU(Layer):
             relu_gradient(dy, out, dx)
             return dx
 
+    def __repr__(self):
+        return f"ReLU(inplace={self.inplace}, fused={self.fused})"
+
 
 class Flatten(Layer):
     """(N, ...) -> (N, prod(...)); the backward reshapes dy (N, prod(...)) back to x's shape."""
@@ -219,6 +222,9 @@ class Flatten(Layer):
         # A reshape alone would accept any dy of the same size, e.g. (N * 2, prod / 2).
         _checked_dy(dy, (shape[0], int(np.prod(shape[1:]))), self)
         return dy.reshape(shape)
+
+    def __repr__(self):
+        return "Flatten()"
 
 
 class Dense(Layer):

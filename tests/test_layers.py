@@ -220,3 +220,16 @@ def test_conv2d_layer_names_its_dtype_for_an_input_of_the_other():
         layer.forward(np.ones((1, 1, 5, 5)))
     with pytest.raises(ValueError, match="^x must be float32 or float64, got int64$"):
         layer.forward(np.ones((1, 1, 5, 5), np.int64))
+
+
+def test_a_network_prints_every_layer_by_its_settings():
+    # Not as <convlab.layers.ReLU object at 0x...>: what Sequential did to each layer shows.
+    assert repr(convlab.get_model("c4k3 relu dense16 relu dense10").build()).splitlines() == [
+        "Sequential(",
+        "  Conv2D(1, 4, kernel_size=(3, 3), stride=(1, 1), padding=(0, 0), backend=None)",
+        "  ReLU(inplace=False, fused=True)",
+        "  Flatten()",
+        "  Dense(2704, 16)",
+        "  ReLU(inplace=True, fused=False)",
+        "  Dense(16, 10)",
+        ")"]
