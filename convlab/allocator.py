@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 import numpy as np
 
@@ -67,12 +68,19 @@ def give_back_freed_memory() -> bool:
 def _glibc(function: str, argtypes: tuple):
     """The C library's ``function`` (returning an int), or None if there is no such library
     or function (not glibc)."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    try:
-        found = getattr(ctypes.CDLL(name), function)
-    except (OSError, AttributeError):  # no C library to load, or not glibc's malloc
+    library = _c_library()
+    found = getattr(library, function, None) if library is not None else None
+    if found is None:  # no C library to load, or not glibc's malloc
         return None
     found.argtypes, found.restype = argtypes, ctypes.c_int
     return found
+
+
+@functools.cache
+def _c_library():
+    """The C library, loaded once (finding it runs ``ldconfig -p``, about 2 ms), or None."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
