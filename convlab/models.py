@@ -32,7 +32,7 @@ from convlab.registry import PluginWarning, get_backend
 INPUT_SHAPE = (1, 28, 28)
 CLASSES = 10
 # The layer types whose arrays Sequential.least_memory counts.
-KNOWN = (Conv2D, Dense, ReLU, Flatten, MaxPool2D, AvgPool2D)
+MEMORY_COUNTED_LAYERS = (Conv2D, Dense, ReLU, Flatten, MaxPool2D, AvgPool2D)
 
 
 class Sequential:
@@ -223,7 +223,7 @@ class Sequential:
         for i, layer in enumerate(self.layers):
             x, y, source = shapes[i], shapes[i + 1], arrays[i]
             view = isinstance(layer, Flatten) or isinstance(layer, ReLU) and (layer.fused or layer.inplace)
-            known = isinstance(layer, KNOWN)
+            known = isinstance(layer, MEMORY_COUNTED_LAYERS)
             arrays.append(source if view else len(arrays))
             if not known:
                 unknown.add(arrays[-1])
@@ -238,7 +238,7 @@ class Sequential:
                 padded = (x[0], x[1], *(side + 2 * pad for side, pad in zip(x[2:], layer.padding)))
                 kept[source if padded == x else -i - 1] = size(padded)  # a padded copy is another array
             # Its dy is the loss's gradient or the next layer's dx (unknown from another type).
-            dy = size(y) if i + 1 == len(self.layers) or isinstance(self.layers[i + 1], KNOWN) else 0
+            dy = size(y) if i + 1 == len(self.layers) or isinstance(self.layers[i + 1], MEMORY_COUNTED_LAYERS) else 0
             gradient_peak = max(gradient_peak, dy + (size(x) if i > 0 and known and not view else 0))
         if not training:
             return params + kept[0] + forward_peak
