@@ -272,12 +272,28 @@ def check_new_checkpoint_path(path, resume=None):
                               f"saved there with --resume {path}, or choose another path)")
 
 
+def checkpoint_epoch(path) -> int:
+    """The number of finished epochs the checkpoint ``path`` records: its root attribute
+    ``epoch`` alone, not the weights, metrics and checks :func:`load_checkpoint` reads.
+    Raises OSError or KeyError on a file that cannot be read (opened first by Python: its
+    errno says why in fewer words than h5py's "unable to open file: name = ...")."""
+    with open(path, "rb") as file, h5py.File(file, "r") as f:
+        return int(f.attrs["epoch"])
+
+
 def interrupted_message(checkpoint, resume, options) -> str:
     """What an interrupted ``convlab train`` says: which checkpoint survives and the exact
-    command that continues from it. ``options`` are extra ``--name value`` pairs (None: left out)."""
+    command that continues from it. ``options`` are extra ``--name value`` pairs (None: left out).
+
+    Never raises: it is said while another error (the backend's, the failed save's, the
+    Ctrl-C) is on its way out, and a failure here would replace it. A checkpoint that cannot
+    be read (damaged, or in a folder that cannot be searched any more) is said to be so."""
     if checkpoint is None:
         return "nothing to resume from (train with --checkpoint PATH to save a checkpoint after every epoch)"
-    latest = Path(checkpoint) if Path(checkpoint).exists() else resume
+    try:
+        latest = Path(checkpoint) if Path(checkpoint).exists() else resume
+    except OSError:  # cannot look (Python 3.11's exists() raises EACCES): reading it below says why
+        latest = Path(checkpoint)
     if latest is None:
         return f"no epoch had finished, so {checkpoint} was not written; start the run again"
     if Path(latest) != Path(checkpoint):
@@ -286,8 +302,11 @@ def interrupted_message(checkpoint, resume, options) -> str:
     for key, value in options.items():
         if value is not None:
             words += [f"--{key.replace('_', '-')}", str(value)]
-    return (f"{latest} holds the run after epoch {load_checkpoint(latest).epoch}; resume with: "
-            + " ".join(map(shlex.quote, words)))
+    try:
+        held = f"{latest} holds the run after epoch {checkpoint_epoch(latest)}"
+    except Exception as e:  # anything: see the docstring
+        held = f"{latest} could not be read ({getattr(e, 'strerror', None) or e}), so which epoch it holds is not known"
+    return f"{held}; resume with: " + " ".join(map(shlex.quote, words))
 
 
 class Terminated(KeyboardInterrupt):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -157,7 +157,9 @@ def train(settings: TrainSettings, resumed=None, profile=False):
             raise
         raise TrainingDiverged(f"{e}; {settings.checkpoint} still holds the run after epoch {history[-1].epoch}") from None
     except SaveFailed as e:  # what the epochs before saved stands
-        if settings.checkpoint is None or not (Path(settings.checkpoint).exists() or settings.resume):
+        # os.path: False where the folder cannot be searched any more (Path.exists raises on
+        # Python 3.11, which would replace the failed save's message): the message stands alone.
+        if settings.checkpoint is None or not (os.path.exists(settings.checkpoint) or settings.resume):
             raise
         raise SaveFailed(f"{e}; {interrupted_message(settings.checkpoint, settings.resume, resume_options)}") from None
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a subclass)

@@ -179,6 +179,28 @@ def test_interrupted_message_names_the_surviving_checkpoint_and_the_command(tmp_
     assert interrupted_message(elsewhere, path, options).endswith(f"--progress False --checkpoint {elsewhere}")
 
 
+def test_interrupted_message_reads_only_the_epoch_and_never_raises(tmp_path):
+    """It is said while another error is on its way out: a checkpoint it cannot read is said
+    to be so (with the command, whose --resume then says what is wrong with the file), and
+    one damaged where the epoch is not (its weights gone) still tells the epoch."""
+    path = tmp_path / "ck.h5"
+    options = dict(epochs=9)
+    command = f"resume with: convlab train --resume {path} --epochs 9"
+    edit_checkpoint(lambda f: f.__delitem__("weights"))(path)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+    assert interrupted_message(path, None, options) == f"{path} holds the run after epoch 1; {command}"
+    unknown = "), so which epoch it holds is not known; "
+    for damage in (write_truncated, lambda path: path.write_text("epoch 1 loss 0.3\n")):
+        damage(path)
+        said = interrupted_message(path, None, options)  # h5py's words: "... (file signature not found)"
+        assert said.startswith(f"{path} could not be read (") and said.endswith(unknown + command), said
+    # Path.exists() raises here (Python 3.11 to 3.13; 3.14 says False), as in a folder that
+    # cannot be searched: the one it cannot read, then, or the damaged one it resumed.
+    too_long = tmp_path / ("x" * 300)
+    assert "could not be read (" in interrupted_message(too_long, path, options)
+
+
 def write_different_network(path):
     different = Sequential(Conv2D(1, 16, 5, rng=0), ReLU(), Flatten(), Dense(16 * 24 * 24, 10, rng=0))
     make_checkpoint(path, model=different)

@@ -2,6 +2,7 @@
 explodes while staying finite stops the run (exit 2, the last good checkpoint kept), SIGTERM
 stops it like Ctrl-C (exit 143), and the progress bar is drawn only on a terminal."""
 
+import errno
 import fcntl
 import os
 import pty
@@ -13,6 +14,7 @@ import sys
 import termios
 import threading
 import traceback
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,6 +185,62 @@ def test_a_backend_that_breaks_mid_run_says_what_the_checkpoint_holds_and_resume
     code, out, err = run_cli(capsys, *shlex.split(command)[1:])
     assert code == 0 and "epoch 3/3" in out, err
     assert load_checkpoint(path).epoch == 3
+
+
+def damaged_after_saving(monkeypatch):
+    """Every checkpoint the run saves is then cut short, as a disk fault would leave it."""
+    def save_then_damage(path, *args, **kwargs):
+        save_checkpoint(path, *args, **kwargs)
+        path = Path(path)
+        path.write_bytes(path.read_bytes()[:5000])
+
+    monkeypatch.setattr("convlab.run.save_checkpoint", save_then_damage)
+
+
+def test_a_checkpoint_that_cannot_be_read_leaves_the_backend_s_error_whole(
+        tmp_path, tiny_data, capsys, breaking, monkeypatch):
+    breaking(3, "contract")  # in epoch 2
+    damaged_after_saving(monkeypatch)
+    path = tmp_path / "ck.h5"
+    code, _, err = run_cli(capsys, *train_on_breaking(tiny_data, path))
+    assert code == 2 and err.startswith(f"convlab: error: backend 'breaking' ({Breaking.__module__}.Breaking) is "
+                                        "broken: its forward returned y (64, 1, 24, 24) float32")
+    assert f"; use another backend, and tell its authors; {path} could not be read (" in err
+    assert err.endswith(f"), so which epoch it holds is not known; resume with: convlab train --resume {path} "
+                        f"--epochs 3 --backend im2col --data-dir {tiny_data} --progress False\n")
+    assert len(err.splitlines()) == 1
+
+
+def test_a_backend_s_own_exception_keeps_its_message_when_the_checkpoint_cannot_be_read(
+        tmp_path, tiny_data, breaking, monkeypatch):
+    breaking(3, RuntimeError("the device is gone"))
+    damaged_after_saving(monkeypatch)
+    path = tmp_path / "ck.h5"
+    with pytest.raises(RuntimeError) as raised:
+        main(train_on_breaking(tiny_data, path))
+    [note] = raised.value.__notes__
+    assert str(raised.value) == "the device is gone" and note.startswith(f"{path} could not be read (")
+
+
+def test_a_save_failing_in_a_folder_no_longer_searchable_keeps_its_own_message(
+        tmp_path, tiny_data, capsys, monkeypatch):
+    """The folder's x bit gone mid-run: the save fails, and so does looking whether the
+    checkpoint is there (Path.exists raises EACCES on Python 3.11); the save's message stands."""
+    path, real_stat = tmp_path / "ck.h5", os.stat
+
+    def unsearchable(name, *args, **kwargs):
+        if os.fspath(name) == str(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(name))
+        return real_stat(name, *args, **kwargs)
+
+    def fails_and_leaves_the_folder_unsearchable(path, *args, **kwargs):
+        monkeypatch.setattr(os, "stat", unsearchable)
+        raise CheckpointError(f"cannot write checkpoint {path}: Permission denied")
+
+    monkeypatch.setattr("convlab.run.save_checkpoint", fails_and_leaves_the_folder_unsearchable)
+    code, _, err = run_cli(capsys, "train", "--data-dir", str(tiny_data), "--batch-size", "32", "--epochs", "3",
+                           "--progress", "no", "--checkpoint", str(path))
+    assert code == 2 and err == f"convlab: error: cannot write checkpoint {path}: Permission denied\n"
 
 
 def test_a_backend_that_breaks_in_the_first_epoch_says_nothing_was_saved(tmp_path, tiny_data, capsys, breaking):
