@@ -108,13 +108,19 @@ class Commands:
                 (`convlab train --checkpoint`; only a checkpoint has the filters to show).
             out: the PDF to write; the PNGs go beside it as <stem>-curves.png,
                 <stem>-layers.png (per-layer times), <stem>-filters.png (from a checkpoint)
-                and <stem>-timing.png (with --bench).
+                and <stem>-timing.png (with --bench). Such a figure an earlier report
+                wrote there and this one does not draw is removed.
             bench: a `convlab bench --json` result, shown as the timing table.
         """
         from convlab.report import write_report
 
-        for path in write_report(required("SOURCE", source), out, bench):
+        files = write_report(required("SOURCE", source), out, bench)
+        for path in files.written:
             print(f"wrote {path}")
+        for path in files.removed:
+            print(f"removed {path} (an earlier report's figure, not drawn by this one)")
+        for path, why in files.left.items():
+            print(f"left {path}: not this report's figure; {why}")
 
     @typed(text=("backend", "dataset", "lr_schedule", "data_dir", "metrics_out", "checkpoint", "resume", "model"),
            flags=("progress", "profile"))

@@ -9,8 +9,9 @@ a ``convlab bench --json`` result, the timing table.
 
 Everything is rendered in memory first and then written atomically, so an error leaves
 no file half-written and no stale figure beside a new PDF. A figure this report does not
-draw (the filters, from a metrics file) is not touched: one an earlier report wrote under
-that name stays.
+draw (the filters, from a metrics file) that an earlier report wrote under its name is
+removed once the new files are written: left, it would pass for this run's. Only what
+carries convlab's mark (:data:`PNG_MARK`) goes; anything else there is left and said so.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import io
 import json
 import math
 import numbers
+import os
 import re
+import struct
 import sys
 import textwrap
 from dataclasses import dataclass, fields
@@ -412,10 +415,40 @@ def timing_text(rows: list[dict]) -> str:
                                for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in table)
 
 
+# The PNG text chunk (key, value) every figure carries, by which a later report to the same
+# --out knows a figure there as convlab's, to remove when it does not draw it again. A
+# constant, not matplotlib's default "Software: Matplotlib version ...": the same run gives
+# the same bytes.
+PNG_MARK = ("Software", "convlab report")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def figure_png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=150, metadata={"Software": None})
+    fig.savefig(buffer, format="png", dpi=150, metadata=dict([PNG_MARK]))
     return buffer.getvalue()
+
+
+def has_mark(path: Path) -> bool:
+    """Whether the file ``path`` is a PNG holding :data:`PNG_MARK`: a tEXt chunk, which
+    matplotlib writes before the image data, so only the chunk headers up to the first
+    IDAT are read (each chunk: an 8-byte header, length and type, its data and a 4-byte
+    CRC), and only the data of a tEXt chunk as long as the mark."""
+    wanted = "\0".join(PNG_MARK).encode("latin-1")
+    with open(path, "rb") as f:
+        if f.read(8) != PNG_SIGNATURE:
+            return False
+        while len(header := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"IDAT":
+                return False
+            if kind == b"tEXt" and length == len(wanted):
+                if f.read(length) == wanted:
+                    return True
+            else:
+                f.seek(length, os.SEEK_CUR)
+            f.seek(4, os.SEEK_CUR)
+    return False
 
 
 # The figures a report may write beside its PDF (see figure_path).
@@ -428,11 +461,22 @@ def figure_path(out: Path, name: str) -> Path:
     return out.with_name(f"{out.stem}-{name}.png")
 
 
-def write_report(source, out="report.pdf", bench=None) -> list[Path]:
+@dataclass
+class ReportFiles:
+    """What :func:`write_report` did beside ``--out``."""
+
+    written: list[Path]  # the PDF first, then the figures this report drew
+    removed: list[Path]  # an earlier report's figures this one does not draw
+    left: dict[Path, str]  # other files at those figure names: why each stays
+
+
+def write_report(source, out="report.pdf", bench=None) -> ReportFiles:
     """Write the PDF report of the run in ``source`` (metrics JSON or checkpoint) to ``out``,
     and beside it ``<stem>-curves.png``, ``<stem>-filters.png`` (checkpoints only) and
     ``<stem>-layers.png`` (runs that recorded per-layer times), ``<stem>-timing.png``
-    (with ``bench``). Returns the paths written, the PDF first."""
+    (with ``bench``); then remove, from the figure names it does not draw, what an earlier
+    report wrote there (:func:`remove_earlier_figures`), as the last step: a report that
+    fails removes nothing."""
     out = check_suffix(check_writable(out, "--out"), "--out", ".pdf", "a PDF")
     # Labelled by what they are, not by their name: a refusal names the path after the label
     # ("--out's layers figure r-layers.png exists and ...").
@@ -449,7 +493,31 @@ def write_report(source, out="report.pdf", bench=None) -> list[Path]:
                     tmp.write_bytes(content)
             except OSError as e:
                 raise ReportError(f"cannot write {path}: {e.strerror}") from None
-    return list(outputs)
+        # Within the claim: no other report is writing these names meanwhile.
+        removed, left = remove_earlier_figures(path for path in figures.values()
+                                               if path not in outputs and os.path.lexists(path))
+    return ReportFiles(list(outputs), removed, left)
+
+
+def remove_earlier_figures(paths) -> tuple[list[Path], dict[Path, str]]:
+    """Remove each of ``paths`` (figure names beside ``--out`` this report does not draw)
+    that an earlier report wrote, a file with :data:`PNG_MARK`. Anything else there is
+    left: a symlink (convlab writes through links, never makes one), a figure of a
+    convlab that did not mark them yet, a PNG of the user's. Returns (removed, {left: why})."""
+    removed, left = [], {}
+    for path in paths:
+        try:
+            if path.is_symlink():
+                left[path] = "a symbolic link, which convlab does not remove"
+            elif not (path.is_file() and has_mark(path)):
+                left[path] = ("it holds no mark of convlab's (an older convlab's figure, or another program's "
+                              "file): remove it if it is an earlier report's")
+            else:
+                path.unlink()
+                removed.append(path)
+        except OSError as e:
+            left[path] = f"it could not be read or removed ({e.strerror or e})"
+    return removed, left
 
 
 def rendered_report(source, out: Path, bench=None) -> dict[Path, bytes]:

@@ -308,7 +308,7 @@ def test_report_describes_the_network_and_each_layer(capsys, tmp_path, data_read
     assert "Network (lenet5): input 1×28×28 → conv 6 filters 5×5, stride 1, padding 2 → ReLU → max-pool 2, " in text
     assert "per layer (conv layer 1 by “im2col”, conv layer 2 by “fft”)" in text
     assert [row["backend"] for row in run.layer_times][:4] == ["im2col", None, None, "fft"]
-    written = write_report(ck, tmp_path / "r.pdf")
+    written = write_report(ck, tmp_path / "r.pdf").written
     assert [p.name for p in written] == ["r.pdf", "r-curves.png", "r-layers.png", "r-filters.png"]
     assert isinstance(run.model.conv_layers()[0], Conv2D) and run.model.layers[0].params["w"].shape == (6, 1, 5, 5)
 

@@ -501,13 +501,13 @@ def test_an_unknown_backend_reads_cleanly(tmp_path):
                                     backends=["gone"] * 3))
     text = summary_paragraph(run, run.model)
     assert text.endswith("was computed by the \u201cgone\u201d backend.")
-    pdf, *_ = write_report(tmp_path / "run.h5", tmp_path / "r.pdf")
+    pdf, *_ = write_report(tmp_path / "run.h5", tmp_path / "r.pdf").written
     assert "backend is not installed where this report was made, so it cannot describe itself" in \
         " ".join(pdf_strings(pdf).split())
 
 
 def test_the_timing_table_is_text_in_the_pdf(files, tmp_path):
-    pdf, *pngs = write_report(files["run"], tmp_path / "r.pdf", files["bench"])
+    pdf, *pngs = write_report(files["run"], tmp_path / "r.pdf", files["bench"]).written
     assert tmp_path / "r-timing.png" in pngs  # and as an image beside it
     text = pdf_strings(pdf)
     assert re.search(r"shape +pass +backend +ms +vs fastest", text)

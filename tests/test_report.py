@@ -1,23 +1,28 @@
 """`convlab report`: the PDF and its PNG figures, from a metrics file or a checkpoint."""
 
 import contextlib
+import errno
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from convlab import registry
 from convlab.cli import main
 from convlab.checkpoints import save_checkpoint
 from convlab.models import reference_net
 from convlab.optimizers import SGD
-from convlab.report import (ReportError, backend_explanation, load_run, plain, read_bench, summary_paragraph,
-                            timing_rows, write_report)
+from convlab.report import (ReportError, backend_explanation, has_mark, load_run, plain, read_bench,
+                            summary_paragraph, timing_rows, write_report)
 from convlab.training import EpochMetrics
+from tests.test_cli import run_cli
 
 HISTORY = [EpochMetrics(1, 0.8, 0.74, 0.83, 9.0), EpochMetrics(2, 0.3, 0.91, 0.90, 8.5)]
 SETTINGS = dict(backend="im2col", dataset="mnist", epochs=2, batch_size=64, lr=0.01, lr_schedule="cosine", momentum=0.9, seed=0,
@@ -82,7 +87,7 @@ def test_from_a_checkpoint_with_bench(full_report):
 
 
 def test_from_metrics_has_no_filters(metrics, tmp_path):
-    written = write_report(metrics, tmp_path / "r.pdf")
+    written = write_report(metrics, tmp_path / "r.pdf").written
     assert [p.name for p in written] == ["r.pdf", "r-curves.png"]
     assert is_pdf(written[0])
     if shutil.which("pdftotext"):
@@ -159,7 +164,7 @@ def test_a_backend_not_installed_here(metrics, tmp_path):
     doc = json.loads(metrics.read_text())
     metrics.write_text(json.dumps(dict(doc, backend="gone")))
     assert "not installed" in backend_explanation("gone")[1][0][1]
-    assert is_pdf(write_report(metrics, tmp_path / "r.pdf")[0])
+    assert is_pdf(write_report(metrics, tmp_path / "r.pdf").written[0])
 
 
 def test_plain_strips_markup_but_not_arithmetic():
@@ -181,6 +186,74 @@ def test_errors_leave_the_old_report_untouched(metrics, tmp_path):
         write_report(metrics, out, tmp_path / "bad.json")
     assert out.read_bytes() == b"%PDF-1.4 old report" and sorted(p.name for p in tmp_path.iterdir()) == [
         "bad.json", "metrics.json", "r.pdf"]
+
+
+def test_an_earlier_report_s_figures_this_one_does_not_draw_are_removed(metrics, checkpoint, tmp_path, capsys):
+    """A report of a metrics file after one of a checkpoint with --bench: the filters and the
+    timing table left beside the new PDF would pass for this run's. A failed report removes
+    nothing; another folder's figures and other names are not this report's to touch."""
+    out = tmp_path / "out" / "r.pdf"
+    (tmp_path / "bench.json").write_text(json.dumps(BENCH))
+    assert run_cli(capsys, "report", str(checkpoint), "--out", str(out), "--bench", str(tmp_path / "bench.json"))[0] == 0
+    earlier = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert sorted(earlier) == ["r-curves.png", "r-filters.png", "r-timing.png", "r.pdf"]
+    assert all(has_mark(out.parent / name) for name in earlier if name.endswith(".png"))
+    elsewhere = tmp_path / "r-filters.png"  # beside the sources, not beside --out
+    elsewhere.write_bytes(earlier["r-filters.png"])
+    (out.parent / "r-filters-old.png").write_bytes(earlier["r-filters.png"])
+    (tmp_path / "bad.json").write_text('{"rows": []}')
+    code, _, err = run_cli(capsys, "report", str(metrics), "--out", str(out), "--bench", str(tmp_path / "bad.json"))
+    assert code == 2 and "no usable timing rows" in err
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == dict(earlier, **{
+        "r-filters-old.png": earlier["r-filters.png"]})
+    code, printed, err = run_cli(capsys, "report", str(metrics), "--out", str(out))
+    assert code == 0, err
+    assert printed.splitlines() == [f"wrote {out}", f"wrote {out.parent / 'r-curves.png'}",
+                                    f"removed {out.parent / 'r-filters.png'} (an earlier report's figure, not drawn "
+                                    "by this one)",
+                                    f"removed {out.parent / 'r-timing.png'} (an earlier report's figure, not drawn "
+                                    "by this one)"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["r-curves.png", "r-filters-old.png", "r.pdf"]
+    assert elsewhere.read_bytes() == earlier["r-filters.png"]
+
+
+def test_what_convlab_cannot_tell_it_wrote_at_a_figure_name_is_left_and_said(metrics, checkpoint, tmp_path, capsys):
+    """An unmarked PNG (an older convlab's figure, or the user's own) and a symlink (to a
+    figure of convlab's) stay, each with a line saying why."""
+    figure = write_report(checkpoint, tmp_path / "kept" / "r.pdf").written[-1]
+    assert figure.name == "r-filters.png"
+    fig = Figure()
+    fig.add_subplot().plot([1, 2])
+    unmarked = io.BytesIO()
+    fig.savefig(unmarked, format="png", metadata={"Software": None})
+    out = tmp_path / "out" / "r.pdf"
+    out.parent.mkdir()
+    (out.parent / "r-filters.png").write_bytes(unmarked.getvalue())
+    (out.parent / "r-timing.png").symlink_to(figure)
+    files = write_report(metrics, out)
+    assert files.removed == [] and list(files.left) == [out.parent / "r-filters.png", out.parent / "r-timing.png"]
+    assert (out.parent / "r-filters.png").read_bytes() == unmarked.getvalue() and figure.is_file()
+    assert (out.parent / "r-timing.png").resolve() == figure
+    code, printed, _ = run_cli(capsys, "report", str(metrics), "--out", str(out))
+    assert code == 0 and printed.splitlines()[2:] == [
+        f"left {out.parent / 'r-filters.png'}: not this report's figure; it holds no mark of convlab's (an older "
+        "convlab's figure, or another program's file): remove it if it is an earlier report's",
+        f"left {out.parent / 'r-timing.png'}: not this report's figure; a symbolic link, which convlab does not "
+        "remove"]
+
+
+def test_an_earlier_figure_that_cannot_be_removed_is_said_and_the_report_stands(
+        metrics, checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "r.pdf"
+    write_report(checkpoint, out)
+
+    def refuse(path, missing_ok=False):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    files = write_report(metrics, out)
+    assert [p.name for p in files.written] == ["r.pdf", "r-curves.png"] and files.removed == []
+    assert files.left == {tmp_path / "r-filters.png": "it could not be read or removed (Permission denied)"}
 
 
 def test_a_real_run_reads_the_same_from_its_metrics_and_its_checkpoint(tmp_path):
