@@ -605,6 +605,9 @@ class Winograd:
                           ones=True, relu=relu)
         with phase("exact bias"):  # where a direct method is exact (convlab.exact), after the fused ReLU
             snap_to_bias(y, np.maximum(b, 0) if relu else b, zero_windows(x, w.shape[2:], padding))
+        # x and w themselves, which the caller leaves as they are (convlab/registry.py): the
+        # forward makes no whole-batch copy to keep instead (its canvas and V are a chunk's,
+        # freed as used), and V for all of x (2.25x x) or a copy of x would cost every forward.
         return y, (x, w, padding, m, y if relu else None)
 
     def backward(self, dy, cache, need_dx=True):

@@ -88,7 +88,9 @@ class Conv2D(Layer):
 
     x must stay as it is until the backward: a backend's cache may keep it rather than a
     copy (``winograd``'s does: x changed in between gives it a wrong dw, silently), as
-    torch's autograd keeps the input (which refuses a changed one; numpy cannot tell).
+    torch's autograd keeps the input (which refuses a changed one; numpy cannot tell). So
+    must ``params["w"]`` (``naive``'s, ``im2col``'s and ``winograd``'s keep it, for dx):
+    an optimizer's step comes after the backward.
 
     ``relu=True`` makes the output max(conv(x) + b, 0), with the ReLU's gradient applied
     to dy in the backward: the layer and a following ReLU in one (as cuDNN's and oneDNN's

@@ -11,8 +11,14 @@ A backend is any object with a ``forward`` and a ``backward``::
 
 It computes the cross-correlation of ``torch.nn.functional.conv2d``: zero padding,
 ``OH = (H + 2*ph - kh) // sh + 1``. Arrays keep their dtype (float32 or float64).
-The cache may keep x or anything computed from it, but not y itself: y belongs to the
-caller, who may overwrite it, and x stays as it is until the backward (the caller's part).
+The cache may keep x and w themselves (not copies) or anything computed from them, but
+not y: y belongs to the caller, who may overwrite it. x and w stay as they are until the
+backward (the caller's part, as torch's autograd keeps the tensors it saves; it refuses a
+changed one, numpy cannot tell): changed in between, they give a silently wrong dw or dx.
+Of convlab's own, ``winograd``'s cache keeps x (its backward transforms x's tiles again
+for dw: keeping the forward's, 2.25x x for F(4x4, 3x3), or a copy of x would cost every
+forward that memory and its writing), and ``naive``'s, ``im2col``'s and ``winograd``'s keep
+w (for dx); ``fft``'s and ``fft-tiled``'s keep spectra of both; ``auto``'s, its pick's.
 
 A backend may also apply a ReLU to its output itself, chunk by chunk while the output is
 still in cache (as cuDNN's and oneDNN's fused convolution-activation)::

@@ -184,3 +184,25 @@ def test_outputs_over_windows_of_zeros_are_exactly_the_bias(backend, relu, dtype
     want = np.broadcast_to((np.maximum(b, 0) if relu else b)[:, None, None], y.shape)
     assert 0.3 < background.mean() < 0.9
     assert np.array_equal(y[background], want[background])
+
+
+# Which of x and w each built-in's cache keeps themselves, not copies or transforms: what
+# convlab/registry.py's docstring, README.md and docs/plugins.md say, kept true here.
+KEPT_THEMSELVES = {"naive": {"w"}, "im2col": {"w"}, "fft": set(), "fft-tiled": set(), "winograd": {"x", "w"}}
+
+
+@pytest.mark.parametrize("name", sorted(KEPT_THEMSELVES))
+@pytest.mark.parametrize("changed", ["x", "w"])
+def test_which_inputs_a_cache_keeps_themselves_is_as_documented(name, changed):
+    """The caller leaves x and w as they are until the backward; one a cache keeps itself,
+    changed in between, gives a wrong gradient (x: dw; w: dx), silently."""
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    backend = convlab.get_backend(name)
+    y, cache = backend.forward(x, w, b, 1, 1)
+    dy = rng.standard_normal(y.shape)
+    expected = backend.backward(dy, backend.forward(x.copy(), w.copy(), b, 1, 1)[1])
+    {"x": x, "w": w}[changed][...] = 0
+    dx, dw, _ = backend.backward(dy, cache)
+    wrong = {"x": not np.allclose(dw, expected[1]), "w": not np.allclose(dx, expected[0])}[changed]
+    assert wrong == (changed in KEPT_THEMSELVES[name])
