@@ -17,7 +17,7 @@ Fields are of two kinds:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import copy
 import numbers
 from dataclasses import dataclass
 
@@ -75,8 +75,8 @@ class TrainSettings:
     whole split; :meth:`with_data_sizes` makes them the numbers of images used.
 
     A network whose training step cannot fit in the memory available is refused
-    (:func:`check_memory`), unless ``memory_check`` is False: so are the copies made once the
-    run's model, momentum and data take memory, which the check would count a second time.
+    (:func:`check_memory`) when the settings are made; not their copies made during the run
+    (:meth:`with_backends`, :meth:`with_data_sizes`).
     """
 
     model: str = "reference"
@@ -96,9 +96,8 @@ class TrainSettings:
     checkpoint: str | None = None
     resume: str | None = None
     progress: bool = True
-    memory_check: dataclasses.InitVar[bool] = True
 
-    def __post_init__(self, memory_check):
+    def __post_init__(self):
         from convlab.data import data_source
         from convlab.models import get_model
         from convlab.registry import get_backend
@@ -128,8 +127,7 @@ class TrainSettings:
         # A step's batch: --batch-size images, or all of --train-size if fewer. (Without
         # --train-size, a --batch-size beyond the data set's images is counted as given.)
         batch = min(normalised["batch_size"], normalised.get("train_size", normalised["batch_size"]))
-        layer_backends(model, backend, normalised["batch_size"], memory_batch=batch if memory_check else None,
-                       resumed=self.resume is not None)
+        layer_backends(model, backend, normalised["batch_size"], memory_batch=batch, resumed=self.resume is not None)
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
 
@@ -173,12 +171,22 @@ class TrainSettings:
     def with_data_sizes(self, n_train: int, n_test: int) -> TrainSettings:
         """These settings with the numbers of training and test images used, out of a
         data set with ``n_train`` and ``n_test``."""
-        return dataclasses.replace(self, train_size=subset_size("train-size", self.train_size, n_train),
-                                   test_size=subset_size("test-size", self.test_size, n_test), memory_check=False)
+        return self.copy_with(train_size=subset_size("train-size", self.train_size, n_train),
+                              test_size=subset_size("test-size", self.test_size, n_test))
 
     def with_backends(self, names) -> TrainSettings:
         """These settings with ``names``, the backend each conv layer runs on."""
-        return dataclasses.replace(self, backends=",".join(names), memory_check=False)
+        return self.copy_with(backends=",".join(names))
+
+    def copy_with(self, **checked) -> TrainSettings:
+        """A copy of these settings with the values in ``checked`` (already checked by the
+        caller). Not made through ``__post_init__`` (as ``dataclasses.replace`` would): the
+        other settings were checked when these were made, and by now the run's model,
+        momentum and data take memory, which the memory check would count a second time."""
+        copied = copy.copy(self)
+        for name, value in checked.items():
+            object.__setattr__(copied, name, value)
+        return copied
 
     def conv_backends(self) -> list[str]:
         """The backend asked for each conv layer of the model (``auto`` still unresolved)."""

@@ -115,7 +115,9 @@ def test_train_refuses_in_one_line_before_anything_runs(capsys, memory, tmp_path
     settings = TrainSettings(model="c64k3p1 relu dense10", batch_size=32)
     # Once the run's model and data take memory, the settings' copies are not checked again.
     memory(1 * MiB)
-    assert settings.with_backends(["im2col"]).with_data_sizes(60000, 10000).backends == "im2col"
+    copied = settings.with_backends(["im2col"]).with_data_sizes(60000, 10000)
+    assert (copied.backends, copied.train_size, copied.model) == ("im2col", 60000, "c64k3p1 relu dense10")
+    assert (settings.backends, settings.train_size) == (None, None)  # copies: the settings stay as they were
     with pytest.raises(UsageError, match="needs at least"):
         TrainSettings(model="c64k3p1 relu dense10", batch_size=32)
 
