@@ -123,10 +123,11 @@ class Commands:
             print(f"left {path}: not this report's figure; {why}")
 
     @typed(text=("backend", "dataset", "lr_schedule", "data_dir", "metrics_out", "checkpoint", "resume", "model"),
-           flags=("progress", "profile"))
+           flags=("progress", "profile", "memory_check"))
     def train(self, *, backend=None, epochs=None, batch_size=None, lr=None, momentum=None, seed=None,
               train_size=None, test_size=None, data_dir=None, metrics_out=None, progress=True,
-              dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None, profile=False):
+              dataset=None, checkpoint=None, resume=None, lr_schedule=None, model=None, profile=False,
+              memory_check=True):
         """Train a network (default: the reference one, conv 32@7x7 pad 1 -> ReLU -> dense 10) on MNIST.
 
         With --resume, every setting left out comes from the checkpoint; model, dataset,
@@ -157,6 +158,8 @@ class Commands:
             model: the network: a name (see `convlab models`) or a spec string such as
                 "c32k3p1 relu maxpool2 dense10" (see docs/networks.md); default reference.
             profile: print where the training steps' time went, per layer and phase, at the end.
+            memory_check: refuse, before it starts, a network that cannot fit in the memory
+                available (see docs/training.md); no skips the check (give it again with --resume).
         """
         from convlab.run import train
         from convlab.settings import TrainSettings
@@ -165,11 +168,11 @@ class Commands:
                 model=model, backend=backend, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
                 lr_schedule=lr_schedule, momentum=momentum, seed=seed, train_size=train_size, test_size=test_size,
                 data_dir=data_dir, metrics_out=metrics_out, checkpoint=checkpoint, resume=resume,
-                progress=progress) as (settings, resumed):
+                progress=progress, memory_check=memory_check) as (settings, resumed):
             train(settings, resumed, profile)
 
-    @typed(text=("checkpoint", "backend", "data_dir"))
-    def evaluate(self, *, checkpoint=None, backend=None, data_dir=None, test_size=None):
+    @typed(text=("checkpoint", "backend", "data_dir"), flags=("memory_check",))
+    def evaluate(self, *, checkpoint=None, backend=None, data_dir=None, test_size=None, memory_check=True):
         """Test accuracy and confusion matrix of a checkpoint written by `convlab train --checkpoint`.
 
         Args:
@@ -178,6 +181,7 @@ class Commands:
                 (default: the ones it was trained with).
             data_dir: where the checkpoint's data set is (as for `convlab train`).
             test_size: use only the first N test images (default: all).
+            memory_check: refuse a network that cannot fit in the memory available; no skips the check.
         """
         from convlab.data import load_dataset
         from convlab.inference import evaluation_report, load_model
@@ -185,13 +189,13 @@ class Commands:
 
         test_size = None if test_size is None else positive_int("test-size", test_size)
         model, saved = load_model(required("checkpoint", checkpoint), backend,
-                                  batch=min(EVALUATION_BATCH, test_size or EVALUATION_BATCH))
+                                  batch=min(EVALUATION_BATCH, test_size or EVALUATION_BATCH) if memory_check else None)
         data = load_dataset(saved.settings["dataset"], data_dir)
         n_test = subset_size("test-size", test_size, len(data.x_test))
         print(evaluation_report(model, saved, data.x_test[:n_test], data.y_test[:n_test]))
 
-    @typed(positional=("file",), text=("checkpoint", "backend"), flags=("invert",))
-    def predict(self, file=None, *, checkpoint=None, backend=None, invert=False):
+    @typed(positional=("file",), text=("checkpoint", "backend"), flags=("invert", "memory_check"))
+    def predict(self, file=None, *, checkpoint=None, backend=None, invert=False, memory_check=True):
         """The class of one 28x28 image, with the probability of each class.
 
         FILE is a grayscale PNG (white digit on black, as MNIST) or a .npy array of shape
@@ -203,10 +207,11 @@ class Commands:
             backend: convolution backend to compute with, or one per conv layer, comma-separated
                 (default: the ones it was trained with).
             invert: the image is a dark digit on a light background.
+            memory_check: refuse a network that cannot fit in the memory available; no skips the check.
         """
         from convlab.inference import check_has_content, load_image, load_model, prediction_report
 
-        model, saved = load_model(required("checkpoint", checkpoint), backend, batch=1)
+        model, saved = load_model(required("checkpoint", checkpoint), backend, batch=1 if memory_check else None)
         class_name = "digit" if saved.settings["dataset"] == "mnist" else "class"
         image = check_has_content(load_image(required("FILE", file), invert), file, class_name)
         print(prediction_report(model, image, class_name, inverted=invert))

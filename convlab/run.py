@@ -143,7 +143,8 @@ def train(settings: TrainSettings, resumed=None, profile=False):
 
     # What an interrupted or failed run's message needs to say how to go on from its checkpoint.
     resume_options = dict(epochs=settings.epochs, backend=settings.backend, data_dir=settings.data_dir,
-                          metrics_out=settings.metrics_out, progress=None if settings.progress else False)
+                          metrics_out=settings.metrics_out, progress=None if settings.progress else False,
+                          memory_check=None if settings.memory_check else False)
     started, epochs_before = time.perf_counter(), len(history)
     try:
         with backend_log_to_stdout(), ctrl_c_at_safe_points() as stop_if_asked, \

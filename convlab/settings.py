@@ -10,8 +10,9 @@ Fields are of two kinds:
 
 * what the run *is* (:data:`RECORDED`): written into its checkpoint and metrics file, so a
   resumed run, ``evaluate``, ``predict`` and ``report`` know it;
-* where it reads and writes and what it shows (``data_dir``, ``metrics_out``,
-  ``checkpoint``, ``resume``, ``progress``): not recorded, free to change on resume.
+* where it reads and writes, what it shows and whether its memory is checked
+  (``data_dir``, ``metrics_out``, ``checkpoint``, ``resume``, ``progress``,
+  ``memory_check``): not recorded, free to change on resume.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class TrainSettings:
     whole split; :meth:`with_data_sizes` makes them the numbers of images used.
 
     A network whose training step cannot fit in the memory available is refused
-    (:func:`check_memory`) when the settings are made; not their copies made during the run
+    (:func:`check_memory`) when the settings are made, unless ``memory_check`` is False (the
+    user knows more will be there); not their copies made during the run
     (:meth:`with_backends`, :meth:`with_data_sizes`).
     """
 
@@ -96,6 +98,7 @@ class TrainSettings:
     checkpoint: str | None = None
     resume: str | None = None
     progress: bool = True
+    memory_check: bool = True
 
     def __post_init__(self):
         from convlab.data import data_source
@@ -120,6 +123,8 @@ class TrainSettings:
         if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**64:
             # 2^64 and up: numpy would seed with it, but no checkpoint could record it.
             raise UsageError(f"--seed must be a whole number from 0 to 2^64 - 1, got {seed!r}")
+        if not isinstance(self.memory_check, bool):  # a string "no" would be true
+            raise UsageError(f"--memory-check takes yes or no (True or False), got {self.memory_check!r}")
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
                 normalised[name] = positive_int(name.replace("_", "-"), getattr(self, name))
@@ -127,7 +132,8 @@ class TrainSettings:
         # A step's batch: --batch-size images, or all of --train-size if fewer. (Without
         # --train-size, a --batch-size beyond the data set's images is counted as given.)
         batch = min(normalised["batch_size"], normalised.get("train_size", normalised["batch_size"]))
-        layer_backends(model, backend, normalised["batch_size"], memory_batch=batch, resumed=self.resume is not None)
+        layer_backends(model, backend, normalised["batch_size"], memory_batch=batch if self.memory_check else None,
+                       resumed=self.resume is not None)
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
 
@@ -324,9 +330,11 @@ def check_memory(needed: int, name: str, batch: int, training=True, resumed=Fals
 
     Without this the run starts, and the kernel's OOM killer ends it (exit 137, no message)
     once the machine has been driven into swapping, or numpy's MemoryError comes in the
-    middle of an epoch. ``needed`` is a lower bound, so a run this refuses could not have fit.
-    What to lower is said only where it can change: not for a ``resumed`` run, whose network
-    and batch size are its checkpoint's.
+    middle of an epoch. ``needed`` is a lower bound, so a run this refuses could not have fit
+    in the memory there is now. What to lower is said only where it can change: not for a
+    ``resumed`` run, whose network and batch size are its checkpoint's. The message ends with
+    ``--memory-check no``, which skips the check: for a user who knows that more will be there
+    than the kernel reports now (memory overcommit, a swap file that grows when needed).
     """
     available = available_memory()
     if available is None or needed <= available:
@@ -340,4 +348,5 @@ def check_memory(needed: int, name: str, batch: int, training=True, resumed=Fals
         what = f"a forward pass on {batch} image{'s' * (batch != 1)} (weights and activations)"
         lower = "free memory, or run it on a machine with more"
     raise UsageError(f"the {name} network needs at least {in_units(needed)} of memory for {what}, but "
-                     f"{in_units(available)} is available; {lower}")
+                     f"{in_units(available)} is available; {lower} (if more memory will be there than the "
+                     "kernel reports now, --memory-check no skips this check)")

@@ -87,7 +87,8 @@ def test_the_network_that_the_oom_killer_ended_is_refused_on_this_machine(memory
     assert str(refused.value) == (
         "the c100000k3 dense10 network needs at least 37.3 GiB of memory for a training step on 64 images "
         "(weights, momentum, activations, gradients), but 22.0 GiB is available; lower --batch-size, or the "
-        "network's size (the filters of c<F>k<K> and units of dense<N> in its spec)")
+        "network's size (the filters of c<F>k<K> and units of dense<N> in its spec) (if more memory will be there "
+        "than the kernel reports now, --memory-check no skips this check)")
     assert huge_network().least_memory(1, training=False) < 3 * GiB  # predict would fit
 
 
@@ -131,7 +132,8 @@ def test_a_resumed_run_is_checked_and_not_told_to_lower_what_it_cannot_change(ca
     assert code == 2 and out == "" and err == (
         "convlab: error: the reference network needs at least 10.6 MiB of memory for a training step on 64 images "
         "(weights, momentum, activations, gradients), but 4.0 MiB is available; a resumed run keeps the network "
-        "and --batch-size it started with: free memory, or resume it on a machine with more\n")
+        "and --batch-size it started with: free memory, or resume it on a machine with more (if more memory will "
+        "be there than the kernel reports now, --memory-check no skips this check)\n")
 
 
 def test_a_resumed_run_holds_one_copy_of_its_checkpoint(monkeypatch, tmp_path):
@@ -175,7 +177,8 @@ def test_evaluate_and_predict_check_one_forward_pass(capsys, memory, tmp_path):
     code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(path))
     assert code == 2 and err == ("convlab: error: the reference network needs at least 10.1 MiB of memory for a "
                                  "forward pass on 128 images (weights and activations), but 4.0 MiB is available; "
-                                 "free memory, or run it on a machine with more\n")
+                                 "free memory, or run it on a machine with more (if more memory will be there than "
+                                 "the kernel reports now, --memory-check no skips this check)\n")
     memory(1 * MiB)
     code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(path), "--test-size", "8")
     assert code == 2 and "at least 1.3 MiB of memory for a forward pass on 8 images (" in err
@@ -184,3 +187,42 @@ def test_evaluate_and_predict_check_one_forward_pass(capsys, memory, tmp_path):
     memory(MiB // 2)
     code, _, err = run_cli(capsys, "predict", str(tmp_path / "digit.npy"), "--checkpoint", str(path))
     assert code == 2 and "at least 0.8 MiB of memory for a forward pass on 1 image (" in err
+
+
+def test_memory_check_no_skips_the_check(capsys, data_read_once, memory, monkeypatch, tmp_path):
+    """For a user who knows more memory will be there than the kernel reports (overcommit, a
+    swap file that grows): train, evaluate and predict run on; on a resume it is given again,
+    and the command that resumes an interrupted run keeps it."""
+    import convlab.run
+
+    memory(1024)
+    assert TrainSettings(model="c64k3p1 relu dense10", memory_check=False).memory_check is False
+    code, out, err = run_cli(capsys, "train", "--model", "c2k3 dense10", "--train-size", "32", "--test-size", "32",
+                             "--epochs", "1", "--progress", "no", "--memory-check", "no")
+    assert code == 0 and "epoch 1/1" in out, err
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)
+    np.save(tmp_path / "digit.npy", np.eye(28, dtype=np.float32))
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", str(path), "--test-size", "8", "--memory-check", "no")
+    assert code == 0 and "test accuracy" in out, err
+    code, out, err = run_cli(capsys, "predict", str(tmp_path / "digit.npy"), "--checkpoint", str(path),
+                             "--memory-check", "no")
+    assert code == 0 and out.startswith("digit: "), err
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convlab.run, "fit", interrupted)
+    code, _, err = run_cli(capsys, "train", "--resume", str(path), "--epochs", "3", "--progress", "no",
+                           "--memory-check", "no")
+    assert code == 130 and err.endswith(f"resume with: convlab train --resume {path} --epochs 3 --backend im2col "
+                                        "--progress False --memory-check False\n")
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_memory_check_is_yes_or_no(capsys, value):
+    with pytest.raises(UsageError, match=f"--memory-check takes yes or no \\(True or False\\), got {value!r}"):
+        TrainSettings(memory_check=value)
+    code, _, err = run_cli(capsys, "train", "--memory-check", "maybe")
+    assert code == 2 and err.startswith("convlab: error: --memory-check takes yes or no (also true/false, on/off, "
+                                        "1/0), got 'maybe'")

@@ -331,7 +331,7 @@ def test_surplus_positional_arguments_are_refused_as_such(argv, fragment):
 
 
 @pytest.mark.parametrize("command, options, argument", [
-    ("predict", "--checkpoint, --backend, --invert", "FILE"), ("report", "--out, --bench", "SOURCE")])
+    ("predict", "--checkpoint, --backend, --invert, --memory-check", "FILE"), ("report", "--out, --bench", "SOURCE")])
 def test_an_unknown_option_lists_the_options_help_shows(command, options, argument):
     """The positional argument is named as --help names it (FILE), not offered as --file."""
     code, _, err = convlab(command, "--bogus", "1")
