@@ -183,13 +183,16 @@ class Commands:
             test_size: use only the first N test images (default: all).
             memory_check: refuse a network that cannot fit in the memory available; no skips the check.
         """
-        from convlab.data import load_dataset
-        from convlab.inference import evaluation_report, load_model
+        from convlab.checkpoints import load_checkpoint
+        from convlab.data import load_dataset, split_size
+        from convlab.inference import evaluation_report, restore_model
         from convlab.training import EVALUATION_BATCH
 
         test_size = None if test_size is None else positive_int("test-size", test_size)
-        model, saved = load_model(required("checkpoint", checkpoint), backend,
-                                  batch=min(EVALUATION_BATCH, test_size or EVALUATION_BATCH) if memory_check else None)
+        saved = load_checkpoint(required("checkpoint", checkpoint))
+        # Its batches: EVALUATION_BATCH images, or all those used if fewer (as far as the files tell).
+        images = test_size or split_size(saved.settings["dataset"], data_dir, "test") or EVALUATION_BATCH
+        model = restore_model(saved, backend, batch=min(EVALUATION_BATCH, images) if memory_check else None)
         data = load_dataset(saved.settings["dataset"], data_dir)
         n_test = subset_size("test-size", test_size, len(data.x_test))
         print(evaluation_report(model, saved, data.x_test[:n_test], data.y_test[:n_test]))

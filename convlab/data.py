@@ -96,10 +96,9 @@ def load_idx(data_dir: Path, stem: str, sha256: str | None, name: str = "") -> n
     """Read ``stem`` or ``stem.gz`` from ``data_dir`` and verify its payload's sha256 (a
     file of data set ``name``: when it holds another known data set's file, the error
     says which)."""
-    candidates = [data_dir / f"{stem}.gz", data_dir / stem]
-    path = next((p for p in candidates if p.is_file()), None)
+    path = idx_file(data_dir, stem)
     if path is None:
-        raise DataError(f"missing data file: {candidates[0]} (or {candidates[1].name}) not found")
+        raise DataError(f"missing data file: {data_dir / stem}.gz (or {stem}) not found")
     payload = read_payload(path)
     if not payload:  # an interrupted download or copy; its checksum would only be that of nothing
         source = DATASETS.get(name)
@@ -115,6 +114,11 @@ def load_idx(data_dir: Path, stem: str, sha256: str | None, name: str = "") -> n
                                 f"(checksum); point --data-dir at the {name} files or pass --dataset {known[0]}")
             raise DataError(f"{path}: checksum mismatch: sha256 of the payload is {actual}, expected {sha256}")
     return parse_idx(payload, str(path))
+
+
+def idx_file(folder: Path, stem: str) -> Path | None:
+    """The idx file ``stem`` in ``folder``: ``stem.gz``, else ``stem``; None if neither is a file."""
+    return next((path for path in (folder / f"{stem}.gz", folder / stem) if path.is_file()), None)
 
 
 def known_payload(sha256: str) -> tuple[str, str] | None:
@@ -184,28 +188,57 @@ def load_dataset(name="mnist", data_dir=None, verify=True) -> Dataset:
     holding ``MNISTdata.hdf5``, or such an HDF5 file itself. Without it, the data set's
     usual folders are searched in order. ``verify`` checks each idx payload's sha256.
     """
+    kind, path = find_dataset(name, data_dir)
+    return load_hdf5(path, name) if kind == "hdf5" else load_idx_dataset(name, path, verify)
+
+
+def split_size(name: str, data_dir, split: str) -> int | None:
+    """How many images the ``split`` ("train" or "test") of :func:`load_dataset` (``name``,
+    ``data_dir``) holds, read from its file's header (an idx file's first dimension, an HDF5
+    dataset's shape) without reading an image: for the memory check, which runs before the
+    data set is loaded. None where it cannot be read (loading the data set then says why)."""
+    try:
+        kind, path = find_dataset(name, data_dir)
+        if kind == "hdf5":
+            with h5py.File(path, "r") as file:
+                return int(file[f"x_{split}"].shape[0])
+        images = idx_file(path, data_source(name).files[f"{split}_images"][0])
+        if images is None:
+            return None
+        with (gzip.open if images.suffix == ".gz" else open)(images, "rb") as file:
+            header = file.read(8)  # magic 00 00 TT DD, then the first dimension (big-endian)
+    except (DataError, OSError, EOFError, zlib.error, KeyError, AttributeError, IndexError, TypeError):
+        return None
+    if len(header) < 8 or header[:2] != b"\x00\x00" or header[3] == 0:  # no idx file (the load says so)
+        return None
+    return int.from_bytes(header[4:], "big")
+
+
+def find_dataset(name: str, data_dir=None) -> tuple[str, Path]:
+    """Where :func:`load_dataset` reads the data set ``name`` from: ("idx", the folder of its
+    idx files) or ("hdf5", the file); a :class:`DataError` where there is none."""
     source = data_source(name)
     if data_dir is None:
         folder = next((f for f in source.folders if f.is_dir()), None)
         if folder is None:
             searched = " or ".join(str(f) for f in source.folders)
             raise DataError(f"{name} not found in {searched}; {source.how_to_get}")
-        return load_idx_dataset(name, folder, verify)
+        return "idx", folder
     path = Path(data_dir)
     if path.is_file():
-        return load_hdf5(path, name)
+        return "hdf5", path
     if not path.is_dir():
         raise DataError(f"data directory {path} does not exist")
     if (path / name).is_dir():
         path = path / name
     stems = [stem for stem, _ in source.files.values()]
-    has_idx = any((path / s).is_file() or (path / f"{s}.gz").is_file() for s in stems)
+    has_idx = any(idx_file(path, stem) is not None for stem in stems)
     if not has_idx and (path / HDF5_NAME).is_file():
-        return load_hdf5(path / HDF5_NAME, name)
+        return "hdf5", path / HDF5_NAME
     if not has_idx:
         raise DataError(f"{path} holds no {name} data: expected the idx files {', '.join(stems)} "
                         f"(each optionally .gz) or {HDF5_NAME}; {source.how_to_get}")
-    return load_idx_dataset(name, path, verify)
+    return "idx", path
 
 
 def load_mnist(data_dir=None, verify=True) -> Dataset:

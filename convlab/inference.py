@@ -34,7 +34,14 @@ class ImageError(ValueError):
 
 
 def load_model(checkpoint_path, backend=None, batch=None):
-    """The checkpoint's network holding its weights; returns (model, checkpoint).
+    """The network of the checkpoint in ``checkpoint_path``, holding its weights: returns
+    (model, checkpoint). See :func:`restore_model`."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    return restore_model(checkpoint, backend, batch), checkpoint
+
+
+def restore_model(checkpoint, backend=None, batch=None):
+    """The network of ``checkpoint`` (loaded), holding its weights.
 
     The network is the one named by the checkpoint's ``model`` setting (the reference
     network for checkpoints older than that setting). Each conv layer runs on ``backend``
@@ -43,7 +50,6 @@ def load_model(checkpoint_path, backend=None, batch=None):
     ``batch``, a network whose forward pass over that many images at once cannot fit in
     the memory available is refused first (:func:`convlab.settings.check_memory`).
     """
-    checkpoint = load_checkpoint(checkpoint_path)
     model = get_model(checkpoint.settings.get("model", DEFAULT_MODEL))
     if backend is None:
         trained_with = str(checkpoint.settings.get("backends") or checkpoint.settings.get("backend")).split(",")
@@ -52,7 +58,7 @@ def load_model(checkpoint_path, backend=None, batch=None):
     network = model.build()
     network.set_backends(names)
     checkpoint.restore(network)
-    return network, checkpoint
+    return network
 
 
 def layer_backend_names(model) -> str:

@@ -101,7 +101,7 @@ class TrainSettings:
     memory_check: bool = True
 
     def __post_init__(self):
-        from convlab.data import data_source
+        from convlab.data import data_source, split_size
         from convlab.models import get_model
         from convlab.registry import get_backend
 
@@ -129,10 +129,13 @@ class TrainSettings:
             if getattr(self, name) is not None:
                 normalised[name] = positive_int(name.replace("_", "-"), getattr(self, name))
         data_source(self.dataset)
-        # A step's batch: --batch-size images, or all of --train-size if fewer. (Without
-        # --train-size, a --batch-size beyond the data set's images is counted as given.)
-        batch = min(normalised["batch_size"], normalised.get("train_size", normalised["batch_size"]))
-        layer_backends(model, backend, normalised["batch_size"], memory_batch=batch if self.memory_check else None,
+        memory_batch = None
+        if self.memory_check:
+            # A step's batch: --batch-size images, or all the images used if fewer: --train-size,
+            # at most the data set's (where its files can tell; else --batch-size is counted).
+            memory_batch = min(filter(None, (normalised["batch_size"], normalised.get("train_size"),
+                                             split_size(self.dataset, self.data_dir, "train"))))
+        layer_backends(model, backend, normalised["batch_size"], memory_batch=memory_batch,
                        resumed=self.resume is not None)
         for name, value in normalised.items():
             object.__setattr__(self, name, value)

@@ -14,6 +14,7 @@ from convlab.models import Sequential, get_model
 from convlab.optimizers import SGD
 from convlab.settings import TrainSettings, UsageError, available_memory, check_memory
 from convlab.training import predict_logits, train_step
+from tests.conftest import random_digits
 from tests.test_checkpoints import make_checkpoint
 from tests.test_cli import run_cli
 
@@ -226,3 +227,48 @@ def test_memory_check_is_yes_or_no(capsys, value):
     code, _, err = run_cli(capsys, "train", "--memory-check", "maybe")
     assert code == 2 and err.startswith("convlab: error: --memory-check takes yes or no (also true/false, on/off, "
                                         "1/0), got 'maybe'")
+
+
+def test_the_batch_counted_is_at_most_the_images_used(capsys, memory, tmp_path):
+    """A training batch is a slice of the training images (train_epoch), an evaluation batch
+    one of the test images (predict_logits): --batch-size beyond them is not counted."""
+    step = get_model("reference").build().least_memory
+    memory((step(60000) + step(100000)) // 2)  # MNIST's 60 000 training images fit, 100 000 would not
+    assert TrainSettings(batch_size=100000).batch_size == 100000
+    memory(step(60000) - 1)
+    with pytest.raises(UsageError, match="for a training step on 60000 images"):
+        TrainSettings(batch_size=100000)
+    data = str(random_digits(tmp_path / "tiny.hdf5"))  # 64 training images, 32 test images
+    memory(step(64))
+    TrainSettings(batch_size=1000, data_dir=data)
+    memory(step(47))
+    with pytest.raises(UsageError, match="for a training step on 48 images"):  # --train-size, if fewer
+        TrainSettings(batch_size=1000, data_dir=data, train_size=48)
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)  # the reference network on mnist
+    forward = get_model("reference").build().least_memory(32, training=False)
+    memory(forward)
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", str(path), "--data-dir", data)
+    assert code == 0 and "/32)" in out, err  # batches of 128 images: all 32 at once
+    memory(forward - 1)
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(path), "--data-dir", data)
+    assert code == 2 and "for a forward pass on 32 images (" in err
+
+
+def test_the_number_of_images_is_read_from_the_files_headers(tmp_path):
+    from convlab.data import DEFAULT_DATA_DIR, split_size
+
+    assert (split_size("mnist", None, "train"), split_size("mnist", None, "test")) == (60000, 10000)  # .gz
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "t10k-images-idx3-ubyte").write_bytes(bytes.fromhex("00000803 0000002a 0000001c 0000001c"))
+    assert split_size("mnist", plain, "test") == 42 and split_size("mnist", plain, "train") is None  # missing
+    data = random_digits(tmp_path / "tiny.hdf5", train=20, test=30)
+    assert (split_size("mnist", data, "train"), split_size("mnist", tmp_path, "test")) == (20, None)
+    (tmp_path / "MNISTdata.hdf5").write_bytes(data.read_bytes())  # a folder holding it
+    assert split_size("mnist", tmp_path, "test") == 30
+    (plain / "t10k-images-idx3-ubyte").write_bytes(b"not an idx file")
+    (plain / "train-images-idx3-ubyte.gz").write_bytes((DEFAULT_DATA_DIR / "mnist" / "SHA256SUMS").read_bytes())
+    # Neither can be loaded (the load says why), nor read here: not known.
+    assert split_size("mnist", plain, "test") is None and split_size("mnist", plain, "train") is None
+    assert split_size("mnist", tmp_path / "nowhere", "train") is None
