@@ -21,6 +21,8 @@ import contextlib
 import copy
 import numbers
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from convlab.optimizers import LR_SCHEDULES
 
@@ -299,27 +301,104 @@ def network_backends(network, model_name, backend, batch_size) -> list[str]:
     return names
 
 
-MEMINFO = "/proc/meminfo"
+class Headroom(NamedTuple):
+    """Memory a run can still take before the kernel's OOM killer ends it (:func:`available_memory`)."""
+
+    nbytes: int
+    limit: int | None = None  # the container's memory limit that sets it, in bytes; None: the machine's memory
 
 
-def available_memory() -> int | None:
-    """Bytes the kernel can still give processes before its OOM killer ends one: Linux's
-    MemAvailable in :data:`MEMINFO` (which counts the page cache it can drop) plus SwapFree
-    (slow, but a run that swaps still finishes), or None where MemAvailable cannot be read.
-    The memory this process freed but kept is given back first, to be counted as available."""
+def available_memory(root="/") -> Headroom | None:
+    """Bytes the kernel can still give this process before its OOM killer ends it: the
+    smaller of the machine's ``MemAvailable`` (in /proc/meminfo; it counts the page cache the
+    kernel can drop) and the headroom under its cgroup's memory limit (:func:`cgroup_headroom`:
+    a container's), plus ``SwapFree`` (slow, but a run that swaps still finishes). None where
+    neither can be read. ``root`` is where / is (a test gives a made-up tree). The memory this
+    process freed but kept is given back first, to be counted as available."""
     from convlab.allocator import give_back_freed_memory
 
     give_back_freed_memory()
+    meminfo = stat_fields(Path(root, "proc/meminfo"), ("MemAvailable", "SwapFree"))  # in kB
+    machine = meminfo["MemAvailable"] * 1024 if "MemAvailable" in meminfo else None
+    swap, container = meminfo.get("SwapFree", 0) * 1024, cgroup_headroom(root)
+    if container is not None and (machine is None or container[0] < machine):
+        return Headroom(container[0] + swap, container[1])
+    return None if machine is None else Headroom(machine + swap)
+
+
+def stat_fields(path, names) -> dict[str, int]:
+    """The fields in ``names`` that the file ``path`` of ``name value`` lines has (/proc/meminfo's
+    ``Name:  value kB``, a cgroup's memory.stat); none where it cannot be read."""
     fields = {}
     try:
-        with open(MEMINFO) as meminfo:
-            for line in meminfo:
-                name, _, value = line.partition(":")
-                if name in ("MemAvailable", "SwapFree"):
-                    fields[name] = int(value.split()[0]) * 1024  # in kB
-    except (OSError, ValueError, IndexError):
+        with open(path) as file:
+            for line in file:
+                words = line.split()
+                if len(words) >= 2 and words[0].rstrip(":") in names:
+                    fields[words[0].rstrip(":")] = int(words[1])
+    except (OSError, ValueError):
+        return {}
+    return fields
+
+
+# Per cgroup version: the files of the memory limit and usage, and the page cache's fields of
+# memory.stat (v1's total_*: of the cgroup and those below it, as its usage; v2's are so).
+CGROUP_FILES = {"v2": ("memory.max", "memory.current", ("active_file", "inactive_file")),
+                "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", ("total_active_file", "total_inactive_file"))}
+
+
+def cgroup_headroom(root="/") -> tuple[int, int] | None:
+    """(bytes, limit): the least headroom under a memory limit of this process's cgroup or of
+    one above it (a limit on a parent binds a nested cgroup too), and that limit; None where
+    none is set or none could be read (never a guess: a file that cannot be read adds nothing).
+
+    The cgroups are those /proc/self/cgroup names: v2's ``0::/path`` (read under
+    /sys/fs/cgroup) and v1's memory controller's ``N:memory:/path`` (under
+    /sys/fs/cgroup/memory). Every level up to the mount's root is read: in a container
+    without its own cgroup namespace the path is the host's, and the container's cgroup is
+    the mount's root. A level's headroom is its limit (v2 ``memory.max``, where ``max`` is
+    none; v1 ``memory.limit_in_bytes``) less its usage (``memory.current``,
+    ``memory.usage_in_bytes``), plus its page cache (``active_file`` and ``inactive_file`` of
+    ``memory.stat``): the usage counts the page cache, which the kernel reclaims (the active
+    list too, aged onto the inactive one) before its OOM killer ends a process there, as
+    ``MemAvailable`` counts the machine's. So a cgroup that has read big files is not taken
+    as full; a level whose memory.stat cannot be read counts as not known, not as full."""
+    try:
+        with open(Path(root, "proc/self/cgroup")) as file:
+            lines = [line.rstrip("\n").split(":", 2) for line in file]
+    except (OSError, ValueError):  # ValueError: not text
         return None
-    return fields["MemAvailable"] + fields.get("SwapFree", 0) if "MemAvailable" in fields else None
+    found = []
+    for hierarchy_id, controllers, path in (line for line in lines if len(line) == 3):
+        if hierarchy_id == "0" and controllers == "":
+            version, mount = "v2", Path(root, "sys/fs/cgroup")
+        elif "memory" in controllers.split(","):
+            version, mount = "v1", Path(root, "sys/fs/cgroup", controllers)
+        else:
+            continue
+        cgroup = PurePosixPath(path)
+        if ".." in cgroup.parts:  # outside this process's cgroup namespace: not under the mount
+            continue
+        for level in (cgroup, *cgroup.parents):
+            headroom = cgroup_level_headroom(mount / str(level).lstrip("/"), *CGROUP_FILES[version])
+            if headroom is not None:
+                found.append(headroom)
+    return min(found, default=None)
+
+
+def cgroup_level_headroom(folder: Path, limit_file, usage_file, cache_fields) -> tuple[int, int] | None:
+    """(bytes, limit) of the cgroup ``folder`` (see :func:`cgroup_headroom`), or None."""
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        if limit == "max":
+            return None
+        limit, usage = int(limit), int((folder / usage_file).read_text())
+    except (OSError, ValueError):
+        return None
+    cache = stat_fields(folder / "memory.stat", cache_fields)
+    if len(cache) != len(cache_fields):
+        return None
+    return max(0, limit - usage + sum(cache.values())), limit
 
 
 def in_units(nbytes: int) -> str:
@@ -329,7 +408,8 @@ def in_units(nbytes: int) -> str:
 def check_memory(needed: int, name: str, batch: int, training=True, resumed=False):
     """Refuse, up front, the network called ``name`` when a pass over ``batch`` images needs
     ``needed`` bytes at least (:meth:`convlab.models.Sequential.least_memory`) and less is
-    available (:func:`available_memory`; where that cannot be read, nothing is checked).
+    available (:func:`available_memory`; where that cannot be read, nothing is checked). The
+    message says which limit it was: the machine's memory or the container's limit.
 
     Without this the run starts, and the kernel's OOM killer ends it (exit 137, no message)
     once the machine has been driven into swapping, or numpy's MemoryError comes in the
@@ -340,16 +420,19 @@ def check_memory(needed: int, name: str, batch: int, training=True, resumed=Fals
     than the kernel reports now (memory overcommit, a swap file that grows when needed).
     """
     available = available_memory()
-    if available is None or needed <= available:
+    if available is None or needed <= available.nbytes:
         return
+    elsewhere = "on a machine with more" if available.limit is None else "under a higher memory limit"
     if training:
         what = f"a training step on {batch} image{'s' * (batch != 1)} (weights, momentum, activations, gradients)"
-        lower = ("a resumed run keeps the network and --batch-size it started with: free memory, or resume it on "
-                 "a machine with more" if resumed else "lower --batch-size, or the network's size (the filters "
+        lower = (f"a resumed run keeps the network and --batch-size it started with: free memory, or resume it "
+                 f"{elsewhere}" if resumed else "lower --batch-size, or the network's size (the filters "
                  "of c<F>k<K> and units of dense<N> in its spec)")
     else:
         what = f"a forward pass on {batch} image{'s' * (batch != 1)} (weights and activations)"
-        lower = "free memory, or run it on a machine with more"
+        lower = f"free memory, or run it {elsewhere}"
+    where = ("on this machine" if available.limit is None
+             else f"under the container's memory limit of {in_units(available.limit)} (cgroup)")
     raise UsageError(f"the {name} network needs at least {in_units(needed)} of memory for {what}, but "
-                     f"{in_units(available)} is available; {lower} (if more memory will be there than the "
-                     "kernel reports now, --memory-check no skips this check)")
+                     f"{in_units(available.nbytes)} is available {where}; {lower} (if more memory will be there "
+                     "than the kernel reports now, --memory-check no skips this check)")

@@ -12,7 +12,7 @@ import convlab.settings
 from convlab.layers import Conv2D, Dense, Flatten
 from convlab.models import Sequential, get_model
 from convlab.optimizers import SGD
-from convlab.settings import TrainSettings, UsageError, available_memory, check_memory
+from convlab.settings import Headroom, TrainSettings, UsageError, available_memory, check_memory
 from convlab.training import predict_logits, train_step
 from tests.conftest import random_digits
 from tests.test_checkpoints import make_checkpoint
@@ -27,8 +27,12 @@ NETWORKS = ["reference", "lenet5", "vgg3x3", "c4k3p1 relu maxpool2p1 c6k3 avgpoo
 
 @pytest.fixture
 def memory(monkeypatch):
-    """Set the memory available (bytes, or None: unknown) that the check reads."""
-    return lambda available: monkeypatch.setattr(convlab.settings, "available_memory", lambda: available)
+    """Set the memory available (bytes, or None: unknown) that the check reads, and the
+    container's memory limit that sets it (None: the machine's memory)."""
+    def set_memory(available, limit=None):
+        headroom = None if available is None else Headroom(available, limit)
+        monkeypatch.setattr(convlab.settings, "available_memory", lambda: headroom)
+    return set_memory
 
 
 def traced_peak(run) -> int:
@@ -87,9 +91,9 @@ def test_the_network_that_the_oom_killer_ended_is_refused_on_this_machine(memory
         check_memory(needed, "c100000k3 dense10", 64)
     assert str(refused.value) == (
         "the c100000k3 dense10 network needs at least 37.3 GiB of memory for a training step on 64 images "
-        "(weights, momentum, activations, gradients), but 22.0 GiB is available; lower --batch-size, or the "
-        "network's size (the filters of c<F>k<K> and units of dense<N> in its spec) (if more memory will be there "
-        "than the kernel reports now, --memory-check no skips this check)")
+        "(weights, momentum, activations, gradients), but 22.0 GiB is available on this machine; lower "
+        "--batch-size, or the network's size (the filters of c<F>k<K> and units of dense<N> in its spec) (if more "
+        "memory will be there than the kernel reports now, --memory-check no skips this check)")
     assert huge_network().least_memory(1, training=False) < 3 * GiB  # predict would fit
 
 
@@ -99,7 +103,7 @@ def test_the_built_in_networks_need_a_small_fraction_of_the_memory(name, mib):
     available memory (and this one's)."""
     assert round(get_model(name).build().least_memory(64) / MiB, 1) == mib
     available = available_memory()
-    assert available is None or available > 1 * GiB
+    assert available is None or available.nbytes > 1 * GiB
     TrainSettings(model=name)  # checked against this machine's memory, and passes
 
 
@@ -110,7 +114,7 @@ def test_train_refuses_in_one_line_before_anything_runs(capsys, memory, tmp_path
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith("convlab: error: the c64k3p1 relu dense10 network needs at least 53.2 MiB of memory for "
                           "a training step on 128 images (weights, momentum, activations, gradients), but 40.0 MiB "
-                          "is available; lower --batch-size")
+                          "is available on this machine; lower --batch-size")
     assert list(tmp_path.iterdir()) == []
     # The batch is at most --train-size images; and a smaller one fits.
     assert TrainSettings(model="c64k3p1 relu dense10", batch_size=128, train_size=32).batch_size == 128
@@ -132,9 +136,9 @@ def test_a_resumed_run_is_checked_and_not_told_to_lower_what_it_cannot_change(ca
     code, out, err = run_cli(capsys, "train", "--resume", str(path), "--epochs", "3", "--progress", "no")
     assert code == 2 and out == "" and err == (
         "convlab: error: the reference network needs at least 10.6 MiB of memory for a training step on 64 images "
-        "(weights, momentum, activations, gradients), but 4.0 MiB is available; a resumed run keeps the network "
-        "and --batch-size it started with: free memory, or resume it on a machine with more (if more memory will "
-        "be there than the kernel reports now, --memory-check no skips this check)\n")
+        "(weights, momentum, activations, gradients), but 4.0 MiB is available on this machine; a resumed run keeps "
+        "the network and --batch-size it started with: free memory, or resume it on a machine with more (if more "
+        "memory will be there than the kernel reports now, --memory-check no skips this check)\n")
 
 
 def test_a_resumed_run_holds_one_copy_of_its_checkpoint(monkeypatch, tmp_path):
@@ -155,19 +159,16 @@ def test_a_resumed_run_holds_one_copy_of_its_checkpoint(monkeypatch, tmp_path):
         assert first() is None and loaded == [resumed]
 
 
-def test_without_a_reading_of_the_memory_nothing_is_checked(memory, monkeypatch, tmp_path):
+def test_without_a_reading_of_the_memory_nothing_is_checked(memory, tmp_path):
     memory(None)
     TrainSettings(model="c64k3p1 relu dense10", batch_size=4096)
-    monkeypatch.undo()
-    monkeypatch.setattr(convlab.settings, "MEMINFO", str(tmp_path / "no-meminfo"))  # not Linux
-    assert available_memory() is None
-    (tmp_path / "meminfo").write_text("MemTotal:       24683652 kB\nMemAvailable:   1024 kB\n")
-    monkeypatch.setattr(convlab.settings, "MEMINFO", str(tmp_path / "meminfo"))
-    assert available_memory() == 1024 * 1024
-    (tmp_path / "meminfo").write_text("MemAvailable:   1024 kB\nSwapTotal:    8192 kB\nSwapFree:    2048 kB\n")
-    assert available_memory() == 3072 * 1024  # a run that swaps is slow, but finishes
-    (tmp_path / "meminfo").write_text("MemTotal:       24683652 kB\n")  # a kernel before 3.14
-    assert available_memory() is None
+    assert available_memory(tmp_path) is None  # not Linux: no /proc
+    meminfo = made_up_root(tmp_path, meminfo="MemTotal:       24683652 kB\nMemAvailable:   1024 kB\n")
+    assert available_memory(tmp_path) == (1024 * 1024, None)
+    meminfo.write_text("MemAvailable:   1024 kB\nSwapTotal:    8192 kB\nSwapFree:    2048 kB\n")
+    assert available_memory(tmp_path) == (3072 * 1024, None)  # a run that swaps is slow, but finishes
+    meminfo.write_text("MemTotal:       24683652 kB\n")  # a kernel before 3.14
+    assert available_memory(tmp_path) is None
 
 
 def test_evaluate_and_predict_check_one_forward_pass(capsys, memory, tmp_path):
@@ -177,7 +178,8 @@ def test_evaluate_and_predict_check_one_forward_pass(capsys, memory, tmp_path):
     memory(4 * MiB)
     code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(path))
     assert code == 2 and err == ("convlab: error: the reference network needs at least 10.1 MiB of memory for a "
-                                 "forward pass on 128 images (weights and activations), but 4.0 MiB is available; "
+                                 "forward pass on 128 images (weights and activations), but 4.0 MiB is available on "
+                                 "this machine; "
                                  "free memory, or run it on a machine with more (if more memory will be there than "
                                  "the kernel reports now, --memory-check no skips this check)\n")
     memory(1 * MiB)
@@ -272,3 +274,105 @@ def test_the_number_of_images_is_read_from_the_files_headers(tmp_path):
     # Neither can be loaded (the load says why), nor read here: not known.
     assert split_size("mnist", plain, "test") is None and split_size("mnist", plain, "train") is None
     assert split_size("mnist", tmp_path / "nowhere", "train") is None
+
+
+def made_up_root(root, cgroup="", files=(), meminfo="MemAvailable: 8388608 kB\nSwapFree: 0 kB\n"):
+    """A made-up / in ``root``: /proc/meminfo (8 GiB available), /proc/self/cgroup holding
+    ``cgroup``, and ``files`` (path under /sys/fs/cgroup, text). Returns /proc/meminfo's path."""
+    (root / "proc" / "self").mkdir(parents=True, exist_ok=True)
+    if cgroup:
+        (root / "proc" / "self" / "cgroup").write_text(cgroup)
+    for name, text in dict(files).items():
+        path = root / "sys" / "fs" / "cgroup" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (root / "proc" / "meminfo").write_text(meminfo)
+    return root / "proc" / "meminfo"
+
+
+def v2(folder, limit, current=GiB, active_file=0, inactive_file=0):
+    """The memory files of the cgroup v2 ``folder`` ("" for the root of the mount)."""
+    prefix = folder + "/" if folder else ""
+    return {prefix + "memory.max": f"{limit}\n", prefix + "memory.current": f"{current}\n",
+            prefix + "memory.stat": f"anon {current}\nfile {active_file + inactive_file}\nactive_file {active_file}\n"
+                                    f"inactive_file {inactive_file}\nshmem 0\n"}
+
+
+def test_a_container_s_memory_limit_is_read_from_its_cgroup(tmp_path):
+    """cgroup v2: the limit on the process's own cgroup (/proc/self/cgroup's 0::/path)."""
+    made_up_root(tmp_path, "0::/docker/abc\n", v2("docker/abc", 2 * GiB, current=GiB + 512 * MiB))
+    assert available_memory(tmp_path) == (512 * MiB, 2 * GiB)  # below the machine's 8 GiB
+    made_up_root(tmp_path, files=v2("docker/abc", 16 * GiB))
+    assert available_memory(tmp_path) == (8 * GiB, None)  # the machine has less: it sets the headroom
+    made_up_root(tmp_path, files=v2("docker/abc", "max"))
+    assert available_memory(tmp_path) == (8 * GiB, None)  # "max": no limit
+    made_up_root(tmp_path, files=v2("docker/abc", 2 * GiB, current=GiB + 512 * MiB),
+                 meminfo="MemAvailable: 8388608 kB\nSwapFree: 1048576 kB\n")
+    assert available_memory(tmp_path) == (GiB + 512 * MiB, 2 * GiB)  # and the swap it may use
+
+
+def test_the_page_cache_counts_as_available_under_a_limit(tmp_path):
+    """memory.current counts the files the cgroup read (the data set, a pip install); the
+    kernel reclaims that cache, active or inactive, before its OOM killer ends a process."""
+    made_up_root(tmp_path, "0::/\n", v2("", 2 * GiB, current=2 * GiB, active_file=GiB, inactive_file=256 * MiB))
+    assert available_memory(tmp_path) == (GiB + 256 * MiB, 2 * GiB)
+
+
+def test_a_limit_on_a_parent_cgroup_binds_a_nested_one(tmp_path):
+    """A systemd slice, or a container whose runtime nests the process's cgroup."""
+    made_up_root(tmp_path, "0::/user.slice/user-1000.slice/session-1.scope\n", {
+        **v2("user.slice", 8 * GiB, current=5 * GiB), **v2("user.slice/user-1000.slice", 4 * GiB, current=3 * GiB),
+        **v2("user.slice/user-1000.slice/session-1.scope", "max")})
+    assert available_memory(tmp_path) == (GiB, 4 * GiB)
+
+
+def test_in_a_container_without_a_cgroup_namespace_the_mount_root_is_its_cgroup(tmp_path):
+    """/proc/self/cgroup names the host's path, which is not under the container's mount."""
+    made_up_root(tmp_path, "0::/system.slice/docker-abc.scope\n", v2("", GiB, current=256 * MiB))
+    assert available_memory(tmp_path) == (768 * MiB, GiB)
+    made_up_root(tmp_path, "0::/../../elsewhere\n")  # outside the namespace: not read
+    assert available_memory(tmp_path) == (8 * GiB, None)
+
+
+def test_cgroup_v1_memory_controller(tmp_path):
+    made_up_root(tmp_path, "12:pids:/docker/abc\n4:memory:/docker/abc\n1:name=systemd:/docker/abc\n0::/\n", {
+        "memory/docker/abc/memory.limit_in_bytes": f"{GiB}\n", "memory/docker/abc/memory.usage_in_bytes": f"{GiB}\n",
+        "memory/docker/abc/memory.stat": f"cache {GiB}\nactive_file 0\ninactive_file 0\n"
+                                         f"total_active_file {128 * MiB}\ntotal_inactive_file {128 * MiB}\n"})
+    assert available_memory(tmp_path) == (256 * MiB, GiB)  # the hierarchy's page cache: total_*
+    made_up_root(tmp_path, files={"memory/docker/abc/memory.limit_in_bytes": "9223372036854771712\n"})
+    assert available_memory(tmp_path) == (8 * GiB, None)  # v1's "no limit": the largest page count
+
+
+@pytest.mark.parametrize("broken", ["memory.max", "memory.current", "memory.stat", "cgroup"])
+@pytest.mark.parametrize("how", ["missing", "a folder", "garbage", "not text"])
+def test_a_cgroup_file_that_cannot_be_read_means_not_known(tmp_path, broken, how):
+    """Never a crash, never a refusal on a guess: the machine's figure stands."""
+    made_up_root(tmp_path, "0::/\n", v2("", GiB, current=GiB - MiB))
+    assert available_memory(tmp_path) == (MiB, GiB)
+    path = tmp_path / ("proc/self/cgroup" if broken == "cgroup" else f"sys/fs/cgroup/{broken}")
+    path.unlink()
+    if how == "a folder":  # as root, a file's mode does not stop reading it; a folder in its place does
+        path.mkdir()
+    elif how == "garbage":
+        path.write_text({"cgroup": "0:\n", "memory.stat": "active_file many\n"}.get(broken, "lots\n"))
+    elif how == "not text":
+        path.write_bytes(b"0::/\xff\xfe\n")
+    assert available_memory(tmp_path) == (8 * GiB, None)
+
+
+def test_the_refusal_names_the_container_s_limit(capsys, memory, tmp_path):
+    memory(4 * MiB, limit=512 * MiB)
+    code, _, err = run_cli(capsys, "train", "--progress", "no")
+    assert code == 2 and err == (
+        "convlab: error: the reference network needs at least 10.6 MiB of memory for a training step on 64 images "
+        "(weights, momentum, activations, gradients), but 4.0 MiB is available under the container's memory limit "
+        "of 512.0 MiB (cgroup); lower --batch-size, or the network's size (the filters of c<F>k<K> and units of "
+        "dense<N> in its spec) (if more memory will be there than the kernel reports now, --memory-check no skips "
+        "this check)\n")
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)
+    code, _, err = run_cli(capsys, "train", "--resume", str(path), "--epochs", "3", "--progress", "no")
+    assert code == 2 and "free memory, or resume it under a higher memory limit (" in err
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(path))
+    assert code == 2 and "free memory, or run it under a higher memory limit (" in err
