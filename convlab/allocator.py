@@ -56,7 +56,7 @@ def keep_freed_memory() -> bool:
 def give_back_freed_memory() -> bool:
     """Return the freed memory this process keeps (see the module docstring) to the kernel
     now (glibc's ``malloc_trim``). Before the memory available is read (``MemAvailable``:
-    :func:`convlab.settings.available_memory`), where the kept memory would count as taken,
+    :func:`convlab.headroom.available_memory`), where the kept memory would count as taken,
     though the run would reuse it: a network built to size it up and let go (its weights
     and their float64 draws, hundreds of MB for a big dense layer) would count twice.
     Returns whether memory went back: False where glibc had none to give, and where there

@@ -48,7 +48,7 @@ def test_calling_it_twice_is_harmless():
 GIVE_BACK = """
 import numpy as np
 from convlab import keep_freed_memory
-from convlab.settings import available_memory
+from convlab.headroom import available_memory
 def resident():
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * 4096
@@ -89,6 +89,6 @@ def test_without_glibc_nothing_is_given_back_and_the_memory_is_still_read(monkey
     try:
         assert give_back_freed_memory() is False
         if sys.platform.startswith("linux"):
-            assert convlab.settings.available_memory().nbytes > 0
+            assert convlab.headroom.available_memory().nbytes > 0
     finally:
         _c_library.cache_clear()

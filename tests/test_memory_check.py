@@ -12,7 +12,8 @@ import convlab.settings
 from convlab.layers import Conv2D, Dense, Flatten
 from convlab.models import Sequential, get_model
 from convlab.optimizers import SGD
-from convlab.settings import Headroom, TrainSettings, UsageError, available_memory, check_memory
+from convlab.headroom import Headroom, available_memory
+from convlab.settings import TrainSettings, UsageError, check_memory
 from convlab.training import predict_logits, train_step
 from tests.conftest import random_digits
 from tests.test_checkpoints import make_checkpoint

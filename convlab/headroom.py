@@ -1,0 +1,112 @@
+"""How much memory a run can still take before the kernel's OOM killer ends it: the
+machine's (``MemAvailable`` and ``SwapFree`` in /proc/meminfo) and, in a container, what its
+cgroup's memory limit leaves (:func:`cgroup_headroom`). :func:`convlab.settings.check_memory`
+compares it with what a network needs (:meth:`convlab.models.Sequential.least_memory`).
+
+Linux only: where these files cannot be read, the headroom is not known (None), never a guess.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+
+
+class Headroom(NamedTuple):
+    """Memory a run can still take before the kernel's OOM killer ends it (:func:`available_memory`)."""
+
+    nbytes: int
+    limit: int | None = None  # the container's memory limit that sets it, in bytes; None: the machine's memory
+
+
+def available_memory(root="/") -> Headroom | None:
+    """Bytes the kernel can still give this process before its OOM killer ends it: the
+    smaller of the machine's ``MemAvailable`` (in /proc/meminfo; it counts the page cache the
+    kernel can drop) and the headroom under its cgroup's memory limit (:func:`cgroup_headroom`:
+    a container's), plus ``SwapFree`` (slow, but a run that swaps still finishes). None where
+    neither can be read. ``root`` is where / is (a test gives a made-up tree). The memory this
+    process freed but kept is given back first, to be counted as available."""
+    from convlab.allocator import give_back_freed_memory
+
+    give_back_freed_memory()
+    meminfo = stat_fields(Path(root, "proc/meminfo"), ("MemAvailable", "SwapFree"))  # in kB
+    machine = meminfo["MemAvailable"] * 1024 if "MemAvailable" in meminfo else None
+    swap, container = meminfo.get("SwapFree", 0) * 1024, cgroup_headroom(root)
+    if container is not None and (machine is None or container[0] < machine):
+        return Headroom(container[0] + swap, container[1])
+    return None if machine is None else Headroom(machine + swap)
+
+
+def stat_fields(path, names) -> dict[str, int]:
+    """The fields in ``names`` that the file ``path`` of ``name value`` lines has (/proc/meminfo's
+    ``Name:  value kB``, a cgroup's memory.stat); none where it cannot be read."""
+    fields = {}
+    try:
+        with open(path) as file:
+            for line in file:
+                words = line.split()
+                if len(words) >= 2 and words[0].rstrip(":") in names:
+                    fields[words[0].rstrip(":")] = int(words[1])
+    except (OSError, ValueError):
+        return {}
+    return fields
+
+
+# Per cgroup version: the files of the memory limit and usage, and the page cache's fields of
+# memory.stat (v1's total_*: of the cgroup and those below it, as its usage; v2's are so).
+CGROUP_FILES = {"v2": ("memory.max", "memory.current", ("active_file", "inactive_file")),
+                "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", ("total_active_file", "total_inactive_file"))}
+
+
+def cgroup_headroom(root="/") -> tuple[int, int] | None:
+    """(bytes, limit): the least headroom under a memory limit of this process's cgroup or of
+    one above it (a limit on a parent binds a nested cgroup too), and that limit; None where
+    none is set or none could be read (never a guess: a file that cannot be read adds nothing).
+
+    The cgroups are those /proc/self/cgroup names: v2's ``0::/path`` (read under
+    /sys/fs/cgroup) and v1's memory controller's ``N:memory:/path`` (under
+    /sys/fs/cgroup/memory). Every level up to the mount's root is read: in a container
+    without its own cgroup namespace the path is the host's, and the container's cgroup is
+    the mount's root. A level's headroom is its limit (v2 ``memory.max``, where ``max`` is
+    none; v1 ``memory.limit_in_bytes``) less its usage (``memory.current``,
+    ``memory.usage_in_bytes``), plus its page cache (``active_file`` and ``inactive_file`` of
+    ``memory.stat``): the usage counts the page cache, which the kernel reclaims (the active
+    list too, aged onto the inactive one) before its OOM killer ends a process there, as
+    ``MemAvailable`` counts the machine's. So a cgroup that has read big files is not taken
+    as full; a level whose memory.stat cannot be read counts as not known, not as full."""
+    try:
+        with open(Path(root, "proc/self/cgroup")) as file:
+            lines = [line.rstrip("\n").split(":", 2) for line in file]
+    except (OSError, ValueError):  # ValueError: not text
+        return None
+    found = []
+    for hierarchy_id, controllers, path in (line for line in lines if len(line) == 3):
+        if hierarchy_id == "0" and controllers == "":
+            version, mount = "v2", Path(root, "sys/fs/cgroup")
+        elif "memory" in controllers.split(","):
+            version, mount = "v1", Path(root, "sys/fs/cgroup", controllers)
+        else:
+            continue
+        cgroup = PurePosixPath(path)
+        if ".." in cgroup.parts:  # outside this process's cgroup namespace: not under the mount
+            continue
+        for level in (cgroup, *cgroup.parents):
+            headroom = cgroup_level_headroom(mount / str(level).lstrip("/"), *CGROUP_FILES[version])
+            if headroom is not None:
+                found.append(headroom)
+    return min(found, default=None)
+
+
+def cgroup_level_headroom(folder: Path, limit_file, usage_file, cache_fields) -> tuple[int, int] | None:
+    """(bytes, limit) of the cgroup ``folder`` (see :func:`cgroup_headroom`), or None."""
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        if limit == "max":
+            return None
+        limit, usage = int(limit), int((folder / usage_file).read_text())
+    except (OSError, ValueError):
+        return None
+    cache = stat_fields(folder / "memory.stat", cache_fields)
+    if len(cache) != len(cache_fields):
+        return None
+    return max(0, limit - usage + sum(cache.values())), limit
