@@ -1,8 +1,10 @@
 """One convolution layer, forward and forward+backward, every backend on the layer
 shapes of the FFT issues (whole-image and tiled) and on 3x3 / 5x5 layers with many channels
 (``MANY_CHANNEL_LAYERS``, Winograd's ground; select them with
-``-k "32x64to64 or 16x128to128 or 64x32to32 or 32x32to32"``); PyTorch CPU and
-``scipy.signal.fftconvolve`` as optional reference rows. Groups are named "<pass> <shape>" so each table compares the backends
+``-k "32x64to64 or 16x128to128 or 64x32to32 or 32x32to32"``); the anchors of
+``benchmarks/anchors.py`` (PyTorch CPU, ``scipy.signal.fftconvolve``, NNPACK,
+fft-conv-pytorch) as optional reference rows, skipped where not installed and where they
+cannot compute a shape or pass. Groups are named "<pass> <shape>" so each table compares the backends
 on one shape (see ``ConvShape.label``: N x C -> F, input size, kernel k, padding p).
 
 Padding: the MNIST layer has its own (1); every other shape is "same" padded (k // 2),
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 
 import convlab
+from benchmarks.anchors import ANCHORS, anchor_pass, missing, unsupported
 from benchmarks.conftest import assert_close, measure
 from convlab.bench import MANY_CHANNEL_LAYERS, MNIST_LAYER, kernel_sweep
 from convlab.timing import ORACLE, ORACLE_MAX_MACS, conv_pass, is_tuner, output_gradient
@@ -27,7 +30,7 @@ SHAPES = ([MNIST_LAYER]
           + kernel_sweep([5, 7, 11], n=8, c=3, f=16, size=224)
           + kernel_sweep([5, 9], n=16, c=16, f=16, size=128)
           + list(MANY_CHANNEL_LAYERS))
-REFERENCE_ROWS = ["torch", "scipy.fftconvolve"]
+REFERENCE_ROWS = list(ANCHORS)
 _references = {}
 
 
@@ -44,54 +47,20 @@ def reference(shape):
         x, w, b, stride, padding, dy = (a.astype(np.float64) if isinstance(a, np.ndarray) else a
                                         for a in problem(shape))
         try:
-            _references[shape] = torch_pass(x, w, b, padding, dy)()
+            _references[shape] = anchor_pass("torch", x, w, b, padding, dy)()
         except ImportError:
             _references[shape] = conv_pass("im2col", x, w, b, stride, padding, dy)()
     return _references[shape]
 
 
-def torch_pass(x, w, b, padding, dy=None):
-    """Like ``conv_pass`` for ``torch.nn.functional.conv2d`` (backward by autograd)."""
-    import torch
-
-    xt, wt, bt = (torch.from_numpy(a).requires_grad_(dy is not None) for a in (x, w, b))
-    dyt = None if dy is None else torch.from_numpy(dy)
-
-    def run():
-        y = torch.nn.functional.conv2d(xt, wt, bt, padding=padding)
-        if dyt is None:
-            return y.detach().numpy()
-        return (y.detach().numpy(),) + tuple(g.numpy() for g in torch.autograd.grad(y, (xt, wt, bt), dyt))
-
-    return run
-
-
-def fftconvolve_forward(x, w, b, padding):
-    """The forward by ``scipy.signal.fftconvolve``, vectorised: every (image, filter,
-    channel) plane in one call, broadcast over N and F, then summed over channels."""
-    from scipy.signal import fftconvolve
-
-    ph, pw = padding
-    flipped = np.ascontiguousarray(w[None, :, :, ::-1, ::-1])  # (1, F, C, kh, kw): correlation as convolution
-
-    def run():
-        x_padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))[:, None]  # (N, 1, C, Hp, Wp)
-        return fftconvolve(x_padded, flipped, mode="valid", axes=(-2, -1)).sum(axis=2) + b[:, None, None]
-
-    return run
-
-
 def runner(row, shape, backward):
     x, w, b, stride, padding, dy = problem(shape)
     dy = dy if backward else None
-    if row == "torch":
-        pytest.importorskip("torch")
-        return torch_pass(x, w, b, padding, dy)
-    if row == "scipy.fftconvolve":
-        pytest.importorskip("scipy.signal")
-        if backward:
-            pytest.skip("scipy.signal.fftconvolve has no backward")
-        return fftconvolve_forward(x, w, b, padding)
+    if row in REFERENCE_ROWS:
+        reason = missing(row) or unsupported(row, w.shape, padding, backward)
+        if reason is not None:
+            pytest.skip(f"{row} {reason}")
+        return anchor_pass(row, x, w, b, padding, dy)
     if row == ORACLE and shape != MNIST_LAYER and shape.macs > ORACLE_MAX_MACS:
         pytest.skip(f"{ORACLE} is skipped above {ORACLE_MAX_MACS:.0e} multiply-adds (too slow)")
     reason = convlab.get_backend(row).supports(x.shape, w.shape, stride, padding)
