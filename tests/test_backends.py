@@ -38,6 +38,8 @@ def test_matches_naive_on_random_shapes(backend, dtype):
     (2, 3, 7, 6, 2, 9, 8, 1, 2),          # kernel = padded input
     (1, 1, 4, 4, 1, 3, 3, 1, 3),          # padding > kernel / 2
     (2, 2, 13, 11, 3, 4, 3, (3, 2), (2, 0)),
+    (2, 20, 5, 3, 20, 3, 2, (5, 4), (8, 6)),   # stride > image, padding > kernel, 20 channels
+    (2, 20, 6, 9, 20, 5, 3, 1, (8, 7)),        # stride 1, padding > kernel (winograd crops dy's padding)
 ])
 def test_matches_naive_on_chosen_shapes(backend, shape):
     n, c, h, wd, f, kh, kw, stride, padding = shape
@@ -115,6 +117,47 @@ def test_need_dx_false_skips_dx_only(backend):
     assert dx is None
     np.testing.assert_allclose(dw, full[1], rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(db, full[2], rtol=1e-10, atol=1e-10)
+
+
+def handed_over(a, layout):
+    """``a``'s values in the memory layout numpy may hand a caller's array over in: Fortran
+    order, negative strides (a flip of a flipped copy), every other element of a larger
+    array, read-only, or broadcast along the first axis (``a`` must be equal along it)."""
+    if layout == "fortran":
+        return np.asfortranarray(a)
+    if layout == "reversed":
+        return np.flip(np.flip(a).copy())
+    if layout == "strided":
+        spaced = np.zeros(a.shape + (2,), a.dtype)
+        spaced[..., 0] = a
+        return spaced[..., 0]
+    if layout == "read-only":
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+    return np.broadcast_to(a[:1], a.shape)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "reversed", "strided", "read-only", "broadcast"])
+def test_inputs_in_any_memory_layout_give_the_contiguous_results_and_stay_as_they_were(backend, layout):
+    """x, w, b and dy as a caller may pass them (a transpose's Fortran order, a flip, a slice,
+    a read-only array, np.broadcast_to): the results of contiguous copies, forward, inference
+    and backward, and the inputs left as they were."""
+    rng = np.random.default_rng(4)
+    shapes = ((3, 3, 9, 8), (4, 3, 3, 3), (4,), (3, 4, 9, 8))
+    arrays = [rng.standard_normal(shape) for shape in shapes]
+    if layout == "broadcast":  # equal along the first axis (one image, one filter, one bias, one dy)
+        arrays = [np.repeat(a[:1], len(a), axis=0) for a in arrays]
+    x, w, b, dy = arrays
+    y, cache = backend.forward(x, w, b, 1, 1)
+    want = (y, *backend.backward(dy, cache))
+    given = [handed_over(a, layout) for a in arrays]
+    y, cache = backend.forward(*given[:3], 1, 1)
+    np.testing.assert_array_equal(backend.inference(*given[:3], 1, 1), y)
+    for name, got, wanted in zip(("y", "dx", "dw", "db"), (y, *backend.backward(given[3], cache)), want):
+        np.testing.assert_allclose(got, wanted, rtol=1e-12, atol=1e-12, err_msg=f"{name} of {layout} inputs")
+    for name, a, original in zip(("x", "w", "b", "dy"), given, arrays):
+        np.testing.assert_array_equal(a, original, err_msg=f"{name} was changed")
 
 
 def test_matches_torch_conv2d(backend):
