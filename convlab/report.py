@@ -23,6 +23,7 @@ import math
 import numbers
 import os
 import re
+import stat
 import struct
 import sys
 import textwrap
@@ -429,25 +430,25 @@ def figure_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def has_mark(path: Path) -> bool:
-    """Whether the file ``path`` is a PNG holding :data:`PNG_MARK`: a tEXt chunk, which
-    matplotlib writes before the image data, so only the chunk headers up to the first
-    IDAT are read (each chunk: an 8-byte header, length and type, its data and a 4-byte
-    CRC), and only the data of a tEXt chunk as long as the mark."""
+def has_mark(file) -> bool:
+    """Whether ``file`` (open for reading, binary, at its start) is a PNG holding
+    :data:`PNG_MARK`: a tEXt chunk, which matplotlib writes before the image data, so only
+    the chunk headers up to the first IDAT are read (each chunk: an 8-byte header, length
+    and type, its data and a 4-byte CRC), and only the data of a tEXt chunk as long as the
+    mark. An open file, not a path: what is removed must be the very file that was read."""
     wanted = "\0".join(PNG_MARK).encode("latin-1")
-    with open(path, "rb") as f:
-        if f.read(8) != PNG_SIGNATURE:
+    if file.read(8) != PNG_SIGNATURE:
+        return False
+    while len(header := file.read(8)) == 8:
+        length, kind = struct.unpack(">I4s", header)
+        if kind == b"IDAT":
             return False
-        while len(header := f.read(8)) == 8:
-            length, kind = struct.unpack(">I4s", header)
-            if kind == b"IDAT":
-                return False
-            if kind == b"tEXt" and length == len(wanted):
-                if f.read(length) == wanted:
-                    return True
-            else:
-                f.seek(length, os.SEEK_CUR)
-            f.seek(4, os.SEEK_CUR)
+        if kind == b"tEXt" and length == len(wanted):
+            if file.read(length) == wanted:
+                return True
+        else:
+            file.seek(length, os.SEEK_CUR)
+        file.seek(4, os.SEEK_CUR)
     return False
 
 
@@ -503,15 +504,30 @@ def remove_earlier_figures(paths) -> tuple[list[Path], dict[Path, str]]:
     """Remove each of ``paths`` (figure names beside ``--out`` this report does not draw)
     that an earlier report wrote, a file with :data:`PNG_MARK`. Anything else there is
     left: a symlink (convlab writes through links, never makes one), a figure of a
-    convlab that did not mark them yet, a PNG of the user's. Returns (removed, {left: why})."""
+    convlab that did not mark them yet, a PNG of the user's. Returns (removed, {left: why}).
+
+    Only a regular file is opened (not a FIFO or a device), without following a symlink,
+    and removed only if the file looked at, the file read and the file at the name just
+    before the unlink are one (device and inode): a file put there meanwhile (another
+    program's, a symlink) is left, not taken for the marked one. (POSIX has no
+    unlink-if-unchanged: a replacement in the microseconds between that last look and the
+    unlink is the one case left open.)"""
     removed, left = [], {}
     for path in paths:
         try:
-            if path.is_symlink():
+            seen = os.lstat(path)
+            if stat.S_ISLNK(seen.st_mode):
                 left[path] = "a symbolic link, which convlab does not remove"
-            elif not (path.is_file() and has_mark(path)):
+                continue
+            marked = False
+            if stat.S_ISREG(seen.st_mode):
+                with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as file:
+                    marked = os.path.samestat(os.fstat(file.fileno()), seen) and has_mark(file)
+            if not marked:
                 left[path] = ("it holds no mark of convlab's (an older convlab's figure, or another program's "
                               "file): remove it if it is an earlier report's")
+            elif not os.path.samestat(os.lstat(path), seen):
+                left[path] = "it was replaced while convlab read it"
             else:
                 path.unlink()
                 removed.append(path)

@@ -197,7 +197,7 @@ def test_an_earlier_report_s_figures_this_one_does_not_draw_are_removed(metrics,
     assert run_cli(capsys, "report", str(checkpoint), "--out", str(out), "--bench", str(tmp_path / "bench.json"))[0] == 0
     earlier = {p.name: p.read_bytes() for p in out.parent.iterdir()}
     assert sorted(earlier) == ["r-curves.png", "r-filters.png", "r-timing.png", "r.pdf"]
-    assert all(has_mark(out.parent / name) for name in earlier if name.endswith(".png"))
+    assert all(has_mark(io.BytesIO(content)) for name, content in earlier.items() if name.endswith(".png"))
     elsewhere = tmp_path / "r-filters.png"  # beside the sources, not beside --out
     elsewhere.write_bytes(earlier["r-filters.png"])
     (out.parent / "r-filters-old.png").write_bytes(earlier["r-filters.png"])
@@ -240,6 +240,52 @@ def test_what_convlab_cannot_tell_it_wrote_at_a_figure_name_is_left_and_said(met
         "convlab's figure, or another program's file): remove it if it is an earlier report's",
         f"left {out.parent / 'r-timing.png'}: not this report's figure; a symbolic link, which convlab does not "
         "remove"]
+
+
+def test_a_file_put_at_a_figure_name_while_it_is_read_is_left(metrics, checkpoint, tmp_path, monkeypatch):
+    """The marked figure read, the user's file renamed onto its name (or a symlink put there)
+    before the removal: what is there now is not the file that was read, and stays."""
+    import convlab.report
+
+    out = tmp_path / "r.pdf"
+    write_report(checkpoint, out)
+    figure = tmp_path / "r-filters.png"
+    kept = tmp_path / "kept.png"
+    kept.write_bytes(figure.read_bytes())  # marked too: convlab's, but not at that name
+    users_png = b"\x89PNG\r\n\x1a\n" + b"the user's work"
+    read = has_mark
+
+    def replaced_meanwhile(file):
+        marked = read(file)
+        mine = tmp_path / "mine"
+        mine.write_bytes(users_png)
+        os.replace(mine, figure)
+        return marked
+
+    monkeypatch.setattr(convlab.report, "has_mark", replaced_meanwhile)
+    files = write_report(metrics, out)
+    assert files.removed == [] and files.left == {figure: "it was replaced while convlab read it"}
+    assert figure.read_bytes() == users_png
+    # The file looked at, the one read and the one removed must be one: the user's file moved
+    # aside while a marked figure is opened in its place, then moved back, stays.
+    monkeypatch.undo()
+    real_open = os.open
+
+    def swapped_while_opened(name, *args, **kwargs):
+        if os.fspath(name) != str(figure):
+            return real_open(name, *args, **kwargs)
+        os.replace(figure, tmp_path / "aside")
+        shutil.copyfile(kept, figure)
+        try:
+            return real_open(name, *args, **kwargs)
+        finally:
+            os.replace(tmp_path / "aside", figure)
+
+    monkeypatch.setattr(os, "open", swapped_while_opened)
+    files = write_report(metrics, out)
+    monkeypatch.undo()
+    assert files.removed == [] and list(files.left) == [figure]
+    assert figure.read_bytes() == users_png
 
 
 def test_an_earlier_figure_that_cannot_be_removed_is_said_and_the_report_stands(
