@@ -76,10 +76,10 @@ class TrainSettings:
     training starts, :meth:`with_backends`). ``train_size``/``test_size`` None mean the
     whole split; :meth:`with_data_sizes` makes them the numbers of images used.
 
-    A network whose training step cannot fit in the memory available is refused
-    (:func:`check_memory`) when the settings are made, unless ``memory_check`` is False (the
-    user knows more will be there); not their copies made during the run
-    (:meth:`with_backends`, :meth:`with_data_sizes`).
+    A network whose training step, or evaluation of the test images after an epoch, cannot
+    fit in the memory available is refused (:func:`check_memory`) when the settings are
+    made, unless ``memory_check`` is False (the user knows more will be there); not their
+    copies made during the run (:meth:`with_backends`, :meth:`with_data_sizes`).
     """
 
     model: str = "reference"
@@ -105,6 +105,7 @@ class TrainSettings:
         from convlab.data import data_source, split_size
         from convlab.models import get_model
         from convlab.registry import get_backend
+        from convlab.training import EVALUATION_BATCH
 
         model = get_model(self.model)
         backend = ",".join(get_backend(name).name for name in backend_names(self.backend))
@@ -130,14 +131,18 @@ class TrainSettings:
             if getattr(self, name) is not None:
                 normalised[name] = positive_int(name.replace("_", "-"), getattr(self, name))
         data_source(self.dataset)
-        memory_batch = None
+        memory_batch = evaluation_batch = None
         if self.memory_check:
             # A step's batch: --batch-size images, or all the images used if fewer: --train-size,
             # at most the data set's (where its files can tell; else --batch-size is counted).
             memory_batch = min(filter(None, (normalised["batch_size"], normalised.get("train_size"),
                                              split_size(self.dataset, self.data_dir, "train"))))
+            # The test images' evaluation after each epoch (convlab.training.fit): 128 at a time,
+            # or all of them if fewer.
+            evaluation_batch = min(filter(None, (EVALUATION_BATCH, normalised.get("test_size"),
+                                                 split_size(self.dataset, self.data_dir, "test"))))
         layer_backends(model, backend, normalised["batch_size"], memory_batch=memory_batch,
-                       resumed=self.resume is not None)
+                       resumed=self.resume is not None, evaluation_batch=evaluation_batch)
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
 
@@ -257,19 +262,28 @@ def backend_names(value) -> list[str]:
     return [str(item).strip() for item in items]
 
 
-def layer_backends(model, backend, batch_size=64, memory_batch=None, training=True, resumed=False) -> list[str]:
+def layer_backends(model, backend, batch_size=64, memory_batch=None, training=True, resumed=False,
+                   evaluation_batch=None) -> list[str]:
     """The backend of each conv layer of ``model`` (a :class:`convlab.models.Model`) from
     ``--backend``: one name for all, or a comma-separated name per conv layer. Refuses a
     list of the wrong length and a layer its backend cannot compute, naming the layer.
     With ``memory_batch``, also refuses a network that cannot fit in memory for a training
     step (or, ``training=False``, a forward pass) on that many images (:func:`check_memory`;
-    ``resumed``: of a run resumed from its checkpoint)."""
+    ``resumed``: of a run resumed from its checkpoint); then, with ``evaluation_batch``, a
+    training run's evaluation of its test images after each epoch: a forward pass on that
+    many at once while the momentum is held, which can need more than a small batch's step
+    (the reference network's on 128 images, 10.8 MiB; its step on 64, 10.6 MiB)."""
     network = model.build()
     names = network_backends(network, model.name, backend, batch_size)
     if memory_batch is not None:
         needed = network.least_memory(memory_batch, training)
+        if evaluation_batch is not None:
+            momentum = sum(param.nbytes for _, param, _ in network.named_parameters())
+            evaluation = network.least_memory(evaluation_batch, training=False) + momentum
         del network  # its weights go back before the free memory is read: the run builds its own
         check_memory(needed, model.name, memory_batch, training, resumed)
+        if evaluation_batch is not None:  # second: a step that does not fit is the first thing to lower
+            check_memory(evaluation, model.name, evaluation_batch, training, resumed, evaluation=True)
     return names
 
 
@@ -304,11 +318,13 @@ def in_units(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
-def check_memory(needed: int, name: str, batch: int, training=True, resumed=False):
+def check_memory(needed: int, name: str, batch: int, training=True, resumed=False, evaluation=False):
     """Refuse, up front, the network called ``name`` when a pass over ``batch`` images needs
     ``needed`` bytes at least (:meth:`convlab.models.Sequential.least_memory`) and less is
     available (:func:`available_memory`; where that cannot be read, nothing is checked). The
     message says which limit it was: the machine's memory or the container's limit.
+    ``evaluation``: the pass is a training run's evaluation of its test images after each
+    epoch (``training`` then too), not its step: what to lower is then --test-size.
 
     Without this the run starts, and the kernel's OOM killer ends it (exit 137, no message)
     once the machine has been driven into swapping, or numpy's MemoryError comes in the
@@ -322,7 +338,13 @@ def check_memory(needed: int, name: str, batch: int, training=True, resumed=Fals
     if available is None or needed <= available.nbytes:
         return
     elsewhere = "on a machine with more" if available.limit is None else "under a higher memory limit"
-    if training:
+    if evaluation:
+        what = (f"the evaluation after each epoch, a forward pass on {batch} test image{'s' * (batch != 1)} "
+                "(weights, momentum and activations)")
+        lower = (f"a resumed run keeps the network and --test-size it started with: free memory, or resume it "
+                 f"{elsewhere}" if resumed else f"lower --test-size below {batch}, or the network's size (the "
+                 "filters of c<F>k<K> and units of dense<N> in its spec)")
+    elif training:
         what = f"a training step on {batch} image{'s' * (batch != 1)} (weights, momentum, activations, gradients)"
         lower = (f"a resumed run keeps the network and --batch-size it started with: free memory, or resume it "
                  f"{elsewhere}" if resumed else "lower --batch-size, or the network's size (the filters "

@@ -142,6 +142,38 @@ def test_a_resumed_run_is_checked_and_not_told_to_lower_what_it_cannot_change(ca
         "memory will be there than the kernel reports now, --memory-check no skips this check)\n")
 
 
+def test_a_training_run_is_checked_for_its_evaluation_after_each_epoch(capsys, memory, tmp_path):
+    """fit evaluates the test images 128 at a time after every epoch, the momentum held: with
+    a small --batch-size that pass needs more than a step, and a run checked for its steps
+    alone would be ended by the OOM killer at the end of its first epoch."""
+    spec = "c512k3p1 relu dense10"
+    network = get_model(spec).build()
+    momentum = sum(param.nbytes for _, param, _ in network.named_parameters())
+    evaluation = network.least_memory(128, training=False) + momentum
+    assert network.least_memory(8) < evaluation / 3
+    memory(evaluation - 1)
+    code, out, err = run_cli(capsys, "train", "--model", spec, "--batch-size", "8", "--progress", "no")
+    assert code == 2 and out == "" and err == (
+        f"convlab: error: the {spec} network needs at least 227.1 MiB of memory for the evaluation after each "
+        "epoch, a forward pass on 128 test images (weights, momentum and activations), but 227.1 MiB is available "
+        "on this machine; lower --test-size below 128, or the network's size (the filters of c<F>k<K> and units "
+        "of dense<N> in its spec) (if more memory will be there than the kernel reports now, --memory-check no "
+        "skips this check)\n")
+    memory(evaluation)
+    TrainSettings(model=spec, batch_size=8)
+    memory(network.least_memory(64, training=False) + momentum)
+    TrainSettings(model=spec, batch_size=8, test_size=64)  # evaluated all at once
+    with pytest.raises(UsageError, match="for the evaluation after each epoch, a forward pass on 65 test images"):
+        TrainSettings(model=spec, batch_size=8, test_size=65)
+    # A resumed run's step fits, its evaluation (its --test-size is the checkpoint's) does not.
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)  # the reference network, batches of 64, 128 test images
+    memory(get_model("reference").build().least_memory(64))
+    code, out, err = run_cli(capsys, "train", "--resume", str(path), "--epochs", "3", "--progress", "no")
+    assert code == 2 and "needs at least 10.8 MiB of memory for the evaluation after each epoch" in err
+    assert "; a resumed run keeps the network and --test-size it started with: free memory, or resume it " in err
+
+
 def test_a_resumed_run_holds_one_copy_of_its_checkpoint(monkeypatch, tmp_path):
     """The settings are read twice (before and after the outputs are claimed), the checkpoint
     with them: the first copy of its weights and momentum is let go, not held all run."""
