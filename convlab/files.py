@@ -109,6 +109,7 @@ def check_suffix(path, option: str, suffix: str, what: str) -> Path:
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_JSON_BYTES = 64 << 20  # a metrics or bench file is a few kB; anything this big is not one
 
 # The JSON files convlab writes, each told by the keys its top-level object always has.
@@ -163,7 +164,7 @@ def holds(path: Path, kind: str) -> bool:
         except (OSError, UnicodeDecodeError, ValueError):
             return False
         return found is not None if kind == "json" else found == kind
-    signatures = {"pdf": b"%PDF-", "png": b"\x89PNG\r\n\x1a\n", "hdf5": HDF5_SIGNATURE}
+    signatures = {"pdf": b"%PDF-", "png": PNG_SIGNATURE, "hdf5": HDF5_SIGNATURE}
     if kind == "svg":
         return b"<svg" in head
     return head.startswith(signatures[kind])

@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from convlab.checkpoints import epoch_ranges, tuners_resolved
-from convlab.files import atomic_path, check_outputs, check_suffix, check_writable, sole_writer
+from convlab.files import PNG_SIGNATURE, atomic_path, check_outputs, check_suffix, check_writable, sole_writer
 from convlab.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU
 from convlab.models import DEFAULT_MODEL, INPUT_SHAPE
 from convlab.registry import get_backend
@@ -421,7 +421,6 @@ def timing_text(rows: list[dict]) -> str:
 # constant, not matplotlib's default "Software: Matplotlib version ...": the same run gives
 # the same bytes.
 PNG_MARK = ("Software", "convlab report")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def figure_png(fig: Figure) -> bytes:
