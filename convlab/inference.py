@@ -40,7 +40,7 @@ def load_model(checkpoint_path, backend=None, batch=None):
     return restore_model(checkpoint, backend, batch), checkpoint
 
 
-def restore_model(checkpoint, backend=None, batch=None):
+def restore_model(checkpoint, backend=None, batch=None, data_bytes=0):
     """The network of ``checkpoint`` (loaded), holding its weights.
 
     The network is the one named by the checkpoint's ``model`` setting (the reference
@@ -48,13 +48,14 @@ def restore_model(checkpoint, backend=None, batch=None):
     (one name, or one per conv layer as for ``convlab train``); by default on the one it
     was trained with, or the default backend if that one is not installed here. With
     ``batch``, a network whose forward pass over that many images at once cannot fit in
-    the memory available is refused first (:func:`convlab.settings.check_memory`).
+    the memory available is refused first (:func:`convlab.settings.check_memory`), counting
+    ``data_bytes`` more for a data set read after it (``convlab evaluate``).
     """
     model = get_model(checkpoint.settings.get("model", DEFAULT_MODEL))
     if backend is None:
         trained_with = str(checkpoint.settings.get("backends") or checkpoint.settings.get("backend")).split(",")
         backend = ",".join(trained_with) if set(trained_with) <= set(list_backends()) else DEFAULT_BACKEND
-    names = layer_backends(model, backend, memory_batch=batch, training=False)  # before this network is built
+    names = layer_backends(model, backend, memory_batch=batch, training=False, data_bytes=data_bytes)  # before it is built
     network = model.build()
     network.set_backends(names)
     checkpoint.restore(network)

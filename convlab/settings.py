@@ -102,7 +102,7 @@ class TrainSettings:
     memory_check: bool = True
 
     def __post_init__(self):
-        from convlab.data import data_source, split_size
+        from convlab.data import data_source, held_bytes, split_size
         from convlab.models import get_model
         from convlab.registry import get_backend
         from convlab.training import EVALUATION_BATCH
@@ -132,7 +132,9 @@ class TrainSettings:
                 normalised[name] = positive_int(name.replace("_", "-"), getattr(self, name))
         data_source(self.dataset)
         memory_batch = evaluation_batch = None
+        data_bytes = 0
         if self.memory_check:
+            data_bytes = held_bytes(self.dataset, self.data_dir)
             # A step's batch: --batch-size images, or all the images used if fewer: --train-size,
             # at most the data set's (where its files can tell; else --batch-size is counted).
             memory_batch = min(filter(None, (normalised["batch_size"], normalised.get("train_size"),
@@ -142,7 +144,7 @@ class TrainSettings:
             evaluation_batch = min(filter(None, (EVALUATION_BATCH, normalised.get("test_size"),
                                                  split_size(self.dataset, self.data_dir, "test"))))
         layer_backends(model, backend, normalised["batch_size"], memory_batch=memory_batch,
-                       resumed=self.resume is not None, evaluation_batch=evaluation_batch)
+                       resumed=self.resume is not None, evaluation_batch=evaluation_batch, data_bytes=data_bytes)
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
 
@@ -263,7 +265,7 @@ def backend_names(value) -> list[str]:
 
 
 def layer_backends(model, backend, batch_size=64, memory_batch=None, training=True, resumed=False,
-                   evaluation_batch=None) -> list[str]:
+                   evaluation_batch=None, data_bytes=0) -> list[str]:
     """The backend of each conv layer of ``model`` (a :class:`convlab.models.Model`) from
     ``--backend``: one name for all, or a comma-separated name per conv layer. Refuses a
     list of the wrong length and a layer its backend cannot compute, naming the layer.
@@ -272,18 +274,21 @@ def layer_backends(model, backend, batch_size=64, memory_batch=None, training=Tr
     ``resumed``: of a run resumed from its checkpoint); then, with ``evaluation_batch``, a
     training run's evaluation of its test images after each epoch: a forward pass on that
     many at once while the momentum is held, which can need more than a small batch's step
-    (the reference network's on 128 images, 10.8 MiB; its step on 64, 10.6 MiB)."""
+    (the reference network's on 128 images, 10.8 MiB; its step on 64, 10.6 MiB). Both are
+    counted with ``data_bytes``, the data set the run holds throughout
+    (:func:`convlab.data.held_bytes`; 210 MiB for MNIST, far more than the network)."""
     network = model.build()
     names = network_backends(network, model.name, backend, batch_size)
     if memory_batch is not None:
-        needed = network.least_memory(memory_batch, training)
+        needed = network.least_memory(memory_batch, training) + data_bytes
         if evaluation_batch is not None:
             momentum = sum(param.nbytes for _, param, _ in network.named_parameters())
-            evaluation = network.least_memory(evaluation_batch, training=False) + momentum
+            evaluation = network.least_memory(evaluation_batch, training=False) + momentum + data_bytes
         del network  # its weights go back before the free memory is read: the run builds its own
-        check_memory(needed, model.name, memory_batch, training, resumed)
+        check_memory(needed, model.name, memory_batch, training, resumed, data_bytes=data_bytes)
         if evaluation_batch is not None:  # second: a step that does not fit is the first thing to lower
-            check_memory(evaluation, model.name, evaluation_batch, training, resumed, evaluation=True)
+            check_memory(evaluation, model.name, evaluation_batch, training, resumed, evaluation=True,
+                         data_bytes=data_bytes)
     return names
 
 
@@ -318,13 +323,16 @@ def in_units(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
-def check_memory(needed: int, name: str, batch: int, training=True, resumed=False, evaluation=False):
+def check_memory(needed: int, name: str, batch: int, training=True, resumed=False, evaluation=False,
+                 data_bytes=0):
     """Refuse, up front, the network called ``name`` when a pass over ``batch`` images needs
     ``needed`` bytes at least (:meth:`convlab.models.Sequential.least_memory`) and less is
     available (:func:`available_memory`; where that cannot be read, nothing is checked). The
     message says which limit it was: the machine's memory or the container's limit.
     ``evaluation``: the pass is a training run's evaluation of its test images after each
     epoch (``training`` then too), not its step: what to lower is then --test-size.
+    ``data_bytes`` of ``needed`` are the data set's (:func:`convlab.data.held_bytes`), named
+    in the message.
 
     Without this the run starts, and the kernel's OOM killer ends it (exit 137, no message)
     once the machine has been driven into swapping, or numpy's MemoryError comes in the
@@ -352,6 +360,8 @@ def check_memory(needed: int, name: str, batch: int, training=True, resumed=Fals
     else:
         what = f"a forward pass on {batch} image{'s' * (batch != 1)} (weights and activations)"
         lower = f"free memory, or run it {elsewhere}"
+    if data_bytes:
+        what += f", with the data set loaded ({in_units(data_bytes)})"
     where = ("on this machine" if available.limit is None
              else f"under the container's memory limit of {in_units(available.limit)} (cgroup)")
     raise UsageError(f"the {name} network needs at least {in_units(needed)} of memory for {what}, but "

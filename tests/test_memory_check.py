@@ -8,6 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+import convlab.data
 import convlab.settings
 from convlab.layers import Conv2D, Dense, Flatten
 from convlab.models import Sequential, get_model
@@ -26,14 +27,63 @@ NETWORKS = ["reference", "lenet5", "vgg3x3", "c4k3p1 relu maxpool2p1 c6k3 avgpoo
             "c3k5s2 maxpool3s2 relu dense10"]
 
 
+REAL_HELD_BYTES = convlab.data.held_bytes
+
+
 @pytest.fixture
 def memory(monkeypatch):
     """Set the memory available (bytes, or None: unknown) that the check reads, and the
-    container's memory limit that sets it (None: the machine's memory)."""
+    container's memory limit that sets it (None: the machine's memory). The data set then
+    counts nothing, so that the network's own bytes decide (its 210 MiB are tested in
+    test_the_data_set_the_run_holds_is_counted)."""
     def set_memory(available, limit=None):
         headroom = None if available is None else Headroom(available, limit)
         monkeypatch.setattr(convlab.settings, "available_memory", lambda: headroom)
+        monkeypatch.setattr(convlab.data, "held_bytes", lambda name, data_dir: 0)
     return set_memory
+
+
+def test_the_data_set_the_run_holds_is_counted(capsys, memory, monkeypatch, tmp_path):
+    """A run holds its whole data set (MNIST's 70 000 float32 images and int64 labels: 209.9
+    MiB, far more than the reference network's 10.6 MiB), whatever --train-size uses of it:
+    in a container limited to 400 MiB, a network whose step alone would fit was refused
+    by nothing and ended by the OOM killer."""
+    assert REAL_HELD_BYTES("mnist", None) == 70000 * (784 * 4 + 8)
+    assert REAL_HELD_BYTES("mnist", tmp_path) == 0  # no data there: counts nothing (loading says why)
+    step = get_model("reference").build().least_memory(64)
+    memory(step + REAL_HELD_BYTES("mnist", None) - 1, limit=400 * MiB)
+    monkeypatch.setattr(convlab.data, "held_bytes", REAL_HELD_BYTES)
+    code, out, err = run_cli(capsys, "train", "--train-size", "640", "--progress", "no")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(
+        "convlab: error: the reference network needs at least 220.5 MiB of memory for a training step on 64 images "
+        "(weights, momentum, activations, gradients), with the data set loaded (209.9 MiB), but 220.5 MiB is "
+        "available under the container's memory limit of 400.0 MiB (cgroup)")
+    memory(step + REAL_HELD_BYTES("mnist", None) + 2 * MiB)
+    monkeypatch.setattr(convlab.data, "held_bytes", REAL_HELD_BYTES)
+    TrainSettings(train_size=640)  # fits, the evaluation's pass on 128 images too
+    # evaluate reads the data set after the network, and counts it too.
+    make_checkpoint(tmp_path / "ck.h5")
+    memory(get_model("reference").build().least_memory(128, training=False) + MiB)
+    monkeypatch.setattr(convlab.data, "held_bytes", REAL_HELD_BYTES)
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", str(tmp_path / "ck.h5"))
+    assert code == 2 and "with the data set loaded (209.9 MiB)" in err
+
+
+def test_images_become_floats_in_place_with_the_same_bits():
+    """The uint8 -> float32 conversion divides in place (one float32 copy of MNIST's training
+    images at a time, not two), giving what dividing into a new array gave."""
+    images = (np.arange(3 * 28 * 28) % 256).astype(np.uint8).reshape(3, 28, 28)
+    floats = convlab.data.images_to_float(images)
+    assert floats.dtype == np.float32 and floats.shape == (3, 1, 28, 28)
+    assert np.array_equal(floats, (images.astype(np.float32) / 255.0)[:, None])
+    tracemalloc.start()
+    try:
+        convlab.data.images_to_float(np.zeros((1000, 28, 28), np.uint8))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * 1000 * 784 * 4
 
 
 def traced_peak(run) -> int:
