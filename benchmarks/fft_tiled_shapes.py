@@ -46,7 +46,7 @@ def main():
     args = parser.parse_args()
     if args.cpu:  # before convlab is imported: its chunk pool takes the BLAS threads it finds then
         threadpoolctl.threadpool_limits(1)
-    from convlab import fftw, keep_freed_memory
+    from convlab import fftw, keep_freed_memory, list_backends
     from convlab.bench import kernel_sweep
     from convlab.threads import machine_summary
     from convlab.timing import conv_pass, interleaved_best, output_gradient
@@ -57,6 +57,9 @@ def main():
         for row in rows:
             if row in ANCHORS and (reason := missing(row)):
                 parser.error(f"--rows names {row}, which {reason}")
+            if row not in ANCHORS and row not in list_backends():
+                parser.error(f"--rows names {row!r}, which is neither a backend ({', '.join(list_backends())}) "
+                             f"nor an anchor ({', '.join(ANCHORS)})")
     else:
         rows = [r for r in ROWS if r not in ANCHORS or not missing(r)]
     shapes = kernel_sweep([5, 7, 11], n=8, c=3, f=16, size=224) + kernel_sweep([5, 9], n=16, c=16, f=16, size=128)

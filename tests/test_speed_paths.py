@@ -201,6 +201,11 @@ def test_fft_tiled_shapes_leaves_out_the_torch_row_where_torch_is_not_installed(
         runpy.run_path(script, run_name="__main__")
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--rows names torch, which is not installed: pip install torch" in err
+    monkeypatch.setattr(sys, "argv", [script, "--rows", "fft-tiled,fft-tile"])  # a misspelt row: no traceback
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(script, run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--rows names 'fft-tile', which is neither a backend (auto, fft, " in err
 
 
 @pytest.mark.parametrize("x_shape, w_shape, padding, folded", [
