@@ -286,7 +286,9 @@ def load_hdf5(path, name="mnist") -> Dataset:
     source = str(path)
     x_train, x_test = hdf5_images(x_train, f"{source}: x_train"), hdf5_images(x_test, f"{source}: x_test")
     for key, x in (("x_train", x_train), ("x_test", x_test)):
-        known = identify_images(np.rint(x[:, 0] * 255).astype(np.uint8))
+        pixels = x[:, 0] * 255  # rounded in place: one float32 temporary of the images, not two
+        known = identify_images(np.rint(pixels, out=pixels).astype(np.uint8))
+        del pixels
         if known is not None and known[0] != name:
             raise DataError(f"{source}: {key} holds {known[0]}'s images ({known[1]}), not {name}'s; "
                             f"pass --dataset {known[0]}, or give the {name} data")
@@ -303,7 +305,7 @@ def hdf5_images(x: np.ndarray, what: str) -> np.ndarray:
         raise DataError(f"{what} has dtype {x.dtype}; expected floats in [0, 1] or uint8")
     if not np.isfinite(x).all() or x.min(initial=0) < 0 or x.max(initial=0) > 1:
         raise DataError(f"{what} has values outside [0, 1] (or NaN); expected floats in [0, 1] or uint8")
-    return x.astype(np.float32).reshape(-1, 1, 28, 28)
+    return x.astype(np.float32, copy=False).reshape(-1, 1, 28, 28)  # float32 in the file: no second copy
 
 
 def checked_dataset(name, source, x_train, y_train, x_test, y_test) -> Dataset:
