@@ -3,7 +3,11 @@ forward pass) cannot fit in the memory available is refused in one line, before 
 the machine into the OOM killer. Nothing here allocates more than a few MB: the available
 memory is faked small, and a huge network's weights are broadcast views of one number."""
 
+import os
+import subprocess
+import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -459,3 +463,50 @@ def test_the_refusal_names_the_container_s_limit(capsys, memory, tmp_path):
     assert code == 2 and "free memory, or resume it under a higher memory limit (" in err
     code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(path))
     assert code == 2 and "free memory, or run it under a higher memory limit (" in err
+
+
+def own_v1_memory_cgroup() -> Path | None:
+    """This process's cgroup v1 memory folder where a child can be made here (root, a
+    writable hierarchy, as on these CI machines), else None."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            folder = Path("/sys/fs/cgroup", controllers) / path.lstrip("/")
+            if (folder / "memory.limit_in_bytes").is_file() and os.access(folder, os.W_OK):
+                return folder
+    return None
+
+
+def test_a_real_container_limit_refuses_what_would_be_oom_killed(tmp_path, tiny_data):
+    """In a real cgroup v1 memory limit of 300 MiB (the machine has GBs free), a network that
+    needs ~460 MiB is refused in one line naming the limit, instead of being ended by the OOM
+    killer (exit 137): the real /proc/self/cgroup and cgroup files are read as the fake trees
+    above say. Made only where this process may make a child cgroup (root, cgroup v1's
+    memory controller, as on this project's machines); skipped elsewhere."""
+    parent = own_v1_memory_cgroup()
+    if parent is None:
+        pytest.skip("needs a writable cgroup v1 memory controller (root)")
+    limited = parent / f"convlab-test-{os.getpid()}"
+    try:
+        limited.mkdir()
+        (limited / "memory.limit_in_bytes").write_text(str(300 * MiB))
+    except OSError as e:
+        pytest.skip(f"cannot make a limited cgroup here: {e}")
+    try:
+        def enter():  # in the child, before convlab starts: it and what it starts are limited
+            (limited / "cgroup.procs").write_text(str(os.getpid()))
+
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        result = subprocess.run(
+            [sys.executable, "-m", "convlab.cli", "train", "--model", "c1200k3 dense10", "--data-dir", str(tiny_data),
+             "--epochs", "1", "--progress", "no"],
+            preexec_fn=enter, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    finally:
+        limited.rmdir()
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stderr.startswith("convlab: error: the c1200k3 dense10 network needs at least ")
+    assert "under the container's memory limit of 300.0 MiB (cgroup)" in result.stderr
