@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import glob
 import json
+import os
 import shlex
 import signal
 from dataclasses import dataclass
@@ -172,7 +173,16 @@ def save_checkpoint(path, model, optimizer, history, settings, backends=None, la
             if layer_times is not None:
                 f.create_dataset("layer_times", data=json.dumps(layer_times))
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+        raise CheckpointError(f"cannot write checkpoint {path}: {write_failure(e)}") from None
+
+
+def write_failure(error: OSError) -> str:
+    """Why a checkpoint could not be written, in one line: the errno's words ("No space
+    left on device"). h5py's OSError for a failed write carries the errno, but its text is
+    HDF5's report of the call, over two lines ("Can't close file (file write failed: time
+    = Wed Dec  2 15:50:14 2026\\n, filename = ..., errno = 28, ..., buf = 0x55a5ea634290,
+    ...)"), which would break the one-line error. Without an errno: the text's first line."""
+    return os.strerror(error.errno) if error.errno else str(error).partition("\n")[0]
 
 
 def checkpoint_path(value) -> Path:
