@@ -30,6 +30,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shlex
 import signal
 from dataclasses import dataclass
@@ -172,17 +173,34 @@ def save_checkpoint(path, model, optimizer, history, settings, backends=None, la
             f.create_dataset("backends", data=[name or "" for name in backends], dtype=h5py.string_dtype())
             if layer_times is not None:
                 f.create_dataset("layer_times", data=json.dumps(layer_times))
-    except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {path}: {write_failure(e)}") from None
+    except (OSError, RuntimeError) as e:
+        reason = write_failure(e)
+        if reason is None:  # not the system refusing a write: a bug, shown with its traceback
+            raise
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}") from None
 
 
-def write_failure(error: OSError) -> str:
+HDF5_ERRNO = re.compile(r"errno = (\d+)")  # in HDF5's report of a failed system call
+
+
+def write_failure(error: Exception) -> str | None:
     """Why a checkpoint could not be written, in one line: the errno's words ("No space
-    left on device"). h5py's OSError for a failed write carries the errno, but its text is
-    HDF5's report of the call, over two lines ("Can't close file (file write failed: time
-    = Wed Dec  2 15:50:14 2026\\n, filename = ..., errno = 28, ..., buf = 0x55a5ea634290,
-    ...)"), which would break the one-line error. Without an errno: the text's first line."""
-    return os.strerror(error.errno) if error.errno else str(error).partition("\n")[0]
+    left on device"); None if ``error`` is not the system refusing a write.
+
+    h5py's OSError for a failed write carries the errno, but its text is HDF5's report of
+    the call, over two lines ("Can't close file (file write failed: time = Wed Dec  2
+    15:50:14 2026\\n, filename = ..., errno = 28, ..., buf = 0x55a5ea634290, ...)"), which
+    would break the one-line error. A write past a file-size limit (``ulimit -f``, FAT32's
+    4 GiB) fails as an OSError too, but the close that follows, which cannot extend the
+    file either, replaces it with a RuntimeError ("Can't decrement id ref count (unable to
+    extend file properly, errno = 27, error message = 'File too large')"), whose errno is
+    only in its text. An OSError without an errno: its text's first line."""
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno)
+    found = HDF5_ERRNO.search(str(error))
+    if found:
+        return os.strerror(int(found[1]))
+    return str(error).partition("\n")[0] if isinstance(error, OSError) else None
 
 
 def checkpoint_path(value) -> Path:

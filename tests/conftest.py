@@ -1,6 +1,9 @@
+import contextlib
 import dataclasses
 import functools
 import os
+import resource
+import signal
 
 import h5py
 import numpy as np
@@ -52,6 +55,23 @@ def supported_conv_cases(backend, rng, count, dtype=np.float64, max_draws=5000):
                 backend.forward(x, w, b, stride, padding)
     assert cases, f"backend {backend.name!r} supported none of {max_draws} random problems"
     return cases
+
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes):
+    """A real limit on the size of files this process writes (``ulimit -f``), for the block:
+    a write past ``nbytes`` fails in the kernel with EFBIG ("File too large"), an OSError from
+    the write as a full disk's ENOSPC is, without mounting a small file system (which CI
+    cannot). SIGXFSZ is ignored meanwhile, as Python starts it: the write fails, not the process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
 
 
 @pytest.fixture(autouse=True, scope="session")

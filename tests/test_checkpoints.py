@@ -17,6 +17,7 @@ from convlab.layers import Conv2D, Dense, Flatten, ReLU
 from convlab.models import Sequential, reference_net
 from convlab.optimizers import SGD
 from convlab.training import EpochMetrics, epoch_order
+from tests.conftest import file_size_limit
 from tests.test_cli import run_cli
 
 RUN_SETTINGS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, lr_schedule="cosine",
@@ -319,6 +320,17 @@ def test_a_checkpoint_without_read_permission_says_so(tmp_path):
     path.chmod(0)
     code, out, err = convlab("evaluate", "--checkpoint", path, powerless=True)
     assert (code, err) == (2, f"convlab: error: cannot read checkpoint {path}: Permission denied\n")
+
+
+
+def test_a_save_past_a_file_size_limit_is_a_checkpoint_error(tmp_path):
+    """A real limit (``ulimit -f``, as FAT32's 4 GiB): the write fails with EFBIG and h5py's
+    close after it raises a RuntimeError, which ended `convlab train` in a traceback, exit 1.
+    Now the save's one-line error, with no temporary file left."""
+    with file_size_limit(256 << 10), pytest.raises(CheckpointError) as raised:  # a reference checkpoint is 1.5 MB
+        make_checkpoint(tmp_path / "ck.h5")
+    assert str(raised.value) == f"cannot write checkpoint {tmp_path / 'ck.h5'}: File too large"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_checkpoint_path_is_an_error(tmp_path):
