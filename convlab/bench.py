@@ -318,7 +318,8 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
     ``"image"``), print the tables and write the requested files. None means the default
     (the layer sizes of :data:`SWEEP_LAYER`); integers are expected already checked.
     ``accuracy``: also measure each timed backend's float32 error; ``many_channels``: also
-    time :data:`MANY_CHANNEL_LAYERS`."""
+    time :data:`MANY_CHANNEL_LAYERS`. A file that cannot be written is a ValueError naming
+    its option, raised after the tables are printed (the other file is written)."""
     if backends is not None:
         backends = parse_names(backends, "backends", list_backends())
     # Every tuner is asked for its pick whatever --backends names (run_bench), and may time any candidate.
@@ -347,11 +348,20 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
     if accuracy:
         timed = lambda shape: list(dict.fromkeys(r["backend"] for r in result.rows if r["shape"] == shape.label))  # noqa: E731
         result.accuracy = run_accuracy(shapes, timed, progress)
-    # The files first: a closed stdout (`| head`) ends the process at its first print.
-    if json_path is not None:
-        save_json(result, json_path)
-    if plot_path is not None:
-        save_plot(result, shapes_swept, plot_path, passes, along="k" if sweep == "kernel" else "size")
+    # The files first: a closed stdout (`| head`) ends the process at its first print. One
+    # that cannot be written (a full disk) is said after the tables: the timings, maybe
+    # minutes of them, are not lost with it.
+    saves = {"--json": (json_path, lambda: save_json(result, json_path)),
+             "--plot": (plot_path, lambda: save_plot(result, shapes_swept, plot_path, passes,
+                                                     along="k" if sweep == "kernel" else "size"))}
+    written, unsaved = [], []
+    for option, (path, save) in saves.items():
+        if path is not None:
+            try:
+                save()
+                written.append(path)
+            except OSError as e:
+                unsaved.append(f"cannot write {option} {path}: {e.strerror or e}")
     from convlab.threads import machine_summary
 
     print(f"on {machine_summary()}")
@@ -365,9 +375,10 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
         print(f"{backend} not timed on {label}: it does not support {reason}")
     for label, backend, what, error in result.failed:
         print(f"{backend} failed on {label} ({what}): {error}")
-    for path in (json_path, plot_path):
-        if path is not None:
-            print(f"wrote {path}")
+    for path in written:
+        print(f"wrote {path}")
+    if unsaved:
+        raise ValueError(f"{'; '.join(unsaved)} (the results are the tables printed above)")
     return result
 
 

@@ -10,6 +10,8 @@ import convlab.bench as bench
 from convlab import registry
 from convlab.cli import main
 from convlab.timing import ConvShape, interleaved_best, strategies
+from tests.conftest import file_size_limit
+from tests.test_cli import run_cli
 
 TINY = ["--kernel-sizes", "3,5", "--batch-size", "2", "--image-size", "8", "--out-channels", "2",
         "--repeat", "1"]
@@ -90,6 +92,23 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
     assert len(rows) == 3 * 2 * 2  # shapes x backends x passes
     assert out_png.read_bytes().startswith(b"\x89PNG")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["bench.json", "crossover.png", "out"]
+
+
+
+def test_a_file_that_cannot_be_written_is_named_and_the_tables_are_still_printed(tmp_path, capsys):
+    """A full disk at the plot (found on a real 2 MiB tmpfs) ended the bench with
+    "convlab: error: [Errno 28] No space left on device", naming no file, and the timings were
+    lost with it (the tables come after the files). Here a real file-size limit refuses the
+    PNG (EFBIG, as ENOSPC an OSError from the write) but not the small JSON."""
+    out_json, out_png = tmp_path / "b.json", tmp_path / "p.png"
+    with file_size_limit(4096):
+        code, out, err = run_cli(capsys, "bench", *TINY, "--backends", "im2col", "--mnist-layer", "no",
+                                 "--passes", "forward", "--json", str(out_json), "--plot", str(out_png))
+    assert code == 2 and err.endswith(f"convlab: error: cannot write --plot {out_png}: File too large "
+                                      "(the results are the tables printed above)\n")
+    assert "2x1->2 8x8 k5 p2" in out and f"wrote {out_json}" in out and "wrote " + str(out_png) not in out
+    assert json.loads(out_json.read_text())["rows"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
 
 
 def test_accuracy_table_and_json_for_every_timed_backend(tmp_path, capsys):
