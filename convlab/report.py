@@ -16,6 +16,7 @@ carries convlab's mark (:data:`PNG_MARK`) goes; anything else there is left and 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import json
@@ -487,12 +488,16 @@ def write_report(source, out="report.pdf", bench=None) -> ReportFiles:
     # --out would otherwise leave one's PDF beside the other's figures.
     with sole_writer({"--out": out, **figures}):
         outputs = rendered_report(source, out, bench)
-        for path, content in outputs.items():
-            try:
-                with atomic_path(path) as tmp:
-                    tmp.write_bytes(content)
-            except OSError as e:
-                raise ReportError(f"cannot write {path}: {e.strerror}") from None
+        # Every file is written to its temporary name before any is renamed into place (the
+        # PDF last): a full disk at a figure leaves the earlier report whole, where one file
+        # at a time left the new PDF beside none of its figures, or beside the earlier ones.
+        # (A rename refused, say of a `chattr +i` figure, leaves the PDF as it was too.)
+        try:
+            with contextlib.ExitStack() as renames:
+                for path, content in outputs.items():
+                    renames.enter_context(atomic_path(path)).write_bytes(content)
+        except OSError as e:  # a write (of `path`), or a rename onto e.filename2
+            raise ReportError(f"cannot write {e.filename2 or path}: {e.strerror or e}") from None
         # Within the claim: no other report is writing these names meanwhile.
         removed, left = remove_earlier_figures(path for path in figures.values()
                                                if path not in outputs and os.path.lexists(path))

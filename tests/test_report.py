@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from convlab import registry
 from convlab.cli import main
 from convlab.checkpoints import save_checkpoint
+from convlab.files import PNG_SIGNATURE
 from convlab.models import reference_net
 from convlab.optimizers import SGD
 from convlab.report import (ReportError, backend_explanation, has_mark, load_run, plain, read_bench,
@@ -186,6 +187,50 @@ def test_errors_leave_the_old_report_untouched(metrics, tmp_path):
         write_report(metrics, out, tmp_path / "bad.json")
     assert out.read_bytes() == b"%PDF-1.4 old report" and sorted(p.name for p in tmp_path.iterdir()) == [
         "bad.json", "metrics.json", "r.pdf"]
+
+
+
+def test_a_full_disk_at_a_figure_leaves_the_earlier_report_whole(metrics, tmp_path, monkeypatch):
+    """Files were written one at a time: on a real 2 MiB tmpfs with room for the PDF only, a
+    report left its new PDF and none of its figures (and, had the earlier report been there,
+    the new PDF beside the old figures). Now nothing is renamed until every file is written."""
+    out = tmp_path / "r.pdf"
+    earlier = {out: b"%PDF-1.4 earlier", tmp_path / "r-curves.png": PNG_SIGNATURE + b"earlier curves"}
+    for path, content in earlier.items():
+        path.write_bytes(content)
+    write_bytes = Path.write_bytes
+
+    def full_at_the_curves(path, content):
+        if path.name.startswith(".r-curves.png."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_bytes(path, content)
+
+    monkeypatch.setattr(Path, "write_bytes", full_at_the_curves)
+    with pytest.raises(ReportError, match=f"^cannot write {tmp_path / 'r-curves.png'}: No space left on device$"):
+        write_report(metrics, out)
+    assert {path: path.read_bytes() for path in tmp_path.glob("r*")} == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "r-curves.png", "r.pdf"]
+
+
+
+def test_a_figure_that_cannot_be_replaced_is_named_and_the_pdf_stays(metrics, tmp_path, monkeypatch):
+    """A rename refused (a real `chattr +i` figure gives EPERM): the figure is named, not the
+    temporary file, and the PDF, renamed last, is the earlier one."""
+    out, curves = tmp_path / "r.pdf", tmp_path / "r-curves.png"
+    out.write_bytes(b"%PDF-1.4 earlier")
+    curves.write_bytes(PNG_SIGNATURE + b"earlier curves")
+    replace = os.replace
+
+    def immutable_curves(source, target):
+        if Path(target) == curves:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(source), None, str(target))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", immutable_curves)
+    with pytest.raises(ReportError, match=f"^cannot write {curves}: Operation not permitted$"):
+        write_report(metrics, out)
+    assert out.read_bytes() == b"%PDF-1.4 earlier" and curves.read_bytes() == PNG_SIGNATURE + b"earlier curves"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "r-curves.png", "r.pdf"]
 
 
 def test_an_earlier_report_s_figures_this_one_does_not_draw_are_removed(metrics, checkpoint, tmp_path, capsys):
