@@ -134,8 +134,11 @@ def download_files(files: dict[str, str], dest, mirrors, timeout=TIMEOUT, deadli
                 if i + 1 < len(mirrors):
                     log(f"{path.name}: mirror {mirror} failed ({e}); trying the next mirror")
                 continue
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(body)
+            try:
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(body)
+            except OSError as e:  # a full disk: the files before this one stay, whole and checked
+                raise DataError(f"cannot write {path}: {e.strerror or e}") from None
             log(f"{path}: downloaded from {url}, {len(body):,} bytes in {time.monotonic() - started:.1f} s, "
                 "checksum ok")
             break

@@ -10,8 +10,9 @@ import threading
 import numpy as np
 import pytest
 
-from convlab.data import DEFAULT_DATA_DIR, MNIST_FILES, load_mnist
+from convlab.data import DEFAULT_DATA_DIR, MNIST_FILES, DataError, load_mnist
 from convlab.download import MNIST_MIRRORS, DownloadError, download_files, mirror_list
+from tests.conftest import file_size_limit
 from tests.test_cli import run_cli
 
 
@@ -61,6 +62,22 @@ def test_downloads_and_verifies(serve, tmp_path):
     for p in paths:
         assert p.read_bytes() == (tmp_path / "mirror" / p.name).read_bytes()
     assert sorted(p.name for p in dest.iterdir()) == ["file0.gz", "file1.gz"]  # no temporary files left
+
+
+
+def test_a_file_that_cannot_be_written_is_named_and_the_ones_before_it_stay(serve, tmp_path, capsys):
+    """A full --dest (a real 2 MiB tmpfs, MNIST's 9.7 MB first file) ended in "convlab: error:
+    [Errno 28] No space left on device", naming no file. Here a real file-size limit refuses
+    the second file (EFBIG, as ENOSPC an OSError from the write)."""
+    mirror, dest = tmp_path / "mirror", tmp_path / "dest"
+    files = fake_files(mirror, count=1)
+    payload = np.random.default_rng(0).bytes(64 << 10)  # random: its gzip stays over the limit
+    (mirror / "big.gz").write_bytes(gzip.compress(payload))
+    files["big"] = hashlib.sha256(payload).hexdigest()
+    with file_size_limit(16 << 10), \
+            pytest.raises(DataError, match=f"^cannot write {dest / 'big.gz'}: File too large$"):
+        download_files(files, dest, serve(mirror), log=quiet)
+    assert sorted(p.name for p in dest.iterdir()) == ["file0.gz"]
 
 
 def test_404_falls_through_to_the_next_mirror(serve, tmp_path):
