@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import json
@@ -32,7 +33,8 @@ def atomic_path(path):
     the temporary file sits beside the link's target (a rename cannot cross file
     systems) and replaces the target, so the link stays and points at the new content.
     The new file gets the permission bits of the file it replaces (a ``chmod 600``
-    checkpoint stays private), else the mode a plain ``open()`` would give.
+    checkpoint stays private), else the mode a plain ``open()`` would give. Its content
+    is on the disk before the rename, and the rename after it (:func:`flush_to_disk`).
     """
     path = write_target(path)
     try:
@@ -47,7 +49,9 @@ def atomic_path(path):
     try:
         yield Path(tmp)
         os.chmod(tmp, mode)  # after the write: the old file's bits may not allow writing (0444)
+        flush_to_disk(tmp)
         os.replace(tmp, path)
+        flush_to_disk(path.parent)
     except BaseException:
         # What stopped the write (a second Ctrl-C, a full disk) is what the user must read,
         # not that the temporary file could not go too (its folder made read-only
@@ -55,6 +59,24 @@ def atomic_path(path):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def flush_to_disk(path):
+    """``fsync`` the file or folder ``path``: what was written to it is on the disk when this
+    returns. Without it, a rename can reach the disk before the data it points at (ext4 and
+    XFS allocate a file's blocks late), so a power cut or a crash of the machine just after a
+    save can leave the checkpoint empty, the old one already gone; and a full disk that this
+    late allocation hid from ``write()`` (or an NFS server's error) is reported here, while
+    the previous file is still in place. A file system that cannot sync (EINVAL, ENOTSUP:
+    some FUSE mounts) is let be: nothing more can be done there."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
 
 
 # A file name each output option accepts, for a refusal's example.

@@ -131,6 +131,42 @@ def test_raw_idx_is_read_when_no_gz(tmp_path):
     np.testing.assert_array_equal(load_idx(tmp_path, "labels", hashlib.sha256(idx_bytes(a)).hexdigest()), a)
 
 
+def test_atomic_write_reaches_the_disk_before_its_rename_and_a_late_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
+    """The new content is fsynced before the rename and the folder after it (a power cut just
+    after a save finds the old file or the new one, whole); an error only fsync reports (a full
+    disk that delayed allocation hid from write()) leaves the old file and no temporary one."""
+    import errno
+    import os
+
+    from convlab.files import atomic_path
+
+    target = tmp_path / "ck.h5"
+    target.write_text("old")
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), target.read_text()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert synced == [(os.path.realpath(tmp), "old"), (str(tmp_path), "new")]
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("newer")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["ck.h5"]
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EINVAL, "Invalid argument")))
+    with atomic_path(target) as tmp:  # a file system that cannot sync: written all the same
+        tmp.write_text("newest")
+    assert target.read_text() == "newest"
+
+
 def test_atomic_write_gets_ordinary_permissions_and_leaves_no_temp_on_error(tmp_path):
     import os
 
