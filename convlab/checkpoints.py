@@ -329,7 +329,8 @@ def interrupted_message(checkpoint, resume, options) -> str:
     words = ["convlab", "train", "--resume", str(latest)]
     for key, value in options.items():
         if value is not None:
-            words += [f"--{key.replace('_', '-')}", str(value)]
+            # A yes/no option as the user types it (`--progress no`), which fire reads as False too.
+            words += [f"--{key.replace('_', '-')}", ("yes" if value else "no") if isinstance(value, bool) else str(value)]
     try:
         held = f"{latest} holds the run after epoch {checkpoint_epoch(latest)}"
     except Exception as e:  # anything: see the docstring

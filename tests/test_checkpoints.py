@@ -175,9 +175,9 @@ def test_interrupted_message_names_the_surviving_checkpoint_and_the_command(tmp_
     make_checkpoint(path, epochs_done=2)
     assert interrupted_message(path, path, options) == (
         f"{path} holds the run after epoch 2; resume with: convlab train --resume '{path}' --epochs 9 "
-        "--backend naive --progress False")
+        "--backend naive --progress no")
     elsewhere = tmp_path / "new.h5"
-    assert interrupted_message(elsewhere, path, options).endswith(f"--progress False --checkpoint {elsewhere}")
+    assert interrupted_message(elsewhere, path, options).endswith(f"--progress no --checkpoint {elsewhere}")
 
 
 def test_interrupted_message_reads_only_the_epoch_and_never_raises(tmp_path):

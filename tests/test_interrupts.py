@@ -123,7 +123,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_prints_the_resume_command(tmp_path
     assert "Traceback" not in err
     held = load_checkpoint(path)
     command = (f"convlab train --resume {path} --epochs 100000 --backend im2col --data-dir {tiny_data} "
-               "--progress False")
+               "--progress no")
     assert err.splitlines()[-1] == (f"convlab: interrupted; {path} holds the run after epoch {held.epoch}; "
                                     f"resume with: {command}")
     assert f"epoch {held.epoch}/100000" in out

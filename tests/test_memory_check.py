@@ -306,7 +306,7 @@ def test_memory_check_no_skips_the_check(capsys, data_read_once, memory, monkeyp
     code, _, err = run_cli(capsys, "train", "--resume", str(path), "--epochs", "3", "--progress", "no",
                            "--memory-check", "no")
     assert code == 130 and err.endswith(f"resume with: convlab train --resume {path} --epochs 3 --backend im2col "
-                                        "--progress False --memory-check False\n")
+                                        "--progress no --memory-check no\n")
 
 
 @pytest.mark.parametrize("value", ["no", 0, None])

@@ -135,7 +135,7 @@ def test_a_failed_save_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path
     assert code == 2 and err == (
         f"convlab: error: cannot write checkpoint {path}: No space left on device; {path} holds the run "
         f"after epoch 1; resume with: convlab train --resume {path} --epochs 3 --backend im2col --data-dir "
-        f"{tiny_data} --progress False\n")
+        f"{tiny_data} --progress no\n")
     assert load_checkpoint(path).epoch == 1
 
 
@@ -214,7 +214,7 @@ def test_a_backend_that_breaks_mid_run_says_what_the_checkpoint_holds_and_resume
     path = tmp_path / "ck.h5"
     code, _, err = run_cli(capsys, *train_on_breaking(tiny_data, path))
     command = (f"convlab train --resume {path} --epochs 3 --backend im2col --data-dir {tiny_data} "
-               "--progress False")
+               "--progress no")
     assert code == 2 and err.startswith(f"convlab: error: backend 'breaking' ({Breaking.__module__}.Breaking) is "
                                         "broken: its forward returned y (64, 1, 24, 24) float32")
     assert err.endswith(f"; use another backend, and tell its authors; {path} holds the run after epoch 1; "
@@ -244,7 +244,7 @@ def test_a_checkpoint_that_cannot_be_read_leaves_the_backend_s_error_whole(
                                         "broken: its forward returned y (64, 1, 24, 24) float32")
     assert f"; use another backend, and tell its authors; {path} could not be read (" in err
     assert err.endswith(f"), so which epoch it holds is not known; resume with: convlab train --resume {path} "
-                        f"--epochs 3 --backend im2col --data-dir {tiny_data} --progress False\n")
+                        f"--epochs 3 --backend im2col --data-dir {tiny_data} --progress no\n")
     assert len(err.splitlines()) == 1
 
 
@@ -299,7 +299,7 @@ def test_a_backend_that_raises_mid_run_keeps_its_traceback_which_ends_saying_how
     assert str(raised.value) == "the device is gone"
     assert raised.value.__notes__ == [
         f"{path} holds the run after epoch 1; resume with: convlab train --resume {path} --epochs 3 --backend "
-        f"breaking --data-dir {tiny_data} --progress False"]
+        f"breaking --data-dir {tiny_data} --progress no"]
     assert "".join(traceback.format_exception(raised.value)).endswith(raised.value.__notes__[0] + "\n")
 
 
@@ -315,7 +315,7 @@ def test_sigterm_stops_at_the_end_of_a_batch_keeps_the_checkpoint_and_says_how_t
     assert f"epoch {held.epoch}/100000" in out + rest
     assert err.splitlines()[-1] == (
         f"convlab: terminated; {path} holds the run after epoch {held.epoch}; resume with: convlab train --resume "
-        f"{path} --epochs 100000 --backend im2col --data-dir {tiny_data} --progress False")
+        f"{path} --epochs 100000 --backend im2col --data-dir {tiny_data} --progress no")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.h5", "tiny.hdf5"]  # no temp file left behind
 
 
