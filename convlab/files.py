@@ -48,8 +48,8 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        flush_to_disk(tmp)  # before the chmod: mkstemp's 0600 can be read, the old file's 0200 not
         os.chmod(tmp, mode)  # after the write: the old file's bits may not allow writing (0444)
-        flush_to_disk(tmp)
         os.replace(tmp, path)
         flush_to_disk(path.parent)
     except BaseException:
@@ -68,8 +68,13 @@ def flush_to_disk(path):
     save can leave the checkpoint empty, the old one already gone; and a full disk that this
     late allocation hid from ``write()`` (or an NFS server's error) is reported here, while
     the previous file is still in place. A file system that cannot sync (EINVAL, ENOTSUP:
-    some FUSE mounts) is let be: nothing more can be done there."""
-    fd = os.open(path, os.O_RDONLY)
+    some FUSE mounts) is let be: nothing more can be done there; so is a folder that cannot
+    be opened to sync (one can write in a ``chmod 333`` folder, a drop box, without reading
+    it), where the file has already been renamed into place."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except PermissionError:
+        return
     try:
         os.fsync(fd)
     except OSError as e:

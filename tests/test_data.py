@@ -167,6 +167,41 @@ def test_atomic_write_reaches_the_disk_before_its_rename_and_a_late_full_disk_ke
     assert target.read_text() == "newest"
 
 
+def test_atomic_write_syncs_what_it_may_not_read(tmp_path, monkeypatch):
+    """A file replacing a write-only one (0200: its temporary file gets those bits) and a
+    folder one may write in but not read (0333, a drop box) were written before the fsync
+    came, and failed with it: Permission denied, the drop box's file already renamed into
+    place. os.open refuses here as it does a user who is not root (the suite may run as root)."""
+    import os
+    import stat
+
+    from convlab.files import atomic_path
+
+    real_open = os.open
+
+    def open_as_a_user(path, flags, *args, **kwargs):
+        if flags & os.O_ACCMODE == os.O_RDONLY and not os.stat(path).st_mode & stat.S_IRUSR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_as_a_user)
+    write_only = tmp_path / "metrics.json"
+    write_only.write_text("old")
+    write_only.chmod(0o200)
+    with atomic_path(write_only) as tmp:
+        tmp.write_text("new")
+    assert stat.S_IMODE(write_only.stat().st_mode) == 0o200
+    drop_box = tmp_path / "drop"
+    drop_box.mkdir()
+    drop_box.chmod(0o333)
+    try:
+        with atomic_path(drop_box / "ck.h5") as tmp:
+            tmp.write_text("new")
+    finally:
+        drop_box.chmod(0o755)
+    assert write_only.read_text() == "new" and (drop_box / "ck.h5").read_text() == "new"
+
+
 def test_atomic_write_gets_ordinary_permissions_and_leaves_no_temp_on_error(tmp_path):
     import os
 
