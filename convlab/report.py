@@ -39,7 +39,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from convlab.checkpoints import epoch_ranges, tuners_resolved
-from convlab.files import PNG_SIGNATURE, atomic_path, check_outputs, check_suffix, check_writable, sole_writer
+from convlab.files import (PNG_SIGNATURE, atomic_path, check_outputs, check_suffix, check_writable, flush_to_disk,
+                           sole_writer)
 from convlab.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU
 from convlab.models import DEFAULT_MODEL, INPUT_SHAPE
 from convlab.registry import get_backend
@@ -492,11 +493,18 @@ def write_report(source, out="report.pdf", bench=None) -> ReportFiles:
         # PDF last): a full disk at a figure leaves the earlier report whole, where one file
         # at a time left the new PDF beside none of its figures, or beside the earlier ones.
         # (A rename refused, say of a `chattr +i` figure, leaves the PDF as it was too.)
+        # Each is synced to the disk before any rename too (atomic_path syncs it again, at no
+        # cost): a full disk that only the sync reports (delayed allocation) is met while
+        # every name still holds the earlier report.
         try:
             with contextlib.ExitStack() as renames:
+                temporaries = {}
                 for path, content in outputs.items():
-                    renames.enter_context(atomic_path(path)).write_bytes(content)
-        except OSError as e:  # a write (of `path`), or a rename onto e.filename2
+                    temporaries[path] = renames.enter_context(atomic_path(path))
+                    temporaries[path].write_bytes(content)
+                for path, tmp in temporaries.items():
+                    flush_to_disk(tmp)
+        except OSError as e:  # a write or sync (of `path`), or a rename onto e.filename2
             raise ReportError(f"cannot write {e.filename2 or path}: {e.strerror or e}") from None
         # Within the claim: no other report is writing these names meanwhile.
         removed, left = remove_earlier_figures(path for path in figures.values()

@@ -213,6 +213,28 @@ def test_a_full_disk_at_a_figure_leaves_the_earlier_report_whole(metrics, tmp_pa
 
 
 
+def test_a_full_disk_only_the_sync_reports_leaves_the_earlier_report_whole(metrics, tmp_path, monkeypatch):
+    """A full disk that write() did not report (delayed allocation, NFS) comes out of fsync:
+    every file is synced before any is renamed, so no new figure sits beside the old PDF,
+    and the file named is the one whose sync failed."""
+    out = tmp_path / "r.pdf"
+    earlier = {out: b"%PDF-1.4 earlier", tmp_path / "r-curves.png": PNG_SIGNATURE + b"earlier curves"}
+    for path, content in earlier.items():
+        path.write_bytes(content)
+    fsync = os.fsync
+
+    def full_at_the_pdf(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".r.pdf."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_at_the_pdf)
+    with pytest.raises(ReportError, match=f"^cannot write {out}: No space left on device$"):
+        write_report(metrics, out)
+    assert {path: path.read_bytes() for path in tmp_path.glob("r*")} == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "r-curves.png", "r.pdf"]
+
+
 def test_a_figure_that_cannot_be_replaced_is_named_and_the_pdf_stays(metrics, tmp_path, monkeypatch):
     """A rename refused (a real `chattr +i` figure gives EPERM): the figure is named, not the
     temporary file, and the PDF, renamed last, is the earlier one."""
