@@ -206,12 +206,16 @@ def split_size(name: str, data_dir, split: str) -> int | None:
         if images is None:
             return None
         with (gzip.open if images.suffix == ".gz" else open)(images, "rb") as file:
-            header = file.read(8)  # magic 00 00 TT DD, then the first dimension (big-endian)
+            header = file.read(16)  # magic 00 00 08 03, then three dimensions (big-endian): N, 28, 28
+            size = None if images.suffix == ".gz" else images.stat().st_size
     except (DataError, OSError, EOFError, zlib.error, KeyError, AttributeError, IndexError, TypeError):
         return None
-    if len(header) < 8 or header[:2] != b"\x00\x00" or header[3] == 0:  # no idx file (the load says so)
-        return None
-    return int.from_bytes(header[4:], "big")
+    if len(header) < 16 or header[:4] != b"\x00\x00\x08\x03" or header[8:] != bytes([0, 0, 0, 28] * 2):
+        return None  # not N 28x28 images: the load says what is wrong
+    images_count = int.from_bytes(header[4:8], "big")
+    if size is not None and size < 16 + images_count * 28 * 28:
+        return None  # a damaged header or a cut file: the load's error, not a count that never was
+    return images_count
 
 
 def held_bytes(name: str, data_dir) -> int:

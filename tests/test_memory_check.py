@@ -350,8 +350,16 @@ def test_the_number_of_images_is_read_from_the_files_headers(tmp_path):
     assert (split_size("mnist", None, "train"), split_size("mnist", None, "test")) == (60000, 10000)  # .gz
     plain = tmp_path / "plain"
     plain.mkdir()
-    (plain / "t10k-images-idx3-ubyte").write_bytes(bytes.fromhex("00000803 0000002a 0000001c 0000001c"))
+    header = bytes.fromhex("00000803 0000002a 0000001c 0000001c")
+    (plain / "t10k-images-idx3-ubyte").write_bytes(header + bytes(42 * 784))
     assert split_size("mnist", plain, "test") == 42 and split_size("mnist", plain, "train") is None  # missing
+    # A damaged header, or a cut file: not a count (the load says what is wrong, not the memory check).
+    (plain / "t10k-images-idx3-ubyte").write_bytes(header + bytes(41 * 784))
+    assert split_size("mnist", plain, "test") is None
+    (plain / "t10k-images-idx3-ubyte").write_bytes(bytes.fromhex("00000803 7fffffff 0000001c 0000001c"))
+    assert split_size("mnist", plain, "test") is None
+    (plain / "t10k-images-idx3-ubyte").write_bytes(bytes.fromhex("00000803 0000002a 0000001c 0000001d") + bytes(42 * 812))
+    assert split_size("mnist", plain, "test") is None  # 28 x 29 images: not this data set's
     data = random_digits(tmp_path / "tiny.hdf5", train=20, test=30)
     assert (split_size("mnist", data, "train"), split_size("mnist", tmp_path, "test")) == (20, None)
     (tmp_path / "MNISTdata.hdf5").write_bytes(data.read_bytes())  # a folder holding it
