@@ -514,14 +514,13 @@ def test_a_real_container_limit_refuses_what_would_be_oom_killed(tmp_path, tiny_
         limited.rmdir()  # not left behind
         pytest.skip(f"cannot limit a cgroup here: {e}")
     try:
-        def enter():  # in the child, before convlab starts: it and what it starts are limited
-            (limited / "cgroup.procs").write_text(str(os.getpid()))
-
         env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        # A shell enters the cgroup, then becomes convlab (exec): limited from its first byte.
+        # (Not preexec_fn, which runs Python in a child forked from a process with threads.)
         result = subprocess.run(
-            [sys.executable, "-m", "convlab.cli", "train", "--model", "c1200k3 dense10", "--data-dir", str(tiny_data),
-             "--epochs", "1", "--progress", "no"],
-            preexec_fn=enter, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+            ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(limited), sys.executable, "-m", "convlab.cli",
+             "train", "--model", "c1200k3 dense10", "--data-dir", str(tiny_data), "--epochs", "1", "--progress", "no"],
+            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     finally:
         limited.rmdir()
     assert result.returncode == 2, (result.returncode, result.stderr)
