@@ -251,7 +251,8 @@ def bench_epoch(backend_names, train_size, chunk, pause, model_name="reference",
     sides, losses = [], {}
     for name in backend_names:
         # The network `convlab train --model M --backend B` trains, conv layers pinned as it pins them.
-        model, _ = build_model(TrainSettings(model=model_name, backend=name, seed=SEED))
+        # Not memory-checked: the data set is loaded already, and the check would count it again.
+        model, _ = build_model(TrainSettings(model=model_name, backend=name, seed=SEED, memory_check=False))
         optimizer = SGD(model, lr=LR, momentum=MOMENTUM)
         losses[name] = []
 
