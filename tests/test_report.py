@@ -190,46 +190,36 @@ def test_errors_leave_the_old_report_untouched(metrics, tmp_path):
 
 
 
-def test_a_full_disk_at_a_figure_leaves_the_earlier_report_whole(metrics, tmp_path, monkeypatch):
+@pytest.mark.parametrize("full_at", ["write", "sync"])
+def test_a_full_disk_leaves_the_earlier_report_whole(metrics, tmp_path, monkeypatch, full_at):
     """Files were written one at a time: on a real 2 MiB tmpfs with room for the PDF only, a
     report left its new PDF and none of its figures (and, had the earlier report been there,
-    the new PDF beside the old figures). Now nothing is renamed until every file is written."""
+    the new PDF beside the old figures). Now nothing is renamed until every file is written
+    (``write``: the curves' write fails) and synced (``sync``: a full disk that write() did
+    not report, delayed allocation or NFS, comes out of the PDF's fsync); the file named is
+    the one that failed."""
     out = tmp_path / "r.pdf"
     earlier = {out: b"%PDF-1.4 earlier", tmp_path / "r-curves.png": PNG_SIGNATURE + b"earlier curves"}
     for path, content in earlier.items():
         path.write_bytes(content)
-    write_bytes = Path.write_bytes
+    write_bytes, fsync, failed = Path.write_bytes, os.fsync, {"write": tmp_path / "r-curves.png", "sync": out}[full_at]
 
-    def full_at_the_curves(path, content):
-        if path.name.startswith(".r-curves.png."):
+    def is_failing(name):  # the temporary file beside the one that fails
+        return name.startswith(f".{failed.name}.")
+
+    def write(path, content):
+        if full_at == "write" and is_failing(path.name):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return write_bytes(path, content)
 
-    monkeypatch.setattr(Path, "write_bytes", full_at_the_curves)
-    with pytest.raises(ReportError, match=f"^cannot write {tmp_path / 'r-curves.png'}: No space left on device$"):
-        write_report(metrics, out)
-    assert {path: path.read_bytes() for path in tmp_path.glob("r*")} == earlier
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "r-curves.png", "r.pdf"]
-
-
-
-def test_a_full_disk_only_the_sync_reports_leaves_the_earlier_report_whole(metrics, tmp_path, monkeypatch):
-    """A full disk that write() did not report (delayed allocation, NFS) comes out of fsync:
-    every file is synced before any is renamed, so no new figure sits beside the old PDF,
-    and the file named is the one whose sync failed."""
-    out = tmp_path / "r.pdf"
-    earlier = {out: b"%PDF-1.4 earlier", tmp_path / "r-curves.png": PNG_SIGNATURE + b"earlier curves"}
-    for path, content in earlier.items():
-        path.write_bytes(content)
-    fsync = os.fsync
-
-    def full_at_the_pdf(fd):
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".r.pdf."):
+    def sync(fd):
+        if full_at == "sync" and is_failing(os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         fsync(fd)
 
-    monkeypatch.setattr(os, "fsync", full_at_the_pdf)
-    with pytest.raises(ReportError, match=f"^cannot write {out}: No space left on device$"):
+    monkeypatch.setattr(Path, "write_bytes", write)
+    monkeypatch.setattr(os, "fsync", sync)
+    with pytest.raises(ReportError, match=f"^cannot write {failed}: No space left on device$"):
         write_report(metrics, out)
     assert {path: path.read_bytes() for path in tmp_path.glob("r*")} == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "r-curves.png", "r.pdf"]
