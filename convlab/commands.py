@@ -184,16 +184,17 @@ class Commands:
             memory_check: refuse a network that cannot fit in the memory available; no skips the check.
         """
         from convlab.checkpoints import load_checkpoint
-        from convlab.data import held_bytes, load_dataset, split_size
+        from convlab.data import held_bytes, load_dataset, split_sizes
         from convlab.inference import evaluation_report, restore_model
-        from convlab.training import EVALUATION_BATCH
+        from convlab.training import evaluation_batch_size
 
         test_size = None if test_size is None else positive_int("test-size", test_size)
         saved = load_checkpoint(required("checkpoint", checkpoint))
-        # Its batches: EVALUATION_BATCH images, or all those used if fewer (as far as the files tell).
-        images = test_size or split_size(saved.settings["dataset"], data_dir, "test") or EVALUATION_BATCH
-        model = restore_model(saved, backend, batch=min(EVALUATION_BATCH, images) if memory_check else None,
-                              data_bytes=held_bytes(saved.settings["dataset"], data_dir) if memory_check else 0)
+        batch, data_bytes = None, 0
+        if memory_check:  # its batches and the data set it reads, as far as the files tell
+            sizes = split_sizes(saved.settings["dataset"], data_dir)
+            batch, data_bytes = evaluation_batch_size(test_size, sizes["test"]), held_bytes(sizes)
+        model = restore_model(saved, backend, batch=batch, data_bytes=data_bytes)
         data = load_dataset(saved.settings["dataset"], data_dir)
         n_test = subset_size("test-size", test_size, len(data.x_test))
         print(evaluation_report(model, saved, data.x_test[:n_test], data.y_test[:n_test]))

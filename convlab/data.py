@@ -218,14 +218,19 @@ def split_size(name: str, data_dir, split: str) -> int | None:
     return images_count
 
 
-def held_bytes(name: str, data_dir) -> int:
-    """Bytes the data set ``name`` (``data_dir``) takes once :func:`load_dataset` has read it:
-    float32 (N, 1, 28, 28) images and int64 labels of both splits, whatever --train-size and
-    --test-size use of them. Counted by the memory check, before the data set is read: a run
-    holds it from before its first step to its end (MNIST's 70 000 images: 210 MiB). The
-    splits' sizes come from the files' headers (:func:`split_size`); one that cannot be read
-    counts nothing (loading the data set then says why)."""
-    images = sum(split_size(name, data_dir, split) or 0 for split in ("train", "test"))
+def split_sizes(name: str, data_dir) -> dict[str, int | None]:
+    """:func:`split_size` of both splits, ``{"train": N, "test": N}``: what the memory check
+    reads of the data set, once, before it is loaded."""
+    return {split: split_size(name, data_dir, split) for split in ("train", "test")}
+
+
+def held_bytes(sizes: dict[str, int | None]) -> int:
+    """Bytes a data set of these :func:`split_sizes` takes once :func:`load_dataset` has read
+    it: float32 (N, 1, 28, 28) images and int64 labels of both splits, whatever --train-size
+    and --test-size use of them. Counted by the memory check, before the data set is read: a
+    run holds it from before its first step to its end (MNIST's 70 000 images: 210 MiB). A
+    split whose size could not be read counts nothing (loading the data set then says why)."""
+    images = sum(n or 0 for n in sizes.values())
     return images * (28 * 28 * np.dtype(np.float32).itemsize + np.dtype(np.int64).itemsize)
 
 

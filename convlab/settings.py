@@ -102,10 +102,10 @@ class TrainSettings:
     memory_check: bool = True
 
     def __post_init__(self):
-        from convlab.data import data_source, held_bytes, split_size
+        from convlab.data import data_source, held_bytes, split_sizes
         from convlab.models import get_model
         from convlab.registry import get_backend
-        from convlab.training import EVALUATION_BATCH
+        from convlab.training import evaluation_batch_size
 
         model = get_model(self.model)
         backend = ",".join(get_backend(name).name for name in backend_names(self.backend))
@@ -134,15 +134,13 @@ class TrainSettings:
         memory_batch = evaluation_batch = None
         data_bytes = 0
         if self.memory_check:
-            data_bytes = held_bytes(self.dataset, self.data_dir)
+            sizes = split_sizes(self.dataset, self.data_dir)
+            data_bytes = held_bytes(sizes)
             # A step's batch: --batch-size images, or all the images used if fewer: --train-size,
             # at most the data set's (where its files can tell; else --batch-size is counted).
-            memory_batch = min(filter(None, (normalised["batch_size"], normalised.get("train_size"),
-                                             split_size(self.dataset, self.data_dir, "train"))))
-            # The test images' evaluation after each epoch (convlab.training.fit): 128 at a time,
-            # or all of them if fewer.
-            evaluation_batch = min(filter(None, (EVALUATION_BATCH, normalised.get("test_size"),
-                                                 split_size(self.dataset, self.data_dir, "test"))))
+            memory_batch = min(filter(None, (normalised["batch_size"], normalised.get("train_size"), sizes["train"])))
+            # The test images' evaluation after each epoch (convlab.training.fit).
+            evaluation_batch = evaluation_batch_size(normalised.get("test_size"), sizes["test"])
         layer_backends(model, backend, normalised["batch_size"], memory_batch=memory_batch,
                        resumed=self.resume is not None, evaluation_batch=evaluation_batch, data_bytes=data_bytes)
         for name, value in normalised.items():

@@ -76,6 +76,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 EVALUATION_BATCH = 128
 
 
+def evaluation_batch_size(test_size, test_images) -> int:
+    """The largest batch an evaluation of the test images forms (for the memory check):
+    :data:`EVALUATION_BATCH`, or all the images used if fewer (``test_size``, else the
+    ``test_images`` of the split; None: not known)."""
+    return min(filter(None, (EVALUATION_BATCH, test_size, test_images)))
+
+
 def predict_logits(model, x, batch_size=EVALUATION_BATCH) -> np.ndarray:
     """Logits (N, K) for images x (N, C, H, W), computed batch by batch.
 

@@ -43,7 +43,7 @@ def memory(monkeypatch):
     def set_memory(available, limit=None):
         headroom = None if available is None else Headroom(available, limit)
         monkeypatch.setattr(convlab.settings, "available_memory", lambda: headroom)
-        monkeypatch.setattr(convlab.data, "held_bytes", lambda name, data_dir: 0)
+        monkeypatch.setattr(convlab.data, "held_bytes", lambda sizes: 0)
     return set_memory
 
 
@@ -52,10 +52,10 @@ def test_the_data_set_the_run_holds_is_counted(capsys, memory, monkeypatch, tmp_
     MiB, far more than the reference network's 10.6 MiB), whatever --train-size uses of it:
     in a container limited to 400 MiB, a network whose step alone would fit was refused
     by nothing and ended by the OOM killer."""
-    assert REAL_HELD_BYTES("mnist", None) == 70000 * (784 * 4 + 8)
-    assert REAL_HELD_BYTES("mnist", tmp_path) == 0  # no data there: counts nothing (loading says why)
+    assert REAL_HELD_BYTES(convlab.data.split_sizes("mnist", None)) == 70000 * (784 * 4 + 8)
+    assert REAL_HELD_BYTES(convlab.data.split_sizes("mnist", tmp_path)) == 0  # no data there: counts nothing (loading says why)
     step = get_model("reference").build().least_memory(64)
-    memory(step + REAL_HELD_BYTES("mnist", None) - 1, limit=400 * MiB)
+    memory(step + REAL_HELD_BYTES(convlab.data.split_sizes("mnist", None)) - 1, limit=400 * MiB)
     monkeypatch.setattr(convlab.data, "held_bytes", REAL_HELD_BYTES)
     code, out, err = run_cli(capsys, "train", "--train-size", "640", "--progress", "no")
     assert code == 2 and out == "" and err.count("\n") == 1
@@ -63,7 +63,7 @@ def test_the_data_set_the_run_holds_is_counted(capsys, memory, monkeypatch, tmp_
         "convlab: error: the reference network needs at least 220.5 MiB of memory for a training step on 64 images "
         "(weights, momentum, activations, gradients), with the data set loaded (209.9 MiB), but 220.5 MiB is "
         "available under the container's memory limit of 400.0 MiB (cgroup)")
-    memory(step + REAL_HELD_BYTES("mnist", None) + 2 * MiB)
+    memory(step + REAL_HELD_BYTES(convlab.data.split_sizes("mnist", None)) + 2 * MiB)
     monkeypatch.setattr(convlab.data, "held_bytes", REAL_HELD_BYTES)
     TrainSettings(train_size=640)  # fits, the evaluation's pass on 128 images too
     # evaluate reads the data set after the network, and counts it too.
