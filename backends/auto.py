@@ -172,6 +172,9 @@ class Auto:
         for name in candidates():  # any of them may be timed (one that raises is skipped), and then run
             get_backend(name).check_settings(warn_if_broken=True)
 
+    def own_threads(self):  # any of them may be timed: FFTW's threads are shared by the FFT backends
+        return max((get_backend(name).own_threads() for name in candidates()), default=0)
+
     def supports(self, x_shape, w_shape, stride, padding):
         if candidates(x_shape, w_shape, stride, padding):
             return None

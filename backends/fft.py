@@ -143,6 +143,9 @@ class FFT:
     def check_settings(self):
         fftw.settings()  # CONVLAB_FFT_THREADS, _PLANNER, _WISDOM
 
+    def own_threads(self):
+        return fftw.own_threads()
+
     def forward(self, x, w, b, stride, padding, relu=False):
         h, width = x.shape[2:]
         kh, kw = w.shape[2:]

@@ -38,7 +38,7 @@ from convlab.cachefile import read_cache, update_cache, warn_once
 from convlab.files import user_cache_dir
 from convlab.profile import shared_among_threads
 from convlab.relu import relu_gradient_block
-from convlab.threads import chunk_bounds, share_chunks
+from convlab.threads import chunk_bounds, share_chunks, worker_count
 
 
 def _import_pyfftw_with_passive_threads():
@@ -182,6 +182,14 @@ def settings() -> Settings:
     if _plans.settings is None:
         configure()
     return _plans.settings
+
+
+def own_threads() -> int:
+    """Threads the FFT backends may start beyond convlab's chunk pool's own helpers (see
+    :meth:`convlab.registry.Backend.own_threads`): FFTW's (OpenMP) threads but the calling
+    one, and the helpers that share tiles beyond the pool's :func:`convlab.threads.worker_count`."""
+    threads = settings().threads
+    return threads - 1 + max(0, threads - worker_count())
 
 
 class _Buffers:

@@ -1,7 +1,10 @@
-"""How much memory a run can still take before the kernel's OOM killer ends it: the
-machine's (``MemAvailable`` and ``SwapFree`` in /proc/meminfo) and, in a container, what its
-cgroup's memory limit leaves (:func:`cgroup_headroom`). :func:`convlab.settings.check_memory`
-compares it with what a network needs (:meth:`convlab.models.Sequential.least_memory`).
+"""How much memory a run can still take before it is ended or refused: the machine's
+(``MemAvailable`` and ``SwapFree`` in /proc/meminfo), in a container what its cgroup's memory
+limit leaves (:func:`cgroup_headroom`), and under a process limit (``ulimit -v``, ``ulimit -d``)
+what that leaves of the process's address space (:func:`rlimit_headroom`).
+:func:`convlab.settings.check_memory` compares it with what a network needs
+(:meth:`convlab.models.Sequential.least_memory`); :func:`out_of_room` says which limit a
+failed allocation or thread start ran into.
 
 Linux only: where these files cannot be read, the headroom is not known (None), never a guess.
 """
@@ -11,21 +14,40 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+try:
+    import resource
+except ImportError:  # not a Unix: no process limits to read
+    resource = None
+
+# The process limits read, by the shell command that sets them: (resource's name, the
+# /proc/self/status field that counts what the process takes of it, what it limits).
+# RLIMIT_AS counts every mapping, reserved or touched (VmSize: thread stacks, malloc's
+# arenas, a buffer BLAS maps and never fills); RLIMIT_DATA, since Linux 4.7, the private
+# writable ones (VmData: thread stacks and buffers too, but not the arenas' reservations).
+RLIMITS = {"ulimit -v": ("RLIMIT_AS", "VmSize", "address-space"),
+           "ulimit -d": ("RLIMIT_DATA", "VmData", "data-segment")}
+
 
 class Headroom(NamedTuple):
-    """Memory a run can still take before the kernel's OOM killer ends it (:func:`available_memory`)."""
+    """Memory a run can still take (:func:`available_memory`), and what sets it."""
 
     nbytes: int
-    limit: int | None = None  # the container's memory limit that sets it, in bytes; None: the machine's memory
+    limit: int | None = None  # the limit that sets it, in bytes; None: the machine's memory
+    kind: str = "memory"  # the machine's "memory", a container's "cgroup", or a key of RLIMITS
+    in_use: int = 0  # under a process limit: what the process already takes of it
+    reserved: int = 0  # under a process limit: what the run's threads will take of it (see available_memory)
 
 
-def available_memory(root="/") -> Headroom | None:
-    """Bytes the kernel can still give this process before its OOM killer ends it: the
-    smaller of the machine's ``MemAvailable`` (in /proc/meminfo; it counts the page cache the
-    kernel can drop) and the headroom under its cgroup's memory limit (:func:`cgroup_headroom`:
-    a container's), plus ``SwapFree`` (slow, but a run that swaps still finishes). None where
-    neither can be read. ``root`` is where / is (a test gives a made-up tree). The memory this
-    process freed but kept is given back first, to be counted as available."""
+def available_memory(root="/", limits=None, reserved=0) -> Headroom | None:
+    """The least of: what the kernel can still give this process before its OOM killer ends
+    it, the machine's ``MemAvailable`` (in /proc/meminfo; it counts the page cache the kernel
+    can drop) or, if less, the headroom under its cgroup's memory limit
+    (:func:`cgroup_headroom`: a container's), plus ``SwapFree`` (slow, but a run that swaps
+    still finishes); and what a process limit leaves (:func:`rlimit_headroom`, ``limits``
+    as :func:`process_limits`, less ``reserved`` bytes the run's threads will map: they are
+    address space, not memory, so only a process limit counts them). None where none can be
+    read. ``root`` is where / is (a test gives a made-up tree). The memory this process freed
+    but kept is given back first, to be counted as available."""
     from convlab.allocator import give_back_freed_memory
 
     give_back_freed_memory()
@@ -33,8 +55,40 @@ def available_memory(root="/") -> Headroom | None:
     machine = meminfo["MemAvailable"] * 1024 if "MemAvailable" in meminfo else None
     swap, container = meminfo.get("SwapFree", 0) * 1024, cgroup_headroom(root)
     if container is not None and (machine is None or container[0] < machine):
-        return Headroom(container[0] + swap, container[1])
-    return None if machine is None else Headroom(machine + swap)
+        memory = Headroom(container[0] + swap, container[1], "cgroup")
+    else:
+        memory = None if machine is None else Headroom(machine + swap)
+    process = rlimit_headroom(root, process_limits() if limits is None else limits, reserved)
+    return min(filter(None, (memory, process)), key=lambda headroom: headroom.nbytes, default=None)
+
+
+def process_limits() -> dict[str, int]:
+    """The process limits set on this process (soft, the ones that bind), in bytes, by the
+    :data:`RLIMITS` key that names them: {} where none is set."""
+    if resource is None:
+        return {}
+    limits = {}
+    for kind, (name, _, _) in RLIMITS.items():
+        soft = resource.getrlimit(getattr(resource, name))[0]
+        if soft != resource.RLIM_INFINITY:
+            limits[kind] = soft
+    return limits
+
+
+def rlimit_headroom(root, limits: dict[str, int], reserved=0) -> Headroom | None:
+    """The least headroom under the process limits ``limits`` ({kind: bytes}, as
+    :func:`process_limits`): each limit less what the process takes of it
+    (``/proc/self/status`` under ``root``) and less ``reserved``. A kernel that refuses a
+    mapping beyond the limit makes it a MemoryError, a thread that cannot start, or a
+    native library's abort, however much memory is free. None where none is set or what
+    the process takes cannot be read."""
+    if not limits:
+        return None
+    status = stat_fields(Path(root, "proc/self/status"), {field for _, field, _ in RLIMITS.values()})  # in kB
+    found = [Headroom(max(0, limit - status[RLIMITS[kind][1]] * 1024 - reserved), limit, kind,
+                      status[RLIMITS[kind][1]] * 1024, reserved)
+             for kind, limit in limits.items() if RLIMITS[kind][1] in status]
+    return min(found, key=lambda headroom: headroom.nbytes, default=None)
 
 
 def stat_fields(path, names) -> dict[str, int]:

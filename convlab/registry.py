@@ -199,6 +199,14 @@ class Backend:
             warnings.warn(str(self.broken(what, advice="its settings go unchecked and this run goes on")),
                           PluginWarning, stacklevel=1)  # here: once, however many ask
 
+    def own_threads(self) -> int:
+        """Threads this backend may start of its own (not convlab's chunk pool,
+        :mod:`convlab.threads`, counted for every run): their stacks count against a process
+        limit (``ulimit -v``) in the memory check. Optional for a backend (``own_threads``); 0
+        without it."""
+        count = getattr(self.impl, "own_threads", None)
+        return 0 if count is None else int(count())
+
     def check_supported(self, x_shape, w_shape, stride=1, padding=0):
         """Raise :class:`Unsupported`, naming the backends that can, unless this one can."""
         reason = self.supports(x_shape, w_shape, stride, padding)

@@ -22,7 +22,7 @@ import copy
 import numbers
 from dataclasses import dataclass
 
-from convlab.headroom import available_memory
+from convlab.headroom import RLIMITS, available_memory
 from convlab.optimizers import LR_SCHEDULES
 
 
@@ -274,7 +274,10 @@ def layer_backends(model, backend, batch_size=64, memory_batch=None, training=Tr
     many at once while the momentum is held, which can need more than a small batch's step
     (the reference network's on 128 images, 10.8 MiB; its step on 64, 10.6 MiB). Both are
     counted with ``data_bytes``, the data set the run holds throughout
-    (:func:`convlab.data.held_bytes`; 210 MiB for MNIST, far more than the network)."""
+    (:func:`convlab.data.held_bytes`; 210 MiB for MNIST, far more than the network), and,
+    under a process limit, the threads the backends start (:meth:`convlab.registry.Backend.own_threads`)."""
+    from convlab.registry import get_backend
+
     network = model.build()
     names = network_backends(network, model.name, backend, batch_size)
     if memory_batch is not None:
@@ -283,10 +286,11 @@ def layer_backends(model, backend, batch_size=64, memory_batch=None, training=Tr
             momentum = sum(param.nbytes for _, param, _ in network.named_parameters())
             evaluation = network.least_memory(evaluation_batch, training=False) + momentum + data_bytes
         del network  # its weights go back before the free memory is read: the run builds its own
-        check_memory(needed, model.name, memory_batch, training, resumed, data_bytes=data_bytes)
+        threads = max(get_backend(name).own_threads() for name in names)
+        check_memory(needed, model.name, memory_batch, training, resumed, data_bytes=data_bytes, own_threads=threads)
         if evaluation_batch is not None:  # second: a step that does not fit is the first thing to lower
             check_memory(evaluation, model.name, evaluation_batch, training, resumed, evaluation=True,
-                         data_bytes=data_bytes)
+                         data_bytes=data_bytes, own_threads=threads)
     return names
 
 
@@ -317,12 +321,24 @@ def network_backends(network, model_name, backend, batch_size) -> list[str]:
     return names
 
 
+def limit_in_force(headroom) -> str:
+    """Where a :class:`~convlab.headroom.Headroom`'s bytes are available, as a message says it."""
+    if headroom.kind == "memory":
+        return "on this machine"
+    if headroom.kind == "cgroup":
+        return f"under the container's memory limit of {in_units(headroom.limit)} (cgroup)"
+    threads = f", {in_units(headroom.reserved)} kept for the stacks, buffers and malloc arenas of the threads it starts" \
+        if headroom.reserved else ""
+    return (f"under the {RLIMITS[headroom.kind][2]} limit of {in_units(headroom.limit)} ({headroom.kind}; "
+            f"{in_units(headroom.in_use)} in use already{threads})")
+
+
 def in_units(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def check_memory(needed: int, name: str, batch: int, training=True, resumed=False, evaluation=False,
-                 data_bytes=0):
+                 data_bytes=0, own_threads=0):
     """Refuse, up front, the network called ``name`` when a pass over ``batch`` images needs
     ``needed`` bytes at least (:meth:`convlab.models.Sequential.least_memory`) and less is
     available (:func:`available_memory`; where that cannot be read, nothing is checked). The
@@ -330,7 +346,9 @@ def check_memory(needed: int, name: str, batch: int, training=True, resumed=Fals
     ``evaluation``: the pass is a training run's evaluation of its test images after each
     epoch (``training`` then too), not its step: what to lower is then --test-size.
     ``data_bytes`` of ``needed`` are the data set's (:func:`convlab.data.held_bytes`), named
-    in the message.
+    in the message. Under a process limit (``ulimit -v``, ``ulimit -d``), what the run's threads
+    will map counts too (:func:`convlab.threads.reserved_by_threads`, with ``own_threads``: a
+    backend's own threads), and the message says how much the process takes already.
 
     Without this the run starts, and the kernel's OOM killer ends it (exit 137, no message)
     once the machine has been driven into swapping, or numpy's MemoryError comes in the
@@ -340,10 +358,13 @@ def check_memory(needed: int, name: str, batch: int, training=True, resumed=Fals
     ``--memory-check no``, which skips the check: for a user who knows that more will be there
     than the kernel reports now (memory overcommit, a swap file that grows when needed).
     """
-    available = available_memory()
+    from convlab.threads import reserved_by_threads
+
+    available = available_memory(reserved=reserved_by_threads(own_threads))
     if available is None or needed <= available.nbytes:
         return
-    elsewhere = "on a machine with more" if available.limit is None else "under a higher memory limit"
+    elsewhere = {"memory": "on a machine with more", "cgroup": "under a higher memory limit"}.get(
+        available.kind, f"under a higher {available.kind}")
     if evaluation:
         what = (f"the evaluation after each epoch, a forward pass on {batch} test image{'s' * (batch != 1)} "
                 "(weights, momentum and activations)")
@@ -360,8 +381,10 @@ def check_memory(needed: int, name: str, batch: int, training=True, resumed=Fals
         lower = f"free memory, or run it {elsewhere}"
     if data_bytes:
         what += f", with the data set loaded ({in_units(data_bytes)})"
-    where = ("on this machine" if available.limit is None
-             else f"under the container's memory limit of {in_units(available.limit)} (cgroup)")
+    if available.kind in RLIMITS:  # the limit that would let it start, in the KiB the shell's ulimit takes
+        lower = f"raise it ({available.kind} {-(-(available.limit - available.nbytes + needed) // 1024)} at least), or " \
+            + lower
+    where = limit_in_force(available)
     raise UsageError(f"the {name} network needs at least {in_units(needed)} of memory for {what}, but "
                      f"{in_units(available.nbytes)} is available {where}; {lower} (if more memory will be there "
                      "than the kernel reports now, --memory-check no skips this check)")

@@ -158,6 +158,58 @@ def share_chunks(work, chunks, threads=None):
             raise errors[0]
 
 
+# What a thread the run starts maps, counted against a process limit (ulimit -v, -d): its stack,
+# as big as glibc makes it (RLIMIT_STACK's soft value; where that is unlimited, glibc's own
+# x86-64 default of 2 MiB); for a helper of the chunk pool, which calls BLAS and allocates,
+# OpenBLAS's work buffer (32 MiB on x86-64, mapped at a thread's first BLAS call and kept) and
+# the arena glibc's malloc reserves for a new thread (64 MiB on 64-bit systems; ulimit -v counts
+# it, not ulimit -d). glibc makes do with an existing arena where it cannot reserve one, but
+# one reserved early takes the room a later stack or buffer then cannot have: a run that
+# passed the check with the arenas left out was ended by OpenBLAS ("Memory allocation still
+# failed") under ulimit -v.
+UNLIMITED_STACK = 2 << 20
+OPENBLAS_BUFFER = 32 << 20
+MALLOC_ARENA = 64 << 20
+
+
+def thread_stack_bytes() -> int:
+    """The stack a new thread gets (see :data:`UNLIMITED_STACK`)."""
+    import resource
+
+    if threading.stack_size():
+        return threading.stack_size()
+    soft = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    return UNLIMITED_STACK if soft == resource.RLIM_INFINITY else soft
+
+
+def new_arenas(threads) -> int:
+    """How many of ``threads`` new threads that allocate get a malloc arena of their own:
+    each, on glibc (up to 8 per core), unless ``MALLOC_ARENA_MAX`` caps the arenas (the main
+    one included); none on another C library."""
+    if platform.libc_ver()[0] != "glibc":
+        return 0
+    try:
+        return max(0, min(threads, int(os.environ["MALLOC_ARENA_MAX"]) - 1))
+    except (KeyError, ValueError):
+        return threads
+
+
+def reserved_by_threads(own_threads=0) -> int:
+    """Bytes of address space the threads of a run will map that are not mapped yet: the
+    chunk pool's helpers not yet started (:func:`worker_count` - 1), each with a stack, an
+    OpenBLAS buffer and a malloc arena; the calling thread's OpenBLAS buffer (counted while
+    the pool has not started: a command checks its memory before its first BLAS call); and
+    ``own_threads`` threads with a stack each (a backend's own: FFTW's). An estimate of what
+    a run cannot do without (see :data:`MALLOC_ARENA`), not a measurement. BLAS's own
+    threads start with numpy: they are in the process's use already."""
+    with _pool_lock:
+        running = 0 if _pool is None else len(_pool._threads)
+    helpers = max(0, worker_count() - 1 - running)
+    openblas = any(lib.internal_api == "openblas" for lib in _blas.lib_controllers)
+    buffers = (helpers + (running == 0)) * OPENBLAS_BUFFER if openblas else 0
+    return (helpers + own_threads) * thread_stack_bytes() + buffers + new_arenas(helpers) * MALLOC_ARENA
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux), or what :mod:`platform` knows."""
     try:

@@ -40,9 +40,10 @@ def memory(monkeypatch):
     container's memory limit that sets it (None: the machine's memory). The data set then
     counts nothing, so that the network's own bytes decide (its 210 MiB are tested in
     test_the_data_set_the_run_holds_is_counted)."""
-    def set_memory(available, limit=None):
-        headroom = None if available is None else Headroom(available, limit)
-        monkeypatch.setattr(convlab.settings, "available_memory", lambda: headroom)
+    def set_memory(available, limit=None, kind="cgroup", in_use=0, reserved=0):
+        headroom = None if available is None else Headroom(available, limit, kind if limit else "memory", in_use,
+                                                           reserved)
+        monkeypatch.setattr(convlab.settings, "available_memory", lambda reserved=0: headroom)
         monkeypatch.setattr(convlab.data, "held_bytes", lambda sizes: 0)
     return set_memory
 
@@ -251,9 +252,9 @@ def test_without_a_reading_of_the_memory_nothing_is_checked(memory, tmp_path):
     TrainSettings(model="c64k3p1 relu dense10", batch_size=4096)
     assert available_memory(tmp_path) is None  # not Linux: no /proc
     meminfo = made_up_root(tmp_path, meminfo="MemTotal:       24683652 kB\nMemAvailable:   1024 kB\n")
-    assert available_memory(tmp_path) == (1024 * 1024, None)
+    assert available_memory(tmp_path) == Headroom(1024 * 1024)
     meminfo.write_text("MemAvailable:   1024 kB\nSwapTotal:    8192 kB\nSwapFree:    2048 kB\n")
-    assert available_memory(tmp_path) == (3072 * 1024, None)  # a run that swaps is slow, but finishes
+    assert available_memory(tmp_path) == Headroom(3072 * 1024)  # a run that swaps is slow, but finishes
     meminfo.write_text("MemTotal:       24683652 kB\n")  # a kernel before 3.14
     assert available_memory(tmp_path) is None
 
@@ -396,21 +397,21 @@ def v2(folder, limit, current=GiB, active_file=0, inactive_file=0):
 def test_a_container_s_memory_limit_is_read_from_its_cgroup(tmp_path):
     """cgroup v2: the limit on the process's own cgroup (/proc/self/cgroup's 0::/path)."""
     made_up_root(tmp_path, "0::/docker/abc\n", v2("docker/abc", 2 * GiB, current=GiB + 512 * MiB))
-    assert available_memory(tmp_path) == (512 * MiB, 2 * GiB)  # below the machine's 8 GiB
+    assert available_memory(tmp_path) == Headroom(512 * MiB, 2 * GiB, "cgroup")  # below the machine's 8 GiB
     made_up_root(tmp_path, files=v2("docker/abc", 16 * GiB))
-    assert available_memory(tmp_path) == (8 * GiB, None)  # the machine has less: it sets the headroom
+    assert available_memory(tmp_path) == Headroom(8 * GiB)  # the machine has less: it sets the headroom
     made_up_root(tmp_path, files=v2("docker/abc", "max"))
-    assert available_memory(tmp_path) == (8 * GiB, None)  # "max": no limit
+    assert available_memory(tmp_path) == Headroom(8 * GiB)  # "max": no limit
     made_up_root(tmp_path, files=v2("docker/abc", 2 * GiB, current=GiB + 512 * MiB),
                  meminfo="MemAvailable: 8388608 kB\nSwapFree: 1048576 kB\n")
-    assert available_memory(tmp_path) == (GiB + 512 * MiB, 2 * GiB)  # and the swap it may use
+    assert available_memory(tmp_path) == Headroom(GiB + 512 * MiB, 2 * GiB, "cgroup")  # and the swap it may use
 
 
 def test_the_page_cache_counts_as_available_under_a_limit(tmp_path):
     """memory.current counts the files the cgroup read (the data set, a pip install); the
     kernel reclaims that cache, active or inactive, before its OOM killer ends a process."""
     made_up_root(tmp_path, "0::/\n", v2("", 2 * GiB, current=2 * GiB, active_file=GiB, inactive_file=256 * MiB))
-    assert available_memory(tmp_path) == (GiB + 256 * MiB, 2 * GiB)
+    assert available_memory(tmp_path) == Headroom(GiB + 256 * MiB, 2 * GiB, "cgroup")
 
 
 def test_a_limit_on_a_parent_cgroup_binds_a_nested_one(tmp_path):
@@ -418,15 +419,15 @@ def test_a_limit_on_a_parent_cgroup_binds_a_nested_one(tmp_path):
     made_up_root(tmp_path, "0::/user.slice/user-1000.slice/session-1.scope\n", {
         **v2("user.slice", 8 * GiB, current=5 * GiB), **v2("user.slice/user-1000.slice", 4 * GiB, current=3 * GiB),
         **v2("user.slice/user-1000.slice/session-1.scope", "max")})
-    assert available_memory(tmp_path) == (GiB, 4 * GiB)
+    assert available_memory(tmp_path) == Headroom(GiB, 4 * GiB, "cgroup")
 
 
 def test_in_a_container_without_a_cgroup_namespace_the_mount_root_is_its_cgroup(tmp_path):
     """/proc/self/cgroup names the host's path, which is not under the container's mount."""
     made_up_root(tmp_path, "0::/system.slice/docker-abc.scope\n", v2("", GiB, current=256 * MiB))
-    assert available_memory(tmp_path) == (768 * MiB, GiB)
+    assert available_memory(tmp_path) == Headroom(768 * MiB, GiB, "cgroup")
     made_up_root(tmp_path, "0::/../../elsewhere\n")  # outside the namespace: not read
-    assert available_memory(tmp_path) == (8 * GiB, None)
+    assert available_memory(tmp_path) == Headroom(8 * GiB)
 
 
 def test_cgroup_v1_memory_controller(tmp_path):
@@ -434,9 +435,9 @@ def test_cgroup_v1_memory_controller(tmp_path):
         "memory/docker/abc/memory.limit_in_bytes": f"{GiB}\n", "memory/docker/abc/memory.usage_in_bytes": f"{GiB}\n",
         "memory/docker/abc/memory.stat": f"cache {GiB}\nactive_file 0\ninactive_file 0\n"
                                          f"total_active_file {128 * MiB}\ntotal_inactive_file {128 * MiB}\n"})
-    assert available_memory(tmp_path) == (256 * MiB, GiB)  # the hierarchy's page cache: total_*
+    assert available_memory(tmp_path) == Headroom(256 * MiB, GiB, "cgroup")  # the hierarchy's page cache: total_*
     made_up_root(tmp_path, files={"memory/docker/abc/memory.limit_in_bytes": "9223372036854771712\n"})
-    assert available_memory(tmp_path) == (8 * GiB, None)  # v1's "no limit": the largest page count
+    assert available_memory(tmp_path) == Headroom(8 * GiB)  # v1's "no limit": the largest page count
 
 
 @pytest.mark.parametrize("broken", ["memory.max", "memory.current", "memory.stat", "cgroup"])
@@ -444,7 +445,7 @@ def test_cgroup_v1_memory_controller(tmp_path):
 def test_a_cgroup_file_that_cannot_be_read_means_not_known(tmp_path, broken, how):
     """Never a crash, never a refusal on a guess: the machine's figure stands."""
     made_up_root(tmp_path, "0::/\n", v2("", GiB, current=GiB - MiB))
-    assert available_memory(tmp_path) == (MiB, GiB)
+    assert available_memory(tmp_path) == Headroom(MiB, GiB, "cgroup")
     path = tmp_path / ("proc/self/cgroup" if broken == "cgroup" else f"sys/fs/cgroup/{broken}")
     path.unlink()
     if how == "a folder":  # as root, a file's mode does not stop reading it; a folder in its place does
@@ -453,7 +454,7 @@ def test_a_cgroup_file_that_cannot_be_read_means_not_known(tmp_path, broken, how
         path.write_text({"cgroup": "0:\n", "memory.stat": "active_file many\n"}.get(broken, "lots\n"))
     elif how == "not text":
         path.write_bytes(b"0::/\xff\xfe\n")
-    assert available_memory(tmp_path) == (8 * GiB, None)
+    assert available_memory(tmp_path) == Headroom(8 * GiB)
 
 
 def test_the_refusal_names_the_container_s_limit(capsys, memory, tmp_path):
@@ -471,6 +472,104 @@ def test_the_refusal_names_the_container_s_limit(capsys, memory, tmp_path):
     assert code == 2 and "free memory, or resume it under a higher memory limit (" in err
     code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(path))
     assert code == 2 and "free memory, or run it under a higher memory limit (" in err
+
+
+def test_the_refusal_names_a_process_limit_and_the_limit_that_would_do(capsys, memory, tmp_path):
+    """Under ulimit -v (or -d) the address space runs out, not the memory: the message says
+    which limit, what the process takes of it already, what its threads will, and the
+    ulimit (in KiB, as the shell takes it) that would let the run start."""
+    memory(4 * MiB, limit=300 * MiB, kind="ulimit -v", in_use=200 * MiB, reserved=96 * MiB)
+    code, _, err = run_cli(capsys, "train", "--progress", "no")
+    needed = get_model("reference").build().least_memory(64)
+    assert code == 2 and err == (
+        "convlab: error: the reference network needs at least 10.6 MiB of memory for a training step on 64 images "
+        "(weights, momentum, activations, gradients), but 4.0 MiB is available under the address-space limit of "
+        "300.0 MiB (ulimit -v; 200.0 MiB in use already, 96.0 MiB kept for the stacks, buffers and malloc arenas of "
+        f"the threads it starts); raise it (ulimit -v {-(-(296 * MiB + needed) // 1024)} at least), or lower "
+        "--batch-size, or the network's size (the filters of c<F>k<K> and units of dense<N> in its spec) (if more "
+        "memory will be there than the kernel reports now, --memory-check no skips this check)\n")
+    memory(4 * MiB, limit=300 * MiB, kind="ulimit -d", in_use=200 * MiB)
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(path))
+    assert code == 2 and "but 4.0 MiB is available under the data-segment limit of 300.0 MiB (ulimit -d; 200.0 MiB " \
+        "in use already); raise it (ulimit -d " in err and "free memory, or run it under a higher ulimit -d (" in err
+
+
+def made_up_status(root, vm_size, vm_data):
+    """A made-up /proc/self/status under ``root`` (sizes in bytes, written in kB as the kernel does)."""
+    (root / "proc" / "self").mkdir(parents=True, exist_ok=True)
+    (root / "proc" / "self" / "status").write_text(
+        f"Name:\tpython\nVmPeak:\t{vm_size // 512} kB\nVmSize:\t{vm_size // 1024} kB\nVmRSS:\t1024 kB\n"
+        f"VmData:\t{vm_data // 1024} kB\nThreads:\t3\n")
+
+
+def test_a_process_limit_leaves_the_limit_less_what_the_process_takes(tmp_path):
+    """ulimit -v bounds VmSize (every mapping, reserved or touched), ulimit -d VmData; what
+    the run's threads will map is taken off too. Swap does not help: the least headroom wins."""
+    made_up_root(tmp_path)  # 8 GiB available
+    made_up_status(tmp_path, vm_size=200 * MiB, vm_data=120 * MiB)
+    assert available_memory(tmp_path, limits={}) == Headroom(8 * GiB)
+    assert available_memory(tmp_path, limits={"ulimit -v": 600 * MiB}, reserved=50 * MiB) == Headroom(
+        350 * MiB, 600 * MiB, "ulimit -v", 200 * MiB, 50 * MiB)
+    assert available_memory(tmp_path, limits={"ulimit -v": 600 * MiB, "ulimit -d": 300 * MiB}) == Headroom(
+        180 * MiB, 300 * MiB, "ulimit -d", 120 * MiB)
+    assert available_memory(tmp_path, limits={"ulimit -v": 100 * MiB}) == Headroom(0, 100 * MiB, "ulimit -v", 200 * MiB)
+    assert available_memory(tmp_path, limits={"ulimit -v": 64 * GiB}) == Headroom(8 * GiB)  # the machine has less
+    made_up_root(tmp_path, "0::/\n", v2("", GiB, current=GiB - 100 * MiB))  # a container's limit, lower still
+    assert available_memory(tmp_path, limits={"ulimit -v": 600 * MiB}) == Headroom(100 * MiB, GiB, "cgroup")
+    (tmp_path / "proc" / "meminfo").unlink()  # the machine's memory not known: the limit's headroom stands
+    (tmp_path / "proc" / "self" / "cgroup").unlink()
+    assert available_memory(tmp_path, limits={"ulimit -v": 600 * MiB}).kind == "ulimit -v"
+    (tmp_path / "proc" / "self" / "status").write_text("Name:\tpython\n")  # not Linux's: not known
+    assert available_memory(tmp_path, limits={"ulimit -v": 600 * MiB}) is None
+
+
+def test_the_process_limits_are_the_soft_ones_set(monkeypatch):
+    import resource
+
+    limits = {resource.RLIMIT_AS: (resource.RLIM_INFINITY, resource.RLIM_INFINITY),
+              resource.RLIMIT_DATA: (300 * MiB, resource.RLIM_INFINITY)}
+    monkeypatch.setattr(resource, "getrlimit", limits.get)
+    assert convlab.headroom.process_limits() == {"ulimit -d": 300 * MiB}
+    limits[resource.RLIMIT_AS] = (GiB, 2 * GiB)
+    assert convlab.headroom.process_limits() == {"ulimit -v": GiB, "ulimit -d": 300 * MiB}
+
+
+def test_the_threads_a_run_starts_are_counted_under_a_process_limit(monkeypatch):
+    """Each chunk-pool helper not yet started: a stack (RLIMIT_STACK's size; 2 MiB where it
+    is unlimited), an OpenBLAS buffer and a malloc arena (fewer under MALLOC_ARENA_MAX);
+    the calling thread's OpenBLAS buffer; a backend's own threads (FFTW's): a stack each."""
+    import resource
+
+    import convlab.threads as threads
+
+    monkeypatch.setattr(threads, "_pool", None)
+    monkeypatch.setattr(threads, "worker_count", lambda: 3)
+    monkeypatch.setattr(threads.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    stack = {resource.RLIMIT_STACK: (8 * MiB, resource.RLIM_INFINITY)}
+    monkeypatch.setattr(resource, "getrlimit", stack.get)
+    openblas = any(lib.internal_api == "openblas" for lib in threads._blas.lib_controllers)
+    buffers = 3 * 32 * MiB if openblas else 0
+    assert threads.reserved_by_threads() == 2 * 8 * MiB + buffers + 2 * 64 * MiB
+    assert threads.reserved_by_threads(own_threads=1) == 3 * 8 * MiB + buffers + 2 * 64 * MiB
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # the main arena and one more
+    stack[resource.RLIMIT_STACK] = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+    assert threads.reserved_by_threads() == 2 * 2 * MiB + buffers + 64 * MiB
+
+
+def test_a_backend_s_own_threads_are_counted(monkeypatch):
+    """FFTW's threads (CONVLAB_FFT_THREADS) but the calling one, and the tile helpers beyond
+    the chunk pool's; auto may time the FFT backends, so it counts theirs; im2col starts
+    none but the pool's."""
+    import convlab.fftw
+    from convlab.registry import get_backend
+
+    monkeypatch.setattr(convlab.fftw, "settings", lambda: convlab.fftw.Settings(3, "measure", None))
+    monkeypatch.setattr(convlab.fftw, "worker_count", lambda: 2)
+    assert get_backend("fft").own_threads() == get_backend("fft-tiled").own_threads() == 2 + 1
+    assert get_backend("auto").own_threads() == 3 and get_backend("im2col").own_threads() == 0
 
 
 def own_v1_memory_cgroup() -> Path | None:
