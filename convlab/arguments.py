@@ -75,13 +75,16 @@ def check_fits_dtype(option: str, value: float, dtype) -> float:
 @contextlib.contextmanager
 def out_of_memory_names(sizes: dict):
     """Within the block, running out of memory is a :class:`CommandLineError` naming the options
-    in ``sizes`` (name: value) that set how big the arrays are, and what numpy needed."""
+    in ``sizes`` (name: value) that set how big the arrays are, what numpy needed, and the
+    process limit (``ulimit -v``) it ran into, if one is set."""
     try:
         yield
     except MemoryError as e:
+        from convlab.headroom import limits_note
+
         options = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in sizes.items())
         raise CommandLineError(f"out of memory with {options}: {e or 'an allocation failed'}; "
-                         "try smaller values") from None
+                               f"try smaller values{limits_note()}") from None
 
 
 def is_flag(token: str) -> bool:

@@ -64,10 +64,17 @@ def main(argv=None):
             signal.signal(signal.SIGTERM, raise_terminated)
         run(sys.argv[1:] if argv is None else list(argv))
     # Our checks raise ValueError subclasses with user-facing messages; an OSError is the
-    # system refusing a read or write our checks could not foresee (disk full, /proc, ...).
-    # Notes (a failed run's: what its checkpoint holds) go on the same line.
-    except (ValueError, OSError) as e:
-        print(f"convlab: error: {'; '.join([str(e), *getattr(e, '__notes__', ())])}", file=sys.stderr)
+    # system refusing a read or write our checks could not foresee (disk full, /proc, ...),
+    # a MemoryError or a thread that cannot start one refusing memory or address space (under
+    # ulimit -v: the limit, see convlab.headroom.out_of_room). Notes (a failed run's: what its
+    # checkpoint holds) go on the same line.
+    except (ValueError, OSError, MemoryError, RuntimeError) as e:
+        from convlab.headroom import THREAD_NOT_STARTED, out_of_room  # already imported by the commands
+
+        if isinstance(e, RuntimeError) and str(e) != THREAD_NOT_STARTED:
+            raise
+        message = str(e) if isinstance(e, (ValueError, OSError)) else out_of_room(e)
+        print(f"convlab: error: {'; '.join([message, *getattr(e, '__notes__', ())])}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # a message, if any, says what survived and how to go on
         signum = getattr(e, "signum", signal.SIGINT)  # SIGTERM: see convlab.checkpoints.Terminated

@@ -91,6 +91,37 @@ def rlimit_headroom(root, limits: dict[str, int], reserved=0) -> Headroom | None
     return min(found, key=lambda headroom: headroom.nbytes, default=None)
 
 
+# The message of the RuntimeError Python raises when the kernel refuses a new thread (its stack).
+THREAD_NOT_STARTED = "can't start new thread"
+
+
+def out_of_room(error: MemoryError | RuntimeError) -> str:
+    """The one line that says what ``error`` is, an allocation (MemoryError) or a thread
+    start (RuntimeError :data:`THREAD_NOT_STARTED`) the system refused, and the process
+    limit it ran into (:func:`limits_note`)."""
+    if isinstance(error, MemoryError):
+        return f"out of memory: {error or 'an allocation failed'}{limits_note()}"
+    return f"a thread could not start ({error}){limits_note()}"
+
+
+def limits_note() -> str:
+    """The end of the message of an allocation or a thread start that failed: the process
+    limits set, each with what the process takes of it now, and that raising them is the way
+    out (under a limit it is that, not the machine's memory, which ran out); "" where none is set."""
+    limits = process_limits()
+    if not limits:
+        return ""
+    status = stat_fields("/proc/self/status", {field for _, field, _ in RLIMITS.values()})  # in kB
+    said = [f"{kind} {limit // 1024} (the {RLIMITS[kind][2]} limit, {in_units(limit)}"
+            + (f", {in_units(status[RLIMITS[kind][1]] * 1024)} of it in use)" if RLIMITS[kind][1] in status else ")")
+            for kind, limit in limits.items()]
+    return f"; this process runs under {' and '.join(said)}: raise it"
+
+
+def in_units(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
 def stat_fields(path, names) -> dict[str, int]:
     """The fields in ``names`` that the file ``path`` of ``name value`` lines has (/proc/meminfo's
     ``Name:  value kB``, a cgroup's memory.stat); none where it cannot be read."""

@@ -22,7 +22,7 @@ import copy
 import numbers
 from dataclasses import dataclass
 
-from convlab.headroom import RLIMITS, available_memory
+from convlab.headroom import RLIMITS, available_memory, in_units
 from convlab.optimizers import LR_SCHEDULES
 
 
@@ -331,10 +331,6 @@ def limit_in_force(headroom) -> str:
         if headroom.reserved else ""
     return (f"under the {RLIMITS[headroom.kind][2]} limit of {in_units(headroom.limit)} ({headroom.kind}; "
             f"{in_units(headroom.in_use)} in use already{threads})")
-
-
-def in_units(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def check_memory(needed: int, name: str, batch: int, training=True, resumed=False, evaluation=False,

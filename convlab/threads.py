@@ -113,7 +113,8 @@ def share_chunks(work, chunks, threads=None):
     taken: on a busy machine a helper may get a core only after the calling thread has
     done all the work, and it then finds nothing left to do instead of being waited for.
     Helpers run under the caller's numpy error settings (``np.errstate`` is per thread).
-    Fewer than :data:`MIN_CHUNKS_TO_SHARE` chunks run in the calling thread.
+    Fewer than :data:`MIN_CHUNKS_TO_SHARE` chunks run in the calling thread. A helper thread
+    that cannot start (``RuntimeError``) is raised as the first error is.
     """
     threads = min(worker_count() if threads is None else threads, len(chunks))
     if len(chunks) < MIN_CHUNKS_TO_SHARE:
@@ -149,8 +150,12 @@ def share_chunks(work, chunks, threads=None):
                         done.notify_all()
 
         pool = _executor(threads - 1)
-        for _ in range(threads - 1):
-            pool.submit(help_out)
+        try:
+            for _ in range(threads - 1):
+                pool.submit(help_out)
+        except RuntimeError as error:  # a helper the system would not start (its stack, under ulimit -v)
+            with done:
+                errors.append(error)  # no chunk more is taken: raised once the running ones are done
         drain()
         with done:
             done.wait_for(lambda: running[0] == 0)

@@ -121,6 +121,15 @@ def train_step(model, optimizer, x, y, watch=None):
             return loss, int(np.count_nonzero(logits.argmax(axis=1) == y))
 
 
+class ProgressBar(tqdm):
+    """tqdm without its monitor thread, which it starts with its first bar (drawn or not) to
+    lower ``miniters`` of bars updated less often than every 10 s: one thread more, with
+    its stack and malloc arena, which under ``ulimit -v`` may not start (tqdm then warns in
+    three lines). Bars here are updated every batch, and redrawn at most every 0.1 s anyway."""
+
+    monitor_interval = 0
+
+
 def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True, on_batch=None, watch=None):
     """One pass over (x, y) in minibatches; returns (mean loss, training accuracy).
     ``on_batch()``, if given, is called after each step (a safe point to stop at).
@@ -136,7 +145,7 @@ def train_epoch(model, optimizer, x, y, batch_size, seed, epoch, progress=True, 
     watch = watch or DivergenceWatch()
     total_loss, correct = 0.0, 0
     batches = range(0, len(x), batch_size)
-    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if progress else True)
+    bar = ProgressBar(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if progress else True)
     for start in bar:
         started = time.perf_counter()
         idx = order[start:start + batch_size]

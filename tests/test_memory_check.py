@@ -625,3 +625,126 @@ def test_a_real_container_limit_refuses_what_would_be_oom_killed(tmp_path, tiny_
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert result.stderr.startswith("convlab: error: the c1200k3 dense10 network needs at least ")
     assert "under the container's memory limit of 300.0 MiB (cgroup)" in result.stderr
+
+
+# --- under ulimit -v: what fails after the check is one line naming the limit -------------
+
+THREAD_REFUSED = "can't start new thread"
+
+
+@pytest.fixture
+def limited(monkeypatch):
+    """A made-up ulimit -v of 600 MiB, as the failure messages read it."""
+    monkeypatch.setattr(convlab.headroom, "process_limits", lambda: {"ulimit -v": 600 * MiB})
+
+
+def refusing_pool(monkeypatch):
+    """convlab's chunk pool, as under a ulimit -v too low for one more thread's stack: every
+    helper it is asked for fails to start as Python says it. Returns the chunks done."""
+    import convlab.threads
+
+    class Refusing:
+        def submit(self, fn):
+            raise RuntimeError(THREAD_REFUSED)
+
+    monkeypatch.setattr(convlab.threads, "_executor", lambda threads: Refusing())
+    monkeypatch.setattr(convlab.threads, "worker_count", lambda: 2)
+
+
+def test_a_helper_thread_that_cannot_start_stops_the_pass(monkeypatch):
+    """No chunk more is taken once a helper could not start, and the error is the caller's
+    (after the helpers that did start are done), not a helper's chunk missing silently."""
+    from convlab.threads import share_chunks
+
+    refusing_pool(monkeypatch)
+    done = []
+    with pytest.raises(RuntimeError, match=THREAD_REFUSED):
+        share_chunks(lambda index, lo, hi: done.append(index), [(0, 1), (1, 2), (2, 3)])
+    assert done == []
+
+
+def test_a_thread_that_cannot_start_in_training_is_one_line_naming_the_limit(capsys, memory, monkeypatch, limited,
+                                                                                tiny_data, tmp_path):
+    memory(None)
+    refusing_pool(monkeypatch)
+    code, out, err = run_cli(capsys, "train", "--data-dir", str(tiny_data), "--epochs", "1", "--progress", "no")
+    assert code == 2 and "training on 64 images" in out and err.count("\n") == 1, err
+    assert err.startswith("convlab: error: a thread could not start (can't start new thread); this process runs "
+                          "under ulimit -v 614400 (the address-space limit, 600.0 MiB, "), err
+    assert err.endswith(" MiB of it in use): raise it\n")
+
+
+def test_out_of_memory_anywhere_is_one_line_naming_the_limit(capsys, memory, monkeypatch, limited, tiny_data):
+    """In a training step (the batch size named) or before it (loading the data set)."""
+    import convlab.training
+
+    memory(None)
+
+    def no_room(*args, **kwargs):
+        raise MemoryError("Unable to allocate 179. MiB for an array with shape (60000, 28, 28) and data type float32")
+
+    monkeypatch.setattr(convlab.training, "train_step", no_room)
+    code, _, err = run_cli(capsys, "train", "--data-dir", str(tiny_data), "--epochs", "1", "--progress", "no")
+    assert code == 2 and err.count("\n") == 1 and err.startswith(
+        "convlab: error: out of memory with --batch-size 64: Unable to allocate 179. MiB for an array with shape "
+        "(60000, 28, 28) and data type float32; try smaller values; this process runs under ulimit -v 614400 (the "
+        "address-space limit, 600.0 MiB, "), err
+    monkeypatch.setattr(convlab.data, "load_dataset", no_room)
+    code, _, err = run_cli(capsys, "train", "--data-dir", str(tiny_data), "--epochs", "1", "--progress", "no")
+    assert code == 2 and err.count("\n") == 1 and err.startswith(
+        "convlab: error: out of memory: Unable to allocate 179. MiB for an array with shape (60000, 28, 28) and data "
+        "type float32; this process runs under ulimit -v 614400 (the address-space limit, 600.0 MiB, "), err
+    monkeypatch.setattr(convlab.headroom, "process_limits", lambda: {})  # no limit: the machine's memory ran out
+    code, _, err = run_cli(capsys, "train", "--data-dir", str(tiny_data), "--epochs", "1", "--progress", "no")
+    assert code == 2 and err == ("convlab: error: out of memory: Unable to allocate 179. MiB for an array with "
+                                 "shape (60000, 28, 28) and data type float32\n")
+
+
+def test_another_runtime_error_is_not_taken_for_a_thread_start(capsys, memory, monkeypatch, tiny_data):
+    """A bug stays a traceback: only Python's own message for a refused thread is read as one."""
+    import convlab.training
+
+    memory(None)
+    monkeypatch.setattr(convlab.training, "train_step", lambda *args: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_cli(capsys, "train", "--data-dir", str(tiny_data), "--epochs", "1", "--progress", "no")
+
+
+def test_tqdm_starts_no_monitor_thread():
+    """One thread less to fit under ulimit -v (and tqdm's three-line warning where it cannot start)."""
+    import threading
+
+    from convlab.training import ProgressBar
+
+    before = set(threading.enumerate())
+    list(ProgressBar(range(3), disable=True))
+    assert set(threading.enumerate()) <= before
+
+
+@pytest.mark.parametrize("check", ["yes", "no"])
+def test_a_real_ulimit_v_ends_in_one_line(tmp_path, check):
+    """The reported bug: under `ulimit -v` the run ended in a traceback (a thread that could
+    not start) or an abort. Under a real limit of 450 MiB (convlab's imports take about 200,
+    MNIST 210, the threads' stacks, buffers and arenas 136 on two BLAS threads) the check
+    refuses the run up front, naming the limit; skipped, the run's first allocation that does
+    not fit (loading the data set, before any BLAS call) is one line too. A shell sets the
+    limit and becomes convlab (exec): not preexec_fn, which runs Python in a child forked
+    from a process with threads. Two BLAS threads, whatever the machine's cores: OpenBLAS
+    maps each one's stack and buffer at import, which on a many-core machine would not fit."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(OPENBLAS_NUM_THREADS="2", CONVLAB_FFT_THREADS="2", CONVLAB_FFT_WISDOM="off")
+    result = subprocess.run(
+        ["sh", "-c", 'ulimit -v 460800 && exec "$@"', "sh", sys.executable, "-m", "convlab.cli", "train", "--epochs",
+         "1", "--progress", "no", "--memory-check", check], capture_output=True, text=True, timeout=60, env=env,
+        cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, (result.returncode, result.stderr)
+    if check == "yes":
+        assert result.stdout == "" and result.stderr.startswith(
+            "convlab: error: the reference network needs at least 220.5 MiB of memory for a training step on 64 "
+            "images (weights, momentum, activations, gradients), with the data set loaded (209.9 MiB), but "), \
+            result.stderr
+        assert "is available under the address-space limit of 450.0 MiB (ulimit -v; " in result.stderr
+    else:
+        assert result.stderr.startswith("convlab: error: out of memory: Unable to allocate "), result.stderr
+        assert result.stderr.endswith(" MiB of it in use): raise it\n") and "ulimit -v 460800 (the address-space " \
+            "limit, 450.0 MiB, " in result.stderr
