@@ -255,10 +255,10 @@ class FFTTiled:
 
     def check_settings(self):
         fftw.settings()  # CONVLAB_FFT_THREADS, _PLANNER, _WISDOM
+        self.forced_tile()  # CONVLAB_FFT_TILE
 
     def own_threads(self):
         return fftw.own_threads()
-        self.forced_tile()  # CONVLAB_FFT_TILE
 
     def supports(self, x_shape, w_shape, stride, padding):
         if stride != (1, 1):
