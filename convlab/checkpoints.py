@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import json
 import os
 import re
@@ -39,7 +38,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from convlab.files import atomic_path, write_target
+from convlab.files import atomic_path
 from convlab.training import EpochMetrics
 
 FORMAT = "convlab-checkpoint"
@@ -148,16 +147,11 @@ def save_checkpoint(path, model, optimizer, history, settings, backends=None, la
     epochs); ``backends``
     the backend that computed each epoch of ``history`` (None: ``settings["backend"]`` for
     all; an entry None: not known); ``layer_times`` (rows as in the module doc) are kept
-    beside the settings, not among them (they are measurements). Atomic: a reader (or a
-    crash at any moment) sees the previous checkpoint or this one; temporary files left by a killed writer
-    (``.<name>.*.tmp``) are removed first (a live one's too: ``convlab train`` claims its
-    checkpoint, :func:`convlab.files.sole_writer`, so that no other run writes it meanwhile).
+    beside the settings, not among them (they are measurements). Atomic
+    (:func:`convlab.files.atomic_path`): a reader (or a crash at any moment) sees the
+    previous checkpoint or this one, and the temporary files of killed writers go first.
     """
     path = checkpoint_path(path)
-    target = write_target(path)  # a symlink's target, where atomic_path writes
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        with contextlib.suppress(OSError):  # a courtesy: one that cannot go does not stop the save
-            stale.unlink(missing_ok=True)
     attrs = dict(settings, format=FORMAT, format_version=FORMAT_VERSION, epoch=history[-1].epoch,
                  network=describe_network(model), rng=RNG_NOTE)
     try:

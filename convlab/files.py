@@ -5,10 +5,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import itertools
 import json
 import os
+import platform
+import re
+import secrets
+import socket
 import stat
+import struct
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,39 +33,207 @@ def write_target(path) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``: the
+    one-file case of :func:`atomic_paths`, which says what is guaranteed."""
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths):
+    """Yield a list of temporary paths, one beside each of ``paths``; when the block ends
+    without an error, each is synced to the disk and then all are renamed onto their
+    paths, in the order given (list last the file whose being new says the others are:
+    a report's PDF).
 
     The rename is atomic on POSIX, so an interrupted write leaves the previous file
-    intact, and on error the temporary file is removed. A symlink is written through:
-    the temporary file sits beside the link's target (a rename cannot cross file
-    systems) and replaces the target, so the link stays and points at the new content.
-    The new file gets the permission bits of the file it replaces (a ``chmod 600``
-    checkpoint stays private), else the mode a plain ``open()`` would give. Its content
-    is on the disk before the rename, and the rename after it (:func:`flush_to_disk`).
+    intact, and on error the temporary files not yet renamed are removed: an error
+    before the renames (a full disk at the third file) leaves every path as it was; a
+    rename refused leaves the paths before it new and the others old. A symlink is
+    written through: the temporary file sits beside the link's target (a rename cannot
+    cross file systems) and replaces the target, so the link stays and points at the new
+    content. Each new file gets the permission bits of the file it replaces (a ``chmod
+    600`` checkpoint stays private), else the mode a plain ``open()`` would give. Its
+    content is on the disk before any rename, and the renames are before this returns
+    (:func:`flush_to_disk`: each file once, then each folder once). An error in that
+    finishing (a sync, a rename) names the path written, not its temporary file.
+
+    The temporary files are named for their writer (:func:`temporary_name`); those that
+    writers killed mid-write (``kill -9``, a power cut) left beside a path are removed
+    before it is written (:func:`remove_abandoned_temporaries`).
     """
-    path = write_target(path)
+    targets = [write_target(path) for path in paths]
+    modes = [_mode_for(target) for target in targets]
+    temporaries = []
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:  # no file yet: mkstemp's 0600 would be private; open()'s mode is 0666 & ~umask
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        flush_to_disk(tmp)  # before the chmod: mkstemp's 0600 can be read, the old file's 0200 not
-        os.chmod(tmp, mode)  # after the write: the old file's bits may not allow writing (0444)
-        os.replace(tmp, path)
-        flush_to_disk(path.parent)
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            remove_abandoned_temporaries(target)
+            temporaries.append(_new_temporary(target))
+        yield list(temporaries)
+        for target, tmp, mode in zip(targets, temporaries, modes):
+            with _naming(target):
+                flush_to_disk(tmp)  # before the chmod: the new file's 0600 can be read, the old file's 0200 not
+                os.chmod(tmp, mode)  # after the write: the old file's bits may not allow writing (0444)
+        for i, (target, tmp) in enumerate(zip(targets, temporaries)):
+            with _naming(target):
+                os.replace(tmp, target)
+            temporaries[i] = None
+        for folder in dict.fromkeys(target.parent for target in targets):
+            flush_to_disk(folder)
     except BaseException:
         # What stopped the write (a second Ctrl-C, a full disk) is what the user must read,
-        # not that the temporary file could not go too (its folder made read-only
-        # meanwhile); one left behind is hidden, and a checkpoint's goes at its next save.
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        # not that a temporary file could not go too (its folder made read-only meanwhile);
+        # one left behind is hidden, and goes at the next write of its path.
+        for tmp in temporaries:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
         raise
+
+
+def _mode_for(target: Path) -> int:
+    """The permission bits the new ``target`` gets: those of the file it replaces, else
+    ``open()``'s (``0666 & ~umask``; the temporary file's own 0600 would make it private)."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def _naming(target: Path):
+    """An OSError in the block names ``target`` alone: a sync (which names no file) or a
+    rename (which names the temporary file first) of the file written there."""
+    try:
+        yield
+    except OSError as e:
+        e.filename, e.filename2 = os.fspath(target), None
+        raise
+
+
+# A temporary file's name says who writes it, so that one its writer will never finish
+# can be told from one being written:  .<name>.<pid>@<host>.<random>.tmp  in the initial
+# pid namespace (or a system without them), .<name>.<pid>-<namespace>@<host>.<random>.tmp
+# in another one (a container: its process ids are its own), where <namespace> is the
+# namespace's inode number, or "x" where it cannot be read (never judged abandoned).
+TEMPORARY = re.compile(r"(?P<pid>[0-9]+)(?:-(?P<namespace>[0-9]+|x))?@(?P<host>[A-Za-z0-9._-]+)\.[0-9a-f]{8}\.tmp")
+# The temporary files of convlab 0.11 and before (tempfile.mkstemp's): no writer in the name.
+UNNAMED_TEMPORARY = re.compile(r"[a-z0-9_]{8}\.tmp")
+PROC_PID_INIT_INO = 0xEFFFFFFC  # the initial pid namespace's inode number (Linux's proc_ns.h)
+NAME_MAX = 255  # bytes in a file name, on nearly every file system
+# Room kept after a hidden name's stem (hidden_stem) for the longest writer part: ".", a
+# pid (at most 7 digits: Linux's pid_max is 2**22), "-", a namespace (10 digits), "@", a
+# host name (64 characters at most), ".", 8 random digits, ".tmp".
+WRITER_ROOM = 1 + 7 + 1 + 10 + 1 + 64 + 1 + 8 + 4
+
+
+def writer() -> str:
+    """This process as the writer part of its temporary files' names: ``<pid>@<host>`` or
+    ``<pid>-<namespace>@<host>`` (see :data:`TEMPORARY` and :func:`_namespace_and_host`)."""
+    namespace, host = _namespace_and_host()
+    return f"{os.getpid()}{namespace and '-' + namespace}@{host}"
+
+
+def _namespace_and_host() -> tuple[str, str]:
+    """Where this process's ids mean something, as :func:`writer` spells it: its pid
+    namespace ("" for the initial one, or where there are none), and the host name with
+    anything but letters, digits, dots and dashes as "_", at most 64 characters."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        namespace = "" if namespace == PROC_PID_INIT_INO else str(namespace)
+    except OSError:  # no /proc: no pid namespaces off Linux, an unknown one on it
+        namespace = "x" if sys.platform.startswith("linux") else ""
+    return namespace, re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "_"
+
+
+def hidden_stem(name: str) -> str:
+    """How the hidden files convlab keeps beside the file ``name`` begin (its temporary
+    files, ``<stem>.<writer>.<random>.tmp``, and its lock file, ``<stem>.lock``):
+    ``.<name>``; for a name too long to leave :data:`WRITER_ROOM` within the 255 bytes a
+    file name may have, its start and a hash of the whole, ``.<start>~<16 hex digits>``,
+    one stem per name."""
+    stem = f".{name}"
+    if len(os.fsencode(stem)) + WRITER_ROOM <= NAME_MAX:
+        return stem
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    start = name
+    while len(os.fsencode(f".{start}~{digest}")) + WRITER_ROOM > NAME_MAX:
+        start = start[:-1]
+    return f".{start}~{digest}"
+
+
+def temporary_name(target: Path) -> str:
+    """A new name for a temporary file of ``target``: ``<stem>.<writer>.<random>.tmp``
+    (:func:`hidden_stem`, :func:`writer`), at most 255 bytes."""
+    return f"{hidden_stem(target.name)}.{writer()}.{secrets.token_hex(4)}.tmp"
+
+
+def _new_temporary(target: Path) -> Path:
+    """An empty temporary file beside ``target``, made by this call (``O_EXCL``), mode 0600."""
+    for _ in range(100):
+        tmp = target.with_name(temporary_name(target))
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", os.fspath(target))
+
+
+def remove_abandoned_temporaries(target: Path) -> list[Path]:
+    """Remove the temporary files beside ``target`` whose writers will never finish them;
+    returns those removed. Called before every write (:func:`atomic_paths`): a writer
+    killed mid-write (``kill -9``, the OOM killer) leaves its temporary file, which only
+    the next write can remove, and which may be as big as a checkpoint.
+
+    A temporary file is abandoned if its name (:data:`TEMPORARY`) says it was written on
+    this host, in this pid namespace, by a process that no longer exists. Another host's
+    (a shared folder), another namespace's (a container's) or a live process's is left:
+    this process cannot tell whether its writer is alive, or knows it is. Unless this
+    process holds ``target``'s claim (:func:`sole_writer`): then no other convlab writes
+    it, and every temporary file of ``target`` is one nobody will finish, including those
+    of convlab 0.11 and before, whose names say no writer. Only regular files are removed;
+    one that cannot be is left (a courtesy: it does not stop the write)."""
+    stem = hidden_stem(target.name)
+    claimed = _place(target) in _claims
+    here = _namespace_and_host()
+    removed = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(f"{stem}."):
+            continue
+        rest = entry.name[len(stem) + 1:]
+        found = TEMPORARY.fullmatch(rest)
+        if found is None:
+            abandoned = claimed and UNNAMED_TEMPORARY.fullmatch(rest) is not None
+        else:
+            abandoned = claimed or ((found["namespace"] or "", found["host"]) == here and here[0] != "x"
+                                    and not _alive(int(found["pid"])))
+        with contextlib.suppress(OSError):
+            if abandoned and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process ``pid`` (of this pid namespace) exists; yes when it cannot be
+    told."""
+    if pid <= 0 or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process
+        return True
+    return True
 
 
 def flush_to_disk(path):
@@ -98,8 +273,14 @@ def check_writable(path, option: str, folder=False) -> Path:
     missing folders will be made) is probed by creating and removing an empty file in it:
     permission bits do not tell (root ignores them; ACLs and read-only mounts refuse
     regardless), the attempt does. For a symlink, that is the folder of its target, where
-    the file is written (:func:`write_target`)."""
+    the file is written (:func:`write_target`). An immutable or append-only folder or
+    existing file (``chattr +i``, ``+a``), whose replacement would fail only at the end
+    of the work, is refused too (:func:`check_not_locked`), and so is a name longer than
+    the folder's file system allows."""
     path = Path(str(path))
+    for i, part in enumerate(path.parts, 1):  # before any look at the path: Python's is_dir() raises on one
+        _check_length(part, NAME_MAX, option, path, "the file name" if i == len(path.parts) and not folder
+                      else "a folder name in it")
     if folder and path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} exists and is not a folder")
     if not folder and path.is_dir():
@@ -117,13 +298,79 @@ def check_writable(path, option: str, folder=False) -> Path:
         p for p in write_target(path).absolute().parents if p.exists())
     if not place.is_dir():
         raise ValueError(f"{option} {path}: {place} is a file, so nothing can be written under it")
+    check_not_locked(place, f"{option} {path}", "no file can be created in it", "no file in it can be replaced")
     try:
         fd, probe = tempfile.mkstemp(prefix=".convlab-probe-", dir=place)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         raise ValueError(f"{option} {path}: cannot write in {place} ({e.strerror or e})") from None
+    if not folder:
+        target = write_target(path)
+        _check_length(target.name, _name_max(place), option, path, "the file name")
+        if target.is_file():
+            check_not_locked(target, f"{option} {path}", "it cannot be replaced", "it cannot be replaced")
     return path
+
+
+# The inode flags chattr sets that stop a file being replaced (Linux's fs.h).
+FS_IMMUTABLE_FL, FS_APPEND_FL = 0x10, 0x20
+# FS_IOC_GETFLAGS, _IOR('f', 1, long), where ioctl numbers have the generic encoding: read
+# (2 << 30), the argument's size, type, number. Elsewhere (powerpc, mips, sparc encode
+# them otherwise) the flags are not read.
+FS_IOC_GETFLAGS = ((2 << 30) | (struct.calcsize("l") << 16) | (ord("f") << 8) | 1
+                   if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64") else None)
+
+
+def inode_flags(path) -> int:
+    """The inode flags (``lsattr``) of the file or folder ``path``; 0 where they cannot be
+    read: not Linux on x86_64 or aarch64, a file system without them (ENOTTY), a file
+    this process may not open for reading. Only a regular file or a folder is opened
+    (not a FIFO or a device, where opening can block or act)."""
+    if FS_IOC_GETFLAGS is None:
+        return 0
+    try:
+        if not stat.S_ISREG(mode := os.stat(path).st_mode) and not stat.S_ISDIR(mode):
+            return 0
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        flags = bytearray(struct.calcsize("l"))  # the kernel writes an int at its start
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
+        return struct.unpack_from("I", flags)[0]
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def check_not_locked(path: Path, subject: str, immutable_means: str, append_only_means: str):
+    """A :class:`ValueError` about ``subject`` (e.g. "--out r.pdf") if the file or folder
+    ``path`` is immutable or append-only (``chattr +i``, ``+a``): renaming a new file
+    onto it or into it fails (EPERM, even for root), which would be found only after the
+    work. ``immutable_means`` and ``append_only_means`` say what the flag stops."""
+    flags = inode_flags(path)
+    for flag, word, letter, means in ((FS_IMMUTABLE_FL, "immutable", "i", immutable_means),
+                                      (FS_APPEND_FL, "append-only", "a", append_only_means)):
+        if flags & flag:
+            raise ValueError(f"{subject}: {path} is {word} (chattr +{letter}), so {means}; clear the flag with "
+                             f"`chattr -{letter} {path}` (as root), or choose another path")
+
+
+def _check_length(name: str, limit: int, option: str, path: Path, what: str):
+    """A :class:`ValueError` if ``name`` (``what`` in ``path``) is longer than ``limit`` bytes."""
+    if len(os.fsencode(name)) > limit:
+        raise ValueError(f"{option} {path}: {what} is {len(os.fsencode(name))} bytes long, over the {limit} a file "
+                         "system allows (choose a shorter one)")
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, the file system of ``folder`` allows."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX
 
 
 def check_suffix(path, option: str, suffix: str, what: str) -> Path:
@@ -265,9 +512,11 @@ def sole_writer(outputs: dict):
     Two runs given one ``--checkpoint`` or ``--metrics-out`` would each replace the other's
     file after every epoch, and the run that ended last would erase the other's. So a run
     claims each output for as long as it runs, by an exclusive ``flock`` on a lock file
-    ``.<name>.lock`` beside it (beside a symlink's target, where it is written: see
-    :func:`write_target`), which holds the holder's process id and is removed at the end
-    of the block, with the folders made for it if nothing was written in them. The lock
+    ``.<name>.lock`` beside it (:func:`hidden_stem`; beside a symlink's target, where it
+    is written: see :func:`write_target`), which holds the holder's process id and is
+    removed at the end of the block, with the folders made for it if nothing was written
+    in them. While it holds the claim, this process's writes of an output remove every
+    temporary file left beside it (:func:`remove_abandoned_temporaries`). The lock
     is released when its holder dies (``kill -9``); the file left behind then is claimed
     again by the next run. The lock cannot be on the output itself: that is replaced at
     every save, and HDF5 takes locks of its own on it.
@@ -283,7 +532,7 @@ def sole_writer(outputs: dict):
 def _claimed(path: Path, option: str):
     """An exclusive claim on ``path`` for the block (see :func:`sole_writer`)."""
     target = write_target(path)
-    lock = target.with_name(f".{target.name}.lock")
+    lock = target.with_name(f"{hidden_stem(target.name)}.lock")
     # The output's missing folders are made now, for the lock file; those the run wrote
     # nothing in (it stopped at a mistake found after the claim) go again at its end.
     made = list(itertools.takewhile(lambda folder: not folder.exists(), [lock.parent, *lock.parent.parents]))
@@ -298,7 +547,12 @@ def _claimed(path: Path, option: str):
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
-            yield
+            place = _place(target)
+            _claims.add(place)
+            try:
+                yield
+            finally:
+                _claims.discard(place)
         finally:
             # Removed before the lock is released, when no one else can hold it. A folder made
             # read-only meanwhile keeps it (the next run claims it again), and the run's own
@@ -310,6 +564,20 @@ def _claimed(path: Path, option: str):
         for folder in made:  # deepest first; one not empty stays, and so do those above it
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+# The files this process holds the claim of (sole_writer), as (device, inode of the
+# folder, name): a spelling of the path through other links still matches.
+_claims: set[tuple[int, int, str]] = set()
+
+
+def _place(target: Path) -> tuple[int, int, str] | None:
+    """``target``'s place in :data:`_claims`; None if its folder is not there."""
+    try:
+        folder = os.stat(target.parent)
+    except OSError:
+        return None
+    return folder.st_dev, folder.st_ino, target.name
 
 
 def _lock(lock: Path, path: Path, option: str) -> int | None:

@@ -16,7 +16,6 @@ carries convlab's mark (:data:`PNG_MARK`) goes; anything else there is left and 
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import io
 import json
@@ -39,7 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from convlab.checkpoints import epoch_ranges, tuners_resolved
-from convlab.files import (PNG_SIGNATURE, atomic_path, check_outputs, check_suffix, check_writable, flush_to_disk,
+from convlab.files import (PNG_SIGNATURE, atomic_paths, check_outputs, check_suffix, check_writable,
                            sole_writer)
 from convlab.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU
 from convlab.models import DEFAULT_MODEL, INPUT_SHAPE
@@ -489,23 +488,20 @@ def write_report(source, out="report.pdf", bench=None) -> ReportFiles:
     # --out would otherwise leave one's PDF beside the other's figures.
     with sole_writer({"--out": out, **figures}):
         outputs = rendered_report(source, out, bench)
-        # Every file is written to its temporary name before any is renamed into place (the
-        # PDF last): a full disk at a figure leaves the earlier report whole, where one file
-        # at a time left the new PDF beside none of its figures, or beside the earlier ones.
-        # (A rename refused, say of a `chattr +i` figure, leaves the PDF as it was too.)
-        # Each is synced to the disk before any rename too (atomic_path syncs it again, at no
-        # cost): a full disk that only the sync reports (delayed allocation) is met while
-        # every name still holds the earlier report.
+        # Every file is written to its temporary name and synced to the disk before any is
+        # renamed into place (atomic_paths; the PDF last): a full disk at a figure, even one
+        # only the sync reports (delayed allocation), leaves the earlier report whole, where
+        # one file at a time left the new PDF beside none of its figures, or beside the
+        # earlier ones. (A rename refused leaves the PDF as it was too.)
+        files = [*(path for path in outputs if path != out), out]
+        writing = None
         try:
-            with contextlib.ExitStack() as renames:
-                temporaries = {}
-                for path, content in outputs.items():
-                    temporaries[path] = renames.enter_context(atomic_path(path))
-                    temporaries[path].write_bytes(content)
-                for path, tmp in temporaries.items():
-                    flush_to_disk(tmp)
-        except OSError as e:  # a write or sync (of `path`), or a rename onto e.filename2
-            raise ReportError(f"cannot write {e.filename2 or path}: {e.strerror or e}") from None
+            with atomic_paths(*files) as temporaries:
+                for writing, tmp in zip(files, temporaries):
+                    tmp.write_bytes(outputs[writing])
+                writing = None
+        except OSError as e:  # a write (of `writing`), or a sync or rename (of e.filename)
+            raise ReportError(f"cannot write {writing or e.filename}: {e.strerror or e}") from None
         # Within the claim: no other report is writing these names meanwhile.
         removed, left = remove_earlier_figures(path for path in figures.values()
                                                if path not in outputs and os.path.lexists(path))

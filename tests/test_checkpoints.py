@@ -1,6 +1,7 @@
 """HDF5 checkpoints: round trip, exact resume, resume rules, and every bad checkpoint file."""
 
 import hashlib
+import os
 
 import h5py
 import numpy as np
@@ -13,11 +14,13 @@ from convlab.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
+from convlab.files import writer
 from convlab.layers import Conv2D, Dense, Flatten, ReLU
 from convlab.models import Sequential, reference_net
 from convlab.optimizers import SGD
 from convlab.training import EpochMetrics, epoch_order
 from tests.conftest import file_size_limit
+from tests.test_atomic_writes import dead_pid
 from tests.test_cli import run_cli
 
 RUN_SETTINGS = dict(backend="im2col", dataset="mnist", epochs=5, batch_size=64, lr=0.01, lr_schedule="cosine",
@@ -57,15 +60,17 @@ def test_round_trip_keeps_weights_momentum_metrics_and_settings(tmp_path):
         assert list(f["metrics"].dtype.names) == ["epoch", "train_loss", "train_accuracy", "test_accuracy", "seconds"]
 
 
-def test_save_removes_temp_files_left_by_a_killed_writer(tmp_path):
+def test_save_removes_temp_files_left_by_a_killed_writer_and_no_others(tmp_path):
+    """Through atomic_path's rule (tests/test_atomic_writes.py); the save's own loop removed
+    every ``.ck.h5.*.tmp`` before, a live writer's too."""
     path = tmp_path / "ck.h5"
-    stale = tmp_path / ".ck.h5.abc123.tmp"
-    stale.write_bytes(b"half a checkpoint")
-    unrelated = tmp_path / ".other.h5.abc123.tmp"
-    unrelated.write_bytes(b"not ours")
+    stale, live = (tmp_path / f".ck.h5.{writer().replace(str(os.getpid()), str(pid), 1)}.0123abcd.tmp"
+                   for pid in (dead_pid(), os.getppid()))
+    unrelated = tmp_path / f".other.h5.{stale.name[len('.ck.h5.'):]}"
+    for temporary in (stale, live, unrelated):
+        temporary.write_bytes(b"half a checkpoint")
     make_checkpoint(path)
-    assert not stale.exists() and unrelated.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.h5.abc123.tmp", "ck.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, unrelated.name, "ck.h5"])
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(capsys, tmp_path, data_read_once):

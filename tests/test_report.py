@@ -23,6 +23,7 @@ from convlab.optimizers import SGD
 from convlab.report import (ReportError, backend_explanation, has_mark, load_run, plain, read_bench,
                             summary_paragraph, timing_rows, write_report)
 from convlab.training import EpochMetrics
+from tests.test_atomic_writes import fsynced
 from tests.test_cli import run_cli
 
 HISTORY = [EpochMetrics(1, 0.8, 0.74, 0.83, 9.0), EpochMetrics(2, 0.3, 0.91, 0.90, 8.5)]
@@ -223,6 +224,15 @@ def test_a_full_disk_leaves_the_earlier_report_whole(metrics, tmp_path, monkeypa
         write_report(metrics, out)
     assert {path: path.read_bytes() for path in tmp_path.glob("r*")} == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "r-curves.png", "r.pdf"]
+
+
+def test_each_file_is_synced_once_and_the_folder_once(metrics, tmp_path, monkeypatch):
+    """Each file was synced twice (by the report, then by atomic_path) and the folder once
+    per file."""
+    synced = fsynced(monkeypatch)
+    write_report(metrics, tmp_path / "r.pdf")
+    assert len(synced) == 3 and synced[2] == str(tmp_path)
+    assert Path(synced[0]).name.startswith(".r-curves.png.") and Path(synced[1]).name.startswith(".r.pdf.")
 
 
 def test_a_figure_that_cannot_be_replaced_is_named_and_the_pdf_stays(metrics, tmp_path, monkeypatch):
