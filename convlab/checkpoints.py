@@ -38,7 +38,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from convlab.files import atomic_path
+from convlab.files import atomic_path, check_file_name
 from convlab.training import EpochMetrics
 
 FORMAT = "convlab-checkpoint"
@@ -286,9 +286,8 @@ def check_new_checkpoint_path(path, resume=None):
     """Refuse a ``--checkpoint`` path that would overwrite anything but the run being resumed."""
     if path is None:
         return
-    path = checkpoint_path(path)
-    if path.is_dir():
-        raise CheckpointError(f"--checkpoint {path} is a directory; give a file path such as {path / 'run.h5'}")
+    checkpoint_path(path)  # a path, not fire's True for a bare --checkpoint
+    path = check_file_name(path, "--checkpoint")  # as typed: Path() drops a trailing /
     if path.exists() and (resume is None or not path.samefile(resume)):
         raise CheckpointError(f"--checkpoint {path} already exists; refusing to overwrite it (continue the run "
                               f"saved there with --resume {path}, or choose another path)")

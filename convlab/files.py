@@ -264,6 +264,18 @@ EXAMPLE_NAMES = {"--metrics-out": "metrics.json", "--out": "report.pdf", "--json
                  "--checkpoint": "run.h5"}
 
 
+def check_file_name(path, option: str) -> Path:
+    """``path`` as a :class:`Path`, if it can name a file to write: not an existing folder,
+    and not ending in a separator, which says a folder was meant (``--checkpoint runs/``).
+    ``Path("runs/")`` is ``runs``, so unchecked that run would write its checkpoint as a
+    file named ``runs``. A :class:`ValueError` naming ``option`` otherwise."""
+    text = str(path)
+    if text.endswith(tuple(filter(None, (os.sep, os.altsep)))) or Path(text).is_dir():
+        raise ValueError(f"{option} {text} names a folder; give a file name such as "
+                         f"{Path(text) / EXAMPLE_NAMES.get(option, 'out')}")
+    return Path(text)
+
+
 def check_writable(path, option: str, folder=False) -> Path:
     """``path`` as a place ``atomic_path`` can write a file to (or, with ``folder``, create
     files in), checked before any work is done; a :class:`ValueError` naming ``option``
@@ -277,15 +289,13 @@ def check_writable(path, option: str, folder=False) -> Path:
     existing file (``chattr +i``, ``+a``), whose replacement would fail only at the end
     of the work, is refused too (:func:`check_not_locked`), and so is a name longer than
     the folder's file system allows."""
-    path = Path(str(path))
-    for i, part in enumerate(path.parts, 1):  # before any look at the path: Python's is_dir() raises on one
-        _check_length(part, NAME_MAX, option, path, "the file name" if i == len(path.parts) and not folder
+    parts = Path(str(path)).parts
+    for i, part in enumerate(parts, 1):  # before any look at the path: Python's is_dir() raises on one
+        _check_length(part, NAME_MAX, option, Path(str(path)), "the file name" if i == len(parts) and not folder
                       else "a folder name in it")
+    path = Path(str(path)) if folder else check_file_name(path, option)
     if folder and path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} exists and is not a folder")
-    if not folder and path.is_dir():
-        raise ValueError(f"{option} {path} is a directory; give a file path such as "
-                         f"{path / EXAMPLE_NAMES.get(option, 'out')}")
     # A missing folder on the way is made; a symlink to a missing one cannot be (mkdir finds
     # the link there), and would end the run with a bare "[Errno 17] File exists".
     for step in ([path] if folder else []) + list(write_target(path).parents):
@@ -375,7 +385,7 @@ def _name_max(folder: Path) -> int:
 
 def check_suffix(path, option: str, suffix: str, what: str) -> Path:
     """``path`` if it ends in ``suffix`` (any case): a file named for what it holds."""
-    path = Path(str(path))
+    path = check_file_name(path, option)
     if path.suffix.lower() != suffix:
         raise ValueError(f"{option} {path}: {what} is written there, so the name must end in {suffix} "
                          f"(such as {path.with_suffix(suffix) if path.name else 'out' + suffix})")

@@ -105,7 +105,16 @@ OTHER_CASES = [
     (["data", "download", "--dest", "{a-file}"], "--dest {a-file} exists and is not a folder"),
     (["data", "download", "--dest", "{a-file}/x"], "--dest {a-file}/x: {a-file} is a file, so nothing can be written"),
     (["train", "--metrics-out", "{a-folder}"],
-     "--metrics-out {a-folder} is a directory; give a file path such as {a-folder}/metrics.json"),
+     "--metrics-out {a-folder} names a folder; give a file name such as {a-folder}/metrics.json"),
+    # A trailing / means a folder, even one not made yet (Path() would drop it: a file named runs)
+    (["train", "--checkpoint", "{no-such-folder}/"],
+     "--checkpoint {no-such-folder}/ names a folder; give a file name such as {no-such-folder}/run.h5"),
+    (["train", "--metrics-out", "{no-such-folder}/"], "--metrics-out {no-such-folder}/ names a folder; give a file"),
+    (["bench", "--json", "{no-such-folder}/"],
+     "--json {no-such-folder}/ names a folder; give a file name such as {no-such-folder}/bench.json"),
+    (["bench", "--plot", "{no-such-folder}/"], "--plot {no-such-folder}/ names a folder; give a file name such as"),
+    (["report", "{metrics.json}", "--out", "{no-such-folder}/"],
+     "--out {no-such-folder}/ names a folder; give a file name such as {no-such-folder}/report.pdf"),
     (["train", "--metrics-out", "{a-file}/m.json"], "--metrics-out {a-file}/m.json: {a-file} is a file, so nothing"),
     (["report", "{metrics.json}", "--out", "{a-file}/r.pdf"], "--out {a-file}/r.pdf: {a-file} is a file, so nothing"),
     (["train", "--checkpoint", "{dangling-link}/run.h5"],
@@ -125,7 +134,7 @@ OTHER_CASES = [
     (["report", "{bad-settings.json}", "--out", "{out}"], '{bad-settings.json}: its "settings" is not an object;'),
     (["report", "{metrics.json}", "--out", "{out}", "--bench", "{empty-bench.json}"],
      "{empty-bench.json}: no usable timing rows"),
-    (["report", "{metrics.json}", "--out", "{a-folder}"], "--out {a-folder} is a directory; give a file path such as "
+    (["report", "{metrics.json}", "--out", "{a-folder}"], "--out {a-folder} names a folder; give a file name such as "
                                                           "{a-folder}/report.pdf"),
     (["report", "{no-y-test.h5}", "--out", "{out}"], "is an HDF5 file but not a convlab checkpoint"),
     (["report", "{metrics.json}", "{out}", "{empty-bench.json}", "extra"],

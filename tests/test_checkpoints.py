@@ -159,8 +159,10 @@ def test_new_run_refuses_to_overwrite_an_existing_file(tmp_path):
     existing.write_text("keep me")
     with pytest.raises(CheckpointError, match="notes.txt already exists; refusing to overwrite it"):
         check_new_checkpoint_path(existing)
-    with pytest.raises(CheckpointError, match="is a directory; give a file path such as"):
+    with pytest.raises(ValueError, match="names a folder; give a file name such as"):
         check_new_checkpoint_path(tmp_path)
+    with pytest.raises(ValueError, match="new/ names a folder; give a file name such as"):
+        check_new_checkpoint_path(f"{tmp_path}/new/")
     assert existing.read_text() == "keep me"
 
 
