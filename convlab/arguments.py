@@ -6,9 +6,12 @@ would train for the default 5 epochs and only then complain. :func:`check_comman
 finds the command named by ``argv`` and refuses an unknown command, an unknown option or
 a surplus positional argument first, reading them as fire does: ``--name value``,
 ``--name=value``, ``--name`` alone (True) or ``--noname`` (False), ``-n`` for the one
-option starting with n, and ``-`` and ``_`` alike in names. After a bare ``--`` come
-fire's own flags (``-- --help``), which are left to fire. ``--help`` (or ``-h``) after a
-command or group prints :func:`help_text`: the options as they are typed (``--batch-size``).
+option starting with n, and ``-`` and ``_`` alike in names. A bare ``--`` is refused:
+fire reads what follows it as its own flags (``--interactive``, ``--trace``, ...), so
+``convlab train -- --epochs 2`` trained for 5 epochs, then printed fire's page on the
+result. ``--help`` (or ``-h``) after a command or group, or ``help`` before it (``convlab
+help train``, as git and pip take it), prints :func:`help_text`: the options as they are
+typed (``--batch-size``).
 
 fire also turns every value that looks like a Python literal into one: ``--metrics-out 1e3``
 would be the float 1000.0 and ``--progress no`` the (true) string ``"no"``. :func:`typed`
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
+import shlex
 
 import fire.decorators
 import numpy as np
@@ -105,11 +109,16 @@ def check_command_line(root, argv, program="convlab"):
     without one of its commands (fire would open its own help in a pager), else None."""
     path = [program]
     component, rest = root, list(argv)
+    help_asked = False
     while not inspect.isroutine(component):
-        if not rest or rest[0].lstrip("-") in FIRE_HELP_FLAGS:
+        if rest[:1] == ["help"] and not help_asked:  # `convlab help train`: train's --help
+            help_asked = True
+            rest.pop(0)
+            continue
+        if not rest or (is_flag(rest[0]) and rest[0].lstrip("-") in FIRE_HELP_FLAGS):
             return help_text(component, " ".join(path))
         if rest[0] == "--":
-            return None  # fire's own flags, left to fire
+            refuse_bare_dashes(" ".join(path), rest[1:], "a command", f"one of: {', '.join(commands_of(component))}")
         if is_flag(rest[0]):
             raise CommandLineError(f"`{' '.join(path)}` takes no option {rest[0].split('=', 1)[0]} here; give a "
                                    f"command first (one of: {', '.join(commands_of(component))}), then its options")
@@ -120,9 +129,20 @@ def check_command_line(root, argv, program="convlab"):
             raise CommandLineError(f"`{' '.join(path)}` has no command {name!r}; valid commands are: {valid}")
         component = getattr(component, attr)
         path.append(name)
-    if check_arguments(component, rest, " ".join(path)):
+    if help_asked and rest:
+        raise CommandLineError(f"`{program} help` takes a command's name only (such as `{' '.join(path)} --help` "
+                               f"or `{program} help {' '.join(path[1:])}`), got {' '.join(rest)} after it")
+    if help_asked or check_arguments(component, rest, " ".join(path)):
         return help_text(component, " ".join(path))
     return None
+
+
+def refuse_bare_dashes(usage, args, allowed, which):
+    """Raise :class:`CommandLineError` for a bare ``--`` among ``usage``'s arguments, ``args``
+    being them without it: fire would read what follows it as its own flags (see the module
+    doc). The refusal shows the command line without it."""
+    instead = f", as in `{usage} {shlex.join(args)}`" if args else ""
+    raise CommandLineError(f"`{usage}` takes no bare --; give {allowed} without it{instead} ({which})")
 
 
 def check_arguments(command, args, usage) -> bool:
@@ -142,7 +162,7 @@ def check_arguments(command, args, usage) -> bool:
         token = args[i]
         i += 1
         if token == "--":
-            break
+            refuse_bare_dashes(usage, args[:i - 1] + args[i:], "its options", f"`{usage} --help` lists them")
         if not is_flag(token):
             positional.append(token)
             continue

@@ -109,3 +109,30 @@ def test_console_script_help_and_error():
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.startswith("convlab: error: unknown backend") and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--", "--epochs", "2"], "`convlab train` takes no bare --; give its options without it, as in "
+                                       "`convlab train --epochs 2` (`convlab train --help` lists them)"),
+    (["train", "--epochs", "1", "--", "--trace"], "as in `convlab train --epochs 1 --trace`"),
+    (["train", "--model", "c8k3 dense10", "--"], "as in `convlab train --model 'c8k3 dense10'`"),
+    (["--", "--help"], "`convlab` takes no bare --; give a command without it, as in `convlab --help` (one of: auto, "),
+    (["data", "--", "download"], "`convlab data` takes no bare --; give a command without it, as in "
+                                 "`convlab data download` (one of: download)"),
+    (["help", "train", "--epochs", "2"], "`convlab help` takes a command's name only (such as `convlab train --help` "
+                                         "or `convlab help train`), got --epochs 2 after it"),
+])
+def test_a_bare_double_dash_is_refused_before_anything_runs(capsys, argv, message):
+    """fire would read what follows ``--`` as its own flags: ``train -- --epochs 2`` trained
+    5 epochs, then printed fire's page on the result."""
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("convlab: error: ") and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["train"], ["data", "download"], ["data"], []])
+def test_help_before_a_command_is_its_help(capsys, argv):
+    code, out, err = run_cli(capsys, "help", *argv)
+    assert code == 0 and err == ""
+    assert out == run_cli(capsys, *argv, "--help")[1]
+    assert out.startswith(f"usage: {' '.join(['convlab', *argv])} ")
