@@ -48,7 +48,9 @@ from convlab.training import EpochMetrics
 PAGE = (8.27, 11.69)  # A4 portrait, inches
 MARGIN = 0.8  # inches
 DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
-METRICS_HINT = "expected the JSON written by `convlab train --metrics-out PATH`"
+# What SOURCE may be: what a report is made from, named in every refusal of one.
+SOURCE_HINT = ("`convlab report` reads a checkpoint (`convlab train --checkpoint PATH`, HDF5) or a metrics file "
+               "(the JSON `convlab train --metrics-out PATH` writes)")
 TIMING_TITLE = "convlab bench: time per call (ratios are within one run)"
 TIMING_COLUMNS = ["shape", "pass", "backend", "ms", "vs fastest"]
 BENCH_HINT = 'expected the JSON written by `convlab bench --json PATH`: {"rows": [{"shape", "backend", "pass", "seconds"}]}'
@@ -95,7 +97,7 @@ def load_run(path) -> Run:
     """A :class:`Run` from a checkpoint (HDF5) or a metrics file (JSON)."""
     path = Path(str(path))
     if not path.is_file():
-        raise ReportError(f"{path} does not exist or is not a file; give a metrics JSON file or a checkpoint")
+        raise ReportError(f"{path} does not exist or is not a file; {SOURCE_HINT}")
     if h5py.is_hdf5(path):
         from convlab.inference import load_model  # the checkpoint format lives there
 
@@ -105,10 +107,15 @@ def load_run(path) -> Run:
     return read_metrics(path)
 
 
-def read_json(path: Path, hint: str):
+def read_json(path: Path, hint: str, binary="not JSON"):
+    """The JSON in ``path``; a :class:`ReportError` ending in ``hint`` (what the file should
+    be) otherwise. A file that is not text (a PNG, an .npz given by mistake) is ``binary``
+    (what it is not), not the decoder's byte position, which tells the user nothing."""
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except UnicodeDecodeError:
+        raise ReportError(f"{path}: is a binary file, {binary}; {hint}") from None
+    except (OSError, json.JSONDecodeError) as e:
         raise ReportError(f"{path}: cannot read it as JSON ({e}); {hint}") from None
 
 
@@ -116,25 +123,25 @@ def read_metrics(path: Path) -> Run:
     """A run from a metrics file: {"backend", "test_accuracy", "settings", "epochs": [...]};
     "settings" (dataset, lr, momentum, batch_size, seed, train_size, test_size, ...) may be
     missing from older files, and then the paragraph leaves out what it does not know."""
-    doc = read_json(path, METRICS_HINT)
+    doc = read_json(path, SOURCE_HINT, binary="neither HDF5 nor JSON")
     names = [f.name for f in fields(EpochMetrics)]
     epochs = doc.get("epochs") if isinstance(doc, dict) else None
     if not isinstance(epochs, list) or not all(isinstance(epoch, dict) for epoch in epochs):
-        raise ReportError(f'{path}: has no "epochs" list of objects; {METRICS_HINT}')
+        raise ReportError(f'{path}: has no "epochs" list of objects; {SOURCE_HINT}')
     if not isinstance(doc.get("settings") or {}, dict):
-        raise ReportError(f'{path}: its "settings" is not an object; {METRICS_HINT}')
+        raise ReportError(f'{path}: its "settings" is not an object; {SOURCE_HINT}')
     try:
         history = [EpochMetrics(**{name: epoch[name] for name in names}) for epoch in epochs]
         backend = doc["backend"]
     except KeyError as e:
-        raise ReportError(f"{path}: missing {e}; {METRICS_HINT}") from None
+        raise ReportError(f"{path}: missing {e}; {SOURCE_HINT}") from None
     backends = [epoch["backend"] for epoch in epochs] if all("backend" in epoch for epoch in epochs) else None
     settings = dict({"dataset": "mnist"}, **(doc.get("settings") or {}))
     valid = isinstance(backend, str) and history and all(
         isinstance(getattr(m, name), numbers.Real) and math.isfinite(getattr(m, name)) for m in history for name in names)
     if not valid or not all(isinstance(b, (str, type(None))) for b in backends or ()):
         raise ReportError(f"{path}: needs a backend name and at least one epoch of finite numbers "
-                          f"({', '.join(names)}); {METRICS_HINT}")
+                          f"({', '.join(names)}); {SOURCE_HINT}")
     return Run(path, backend, history, settings, backends=backends, layer_times=doc.get("layer_times"))
 
 

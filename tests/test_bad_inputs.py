@@ -32,7 +32,7 @@ def make_inputs(root: Path) -> dict[str, Path]:
     paths = {name: root / name for name in
              ("empty", "bad-checksum", "empty-gz", "corrupt-gzip", "not-hdf5.h5", "no-y-test.h5", "a-folder",
               "metrics.json", "not-json.json", "wrong-schema.json", "list.json", "bad-settings.json", "empty-bench.json",
-              "a-file",
+              "a-file", "image.png", "arrays.npz",
               "dangling-link")}
     for name in ("empty", "bad-checksum", "empty-gz", "corrupt-gzip", "a-folder"):
         paths[name].mkdir()
@@ -52,6 +52,8 @@ def make_inputs(root: Path) -> dict[str, Path]:
     paths["bad-settings.json"].write_text(paths["metrics.json"].read_text()[:-1] + ', "settings": [1]}')
     paths["empty-bench.json"].write_text('{"rows": []}')
     paths["a-file"].write_text("a file, not a folder")
+    paths["image.png"].write_bytes(convlab.files.PNG_SIGNATURE + bytes(range(256)))
+    np.savez(paths["arrays.npz"], w=np.ones(3, np.float32))
     paths["no-such-folder"] = root / "no-such-folder"  # not made
     paths["dangling-link"].symlink_to(paths["no-such-folder"])
     return paths
@@ -126,11 +128,22 @@ OTHER_CASES = [
     (["data", "download", "--dest", ""], "--dest is empty; give a folder (such as data/mnist, or . for this one)"),
     (["data", "download", "--mirror", "ftp://example.org/"], "mirror 'ftp://example.org/' is not an http:// or https:// URL"),
     (["report", "--out", "{out}"], "SOURCE is required"),
-    (["report", "/no/such.json", "--out", "{out}"], "/no/such.json does not exist or is not a file"),
+    (["report", "/no/such.json", "--out", "{out}"], "/no/such.json does not exist or is not a file; `convlab report` reads a "
+                                                            "checkpoint"),
     (["report", "{not-json.json}", "--out", "{out}"], "{not-json.json}: cannot read it as JSON"),
-    (["report", "{wrong-schema.json}", "--out", "{out}"], "{wrong-schema.json}: missing 'train_loss'; expected the "
-                                                          "JSON written by `convlab train --metrics-out PATH`"),
-    (["report", "{list.json}", "--out", "{out}"], '{list.json}: has no "epochs" list of objects; expected the JSON'),
+    (["report", "{wrong-schema.json}", "--out", "{out}"], "{wrong-schema.json}: missing 'train_loss'; `convlab "
+                                                          "report` reads a checkpoint (`convlab train --checkpoint "
+                                                          "PATH`, HDF5) or a metrics file (the JSON `convlab train "
+                                                          "--metrics-out PATH` writes)"),
+    # A binary file given for SOURCE (a figure, numpy's arrays): what the report reads, not a codec's byte position
+    (["report", "{image.png}", "--out", "{out}"], "{image.png}: is a binary file, neither HDF5 nor JSON; `convlab "
+                                                  "report` reads a checkpoint (`convlab train --checkpoint PATH`, "
+                                                  "HDF5) or a metrics file (the JSON"),
+    (["report", "{arrays.npz}", "--out", "{out}"], "{arrays.npz}: is a binary file, neither HDF5 nor JSON; `convlab "
+                                                   "report` reads a checkpoint"),
+    (["report", "{metrics.json}", "--out", "{out}", "--bench", "{arrays.npz}"],
+     "{arrays.npz}: is a binary file, not JSON; expected the JSON written by `convlab bench --json PATH`"),
+    (["report", "{list.json}", "--out", "{out}"], '{list.json}: has no "epochs" list of objects; `convlab report` reads'),
     (["report", "{bad-settings.json}", "--out", "{out}"], '{bad-settings.json}: its "settings" is not an object;'),
     (["report", "{metrics.json}", "--out", "{out}", "--bench", "{empty-bench.json}"],
      "{empty-bench.json}: no usable timing rows"),
