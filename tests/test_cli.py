@@ -101,6 +101,16 @@ def test_user_mistakes_give_one_error_line(capsys, tmp_path, argv, message):
     assert not metrics.exists()
 
 
+def test_python_dash_m_convlab_is_the_command():
+    """As the README says: ``python -m convlab`` where the console script is not on PATH."""
+    version = subprocess.run([sys.executable, "-m", "convlab", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("convlab ")
+    bad = subprocess.run([sys.executable, "-m", "convlab", "train", "--", "--epochs", "2"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("convlab: error: `convlab train` takes no bare --") and "Traceback" not in bad.stderr
+
+
 def test_console_script_help_and_error():
     help_text = subprocess.run([sys.executable, "-m", "convlab.cli", "train", "--help"],
                                capture_output=True, text=True, env={"PAGER": "cat", "PATH": ""})
