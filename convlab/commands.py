@@ -4,6 +4,7 @@ does with its options. User mistakes raise ``ValueError`` (mostly
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import fire
@@ -14,10 +15,15 @@ from convlab.registry import get_backend, list_backends
 from convlab.settings import UsageError, positive_float, positive_int, subset_size
 
 
-def required(name, value):
+def required(name, value, what):
+    """``value``, the argument or option ``name`` (upper case: given by position), unless it
+    was left out: then a :class:`UsageError` saying ``what`` it is, to give it."""
     if value is None:
-        raise UsageError(f"{name if name.isupper() else '--' + name} is required")
+        raise UsageError(f"{name if name.isupper() else '--' + name} is required: {what}")
     return value
+
+
+CHECKPOINT_IS = "the file `convlab train --checkpoint` saves"
 
 
 class DataCommands:
@@ -112,9 +118,9 @@ class Commands:
                 wrote there and this one does not draw is removed.
             bench: a `convlab bench --json` result, shown as the timing table.
         """
-        from convlab.report import write_report
+        from convlab.report import SOURCE_HINT, write_report
 
-        files = write_report(required("SOURCE", source), out, bench)
+        files = write_report(required("SOURCE", source, SOURCE_HINT), out, bench)
         for path in files.written:
             print(f"wrote {path}")
         for path in files.removed:
@@ -185,11 +191,12 @@ class Commands:
         """
         from convlab.checkpoints import load_checkpoint
         from convlab.data import held_bytes, load_dataset, split_sizes
-        from convlab.inference import evaluation_report, restore_model
+        from convlab.inference import evaluation_report, layer_backend_names, restore_model
+        from convlab.run import backend_log_to_stdout, pin_layers
         from convlab.training import evaluation_batch_size
 
         test_size = None if test_size is None else positive_int("test-size", test_size)
-        saved = load_checkpoint(required("checkpoint", checkpoint))
+        saved = load_checkpoint(required("checkpoint", checkpoint, CHECKPOINT_IS))
         batch, data_bytes = None, 0
         if memory_check:  # its batches and the data set it reads, as far as the files tell
             sizes = split_sizes(saved.settings["dataset"], data_dir)
@@ -197,7 +204,11 @@ class Commands:
         model = restore_model(saved, backend, batch=batch, data_bytes=data_bytes)
         data = load_dataset(saved.settings["dataset"], data_dir)
         n_test = subset_size("test-size", test_size, len(data.x_test))
-        print(evaluation_report(model, saved, data.x_test[:n_test], data.y_test[:n_test]))
+        asked = layer_backend_names(model)
+        with backend_log_to_stdout():  # auto's picks, as train says them
+            pin_layers(model, [layer.backend for layer in model.conv_layers()],
+                       evaluation_batch_size(n_test, len(data.x_test)), training=False)
+        print(evaluation_report(model, saved, data.x_test[:n_test], data.y_test[:n_test], asked))
 
     @typed(positional=("file",), text=("checkpoint", "backend"), flags=("invert", "memory_check"))
     def predict(self, file=None, *, checkpoint=None, backend=None, invert=False, memory_check=True):
@@ -214,11 +225,18 @@ class Commands:
             invert: the image is a dark digit on a light background.
             memory_check: refuse a network that cannot fit in the memory available; no skips the check.
         """
-        from convlab.inference import check_has_content, load_image, load_model, prediction_report
+        from convlab.inference import ACCEPTED_FILES, check_has_content, load_image, load_model, prediction_report
+        from convlab.run import backend_log_to_stdout, pin_layers
 
-        model, saved = load_model(required("checkpoint", checkpoint), backend, batch=1 if memory_check else None)
+        # Before the checkpoint is read: a mistake costs no time.
+        required("FILE", file, f"the image to classify, {ACCEPTED_FILES}; as in `convlab predict --checkpoint "
+                               f"{shlex.quote(checkpoint or 'run.h5')} digit.png`")
+        model, saved = load_model(required("checkpoint", checkpoint, CHECKPOINT_IS), backend,
+                                  batch=1 if memory_check else None)
         class_name = "digit" if saved.settings["dataset"] == "mnist" else "class"
-        image = check_has_content(load_image(required("FILE", file), invert), file, class_name)
+        image = check_has_content(load_image(file, invert), file, class_name)
+        with backend_log_to_stdout():  # auto's picks, as train says them
+            pin_layers(model, [layer.backend for layer in model.conv_layers()], 1, training=False)
         print(prediction_report(model, image, class_name, inverted=invert))
 
     @typed(text=("backends", "passes", "json", "plot", "sweep"),

@@ -72,17 +72,20 @@ def confusion_matrix(labels, predictions, classes=10) -> np.ndarray:
     return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
 
 
-def evaluation_report(model, checkpoint, x, y) -> str:
-    """Accuracy and confusion matrix of ``model`` on images x (N, 1, 28, 28), labels y (N,)."""
+def evaluation_report(model, checkpoint, x, y, asked=None) -> str:
+    """Accuracy and confusion matrix of ``model`` on images x (N, 1, 28, 28), labels y (N,).
+    ``asked``: the backends asked for (``auto``), where they are not those ``model`` runs on
+    (the ones auto picked), as the header then says: "auto: im2col"."""
     predictions = predict_logits(model, x).argmax(axis=1)
     matrix = confusion_matrix(y, predictions)
     correct = int(np.trace(matrix))
     s = checkpoint.settings
+    ran = layer_backend_names(model)
     width = max(5, len(str(matrix.max())) + 1)
     lines = [
         f"checkpoint {checkpoint.path}: {checkpoint.epoch} epoch{'s' * (checkpoint.epoch != 1)} on "
         f"{s['train_size']} {s['dataset']} images, "
-        f"trained with {checkpoint.trained_with()}; evaluated with {layer_backend_names(model)}",
+        f"trained with {checkpoint.trained_with()}; evaluated with {ran if asked in (None, ran) else f'{asked}: {ran}'}",
         f"test accuracy: {correct / len(y):.4f} ({correct}/{len(y)})",
         "confusion matrix (rows: true class, columns: predicted class, recall: fraction of the row right):",
         "true" + "".join(f"{p:>{width}}" for p in range(len(matrix))) + "  recall",

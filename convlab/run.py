@@ -54,33 +54,44 @@ def build_model(settings: TrainSettings):
 
 
 def pin_backends(model, settings: TrainSettings, resumed=None) -> TrainSettings:
-    """Pin each conv layer of ``model`` to its backend in ``settings``; returns the settings
-    with ``backends`` set. A layer on ``auto`` gets the backend auto picks for that layer's
-    own problem at the training batch size (timed without dx for the first layer, whose
-    input gradient is never computed), or, continuing the checkpoint ``resumed`` on the
-    backends it was asked for, the one it ran on there: a pick timed again (the cache
-    cleared, a new convlab version) may be another backend, which rounds differently, and
-    the continuation would not be the run's. One line per conv layer says which backend it
-    runs on (unless there is one conv layer, on the backend named)."""
-    shapes = model.input_shapes(settings.batch_size)
-    names = []
-    convs = model.indexed_conv_layers()
+    """Pin each conv layer of ``model`` to its backend in ``settings`` (:func:`pin_layers`, at
+    the training batch size); returns the settings with ``backends`` set. Continuing the
+    checkpoint ``resumed`` on the backends it was asked for, a layer on ``auto`` keeps the
+    one it ran on there: a pick timed again (the cache cleared, a new convlab version) may
+    be another backend, which rounds differently, and the continuation would not be the run's."""
     same_ask = resumed is not None and resumed.settings["backend"] == settings.backend
     ran = str(resumed.settings.get("backends") or "").split(",") if same_ask else []
-    before = ran if len(ran) == len(convs) else [None] * len(convs)
-    for number, ((i, layer), asked, kept) in enumerate(zip(convs, settings.conv_backends(), before), start=1):
-        name, how = asked, ""
-        if is_tuner(asked) and kept in list_backends():
-            name, how = kept, f" (picked by {asked} before the resume)"
-        elif is_tuner(asked):
+    return settings.with_backends(pin_layers(model, settings.conv_backends(), settings.batch_size, ran))
+
+
+def pin_layers(model, asked, batch, kept=(), training=True) -> list[str]:
+    """Pin each conv layer of ``model`` to its backend in ``asked`` (one name per conv layer);
+    returns the names. A layer on a tuner (``auto``) gets the backend it picks for that
+    layer's own problem on ``batch`` images, or ``kept``'s (one name per conv layer: what it
+    picked before the resume) if installed. In ``training`` the first layer is timed without
+    dx, which the network never computes; otherwise (an evaluation) as the tuner's inference
+    pass asks, and one pick per layer is all it times, not another for a last, smaller batch.
+
+    One line per conv layer a tuner picked for says which backend; in ``training`` one per
+    conv layer of a network with several (its summary line names only what was asked)."""
+    shapes = model.input_shapes(batch)
+    names = []
+    convs = model.indexed_conv_layers()
+    before = list(kept) if len(kept) == len(convs) else [None] * len(convs)
+    for number, ((i, layer), asked_here, kept_here) in enumerate(zip(convs, asked, before), start=1):
+        name, how = asked_here, ""
+        if is_tuner(asked_here) and kept_here in list_backends():
+            name, how = kept_here, f" (picked by {asked_here} before the resume)"
+        elif is_tuner(asked_here):
             x = np.random.default_rng(0).standard_normal(shapes[i]).astype(layer.params["w"].dtype)
-            name = get_backend(asked).impl.pick(x, layer.params["w"], layer.stride, layer.padding, need_dx=i > 0)
-            how = f" (picked by {asked})"
+            name = get_backend(asked_here).impl.pick(x, layer.params["w"], layer.stride, layer.padding,
+                                                     need_dx=i > 0 or not training)
+            how = f" (picked by {asked_here})"
         layer.backend = name
         names.append(name)
-        if how or len(convs) > 1:  # the reference network on a named backend prints what it always did
+        if how or (training and len(convs) > 1):  # the reference network on a named backend prints what it always did
             print(f"conv layer {number} ({describe_layer(layer, shapes[i])}): {name}{how}")
-    return settings.with_backends(names)
+    return names
 
 
 def layer_times(model) -> list[dict]:

@@ -127,9 +127,10 @@ OTHER_CASES = [
     (["report", "{metrics.json}", "--out", "/proc/r.pdf"], "/proc/r.pdf"),  # refused by the system, not our checks
     (["data", "download", "--dest", ""], "--dest is empty; give a folder (such as data/mnist, or . for this one)"),
     (["data", "download", "--mirror", "ftp://example.org/"], "mirror 'ftp://example.org/' is not an http:// or https:// URL"),
-    (["report", "--out", "{out}"], "SOURCE is required"),
-    (["report", "/no/such.json", "--out", "{out}"], "/no/such.json does not exist or is not a file; `convlab report` reads a "
-                                                            "checkpoint"),
+    (["report", "--out", "{out}"], "SOURCE is required: `convlab report` reads a checkpoint (`convlab train "
+                                   "--checkpoint PATH`, HDF5) or a metrics file"),
+    (["report", "/no/such.json", "--out", "{out}"],
+     "/no/such.json does not exist or is not a file; `convlab report` reads a checkpoint"),
     (["report", "{not-json.json}", "--out", "{out}"], "{not-json.json}: cannot read it as JSON"),
     (["report", "{wrong-schema.json}", "--out", "{out}"], "{wrong-schema.json}: missing 'train_loss'; `convlab "
                                                           "report` reads a checkpoint (`convlab train --checkpoint "

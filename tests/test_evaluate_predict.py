@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import convlab
 import convlab.data
 from convlab.inference import confusion_matrix, load_image
 from convlab.losses import softmax
@@ -41,8 +42,37 @@ def test_evaluate_prints_accuracy_and_confusion_matrix_under_any_backend(capsys,
     assert outputs["im2col"][1:] == lines[1:]
 
 
+def test_evaluate_and_predict_on_auto_say_what_it_picked(capsys, tmp_path, monkeypatch, data_read_once, digit):
+    """As train does: auto's line and the conv layer's, and the header names the pick. One
+    pick per layer at the evaluation's batch (128), not another for its last 22 images."""
+    import backends.auto as auto_module
+
+    monkeypatch.setattr(auto_module, "strategies", lambda: ["naive", "im2col"])
+    monkeypatch.setattr(convlab.get_backend("auto").impl, "_picks", {})
+    monkeypatch.setenv("CONVLAB_AUTO_CACHE", str(tmp_path / "auto.json"))
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", str(path), "--test-size", "150", "--backend", "auto")
+    assert code == 0, err
+    lines = out.splitlines()
+    picked = convlab.get_backend("auto").impl.picks
+    assert len(picked) == 1 and next(iter(picked)).startswith("x 128x1x28x28 ")  # the batch of 22 used it too
+    (name,) = picked.values()
+    assert lines[0].startswith(f"auto picked {name} for x 128x1x28x28 w 32x1x7x7 ")
+    assert lines[1] == f"conv layer 1 (conv 1 -> 32 filters 7x7, stride 1, padding 1, on 28x28): {name} (picked by auto)"
+    assert lines[2].endswith(f"trained with im2col; evaluated with auto: {name}")
+    np.save(tmp_path / "digit.npy", digit)
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(path), str(tmp_path / "digit.npy"),
+                             "--backend", "auto")
+    assert code == 0, err
+    lines = out.splitlines()
+    (name,) = [pick for key, pick in convlab.get_backend("auto").impl.picks.items() if key.startswith("x 1x1x28x28 ")]
+    assert lines[0].startswith(f"auto picked {name} for x 1x1x28x28 ")
+    assert lines[1].endswith(f"on 28x28): {name} (picked by auto)") and lines[2].startswith("digit: ")
+
+
 @pytest.mark.parametrize("argv, message", [
-    ([], "--checkpoint is required"),
+    ([], "--checkpoint is required: the file `convlab train --checkpoint` saves"),
     (["--test-size", "0"], "--test-size must be a positive whole number, got 0"),
     (["--test-size", "20000"], "--test-size is 20000 but the data set has only 10000 images"),
     (["--backend", "nope"], "unknown backend 'nope'; valid backends are: "),
@@ -159,8 +189,13 @@ def test_predict_rejects_a_bad_image_with_one_line(capsys, tmp_path, name):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--checkpoint", "{ck}"], "FILE is required"),
-    (["{image}"], "--checkpoint is required"),
+    (["--checkpoint", "{ck}"], "FILE is required: the image to classify, a 28x28 grayscale PNG (.png, white digit "
+                               "on black) or a NumPy array (.npy) of shape (28, 28) or (1, 28, 28) with values in "
+                               "[0, 1] or [0, 255]; as in `convlab predict --checkpoint {ck} digit.png`"),
+    ([], "FILE is required: the image to classify, a 28x28 grayscale PNG (.png, white digit on black) or a NumPy "
+         "array (.npy) of shape (28, 28) or (1, 28, 28) with values in [0, 1] or [0, 255]; as in `convlab predict "
+         "--checkpoint run.h5 digit.png`"),
+    (["{image}"], "--checkpoint is required: the file `convlab train --checkpoint` saves"),
     (["--checkpoint", "{image}", "{image}"], "{image} is not an HDF5 file"),
     (["--checkpoint", "{ck}", "{image}", "--invert", "maybe"], "--invert takes yes or no (also true/false, on/off, 1/0), got 'maybe'"),
 ])
@@ -169,4 +204,4 @@ def test_predict_bad_arguments(capsys, tmp_path, digit, argv, message):
     make_checkpoint(ck)
     np.save(image, digit)
     code, _, err = run_cli(capsys, "predict", *[a.format(ck=ck, image=image) for a in argv])
-    assert code == 2 and err.startswith(f"convlab: error: {message.format(image=image)}") and err.count("\n") == 1
+    assert code == 2 and err.startswith(f"convlab: error: {message.format(ck=ck, image=image)}") and err.count("\n") == 1
