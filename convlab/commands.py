@@ -192,7 +192,7 @@ class Commands:
         from convlab.checkpoints import load_checkpoint
         from convlab.data import held_bytes, load_dataset, split_sizes
         from convlab.inference import evaluation_report, layer_backend_names, restore_model
-        from convlab.run import backend_log_to_stdout, pin_layers
+        from convlab.run import pin_for_inference
         from convlab.training import evaluation_batch_size
 
         test_size = None if test_size is None else positive_int("test-size", test_size)
@@ -205,9 +205,7 @@ class Commands:
         data = load_dataset(saved.settings["dataset"], data_dir)
         n_test = subset_size("test-size", test_size, len(data.x_test))
         asked = layer_backend_names(model)
-        with backend_log_to_stdout():  # auto's picks, as train says them
-            pin_layers(model, [layer.backend for layer in model.conv_layers()],
-                       evaluation_batch_size(n_test, len(data.x_test)), training=False)
+        pin_for_inference(model, evaluation_batch_size(n_test, len(data.x_test)))
         print(evaluation_report(model, saved, data.x_test[:n_test], data.y_test[:n_test], asked))
 
     @typed(positional=("file",), text=("checkpoint", "backend"), flags=("invert", "memory_check"))
@@ -226,7 +224,7 @@ class Commands:
             memory_check: refuse a network that cannot fit in the memory available; no skips the check.
         """
         from convlab.inference import ACCEPTED_FILES, check_has_content, load_image, load_model, prediction_report
-        from convlab.run import backend_log_to_stdout, pin_layers
+        from convlab.run import pin_for_inference
 
         # Before the checkpoint is read: a mistake costs no time.
         required("FILE", file, f"the image to classify, {ACCEPTED_FILES}; as in `convlab predict --checkpoint "
@@ -235,8 +233,7 @@ class Commands:
                                   batch=1 if memory_check else None)
         class_name = "digit" if saved.settings["dataset"] == "mnist" else "class"
         image = check_has_content(load_image(file, invert), file, class_name)
-        with backend_log_to_stdout():  # auto's picks, as train says them
-            pin_layers(model, [layer.backend for layer in model.conv_layers()], 1, training=False)
+        pin_for_inference(model, 1)
         print(prediction_report(model, image, class_name, inverted=invert))
 
     @typed(text=("backends", "passes", "json", "plot", "sweep"),

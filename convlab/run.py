@@ -94,6 +94,14 @@ def pin_layers(model, asked, batch, kept=(), training=True) -> list[str]:
     return names
 
 
+def pin_for_inference(model, batch) -> list[str]:
+    """:func:`pin_layers` for ``convlab evaluate`` or ``predict`` on ``batch`` images at once:
+    each conv layer of ``model`` stays on its backend, one on ``auto`` goes to its pick, which
+    is said (with auto's own line) as ``convlab train`` says it."""
+    with backend_log_to_stdout():
+        return pin_layers(model, [layer.backend for layer in model.conv_layers()], batch, training=False)
+
+
 def layer_times(model) -> list[dict]:
     """Each layer's mean time per training step since ``model.reset_timing()``: a row
     {"layer", "backend" (conv layers; else None), "forward_ms", "backward_ms"}."""
