@@ -254,5 +254,7 @@ def help_text(component, usage: str) -> str:
     for name in commands:
         summary = (inspect.getdoc(getattr(component, name.replace("-", "_"))) or "").split("\n")[0]
         lines.append(f"  {name:<{width}}{summary}")
-    lines.append(f"\n`{usage} COMMAND --help` describes a command's options.")
+    program, *group = usage.split()
+    lines.append(f"\n`{usage} COMMAND --help` (or `{' '.join([program, 'help', *group])} COMMAND`) describes a "
+                 "command's options.")
     return "\n".join(lines)

@@ -146,3 +146,6 @@ def test_help_before_a_command_is_its_help(capsys, argv):
     assert code == 0 and err == ""
     assert out == run_cli(capsys, *argv, "--help")[1]
     assert out.startswith(f"usage: {' '.join(['convlab', *argv])} ")
+    if argv in ([], ["data"]):  # a group's help offers both ways
+        assert out.endswith(f"`{' '.join(['convlab', *argv])} COMMAND --help` (or "
+                            f"`{' '.join(['convlab', 'help', *argv])} COMMAND`) describes a command's options.\n")
