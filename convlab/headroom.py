@@ -119,6 +119,7 @@ def limits_note() -> str:
 
 
 def in_units(nbytes: int) -> str:
+    """``nbytes`` for a message: in GiB from 1 GiB, else in MiB."""
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 

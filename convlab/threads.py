@@ -168,10 +168,10 @@ def share_chunks(work, chunks, threads=None):
 # x86-64 default of 2 MiB); for a helper of the chunk pool, which calls BLAS and allocates,
 # OpenBLAS's work buffer (32 MiB on x86-64, mapped at a thread's first BLAS call and kept) and
 # the arena glibc's malloc reserves for a new thread (64 MiB on 64-bit systems; ulimit -v counts
-# it all, ulimit -d only the part in use, so there it is over-counted). glibc makes do with an existing arena where it cannot reserve one, but
-# one reserved early takes the room a later stack or buffer then cannot have: a run that
-# passed the check with the arenas left out was ended by OpenBLAS ("Memory allocation still
-# failed") under ulimit -v.
+# it all, ulimit -d only the part in use, so there it is over-counted). glibc makes do with an
+# existing arena where it cannot reserve one, but one reserved early takes the room a later
+# stack or buffer then cannot have: a run that passed the check with the arenas left out was
+# ended by OpenBLAS ("Memory allocation still failed") under ulimit -v.
 UNLIMITED_STACK = 2 << 20
 OPENBLAS_BUFFER = 32 << 20
 MALLOC_ARENA = 64 << 20
