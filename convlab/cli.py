@@ -34,20 +34,38 @@ def imported_commands():
         seen.append(signum)
         raise KeyboardInterrupt
 
+    # First, as it is small (the standard library only): main needs it to explain a failure
+    # under ulimit -v, where one of the big imports below may be what fails.
+    from convlab.headroom import process_limits
+
     ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not an ignored SIGINT
     if ours:
         signal.signal(signal.SIGINT, ctrl_c)
     try:
         from convlab.checkpoints import raise_terminated
         from convlab.commands import run
-    except ImportError:
+    except ImportError as error:
         if seen:
             raise KeyboardInterrupt from None
+        if process_limits():  # ulimit -v or -d too tight to map a library's code
+            raise MemoryError(f"a library could not be loaded ({error})") from None
         raise
     finally:
         if ours:
             signal.signal(signal.SIGINT, signal.default_int_handler)
     return run, raise_terminated
+
+
+def interrupted_note() -> str:
+    """What the line of a SIGINT that no step of convlab explained adds: "" but under a
+    process limit (ulimit -v or -d), where OpenBLAS may have sent it: its threads' start-up
+    (``blas_thread_init``, run as numpy or SciPy loads it) raises SIGINT when it cannot start
+    a thread, and a signal does not say who sent it, so the line names that possibility."""
+    from convlab.headroom import limits_note
+
+    note = limits_note()
+    return (f"; if not by Ctrl-C, then by OpenBLAS, which raises SIGINT when it cannot start its threads{note}, "
+            "or set OPENBLAS_NUM_THREADS=1") if note else ""
 
 
 def main(argv=None):
@@ -79,7 +97,7 @@ def main(argv=None):
     except KeyboardInterrupt as e:  # a message, if any, says what survived and how to go on
         signum = getattr(e, "signum", signal.SIGINT)  # SIGTERM: see convlab.checkpoints.Terminated
         print(f"convlab: {'terminated' if signum == signal.SIGTERM else 'interrupted'}"
-              + (f"; {e}" if e.args else ""), file=sys.stderr)
+              + (f"; {e}" if e.args else interrupted_note() if signum == signal.SIGINT else ""), file=sys.stderr)
         sys.exit(128 + signum)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)

@@ -100,7 +100,7 @@ def out_of_room(error: MemoryError | RuntimeError) -> str:
     start (RuntimeError :data:`THREAD_NOT_STARTED`) the system refused, and the process
     limit it ran into (:func:`limits_note`)."""
     if isinstance(error, MemoryError):
-        return f"out of memory: {error or 'an allocation failed'}{limits_note()}"
+        return f"out of memory: {str(error) or 'an allocation failed'}{limits_note()}"
     return f"a thread could not start ({error}){limits_note()}"
 
 

@@ -50,6 +50,11 @@ import sys
 
 module, how = sys.argv[1:3]
 del sys.argv[1:3]
+if sys.argv[1:2] == ["--under-ulimit-v"]:  # a process limit far above what convlab takes
+    import resource
+
+    del sys.argv[1]
+    resource.setrlimit(resource.RLIMIT_AS, (64 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
 class CtrlC:
@@ -202,6 +207,20 @@ def test_an_import_that_fails_without_ctrl_c_is_not_taken_for_one(tmp_path):
     process = start(tmp_path, "-c", CTRL_C_AT_IMPORT, "numpy", "broken", "backends")
     _, err = process.communicate(timeout=60)
     assert process.returncode == 1 and err.splitlines()[-1] == "ImportError: numpy is broken", err
+
+
+def test_under_a_process_limit_an_interrupted_or_failed_start_names_the_limit(tmp_path):
+    # Under ulimit -v, OpenBLAS raises SIGINT itself when it cannot start its threads, and a
+    # library whose code cannot be mapped fails to import: neither is a Ctrl-C or a broken install.
+    process = start(tmp_path, "-c", CTRL_C_AT_IMPORT, "numpy", "KeyboardInterrupt", "--under-ulimit-v", "backends")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.startswith("convlab: interrupted; if not by Ctrl-C, then by OpenBLAS"), err
+    assert "ulimit -v 67108864 (the address-space limit, 64.0 GiB" in err and err.count("\n") == 1, err
+    process = start(tmp_path, "-c", CTRL_C_AT_IMPORT, "h5py", "broken", "--under-ulimit-v", "backends")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and err.count("\n") == 1, err
+    assert err.startswith("convlab: error: out of memory: a library could not be loaded (h5py is broken); "
+                          "this process runs under ulimit -v 67108864"), err
 
 
 def test_import_convlab_imports_nothing_until_a_name_is_used(tmp_path):

@@ -700,6 +700,12 @@ def test_out_of_memory_anywhere_is_one_line_naming_the_limit(capsys, memory, mon
                                  "shape (60000, 28, 28) and data type float32\n")
 
 
+def test_a_memory_error_without_words_is_said_to_be_a_failed_allocation(monkeypatch):
+    # As Python raises it where even its message cannot be made (an import under ulimit -v).
+    monkeypatch.setattr(convlab.headroom, "process_limits", lambda: {})
+    assert convlab.headroom.out_of_room(MemoryError()) == "out of memory: an allocation failed"
+
+
 def test_another_runtime_error_is_not_taken_for_a_thread_start(capsys, memory, monkeypatch, tiny_data):
     """A bug stays a traceback: only Python's own message for a refused thread is read as one."""
     import convlab.training
