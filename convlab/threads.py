@@ -21,6 +21,7 @@ import platform
 import sys
 import threading
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -215,16 +216,48 @@ def reserved_by_threads(own_threads=0) -> int:
     return (helpers + own_threads) * thread_stack_bytes() + buffers + new_arenas(helpers) * MALLOC_ARENA
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), or what :mod:`platform` knows."""
+def cpu_model(cpuinfo="/proc/cpuinfo", caches="/sys/devices/system/cpu/cpu0/cache") -> str:
+    """The CPU's model name, with what tells apart CPUs of one name: on x86 its family and
+    model numbers, its widest vector instructions and its L2 cache a core, e.g. "AMD EPYC
+    (family 25 model 1, AVX2, L2 512 KiB)". Cloud VMs name a Zen 3 and a Zen 4 EPYC alike
+    "AMD EPYC", and OpenBLAS's kernels and the BLAS-bound timings differ between them (the
+    Zen 4 has AVX-512 and a 1 MiB L2). Read from ``/proc/cpuinfo`` and sysfs on Linux;
+    elsewhere, what :mod:`platform` knows."""
+    fields = {}
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+        with open(cpuinfo) as lines:
+            for line in lines:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    flags = set(fields.get("flags", "").split())
+    details = []
+    if "cpu family" in fields and "model" in fields:
+        details.append(f"family {fields['cpu family']} model {fields['model']}")
+    vector = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),
+                  None)
+    if vector:
+        details.append(vector)
+    l2 = l2_cache_size(caches)
+    if l2:
+        details.append(f"L2 {l2}")
+    return f"{name} ({', '.join(details)})" if details else name
+
+
+def l2_cache_size(caches) -> str | None:
+    """The size of a core's level-2 cache as sysfs spells it ("512K", said "512 KiB"), or None."""
+    try:
+        for index in sorted(Path(caches).glob("index*")):
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip()
+                return f"{size[:-1]} {size[-1]}iB" if size[-1:] in ("K", "M") else size
+    except OSError:
+        pass
+    return None
 
 
 def machine_summary() -> str:

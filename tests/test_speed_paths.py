@@ -4,6 +4,7 @@ PyTorch comparison script trains the very same network."""
 
 import contextlib
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -279,3 +280,38 @@ def test_dense_blocks_of_features_give_the_plain_products_on_one_thread_and_two(
         np.testing.assert_allclose(layer.grads["w"], x.T @ dy, rtol=1e-12)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+def fake_cpu(tmp_path, cpuinfo, l2="512K"):
+    """A /proc/cpuinfo text and a sysfs cache folder with an L1 and (unless None) an L2."""
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    for index, (level, size) in enumerate([("1", "32K"), ("2", l2)]):
+        if size is not None:
+            folder = tmp_path / "cache" / f"index{index}"
+            folder.mkdir(parents=True)
+            (folder / "level").write_text(level + "\n")
+            (folder / "size").write_text(size + "\n")
+    return str(tmp_path / "cpuinfo"), str(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("flags, l2, said", [
+    ("fpu sse2 avx avx2 fma", "512K", "AMD EPYC (family 25 model 1, AVX2, L2 512 KiB)"),
+    ("fpu sse2 avx avx2 avx512f avx512bw", "1024K", "AMD EPYC (family 25 model 1, AVX-512, L2 1024 KiB)"),
+    ("fpu sse2", None, "AMD EPYC (family 25 model 1)"),
+])
+def test_the_machine_line_tells_apart_cpus_of_one_name(tmp_path, flags, l2, said):
+    """Cloud VMs call a Zen 3 and a Zen 4 EPYC both "AMD EPYC"; the timings' machine line says
+    which it was: family and model, the widest vector instructions, the L2 cache. Only the
+    first processor's block is read."""
+    from convlab.threads import cpu_model
+
+    block = f"processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n"
+    second = "\nprocessor\t: 1\ncpu family\t: 99\nmodel\t\t: 99\nmodel name\t: Other\nflags\t\t: avx512f\n"
+    assert cpu_model(*fake_cpu(tmp_path, block + second, l2)) == said
+
+
+def test_the_machine_line_without_cpuinfo_names_what_platform_knows(tmp_path):
+    from convlab.threads import cpu_model
+
+    absent = str(tmp_path / "absent")
+    assert cpu_model(absent, absent) == (platform.processor() or platform.machine() or "unknown CPU")
