@@ -167,6 +167,7 @@ class Auto:
 
     limits = "whatever one of the backends it times supports"
     fuses_relu = True  # handed to the pick, which fuses it or has it applied after
+    takes_factored_dy = True  # handed to the pick, which takes it or is given the whole array
 
     def check_settings(self):
         for name in candidates():  # any of them may be timed (one that raises is skipped), and then run

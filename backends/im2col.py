@@ -13,11 +13,14 @@ output through memory on the MNIST layer and took twice as long on one core. The
 keeps every chunk's ``cols`` for the backward; the inference pass (no backward to come)
 unrolls each chunk into a buffer its thread reuses instead.
 
-The backward, per chunk, sums ``cols[n] @ dy[n].T`` (dy's chunk copied transposed first,
-so that both operands are row-major): that is dw (transposed), and its
-row from the ones is ``db`` (the sum over pixels comes out of the GEMM rather than a
-separate pass). It keeps one partial sum per chunk, added in chunk order at the end (the
-same weights whatever thread ran which chunk). ``dx``, when
+The backward, per chunk, sums ``cols[n] @ dy[n].T`` (or ``dy[n] @ cols[n].T``: which is
+faster depends on OpenBLAS's kernels, see :data:`SMALL_DW_OUTPUTS`): that is dw
+(transposed), and its row from the ones is ``db`` (the sum over pixels comes out of the
+GEMM rather than a separate pass). It keeps one partial sum per chunk, added in chunk order
+at the end (the same weights whatever thread ran which chunk). When a dense layer follows
+(the reference network), dy arrives as that layer's two factors (:mod:`convlab.factored`):
+each chunk's rows of dy are formed by one small GEMM, masked by the ReLU and used while in
+cache, and the whole 4.7 MB dy is never written. ``dx``, when
 needed, is ``dcols[n] = w_mat.T @ dy[n]`` folded back onto the input by ``col2im``, in the
 same chunks (so the folding runs on every core, on columns still in cache): one add per
 kernel tap, no Python loop over pixels and no ``np.add.at``. At stride 1 each row of dy is
@@ -35,13 +38,22 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from convlab.checks import output_size
+from convlab.factored import FactoredGradient
 from convlab.profile import phase, shared_among_threads
 from convlab.registry import register_backend
 from convlab.relu import relu_block, relu_gradient_block
-from convlab.threads import chunk_bounds, share_chunks
+from convlab.threads import blas_kernel, chunk_bounds, share_chunks
 
-# dw products with at most this many outputs ((k + 1) * F) per image are formed as dy @ cols.T.
-SMALL_DW_OUTPUTS = 1024
+# dw products with at most this many outputs ((k + 1) * F) per image are formed as dy @ cols.T,
+# bigger ones as cols @ (a transposed copy of dy): see the backward. Where the two cross
+# depends on OpenBLAS's kernels. Per chunk (CPU time, one core, float32, 1 MiB chunks), on the
+# AVX2 kernels (Haswell; Zen shares them), AMD EPYC family 25 model 1: the reference layer
+# (1600 outputs) 150 against 180 us, LeNet-5's first (156) 115 against 158, a 3x3 1 -> 32
+# (320) 93 against 164, but LeNet-5's second (2416) 151 against 133 and 32 -> 32 3x3 (9248)
+# 229 against 202. On the AVX-512 kernels (SkylakeX), a Zen 4 EPYC: 16-34 against 38-59 us
+# from 156 to 416 (5 images of 784 pixels, the 512 KiB chunks of then), but 71 against 48 at
+# 1600 and 89 against 41 at 2416.
+SMALL_DW_OUTPUTS = 2048 if blas_kernel() in ("Haswell", "Zen") else 1024
 
 # Unrolled windows plus outputs of one chunk: about a 1 MiB L2 cache (AMD EPYC; Intel
 # Xeons have 2 MiB). On the MNIST layer that is 5 images a chunk. In real training steps
@@ -152,6 +164,9 @@ class Im2col:
     # A ReLU after the layer is applied to each chunk's output right after its GEMM, and its
     # gradient to each chunk of dy before the chunk's products, while both are in cache.
     fuses_relu = True
+    # A dense layer's input gradient handed on as its factors (convlab.factored): each
+    # chunk's rows of dy are formed, masked by the ReLU and used while they are in cache.
+    takes_factored_dy = True
 
     def forward(self, x, w, b, stride, padding, relu=False):
         y, cols, x_padded_shape = self.unrolled_pass(x, w, b, stride, padding, relu, keep_cols=True)
@@ -212,7 +227,7 @@ class Im2col:
         n, f, oh, ow = dy.shape
         kernel = w.shape[2:]
         k = cols.shape[1] - 1
-        chunks = chunk_bounds(n, images_per_chunk(k, f, oh * ow, dy.itemsize))
+        chunks = chunk_bounds(n, images_per_chunk(k, f, oh * ow, cols.itemsize))
         # Per chunk, cols @ dy.T: (k + 1, F), dw.T with db as its last row (the row of ones).
         parts = np.empty((len(chunks), k + 1, f), dtype=dy.dtype)
         w_cols = w.reshape(f, k).T
@@ -221,20 +236,22 @@ class Im2col:
         dx_padded = None
         if need_dx:  # col2im_rows writes every value of its planes; the other paths add into zeros
             dx_padded = (np.empty if wide and not rows_folded else np.zeros)(x_padded_shape, dtype=dy.dtype)
-        # Which dw product: per chunk of 5 images of 784 pixels (the 512 KiB chunks of then;
-        # CPU time, one core, float32), dy @ cols.T took 16-34 us against 38-59 us for a copy
-        # of dy.T and cols @ dy.T with (k + 1) * F from 156 to 416 (LeNet-5's first layer has
-        # 156, the 3x3 network's 320); at 1600
-        # (the reference layer, 576 pixels) 71 against 48 us, and at 2416 89 against 41 us.
-        small_dw = (k + 1) * f <= SMALL_DW_OUTPUTS
+        small_dw = (k + 1) * f <= SMALL_DW_OUTPUTS  # which dw product: see SMALL_DW_OUTPUTS
         wp = x_padded_shape[3]
 
         def chunk(index, lo, hi):
-            dy_chunk = dy[lo:hi]
-            if relu_output is not None:
+            if isinstance(dy, FactoredGradient):  # the chunk's rows of dy formed here, ours to overwrite
+                with phase("GEMM dy"):
+                    dy_chunk = dy.rows(lo, hi)
+                if relu_output is not None:
+                    with phase("ReLU"):
+                        relu_gradient_block(dy_chunk, relu_output[lo:hi], dy_chunk)
+            elif relu_output is not None:
                 with phase("ReLU"):
-                    dy_chunk = np.empty_like(dy_chunk)
+                    dy_chunk = np.empty_like(dy[lo:hi])
                     relu_gradient_block(dy[lo:hi], relu_output[lo:hi], dy_chunk)
+            else:
+                dy_chunk = dy[lo:hi]
             dy_chunk_mat = dy_chunk.reshape(hi - lo, f, oh * ow)
             with phase("GEMM dw"):
                 if small_dw:

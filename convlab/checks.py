@@ -7,6 +7,8 @@ import numbers
 
 import numpy as np
 
+from convlab.factored import FactoredGradient
+
 FLOAT_DTYPES = (np.float32, np.float64)
 
 
@@ -93,20 +95,28 @@ def check_forward_inputs(x, w, b, stride, padding):
     return x, w, b, stride, padding
 
 
-def check_backward_inputs(dy, y_shape, y_dtype) -> np.ndarray:
+def check_backward_inputs(dy, y_shape, y_dtype):
     """A convolution's ``dy``: a finite float array (:func:`_check_array`) of the forward
-    output's shape and dtype (:func:`check_output_gradient`)."""
+    output's shape and dtype (:func:`check_output_gradient`), or a
+    :class:`~convlab.factored.FactoredGradient` of that shape and dtype whose values are sure
+    to be finite (else its whole array, checked as an array is)."""
+    if isinstance(dy, FactoredGradient):
+        if dy.sure_finite():
+            return check_output_gradient(dy, y_shape, y_dtype, factored_ok=True)
+        dy = dy.array()
     return check_output_gradient(_check_array(dy, "dy", 4, "(N, F, OH, OW)"), y_shape, y_dtype)
 
 
-def check_output_gradient(dy, y_shape, y_dtype=None, where="") -> np.ndarray:
-    """``dy`` if it is an array of the forward output's shape ``y_shape`` (and dtype
+def check_output_gradient(dy, y_shape, y_dtype=None, where="", factored_ok=False):
+    """``dy`` if it is an array (or, with ``factored_ok``, a
+    :class:`~convlab.factored.FactoredGradient`, which carries its shape and dtype) of the
+    forward output's shape ``y_shape`` (and dtype
     ``y_dtype``, if given), from attributes alone (no pass over it): numpy would otherwise
     broadcast a (1, F) dy over a whole batch without a word, or fail with a matmul error that
     does not say which array was wrong, and a float64 ``dy`` into a float32 layer would
     silently change the precision of every gradient. ``where`` starts the message
     ("ReLU.backward: ")."""
-    if not isinstance(dy, np.ndarray):
+    if not isinstance(dy, (np.ndarray, FactoredGradient) if factored_ok else np.ndarray):
         raise ValueError(f"{where}dy must be a numpy array of the forward output's shape {tuple(y_shape)}, "
                          f"got {type(dy).__name__}")
     if dy.shape != tuple(y_shape):

@@ -10,6 +10,7 @@ import contextvars
 import numpy as np
 
 from convlab.checks import FLOAT_DTYPES, as_flag, as_pair, check_output_gradient
+from convlab.factored import FEATURE_BLOCK, FactoredGradient
 from convlab.profile import phase
 from convlab.registry import get_backend
 from convlab.relu import relu, relu_gradient
@@ -39,9 +40,9 @@ def _kept(saved, layer):
     return saved
 
 
-def _checked_dy(dy, y_shape, layer, y_dtype=None):
+def _checked_dy(dy, y_shape, layer, y_dtype=None, factored_ok=False):
     """``dy`` checked against ``layer``'s forward output (:func:`convlab.checks.check_output_gradient`)."""
-    return check_output_gradient(dy, y_shape, y_dtype, f"{type(layer).__name__}.backward: ")
+    return check_output_gradient(dy, y_shape, y_dtype, f"{type(layer).__name__}.backward: ", factored_ok)
 
 
 def as_rng(seed_or_rng, what="rng", none_ok=True) -> np.random.Generator:
@@ -150,6 +151,12 @@ class Conv2D(Layer):
         self._cache = (backend, cache)
         return y
 
+    @property
+    def takes_factored_dy(self) -> bool:
+        """Whether the backend of the forward awaiting its backward takes dy as a
+        :class:`~convlab.factored.FactoredGradient` (see :mod:`convlab.registry`)."""
+        return self._cache is not None and self._cache[0].takes_factored_dy
+
     def backward(self, dy, need_dx=True):
         backend, cache = _kept(self._cache, self)  # need_dx: checked by Backend.backward
         dx, self.grads["w"], self.grads["b"] = backend.backward(dy, cache, need_dx)
@@ -222,7 +229,8 @@ class Flatten(Layer):
         as_flag(need_dx, "need_dx")
         shape = _kept(self._shape, self)
         # A reshape alone would accept any dy of the same size, e.g. (N * 2, prod / 2).
-        _checked_dy(dy, (shape[0], int(np.prod(shape[1:]))), self)
+        # A dense layer's factored input gradient (see Dense.backward) is reshaped as it is.
+        _checked_dy(dy, (shape[0], int(np.prod(shape[1:]))), self, factored_ok=True)
         return dy.reshape(shape)
 
     def __repr__(self):
@@ -242,6 +250,9 @@ class Dense(Layer):
       added in block order (so the result does not depend on the number of threads);
     * ``dw[block] = x[:, block].T @ dy`` and ``dx[:, block] = dy @ w[block].T`` per block of
       ``FEATURE_BLOCK`` features: each block is its own part of the result, nothing to add.
+      When a convolution comes next (through a ``Flatten``) whose backend can form dx's rows
+      itself, dx is not computed here at all: it is handed on as its factors (dy, w), see
+      :mod:`convlab.factored`.
 
     Cut by rows of the batch instead (as before 0.5.0), two threads took longer than one on
     these memory-bound products (0.96 against 0.72 ms): each thread then streamed all of w
@@ -254,7 +265,7 @@ class Dense(Layer):
     # of 576 took 0.56 ms, of 2304 0.83 ms. (A (64, 1152) slice of x is 295 KB, which OpenBLAS
     # packs while it is still in L2.)
     K_BLOCK = 1152
-    FEATURE_BLOCK = 2304
+    FEATURE_BLOCK = FEATURE_BLOCK  # dw's blocks, as dx's (convlab.factored)
 
     def __init__(self, in_features, out_features, rng=None, dtype=np.float32):
         super().__init__()
@@ -290,7 +301,11 @@ class Dense(Layer):
         raise ValueError(f"{self!r}: x is {x.dtype} but the layer is {dtype}; pass x as {dtype} "
                          f"(e.g. x.astype(np.{dtype}))")
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, factored=False):
+        """``factored=True`` returns dx as its two factors, a
+        :class:`~convlab.factored.FactoredGradient` of dy and w, for a convolution backend
+        to form where it uses it (:class:`convlab.Sequential` asks for it when one does);
+        else dx as an array, (N, in_features)."""
         need_dx = as_flag(need_dx, "need_dx")
         x = _kept(getattr(self, "_x", None), self)
         w = self.params["w"]
@@ -304,10 +319,13 @@ class Dense(Layer):
             self.grads["b"] = dy.sum(axis=0)
         if not need_dx:
             return None
-        dx = np.empty((len(dy), w.shape[0]), dtype=np.result_type(dy, w))
+        # w itself, not a copy: the optimizer's step, which changes it, comes after the
+        # whole backward (as for a convolution's kept w).
+        dx = FactoredGradient(dy, w, (len(dy), w.shape[0]))
+        if factored:
+            return dx
         with phase("GEMM dx"):
-            share_chunks(lambda _, lo, hi: np.matmul(dy, w[lo:hi].T, out=dx[:, lo:hi]), blocks)
-        return dx
+            return dx.array()
 
     def __repr__(self):
         return f"Dense({self.params['w'].shape[0]}, {self.params['w'].shape[1]})"

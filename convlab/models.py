@@ -109,10 +109,30 @@ class Sequential:
         clock = time.perf_counter
         for i in range(len(self.layers) - 1, -1, -1):
             started = clock()
-            dy = self.layers[i].backward(dy, need_dx=i > 0)
+            if self._factored_dx(i):
+                dy = self.layers[i].backward(dy, need_dx=True, factored=True)
+            else:
+                dy = self.layers[i].backward(dy, need_dx=i > 0)
             self.layer_seconds[i, 1] += clock() - started
         self.layer_seconds[:, 0] += self._forward_seconds
         self.steps += 1
+
+    def _factors_to(self, i) -> Conv2D | None:
+        """The ``Conv2D`` to which layer i, if a ``Dense``, sends its input gradient through
+        nothing but reshapes (``Flatten``) and fused ReLUs; else None."""
+        if not isinstance(self.layers[i], Dense):
+            return None
+        for layer in reversed(self.layers[:i]):
+            if isinstance(layer, Flatten) or (isinstance(layer, ReLU) and layer.fused):
+                continue
+            return layer if isinstance(layer, Conv2D) else None
+        return None
+
+    def _factored_dx(self, i) -> bool:
+        """Whether layer i hands its input gradient on as its factors (:mod:`convlab.factored`):
+        a ``Dense`` sending it to a ``Conv2D`` (:meth:`_factors_to`) whose backend takes them."""
+        conv = self._factors_to(i)
+        return conv is not None and conv.takes_factored_dy
 
     def named_parameters(self):
         """Yield (name, param, grad) with names like ``"0.w"``; grad is None before a backward."""
@@ -202,7 +222,9 @@ class Sequential:
           batch; and the larger of the weights' gradients (all held at the optimizer's step)
           and the gradients of one layer's output and input (held together in its backward).
 
-        Views (``Flatten``, a fused or in-place ``ReLU``) are no new arrays; a layer of
+        Views (``Flatten``, a fused or in-place ``ReLU``) are no new arrays, and neither is a
+        ``Dense``'s input gradient that it may hand on as factors to a convolution
+        (:meth:`_factors_to`; whether it does is the backend's to say). A layer of
         another type counts as nothing. Not counted at all: backends' workspaces (im2col's
         unrolled windows, FFT spectra), numpy's temporaries, the data set, Python. So a
         pass never needs less, and a network this refuses could not have run.
@@ -219,6 +241,14 @@ class Sequential:
         # Each layer's input is an array (by number; 0 is the batch) or a view of one;
         # unknown holds the numbers of arrays some other layer type made (not counted).
         arrays, unknown, kept = [0], set(), {0: size(shapes[0])}
+        # The Dense layers that may hand on their dx as factors, and the layers whose dy that
+        # dx is (the convolution it goes to and the views between).
+        factored, factored_dy = set(), set()
+        for i in range(len(self.layers)):
+            conv = self._factors_to(i)
+            if conv is not None:
+                factored.add(i)
+                factored_dy.update(range(next(j for j in range(i) if self.layers[j] is conv), i))
         forward_peak = gradient_peak = 0
         for i, layer in enumerate(self.layers):
             x, y, source = shapes[i], shapes[i + 1], arrays[i]
@@ -239,7 +269,10 @@ class Sequential:
                 kept[source if padded == x else -i - 1] = size(padded)  # a padded copy is another array
             # Its dy is the loss's gradient or the next layer's dx (unknown from another type).
             dy = size(y) if i + 1 == len(self.layers) or isinstance(self.layers[i + 1], MEMORY_COUNTED_LAYERS) else 0
-            gradient_peak = max(gradient_peak, dy + (size(x) if i > 0 and known and not view else 0))
+            if i in factored_dy:
+                dy = 0  # perhaps never an array: formed chunk by chunk from a Dense's factors
+            dx = size(x) if i > 0 and known and not view and i not in factored else 0
+            gradient_peak = max(gradient_peak, dy + dx)
         if not training:
             return params + kept[0] + forward_peak
         activations = sum(nbytes for array, nbytes in kept.items() if array not in unknown)

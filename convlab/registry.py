@@ -34,6 +34,17 @@ still in cache (as cuDNN's and oneDNN's fused convolution-activation)::
 For any other backend :meth:`Backend.forward` with ``relu=True`` applies the ReLU after
 the whole pass, and :meth:`Backend.backward` its gradient before (:mod:`convlab.relu`).
 
+A backend may also take dy as the two factors of a dense layer's input gradient, and form
+each chunk's rows where it uses them (the reference network's dy is 4.7 MB, written whole
+by the dense layer and read again by the convolution otherwise)::
+
+    takes_factored_dy = True
+    backward(dy, cache, need_dx=True)
+        dy may be a :class:`convlab.factored.FactoredGradient`: ``dy.rows(lo, hi)`` is
+        dy[lo:hi] as a new array, ``dy.array()`` the whole of it
+
+Any other backend gets the whole array from :meth:`Backend.backward`.
+
 A backend whose forward keeps something it would not need without a backward (``im2col``
 its unrolled windows, 7.4 MB a batch on the MNIST layer) may also have an inference pass,
 as NNPACK has ``nnp_convolution_inference`` beside ``nnp_convolution_output``::
@@ -105,6 +116,7 @@ from importlib.metadata import entry_points
 import numpy as np
 
 from convlab.checks import as_flag, as_pair, check_backward_inputs, check_forward_inputs, output_size
+from convlab.factored import FactoredGradient
 from convlab.profile import phase
 from convlab import relu as relu_passes
 
@@ -152,6 +164,7 @@ class Backend:
         self.description = doc.splitlines()[0] if doc else ""
         self.limits = getattr(impl, "limits", None) or "any problem"
         self.fuses_relu = bool(getattr(impl, "fuses_relu", False))
+        self.takes_factored_dy = bool(getattr(impl, "takes_factored_dy", False))
         # The installed package ("name version") whose entry point provided it, if another
         # than convlab: which plugin to update or uninstall (`convlab backends` shows it).
         self.distribution = None
@@ -287,6 +300,9 @@ class Backend:
 
     def unchecked_backward(self, dy, cache, need_dx=True):
         """The backward of :meth:`unchecked_forward`, for its cache."""
+        if isinstance(dy, FactoredGradient) and (isinstance(cache, _ReluApplied) or not self.takes_factored_dy):
+            with phase("GEMM dy"):
+                dy = dy.array()
         if isinstance(cache, _ReluApplied):
             with phase("ReLU"):
                 dy_kept = np.empty_like(dy)

@@ -272,7 +272,7 @@ def layer_backends(model, backend, batch_size=64, memory_batch=None, training=Tr
     ``resumed``: of a run resumed from its checkpoint); then, with ``evaluation_batch``, a
     training run's evaluation of its test images after each epoch: a forward pass on that
     many at once while the momentum is held, which can need more than a small batch's step
-    (the reference network's on 128 images, 10.8 MiB; its step on 64, 10.6 MiB). Both are
+    (the reference network's on 128 images, 10.8 MiB; its step on 64, 6.8 MiB). Both are
     counted with ``data_bytes``, the data set the run holds throughout
     (:func:`convlab.data.held_bytes`; 210 MiB for MNIST, far more than the network), and,
     under a process limit, the threads the backends start (:meth:`convlab.registry.Backend.own_threads`)."""

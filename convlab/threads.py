@@ -216,6 +216,14 @@ def reserved_by_threads(own_threads=0) -> int:
     return (helpers + own_threads) * thread_stack_bytes() + buffers + new_arenas(helpers) * MALLOC_ARENA
 
 
+def blas_kernel() -> str | None:
+    """The kernels numpy's BLAS runs, as OpenBLAS names them ("Haswell", "SkylakeX", "Zen",
+    ...; ``OPENBLAS_CORETYPE`` chooses them), or None for another BLAS. Which of two
+    forms of a product is faster can depend on them (``im2col``'s dw)."""
+    return next((lib.architecture for lib in _blas.lib_controllers
+                 if lib.internal_api == "openblas" and getattr(lib, "architecture", None)), None)
+
+
 def cpu_model(cpuinfo="/proc/cpuinfo", caches="/sys/devices/system/cpu/cpu0/cache") -> str:
     """The CPU's model name, with what tells apart CPUs of one name: on x86 its family and
     model numbers, its widest vector instructions and its L2 cache a core, e.g. "AMD EPYC

@@ -249,3 +249,29 @@ def test_which_inputs_a_cache_keeps_themselves_is_as_documented(name, changed):
     dx, dw, _ = backend.backward(dy, cache)
     wrong = {"x": not np.allclose(dw, expected[1]), "w": not np.allclose(dx, expected[0])}[changed]
     assert wrong == (changed in KEPT_THEMSELVES[name])
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_factored_dy_gives_what_its_whole_array_gives(backend, relu):
+    """dy as a dense layer's factors (convlab.factored.FactoredGradient), which im2col forms
+    chunk by chunk and every other backend is given whole by Backend.backward: the same
+    dx, dw and db as the array itself, on random shapes with and without a fused ReLU and
+    dx, in float64 (equal to rounding: im2col's chunks multiply the factors in other blocks)."""
+    from convlab.factored import FactoredGradient
+
+    rng = np.random.default_rng(31)
+    for x, w, b, stride, padding in supported_conv_cases(backend, np.random.default_rng(30), 6):
+        y, cache = backend.forward(x, w, b, stride, padding, relu=relu)
+        g = rng.standard_normal((len(y), 3))
+        dy = FactoredGradient(g, rng.standard_normal((y[0].size, 3)), y.shape)
+        for need_dx in (True, False):
+            want = ORACLE.backward(dy.array() * (y > 0 if relu else 1), ORACLE.forward(x, w, b, stride, padding)[1],
+                                   need_dx)
+            got = backend.backward(dy, cache, need_dx)
+            for name, a, b_ in zip(("dx", "dw", "db"), got, want):
+                if b_ is None:
+                    assert a is None
+                    continue
+                np.testing.assert_allclose(a, b_, rtol=1e-10, atol=1e-10 * max(1.0, float(np.abs(b_).max())),
+                                           err_msg=f"{name} from a factored dy, x {x.shape} w {w.shape} "
+                                                   f"stride {stride} padding {padding} relu {relu}")

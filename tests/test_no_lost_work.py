@@ -402,18 +402,18 @@ def test_out_of_memory_in_training_names_the_batch_size(tmp_path):
     h5py = pytest.importorskip("h5py")
     rng = np.random.default_rng(0)
     with h5py.File(tmp_path / "small.h5", "w") as f:
-        f["x_train"], f["y_train"] = rng.random((4000, 784), dtype=np.float32), rng.integers(0, 10, (4000, 1))
+        f["x_train"], f["y_train"] = rng.random((5000, 784), dtype=np.float32), rng.integers(0, 10, (5000, 1))
         f["x_test"], f["y_test"] = rng.random((10, 784), dtype=np.float32), rng.integers(0, 10, (10, 1))
 
-    def cap_memory():  # 1 GiB of address space: enough for convlab, not for a batch of 4000
+    def cap_memory():  # 1 GiB of address space: enough for convlab and its memory check, not for a batch of 5000
         resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
 
-    done = subprocess.run([sys.executable, "-m", "convlab.cli", "train", "--batch-size", "4000", "--data-dir",
+    done = subprocess.run([sys.executable, "-m", "convlab.cli", "train", "--batch-size", "5000", "--data-dir",
                            tmp_path / "small.h5", "--epochs", "1", "--progress", "no", "--checkpoint",
                            tmp_path / "c.h5"], preexec_fn=cap_memory, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                                    CONVLAB_FFT_WISDOM="off"))
-    assert_one_error_line(done.returncode, done.stderr, "out of memory with --batch-size 4000: Unable to allocate")
+    assert_one_error_line(done.returncode, done.stderr, "out of memory with --batch-size 5000: Unable to allocate")
 
 
 # --- 8. the report tells the truth ------------------------------------------------------

@@ -45,8 +45,10 @@ def test_a_recorded_epoch_accounts_for_every_layer_and_phase():
                 ("0 Conv2D im2col forward", "unroll"), ("0 Conv2D im2col forward", "GEMM"),
                 ("0 Conv2D im2col backward", "GEMM dw"), ("0 Conv2D im2col forward", "ReLU"),
                 ("0 Conv2D im2col backward", "ReLU"),
-                ("3 Dense forward", "GEMM"), ("3 Dense backward", "GEMM dx"), ("2 Flatten forward", "other")]:
+                ("3 Dense forward", "GEMM"), ("3 Dense backward", "GEMM dw"), ("2 Flatten forward", "other"),
+                ("0 Conv2D im2col backward", "GEMM dy")]:  # the dense layer's dx, formed chunk by chunk
         assert key in rows, key
+    assert ("3 Dense backward", "GEMM dx") not in rows  # handed on as its factors (convlab.factored)
     assert all(seconds >= 0 for seconds in rows.values())
     assert sum(rows.values()) <= recorded.wall * 1.05  # phases never add up to more than the steps took
     assert recorded.calls["0 Conv2D im2col", "forward"] == 5  # the evaluation's forwards are not counted

@@ -315,3 +315,16 @@ def test_the_machine_line_without_cpuinfo_names_what_platform_knows(tmp_path):
 
     absent = str(tmp_path / "absent")
     assert cpu_model(absent, absent) == (platform.processor() or platform.machine() or "unknown CPU")
+
+
+@pytest.mark.parametrize("kernel, outputs", [("Haswell", 2048), ("Sandybridge", 1024)])
+def test_im2col_s_dw_product_follows_openblas_s_kernels(kernel, outputs):
+    """Which dw product im2col forms depends on OpenBLAS's kernels (see SMALL_DW_OUTPUTS):
+    the AVX2 ones take dy @ cols.T up to 2048 outputs an image, the others up to 1024. Both
+    forms are checked against naive by every backend test, on shapes either side."""
+    done = subprocess.run([sys.executable, "-c", "import backends.im2col as m; from convlab.threads import "
+                           "blas_kernel; print(blas_kernel(), m.SMALL_DW_OUTPUTS)"],
+                          env=dict(os.environ, OPENBLAS_CORETYPE=kernel), capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0 or done.stdout.split()[0] == "None":
+        pytest.skip(f"numpy's BLAS here is not OpenBLAS, or cannot run its {kernel} kernels")
+    assert done.stdout.split() == [kernel, str(outputs)]
