@@ -139,6 +139,9 @@ class FFT:
     # A ReLU after the layer is applied to each tile of outputs as it is cropped, and its
     # gradient to dy as dy is written into the transforms' grid.
     fuses_relu = True
+    # A dense layer's input gradient handed on as its factors (convlab.factored): each
+    # tile's rows of dy are formed as they are written into the transforms' grid.
+    takes_factored_dy = True
 
     def check_settings(self):
         fftw.settings()  # CONVLAB_FFT_THREADS, _PLANNER, _WISDOM

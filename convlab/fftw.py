@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from convlab.cachefile import read_cache, update_cache, warn_once
+from convlab.factored import FactoredGradient
 from convlab.files import user_cache_dir
 from convlab.profile import shared_among_threads
 from convlab.relu import relu_gradient_block
@@ -392,10 +393,12 @@ def rfft2(signal, rows, cols, fft_shape, relu_output=None, bins_first=False):
         if plan.region != region:
             plan.input.fill(0)
             plan.region = region
+        # A factored gradient's rows are formed here, for this tile (convlab.factored).
+        source = signal.rows(lo, hi) if isinstance(signal, FactoredGradient) else signal[lo:hi]
         if relu_output is None:
-            plan.input[:, :, rows, cols] = signal[lo:hi]
+            plan.input[:, :, rows, cols] = source
         else:
-            relu_gradient_block(signal[lo:hi], relu_output[lo:hi], plan.input[:, :, rows, cols])
+            relu_gradient_block(source, relu_output[lo:hi], plan.input[:, :, rows, cols])
         plan.fftw.execute()
         if bins_first:
             spectra[:, lo:hi] = plan.bins

@@ -41,7 +41,8 @@ by the dense layer and read again by the convolution otherwise)::
     takes_factored_dy = True
     backward(dy, cache, need_dx=True)
         dy may be a :class:`convlab.factored.FactoredGradient`: ``dy.rows(lo, hi)`` is
-        dy[lo:hi] as a new array, ``dy.array()`` the whole of it
+        dy[lo:hi] as a new array, ``dy.array()`` the whole of it (``im2col`` forms each
+        chunk's rows, ``fft`` each tile's as it writes them into the transforms' grid)
 
 Any other backend gets the whole array from :meth:`Backend.backward`.
 
