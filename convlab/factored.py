@@ -70,19 +70,31 @@ class FactoredGradient:
 
     def sure_finite(self) -> bool:
         """Whether every value of the product is sure to be finite without computing it:
-        J times the largest |g| times the largest |w| (a bound on every |sum of J
-        products|, partial sums included) below the dtype's largest number. A NaN or an
-        infinity in either factor makes the bound NaN or infinite, so not below it.
-        Gradients in training are far below it; when it fails, a check must look at the
-        whole array. Each factor is read twice (its max and min: 40 us for the reference
-        network's w, against 90 for ``isfinite`` and ``abs().max()``)."""
+        J times the largest |g| times the largest |w|, grown by what rounding can add,
+        below the dtype's largest number (a bound on every |sum of J products| as
+        computed, partial sums included). A NaN or an infinity in either factor makes the
+        bound NaN or infinite, so not below it. Gradients in training are far below it;
+        when it fails, a check must look at the whole array. Each factor is read twice
+        (its max and min: 40 us for the reference network's w, against 90 for
+        ``isfinite`` and ``abs().max()``).
+
+        The growth: a sum of J products computed in the dtype can exceed the exact one by
+        up to J * eps / 2 of it (whatever order BLAS adds them in), so the exact bound
+        alone is not enough at the edge of the range: float32 factors 1.51 and 2.25e36, J
+        100 (exact bound 3.4028e38, below the largest float32) gave an infinite product.
+        1 + 4 * J * eps covers that growth, and the float64 rounding of the bound itself,
+        while J * eps <= 1/4 (J up to 2 million in float32); beyond, the array is checked."""
         if self.g.size == 0 or self.w.size == 0:
             return True
+        j, eps = self.g.shape[1], float(np.finfo(self.dtype).eps)
+        if j * eps > 0.25:
+            return False
 
         def largest(a) -> float:  # NaN if a holds one: numpy's max and min propagate it
             return float(np.maximum(a.max(), -a.min()))
 
-        return largest(self.g) * largest(self.w) * self.g.shape[1] < float(np.finfo(self.dtype).max)
+        bound = largest(self.g) * largest(self.w) * j * (1 + 4 * j * eps)
+        return bound < float(np.finfo(self.dtype).max)
 
     def __repr__(self):
         return f"FactoredGradient(g {self.g.shape}, w {self.w.shape}, shape {self.shape}, {self.dtype})"

@@ -63,6 +63,29 @@ def test_it_is_sure_finite_only_when_no_value_can_overflow():
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype, j", [(np.float32, 100), (np.float64, 1000)])
+def test_it_is_not_sure_finite_where_rounding_alone_can_overflow(dtype, j):
+    """Factors whose exact bound, J * max|g| * max|w|, is just below the largest number: the
+    sum as computed can round past it (1.51 and 2.25e36, J 100, made an infinite float32),
+    so the whole array must be checked. Well inside the range, they are sure."""
+    largest = float(np.finfo(dtype).max)
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        a = dtype(rng.uniform(1, 2))
+        b = dtype(largest / j / float(a))
+        while float(a) * float(b) * j >= largest:
+            b = np.nextafter(b, dtype(0))
+        dy = FactoredGradient(np.full((1, j), a, dtype), np.full((2, j), -b, dtype), (1, 2))
+        assert not dy.sure_finite()
+        dy.w[...] = -b / 8
+        assert dy.sure_finite() and np.isfinite(dy.array()).all()
+    if dtype is np.float32:  # the case above: its exact bound is below the largest float32
+        a, b = np.float32(1.5118216), np.float32(2.2508101e36)
+        assert float(a) * float(b) * 100 < largest
+        assert not FactoredGradient(np.full((1, 100), a), np.full((1, 100), b), (1, 1)).sure_finite()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.parametrize("bad", ["nan", "overflow"])
 def test_a_convolution_refuses_a_factored_dy_with_values_that_are_not_finite(bad):
     """As it refuses such an array: a NaN factor, or finite factors whose product overflows
