@@ -61,11 +61,12 @@ class FactoredGradient:
         """The rows lo:hi, (hi - lo, *shape[1:]), a new array (the caller may write over it)."""
         return np.matmul(self.g[lo:hi], self.w.T).reshape((hi - lo,) + self.shape[1:])
 
-    def array(self) -> np.ndarray:
-        """The whole gradient, in blocks of features shared among the cores."""
+    def array(self, block=FEATURE_BLOCK) -> np.ndarray:
+        """The whole gradient, in blocks of ``block`` features shared among the cores (a
+        ``Dense`` passes its own ``FEATURE_BLOCK``, which cuts its dw too)."""
         out = np.empty((self.shape[0], self.w.shape[0]), dtype=self.dtype)
         share_chunks(lambda _, lo, hi: np.matmul(self.g, self.w[lo:hi].T, out=out[:, lo:hi]),
-                     chunk_bounds(self.w.shape[0], FEATURE_BLOCK))
+                     chunk_bounds(self.w.shape[0], block))
         return out.reshape(self.shape)
 
     def sure_finite(self) -> bool:

@@ -325,7 +325,7 @@ class Dense(Layer):
         if factored:
             return dx
         with phase("GEMM dx"):
-            return dx.array()
+            return dx.array(self.FEATURE_BLOCK)
 
     def __repr__(self):
         return f"Dense({self.params['w'].shape[0]}, {self.params['w'].shape[1]})"

@@ -266,6 +266,9 @@ def test_dense_blocks_of_features_give_the_plain_products_on_one_thread_and_two(
     x = rng.standard_normal((9, 50))
     dy = rng.standard_normal((9, 4))
     results = []
+    dx_blocks = []  # dx is formed by convlab.factored in the layer's blocks too
+    monkeypatch.setattr(convlab.factored, "share_chunks",
+                        lambda work, chunks: (dx_blocks.append(chunks), convlab.threads.share_chunks(work, chunks)))
     for threads in (1, 2):
         monkeypatch.setattr(convlab.threads, "worker_count", lambda threads=threads: threads)
         layer = Dense(50, 4, rng=np.random.default_rng(8), dtype=np.float64)
@@ -273,6 +276,7 @@ def test_dense_blocks_of_features_give_the_plain_products_on_one_thread_and_two(
         monkeypatch.setattr(layer, "FEATURE_BLOCK", 6)
         y = layer.forward(x)
         dx = layer.backward(dy)
+        assert dx_blocks.pop() == convlab.threads.chunk_bounds(50, 6)
         results.append((y, dx, layer.grads["w"], layer.grads["b"]))
         w, b = layer.params["w"], layer.params["b"]
         np.testing.assert_allclose(y, x @ w + b, rtol=1e-12)
