@@ -11,9 +11,11 @@ fit in cache, and nobody writes or reads the whole array; any other consumer get
 whole array from :meth:`FactoredGradient.array`, computed as the dense layer computed it.
 
 Measured in real training steps of the reference network (2-core AMD EPYC, family 25
-model 1, AVX2; in-process A/B of alternating blocks, medians): 7.99 against 7.05 ms a step
-(``im2col``): the dense layer's 1.2 ms ``GEMM dx`` and the convolution's 0.9 ms ReLU
-gradient (single-thread) become one product of a chunk's rows, masked in cache.
+model 1, AVX2; in-process A/B of alternating blocks, medians): 9.75 against 9.52 and 9.83
+against 9.53 ms a step (``im2col``, a slow spell of the VM; a first prototype, without the
+checks of the factors, 7.99 against 7.05): the dense layer's 1.2 ms ``GEMM dx`` and the
+convolution's 0.9 ms ReLU gradient (single-thread) become one product of a chunk's rows,
+masked in cache, but each chunk reads all of w (docs/speed.md, *What changed in 0.13.0*).
 """
 
 from __future__ import annotations
