@@ -254,9 +254,10 @@ def test_which_inputs_a_cache_keeps_themselves_is_as_documented(name, changed):
 @pytest.mark.parametrize("relu", [False, True])
 def test_a_factored_dy_gives_what_its_whole_array_gives(backend, relu):
     """dy as a dense layer's factors (convlab.factored.FactoredGradient), which im2col forms
-    chunk by chunk and every other backend is given whole by Backend.backward: the same
-    dx, dw and db as the array itself, on random shapes with and without a fused ReLU and
-    dx, in float64 (equal to rounding: im2col's chunks multiply the factors in other blocks)."""
+    chunk by chunk, fft tile by tile, and every other backend is given whole by
+    Backend.backward: the same dx, dw and db as the array itself, on random shapes with and
+    without a fused ReLU and dx, in float64 (equal to rounding: im2col's chunks and fft's
+    tiles multiply the factors in other blocks)."""
     from convlab.factored import FactoredGradient
 
     rng = np.random.default_rng(31)

@@ -149,7 +149,7 @@ def gradients(model, x, y, factored=True):
 @pytest.mark.parametrize("backend", ["im2col", "fft", "naive", "auto"])
 def test_the_reference_network_hands_on_the_factors_and_trains_as_with_the_array(backend, tmp_path, monkeypatch):
     """The reference network's Dense hands its input gradient on as factors when its
-    convolution's backend takes them (im2col; auto for its pick), and the gradients are
+    convolution's backend takes them (im2col, fft; auto for its pick), and the gradients are
     those of the whole array (to float64 rounding; the same bits where the backend is given
     the array)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # auto's picks
