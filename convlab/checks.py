@@ -99,10 +99,13 @@ def check_backward_inputs(dy, y_shape, y_dtype):
     """A convolution's ``dy``: a finite float array (:func:`_check_array`) of the forward
     output's shape and dtype (:func:`check_output_gradient`), or a
     :class:`~convlab.factored.FactoredGradient` of that shape and dtype whose values are sure
-    to be finite (else its whole array, checked as an array is)."""
+    to be finite (else its whole array, checked as an array is). Its shape and dtype are
+    checked first: factors of another dtype (an int one has no largest float to bound its
+    product by) or shape are refused as such, before any pass over them."""
     if isinstance(dy, FactoredGradient):
+        check_output_gradient(dy, y_shape, y_dtype, factored_ok=True)
         if dy.sure_finite():
-            return check_output_gradient(dy, y_shape, y_dtype, factored_ok=True)
+            return dy
         dy = dy.array()
     return check_output_gradient(_check_array(dy, "dy", 4, "(N, F, OH, OW)"), y_shape, y_dtype)
 

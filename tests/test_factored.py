@@ -114,6 +114,9 @@ def test_a_convolution_refuses_a_factored_dy_of_another_shape_or_dtype():
         backend.backward(FactoredGradient(np.ones((2, 2)), np.ones((3 * 16, 2)), (2, 16, 3)), cache)
     with pytest.raises(ValueError, match="dy is float32 but the forward computed float64"):
         backend.backward(FactoredGradient(np.ones((2, 2), np.float32), np.ones((48, 2), np.float32), y.shape), cache)
+    # Before the check of its values: int factors have no largest float to bound them by.
+    with pytest.raises(ValueError, match="dy is int64 but the forward computed float64"):
+        backend.backward(FactoredGradient(np.ones((2, 2), np.int64), np.ones((48, 2), np.int64), y.shape), cache)
 
 
 def test_a_layer_that_cannot_take_factors_says_so():
