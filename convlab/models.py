@@ -119,13 +119,14 @@ class Sequential:
 
     def _factors_to(self, i) -> Conv2D | None:
         """The ``Conv2D`` to which layer i, if a ``Dense``, sends its input gradient through
-        nothing but reshapes (``Flatten``) and fused ReLUs; else None."""
-        if not isinstance(self.layers[i], Dense):
+        nothing but reshapes (``Flatten``) and fused ReLUs; else None. convlab's own classes
+        only: a subclass's own ``backward`` may not take ``factored=`` or a factored dy."""
+        if type(self.layers[i]) is not Dense:
             return None
         for layer in reversed(self.layers[:i]):
-            if isinstance(layer, Flatten) or (isinstance(layer, ReLU) and layer.fused):
+            if type(layer) is Flatten or (type(layer) is ReLU and layer.fused):
                 continue
-            return layer if isinstance(layer, Conv2D) else None
+            return layer if type(layer) is Conv2D else None
         return None
 
     def _factored_dx(self, i) -> bool:

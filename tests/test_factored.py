@@ -179,3 +179,26 @@ def test_only_a_dense_layer_after_a_convolution_through_reshapes_and_relus_hands
     x, y = rng.random((3, 1, 8, 8)), rng.integers(0, 4, 3)
     assert gradients(pooled, x, y)[1] == [False]  # a pooling layer in between needs the array
     assert gradients(stacked, x, y)[1] == [False, True]  # a Dense after a Dense: the array
+
+
+def test_a_subclass_of_a_layer_gets_arrays_as_before():
+    """A Dense, Flatten or Conv2D subclass may have a backward of its own that knows nothing
+    of factors: the network passes it arrays, as before 0.13.0."""
+    class MyDense(Dense):
+        def backward(self, dy, need_dx=True):  # no factored=
+            return super().backward(dy, need_dx)
+
+    class MyFlatten(Flatten):
+        def backward(self, dy, need_dx=True):
+            assert isinstance(dy, np.ndarray)
+            return super().backward(dy, need_dx)
+
+    rng = np.random.default_rng(8)
+    x, y = rng.random((3, 1, 8, 8)), rng.integers(0, 4, 3)
+    for model in (convlab.Sequential(Conv2D(1, 2, 3, backend="im2col", rng=rng, dtype=np.float64), ReLU(), Flatten(),
+                                     MyDense(2 * 6 * 6, 4, rng=rng, dtype=np.float64)),
+                  convlab.Sequential(Conv2D(1, 2, 3, backend="im2col", rng=rng, dtype=np.float64), ReLU(), MyFlatten(),
+                                     Dense(2 * 6 * 6, 4, rng=rng, dtype=np.float64))):
+        _, dlogits = softmax_cross_entropy(model.forward(x), y)
+        model.backward(dlogits)
+        assert all(grad is not None for _, _, grad in model.named_parameters())
