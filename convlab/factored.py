@@ -48,13 +48,6 @@ class FactoredGradient:
     def dtype(self):
         return self.g.dtype
 
-    @property
-    def ndim(self):
-        return len(self.shape)
-
-    def __len__(self):
-        return self.shape[0]
-
     def reshape(self, shape) -> FactoredGradient:
         """The same gradient seen as ``shape`` (N, ...): rows stay rows, as for an array."""
         return FactoredGradient(self.g, self.w, shape)
