@@ -157,7 +157,7 @@ def test_the_reference_network_hands_on_the_factors_and_trains_as_with_the_array
     the array)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # auto's picks
     rng = np.random.default_rng(5)
-    x, y = rng.random((6, 1, 28, 28)), rng.integers(0, 10, 6)
+    x, y = rng.random((20, 1, 28, 28)), rng.integers(0, 10, 20)  # im2col: chunks of 8, 8 and 4 images
     factored, asked = gradients(reference_net(0, np.float64, backend=backend), x, y)
     plain, asked_plain = gradients(reference_net(0, np.float64, backend=backend), x, y, factored=False)
     takes = convlab.get_backend(backend).takes_factored_dy
