@@ -31,18 +31,20 @@ FEATURE_BLOCK = 2304
 
 class FactoredGradient:
     """``(g @ w.T).reshape(shape)`` not yet computed: g (N, J), w (K, J), shape (N, ...)
-    with prod(shape[1:]) == K. Read-only: its rows are new arrays each time."""
+    with prod(shape[1:]) == K. Read-only: its rows are new arrays each time. ``block``:
+    features per block of :meth:`array` (a ``Dense`` gives its own ``FEATURE_BLOCK``, so
+    that whoever forms the whole array forms it as the layer would)."""
 
-    __slots__ = ("g", "w", "shape")
+    __slots__ = ("g", "w", "shape", "block")
 
-    def __init__(self, g, w, shape):
+    def __init__(self, g, w, shape, block=FEATURE_BLOCK):
         if g.ndim != 2 or w.ndim != 2 or g.shape[1] != w.shape[1] or g.dtype != w.dtype:
             raise ValueError(f"factors must be g (N, J) and w (K, J) of one dtype, got {g.shape} {g.dtype} "
                              f"and {w.shape} {w.dtype}")
         shape = tuple(int(n) for n in shape)
         if not shape or shape[0] != g.shape[0] or int(np.prod(shape[1:])) != w.shape[0]:
             raise ValueError(f"shape {shape} does not hold g @ w.T, ({g.shape[0]}, {w.shape[0]})")
-        self.g, self.w, self.shape = g, w, shape
+        self.g, self.w, self.shape, self.block = g, w, shape, block
 
     @property
     def dtype(self):
@@ -50,18 +52,17 @@ class FactoredGradient:
 
     def reshape(self, shape) -> FactoredGradient:
         """The same gradient seen as ``shape`` (N, ...): rows stay rows, as for an array."""
-        return FactoredGradient(self.g, self.w, shape)
+        return FactoredGradient(self.g, self.w, shape, self.block)
 
     def rows(self, lo, hi) -> np.ndarray:
         """The rows lo:hi, (hi - lo, *shape[1:]), a new array (the caller may write over it)."""
         return np.matmul(self.g[lo:hi], self.w.T).reshape((hi - lo,) + self.shape[1:])
 
-    def array(self, block=FEATURE_BLOCK) -> np.ndarray:
-        """The whole gradient, in blocks of ``block`` features shared among the cores (a
-        ``Dense`` passes its own ``FEATURE_BLOCK``, which cuts its dw too)."""
+    def array(self) -> np.ndarray:
+        """The whole gradient, in blocks of ``block`` features shared among the cores."""
         out = np.empty((self.shape[0], self.w.shape[0]), dtype=self.dtype)
         share_chunks(lambda _, lo, hi: np.matmul(self.g, self.w[lo:hi].T, out=out[:, lo:hi]),
-                     chunk_bounds(self.w.shape[0], block))
+                     chunk_bounds(self.w.shape[0], self.block))
         return out.reshape(self.shape)
 
     def sure_finite(self) -> bool:

@@ -321,11 +321,11 @@ class Dense(Layer):
             return None
         # w itself, not a copy: the optimizer's step, which changes it, comes after the
         # whole backward (as for a convolution's kept w).
-        dx = FactoredGradient(dy, w, (len(dy), w.shape[0]))
+        dx = FactoredGradient(dy, w, (len(dy), w.shape[0]), self.FEATURE_BLOCK)
         if factored:
             return dx
         with phase("GEMM dx"):
-            return dx.array(self.FEATURE_BLOCK)
+            return dx.array()
 
     def __repr__(self):
         return f"Dense({self.params['w'].shape[0]}, {self.params['w'].shape[1]})"
