@@ -84,11 +84,17 @@ def rlimit_headroom(root, limits: dict[str, int], reserved=0) -> Headroom | None
     the process takes cannot be read."""
     if not limits:
         return None
-    status = stat_fields(Path(root, "proc/self/status"), {field for _, field, _ in RLIMITS.values()})  # in kB
-    found = [Headroom(max(0, limit - status[RLIMITS[kind][1]] * 1024 - reserved), limit, kind,
-                      status[RLIMITS[kind][1]] * 1024, reserved)
-             for kind, limit in limits.items() if RLIMITS[kind][1] in status]
+    used = taken_of_limits(root)
+    found = [Headroom(max(0, limit - used[kind] - reserved), limit, kind, used[kind], reserved)
+             for kind, limit in limits.items() if kind in used]
     return min(found, key=lambda headroom: headroom.nbytes, default=None)
+
+
+def taken_of_limits(root="/") -> dict[str, int]:
+    """Bytes this process takes of what each of :data:`RLIMITS` counts ({kind: bytes}), from
+    ``/proc/self/status`` under ``root``; a kind whose field cannot be read is left out."""
+    status = stat_fields(Path(root, "proc/self/status"), {field for _, field, _ in RLIMITS.values()})  # in kB
+    return {kind: status[field] * 1024 for kind, (_, field, _) in RLIMITS.items() if field in status}
 
 
 # The message of the RuntimeError Python raises when the kernel refuses a new thread (its stack).
@@ -111,9 +117,9 @@ def limits_note() -> str:
     limits = process_limits()
     if not limits:
         return ""
-    status = stat_fields("/proc/self/status", {field for _, field, _ in RLIMITS.values()})  # in kB
+    used = taken_of_limits()
     said = [f"{kind} {limit // 1024} (the {RLIMITS[kind][2]} limit, {in_units(limit)}"
-            + (f", {in_units(status[RLIMITS[kind][1]] * 1024)} of it in use)" if RLIMITS[kind][1] in status else ")")
+            + (f", {in_units(used[kind])} of it in use)" if kind in used else ")")
             for kind, limit in limits.items()]
     return f"; this process runs under {' and '.join(said)}: raise it"
 
