@@ -28,7 +28,8 @@ instead (or as well), as a user runs it, taking its turns like any other side.
 The first line printed names the machine (CPU, cores, numpy's BLAS, FFTW). The machine
 may be shared, so the sides take turns: 5 calls a turn for the layer, a chunk of batches
 a turn for the epoch (who goes first rotates too), with an untimed pause before each turn
-so that none starts while another's idle threads still spin (see ``alternate``). The
+so that none starts while another's idle threads still spin, then an untimed busy-wait so
+that none starts on cores slowed by that idle pause (see ``alternate``). The
 medians of the per-turn ratios are printed next to the ratio of the totals.
 Threads: convlab shares its layers' work among as many threads as numpy's OpenBLAS was
 started with (every core, unless ``OPENBLAS_NUM_THREADS`` says otherwise; it is read
@@ -108,7 +109,7 @@ def torch_train_step(net, optimizer, x, y):
     return loss.item(), int((logits.argmax(dim=1) == y).sum())
 
 
-def alternate(sides, rounds, pause):
+def alternate(sides, rounds, pause, warm=0.0):
     """Time each of ``sides`` (functions of i) for i in range(rounds), taking turns (who
     goes first rotates). Returns one list of seconds per side.
 
@@ -116,16 +117,33 @@ def alternate(sides, rounds, pause):
     for a while after their last job (OpenBLAS ~0.1 s, OpenMP less), and a side that starts
     while another's threads still spin finds its cores taken. On a busy 2-core machine that
     made the side going second up to 50x slower.
+
+    Then it keeps the calling thread busy ``warm`` seconds, untimed (:func:`busy_wait`):
+    after the pause's idle the cores start slow. On a 2-core AMD EPYC Zen 3 VM (2026-12-03)
+    the first three or four training steps after a 0.5 s sleep took 1.5-1.6x a step of
+    the middle of a turn (im2col: 15.0, 15.9, 16.1, 11.0 ms, then 10-10.8; medians of 12
+    turns), on either side (PyTorch's extra time per turn 13 ms, convlab's 20 ms), and
+    not after PyTorch's own steps with no sleep between. A real epoch never idles between
+    its steps. After the sleep and 0.1 s of busy-waiting in one thread: 10.9, 10.0, 9.7,
+    then 9.2-9.5 ms.
     """
     times = [[] for _ in sides]
     for i in range(rounds):
         for j in range(len(sides)):
             side = (i + j) % len(sides)
             time.sleep(pause)
+            busy_wait(warm)
             started = time.perf_counter()
             sides[side](i)
             times[side].append(time.perf_counter() - started)
     return times
+
+
+def busy_wait(seconds):
+    """Spin in this thread for ``seconds``: a core kept busy, unlike ``time.sleep``."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def summarize(label, ours, theirs, reference="torch"):
@@ -136,7 +154,7 @@ def summarize(label, ours, theirs, reference="torch"):
           flush=True)
 
 
-def bench_layer(backend, rounds, pause, per_round=5):
+def bench_layer(backend, rounds, pause, warm, per_round=5):
     rng = np.random.default_rng(SEED)
     x = rng.random((BATCH_SIZE, 1, 28, 28), dtype=np.float32)
     w = (rng.standard_normal((32, 1, 7, 7)) * 0.2).astype(np.float32)
@@ -156,12 +174,12 @@ def bench_layer(backend, rounds, pause, per_round=5):
     for need_dx in (False, True):
         ours(need_dx), theirs(need_dx)  # warm-up
         times = alternate([lambda i: [ours(need_dx) for _ in range(per_round)],
-                           lambda i: [theirs(need_dx) for _ in range(per_round)]], rounds, pause)
+                           lambda i: [theirs(need_dx) for _ in range(per_round)]], rounds, pause, warm)
         summarize(f"MNIST layer forward+backward {'with' if need_dx else 'without'} dx ({backend.name}, "
                   f"{per_round} calls a turn)", *times)
 
 
-def bench_layer_forward(backend, rounds, pause, per_round=20):
+def bench_layer_forward(backend, rounds, pause, warm, per_round=20):
     """The MNIST layer's forward alone, keeping nothing for a backward on either side:
     convlab's inference pass, PyTorch without autograd."""
     rng = np.random.default_rng(SEED)
@@ -176,7 +194,7 @@ def bench_layer_forward(backend, rounds, pause, per_round=20):
 
     backend.inference(x, w, b, 1, 1), theirs()  # warm-up
     times = alternate([lambda i: [backend.inference(x, w, b, 1, 1) for _ in range(per_round)],
-                       lambda i: [theirs() for _ in range(per_round)]], rounds, pause)
+                       lambda i: [theirs() for _ in range(per_round)]], rounds, pause, warm)
     summarize(f"MNIST layer forward ({backend.name}, {per_round} calls a turn)", *times)
 
 
@@ -239,7 +257,7 @@ class TorchElsewhere:
         self.process.join()
 
 
-def bench_epoch(backend_names, train_size, chunk, pause, model_name="reference", torch_process="same"):
+def bench_epoch(backend_names, train_size, chunk, pause, warm, model_name="reference", torch_process="same"):
     """One epoch per backend and one of PyTorch, all taking turns chunk by chunk. PyTorch
     runs in this process (``torch_process="same"``), in one of its own (``"own"``), or both."""
     x, y, chunks = epoch_data(train_size, chunk)
@@ -261,7 +279,7 @@ def bench_epoch(backend_names, train_size, chunk, pause, model_name="reference",
 
         sides.append(run_ours)
 
-    times = alternate(sides + list(torch_sides.values()), len(chunks), pause)
+    times = alternate(sides + list(torch_sides.values()), len(chunks), pause, warm)
     ours, theirs = times[:len(sides)], dict(zip(torch_sides, times[len(sides):]))
     for reference, reference_times in theirs.items():
         for name, times in zip(backend_names, ours):
@@ -289,6 +307,9 @@ def main():
     parser.add_argument("--chunk", type=int, default=50, help="batches per alternation chunk (default 50)")
     parser.add_argument("--rounds", type=int, default=10, help="layer turns per side: 20 calls each for the forward, 5 for forward+backward (default 10)")
     parser.add_argument("--pause", type=float, default=0.5, help="untimed seconds before each turn (default 0.5)")
+    parser.add_argument("--warm", type=float, default=0.1,
+                        help="untimed seconds of busy-waiting after each pause, so that no turn starts on idle, "
+                             "slowed cores (default 0.1; 0 for none, as before 0.14.0)")
     parser.add_argument("--torch-process", choices=["same", "own", "both"], default="same",
                         help="the epoch's PyTorch in this process, which has convlab's keep_freed_memory() "
                              "(same, the default), in a fresh process of its own, as a user runs it (own), or both")
@@ -301,10 +322,10 @@ def main():
     print(f"torch {torch.__version__} threads {torch.get_num_threads()}, BLAS/OpenMP environment {blas_env or 'unset'}",
           flush=True)
     if args.only in (None, "layer"):
-        bench_layer_forward(backends[0], args.rounds, args.pause)
-        bench_layer(backends[0], args.rounds, args.pause)
+        bench_layer_forward(backends[0], args.rounds, args.pause, args.warm)
+        bench_layer(backends[0], args.rounds, args.pause, args.warm)
     if args.only in (None, "epoch"):
-        bench_epoch([backend.name for backend in backends], args.train_size, args.chunk, args.pause, args.model,
+        bench_epoch([backend.name for backend in backends], args.train_size, args.chunk, args.pause, args.warm, args.model,
                     args.torch_process)
 
 

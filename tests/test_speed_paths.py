@@ -171,7 +171,7 @@ def test_torch_comparison_script_trains_the_same_network():
     # One thread each: two-thread BLAS on a busy machine would only make the test slow.
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "epoch_vs_torch.py"), "--train-size", "192", "--chunk", "1",
-         "--rounds", "1", "--pause", "0"],
+         "--rounds", "1", "--pause", "0", "--warm", "0"],
         capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
