@@ -54,6 +54,8 @@ def test_round_trip_keeps_weights_momentum_metrics_and_settings(tmp_path):
         assert param.dtype == np.float32
         np.testing.assert_array_equal(fresh.state_dict()[name], param)
         np.testing.assert_array_equal(fresh_optimizer.velocity[name], optimizer.velocity[name])
+    # Copied into the arrays: the dense layer's weights and momentum keep their (out, in) layout.
+    assert fresh.layers[3].params["w"].T.flags.c_contiguous and fresh_optimizer.velocity["3.w"].T.flags.c_contiguous
     with h5py.File(path) as f:  # the layout h5dump shows
         assert sorted(f["weights"]) == ["0.b", "0.w", "3.b", "3.w"]
         assert f["weights/0.w"].dtype == np.float32

@@ -286,6 +286,26 @@ def test_dense_blocks_of_features_give_the_plain_products_on_one_thread_and_two(
         np.testing.assert_array_equal(one, two)
 
 
+def test_dense_weights_and_their_gradient_are_laid_out_out_by_in_and_any_layout_gives_the_same_numbers():
+    """w (in, out) is stored as (out, in) (w.T C-contiguous), and so is dw; a C-ordered w put in
+    by hand gives the same outputs and gradients (its own layout is only slower), and the
+    optimizer's momentum follows w's layout. (A checkpoint keeps it: test_checkpoints.)"""
+    rng = np.random.default_rng(3)
+    x, dy = rng.standard_normal((6, 40)), rng.standard_normal((6, 5))
+    layer = Dense(40, 5, rng=np.random.default_rng(4), dtype=np.float64)
+    assert layer.params["w"].shape == (40, 5) and layer.params["w"].T.flags.c_contiguous
+    assert SGD(convlab.Sequential(layer)).velocity["0.w"].T.flags.c_contiguous
+    results = []
+    for w in (layer.params["w"], np.ascontiguousarray(layer.params["w"])):
+        layer.params["w"] = w
+        y = layer.forward(x)
+        dx = layer.backward(dy)
+        assert layer.grads["w"].T.flags.c_contiguous
+        results.append((y, dx, layer.grads["w"]))
+    for fortran, c_ordered in zip(*results):
+        np.testing.assert_allclose(fortran, c_ordered, rtol=1e-13, atol=1e-15)
+
+
 def fake_cpu(tmp_path, cpuinfo, l2="512K"):
     """A /proc/cpuinfo text and a sysfs cache folder with an L1 and (unless None) an L2."""
     (tmp_path / "cpuinfo").write_text(cpuinfo)
