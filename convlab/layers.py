@@ -247,8 +247,8 @@ class Dense(Layer):
     the input gradient's rows ``dy @ w.T`` (the convolution's backward forms them chunk by
     chunk, :mod:`convlab.factored`) read w.T as it lies instead of packing a transposed
     operand. In real training steps of the reference network (2-core AMD EPYC Zen 3, in-process
-    A/B of alternating blocks, medians of 640 steps): 6.04-6.08 against 6.24-6.32 ms, 3-4 %
-    of the step. Any layout works (a C-ordered w assigned by hand gives the same values,
+    A/B, alternating blocks of 10 steps, 600 steps a side): 7.16 against 7.64 ms and 6.70
+    against 7.17 (medians; the paired blocks' median ratio 1.053 and 1.055). Any layout works (a C-ordered w assigned by hand gives the same values,
     more slowly); loading a checkpoint copies into the arrays, so keeps it.
 
     The three products are cut along the features (the rows of w), so that each piece is a
