@@ -248,7 +248,8 @@ class Dense(Layer):
     chunk, :mod:`convlab.factored`) read w.T as it lies instead of packing a transposed
     operand. In real training steps of the reference network (2-core AMD EPYC Zen 3, in-process
     A/B, alternating blocks of 10 steps, 600 steps a side): 7.16 against 7.64 ms and 6.70
-    against 7.17 (medians; the paired blocks' median ratio 1.053 and 1.055). Any layout works (a C-ordered w assigned by hand gives the same values,
+    against 7.17 (medians; the paired blocks' median ratio 1.053 and 1.055; ``python
+    benchmarks/ab_steps.py benchmarks/variants/dense_c_order.py``: 1.044). Any layout works (a C-ordered w assigned by hand gives the same values,
     more slowly); loading a checkpoint copies into the arrays, so keeps it.
 
     The three products are cut along the features (the rows of w), so that each piece is a

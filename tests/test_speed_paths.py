@@ -166,6 +166,28 @@ def test_train_step_is_deterministic():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("variant", ["same_code", "dense_c_order", "small_dw_1024"])
+def test_ab_steps_times_each_variant_the_docs_quote(variant):
+    """benchmarks/ab_steps.py runs with each variant in benchmarks/variants/ (they patch
+    internals, so a change there that breaks one shows here), and prints the machine and
+    the ratio line."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "ab_steps.py"), str(REPO / "benchmarks" / "variants" / f"{variant}.py"),
+         "--rounds", "2", "--block", "1", "--warm-up", "1"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "cores" in lines[0] and "numpy" in lines[0], lines[0]
+    assert lines[-1].startswith("B / A: median of the rounds' ratios"), result.stdout
+
+
+def test_ab_steps_refuses_a_variant_without_its_functions(tmp_path):
+    (tmp_path / "empty.py").write_text("MODEL = 'reference'\n")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ab_steps.py"), str(tmp_path / "empty.py")],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode != 0 and "must define apply_b()" in result.stderr, result.stderr
+
+
 def test_torch_comparison_script_trains_the_same_network():
     pytest.importorskip("torch")
     # One thread each: two-thread BLAS on a busy machine would only make the test slow.
