@@ -29,8 +29,9 @@ default) agreed to about 1 %. ``benchmarks/variants/`` holds the variants quoted
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib.machinery
 import time
+import types
 
 import numpy as np
 
@@ -46,15 +47,22 @@ BATCH_SIZE, LR, MOMENTUM, SEED = 64, 0.01, 0.9, 0
 
 
 def load_variant(path):
-    """The variant file's module: ``apply_b``, ``undo_b``, optional ``MODEL`` and ``BACKEND``."""
-    spec = importlib.util.spec_from_file_location("convlab_ab_variant", path)
-    if spec is None:
-        raise SystemExit(f"ab_steps.py: {path} is not a Python file")
-    variant = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(variant)
+    """The variant file's module: ``apply_b``, ``undo_b``, and optionally ``setup_b``,
+    ``MODEL`` and ``BACKEND``; a bad file ends the script with a one-line error."""
+    try:
+        loader = importlib.machinery.SourceFileLoader("convlab_ab_variant", str(path))
+        variant = types.ModuleType(loader.name)
+        variant.__file__ = str(path)
+        loader.exec_module(variant)
+    except OSError as e:
+        raise SystemExit(f"ab_steps.py: cannot read the variant file {path}: {e.strerror or e}") from None
+    except Exception as e:  # a syntax error, or any error running the file: the variant's, said in one line
+        raise SystemExit(f"ab_steps.py: the variant file {path} failed to load: {type(e).__name__}: {e}") from None
     for name in ("apply_b", "undo_b"):
         if not callable(getattr(variant, name, None)):
             raise SystemExit(f"ab_steps.py: {path} must define {name}()")
+    if hasattr(variant, "setup_b") and not callable(variant.setup_b):
+        raise SystemExit(f"ab_steps.py: {path}'s setup_b must be a function setup_b(model, optimizer)")
     return variant
 
 
@@ -94,6 +102,10 @@ def main():
         raise SystemExit("ab_steps.py: --rounds and --block must be at least 1, --warm-up at least 0")
     variant = load_variant(args.variant)
     model_name, backend = getattr(variant, "MODEL", "reference"), getattr(variant, "BACKEND", "im2col")
+    try:  # the variant's MODEL and BACKEND, checked before the data set is read
+        build_model(TrainSettings(model=model_name, backend=backend, seed=SEED, memory_check=False))
+    except ValueError as e:
+        raise SystemExit(f"ab_steps.py: {args.variant}'s MODEL {model_name!r} or BACKEND {backend!r}: {e}") from None
     data = load_mnist()
     a, b = (Side(model_name, backend, data.x_train, data.y_train) for _ in "AB")
     if callable(getattr(variant, "setup_b", None)):
@@ -108,7 +120,8 @@ def main():
 
     print(machine_summary())
     print(f"{args.variant}: {model_name}, {backend}, blocks of {args.block} steps, {args.rounds} rounds", flush=True)
-    a.run(args.warm_up), run_b(args.warm_up)
+    a.run(args.warm_up)
+    run_b(args.warm_up)
     times, ratios = {"A": [], "B": []}, []
     for round_ in range(args.rounds):
         block = {}

@@ -120,12 +120,13 @@ def alternate(sides, rounds, pause, warm=0.0):
 
     Then it keeps the calling thread busy ``warm`` seconds, untimed (:func:`busy_wait`):
     after the pause's idle the cores start slow. On a 2-core AMD EPYC Zen 3 VM (2026-12-03)
-    the first three or four training steps after a 0.5 s sleep took 1.5-1.6x a step of
-    the middle of a turn (im2col: 15.0, 15.9, 16.1, 11.0 ms, then 10-10.8; medians of 12
-    turns), on either side (PyTorch's extra time per turn 13 ms, convlab's 20 ms), and
+    the first three training steps after a 0.5 s sleep took 1.4-1.6x a step of the middle
+    of a turn, the fourth 1.05x (im2col: 15.0, 15.9, 16.1, 11.0 ms, then 10-10.8; medians
+    of 12 turns), on either side (PyTorch's extra time per turn 13 ms, convlab's 20 ms), and
     not after PyTorch's own steps with no sleep between. A real epoch never idles between
     its steps. After the sleep and 0.1 s of busy-waiting in one thread: 10.9, 10.0, 9.7,
-    then 9.2-9.5 ms.
+    then 9.2-9.5 ms. The busy-wait runs in this process: whether a PyTorch side in a process
+    of its own (``--torch-process own``) still starts slow was not measured.
     """
     times = [[] for _ in sides]
     for i in range(rounds):
@@ -325,8 +326,8 @@ def main():
         bench_layer_forward(backends[0], args.rounds, args.pause, args.warm)
         bench_layer(backends[0], args.rounds, args.pause, args.warm)
     if args.only in (None, "epoch"):
-        bench_epoch([backend.name for backend in backends], args.train_size, args.chunk, args.pause, args.warm, args.model,
-                    args.torch_process)
+        bench_epoch([backend.name for backend in backends], args.train_size, args.chunk, args.pause, args.warm,
+                    args.model, args.torch_process)
 
 
 if __name__ == "__main__":

@@ -181,11 +181,21 @@ def test_ab_steps_times_each_variant_the_docs_quote(variant):
     assert lines[-1].startswith("B / A: median of the rounds' ratios"), result.stdout
 
 
-def test_ab_steps_refuses_a_variant_without_its_functions(tmp_path):
-    (tmp_path / "empty.py").write_text("MODEL = 'reference'\n")
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ab_steps.py"), str(tmp_path / "empty.py")],
+@pytest.mark.parametrize("text, message", [
+    ("MODEL = 'reference'\n", "must define apply_b()"),
+    ("def apply_b(:\n", "failed to load: SyntaxError"),
+    ("def apply_b(): pass\ndef undo_b(): pass\nsetup_b = 3\n", "setup_b must be a function"),
+    ("def apply_b(): pass\ndef undo_b(): pass\nMODEL = 'no such net'\n", "MODEL 'no such net'"),
+    (None, "cannot read the variant file"),
+])
+def test_ab_steps_refuses_a_bad_variant_file_in_one_line(tmp_path, text, message):
+    path = tmp_path / "variant.txt"  # any name: it is read as Python
+    if text is not None:
+        path.write_text(text)
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ab_steps.py"), str(path)],
                             capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert result.returncode != 0 and "must define apply_b()" in result.stderr, result.stderr
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_torch_comparison_script_trains_the_same_network():

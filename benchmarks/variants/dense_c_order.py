@@ -1,5 +1,9 @@
 """B: the dense layer as before 0.14.0: w (in, out) C-ordered, and dw = x.T @ dy per block of
-features (convlab.layers.Dense keeps w laid out as (out, in) since 0.14.0)."""
+features (convlab.layers.Dense keeps w laid out as (out, in) since 0.14.0).
+
+``backward_before_0_14`` is a copy of 0.13.0's ``Dense.backward`` (it trains bit for bit as
+0.13.0 did), frozen: it is not kept in step with later changes to ``Dense``, and the tests
+only check that it still runs."""
 
 import numpy as np
 

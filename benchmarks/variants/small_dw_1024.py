@@ -2,7 +2,7 @@
 to 1024 outputs an image, a transposed copy of dy and ``cols @ dy.T`` above (the reference
 layer has 1600). On AVX2 (Haswell, Zen) kernels convlab uses ``dy @ cols.T`` up to 2048."""
 
-import backends.im2col as im2col
+from backends import im2col
 
 current = im2col.SMALL_DW_OUTPUTS
 
