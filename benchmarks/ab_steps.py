@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.machinery
+import sys
 import time
 import types
 
@@ -46,6 +47,12 @@ from convlab.training import epoch_order, train_step
 BATCH_SIZE, LR, MOMENTUM, SEED = 64, 0.01, 0.9, 0
 
 
+def fail(message):
+    """A user's mistake: one line on stderr, exit status 2 (as argparse's own errors)."""
+    print(f"ab_steps.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def load_variant(path):
     """The variant file's module: ``apply_b``, ``undo_b``, and optionally ``setup_b``,
     ``MODEL`` and ``BACKEND``; a bad file ends the script with a one-line error."""
@@ -55,23 +62,24 @@ def load_variant(path):
         variant.__file__ = str(path)
         loader.exec_module(variant)
     except OSError as e:
-        raise SystemExit(f"ab_steps.py: cannot read the variant file {path}: {e.strerror or e}") from None
+        fail(f"cannot read the variant file {path}: {e.strerror or e}")
     except Exception as e:  # a syntax error, or any error running the file: the variant's, said in one line
-        raise SystemExit(f"ab_steps.py: the variant file {path} failed to load: {type(e).__name__}: {e}") from None
+        fail(f"the variant file {path} failed to load: {type(e).__name__}: {e}")
     for name in ("apply_b", "undo_b"):
         if not callable(getattr(variant, name, None)):
-            raise SystemExit(f"ab_steps.py: {path} must define {name}()")
+            fail(f"{path} must define {name}()")
     if hasattr(variant, "setup_b") and not callable(variant.setup_b):
-        raise SystemExit(f"ab_steps.py: {path}'s setup_b must be a function setup_b(model, optimizer)")
+        fail(f"{path}'s setup_b must be a function setup_b(model, optimizer)")
     return variant
 
 
 class Side:
-    """One variant's network and optimizer, training on the epoch's batches in order."""
+    """One variant's network (``model``, built from the seed) and its optimizer, training on
+    the epoch's batches in order."""
 
-    def __init__(self, model_name, backend, x, y):
-        self.model, _ = build_model(TrainSettings(model=model_name, backend=backend, seed=SEED, memory_check=False))
-        self.optimizer = SGD(self.model, lr=LR, momentum=MOMENTUM)
+    def __init__(self, model, x, y):
+        self.model = model
+        self.optimizer = SGD(model, lr=LR, momentum=MOMENTUM)
         self.x, self.y = x, y
         self.order = epoch_order(len(x), SEED, 1)
         self.batches = len(x) // BATCH_SIZE
@@ -99,15 +107,16 @@ def main():
     parser.add_argument("--warm-up", type=int, default=30, help="untimed steps per side first (default 30)")
     args = parser.parse_args()
     if args.rounds < 1 or args.block < 1 or args.warm_up < 0:
-        raise SystemExit("ab_steps.py: --rounds and --block must be at least 1, --warm-up at least 0")
+        fail("--rounds and --block must be at least 1, --warm-up at least 0")
     variant = load_variant(args.variant)
     model_name, backend = getattr(variant, "MODEL", "reference"), getattr(variant, "BACKEND", "im2col")
-    try:  # the variant's MODEL and BACKEND, checked before the data set is read
-        build_model(TrainSettings(model=model_name, backend=backend, seed=SEED, memory_check=False))
+    try:  # both networks built before the data set is read: a bad MODEL or BACKEND is said first
+        models = [build_model(TrainSettings(model=model_name, backend=backend, seed=SEED, memory_check=False))[0]
+                  for _ in "AB"]
     except ValueError as e:
-        raise SystemExit(f"ab_steps.py: {args.variant}'s MODEL {model_name!r} or BACKEND {backend!r}: {e}") from None
+        fail(f"{args.variant}'s MODEL {model_name!r} or BACKEND {backend!r}: {e}")
     data = load_mnist()
-    a, b = (Side(model_name, backend, data.x_train, data.y_train) for _ in "AB")
+    a, b = (Side(model, data.x_train, data.y_train) for model in models)
     if callable(getattr(variant, "setup_b", None)):
         variant.setup_b(b.model, b.optimizer)
 
