@@ -315,6 +315,9 @@ def main():
                         help="the epoch's PyTorch in this process, which has convlab's keep_freed_memory() "
                              "(same, the default), in a fresh process of its own, as a user runs it (own), or both")
     args = parser.parse_args()
+    for option, value in (("--pause", args.pause), ("--warm", args.warm)):
+        if not value >= 0:  # a negative (or NaN) time: time.sleep would fail late, a busy-wait do nothing
+            parser.error(f"{option} must be a number of seconds >= 0, got {value}")
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(int(os.environ.get("OPENBLAS_NUM_THREADS", cores)))
     blas_env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}

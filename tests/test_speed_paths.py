@@ -186,6 +186,7 @@ def test_ab_steps_times_each_variant_the_docs_quote(variant):
     ("def apply_b(:\n", "failed to load: SyntaxError"),
     ("def apply_b(): pass\ndef undo_b(): pass\nsetup_b = 3\n", "setup_b must be a function"),
     ("def apply_b(): pass\ndef undo_b(): pass\nMODEL = 'no such net'\n", "MODEL 'no such net'"),
+    ("def apply_b(): pass\ndef undo_b(): pass\nBACKEND = 'no-such-backend'\n", "BACKEND 'no-such-backend'"),
     (None, "cannot read the variant file"),
 ])
 def test_ab_steps_refuses_a_bad_variant_file_in_one_line(tmp_path, text, message):
@@ -194,8 +195,18 @@ def test_ab_steps_refuses_a_bad_variant_file_in_one_line(tmp_path, text, message
         path.write_text(text)
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ab_steps.py"), str(path)],
                             capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert result.returncode != 0 and message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert result.stderr.startswith("ab_steps.py: error: ") and len(result.stderr.strip().splitlines()) == 1, \
+        result.stderr
+
+
+@pytest.mark.parametrize("option", ["--pause", "--warm"])
+def test_torch_comparison_script_refuses_a_negative_time(option):
+    pytest.importorskip("torch")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "epoch_vs_torch.py"), option, "-1"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    assert f"{option} must be a number of seconds >= 0, got -1.0" in result.stderr.splitlines()[-1], result.stderr
 
 
 def test_torch_comparison_script_trains_the_same_network():
