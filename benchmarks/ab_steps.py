@@ -33,6 +33,7 @@ import importlib.machinery
 import sys
 import time
 import types
+from pathlib import Path
 
 import numpy as np
 
@@ -44,7 +45,9 @@ from convlab.settings import TrainSettings
 from convlab.threads import machine_summary
 from convlab.training import epoch_order, train_step
 
-BATCH_SIZE, LR, MOMENTUM, SEED = 64, 0.01, 0.9, 0
+# Run as a file, Python puts benchmarks/ on sys.path, not the checkout that holds it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.reference_run import BATCH_SIZE, LR, MOMENTUM, SEED
 
 
 def fail(message):

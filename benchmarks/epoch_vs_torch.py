@@ -51,7 +51,9 @@ import argparse
 import multiprocessing
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -73,7 +75,9 @@ from convlab.registry import get_backend
 from convlab.threads import machine_summary
 from convlab.training import epoch_order, train_step
 
-BATCH_SIZE, LR, MOMENTUM, SEED = 64, 0.01, 0.9, 0
+# Run as a file, Python puts benchmarks/ on sys.path, not the checkout that holds it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.reference_run import BATCH_SIZE, LR, MOMENTUM, SEED
 
 
 def torch_twin(model):

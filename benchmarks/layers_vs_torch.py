@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -38,7 +40,9 @@ from convlab.models import describe_layer, get_model, output_shape
 from convlab.registry import get_backend, list_backends
 from convlab.threads import machine_summary
 
-BATCH_SIZE, SEED = 64, 0  # as convlab train's defaults and epoch_vs_torch.py
+# Run as a file, Python puts benchmarks/ on sys.path, not the checkout that holds it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.reference_run import BATCH_SIZE, SEED
 
 
 def layer_calls(layer, x_shape, need_dx, backends):

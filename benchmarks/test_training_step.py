@@ -8,16 +8,16 @@ import pytest
 
 import convlab
 from benchmarks.conftest import measure
+from benchmarks.reference_run import BATCH_SIZE, LR, MOMENTUM, SEED
 from convlab.timing import is_tuner
 from convlab.training import train_step
 
-BATCH, SEED, LR, MOMENTUM = 64, 0, 0.01, 0.9
-GROUP = f"training step, reference net, batch {BATCH}"
+GROUP = f"training step, reference net, batch {BATCH_SIZE}"
 
 
 def batch(dtype=np.float32):
     rng = np.random.default_rng(SEED)
-    return rng.random((BATCH, 1, 28, 28)).astype(dtype), rng.integers(0, 10, BATCH)
+    return rng.random((BATCH_SIZE, 1, 28, 28)).astype(dtype), rng.integers(0, 10, BATCH_SIZE)
 
 
 def convlab_step(backend, dtype=np.float32):
@@ -76,7 +76,7 @@ def reference():
 def test_training_step(benchmark, row, reference):
     benchmark.group = GROUP
     if row != "torch":
-        reason = convlab.get_backend(row).supports((BATCH, 1, 28, 28), (32, 1, 7, 7), 1, 1)
+        reason = convlab.get_backend(row).supports((BATCH_SIZE, 1, 28, 28), (32, 1, 7, 7), 1, 1)
         if reason is not None:
             pytest.skip(f"{row} does not support {reason}")
     setup, run = torch_step() if row == "torch" else convlab_step(row)
