@@ -11,7 +11,10 @@ are shared among the cores (:mod:`convlab.threads`), each GEMM single-threaded. 
 GEMM over the whole batch, as this backend first did, streamed a 7 MB ``cols`` and a 5 MB
 output through memory on the MNIST layer and took twice as long on one core. The forward
 keeps every chunk's ``cols`` for the backward; the inference pass (no backward to come)
-unrolls each chunk into a buffer its thread reuses instead.
+unrolls each chunk into a buffer its thread reuses instead, and on narrow images in two
+copies instead of one (:func:`shifted_rows`, :func:`taps_of_rows`): the windows copied
+straight into ``cols`` move runs of OW values, C*kh*kw*OH of them an image, and on an
+MNIST image numpy spends more on starting those runs than on the bytes.
 
 The backward, per chunk, sums ``cols[n] @ dy[n].T`` (or ``dy[n] @ cols[n].T``: which is
 faster depends on OpenBLAS's kernels, see :data:`SMALL_DW_OUTPUTS`): that is dw
@@ -55,6 +58,25 @@ from convlab.threads import blas_kernel, chunk_bounds, share_chunks
 # 1600 and 89 against 41 at 2416.
 SMALL_DW_OUTPUTS = 2048 if blas_kernel() in ("Haswell", "Zen") else 1024
 
+# The inference pass unrolls outputs at most this wide in two stages (shifted_rows, then
+# taps_of_rows) at stride 1 down the image. Evaluation batches of the reference network
+# (python benchmarks/ab_steps.py benchmarks/variants/one_stage_unroll.py --evaluate, 2-core
+# AMD EPYC Zen 3), the one-stage unroll against this: 1.016 and 1.026 on the idle machine,
+# 1.077 on one thread (OPENBLAS_NUM_THREADS=1), 1.047-1.078 while another job ran. The MNIST
+# layer's inference pass alone: 1.11 on one thread, but 0.98-1.00 on two idle ones, where
+# the pass waits on memory more than on the unroll. Not in the forward, whose cols go out
+# to memory for the backward: there the one-stage unroll was 1-2 % faster in reference
+# training steps (the same command without --evaluate: 0.979-0.996, four runs), the first
+# stage's copy costing more than the shorter runs save. The unroll
+# alone, one core, chunks as the passes cut them into a buffer in cache, two-stage time
+# against the windows copied straight: 64 x 1 -> 32
+# on 28^2 with k 3, 7, 11, 21 0.73, 0.50, 0.52, 0.49; LeNet-5's second layer 0.46; 3x3
+# layers of 32-128 channels on 16^2-32^2 0.63-0.75; 8 x 3 -> 16 on 64^2, k 5 (OW 64) 0.94;
+# but 16 x 16 -> 16 on 128^2, k 9 (OW 128) 1.29 and 8 x 3 -> 16 on 224^2, k 7 and 11 (OW 224)
+# 1.16 and 1.05, where each run is long already and the first stage's copy is extra
+# traffic; and a 1x1 kernel (kh = 1: nothing to gain, one copy more) 1.10.
+TWO_STAGE_MAX_WIDTH = 64
+
 # Unrolled windows plus outputs of one chunk: about a 1 MiB L2 cache (AMD EPYC; Intel
 # Xeons have 2 MiB). On the MNIST layer that is 5 images a chunk. In real training steps
 # (one core, AMD EPYC, medians of 600 steps) the layer's forward / backward took 2.47 /
@@ -70,6 +92,23 @@ def windows(x_padded, kernel, stride):
     (kh, kw), (sh, sw) = kernel, stride
     win = sliding_window_view(x_padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
     return win.transpose(0, 1, 4, 5, 2, 3)
+
+
+def shifted_rows(x_padded, kw, sw):
+    """The (N, C, kw, Hp, OW) view of x_padded (N, C, Hp, Wp) whose [n, c, q] is every row of
+    the plane cut to the OW columns q, q + sw, ... that taps (., q) read: the first stage of
+    the two-stage unroll, copied into a buffer of that shape (C*kw*Hp runs of OW an image)."""
+    return sliding_window_view(x_padded, kw, axis=3)[:, :, :, ::sw].transpose(0, 1, 4, 2, 3)
+
+
+def taps_of_rows(shifted, kh, oh):
+    """The (n, C, kh, kw, OH*OW) view of ``shifted`` (n, C, kw, Hp, OW), a C-contiguous copy
+    of :func:`shifted_rows`, whose [n, c, p, q] is tap (p, q) at every output pixel: rows p
+    to p + OH - 1 of shifted[n, c, q], which lie back to back, so that at stride 1 down the
+    image each tap is one run of OH*OW values (the second stage: C*kh*kw runs an image)."""
+    n, c, kw, _, ow = shifted.shape
+    s = shifted.strides
+    return as_strided(shifted, (n, c, kh, kw, oh * ow), (s[0], s[1], s[3], s[2], s[4]))
 
 
 def col2im(dcols, dx_padded, kernel, stride, out_shape):
@@ -175,9 +214,11 @@ class Im2col:
     def inference(self, x, w, b, stride, padding, relu=False):
         """The forward keeping nothing: each chunk unrolled into a buffer its thread reuses
         for the pass (in cache) instead of into the batch's ``cols`` (written out to memory
-        for the backward). On the MNIST layer (2-core AMD EPYC) its peak extra memory is 1.4
-        against 7.6 MB, and it takes 0.92-0.99 of the forward's time on two threads, 0.88 on
-        one (median ratio of 30 alternating turns of 20 calls in one process)."""
+        for the backward). On the MNIST layer (2-core AMD EPYC) its peak extra memory was 1.4
+        against 7.6 MB, and it took 0.92-0.99 of the forward's time on two threads, 0.88 on
+        one (median ratio of 30 alternating turns of 20 calls in one process). Since 0.15.0 it
+        unrolls narrow images in two stages (see TWO_STAGE_MAX_WIDTH): 1.5 MiB on that layer
+        (``convlab bench --memory yes``), the first stage's rows included."""
         return self.unrolled_pass(x, w, b, stride, padding, relu, keep_cols=False)[0]
 
     def unrolled_pass(self, x, w, b, stride, padding, relu, keep_cols):
@@ -191,13 +232,24 @@ class Im2col:
             if ph or pw:  # zeros and a slice: np.pad's general machinery took 4x as long on MNIST batches
                 x_padded = np.zeros((n, c, h + 2 * ph, width + 2 * pw), dtype=x.dtype)
                 x_padded[:, :, ph:ph + h, pw:pw + width] = x
-        win = windows(x_padded, (kh, kw), stride)
+        two_stage = not keep_cols and stride[0] == 1 and kh > 1 and ow <= TWO_STAGE_MAX_WIDTH  # see there
+        source = shifted_rows(x_padded, kw, stride[1]) if two_stage else windows(x_padded, (kh, kw), stride)
         k = c * kh * kw
         # The bias is one more column of the filters, against a row of ones in cols.
         w_aug = np.concatenate([w.reshape(f, k), b[:, None]], axis=1)
         per_chunk = images_per_chunk(k, f, oh * ow, x.itemsize)
         cols = np.empty((n, k + 1, oh * ow), dtype=x.dtype) if keep_cols else None  # for the backward
-        buffers = {}  # else a chunk's cols for each thread, reused chunk after chunk in this pass
+        # Else each thread's buffers, reused chunk after chunk in this pass: a chunk's cols,
+        # and for a two-stage unroll the first stage's rows and the view of their taps.
+        buffers = {}
+
+        def thread_buffers():
+            own_cols = np.empty((per_chunk, k + 1, oh * ow), dtype=x.dtype)
+            if not two_stage:
+                return own_cols, None, None
+            shifted = np.empty((per_chunk, c, kw, x_padded.shape[2], ow), dtype=x.dtype)
+            return own_cols, shifted, taps_of_rows(shifted, kh, oh)
+
         y = np.empty((n, f, oh, ow), dtype=x.dtype)
         y_mat = y.reshape(n, f, oh * ow)
 
@@ -207,10 +259,15 @@ class Im2col:
             else:
                 thread = threading.get_ident()
                 if thread not in buffers:
-                    buffers[thread] = np.empty((per_chunk, k + 1, oh * ow), dtype=x.dtype)
-                chunk_cols = buffers[thread][:hi - lo]
+                    buffers[thread] = thread_buffers()
+                own_cols, shifted, taps = buffers[thread]
+                chunk_cols = own_cols[:hi - lo]
             with phase("unroll"):
-                np.copyto(chunk_cols[:, :k].reshape(win[lo:hi].shape), win[lo:hi])
+                if two_stage:
+                    np.copyto(shifted[:hi - lo], source[lo:hi])
+                    np.copyto(chunk_cols[:, :k].reshape(taps[:hi - lo].shape), taps[:hi - lo])
+                else:
+                    np.copyto(chunk_cols[:, :k].reshape(source[lo:hi].shape), source[lo:hi])
                 chunk_cols[:, k] = 1
             with phase("GEMM"):
                 np.matmul(w_aug, chunk_cols, out=y_mat[lo:hi])

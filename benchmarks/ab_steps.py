@@ -15,6 +15,10 @@ drift falls on both:
   (``convlab.training.train_step``, as ``convlab train`` runs it), in blocks of ``--block``
   steps, ``--rounds`` rounds, who goes first alternating. No pause between blocks: a real
   epoch never idles either.
+* ``--evaluate`` times evaluation instead: a step is then one forward-only pass over a batch
+  of 128 test images (``convlab.training.predict_logits``, as ``convlab train`` evaluates
+  after each epoch and ``convlab evaluate`` runs), which takes each convolution's inference
+  pass; nothing is trained.
 * Printed: the median of the per-round ratios of the blocks' median step times (B / A),
   with its quartiles, then each side's median and mean step. Below 1: B is faster.
 
@@ -24,6 +28,7 @@ default) agreed to about 1 %. ``benchmarks/variants/`` holds the variants quoted
 
     python benchmarks/ab_steps.py benchmarks/variants/same_code.py          # A/A: the noise
     python benchmarks/ab_steps.py benchmarks/variants/dense_c_order.py      # Dense before 0.14.0
+    python benchmarks/ab_steps.py benchmarks/variants/one_stage_unroll.py --evaluate  # im2col's unroll before 0.15.0
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from convlab.optimizers import SGD
 from convlab.run import build_model
 from convlab.settings import TrainSettings
 from convlab.threads import machine_summary
-from convlab.training import epoch_order, train_step
+from convlab.training import EVALUATION_BATCH, epoch_order, predict_logits, train_step
 
 # Run as a file, Python puts benchmarks/ on sys.path, not the checkout that holds it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -78,25 +83,30 @@ def load_variant(path):
 
 class Side:
     """One variant's network (``model``, built from the seed) and its optimizer, training on
-    the epoch's batches in order."""
+    the epoch's batches in order; or, with ``evaluate``, evaluating (x, y) batch after batch
+    of :data:`~convlab.training.EVALUATION_BATCH` images."""
 
-    def __init__(self, model, x, y):
+    def __init__(self, model, x, y, evaluate=False):
         self.model = model
         self.optimizer = SGD(model, lr=LR, momentum=MOMENTUM)
-        self.x, self.y = x, y
-        self.order = epoch_order(len(x), SEED, 1)
-        self.batches = len(x) // BATCH_SIZE
+        self.x, self.y, self.evaluate = x, y, evaluate
+        self.batch_size = EVALUATION_BATCH if evaluate else BATCH_SIZE
+        self.order = np.arange(len(x)) if evaluate else epoch_order(len(x), SEED, 1)
+        self.batches = len(x) // self.batch_size
         self.step = 0
 
     def run(self, steps):
-        """Seconds of each of the next ``steps`` training steps."""
+        """Seconds of each of the next ``steps`` training steps (or evaluation batches)."""
         seconds = []
         for _ in range(steps):
-            start = self.step % self.batches * BATCH_SIZE
-            idx = self.order[start:start + BATCH_SIZE]
+            start = self.step % self.batches * self.batch_size
+            idx = self.order[start:start + self.batch_size]
             self.step += 1
             started = time.perf_counter()
-            train_step(self.model, self.optimizer, self.x[idx], self.y[idx])
+            if self.evaluate:
+                predict_logits(self.model, self.x[idx])
+            else:
+                train_step(self.model, self.optimizer, self.x[idx], self.y[idx])
             seconds.append(time.perf_counter() - started)
         return seconds
 
@@ -108,6 +118,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=60, help="turns per side (default 60)")
     parser.add_argument("--block", type=int, default=10, help="training steps a turn (default 10)")
     parser.add_argument("--warm-up", type=int, default=30, help="untimed steps per side first (default 30)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help=f"time evaluation batches of {EVALUATION_BATCH} test images instead of training steps")
     args = parser.parse_args()
     if args.rounds < 1 or args.block < 1 or args.warm_up < 0:
         fail("--rounds and --block must be at least 1, --warm-up at least 0")
@@ -119,7 +131,8 @@ def main():
     except ValueError as e:
         fail(f"{args.variant}'s MODEL {model_name!r} or BACKEND {backend!r}: {e}")
     data = load_mnist()
-    a, b = (Side(model, data.x_train, data.y_train) for model in models)
+    x, y = (data.x_test, data.y_test) if args.evaluate else (data.x_train, data.y_train)
+    a, b = (Side(model, x, y, args.evaluate) for model in models)
     if callable(getattr(variant, "setup_b", None)):
         variant.setup_b(b.model, b.optimizer)
 
@@ -131,7 +144,8 @@ def main():
             variant.undo_b()
 
     print(machine_summary())
-    print(f"{args.variant}: {model_name}, {backend}, blocks of {args.block} steps, {args.rounds} rounds", flush=True)
+    steps = f"evaluation batches of {EVALUATION_BATCH}" if args.evaluate else "steps"
+    print(f"{args.variant}: {model_name}, {backend}, blocks of {args.block} {steps}, {args.rounds} rounds", flush=True)
     a.run(args.warm_up)
     run_b(args.warm_up)
     times, ratios = {"A": [], "B": []}, []

@@ -166,18 +166,20 @@ def test_train_step_is_deterministic():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("variant", ["same_code", "dense_c_order", "small_dw_1024"])
-def test_ab_steps_times_each_variant_the_docs_quote(variant):
+@pytest.mark.parametrize("variant, options", [("same_code", []), ("dense_c_order", []), ("small_dw_1024", []),
+                                             ("one_stage_unroll", ["--evaluate"])])
+def test_ab_steps_times_each_variant_the_docs_quote(variant, options):
     """benchmarks/ab_steps.py runs with each variant in benchmarks/variants/ (they patch
-    internals, so a change there that breaks one shows here), and prints the machine and
-    the ratio line."""
+    internals, so a change there that breaks one shows here), training or evaluating, and
+    prints the machine and the ratio line."""
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "ab_steps.py"), str(REPO / "benchmarks" / "variants" / f"{variant}.py"),
-         "--rounds", "2", "--block", "1", "--warm-up", "1"],
+         "--rounds", "2", "--block", "1", "--warm-up", "1", *options],
         capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "cores" in lines[0] and "numpy" in lines[0], lines[0]
+    assert ("evaluation batches of 128" in lines[1]) == bool(options), lines[1]
     assert lines[-1].startswith("B / A: median of the rounds' ratios"), result.stdout
 
 
@@ -272,6 +274,39 @@ def test_im2col_input_gradient_paths_agree_with_the_oracle(x_shape, w_shape, pad
         results.append(backend.backward(np.cos(y), cache))
     for ours, oracle in zip(results[1], results[0]):
         np.testing.assert_allclose(ours, oracle, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, two_stage", [
+    ((7, 1, 28, 28), (4, 1, 7, 7), 1, 1, True),          # the MNIST layer's shape, several chunks
+    ((3, 3, 11, 16), (2, 3, 3, 5), (1, 2), (2, 1), True),  # non-square kernel, strided across, C > 1
+    ((2, 2, 9, 66), (3, 2, 3, 3), 1, 1, False),           # OW 66: wider than TWO_STAGE_MAX_WIDTH
+    ((2, 2, 9, 9), (3, 2, 1, 3), 1, 1, False),            # kh 1: nothing for the second stage to gain
+    ((2, 2, 9, 9), (3, 2, 3, 3), (2, 1), 1, False),       # strided down the image: taps are not runs
+])
+def test_im2col_two_stage_unroll_gives_the_windows_bit_for_bit(monkeypatch, x_shape, w_shape, stride, padding,
+                                                                 two_stage):
+    """The inference pass's two-stage unroll (shifted rows, then each tap as one run) gives
+    the same y as the windows copied straight, bit for bit, which is the forward's (whose
+    cols, kept for the backward, it never takes); it is taken only where it pays
+    (TWO_STAGE_MAX_WIDTH, stride 1 down, kh > 1)."""
+    from backends import im2col
+
+    rng = np.random.default_rng(9)
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
+    backend = convlab.get_backend("im2col")
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 4 * 4096)  # chunks of a few images: buffers reused
+    results, real = [], im2col.shifted_rows
+    for widest in (0, im2col.TWO_STAGE_MAX_WIDTH):
+        monkeypatch.setattr(im2col, "TWO_STAGE_MAX_WIDTH", widest)
+        calls = []
+        monkeypatch.setattr(im2col, "shifted_rows", lambda *args: calls.append(args) or real(*args))
+        y, cache = backend.forward(x, w, b, stride, padding)
+        dy = np.cos(y)
+        results.append((y, *backend.backward(dy, cache), backend.inference(x, w, b, stride, padding)))
+        assert len(calls) == (1 if widest and two_stage else 0)
+    for two, one in zip(results[1], results[0]):
+        np.testing.assert_array_equal(two, one)
+    np.testing.assert_array_equal(results[0][4], results[0][0])  # inference as the forward
 
 
 def test_im2col_inference_chunks_on_two_threads_unroll_into_buffers_of_their_own(monkeypatch):
