@@ -39,9 +39,20 @@ RECORDED = ("model", "backend", "backends", "dataset", "epochs", "batch_size", "
 FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "lr_schedule", "momentum", "seed", "train_size", "test_size")
 
 
-def positive_int(name, value):
+# An integer a checkpoint records is an HDF5 attribute of at most 64 bits (h5py stores
+# 2^63 and up as unsigned): one beyond 2^64 - 1 has no HDF5 type, and its save would fail
+# only after the first epoch had been trained.
+RECORDABLE_INT_LIMIT = 2**64
+
+
+def positive_int(name, value, recorded=False):
+    """``value`` as an int, if it is a whole number of at least 1; ``recorded`` (a setting
+    a checkpoint records, :data:`RECORDED`): also below :data:`RECORDABLE_INT_LIMIT`."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise UsageError(f"--{name} must be a positive whole number, got {value!r}")
+    if recorded and value >= RECORDABLE_INT_LIMIT:
+        raise UsageError(f"--{name} must be a whole number from 1 to 2^64 - 1 (what a checkpoint can record), "
+                         f"got {value!r}")
     return int(value)
 
 
@@ -112,8 +123,8 @@ class TrainSettings:
         normalised = dict(
             model=model.name,
             backend=backend,
-            epochs=positive_int("epochs", self.epochs),
-            batch_size=positive_int("batch-size", self.batch_size),
+            epochs=positive_int("epochs", self.epochs, recorded=True),
+            batch_size=positive_int("batch-size", self.batch_size, recorded=True),
             lr=positive_float("lr", self.lr),
         )
         if self.lr_schedule not in LR_SCHEDULES:
@@ -122,14 +133,14 @@ class TrainSettings:
         if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 <= momentum < 1:
             raise UsageError(f"--momentum must be a number in [0, 1), got {momentum!r}")
         seed = self.seed
-        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < RECORDABLE_INT_LIMIT:
             # 2^64 and up: numpy would seed with it, but no checkpoint could record it.
             raise UsageError(f"--seed must be a whole number from 0 to 2^64 - 1, got {seed!r}")
         if not isinstance(self.memory_check, bool):  # a string "no" would be true
             raise UsageError(f"--memory-check takes yes or no (True or False), got {self.memory_check!r}")
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
-                normalised[name] = positive_int(name.replace("_", "-"), getattr(self, name))
+                normalised[name] = positive_int(name.replace("_", "-"), getattr(self, name), recorded=True)
         data_source(self.dataset)
         memory_batch = evaluation_batch = None
         data_bytes = 0

@@ -79,6 +79,14 @@ TRAIN_CASES = [
     (["--seed", "-1"], "--seed must be a whole number from 0 to 2^64 - 1, got -1"),
     # numpy takes any seed, but a checkpoint could not record this one (it failed after an epoch)
     (["--seed", str(2**64)], f"--seed must be a whole number from 0 to 2^64 - 1, got {2**64}"),
+    # Beyond 2^64 - 1 no checkpoint could record them: the save after the first epoch failed
+    # with a traceback (h5py: "Object dtype dtype('O') has no native HDF5 equivalent").
+    (["--epochs", str(10**23)], f"--epochs must be a whole number from 1 to 2^64 - 1 (what a checkpoint can "
+                                f"record), got {10**23}"),
+    (["--batch-size", str(2**64)], f"--batch-size must be a whole number from 1 to 2^64 - 1 (what a checkpoint "
+                                   f"can record), got {2**64}"),
+    (["--train-size", str(2**64)], "--train-size must be a whole number from 1 to 2^64 - 1"),
+    (["--test-size", str(10**23)], "--test-size must be a whole number from 1 to 2^64 - 1"),
     (["--model", "c32k3s0 dense10"], "model spec token 1 'c32k3s0' does not fit its input 1x28x28: stride must be >= 1"),
     (["--model", "dense99999999999 dense10"], "model spec token 1 'dense99999999999' on its input 784 needs more "
                                                "memory than there is"),

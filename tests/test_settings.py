@@ -34,6 +34,17 @@ def test_each_value_is_checked_on_construction(kwargs, message):
         TrainSettings(**kwargs)
 
 
+def test_recorded_whole_numbers_stop_at_what_a_checkpoint_can_record():
+    """2^64 - 1 is the largest integer an HDF5 attribute holds; one more has no HDF5 type,
+    and the checkpoint's save failed with a traceback after the first epoch."""
+    largest = TrainSettings(epochs=2**64 - 1, batch_size=2**64 - 1, seed=2**64 - 1, memory_check=False)
+    assert (largest.epochs, largest.batch_size, largest.seed) == (2**64 - 1,) * 3
+    for name in ("epochs", "batch_size", "train_size", "test_size"):
+        with pytest.raises(UsageError, match=re.escape(f"--{name.replace('_', '-')} must be a whole number from 1 "
+                                                       f"to 2^64 - 1 (what a checkpoint can record), got {2**64}")):
+            TrainSettings(**{name: 2**64}, memory_check=False)
+
+
 def test_subset_larger_than_the_data_set():
     with pytest.raises(UsageError, match="--train-size is 70 but the data set has only 60 images"):
         TrainSettings(train_size=70).with_data_sizes(60, 10)
