@@ -37,14 +37,16 @@ class DataCommands:
             dest: folder to write them to (default: the repository's data/mnist).
             mirror: base URL, or comma-separated URLs, to try in order (default: the
                 well-known public mirrors).
-            timeout: seconds a mirror may send nothing before it counts as stalled and the next is tried.
+            timeout: seconds a mirror may send nothing before it counts as stalled and the next is tried
+                (at most 86400, a day).
             deadline: seconds one file may take in all, however slowly the mirror sends it.
         """
-        from convlab.download import MNIST_MIRRORS, download_mnist
+        from convlab.download import MAX_TIMEOUT, MNIST_MIRRORS, download_mnist
 
         if dest is not None and not dest.strip():  # an unset shell variable, most likely: not "here"
             raise UsageError("--dest is empty; give a folder (such as data/mnist, or . for this one)")
-        download_mnist(dest, MNIST_MIRRORS if mirror is None else mirror, positive_float("timeout", timeout),
+        download_mnist(dest, MNIST_MIRRORS if mirror is None else mirror,
+                       positive_float("timeout", timeout, MAX_TIMEOUT, " (a day)"),
                        positive_float("deadline", deadline))
 
 

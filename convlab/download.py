@@ -28,6 +28,10 @@ MNIST_MIRRORS = (
 # in all (the largest, train-images, is 9.9 MB: 10 minutes is 17 kB/s).
 TIMEOUT = 30.0
 DEADLINE = 600.0
+# The longest --timeout: a mirror silent for a day is down. The socket's own limit is far
+# higher but platform-dependent (its timeout must fit a time_t in nanoseconds: 1e12 s
+# failed in socket.settimeout with "timestamp out of range for platform time_t").
+MAX_TIMEOUT = 86400.0
 CHUNK_BYTES = 1 << 16
 
 

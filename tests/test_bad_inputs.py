@@ -108,6 +108,13 @@ TRAIN_CASES = [
     (["-b", "1"], "`convlab train` option -b is ambiguous: it could be --backend or --batch-size"),
 ]
 OTHER_CASES = [
+    # 1e12 s ended in socket.settimeout's OverflowError ("timestamp out of range for platform time_t")
+    (["data", "download", "--dest", "{no-such-folder}", "--timeout", "1e12"],
+     "--timeout must be a positive number up to 86400 (a day), got 1000000000000.0"),
+    (["data", "download", "--dest", "{no-such-folder}", "--timeout", "1e999"],
+     "--timeout must be a positive number up to 86400 (a day), got inf"),
+    (["data", "download", "--dest", "{no-such-folder}", "--timeout", "0"],
+     "--timeout must be a positive number up to 86400 (a day), got 0"),
     (["nosuch"], "`convlab` has no command 'nosuch'; valid commands are: auto, backends, "),
     (["data", "upload"], "`convlab data` has no command 'upload'; valid commands are: download"),
     (["--foo"], "`convlab` takes no option --foo here; give a command first (one of: auto, backends, bench, "),
