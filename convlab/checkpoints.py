@@ -48,6 +48,15 @@ RNG_NOTE = "batch order = numpy.random.default_rng([seed, epoch]).permutation(tr
 # lr_schedule or model, may be missing from older checkpoints).
 REQUIRED_SETTINGS = ("epoch", "epochs", "backend", "network", "dataset", "batch_size", "lr", "momentum", "seed",
                      "train_size", "test_size")
+# The type of each root attribute convlab reads (missing ones are checked by REQUIRED_SETTINGS):
+# another type (text where a number belongs, an array) would fail far from the read, as
+# "can only concatenate str (not "int") to str", or be blamed on the user's option on resume.
+ATTRIBUTE_TYPES = {
+    **dict.fromkeys(("format_version", "epoch", "epochs", "batch_size", "seed", "train_size", "test_size"),
+                    (int, "a whole number (0 or more)")),
+    **dict.fromkeys(("lr", "momentum"), ((int, float), "a number")),
+    **dict.fromkeys(("model", "backend", "backends", "dataset", "lr_schedule", "network"), (str, "text")),
+}
 METRICS_DTYPE = np.dtype([(f.name, np.int64 if f.type in ("int", int) else np.float64)
                           for f in dataclasses.fields(EpochMetrics)])
 
@@ -234,7 +243,8 @@ def load_checkpoint(path) -> Checkpoint:
                 raise CheckpointError(f"{path} is an HDF5 file but not a convlab checkpoint (no attribute "
                                       f"format={FORMAT!r}); a checkpoint is written by "
                                       "`convlab train --checkpoint PATH`")
-            version = int(f.attrs["format_version"])
+            check_attribute_types(path, f.attrs)
+            version = f.attrs["format_version"]
             if version > FORMAT_VERSION:
                 raise CheckpointError(f"{path} has checkpoint format version {version}; this convlab reads "
                                       f"versions up to {FORMAT_VERSION} (upgrade convlab)")
@@ -265,6 +275,18 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(f"{path} is a damaged checkpoint: {len(backends)} backend names for "
                               f"{len(history)} epochs")
     return Checkpoint(path, settings, weights, velocity, history, backends, layer_times)
+
+
+def check_attribute_types(path, attrs):
+    """Raise :class:`CheckpointError` for a root attribute of ``attrs`` whose value is not of
+    its type in :data:`ATTRIBUTE_TYPES` (a bool is not a number here), or a negative whole
+    number (an epoch count, a size or a seed never is)."""
+    for key, (types, what) in ATTRIBUTE_TYPES.items():
+        if key not in attrs:
+            continue
+        value = python_value(attrs[key])
+        if not isinstance(value, types) or isinstance(value, bool) or (types is int and value < 0):
+            raise CheckpointError(f"{path} is a damaged checkpoint: attribute {key} is {value!r}, not {what}")
 
 
 def read_group(f, group) -> dict[str, np.ndarray]:

@@ -247,6 +247,12 @@ def replace_dataset(name, data):
     return change
 
 
+def set_attribute(name, value):
+    def change(f):
+        f.attrs[name] = value  # made again, of the value's type (modify would convert the value)
+    return change
+
+
 def set_nan(f):
     f["weights/3.b"][0] = np.nan
 
@@ -282,6 +288,20 @@ BAD_CHECKPOINTS = {
                             "{path} is a damaged or truncated checkpoint (cannot read it: "),
     "metrics disagree with epoch": (edit_checkpoint(lambda f: f.attrs.modify("epoch", 4)),
                                     "{path} is a damaged checkpoint: its metrics are for epochs [1], not 1 to 4"),
+    # Text or an array where a number belongs ended in a TypeError (epoch + 1 in train and
+    # report); a wrong type of lr on resume was blamed on --lr.
+    "epoch is text": (edit_checkpoint(set_attribute("epoch", "x")),
+                      "{path} is a damaged checkpoint: attribute epoch is 'x', not a whole number (0 or more)"),
+    "epoch is negative": (edit_checkpoint(set_attribute("epoch", -1)),
+                          "{path} is a damaged checkpoint: attribute epoch is -1, not a whole number (0 or more)"),
+    "seed is an array": (edit_checkpoint(set_attribute("seed", [1, 2])),
+                         "{path} is a damaged checkpoint: attribute seed is array([1, 2]), not a whole number"),
+    "lr is text": (edit_checkpoint(set_attribute("lr", "fast")),
+                   "{path} is a damaged checkpoint: attribute lr is 'fast', not a number"),
+    "dataset is a number": (edit_checkpoint(set_attribute("dataset", 3)),
+                            "{path} is a damaged checkpoint: attribute dataset is 3, not text"),
+    "format version is text": (edit_checkpoint(set_attribute("format_version", "1")),
+                               "{path} is a damaged checkpoint: attribute format_version is '1', not a whole number"),
     "NaN weights": (edit_checkpoint(set_nan),
                     "{path} is a damaged checkpoint: weights/3.b holds NaN or infinite values"),
 }

@@ -191,6 +191,18 @@ def test_errors_leave_the_old_report_untouched(metrics, tmp_path):
 
 
 
+def test_a_checkpoint_whose_epoch_is_text_is_called_damaged(checkpoint, tmp_path, capsys):
+    """It ended in "TypeError: can only concatenate str (not "int") to str"."""
+    import h5py
+
+    with h5py.File(checkpoint, "a") as f:
+        f.attrs["epoch"] = "x"
+    code, out, err = run_cli(capsys, "report", str(checkpoint), "--out", str(tmp_path / "r.pdf"))
+    assert (code, out, err) == (2, "", f"convlab: error: {checkpoint} is a damaged checkpoint: attribute epoch is "
+                                       "'x', not a whole number (0 or more)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
+
+
 @pytest.mark.parametrize("full_at", ["write", "sync"])
 def test_a_full_disk_leaves_the_earlier_report_whole(metrics, tmp_path, monkeypatch, full_at):
     """Files were written one at a time: on a real 2 MiB tmpfs with room for the PDF only, a
