@@ -56,6 +56,69 @@ def imported_commands():
     return run, raise_terminated
 
 
+class StdoutClosed(BrokenPipeError):
+    """Standard output's reader has gone (``convlab train | head -1`` after head exits)."""
+
+
+class StandardOutput:
+    """``sys.stdout`` while a command runs (:func:`main`): the same stream, whose writes and
+    flushes that find its reader gone raise :class:`StdoutClosed`, told from a socket's
+    BrokenPipeError."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _failed(self, error):
+        return StdoutClosed(error.errno, error.strerror or str(error)) if isinstance(error, BrokenPipeError) else error
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as e:
+            raise self._failed(e) from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError as e:
+            raise self._failed(e) from None
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, buffer, ...
+        return getattr(self._stream, name)
+
+
+def quiet_stdout():
+    """Flush standard output; if it cannot take what is left (its reader gone, a full disk),
+    point its descriptor at /dev/null, so that Python's own flush as the process exits does not
+    print "Exception ignored ... BrokenPipeError" after the line that says how it ended."""
+    import os
+
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):  # ValueError: closed
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.__stdout__.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def end_as_closed_pipe():
+    """End the process as SIGPIPE's default action would have ended it at the failed write,
+    with status 128 + SIGPIPE (141) and nothing said, but only now: after the blocks that were
+    running (the lock files of :func:`convlab.files.sole_writer`, temporary files) have been
+    left. (A SIGPIPE left at its default, as through 0.15.0, killed the process at once and
+    left the output's lock file behind.)"""
+    import os
+
+    quiet_stdout()
+    sys.stderr.flush()
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    sys.exit(128 + signal.SIGPIPE)  # where the signal did not end it
+
+
 def interrupted_note() -> str:
     """What the line of a SIGINT that no step of convlab explained adds: "" but under a
     process limit (ulimit -v or -d), where OpenBLAS may have sent it: its threads' start-up
@@ -70,17 +133,24 @@ def interrupted_note() -> str:
 
 def main(argv=None):
     warnings.formatwarning = one_line_warning
-    if argv is None and hasattr(signal, "SIGPIPE"):
-        # As command-line tools do: a closed stdout (`convlab train | head -1`) ends the
-        # process quietly at its next print. Every file is saved before the line that
-        # reports it is printed, so nothing is lost.
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # A closed stdout (`convlab train | head -1`) ends the process quietly at its next print,
+    # as command-line tools do, with status 141 as SIGPIPE's default action would, but after
+    # the running blocks have cleaned up (end_as_closed_pipe): Python ignores SIGPIPE, so the
+    # print raises, and the error unwinds through them. Every file is saved before the line
+    # that reports it is printed, so nothing is lost.
+    wrapped = argv is None and hasattr(signal, "SIGPIPE") and sys.stdout is not None
+    if wrapped:
+        sys.stdout = StandardOutput(sys.stdout)
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         run, raise_terminated = imported_commands()
         if previous_sigterm is signal.SIG_DFL:  # SIGTERM is a stop like Ctrl-C, not a sudden death
             signal.signal(signal.SIGTERM, raise_terminated)
         run(sys.argv[1:] if argv is None else list(argv))
+        if wrapped:
+            sys.stdout.flush()  # what is still buffered, here, where its failure is said as any other
+    except StdoutClosed:
+        end_as_closed_pipe()
     # Our checks raise ValueError subclasses with user-facing messages; an OSError is the
     # system refusing a read or write our checks could not foresee (disk full, /proc, ...),
     # a MemoryError or a thread that cannot start one refusing memory or address space (under
@@ -92,15 +162,19 @@ def main(argv=None):
         if isinstance(e, RuntimeError) and str(e) != THREAD_NOT_STARTED:
             raise
         message = str(e) if isinstance(e, (ValueError, OSError)) else out_of_room(e)
+        quiet_stdout()
         print(f"convlab: error: {'; '.join([message, *getattr(e, '__notes__', ())])}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # a message, if any, says what survived and how to go on
         signum = getattr(e, "signum", signal.SIGINT)  # SIGTERM: see convlab.checkpoints.Terminated
+        quiet_stdout()
         print(f"convlab: {'terminated' if signum == signal.SIGTERM else 'interrupted'}"
               + (f"; {e}" if e.args else interrupted_note() if signum == signal.SIGINT else ""), file=sys.stderr)
         sys.exit(128 + signum)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+        if wrapped:
+            sys.stdout = sys.stdout._stream if isinstance(sys.stdout, StandardOutput) else sys.stdout
 
 
 if __name__ == "__main__":

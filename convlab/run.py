@@ -31,11 +31,23 @@ class SaveFailed(ValueError):
     made read-only during the run)."""
 
 
+class StdoutHandler(logging.StreamHandler):
+    """A handler printing to stdout, whose failed write (a closed pipe, a full disk) is raised
+    as a ``print`` would raise it: logging's own handlers print it as a "--- Logging error ---"
+    traceback and go on."""
+
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise error
+        super().handleError(record)
+
+
 @contextlib.contextmanager
 def backend_log_to_stdout():
     """Within the block, INFO lines of the ``convlab`` loggers (such as the backend that
     ``auto`` picked for a shape) are printed to stdout."""
-    logger, handler = logging.getLogger("convlab"), logging.StreamHandler(sys.stdout)
+    logger, handler = logging.getLogger("convlab"), StdoutHandler(sys.stdout)
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

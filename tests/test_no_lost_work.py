@@ -197,8 +197,9 @@ def test_resuming_a_checkpoint_in_a_read_only_folder_is_refused_up_front(files):
 @needs_mnist
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash (for PIPESTATUS)")
 def test_a_closed_stdout_ends_quietly_with_checkpoint_and_metrics_saved(tmp_path):
-    """`convlab train ... | head -1`: head exits after the first line; convlab is ended by
-    SIGPIPE at its next print (the epoch line), after saving that epoch."""
+    """`convlab train ... | head -1`: head exits after the first line; convlab ends as if by
+    SIGPIPE at its next print (the epoch line), after saving that epoch, and removes its
+    lock files (SIGPIPE's default action, which ended it at the print, left them)."""
     command = [sys.executable, "-m", "convlab.cli", "train", "--checkpoint", "c.h5", "--metrics-out", "m.json",
                "--epochs", "10", *TINY]
     env = dict(os.environ, CONVLAB_FFT_WISDOM="off")
@@ -213,6 +214,7 @@ def test_a_closed_stdout_ends_quietly_with_checkpoint_and_metrics_saved(tmp_path
     # Ended at the first epoch line printed after head exited (the first, unless head was
     # slow to exit), with that epoch in both files: the line is printed after the saves.
     assert 1 <= saved.epoch < 10 and len(metrics["epochs"]) == saved.epoch
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5", "err.txt", "m.json", "status"]
 
 
 # --- 3. a rewrite changes the file the user named: through a symlink, with its mode ------
