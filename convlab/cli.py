@@ -60,16 +60,26 @@ class StdoutClosed(BrokenPipeError):
     """Standard output's reader has gone (``convlab train | head -1`` after head exits)."""
 
 
+class StdoutFailed(OSError):
+    """Standard output refused a write otherwise (``> /dev/full``: no space left), said as
+    ``convlab bench`` says a file it cannot write: "cannot write standard output: <why>"
+    (a bare ``[Errno 28] No space left on device`` names nothing)."""
+
+    def __str__(self):
+        return f"cannot write standard output: {self.strerror or self.args[0]}"
+
+
 class StandardOutput:
-    """``sys.stdout`` while a command runs (:func:`main`): the same stream, whose writes and
-    flushes that find its reader gone raise :class:`StdoutClosed`, told from a socket's
-    BrokenPipeError."""
+    """``sys.stdout`` while a command runs (:func:`main`): the same stream, whose failed writes
+    and flushes raise :class:`StdoutClosed` (its reader gone; told from a socket's
+    BrokenPipeError) or :class:`StdoutFailed` (told from a file's failed write)."""
 
     def __init__(self, stream):
         self._stream = stream
 
     def _failed(self, error):
-        return StdoutClosed(error.errno, error.strerror or str(error)) if isinstance(error, BrokenPipeError) else error
+        kind = StdoutClosed if isinstance(error, BrokenPipeError) else StdoutFailed
+        return kind(error.errno, error.strerror or str(error))
 
     def write(self, text):
         try:

@@ -217,6 +217,22 @@ def test_a_closed_stdout_ends_quietly_with_checkpoint_and_metrics_saved(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5", "err.txt", "m.json", "status"]
 
 
+@needs_mnist
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [["models"], ["train", "--epochs", "1", "--checkpoint", "c.h5", *TINY]])
+def test_a_full_stdout_is_said_to_be_standard_output(tmp_path, argv):
+    """`convlab train ... > /dev/full` said only "[Errno 28] No space left on device", naming
+    nothing; now as bench names a file it cannot write. Nothing is left behind (the run
+    stopped at its first line, before any epoch; its lock file is gone)."""
+    env = dict(os.environ, CONVLAB_FFT_WISDOM="off", PYTHONWARNINGS="ignore")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "convlab.cli", *argv], stdout=full, stderr=subprocess.PIPE,
+                              text=True, cwd=tmp_path, env=env, timeout=120)
+    assert_one_error_line(done.returncode, done.stderr)
+    assert done.stderr == "convlab: error: cannot write standard output: No space left on device\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- 3. a rewrite changes the file the user named: through a symlink, with its mode ------
 
 @needs_mnist
