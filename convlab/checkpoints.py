@@ -372,6 +372,20 @@ STOP_SIGNALS = {signal.SIGINT: (signal.default_int_handler, KeyboardInterrupt),
                 signal.SIGTERM: (raise_terminated, Terminated)}
 
 
+# Set by the command line (convlab.cli.main), whose process ends with a stop: the stop
+# signals then stay ignored after ctrl_c_at_safe_points's block, to the exit.
+STOP_ENDS_PROCESS = False
+
+
+def ignore_stop_signals(signums=tuple(STOP_SIGNALS)):
+    """Ignore further ``signums`` (SIGINT, SIGTERM): a stop is under way. Pressed again while
+    the run cleans up (its lock files, the interrupted line) or exits, Ctrl-C raised a second
+    KeyboardInterrupt wherever it landed: in an ``atexit`` callback, printed as "Exception
+    ignored in atexit callback" and a traceback after the ``convlab: interrupted`` line."""
+    for signum in signums:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def ctrl_c_at_safe_points():
     """Within the block, a first Ctrl-C (SIGINT) or SIGTERM only asks to stop; the yielded
@@ -379,24 +393,36 @@ def ctrl_c_at_safe_points():
     call. Python would raise it wherever the program happens to be: halfway through an
     HDF5 write, or inside a weakref callback, where it is printed and swallowed, and
     training goes on; SIGTERM would end the process there and then. A second signal of the
-    same kind acts at once. Where a signal is ignored (SIGINT in a background job) or
-    handled by someone else, nothing changes for it."""
-    requested = []
+    same kind, before that call, acts at once. Once the stop is raised, further signals
+    are ignored (:func:`ignore_stop_signals`) to the block's end, and, where the process
+    ends with the stop (:data:`STOP_ENDS_PROCESS`, the command line), beyond it. Where a
+    signal is ignored (SIGINT in a background job) or handled by someone else, nothing
+    changes for it."""
+    requested, stopped = [], []
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     ours = [signum for signum, (default, _) in STOP_SIGNALS.items() if previous[signum] is default]
 
+    def stop(signum):
+        stopped.append(signum)
+        ignore_stop_signals(ours)
+        raise STOP_SIGNALS[signum][1]
+
     def request(signum, frame):
         requested.append(signum)
-        signal.signal(signum, previous[signum])
+        signal.signal(signum, act_now)
+
+    def act_now(signum, frame):
+        stop(signum)
 
     def check():
         if requested:
-            raise STOP_SIGNALS[requested[0]][1]
+            stop(requested[0])
 
     for signum in ours:
         signal.signal(signum, request)
     try:
         yield check
     finally:
-        for signum in ours:
-            signal.signal(signum, previous[signum])
+        if not (stopped and STOP_ENDS_PROCESS):
+            for signum in ours:
+                signal.signal(signum, previous[signum])

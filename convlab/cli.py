@@ -154,6 +154,10 @@ def main(argv=None):
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         run, raise_terminated = imported_commands()
+        if argv is None:  # this process ends with a stop (see the KeyboardInterrupt below)
+            import convlab.checkpoints
+
+            convlab.checkpoints.STOP_ENDS_PROCESS = True
         if previous_sigterm is signal.SIG_DFL:  # SIGTERM is a stop like Ctrl-C, not a sudden death
             signal.signal(signal.SIGTERM, raise_terminated)
         run(sys.argv[1:] if argv is None else list(argv))
@@ -176,6 +180,10 @@ def main(argv=None):
         print(f"convlab: error: {'; '.join([message, *getattr(e, '__notes__', ())])}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # a message, if any, says what survived and how to go on
+        if argv is None:  # Ctrl-C pressed again as the process exits raised in its atexit callbacks
+            for ignored in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(ignored) is not None:  # not set from outside Python
+                    signal.signal(ignored, signal.SIG_IGN)
         signum = getattr(e, "signum", signal.SIGINT)  # SIGTERM: see convlab.checkpoints.Terminated
         quiet_stdout()
         print(f"convlab: {'terminated' if signum == signal.SIGTERM else 'interrupted'}"

@@ -185,10 +185,37 @@ def test_first_ctrl_c_waits_for_a_safe_point_and_a_second_one_does_not():
             stop_if_asked()
             signal.raise_signal(signal.SIGINT)  # recorded, not raised here
             with pytest.raises(KeyboardInterrupt):
-                stop_if_asked()
-            with pytest.raises(KeyboardInterrupt):
-                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)  # a second one, before the safe point: at once
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+@pytest.mark.parametrize("ends_process", [False, True])
+@pytest.mark.parametrize("second_before_the_safe_point", [False, True])
+def test_once_the_stop_is_raised_further_ctrl_cs_are_ignored(monkeypatch, ends_process, second_before_the_safe_point):
+    """Ctrl-C pressed a few times, ms apart, as the run stops: one of them landing in an atexit
+    callback printed "Exception ignored in atexit callback" and a KeyboardInterrupt traceback
+    after the interrupted line. From the stop on they are ignored: to the block's end, and on
+    the command line (whose process ends with the stop) to the exit."""
+    import convlab.checkpoints
+
+    monkeypatch.setattr(convlab.checkpoints, "STOP_ENDS_PROCESS", ends_process)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with ctrl_c_at_safe_points() as stop_if_asked:
+                signal.raise_signal(signal.SIGINT)
+                try:
+                    if second_before_the_safe_point:
+                        signal.raise_signal(signal.SIGINT)
+                    stop_if_asked()
+                finally:
+                    for _ in range(3):
+                        signal.raise_signal(signal.SIGINT)  # while cleaning up: nothing raised
+                    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        expected = signal.SIG_IGN if ends_process else signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is expected
     finally:
         signal.signal(signal.SIGINT, inherited)
 
