@@ -182,7 +182,10 @@ def check_arguments(command, args, usage) -> bool:
             raise CommandLineError(f"`{usage}` has no option {token.split('=', 1)[0]}; its options are: {options}"
                                    + (f" (and the argument{'s' * (len(arguments) > 1)} {' '.join(arguments)}, "
                                       "given by position)" if arguments else ""))
-        if alone and fire.decorators.GetParseFns(command)["named"].get(name) is str:
+        # fire reads any option alone as True: only a yes/no option may be given so (`--epochs`
+        # alone was "--epochs must be a positive whole number, got True").
+        parse = fire.decorators.GetParseFns(command)["named"].get(name)
+        if alone and not (getattr(parse, "yes_no", False) or isinstance(parameters[name].default, bool)):
             raise CommandLineError(f"`{usage}` option {option_name(name)} needs a value "
                                    f"({option_name(name)} {name.split('_')[-1].upper()})")
         if name in named:

@@ -90,6 +90,9 @@ TRAIN_CASES = [
     (["--model", "c32k3s0 dense10"], "model spec token 1 'c32k3s0' does not fit its input 1x28x28: stride must be >= 1"),
     (["--model", "dense99999999999 dense10"], "model spec token 1 'dense99999999999' on its input 784 needs more "
                                                "memory than there is"),
+    # fire reads an option alone as True: "--epochs must be a positive whole number, got True"
+    (["--epochs"], "`convlab train` option --epochs needs a value (--epochs EPOCHS)"),
+    (["--lr"], "`convlab train` option --lr needs a value (--lr LR)"),
     (["--epochs", "1", "--epochs", "2"], "`convlab train` option --epochs is given twice; give it once"),
     (["--progress", "bogus", "--noprogress"], "`convlab train` option --progress is given twice"),
     (["--train-size", "60001"], "--train-size is 60001 but the data set has only 60000 images"),
@@ -108,6 +111,9 @@ TRAIN_CASES = [
     (["-b", "1"], "`convlab train` option -b is ambiguous: it could be --backend or --batch-size"),
 ]
 OTHER_CASES = [
+    (["bench", "--repeat"], "`convlab bench` option --repeat needs a value (--repeat REPEAT)"),
+    (["data", "download", "--timeout"], "`convlab data download` option --timeout needs a value"),
+    (["evaluate", "--test-size", "--checkpoint", "x.h5"], "`convlab evaluate` option --test-size needs a value"),
     # 1e12 s ended in socket.settimeout's OverflowError ("timestamp out of range for platform time_t")
     (["data", "download", "--dest", "{no-such-folder}", "--timeout", "1e12"],
      "--timeout must be a positive number up to 86400 (a day), got 1000000000000.0"),
