@@ -87,6 +87,9 @@ def list_items(value) -> list:
 def parse_names(value, what: str, allowed) -> list[str]:
     """A comma-separated string (or a list) of names, each one of ``allowed``."""
     names = [str(name).strip() for name in list_items(value)]
+    if "" in names and any(names):  # "im2col,,fft": said "--backends got nothing"
+        raise ValueError(f"--{what} has an empty name (between two commas, or a comma at an end) in "
+                         f"{','.join(names)}; give names separated by single commas, from: {', '.join(allowed)}")
     unknown = [name for name in names if name not in allowed]
     if not names or unknown:
         raise ValueError(f"--{what} got {', '.join(unknown) or 'nothing'}; choose from: {', '.join(allowed)}")

@@ -151,6 +151,8 @@ def test_relative_error_and_a_direct_method_near_float32_rounding():
     (["--sweep", "image", "--image-sizes", "16,0"], "--image-sizes must be positive whole numbers separated by "
                                                     "commas, got 16,0\n"),
     (["--passes", "backward"], "--passes got backward; choose from: forward, forward+backward"),
+    (["--backends", "im2col,,fft"], "--backends has an empty name (between two commas, or a comma at an end) in "
+                                    "im2col,,fft; give names separated by single commas, from: "),
     (["--repeat", "0"], "--repeat must be a positive whole number"),
     (["--batch-size", "2.5"], "--batch-size must be a positive whole number"),
     (["--plot", "x.nope"], "--plot 'x.nope': the extension must be one of"),
