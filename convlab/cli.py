@@ -118,7 +118,7 @@ def end_as_closed_pipe():
     """End the process as SIGPIPE's default action would have ended it at the failed write,
     with status 128 + SIGPIPE (141) and nothing said, but only now: after the blocks that were
     running (the lock files of :func:`convlab.files.sole_writer`, temporary files) have been
-    left. (A SIGPIPE left at its default, as through 0.15.0, killed the process at once and
+    left. (A SIGPIPE left at its default, as up to 0.14.0, killed the process at once and
     left the output's lock file behind.)"""
     import os
 
