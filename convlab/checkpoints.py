@@ -211,6 +211,9 @@ def checkpoint_path(value) -> Path:
     without a value into True and ``7`` into the number 7."""
     if isinstance(value, bool):
         raise CheckpointError(f"a checkpoint needs a file path (such as --checkpoint run.h5), got {value}")
+    if not str(value).strip():  # Path("") is ".", which would be reported as a folder named "."
+        raise CheckpointError(f"a checkpoint needs a file path (such as --checkpoint run.h5), got an empty one "
+                              f"({str(value)!r})")
     return Path(str(value))
 
 

@@ -244,6 +244,9 @@ def find_dataset(name: str, data_dir=None) -> tuple[str, Path]:
             searched = " or ".join(str(f) for f in source.folders)
             raise DataError(f"{name} not found in {searched}; {source.how_to_get}")
         return "idx", folder
+    if not str(data_dir).strip():  # Path("") is ".": this folder, searched without a word said
+        raise DataError(f"the data directory is empty ({str(data_dir)!r}); give a folder or file (such as "
+                        f"data/mnist, or . for this one), or leave --data-dir out to use {name}'s default place")
     path = Path(data_dir)
     if path.is_file():
         return "hdf5", path

@@ -270,6 +270,8 @@ def check_file_name(path, option: str) -> Path:
     ``Path("runs/")`` is ``runs``, so unchecked that run would write its checkpoint as a
     file named ``runs``. A :class:`ValueError` naming ``option`` otherwise."""
     text = str(path)
+    if not text.strip():  # Path("") is ".": it was refused as "names a folder" of that name
+        raise ValueError(f"{option} is empty ({text!r}); give a file name such as {EXAMPLE_NAMES.get(option, 'out')}")
     if text.endswith(tuple(filter(None, (os.sep, os.altsep)))) or Path(text).is_dir():
         raise ValueError(f"{option} {text} names a folder; give a file name such as "
                          f"{Path(text) / EXAMPLE_NAMES.get(option, 'out')}")

@@ -95,6 +95,8 @@ class Run:
 
 def load_run(path) -> Run:
     """A :class:`Run` from a checkpoint (HDF5) or a metrics file (JSON)."""
+    if not str(path).strip():  # Path("") is ".", which is no help in the message
+        raise ReportError(f"SOURCE is empty ({str(path)!r}); {SOURCE_HINT}")
     path = Path(str(path))
     if not path.is_file():
         raise ReportError(f"{path} does not exist or is not a file; {SOURCE_HINT}")

@@ -62,6 +62,9 @@ def make_inputs(root: Path) -> dict[str, Path]:
 # (command line, what the one error line must contain); {name} is a path from make_inputs,
 # {out} a file that exists beforehand and must be left untouched.
 TRAIN_CASES = [
+    (["--data-dir", ""], "the data directory is empty (''); give a folder or file"),
+    (["--resume", ""], "a checkpoint needs a file path (such as --checkpoint run.h5), got an empty one ('')"),
+    (["--checkpoint", " "], "a checkpoint needs a file path (such as --checkpoint run.h5), got an empty one (' ')"),
     (["--backend", "nope"], "unknown backend 'nope'; valid backends are: "),
     (["--dataset", "cifar"], "unknown dataset 'cifar'; valid datasets are: mnist, fashion-mnist"),
     (["--epochs", "0"], "--epochs must be a positive whole number, got 0"),
@@ -111,6 +114,10 @@ TRAIN_CASES = [
     (["-b", "1"], "`convlab train` option -b is ambiguous: it could be --backend or --batch-size"),
 ]
 OTHER_CASES = [
+    # An empty path was reported as ".", the folder Path("") names
+    (["report", ""], "SOURCE is empty (''); `convlab report` reads a checkpoint"),
+    (["report", "{metrics.json}", "--out", ""], "--out is empty (''); give a file name such as report.pdf"),
+    (["evaluate", "--checkpoint", ""], "a checkpoint needs a file path (such as --checkpoint run.h5), got an empty one"),
     (["bench", "--repeat"], "`convlab bench` option --repeat needs a value (--repeat REPEAT)"),
     (["data", "download", "--timeout"], "`convlab data download` option --timeout needs a value"),
     (["evaluate", "--test-size", "--checkpoint", "x.h5"], "`convlab evaluate` option --test-size needs a value"),
