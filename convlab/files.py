@@ -273,6 +273,9 @@ def check_file_name(path, option: str) -> Path:
     if not text.strip():  # Path("") is ".": it was refused as "names a folder" of that name
         raise ValueError(f"{option} is empty ({text!r}); give a file name such as {EXAMPLE_NAMES.get(option, 'out')}")
     if text.endswith(tuple(filter(None, (os.sep, os.altsep)))) or Path(text).is_dir():
+        if "'s " in option:  # a name made from an option's ("--out's curves figure"): only that option can change it
+            owner = option.split("'s ")[0]
+            raise ValueError(f"{option} {text} is a folder; give {owner} another name (its figures are named after it)")
         raise ValueError(f"{option} {text} names a folder; give a file name such as "
                          f"{Path(text) / EXAMPLE_NAMES.get(option, 'out')}")
     return Path(text)

@@ -247,6 +247,17 @@ def test_each_file_is_synced_once_and_the_folder_once(metrics, tmp_path, monkeyp
     assert Path(synced[0]).name.startswith(".r-curves.png.") and Path(synced[1]).name.startswith(".r.pdf.")
 
 
+def test_a_folder_at_a_figure_name_asks_for_another_out(metrics, tmp_path):
+    """A folder where a figure would go (r-curves.png/ beside r.pdf): the figure's name comes
+    from --out, so the refusal asks for another --out, not for a file name inside the folder
+    (it said "give a file name such as r-curves.png/out", which no option takes)."""
+    (tmp_path / "r-curves.png").mkdir()
+    with pytest.raises(ValueError, match=f"^--out's curves figure {tmp_path / 'r-curves.png'} is a folder; give "
+                                         f"--out another name \\(its figures are named after it\\)$"):
+        write_report(metrics, tmp_path / "r.pdf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "r-curves.png"]
+
+
 def test_a_figure_that_cannot_be_replaced_is_named_and_the_pdf_stays(metrics, tmp_path, monkeypatch):
     """A rename refused (a real `chattr +i` figure gives EPERM): the figure is named, not the
     temporary file, and the PDF, renamed last, is the earlier one."""
