@@ -84,6 +84,14 @@ TWO_STAGE_MAX_WIDTH = 64
 # fewer chunks are fewer numpy calls, and 2 MiB was no faster (2.49 / 2.76 ms). On two
 # threads, whole steps (wall, medians of 640): 6.61 ms against 7.69 (512 KiB) and 6.91 (2 MiB).
 CHUNK_BYTES = 1 << 20
+# The inference pass's chunks are bigger: its unrolled windows go to a buffer of the thread's,
+# not out to memory, and fewer chunks are fewer numpy calls and hand-overs. On the 2-core Zen 3
+# EPYC (512 KiB L2), 1 MiB against 2 MiB: evaluation batches of the reference network 1.027
+# and 1.050 (python benchmarks/ab_steps.py benchmarks/variants/inference_chunks_1mib.py
+# --evaluate), the MNIST layer's pass (turns of 20 calls, two threads) 1.07-1.11; 1.5 MiB and
+# 16 images (2.8 MiB) were in between, 32 images (one chunk a thread) 1.42x as slow as 1 MiB.
+# Not measured on the Zen 4 or on Intel.
+INFERENCE_CHUNK_BYTES = 2 << 20
 
 
 def windows(x_padded, kernel, stride):
@@ -191,9 +199,10 @@ def folds_rows(w_shape):
     return kw >= 5 and c * kh >= f
 
 
-def images_per_chunk(k, f, pixels, itemsize):
-    """How many images' unrolled windows (k + 1 rows of pixels) and outputs (f rows) fit in CHUNK_BYTES."""
-    return max(1, CHUNK_BYTES // ((k + 1 + f) * pixels * itemsize))
+def images_per_chunk(k, f, pixels, itemsize, budget=None):
+    """How many images' unrolled windows (k + 1 rows of pixels) and outputs (f rows) fit in
+    ``budget`` bytes (default :data:`CHUNK_BYTES`)."""
+    return max(1, (budget or CHUNK_BYTES) // ((k + 1 + f) * pixels * itemsize))
 
 
 @register_backend("im2col")
@@ -217,8 +226,9 @@ class Im2col:
         for the backward). On the MNIST layer (2-core AMD EPYC) its peak extra memory was 1.4
         against 7.6 MB, and it took 0.92-0.99 of the forward's time on two threads, 0.88 on
         one (median ratio of 30 alternating turns of 20 calls in one process). Since 0.15.0 it
-        unrolls narrow images in two stages (see TWO_STAGE_MAX_WIDTH): 1.5 MiB on that layer
-        (``convlab bench --memory yes``), the first stage's rows included."""
+        unrolls narrow images in two stages (see TWO_STAGE_MAX_WIDTH), in chunks of
+        INFERENCE_CHUNK_BYTES: 3.1 MiB on that layer, 3.3 for a batch of 128 (the forward:
+        7.3 and 14.5), the first stage's rows included: per thread, whatever the batch."""
         return self.unrolled_pass(x, w, b, stride, padding, relu, keep_cols=False)[0]
 
     def unrolled_pass(self, x, w, b, stride, padding, relu, keep_cols):
@@ -237,7 +247,7 @@ class Im2col:
         k = c * kh * kw
         # The bias is one more column of the filters, against a row of ones in cols.
         w_aug = np.concatenate([w.reshape(f, k), b[:, None]], axis=1)
-        per_chunk = images_per_chunk(k, f, oh * ow, x.itemsize)
+        per_chunk = images_per_chunk(k, f, oh * ow, x.itemsize, CHUNK_BYTES if keep_cols else INFERENCE_CHUNK_BYTES)
         cols = np.empty((n, k + 1, oh * ow), dtype=x.dtype) if keep_cols else None  # for the backward
         # Else each thread's buffers, reused chunk after chunk in this pass: a chunk's cols,
         # and for a two-stage unroll the first stage's rows and the view of their taps.

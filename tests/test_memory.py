@@ -61,18 +61,18 @@ def test_cli_memory_and_image_sweep(tmp_path, capsys):
 
 
 def test_inference_keeps_no_unrolled_windows_or_tile_spectra(monkeypatch):
-    """im2col's inference pass needs no batch-sized cols (7.4 MB on the MNIST layer: a
-    chunk's buffer per thread instead), and fft-tiled's none of x's tile spectra, which
-    their forwards keep for the backward. Measured on 2 threads: 1.4 against 7.6 MB; 9.5
+    """im2col's inference pass needs no batch-sized cols (14.5 MiB on the MNIST layer for an
+    evaluation batch of 128: a chunk's buffers per thread instead), and fft-tiled's none of
+    x's tile spectra, which their forwards keep for the backward. Measured on 2 threads: 3.3
+    against 14.5 MiB (0.15.0's 2 MiB inference chunks; 3.1 against 7.3 at batch 64); 9.5
     against 17.0 MB. The threads are pinned to 2: each has its own buffers, so the ratios
-    grow with the cores (0.26 for im2col on 4, 0.74 for fft-tiled on 6) and the bounds held
-    on 2-core machines only."""
+    grow with the cores (for fft-tiled 0.74 on 6) and the bounds held on 2-core machines only."""
     from convlab import fftw
 
     monkeypatch.setattr(convlab.threads, "worker_count", lambda: 2)
     fftw.configure(threads=2)
     try:
-        for name, shape, bound in (("im2col", ConvShape(n=64, c=1, f=32, size=28, k=7, padding=1), 0.25),
+        for name, shape, bound in (("im2col", ConvShape(n=128, c=1, f=32, size=28, k=7, padding=1), 0.25),
                                    ("fft-tiled", ConvShape(n=8, c=3, f=16, size=224, k=7, padding=3), 0.7)):
             backend = convlab.get_backend(name)
             x, w, b = shape.arrays()

@@ -167,7 +167,8 @@ def test_train_step_is_deterministic():
 
 
 @pytest.mark.parametrize("variant, options", [("same_code", []), ("dense_c_order", []), ("small_dw_1024", []),
-                                             ("one_stage_unroll", ["--evaluate"])])
+                                             ("one_stage_unroll", ["--evaluate"]),
+                                             ("inference_chunks_1mib", ["--evaluate"])])
 def test_ab_steps_times_each_variant_the_docs_quote(variant, options):
     """benchmarks/ab_steps.py runs with each variant in benchmarks/variants/ (they patch
     internals, so a change there that breaks one shows here), training or evaluating, and
@@ -294,7 +295,8 @@ def test_im2col_two_stage_unroll_gives_the_windows_bit_for_bit(monkeypatch, x_sh
     rng = np.random.default_rng(9)
     x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
     backend = convlab.get_backend("im2col")
-    monkeypatch.setattr(im2col, "CHUNK_BYTES", 4 * 4096)  # chunks of a few images: buffers reused
+    for budget in ("CHUNK_BYTES", "INFERENCE_CHUNK_BYTES"):  # chunks of a few images: buffers reused
+        monkeypatch.setattr(im2col, budget, 4 * 4096)
     results, real = [], im2col.shifted_rows
     for widest in (0, im2col.TWO_STAGE_MAX_WIDTH):
         monkeypatch.setattr(im2col, "TWO_STAGE_MAX_WIDTH", widest)
@@ -330,7 +332,7 @@ def test_im2col_inference_chunks_on_two_threads_unroll_into_buffers_of_their_own
     x, w, b = rng.standard_normal((4, 2, 9, 9)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
     backend = convlab.get_backend("im2col")
     y, _ = backend.forward(x, w, b, 1, 1)
-    monkeypatch.setattr(im2col, "CHUNK_BYTES", 1)  # one image a chunk: 4 chunks, two rounds of two threads
+    monkeypatch.setattr(im2col, "INFERENCE_CHUNK_BYTES", 1)  # one image a chunk: 4 chunks, two rounds of two threads
     monkeypatch.setattr(im2col, "phase", phase)
     monkeypatch.setattr(im2col, "share_chunks", lambda work, chunks: convlab.threads.share_chunks(work, chunks, 2))
     np.testing.assert_array_equal(backend.inference(x, w, b, 1, 1), y)
