@@ -59,12 +59,10 @@ def positive_int(name, value, recorded=False):
 def positive_float(name, value, at_most=None, limit_note=""):
     """``value`` as a float, if it is a finite positive number; with ``at_most``, also no
     more than that (said with ``limit_note``, why, in the message)."""
-    if at_most is not None:
-        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value <= at_most:
-            raise UsageError(f"--{name} must be a positive number up to {at_most:g}{limit_note}, got {value!r}")
-        return float(value)
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0 or value == float("inf"):
-        raise UsageError(f"--{name} must be a positive number, got {value!r}")
+    limit = float("inf") if at_most is None else at_most
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value < float("inf") or value > limit:
+        bound = "" if at_most is None else f" up to {at_most:g}{limit_note}"
+        raise UsageError(f"--{name} must be a positive number{bound}, got {value!r}")
     return float(value)
 
 
