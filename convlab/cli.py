@@ -184,6 +184,7 @@ def main(argv=None):
             for ignored in (signal.SIGINT, signal.SIGTERM):
                 if signal.getsignal(ignored) is not None:  # not set from outside Python
                     signal.signal(ignored, signal.SIG_IGN)
+            previous_sigterm = signal.getsignal(signal.SIGTERM)  # what `finally` leaves: ignored, to the exit
         signum = getattr(e, "signum", signal.SIGINT)  # SIGTERM: see convlab.checkpoints.Terminated
         quiet_stdout()
         print(f"convlab: {'terminated' if signum == signal.SIGTERM else 'interrupted'}"

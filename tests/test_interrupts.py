@@ -220,6 +220,31 @@ def test_once_the_stop_is_raised_further_ctrl_cs_are_ignored(monkeypatch, ends_p
         signal.signal(signal.SIGINT, inherited)
 
 
+def test_the_command_line_ignores_stop_signals_to_its_exit_once_interrupted(monkeypatch, capsys):
+    """main() as the command line runs it (argv None): after the interrupted line, SIGINT and
+    SIGTERM stay ignored as the process exits. Its `finally` used to put SIGTERM's default
+    back, so a SIGTERM in the exit's atexit callbacks ended it with 143."""
+    import convlab.checkpoints
+    import convlab.cli
+
+    def interrupted(_argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convlab.cli, "imported_commands", lambda: (interrupted, convlab.checkpoints.raise_terminated))
+    monkeypatch.setattr(convlab.checkpoints, "STOP_ENDS_PROCESS", False)  # main sets it; put back after
+    monkeypatch.setattr(sys, "argv", ["convlab", "train"])
+    inherited = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        assert exit_.value.code == 130 and capsys.readouterr().err.startswith("convlab: interrupted")
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for signum, handler in inherited.items():
+            signal.signal(signum, handler)
+
+
 @pytest.mark.parametrize("module, how", [("numpy", "KeyboardInterrupt"), ("h5py", "KeyboardInterrupt"),
                                          ("fire", "KeyboardInterrupt"), ("pyfftw", "KeyboardInterrupt"),
                                          ("numpy", "ImportError"), ("h5py", "ImportError")])
