@@ -14,9 +14,10 @@ help train``, as git and pip take it), prints :func:`help_text`: the options as 
 typed (``--batch-size``).
 
 fire also turns every value that looks like a Python literal into one: ``--metrics-out 1e3``
-would be the float 1000.0 and ``--progress no`` the (true) string ``"no"``. :func:`typed`
-declares, per command, which options are paths or names (taken as the raw string typed)
-and which are yes/no flags (:func:`parse_flag`).
+would be the float 1000.0, ``--progress no`` the (true) string ``"no"`` and ``--kernel-sizes 3,``
+the tuple ``(3,)``, its empty item gone. :func:`typed` declares, per command, which options
+are paths, names or comma-separated lists (taken as the raw string typed) and which are
+yes/no flags (:func:`parse_flag`).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def parse_flag(option: str):
 
 def typed(positional=(), text=(), flags=()):
     """Decorator of a command: its ``positional`` parameters (in order) and the options in
-    ``text`` (paths, names, URLs) receive the string as typed; the options in ``flags``
-    are yes/no (:func:`parse_flag`). Other values are read by fire (numbers, lists)."""
+    ``text`` (paths, names, URLs, lists) receive the string as typed; the options in ``flags``
+    are yes/no (:func:`parse_flag`). Other values are read by fire (numbers)."""
     named = {name: str for name in (*positional, *text)}
     named.update({name: parse_flag(name) for name in flags})
     return fire.decorators.SetParseFns(*(str for _ in positional), **named)

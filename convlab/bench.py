@@ -77,36 +77,45 @@ def image_sweep(image_sizes, kernel_sizes, n=8, c=3, f=16) -> list[ConvShape]:
     return [ConvShape(n, c, f, size, k, k // 2) for k in kernel_sizes for size in image_sizes]
 
 
-def list_items(value) -> list:
-    """The items of a command-line list: "a,b" or what fire made of it (a tuple, one value)."""
+def list_items(value, option=None, item="item", give="") -> list:
+    """The items of a command-line list: "a,b" as typed (the list options reach their checks
+    as the string typed), or a list, tuple or one value (from Python). With ``option``, an
+    empty item (two commas in a row, or one at an end: "3,", "3,,5") is refused, naming it
+    and saying what to ``give``, unless every item is empty (the caller's "got nothing")."""
     if isinstance(value, str):
-        return value.split(",")
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+        items = value.split(",")
+    else:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+    empty = [isinstance(i, str) and not i.strip() for i in items]
+    if option is not None and any(empty) and not all(empty):
+        typed = value if isinstance(value, str) else ",".join(map(str, items))
+        raise ValueError(f"{option}: empty {item} in {typed!r} ({give})")
+    return items
 
 
 def parse_names(value, what: str, allowed) -> list[str]:
     """A comma-separated string (or a list) of names, each one of ``allowed``."""
-    names = [str(name).strip() for name in list_items(value)]
-    if "" in names and any(names):  # "im2col,,fft": said "--backends got nothing"
-        raise ValueError(f"--{what} has an empty name (between two commas, or a comma at an end) in "
-                         f"{','.join(names)}; give names separated by single commas, from: {', '.join(allowed)}")
-    unknown = [name for name in names if name not in allowed]
-    if not names or unknown:
+    names = [str(name).strip() for name in list_items(value, f"--{what}", "name",
+                                                        f"give comma-separated names from: {', '.join(allowed)}")]
+    unknown = [name for name in names if name and name not in allowed]
+    if not any(names) or unknown:
         raise ValueError(f"--{what} got {', '.join(unknown) or 'nothing'}; choose from: {', '.join(allowed)}")
     return list(dict.fromkeys(names))
 
 
-def parse_kernel_sizes(value, option="--kernel-sizes") -> list[int]:
-    """Kernel sizes from "3,5,7", a list, or one int; each a positive whole number."""
+def parse_kernel_sizes(value, option="--kernel-sizes", example="3,5,7") -> list[int]:
+    """Kernel sizes (or image sizes) from "3,5,7", a list, or one int; each a positive
+    whole number. An empty item ("3,", "3,,5") is refused, as in :func:`list_items`."""
+    items = list_items(value, option, "size", f"give comma-separated whole numbers, e.g. {example}")
     try:
-        parsed = [int(s) if isinstance(s, str) else s for s in list_items(value)]
+        parsed = [int(s) if isinstance(s, str) else s for s in items]
     except ValueError:
         parsed = None
     if (not parsed or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k > 0
                               for k in parsed)):
-        typed = ",".join(map(str, list_items(value)))  # as typed: fire turns "3,x" into a tuple
+        typed = ",".join(map(str, items))
         raise ValueError(f"{option} must be positive whole numbers separated by commas, "
-                         f"got {typed if typed.strip() else 'nothing'}")
+                         f"got {typed if typed.replace(',', '').strip() else 'nothing'}")
     return sorted({int(k) for k in parsed})
 
 
@@ -339,7 +348,7 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
     else:
         kernel_sizes = IMAGE_SWEEP_KERNEL_SIZES if kernel_sizes is None else parse_kernel_sizes(kernel_sizes)
         image_sizes = (DEFAULT_IMAGE_SIZES if image_sizes is None
-                       else parse_kernel_sizes(image_sizes, "--image-sizes"))
+                       else parse_kernel_sizes(image_sizes, "--image-sizes", "16,32,64"))
         shapes_swept = image_sweep(image_sizes, kernel_sizes, n, c, f)
     if plot_path is not None:
         plot_path = check_plot_path(plot_path)

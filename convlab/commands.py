@@ -238,7 +238,7 @@ class Commands:
         pin_for_inference(model, 1)
         print(prediction_report(model, image, class_name, inverted=invert))
 
-    @typed(text=("backends", "passes", "json", "plot", "sweep"),
+    @typed(text=("backends", "passes", "json", "plot", "sweep", "kernel_sizes", "image_sizes"),
            flags=("mnist_layer", "profile", "accuracy", "many_channels", "memory"))
     def bench(self, *, backends=None, kernel_sizes=None, batch_size=None, image_size=None, in_channels=None,
               out_channels=None, mnist_layer=None, passes=None, repeat=None, json=None, plot=None, profile=False,

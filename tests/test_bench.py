@@ -151,8 +151,12 @@ def test_relative_error_and_a_direct_method_near_float32_rounding():
     (["--sweep", "image", "--image-sizes", "16,0"], "--image-sizes must be positive whole numbers separated by "
                                                     "commas, got 16,0\n"),
     (["--passes", "backward"], "--passes got backward; choose from: forward, forward+backward"),
-    (["--backends", "im2col,,fft"], "--backends has an empty name (between two commas, or a comma at an end) in "
-                                    "im2col,,fft; give names separated by single commas, from: "),
+    (["--backends", "im2col,,fft"], "--backends: empty name in 'im2col,,fft' (give comma-separated names from: "
+                                    "auto, fft, "),
+    (["--backends", "im2col,"], "--backends: empty name in 'im2col,' (give comma-separated names from: auto, "),
+    (["--backends", ","], "--backends got nothing; choose from: auto, "),  # was "got , ;"
+    (["--passes", "forward,"], "--passes: empty name in 'forward,' (give comma-separated names from: forward, "
+                               "forward+backward)\n"),
     (["--repeat", "0"], "--repeat must be a positive whole number"),
     (["--batch-size", "2.5"], "--batch-size must be a positive whole number"),
     (["--plot", "x.nope"], "--plot 'x.nope': the extension must be one of"),
@@ -186,6 +190,57 @@ def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
     out, err = capsys.readouterr()
     assert err.startswith(f"convlab: error: {message}") and err.count("\n") == 1
     assert out == ""  # nothing ran
+
+
+# A tiny bench: what the old code ran when it dropped an empty size ("3," was the sizes 3).
+TINY_RUN = ["--backends", "im2col", "--mnist-layer", "no", "--batch-size", "1", "--out-channels", "1",
+            "--repeat", "1"]
+
+
+@pytest.mark.parametrize("args, message", [
+    # fire read "3," as the tuple (3,) and "3,5," as (3, 5), the empty item gone; "3,,5" stayed a string.
+    (["--kernel-sizes", "3,"], "--kernel-sizes: empty size in '3,' (give comma-separated whole numbers, "
+                               "e.g. 3,5,7)\n"),
+    (["--kernel-sizes", "3,5,"], "--kernel-sizes: empty size in '3,5,' (give comma-separated whole numbers"),
+    (["--kernel-sizes=3,"], "--kernel-sizes: empty size in '3,' (give comma-separated whole numbers"),
+    (["--kernel-sizes", "3,,5"], "--kernel-sizes: empty size in '3,,5' (give comma-separated whole numbers"),
+    (["--kernel-sizes", ",3"], "--kernel-sizes: empty size in ',3' (give comma-separated whole numbers"),
+    (["--kernel-sizes", ","], "--kernel-sizes must be positive whole numbers separated by commas, got nothing\n"),
+    # fire read "[3,5]" as a Python list: the documented form is 3,5 (as --backends takes no [im2col]).
+    (["--kernel-sizes", "[3,5]"], "--kernel-sizes must be positive whole numbers separated by commas, "
+                                  "got [3,5]\n"),
+    (["--kernel-sizes", "(3,5)"], "--kernel-sizes must be positive whole numbers separated by commas, "
+                                  "got (3,5)\n"),
+    (["--sweep", "image", "--image-sizes", "8,"], "--image-sizes: empty size in '8,' (give comma-separated whole "
+                                                  "numbers, e.g. 16,32,64)\n"),
+    (["--sweep", "image", "--kernel-sizes", "3,", "--image-sizes", "8"], "--kernel-sizes: empty size in '3,'"),
+])
+def test_an_empty_or_bracketed_size_list_item_is_refused_before_anything_runs(args, message, capsys):
+    code, out, err = run_cli(capsys, "bench", *TINY_RUN, *args)
+    assert code == 2 and out == ""  # nothing ran
+    assert err.startswith(f"convlab: error: {message}") and err.count("\n") == 1
+
+
+def test_size_lists_are_read_as_typed_and_from_python():
+    assert bench.parse_kernel_sizes("5,3") == [3, 5]
+    assert bench.parse_kernel_sizes(" 3, 5 ,3") == [3, 5]  # spaces, as in --kernel-sizes "3, 5"
+    assert bench.parse_kernel_sizes("7") == [7]
+    assert bench.parse_kernel_sizes((3, 5)) == [3, 5] and bench.parse_kernel_sizes([9]) == [9]
+    assert bench.parse_kernel_sizes(3) == [3]
+    with pytest.raises(ValueError, match=r"^--kernel-sizes: empty size in '3,' \("):
+        bench.parse_kernel_sizes(("3", ""))
+
+
+def test_a_size_list_reaches_the_bench_as_typed(capsys, monkeypatch):
+    """`--kernel-sizes 3,5` (which fire would make the tuple (3, 5)) and `--image-sizes 8` run those sizes."""
+    seen = {}
+    monkeypatch.setattr(bench, "run_bench", lambda shapes, *args: seen.setdefault("shapes", shapes) and
+                        (_ for _ in ()).throw(ValueError("stop")))
+    code, _, err = run_cli(capsys, "bench", *TINY_RUN, "--image-size", "4", "--kernel-sizes", "5,3")
+    assert code == 2 and err == "convlab: error: stop\n"
+    assert [(s.size, s.k) for s in seen.pop("shapes")] == [(4, 3), (4, 5)]
+    run_cli(capsys, "bench", *TINY_RUN, "--sweep", "image", "--kernel-sizes", "3", "--image-sizes", "8,6")
+    assert [(s.size, s.k) for s in seen.pop("shapes")] == [(6, 3), (8, 3)]
 
 
 def test_a_shape_no_named_backend_supports_is_a_row_of_skipped_cells(capsys, tmp_path):
