@@ -10,7 +10,8 @@ import sys
 import fire
 
 from convlab import installed_version, keep_freed_memory
-from convlab.arguments import check_command_line, option_name, out_of_memory_names, typed
+from convlab.arguments import (CommandLineError, check_command_line, option_name, out_of_memory_names,
+                               typed)
 from convlab.registry import get_backend, list_backends
 from convlab.settings import UsageError, positive_float, positive_int, subset_size
 
@@ -327,7 +328,10 @@ class Commands:
 def run(args):
     """Run the command line ``args`` (without the program name)."""
     keep_freed_memory()  # training steps reuse their big arrays without page faults
-    if args == ["--version"]:
+    if args[:1] == ["--version"]:
+        if args[1:]:  # was "`convlab` takes no option --version here; give a command first"
+            raise CommandLineError(f"--version takes no other arguments (got {' '.join(args[1:])!r}); "
+                                   "`convlab --version` prints the version")
         print(f"convlab {installed_version()}")
         return
     commands = Commands()

@@ -111,6 +111,17 @@ def test_python_dash_m_convlab_is_the_command():
     assert bad.stderr.startswith("convlab: error: `convlab train` takes no bare --") and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("extra", [["extra"], ["a", "b"], ["--help"]])
+def test_version_with_other_arguments_is_one_error_line(capsys, extra):
+    """It was "`convlab` takes no option --version here; give a command first"."""
+    code, out, err = run_cli(capsys, "--version", *extra)
+    assert code == 2 and out == ""
+    assert err == (f"convlab: error: --version takes no other arguments (got {' '.join(extra)!r}); "
+                   "`convlab --version` prints the version\n")
+    code, out, err = run_cli(capsys, "--version")
+    assert code == 0 and out.startswith("convlab ") and out.count("\n") == 1 and err == ""
+
+
 def test_console_script_help_and_error():
     help_text = subprocess.run([sys.executable, "-m", "convlab.cli", "train", "--help"],
                                capture_output=True, text=True, env={"PAGER": "cat", "PATH": ""})
