@@ -40,15 +40,16 @@ class DataCommands:
                 well-known public mirrors).
             timeout: seconds a mirror may send nothing before it counts as stalled and the next is tried
                 (at most 86400, a day).
-            deadline: seconds one file may take in all, however slowly the mirror sends it.
+            deadline: seconds one file may take in all, however slowly the mirror sends it
+                (at most 86400, a day).
         """
-        from convlab.download import MAX_TIMEOUT, MNIST_MIRRORS, download_mnist
+        from convlab.download import MAX_DEADLINE, MAX_TIMEOUT, MNIST_MIRRORS, download_mnist
 
         if dest is not None and not dest.strip():  # an unset shell variable, most likely: not "here"
             raise UsageError("--dest is empty; give a folder (such as data/mnist, or . for this one)")
         download_mnist(dest, MNIST_MIRRORS if mirror is None else mirror,
                        positive_float("timeout", timeout, MAX_TIMEOUT, " (a day)"),
-                       positive_float("deadline", deadline))
+                       positive_float("deadline", deadline, MAX_DEADLINE, " (a day)"))
 
 
 class AutoCommands:

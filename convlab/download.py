@@ -32,6 +32,10 @@ DEADLINE = 600.0
 # higher but platform-dependent (its timeout must fit a time_t in nanoseconds: 1e12 s
 # failed in socket.settimeout with "timestamp out of range for platform time_t").
 MAX_TIMEOUT = 86400.0
+# The longest --deadline, also a day: the largest file in a day is 115 B/s, a mirror no
+# download should wait on (the default, 600 s, is 17 kB/s). Any more was no deadline at all
+# (1e300 was taken), and a deadline as long as the longest --timeout stays possible.
+MAX_DEADLINE = 86400.0
 CHUNK_BYTES = 1 << 16
 
 

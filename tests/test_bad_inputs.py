@@ -128,6 +128,20 @@ OTHER_CASES = [
      "--timeout must be a positive number up to 86400 (a day), got inf"),
     (["data", "download", "--dest", "{no-such-folder}", "--timeout", "0"],
      "--timeout must be a positive number up to 86400 (a day), got 0"),
+    # --deadline had no upper bound: 1e300 s was taken, as no deadline at all (a mirror that
+    # refuses at once: the previous code went on to download, not to the network)
+    (["data", "download", "--dest", "{no-such-folder}", "--mirror", "http://127.0.0.1:9/", "--deadline", "1e300"],
+     "--deadline must be a positive number up to 86400 (a day), got 1e+300"),
+    (["data", "download", "--dest", "{no-such-folder}", "--mirror", "http://127.0.0.1:9/", "--deadline", "86401"],
+     "--deadline must be a positive number up to 86400 (a day), got 86401"),
+    (["data", "download", "--dest", "{no-such-folder}", "--mirror", "http://127.0.0.1:9/", "--deadline", "1e999"],
+     "--deadline must be a positive number up to 86400 (a day), got inf"),
+    (["data", "download", "--dest", "{no-such-folder}", "--mirror", "http://127.0.0.1:9/", "--deadline", "inf"],
+     "--deadline must be a positive number up to 86400 (a day), got 'inf'"),
+    (["data", "download", "--dest", "{no-such-folder}", "--mirror", "http://127.0.0.1:9/", "--deadline", "nan"],
+     "--deadline must be a positive number up to 86400 (a day), got 'nan'"),
+    (["data", "download", "--dest", "{no-such-folder}", "--mirror", "http://127.0.0.1:9/", "--deadline=-1"],
+     "--deadline must be a positive number up to 86400 (a day), got -1"),
     (["nosuch"], "`convlab` has no command 'nosuch'; valid commands are: auto, backends, "),
     (["data", "upload"], "`convlab data` has no command 'upload'; valid commands are: download"),
     (["--foo"], "`convlab` takes no option --foo here; give a command first (one of: auto, backends, bench, "),
@@ -637,3 +651,14 @@ def test_a_group_without_its_command_prints_its_commands(capsys, argv):
     code, out, err = run_cli(capsys, *argv)
     assert code == 0 and err == ""
     assert out.startswith(f"usage: {' '.join(['convlab', *argv])} COMMAND [options]") and "commands:" in out
+
+
+def test_download_help_states_the_timeout_and_deadline_bounds_and_a_day_is_allowed(capsys):
+    from convlab.download import MAX_DEADLINE
+    from convlab.settings import positive_float
+
+    code, out, _ = run_cli(capsys, "data", "download", "--help")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines() if "(at most 86400, a day)" in line] == ["--timeout",
+                                                                                                 "--deadline"]
+    assert positive_float("deadline", 86400, MAX_DEADLINE, " (a day)") == 86400.0
