@@ -432,3 +432,40 @@ def test_im2col_s_dw_product_follows_openblas_s_kernels(kernel, outputs):
     if done.returncode != 0 or done.stdout.split()[0] == "None":
         pytest.skip(f"numpy's BLAS here is not OpenBLAS, or cannot run its {kernel} kernels")
     assert done.stdout.split() == [kernel, str(outputs)]
+
+
+def test_floors_script_prints_both_floors():
+    pytest.importorskip("torch")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "floors.py"), "--rounds", "1", "--pause", "0", "--warm", "0"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "cores" in lines[0] and "numpy" in lines[0] and "pyfftw" in lines[0], lines[0]  # the machine
+    floors = [line for line in lines if line.strip().startswith("floor:")]
+    assert len(floors) == 2 and "its GEMMs alone" in floors[0] and "fft / im2col >=" in floors[1], result.stdout
+
+
+def test_floors_transforms_are_the_plans_fft_runs_in_a_step(monkeypatch):
+    """The transforms timed alone are fft's own: after a step of its convolution (forward
+    with ReLU, backward without dx), executing them plans nothing new, and planned first
+    they are all the plans that step then uses."""
+    pytest.importorskip("torch")
+    from benchmarks.floors import W_SHAPE, X_SHAPE, convolution_passes, transforms_of_a_step
+    from convlab import fftw
+
+    x = np.random.default_rng(0).random(X_SHAPE, dtype=np.float32)
+    monkeypatch.setattr(fftw, "_plans", fftw._Plans())  # a cache of this test's own
+    fftw.configure(threads=1)  # one tile at a time: the same slots every run
+    try:
+        convolution_passes("fft", x)()
+        step_plans = set(fftw._plans.cache)
+        transforms_of_a_step(X_SHAPE, W_SHAPE)()
+        assert set(fftw._plans.cache) == step_plans
+        fftw._plans.cache.clear()
+        transforms_of_a_step(X_SHAPE, W_SHAPE)()
+        timed_plans = set(fftw._plans.cache)
+        convolution_passes("fft", x)()
+        assert set(fftw._plans.cache) == timed_plans == step_plans
+    finally:
+        fftw.configure()
