@@ -43,6 +43,7 @@ from convlab.accuracy import format_accuracy, run_accuracy
 from convlab.files import atomic_path
 from convlab.memory import peak_extra_bytes
 from convlab.registry import Unsupported, get_backend, list_backends
+from convlab.settings import list_items
 from convlab.timing import (ORACLE, ORACLE_MAX_MACS, ConvShape, conv_pass, interleaved_best, is_tuner,
                             output_gradient, strategies)
 
@@ -75,22 +76,6 @@ def kernel_sweep(kernel_sizes, n=64, c=1, f=32, size=28) -> list[ConvShape]:
 def image_sweep(image_sizes, kernel_sizes, n=8, c=3, f=16) -> list[ConvShape]:
     """One shape per (kernel size, image size), "same" padded (p = k // 2)."""
     return [ConvShape(n, c, f, size, k, k // 2) for k in kernel_sizes for size in image_sizes]
-
-
-def list_items(value, option=None, item="item", give="") -> list:
-    """The items of a command-line list: "a,b" as typed (the list options reach their checks
-    as the string typed), or a list, tuple or one value (from Python). With ``option``, an
-    empty item (two commas in a row, or one at an end: "3,", "3,,5") is refused, naming it
-    and saying what to ``give``, unless every item is empty (the caller's "got nothing")."""
-    if isinstance(value, str):
-        items = value.split(",")
-    else:
-        items = list(value) if isinstance(value, (list, tuple)) else [value]
-    empty = [isinstance(i, str) and not i.strip() for i in items]
-    if option is not None and any(empty) and not all(empty):
-        typed = value if isinstance(value, str) else ",".join(map(str, items))
-        raise ValueError(f"{option}: empty {item} in {typed!r} ({give})")
-    return items
 
 
 def parse_names(value, what: str, allowed) -> list[str]:

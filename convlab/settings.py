@@ -270,11 +270,34 @@ def resumed_settings(checkpoint, given: dict) -> dict:
     return settings
 
 
+def list_items(value, option=None, item="item", give="") -> list:
+    """The items of a command-line list: "a,b" as typed (the list options reach their checks
+    as the string typed), or a list, tuple or one value (from Python). With ``option``, an
+    empty item (two commas in a row, or one at an end: "3,", "3,,5") is refused, naming it
+    and saying what to ``give``, unless every item is empty (the caller's "got nothing")."""
+    if isinstance(value, str):
+        items = value.split(",")
+    else:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+    empty = [isinstance(i, str) and not i.strip() for i in items]
+    if option is not None and any(empty) and not all(empty):
+        typed = value if isinstance(value, str) else ",".join(map(str, items))
+        raise UsageError(f"{option}: empty {item} in {typed!r} ({give})")
+    return items
+
+
 def backend_names(value) -> list[str]:
-    """The names in a ``--backend`` value: one name, or names separated by commas (which
-    fire hands over as a tuple)."""
-    items = value if isinstance(value, (tuple, list)) else str(value).split(",")
-    return [str(item).strip() for item in items]
+    """The names in a ``--backend`` value: one name, or names separated by commas (from
+    Python, also a list or tuple of them). An empty item ("im2col,", "im2col,,fft") is
+    refused (:func:`list_items`), and so is a value of nothing but commas and spaces."""
+    from convlab.registry import list_backends
+
+    give = ("give one backend for every conv layer, or one per conv layer, comma-separated, from: "
+            + ", ".join(list_backends()))
+    names = [str(item).strip() for item in list_items(value, "--backend", "name", give)]
+    if not any(names):
+        raise UsageError(f"--backend got nothing ({give})")
+    return names
 
 
 def layer_backends(model, backend, batch_size=64, memory_batch=None, training=True, resumed=False,

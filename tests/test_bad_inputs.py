@@ -66,6 +66,11 @@ TRAIN_CASES = [
     (["--resume", ""], "a checkpoint needs a file path (such as --checkpoint run.h5), got an empty one ('')"),
     (["--checkpoint", " "], "a checkpoint needs a file path (such as --checkpoint run.h5), got an empty one (' ')"),
     (["--backend", "nope"], "unknown backend 'nope'; valid backends are: "),
+    # An empty item was "unknown backend ''", as if a backend had been named.
+    (["--backend", "im2col,"], "--backend: empty name in 'im2col,' (give one backend for every conv layer, or one "
+                               "per conv layer, comma-separated, from: auto, fft, "),
+    (["--backend", "im2col,,fft"], "--backend: empty name in 'im2col,,fft' (give one backend for every conv layer"),
+    (["--backend", ","], "--backend got nothing (give one backend for every conv layer, or one per conv layer, "),
     (["--dataset", "cifar"], "unknown dataset 'cifar'; valid datasets are: mnist, fashion-mnist"),
     (["--epochs", "0"], "--epochs must be a positive whole number, got 0"),
     (["--epochs", "-2"], "--epochs must be a positive whole number, got -2"),

@@ -28,6 +28,8 @@ def test_defaults_and_record():
     (dict(test_size=0), "--test-size must be a positive whole number, got 0"),
     (dict(model="resnet"), "unknown model 'resnet'; valid models are: "),
     (dict(dataset="cifar"), "unknown dataset 'cifar'"),
+    (dict(backend="im2col,"), "--backend: empty name in 'im2col,' (give one backend for every conv layer"),
+    (dict(backend=("im2col", "")), "--backend: empty name in 'im2col,' (give one backend for every conv layer"),
 ])
 def test_each_value_is_checked_on_construction(kwargs, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
