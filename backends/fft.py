@@ -48,12 +48,14 @@ from convlab.relu import relu_block
 BIN_MAJOR_MAX_BINS = 1024
 
 
-def inverse_of_products(a, b, fft_shape, rows, cols, offset=None, finish=None):
+def inverse_of_products(a, b, fft_shape, rows, cols, label, offset=None, finish=None):
     """The crop ``[rows, cols]`` (see :func:`cropped`) of the inverse of :func:`rfft2`,
     without its 1/(Hf*Wf) scale, of the per-bin matrix products of spectra ``a``
     (I, K, bins) and ``b`` (K, J, bins): real (I, J, h, w). ``offset`` (J,), if given, is
     added to every value of column j. ``finish(out, lo, hi)``, if given, is called on the
     rows lo:hi of the result as soon as they are cropped, while they are in cache.
+    ``label`` (``"y"``, ``"dw"``, ``"dx"``) names its profile phases: ``"y products"``,
+    ``"y inverse FFTs"``, ``"y crop"``.
 
     Products that broadcast (see :func:`binwise_matmul`) run in tiles of a's rows: a
     tile's products, inverse transforms and crop follow one another while the tile is in
@@ -66,13 +68,16 @@ def inverse_of_products(a, b, fft_shape, rows, cols, offset=None, finish=None):
 
     def transform(index, lo, hi, slot):
         plan = fftw.plan("FFTW_BACKWARD", (hi - lo, j), fft_shape, dtype, slot)
-        products = binwise_matmul(a[lo:hi], b, out=plan.input.reshape(hi - lo, j, -1))
-        if offset is not None:
-            # Through the zero-frequency bin, which adds its value to every point: adding
-            # it to the crop would be a broadcast over a strided view, twice a plain copy.
-            products[:, :, 0] += offset
-        plan.fftw.execute()
-        out[lo:hi] = cropped(plan.fftw.output_array, rows, cols)
+        with phase(f"{label} products"):
+            products = binwise_matmul(a[lo:hi], b, out=plan.input.reshape(hi - lo, j, -1))
+            if offset is not None:
+                # Through the zero-frequency bin, which adds its value to every point: adding
+                # it to the crop would be a broadcast over a strided view, twice a plain copy.
+                products[:, :, 0] += offset
+        with phase(f"{label} inverse FFTs"):
+            plan.fftw.execute()
+        with phase(f"{label} crop"):
+            out[lo:hi] = cropped(plan.fftw.output_array, rows, cols)
         if finish is not None:
             finish(out[lo:hi], lo, hi)
 
@@ -120,8 +125,8 @@ def dy_spectra(dy, rows, cols, fft_shape, relu_output, channels):
     n, f = dy.shape[:2]
     bins = fft_shape[0] * (fft_shape[1] // 2 + 1)
     if not has_tiny_side(n, f, channels) or bins <= BIN_MAJOR_MAX_BINS:
-        return rfft2(dy, rows, cols, fft_shape, relu_output, bins_first=True).transpose(1, 2, 0)
-    return rfft2(dy, rows, cols, fft_shape, relu_output)
+        return rfft2(dy, rows, cols, fft_shape, relu_output, bins_first=True, label="dy").transpose(1, 2, 0)
+    return rfft2(dy, rows, cols, fft_shape, relu_output, label="dy")
 
 
 def fast_lengths(n):
@@ -155,21 +160,23 @@ class FFT:
         (ph, pw), (sh, sw) = padding, stride
         padded = (h + 2 * ph, width + 2 * pw)
         grid = fft_shape_for(padded)
-        with phase("transforms"):
+        with phase("x, w spectra"):
             x_spec = rfft2(x, slice(ph, ph + h), slice(pw, pw + width), grid)             # (N, C, bins)
             # The kernel spectra carry the inverse transform's 1/(Hf*Wf): they are the smallest.
             w_spec = rfft2(w, flipped(kh), flipped(kw), grid) * (1.0 / (grid[0] * grid[1]))  # (F, C, bins)
-        exact = zero_windows(x, (kh, kw), padding, stride)
+        with phase("exact bias"):
+            exact = zero_windows(x, (kh, kw), padding, stride)
 
         def finish(y_rows, lo, hi):
-            snap_to_bias(y_rows, b, exact[lo:hi])  # exact where a direct method is
+            with phase("exact bias"):
+                snap_to_bias(y_rows, b, exact[lo:hi])  # exact where a direct method is
             if relu:
-                relu_block(y_rows, y_rows)
+                with phase("ReLU"):
+                    relu_block(y_rows, y_rows)
 
-        with phase("products, inverse, crop"):
-            y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid,                # (N, F, OH, OW)
-                                    slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw), offset=b,
-                                    finish=finish)
+        y = inverse_of_products(x_spec, w_spec.transpose(1, 0, 2), grid,                    # (N, F, OH, OW)
+                                slice(kh - 1, padded[0], sh), slice(kw - 1, padded[1], sw), "y", offset=b,
+                                finish=finish)
         return y, (x_spec, w_spec, x.shape, w.shape, stride, padding, grid, y if relu else None)
 
     def backward(self, dy, cache, need_dx=True):
@@ -178,17 +185,15 @@ class FFT:
         kh, kw = w_shape[2:]
         padded = (h + 2 * ph, width + 2 * pw)
         stride1_out = (padded[0] - kh + 1, padded[1] - kw + 1)
-        with phase("transforms"):
-            dy_spec = dy_spectra(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid,  # (N, F, bins)
-                                 relu_output, x_shape[1])
-        db = dy_spec[:, :, 0].real.sum(axis=0)  # a plane's zero-frequency bin is its sum
-        with phase("products, inverse, crop"):
-            dw = inverse_of_products(dy_spec.transpose(1, 0, 2), np.conj(x_spec), grid,         # (F, C, kh, kw)
-                                     -np.arange(kh), -np.arange(kw))
-            dw *= 1.0 / (grid[0] * grid[1])
+        dy_spec = dy_spectra(dy, slice(0, stride1_out[0], sh), slice(0, stride1_out[1], sw), grid,  # (N, F, bins)
+                             relu_output, x_shape[1])
+        with phase("db"):
+            db = dy_spec[:, :, 0].real.sum(axis=0)  # a plane's zero-frequency bin is its sum
+        dw = inverse_of_products(dy_spec.transpose(1, 0, 2), np.conj(x_spec), grid,             # (F, C, kh, kw)
+                                 -np.arange(kh), -np.arange(kw), "dw")
+        dw *= 1.0 / (grid[0] * grid[1])
         if not need_dx:
             return None, dw, db
-        with phase("products, inverse, crop"):
-            dx = inverse_of_products(dy_spec, np.conj(w_spec), grid,                              # (N, C, H, W)
-                                     np.arange(h) + ph - kh + 1, np.arange(width) + pw - kw + 1)
+        dx = inverse_of_products(dy_spec, np.conj(w_spec), grid,                                  # (N, C, H, W)
+                                 np.arange(h) + ph - kh + 1, np.arange(width) + pw - kw + 1, "dx")
         return dx, dw, db

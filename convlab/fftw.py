@@ -37,7 +37,7 @@ import numpy as np
 from convlab.cachefile import read_cache, update_cache, warn_once
 from convlab.factored import FactoredGradient
 from convlab.files import user_cache_dir
-from convlab.profile import shared_among_threads
+from convlab.profile import phase, shared_among_threads
 from convlab.relu import relu_gradient_block
 from convlab.threads import chunk_bounds, share_chunks, worker_count
 
@@ -373,7 +373,7 @@ def plan(direction, batch, fft_shape, dtype, slot=None, bins_first=False, pair=N
     return _plans.get(direction, batch, fft_shape, dtype, slot, bins_first, pair)
 
 
-def rfft2(signal, rows, cols, fft_shape, relu_output=None, bins_first=False):
+def rfft2(signal, rows, cols, fft_shape, relu_output=None, bins_first=False, label=None):
     """Spectra of ``signal`` (B1, B2, h, w) written at ``[rows, cols]`` of a zero (Hf, Wf)
     grid: complex (B1, B2, Hf * (Wf//2 + 1)), a new array, or with ``bins_first`` complex
     (bins, B1, B2) (ready for per-bin matrix products, see :func:`binwise_matmul`). Large
@@ -381,11 +381,19 @@ def rfft2(signal, rows, cols, fft_shape, relu_output=None, bins_first=False):
     transforms.
 
     ``relu_output`` (like ``signal``): the signal is kept only where it is positive, as it
-    is written into the grid (a ReLU's gradient, applied without a pass of its own)."""
+    is written into the grid (a ReLU's gradient, applied without a pass of its own).
+
+    ``label`` (say ``"dy"``): the tiles' steps are profile phases of their own
+    (:mod:`convlab.profile`): ``"dy rows"`` (a factored gradient's rows formed),
+    ``"dy into grid"``, ``"dy FFTs"`` and ``"dy spectra copy"``. Without it the caller times
+    the whole call as one phase (phases do not nest)."""
     b1, b2 = signal.shape[:2]
     bins = fft_shape[0] * (fft_shape[1] // 2 + 1)
     dtype = np.result_type(signal.dtype, np.complex64)
     spectra = np.empty((bins, b1, b2) if bins_first else (b1, b2, bins), dtype)
+
+    def timed(step):
+        return phase(f"{label} {step}") if label else contextlib.nullcontext()
 
     def transform(index, lo, hi, slot):
         plan = _plans.get("FFTW_FORWARD", (hi - lo, b2), fft_shape, signal.dtype, slot, bins_first)
@@ -394,16 +402,20 @@ def rfft2(signal, rows, cols, fft_shape, relu_output=None, bins_first=False):
             plan.input.fill(0)
             plan.region = region
         # A factored gradient's rows are formed here, for this tile (convlab.factored).
-        source = signal.rows(lo, hi) if isinstance(signal, FactoredGradient) else signal[lo:hi]
-        if relu_output is None:
-            plan.input[:, :, rows, cols] = source
-        else:
-            relu_gradient_block(source, relu_output[lo:hi], plan.input[:, :, rows, cols])
-        plan.fftw.execute()
-        if bins_first:
-            spectra[:, lo:hi] = plan.bins
-        else:
-            spectra[lo:hi] = plan.fftw.output_array.reshape(hi - lo, b2, -1)
+        with timed("rows"):
+            source = signal.rows(lo, hi) if isinstance(signal, FactoredGradient) else signal[lo:hi]
+        with timed("into grid"):
+            if relu_output is None:
+                plan.input[:, :, rows, cols] = source
+            else:
+                relu_gradient_block(source, relu_output[lo:hi], plan.input[:, :, rows, cols])
+        with timed("FFTs"):
+            plan.fftw.execute()
+        with timed("spectra copy"):
+            if bins_first:
+                spectra[:, lo:hi] = plan.bins
+            else:
+                spectra[lo:hi] = plan.fftw.output_array.reshape(hi - lo, b2, -1)
 
     points = BINS_FIRST_TILE_POINTS if bins_first else TILE_POINTS
     run_tiles(transform, b1, rows_per_tile(b2, fft_shape, points))
