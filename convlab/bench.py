@@ -43,7 +43,7 @@ from convlab.accuracy import format_accuracy, run_accuracy
 from convlab.files import atomic_path
 from convlab.memory import peak_extra_bytes
 from convlab.registry import Unsupported, get_backend, list_backends
-from convlab.settings import list_items
+from convlab.settings import list_items, one_of
 from convlab.timing import (ORACLE, ORACLE_MAX_MACS, ConvShape, conv_pass, interleaved_best, is_tuner,
                             output_gradient, strategies)
 
@@ -323,7 +323,7 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
     for name in dict.fromkeys([*(backends or list_backends()), *filter(is_tuner, list_backends())]):
         get_backend(name).check_settings(warn_if_broken=name not in (backends or ()))  # else timed as it runs
     passes = PASSES if passes is None else parse_names(passes, "passes", PASSES)
-    [sweep] = parse_names(sweep, "sweep", SWEEPS)
+    sweep = one_of("sweep", sweep, SWEEPS)
     layer = SWEEP_LAYER[sweep]
     n, size, c, f = (layer[name] if given is None else given for name, given in
                      zip(layer, (batch_size, image_size, in_channels, out_channels)))

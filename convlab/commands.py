@@ -13,7 +13,7 @@ from convlab import installed_version, keep_freed_memory
 from convlab.arguments import (CommandLineError, check_command_line, option_name, out_of_memory_names,
                                typed)
 from convlab.registry import get_backend, list_backends
-from convlab.settings import UsageError, positive_float, positive_int, subset_size
+from convlab.settings import UsageError, one_of, positive_float, positive_int, subset_size
 
 
 def required(name, value, what):
@@ -280,7 +280,7 @@ class Commands:
             image_sizes: comma-separated image sizes of the image sweep (default 16,32,64,128,256;
                 its kernel sizes default to 5,9).
         """
-        from convlab.bench import SWEEP_LAYER, SWEEPS, bench_command, parse_names, profile_command
+        from convlab.bench import SWEEP_LAYER, SWEEPS, bench_command, profile_command
         from convlab.files import check_outputs, check_suffix, sole_writer
 
         # An option that would change nothing in the run asked for is refused, not ignored.
@@ -300,7 +300,7 @@ class Commands:
             return
         if steps is not None:
             raise UsageError("--steps applies only with --profile yes (the training steps to profile)")
-        [sweep] = parse_names("kernel" if sweep is None else sweep, "sweep", SWEEPS)
+        sweep = one_of("sweep", "kernel" if sweep is None else sweep, SWEEPS)
         if sweep == "kernel" and image_sizes is not None:
             raise UsageError("--image-sizes applies only with --sweep image; the kernel sweep's image size "
                              "is --image-size")

@@ -66,6 +66,15 @@ def positive_float(name, value, at_most=None, limit_note=""):
     return float(value)
 
 
+def one_of(name, value, allowed) -> str:
+    """``value``, the option ``--name``'s one choice (spaces around it dropped), if it is
+    one of ``allowed``: a single name, not a comma-separated list of them."""
+    choice = str(value).strip()
+    if choice not in allowed:
+        raise UsageError(f"--{name} takes one of: {', '.join(allowed)} (got {value!r})")
+    return choice
+
+
 def subset_size(name, value, available):
     """``value`` images of a split of ``available`` (None: all of them)."""
     if value is None:
@@ -130,9 +139,8 @@ class TrainSettings:
             epochs=positive_int("epochs", self.epochs, recorded=True),
             batch_size=positive_int("batch-size", self.batch_size, recorded=True),
             lr=positive_float("lr", self.lr),
+            lr_schedule=one_of("lr-schedule", self.lr_schedule, LR_SCHEDULES),
         )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise UsageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         momentum = self.momentum
         if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 <= momentum < 1:
             raise UsageError(f"--momentum must be a number in [0, 1), got {momentum!r}")

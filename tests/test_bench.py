@@ -174,7 +174,12 @@ def test_relative_error_and_a_direct_method_near_float32_rounding():
                               "--image-size"),
     (["--sweep", "image", "--image-size", "32"], "--image-size applies only to the kernel sweep; the image "
                                                  "sweep's sizes are --image-sizes"),
-    (["--sweep", "images"], "--sweep got images; choose from: kernel, image"),
+    (["--sweep", "images"], "--sweep takes one of: kernel, image (got 'images')\n"),
+    # --sweep takes one name: two were "too many values to unpack (expected 1)", and "image,"
+    # was refused as a list with an empty name in it, as if it took several.
+    (["--sweep", "kernel,image"], "--sweep takes one of: kernel, image (got 'kernel,image')\n"),
+    (["--sweep", "image,"], "--sweep takes one of: kernel, image (got 'image,')\n"),
+    (["--sweep", ","], "--sweep takes one of: kernel, image (got ',')\n"),
     # A profile that cannot run as asked is refused before its first table, not cut short.
     (["--profile", "yes", "--backends", "im2col,winograd"], "--profile trains the reference network, whose conv "
      "layer is 1 -> 32 filters 7x7, padding 1, on 28x28: backend 'winograd' does not support kernel 7x7"),
@@ -241,6 +246,11 @@ def test_a_size_list_reaches_the_bench_as_typed(capsys, monkeypatch):
     assert [(s.size, s.k) for s in seen.pop("shapes")] == [(4, 3), (4, 5)]
     run_cli(capsys, "bench", *TINY_RUN, "--sweep", "image", "--kernel-sizes", "3", "--image-sizes", "8,6")
     assert [(s.size, s.k) for s in seen.pop("shapes")] == [(6, 3), (8, 3)]
+
+
+def test_the_sweep_is_one_name_from_python_too():
+    with pytest.raises(ValueError, match=r"^--sweep takes one of: kernel, image \(got 'kernel,image'\)$"):
+        bench.bench_command(["im2col"], sweep="kernel,image")
 
 
 def test_a_shape_no_named_backend_supports_is_a_row_of_skipped_cells(capsys, tmp_path):

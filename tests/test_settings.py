@@ -23,7 +23,8 @@ def test_defaults_and_record():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(epochs=0), "--epochs must be a positive whole number, got 0"),
     (dict(lr="fast"), "--lr must be a positive number, got 'fast'"),
-    (dict(lr_schedule="step"), "--lr-schedule must be one of cosine, constant, got 'step'"),
+    (dict(lr_schedule="step"), "--lr-schedule takes one of: cosine, constant (got 'step')"),
+    (dict(lr_schedule="cosine,constant"), "--lr-schedule takes one of: cosine, constant (got 'cosine,constant')"),
     (dict(seed=True), "--seed must be a whole number from 0 to 2^64 - 1, got True"),
     (dict(test_size=0), "--test-size must be a positive whole number, got 0"),
     (dict(model="resnet"), "unknown model 'resnet'; valid models are: "),
