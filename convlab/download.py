@@ -15,6 +15,7 @@ from pathlib import Path
 
 from convlab.data import DEFAULT_DATA_DIR, MNIST_FILES, DataError, read_payload
 from convlab.files import atomic_path, check_writable
+from convlab.settings import list_items
 
 # Tried in order; each serves the four ``<stem>.gz`` files of the original distribution.
 MNIST_MIRRORS = (
@@ -45,19 +46,21 @@ class DownloadError(DataError):
 
 def mirror_list(mirrors) -> list[str]:
     """``mirrors`` (a URL, a comma-separated string of URLs or a sequence of them), checked
-    to be http(s) URLs, each ending in ``/``."""
-    if isinstance(mirrors, str):
-        mirrors = mirrors.split(",")
-    try:
-        urls = [str(m).strip() for m in mirrors]
-    except TypeError:
-        raise DownloadError(f"--mirror must be a URL or a list of URLs, got {mirrors!r}") from None
+    to be http(s) URLs, each ending in ``/``. An empty item ("http://x,") is refused as the
+    other list options' are (:func:`convlab.settings.list_items`)."""
+    if not isinstance(mirrors, str):
+        try:
+            mirrors = list(mirrors)
+        except TypeError:
+            raise DownloadError(f"--mirror must be a URL or a list of URLs, got {mirrors!r}") from None
+    urls = [str(m).strip() for m in list_items(mirrors, "--mirror", "URL", "give one http:// or https:// URL, or "
+                                                                         "several separated by commas")]
+    if not any(urls):
+        raise DownloadError("no mirror given; pass at least one http:// or https:// URL")
     for url in urls:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise DownloadError(f"mirror {url!r} is not an http:// or https:// URL")
-    if not urls:
-        raise DownloadError("no mirror given; pass at least one http:// or https:// URL")
     return [url if url.endswith("/") else url + "/" for url in urls]
 
 

@@ -131,6 +131,9 @@ OTHER_CASES = [
      "--timeout must be a positive number up to 86400 (a day), got 1000000000000.0"),
     (["data", "download", "--dest", "{no-such-folder}", "--timeout", "1e999"],
      "--timeout must be a positive number up to 86400 (a day), got inf"),
+    (["data", "download", "--dest", "{no-such-folder}", "--mirror", "http://127.0.0.1:9/,"],
+     "--mirror: empty URL in 'http://127.0.0.1:9/,' (give one http:// or https:// URL, or several separated by "
+     "commas)"),
     (["data", "download", "--dest", "{no-such-folder}", "--timeout", "0"],
      "--timeout must be a positive number up to 86400 (a day), got 0"),
     # --deadline had no upper bound: 1e300 s was taken, as no deadline at all (a mirror that

@@ -4,6 +4,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import re
 import shutil
 import threading
 
@@ -137,6 +138,19 @@ def test_present_file_is_kept_and_a_damaged_one_replaced(serve, tmp_path):
 ])
 def test_bad_mirror_arguments(mirrors, message):
     with pytest.raises(DownloadError, match=message):
+        mirror_list(mirrors)
+
+
+@pytest.mark.parametrize("mirrors, message", [
+    # An empty item was "mirror '' is not an http:// or https:// URL", as if one had been named.
+    ("http://x,", "--mirror: empty URL in 'http://x,' (give one http:// or https:// URL, or several separated by "
+                  "commas)"),
+    ("http://x,,https://y", "--mirror: empty URL in 'http://x,,https://y' (give one http:// or https:// URL"),
+    (["http://x", " "], "--mirror: empty URL in 'http://x, ' (give one http:// or https:// URL"),
+    (",", "no mirror given; pass at least one http:// or https:// URL"),
+])
+def test_an_empty_mirror_is_refused_by_name(mirrors, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
         mirror_list(mirrors)
 
 
