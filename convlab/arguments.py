@@ -6,7 +6,9 @@ would train for the default 5 epochs and only then complain. :func:`check_comman
 finds the command named by ``argv`` and refuses an unknown command, an unknown option or
 a surplus positional argument first, reading them as fire does: ``--name value``,
 ``--name=value``, ``--name`` alone (True) or ``--noname`` (False), ``-n`` for the one
-option starting with n, and ``-`` and ``_`` alike in names. A bare ``--`` is refused:
+option starting with n, and ``-`` and ``_`` alike in names; a number after an option's
+name is its value, a negative one too (``--deadline -inf``: :func:`is_value`, and fire is
+handed ``--deadline=-inf``, :func:`joined_values`). A bare ``--`` is refused:
 fire reads what follows it as its own flags (``--interactive``, ``--trace``, ...), so
 ``convlab train -- --epochs 2`` trained for 5 epochs, then printed fire's page on the
 result. ``--help`` (or ``-h``) after a command or group, or ``help`` before it (``convlab
@@ -93,8 +95,35 @@ def out_of_memory_names(sizes: dict):
 
 
 def is_flag(token: str) -> bool:
-    """Whether fire reads ``token`` as a flag: a leading hyphen, not a negative number."""
+    """Whether fire reads ``token`` as a flag: a leading hyphen, not a negative number of
+    digits (fire reads -inf and -nan as flags: see :func:`is_value`)."""
     return token.startswith("--") or re.match(r"^-[a-zA-Z]", token) is not None
+
+
+def is_value(token: str) -> bool:
+    """Whether ``token``, after an option's name, is that option's value: not a flag, or
+    a number (what float() reads: -1, -0.5, -1e3, -inf, -nan). A negative number is then
+    refused by the option's own check, with its message, not taken for an option of that
+    name (``--deadline -inf`` was "option --deadline needs a value")."""
+    if not is_flag(token):
+        return True
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def joined_values(argv) -> list[str]:
+    """``argv`` as fire is to read it: an option's value that fire would take for a flag
+    (-inf, -nan: :func:`is_value`) joined to its option with ``=`` (``--deadline=-inf``)."""
+    joined = []
+    for token in argv:
+        if joined and is_flag(token) and is_value(token) and is_flag(joined[-1]) and "=" not in joined[-1]:
+            joined[-1] += "=" + token
+        else:
+            joined.append(token)
+    return joined
 
 
 def commands_of(component) -> list[str]:
@@ -168,7 +197,7 @@ def check_arguments(command, args, usage) -> bool:
             positional.append(token)
             continue
         key = token.lstrip("-").split("=", 1)[0].replace("-", "_")
-        alone = "=" not in token and (i == len(args) or is_flag(args[i]))
+        alone = "=" not in token and (i == len(args) or not is_value(args[i]))
         if key in FIRE_HELP_FLAGS:
             return True
         if key in names or (alone and key.startswith("no") and key[2:] in names):

@@ -10,8 +10,8 @@ import sys
 import fire
 
 from convlab import installed_version, keep_freed_memory
-from convlab.arguments import (CommandLineError, check_command_line, option_name, out_of_memory_names,
-                               typed)
+from convlab.arguments import (CommandLineError, check_command_line, joined_values, option_name,
+                               out_of_memory_names, typed)
 from convlab.registry import get_backend, list_backends
 from convlab.settings import UsageError, one_of, positive_float, positive_int, subset_size
 
@@ -340,4 +340,4 @@ def run(args):
     if help_text is not None:
         print(help_text)
         return
-    fire.Fire(commands, command=args, name="convlab")
+    fire.Fire(commands, command=joined_values(args), name="convlab")

@@ -100,6 +100,15 @@ TRAIN_CASES = [
                                                "memory than there is"),
     # fire reads an option alone as True: "--epochs must be a positive whole number, got True"
     (["--epochs"], "`convlab train` option --epochs needs a value (--epochs EPOCHS)"),
+    # A negative number is the option's value, refused by its check: -inf and -nan looked like
+    # options (fire reads -[letter] as a flag), so these were "option --epochs needs a value".
+    (["--epochs", "-inf"], "--epochs must be a positive whole number, got '-inf'"),
+    (["--epochs", "-Infinity"], "--epochs must be a positive whole number, got '-Infinity'"),
+    (["--lr", "-nan"], "--lr must be a positive number, got '-nan'"),
+    (["--lr", "-1e3"], "--lr must be a positive number, got -1000.0"),
+    (["--epochs", "-3"], "--epochs must be a positive whole number, got -3"),
+    (["--epochs", "--lr", "0.1"], "`convlab train` option --epochs needs a value (--epochs EPOCHS)"),
+    (["--epochs", "-inf", "-inf"], "`convlab train` has no option -inf; its options are: "),
     (["--lr"], "`convlab train` option --lr needs a value (--lr LR)"),
     (["--epochs", "1", "--epochs", "2"], "`convlab train` option --epochs is given twice; give it once"),
     (["--progress", "bogus", "--noprogress"], "`convlab train` option --progress is given twice"),
@@ -134,6 +143,19 @@ OTHER_CASES = [
     (["data", "download", "--dest", "{no-such-folder}", "--mirror", "http://127.0.0.1:9/,"],
      "--mirror: empty URL in 'http://127.0.0.1:9/,' (give one http:// or https:// URL, or several separated by "
      "commas)"),
+    (["data", "download", "--dest", "{no-such-folder}", "--timeout", "0"],
+     "--timeout must be a positive number up to 86400 (a day), got 0"),
+    # Negative numbers given as separate arguments are the options' values: -inf was taken for
+    # an option, "option --timeout needs a value".
+    (["data", "download", "--dest", "{no-such-folder}", "--timeout", "-1"],
+     "--timeout must be a positive number up to 86400 (a day), got -1"),
+    (["data", "download", "--dest", "{no-such-folder}", "--timeout", "-inf"],
+     "--timeout must be a positive number up to 86400 (a day), got '-inf'"),
+    (["data", "download", "--dest", "{no-such-folder}", "--mirror", "http://127.0.0.1:9/", "--deadline", "-inf"],
+     "--deadline must be a positive number up to 86400 (a day), got '-inf'"),
+    (["data", "download", "--dest", "{no-such-folder}", "--mirror", "http://127.0.0.1:9/", "--deadline", "-0.5"],
+     "--deadline must be a positive number up to 86400 (a day), got -0.5"),
+    (["bench", "--repeat", "-inf"], "--repeat must be a positive whole number, got '-inf'"),
     (["data", "download", "--dest", "{no-such-folder}", "--timeout", "0"],
      "--timeout must be a positive number up to 86400 (a day), got 0"),
     # --deadline had no upper bound: 1e300 s was taken, as no deadline at all (a mirror that
