@@ -66,17 +66,19 @@ def inverse_of_products(a, b, fft_shape, rows, cols, label, offset=None, finish=
     dtype = np.finfo(a.dtype).dtype
     out = np.empty((i, j, np.arange(fft_shape[0])[rows].size, np.arange(fft_shape[1])[cols].size), dtype)
 
+    products_phase, inverse_phase, crop_phase = (f"{label} {step}" for step in ("products", "inverse FFTs", "crop"))
+
     def transform(index, lo, hi, slot):
         plan = fftw.plan("FFTW_BACKWARD", (hi - lo, j), fft_shape, dtype, slot)
-        with phase(f"{label} products"):
+        with phase(products_phase):
             products = binwise_matmul(a[lo:hi], b, out=plan.input.reshape(hi - lo, j, -1))
             if offset is not None:
                 # Through the zero-frequency bin, which adds its value to every point: adding
                 # it to the crop would be a broadcast over a strided view, twice a plain copy.
                 products[:, :, 0] += offset
-        with phase(f"{label} inverse FFTs"):
+        with phase(inverse_phase):
             plan.fftw.execute()
-        with phase(f"{label} crop"):
+        with phase(crop_phase):
             out[lo:hi] = cropped(plan.fftw.output_array, rows, cols)
         if finish is not None:
             finish(out[lo:hi], lo, hi)

@@ -392,8 +392,10 @@ def rfft2(signal, rows, cols, fft_shape, relu_output=None, bins_first=False, lab
     dtype = np.result_type(signal.dtype, np.complex64)
     spectra = np.empty((bins, b1, b2) if bins_first else (b1, b2, bins), dtype)
 
+    names = {step: f"{label} {step}" for step in ("rows", "into grid", "FFTs", "spectra copy")} if label else {}
+
     def timed(step):
-        return phase(f"{label} {step}") if label else contextlib.nullcontext()
+        return phase(names[step]) if label else contextlib.nullcontext()
 
     def transform(index, lo, hi, slot):
         plan = _plans.get("FFTW_FORWARD", (hi - lo, b2), fft_shape, signal.dtype, slot, bins_first)
