@@ -78,14 +78,12 @@ def image_sweep(image_sizes, kernel_sizes, n=8, c=3, f=16) -> list[ConvShape]:
     return [ConvShape(n, c, f, size, k, k // 2) for k in kernel_sizes for size in image_sizes]
 
 
-def parse_names(value, what: str, allowed) -> list[str]:
-    """A comma-separated string (or a list) of names, each one of ``allowed``."""
-    names = [str(name).strip() for name in list_items(value, f"--{what}", "name",
-                                                        f"give comma-separated names from: {', '.join(allowed)}")]
-    unknown = [name for name in names if name and name not in allowed]
-    if not any(names) or unknown:
-        raise ValueError(f"--{what} got {', '.join(unknown) or 'nothing'}; choose from: {', '.join(allowed)}")
-    return list(dict.fromkeys(names))
+def parse_names(value, what: str, allowed, kind: str) -> list[str]:
+    """A comma-separated string (or a list) of names, each one of ``allowed`` (a ``kind``
+    of thing: "pass"), checked by :func:`list_items`; each once, in the order given."""
+    names = list_items(value, f"--{what}", "name", f"give comma-separated names from: {', '.join(allowed)}",
+                       allowed, kind)
+    return list(dict.fromkeys(str(name).strip() for name in names))
 
 
 def parse_kernel_sizes(value, option="--kernel-sizes", example="3,5,7") -> list[int]:
@@ -318,11 +316,11 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
     time :data:`MANY_CHANNEL_LAYERS`. A file that cannot be written is a ValueError naming
     its option, raised after the tables are printed (the other file is written)."""
     if backends is not None:
-        backends = parse_names(backends, "backends", list_backends())
+        backends = parse_names(backends, "backends", list_backends(), "backend")
     # Every tuner is asked for its pick whatever --backends names (run_bench), and may time any candidate.
     for name in dict.fromkeys([*(backends or list_backends()), *filter(is_tuner, list_backends())]):
         get_backend(name).check_settings(warn_if_broken=name not in (backends or ()))  # else timed as it runs
-    passes = PASSES if passes is None else parse_names(passes, "passes", PASSES)
+    passes = PASSES if passes is None else parse_names(passes, "passes", PASSES, "pass")
     sweep = one_of("sweep", sweep, SWEEPS)
     layer = SWEEP_LAYER[sweep]
     n, size, c, f = (layer[name] if given is None else given for name, given in
@@ -400,7 +398,7 @@ def profile_command(backends=None, steps=100, batch_size=64):
         names = [b for b in strategies()
                  if b != ORACLE and get_backend(b).supports(*layer_shapes, 1, layer.padding) is None]
     else:
-        names = parse_names(backends, "backends", list_backends())
+        names = parse_names(backends, "backends", list_backends(), "backend")
         for name in names:  # before anything runs, not after the tables of the backends before it
             try:
                 get_backend(name).check_supported(*layer_shapes, 1, layer.padding)

@@ -278,19 +278,27 @@ def resumed_settings(checkpoint, given: dict) -> dict:
     return settings
 
 
-def list_items(value, option=None, item="item", give="") -> list:
+def list_items(value, option=None, item="item", give="", choices=None, kind=None) -> list:
     """The items of a command-line list: "a,b" as typed (the list options reach their checks
     as the string typed), or a list, tuple or one value (from Python). With ``option``, an
     empty item (two commas in a row, or one at an end: "3,", "3,,5") is refused, naming it
-    and saying what to ``give``, unless every item is empty (the caller's "got nothing")."""
+    and saying what to ``give``, unless every item is empty (the caller's "got nothing").
+    With ``choices`` too (the names an item may be, each a ``kind`` of thing: "backend"),
+    also a value of no item at all, and an item not among them (spaces around it dropped)."""
     if isinstance(value, str):
         items = value.split(",")
     else:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
     empty = [isinstance(i, str) and not i.strip() for i in items]
+    typed = value if isinstance(value, str) else ",".join(map(str, items))
     if option is not None and any(empty) and not all(empty):
-        typed = value if isinstance(value, str) else ",".join(map(str, items))
         raise UsageError(f"{option}: empty {item} in {typed!r} ({give})")
+    if option is not None and choices is not None:
+        if all(empty):
+            raise UsageError(f"{option} got nothing ({give})")
+        unknown = next((name for name in map(str, items) if name.strip() not in choices), None)
+        if unknown is not None:
+            raise UsageError(f"{option}: unknown {kind or item} {unknown.strip()!r} in {typed!r} ({give})")
     return items
 
 

@@ -142,19 +142,27 @@ def test_relative_error_and_a_direct_method_near_float32_rounding():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--backends", "nope"], "--backends got nope; choose from: "),
-    (["--backends", "3"], "--backends got 3; choose from: "),
+    (["--backends", "nope"], "--backends: unknown backend 'nope' in 'nope' (give comma-separated names from: auto, "),
+    (["--backends", "3"], "--backends: unknown backend '3' in '3' (give comma-separated names from: auto, "),
+    # An unknown name was "--backends got nope; choose from: ...", unlike the list options'
+    # other messages; now said as they are, naming the item and the value typed.
+    (["--backends", "im2col, nope"], "--backends: unknown backend 'nope' in 'im2col, nope' (give comma-separated "
+                                     "names from: auto, fft, fft-tiled, im2col, naive, winograd)\n"),
     (["--kernel-sizes", "3,0"], "--kernel-sizes must be positive whole numbers"),
     (["--kernel-sizes", "a"], "--kernel-sizes must be positive whole numbers"),
     (["--kernel-sizes", "3,x"], "--kernel-sizes must be positive whole numbers separated by commas, got 3,x\n"),
     (["--kernel-sizes", ""], "--kernel-sizes must be positive whole numbers separated by commas, got nothing\n"),
     (["--sweep", "image", "--image-sizes", "16,0"], "--image-sizes must be positive whole numbers separated by "
                                                     "commas, got 16,0\n"),
-    (["--passes", "backward"], "--passes got backward; choose from: forward, forward+backward"),
+    (["--passes", "backward"], "--passes: unknown pass 'backward' in 'backward' (give comma-separated names from: "
+                               "forward, forward+backward)\n"),
+    (["--passes", "forward,foo"], "--passes: unknown pass 'foo' in 'forward,foo' (give comma-separated names from: "
+                                  "forward, forward+backward)\n"),
+    (["--passes", ","], "--passes got nothing (give comma-separated names from: forward, forward+backward)\n"),
     (["--backends", "im2col,,fft"], "--backends: empty name in 'im2col,,fft' (give comma-separated names from: "
                                     "auto, fft, "),
     (["--backends", "im2col,"], "--backends: empty name in 'im2col,' (give comma-separated names from: auto, "),
-    (["--backends", ","], "--backends got nothing; choose from: auto, "),  # was "got , ;"
+    (["--backends", ","], "--backends got nothing (give comma-separated names from: auto, "),  # was "got , ;"
     (["--passes", "forward,"], "--passes: empty name in 'forward,' (give comma-separated names from: forward, "
                                "forward+backward)\n"),
     (["--repeat", "0"], "--repeat must be a positive whole number"),
