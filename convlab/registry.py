@@ -539,6 +539,13 @@ def list_backends() -> list[str]:
     return sorted(_registry)
 
 
+def skipped_backends() -> list[str]:
+    """Names of the installed backends whose entry point was not loaded, sorted
+    (:func:`get_backend` says why)."""
+    _load_entry_points()
+    return sorted(_skipped)
+
+
 def get_backend(name: str | Backend | None = None) -> Backend:
     """The backend called ``name``; ``None`` means the active one (see :func:`use_backend`)."""
     if isinstance(name, Backend):

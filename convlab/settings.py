@@ -304,16 +304,16 @@ def list_items(value, option=None, item="item", give="", choices=None, kind=None
 
 def backend_names(value) -> list[str]:
     """The names in a ``--backend`` value: one name, or names separated by commas (from
-    Python, also a list or tuple of them). An empty item ("im2col,", "im2col,,fft") is
-    refused (:func:`list_items`), and so is a value of nothing but commas and spaces."""
-    from convlab.registry import list_backends
+    Python, also a list or tuple of them). An empty item ("im2col,", "im2col,,fft"), a value
+    of nothing but commas and spaces, and a name no backend has are refused
+    (:func:`list_items`); an installed backend that was skipped passes, for
+    :func:`convlab.registry.get_backend` to say why it was skipped."""
+    from convlab.registry import list_backends, skipped_backends
 
     give = ("give one backend for every conv layer, or one per conv layer, comma-separated, from: "
             + ", ".join(list_backends()))
-    names = [str(item).strip() for item in list_items(value, "--backend", "name", give)]
-    if not any(names):
-        raise UsageError(f"--backend got nothing ({give})")
-    return names
+    choices = [*list_backends(), *skipped_backends()]
+    return [str(item).strip() for item in list_items(value, "--backend", "name", give, choices, "backend")]
 
 
 def layer_backends(model, backend, batch_size=64, memory_batch=None, training=True, resumed=False,

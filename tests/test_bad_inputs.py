@@ -65,7 +65,12 @@ TRAIN_CASES = [
     (["--data-dir", ""], "the data directory is empty (''); give a folder or file"),
     (["--resume", ""], "a checkpoint needs a file path (such as --checkpoint run.h5), got an empty one ('')"),
     (["--checkpoint", " "], "a checkpoint needs a file path (such as --checkpoint run.h5), got an empty one (' ')"),
-    (["--backend", "nope"], "unknown backend 'nope'; valid backends are: "),
+    # An unknown name was "unknown backend 'nope'; valid backends are: ...", unlike the list's
+    # other messages (an empty item, none at all); now said as they are.
+    (["--backend", "nope"], "--backend: unknown backend 'nope' in 'nope' (give one backend for every conv layer, "
+                            "or one per conv layer, comma-separated, from: auto, "),
+    (["--backend", "im2col, nope"], "--backend: unknown backend 'nope' in 'im2col, nope' (give one backend for every "
+                                    "conv layer, or one per conv layer, comma-separated, from: auto, fft, "),
     # An empty item was "unknown backend ''", as if a backend had been named.
     (["--backend", "im2col,"], "--backend: empty name in 'im2col,' (give one backend for every conv layer, or one "
                                "per conv layer, comma-separated, from: auto, fft, "),

@@ -81,7 +81,8 @@ def test_naive_and_im2col_train_identically(capsys, tmp_path, data_read_once):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--backend", "nope"], "unknown backend 'nope'; valid backends are: "),
+    (["train", "--backend", "nope"], "--backend: unknown backend 'nope' in 'nope' (give one backend for every conv "
+                                     "layer, or one per conv layer, comma-separated, from: auto, "),
     (["train", "--epochs", "0"], "--epochs must be a positive whole number, got 0"),
     (["train", "--epochs", "two"], "--epochs must be a positive whole number, got 'two'"),
     (["train", "--batch-size", "-3"], "--batch-size must be a positive whole number"),
@@ -129,7 +130,7 @@ def test_console_script_help_and_error():
     bad = subprocess.run([sys.executable, "-m", "convlab.cli", "train", "--backend", "nope"],
                          capture_output=True, text=True)
     assert bad.returncode == 2
-    assert bad.stderr.startswith("convlab: error: unknown backend") and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("convlab: error: --backend: unknown backend 'nope'") and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -75,7 +75,8 @@ def test_evaluate_and_predict_on_auto_say_what_it_picked(capsys, tmp_path, monke
     ([], "--checkpoint is required: the file `convlab train --checkpoint` saves"),
     (["--test-size", "0"], "--test-size must be a positive whole number, got 0"),
     (["--test-size", "20000"], "--test-size is 20000 but the data set has only 10000 images"),
-    (["--backend", "nope"], "unknown backend 'nope'; valid backends are: "),
+    (["--backend", "nope"], "--backend: unknown backend 'nope' in 'nope' (give one backend for every conv layer, "
+                            "or one per conv layer, comma-separated, from: auto, "),
     (["--backend", "im2col,"], "--backend: empty name in 'im2col,' (give one backend for every conv layer, or one "
                                "per conv layer, comma-separated, from: auto, "),
 ])

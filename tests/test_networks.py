@@ -222,7 +222,8 @@ def stride_one_only(monkeypatch):
     (["--model", "lenet5", "--backend", "im2col,fft,im2col"],
      "--backend lists 3 backends but the lenet5 network has 2 conv layers; give one backend for all of them or one "
      "per conv layer, comma-separated, in order"),
-    (["--model", "lenet5", "--backend", "im2col,nope"], "unknown backend 'nope'; valid backends are: "),
+    (["--model", "lenet5", "--backend", "im2col,nope"], "--backend: unknown backend 'nope' in 'im2col,nope' (give one "
+                                                        "backend for every conv layer, or one per conv layer, "),
     (["--model", "c4k3 relu c4k3s2 relu dense10", "--backend", "stride1"],
      "conv layer 2 of c4k3 relu c4k3s2 relu dense10 (conv 4 -> 4 filters 3x3, stride 2, padding 0, on 26x26): "
      "backend 'stride1' does not support stride 2x2 (stride 1 only); try "),

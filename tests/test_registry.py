@@ -275,6 +275,20 @@ def test_an_entry_point_naming_a_module_that_registers_another_name_says_so(fres
         convlab.get_backend("mine")
 
 
+def test_a_skipped_backend_given_to_backend_says_why_it_was_skipped(fresh_registry):
+    """--backend refuses a name no backend has, but lets an installed one that was skipped
+    through, for get_backend to say why it was skipped (not that it is unknown)."""
+    from convlab.settings import TrainSettings, backend_names
+
+    fresh_registry(DeclaredEntryPoint("im2col", "backends.im2col", "convlab", lambda: Doubling),
+                   DeclaredEntryPoint("mine", "broken_module", "convlab-mine", lambda: 1 / 0))
+    with pytest.warns(registry.PluginWarning, match="^skipping backend 'mine'"):
+        assert backend_names("im2col,mine") == ["im2col", "mine"]
+    with pytest.raises(ValueError, match=r"^backend 'mine' is installed but was skipped: it failed to load: "
+                                         r"ZeroDivisionError"):
+        TrainSettings(backend="im2col,mine", memory_check=False)
+
+
 def test_each_backend_of_a_plugin_module_registering_several_names_its_distribution(fresh_registry):
     """One module, two backends, an entry point each: the second is registered by the
     first's import, and comes from the same package all the same (`convlab backends`)."""
