@@ -126,7 +126,7 @@ class TrainSettings:
     memory_check: bool = True
 
     def __post_init__(self):
-        from convlab.data import data_source, held_bytes, split_sizes
+        from convlab.data import DATASETS, held_bytes, split_sizes
         from convlab.models import get_model
         from convlab.registry import get_backend
         from convlab.training import evaluation_batch_size
@@ -140,6 +140,7 @@ class TrainSettings:
             batch_size=positive_int("batch-size", self.batch_size, recorded=True),
             lr=positive_float("lr", self.lr),
             lr_schedule=one_of("lr-schedule", self.lr_schedule, LR_SCHEDULES),
+            dataset=one_of("dataset", self.dataset, tuple(DATASETS)),
         )
         momentum = self.momentum
         if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 <= momentum < 1:
@@ -153,11 +154,10 @@ class TrainSettings:
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
                 normalised[name] = positive_int(name.replace("_", "-"), getattr(self, name), recorded=True)
-        data_source(self.dataset)
         memory_batch = evaluation_batch = None
         data_bytes = 0
         if self.memory_check:
-            sizes = split_sizes(self.dataset, self.data_dir)
+            sizes = split_sizes(normalised["dataset"], self.data_dir)
             data_bytes = held_bytes(sizes)
             # A step's batch: --batch-size images, or all the images used if fewer: --train-size,
             # at most the data set's (where its files can tell; else --batch-size is counted).

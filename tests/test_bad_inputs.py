@@ -76,7 +76,9 @@ TRAIN_CASES = [
                                "per conv layer, comma-separated, from: auto, fft, "),
     (["--backend", "im2col,,fft"], "--backend: empty name in 'im2col,,fft' (give one backend for every conv layer"),
     (["--backend", ","], "--backend got nothing (give one backend for every conv layer, or one per conv layer, "),
-    (["--dataset", "cifar"], "unknown dataset 'cifar'; valid datasets are: mnist, fashion-mnist"),
+    # Was "unknown dataset 'cifar'; valid datasets are: ...": said as the other single choices.
+    (["--dataset", "cifar"], "--dataset takes one of: mnist, fashion-mnist (got 'cifar')\n"),
+    (["--dataset", "mnist,fashion-mnist"], "--dataset takes one of: mnist, fashion-mnist (got 'mnist,fashion-mnist')"),
     (["--epochs", "0"], "--epochs must be a positive whole number, got 0"),
     (["--epochs", "-2"], "--epochs must be a positive whole number, got -2"),
     (["--epochs", "two"], "--epochs must be a positive whole number, got 'two'"),

@@ -28,13 +28,22 @@ def test_defaults_and_record():
     (dict(seed=True), "--seed must be a whole number from 0 to 2^64 - 1, got True"),
     (dict(test_size=0), "--test-size must be a positive whole number, got 0"),
     (dict(model="resnet"), "unknown model 'resnet'; valid models are: "),
-    (dict(dataset="cifar"), "unknown dataset 'cifar'"),
+    (dict(dataset="cifar"), "--dataset takes one of: mnist, fashion-mnist (got 'cifar')"),
+    (dict(dataset=None), "--dataset takes one of: mnist, fashion-mnist (got None)"),
     (dict(backend="im2col,"), "--backend: empty name in 'im2col,' (give one backend for every conv layer"),
     (dict(backend=("im2col", "")), "--backend: empty name in 'im2col,' (give one backend for every conv layer"),
 ])
 def test_each_value_is_checked_on_construction(kwargs, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
         TrainSettings(**kwargs)
+
+
+def test_a_single_choice_is_recorded_without_the_spaces_around_it():
+    """--dataset is checked as --lr-schedule is (settings.one_of), spaces around it dropped:
+    the run reads, and its checkpoint records, the data set's own name."""
+    settings = TrainSettings(dataset=" fashion-mnist ", lr_schedule="constant ", memory_check=False)
+    assert (settings.dataset, settings.lr_schedule) == ("fashion-mnist", "constant")
+    assert settings.record()["dataset"] == "fashion-mnist"
 
 
 def test_recorded_whole_numbers_stop_at_what_a_checkpoint_can_record():
