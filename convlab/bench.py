@@ -42,7 +42,7 @@ from pathlib import Path
 from convlab.accuracy import format_accuracy, run_accuracy
 from convlab.files import atomic_path
 from convlab.memory import peak_extra_bytes
-from convlab.registry import Unsupported, get_backend, list_backends
+from convlab.registry import Unsupported, get_backend, list_backends, skipped_backends
 from convlab.settings import list_items, one_of
 from convlab.timing import (ORACLE, ORACLE_MAX_MACS, ConvShape, conv_pass, interleaved_best, is_tuner,
                             output_gradient, strategies)
@@ -78,12 +78,19 @@ def image_sweep(image_sizes, kernel_sizes, n=8, c=3, f=16) -> list[ConvShape]:
     return [ConvShape(n, c, f, size, k, k // 2) for k in kernel_sizes for size in image_sizes]
 
 
-def parse_names(value, what: str, allowed, kind: str) -> list[str]:
+def parse_names(value, what: str, allowed, kind: str, also=()) -> list[str]:
     """A comma-separated string (or a list) of names, each one of ``allowed`` (a ``kind``
-    of thing: "pass"), checked by :func:`list_items`; each once, in the order given."""
+    of thing: "pass") or of ``also`` (accepted, not offered: installed backends that were
+    skipped, for :func:`~convlab.registry.get_backend` to say why), checked by
+    :func:`list_items`; each once, in the order given."""
     names = list_items(value, f"--{what}", "name", f"give comma-separated names from: {', '.join(allowed)}",
-                       allowed, kind)
+                       [*allowed, *also], kind)
     return list(dict.fromkeys(str(name).strip() for name in names))
+
+
+def backend_list(value) -> list[str]:
+    """The backends named by ``--backends`` (see :func:`parse_names`)."""
+    return parse_names(value, "backends", list_backends(), "backend", skipped_backends())
 
 
 def parse_kernel_sizes(value, option="--kernel-sizes", example="3,5,7") -> list[int]:
@@ -316,7 +323,7 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
     time :data:`MANY_CHANNEL_LAYERS`. A file that cannot be written is a ValueError naming
     its option, raised after the tables are printed (the other file is written)."""
     if backends is not None:
-        backends = parse_names(backends, "backends", list_backends(), "backend")
+        backends = backend_list(backends)
     # Every tuner is asked for its pick whatever --backends names (run_bench), and may time any candidate.
     for name in dict.fromkeys([*(backends or list_backends()), *filter(is_tuner, list_backends())]):
         get_backend(name).check_settings(warn_if_broken=name not in (backends or ()))  # else timed as it runs
@@ -398,7 +405,7 @@ def profile_command(backends=None, steps=100, batch_size=64):
         names = [b for b in strategies()
                  if b != ORACLE and get_backend(b).supports(*layer_shapes, 1, layer.padding) is None]
     else:
-        names = parse_names(backends, "backends", list_backends(), "backend")
+        names = backend_list(backends)
         for name in names:  # before anything runs, not after the tables of the backends before it
             try:
                 get_backend(name).check_supported(*layer_shapes, 1, layer.padding)

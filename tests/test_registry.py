@@ -635,3 +635,18 @@ def test_a_supports_that_raises_or_returns_no_reason_refuses_only_its_own_backen
         with pytest.raises(convlab.Unsupported, match=
                            r"'winograd' does not support stride 2x2 .*; try (?!.*returning)"):
             convlab.conv2d(x, w, stride=2, backend="winograd")
+
+
+def test_a_skipped_backend_given_to_bench_says_why_it_was_skipped(fresh_registry, capsys):
+    """`bench --backends` lets an installed backend that was skipped through, as --backend
+    does, so that the one error line says why it was skipped, not that it is unknown."""
+    from convlab.cli import main
+
+    fresh_registry(DeclaredEntryPoint("im2col", "backends.im2col", "convlab", lambda: Doubling),
+                   DeclaredEntryPoint("mine", "broken_module", "convlab-mine", lambda: 1 / 0))
+    with pytest.warns(registry.PluginWarning, match="^skipping backend 'mine'"), pytest.raises(SystemExit) as ended:
+        main(["bench", "--backends", "im2col,mine", "--kernel-sizes", "3", "--repeat", "1"])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convlab: error: backend 'mine' is installed but was skipped: it failed to load: "
+                          "ZeroDivisionError") and len(err.splitlines()) == 1, err
