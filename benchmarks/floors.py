@@ -58,7 +58,7 @@ from convlab.training import train_step
 # Run as a file, Python puts benchmarks/ on sys.path, not the checkout that holds it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backends.fft import dy_spectra, fft_shape_for  # noqa: E402  (the fft backend's own choices)
-from backends.im2col import INFERENCE_CHUNK_BYTES, images_per_chunk  # noqa: E402
+from backends.im2col import INFERENCE_CHUNK_BYTES, images_per_chunk, windows  # noqa: E402
 from benchmarks.epoch_vs_torch import alternate  # noqa: E402
 from benchmarks.reference_run import BATCH_SIZE, LR, MOMENTUM, SEED  # noqa: E402
 
@@ -75,11 +75,9 @@ def mnist_layer_arrays():
 def unrolled_windows(x, w, b):
     """(w_aug (F, K + 1), cols (N, K + 1, OH * OW)): im2col's operands, the bias a column of
     the filters against a row of ones, unrolled here rather than in the timed calls."""
-    n, c = x.shape[:2]
-    f, _, kh, kw = w.shape
+    n, f = x.shape[0], w.shape[0]
     padded = np.pad(x, ((0, 0), (0, 0), (PADDING, PADDING), (PADDING, PADDING)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))  # (N, C, OH, OW, kh, kw)
-    cols = windows.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, -1)
+    cols = windows(padded, w.shape[2:], (1, 1)).reshape(n, w[0].size, -1)  # im2col's own view, copied
     cols = np.concatenate([cols, np.ones((n, 1, cols.shape[2]), x.dtype)], axis=1)
     return np.concatenate([w.reshape(f, -1), b[:, None]], axis=1), cols
 
