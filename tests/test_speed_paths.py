@@ -469,3 +469,16 @@ def test_floors_transforms_are_the_plans_fft_runs_in_a_step(monkeypatch):
         assert set(fftw._plans.cache) == timed_plans == step_plans
     finally:
         fftw.configure()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--rounds", "0", "--rounds must be a whole number >= 1, got 0"),
+    ("--pause", "-1", "--pause must be a number of seconds >= 0, got -1.0"),
+    ("--warm", "nan", "--warm must be a number of seconds >= 0, got nan"),
+])
+def test_floors_script_refuses_a_bad_setting_in_one_line(option, value, message):
+    pytest.importorskip("torch")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "floors.py"), option, value],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.splitlines()[-1].endswith(f"error: {message}"), result.stderr
