@@ -434,7 +434,7 @@ def test_im2col_s_dw_product_follows_openblas_s_kernels(kernel, outputs):
     assert done.stdout.split() == [kernel, str(outputs)]
 
 
-def test_floors_script_prints_both_floors():
+def test_floors_script_prints_the_layer_floor_and_both_fft_floors():
     pytest.importorskip("torch")
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "floors.py"), "--rounds", "1", "--pause", "0", "--warm", "0"],
@@ -443,13 +443,14 @@ def test_floors_script_prints_both_floors():
     lines = result.stdout.splitlines()
     assert "cores" in lines[0] and "numpy" in lines[0] and "pyfftw" in lines[0], lines[0]  # the machine
     floors = [line for line in lines if line.strip().startswith("floor:")]
-    assert len(floors) == 2 and "its GEMMs alone" in floors[0] and "fft / im2col >=" in floors[1], result.stdout
+    assert len(floors) == 3 and "its GEMMs alone" in floors[0], result.stdout
+    assert "fft's transforms)" in floors[1] and "fft's transforms and least passes)" in floors[2], result.stdout
 
 
 def test_floors_transforms_are_the_plans_fft_runs_in_a_step(monkeypatch):
-    """The transforms timed alone are fft's own: after a step of its convolution (forward
-    with ReLU, backward without dx), executing them plans nothing new, and planned first
-    they are all the plans that step then uses."""
+    """The transforms timed alone, and with their least passes, are fft's own: after a step
+    of its convolution (forward with ReLU, backward without dx), executing them plans
+    nothing new, and planned first they are all the plans that step then uses."""
     pytest.importorskip("torch")
     from benchmarks.floors import W_SHAPE, X_SHAPE, convolution_passes, transforms_of_a_step
     from convlab import fftw
@@ -461,6 +462,7 @@ def test_floors_transforms_are_the_plans_fft_runs_in_a_step(monkeypatch):
         convolution_passes("fft", x)()
         step_plans = set(fftw._plans.cache)
         transforms_of_a_step(X_SHAPE, W_SHAPE)()
+        transforms_of_a_step(X_SHAPE, W_SHAPE, least_passes=True)()
         assert set(fftw._plans.cache) == step_plans
         fftw._plans.cache.clear()
         transforms_of_a_step(X_SHAPE, W_SHAPE)()
