@@ -205,17 +205,20 @@ def transforms_of_a_step(x_shape, w_shape, least_passes=False):
     def dw_products(lo, hi, plan):
         fftw.binwise_matmul(dy_spec, np.conj(x_spec), out=plan.input.reshape(f, c, bins))
 
-    least = least_passes or None  # with least_passes, (before, after) the transform
-    batches = [("FFTW_FORWARD", n, c, fftw.TILE_POINTS, False, None),  # x's spectra
-               ("FFTW_FORWARD", f, c, fftw.TILE_POINTS, False, None),  # w's
-               ("FFTW_BACKWARD", n, f, fftw.TILE_POINTS, False, least and (products, crop_and_relu)),
+    def least(before, after=None):
+        """The passes run (before, after) a transform, if asked for."""
+        return (before, after) if least_passes else (None, None)
+
+    batches = [("FFTW_FORWARD", n, c, fftw.TILE_POINTS, False, (None, None)),  # x's spectra
+               ("FFTW_FORWARD", f, c, fftw.TILE_POINTS, False, (None, None)),  # w's
+               ("FFTW_BACKWARD", n, f, fftw.TILE_POINTS, False, least(products, crop_and_relu)),
                ("FFTW_FORWARD", n, f, fftw.BINS_FIRST_TILE_POINTS if bins_first else fftw.TILE_POINTS, bins_first,
-                least and (dy_into_grid, None)),
-               ("FFTW_BACKWARD", f, c, None, False, least and (dw_products, None))]  # in one piece: matmuls
+                least(dy_into_grid)),
+               ("FFTW_BACKWARD", f, c, None, False, least(dw_products))]  # in one piece: its products are matmuls
     zeroed = set()
 
     def execute(direction, columns, bins_first, passes):
-        before, after = passes or (None, None)
+        before, after = passes
 
         def work(index, lo, hi, slot):
             plan = fftw.plan(direction, (hi - lo, columns), grid, np.float32, slot, bins_first)
