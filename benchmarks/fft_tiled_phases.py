@@ -24,6 +24,7 @@ threadpoolctl.threadpool_limits(1)  # before convlab is imported: its chunk pool
 import convlab  # noqa: E402
 from convlab import fftw, keep_freed_memory, profile  # noqa: E402
 from convlab.bench import kernel_sweep  # noqa: E402
+from convlab.threads import machine_summary  # noqa: E402
 from convlab.timing import output_gradient  # noqa: E402
 
 SHAPES = kernel_sweep([5, 7, 11], n=8, c=3, f=16, size=224) + kernel_sweep([5, 9], n=16, c=16, f=16, size=128)
@@ -37,13 +38,19 @@ def layer_for(shape, backend):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=5, help="timed passes per shape and backend (default 5)")
     parser.add_argument("--shapes", default="", help="only shapes whose label contains this text")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be a whole number >= 1, got {args.repeat}")
+    labels = [shape.label for shape in SHAPES]
+    if not any(args.shapes in label for label in labels):
+        parser.error(f"--shapes {args.shapes!r} matches none of the shapes: {', '.join(labels)}")
     fftw.configure(threads=1)
     keep_freed_memory()
     from backends.fft_tiled import FFTTiled
 
+    print(machine_summary())
     print("one thread; ms of the pass of least CPU time; fft-tiled's phases")
     for shape in SHAPES:
         if args.shapes not in shape.label:

@@ -255,6 +255,31 @@ def test_fft_tiled_shapes_leaves_out_the_torch_row_where_torch_is_not_installed(
     assert exit_.value.code == 2 and "--rows names 'fft-tile', which is neither a backend (auto, fft, " in err
 
 
+def test_fft_tiled_phases_prints_the_machine_then_each_shape_s_phases():
+    """`python benchmarks/fft_tiled_phases.py` says first what it ran on, as every speed
+    script does; a shape's table follows (its own process: the script limits BLAS's threads)."""
+    script = str(REPO / "benchmarks" / "fft_tiled_phases.py")
+    result = subprocess.run([sys.executable, script, "--repeat", "1", "--shapes", "128x128 k5"],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert " cores; numpy " in lines[0] and "(FFTW " in lines[0] and "1 threads" in lines[0], lines[0]
+    assert lines[1].startswith("one thread;")
+    assert "16x16->16 128x128 k5 p2: fft-tiled (" in result.stdout and "ratio" in result.stdout, result.stdout
+    assert any("dw" in line and "ms" in line for line in lines), result.stdout
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--repeat", "0"], "--repeat must be a whole number >= 1, got 0"),
+    (["--shapes", "64x64"], "--shapes '64x64' matches none of the shapes: 8x3->16 224x224 k5 p2, "),
+])
+def test_fft_tiled_phases_refuses_a_bad_option_in_one_line(options, message):
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "fft_tiled_phases.py"), *options],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    assert message in result.stderr.splitlines()[-1], result.stderr
+
+
 @pytest.mark.parametrize("x_shape, w_shape, padding, folded", [
     ((3, 6, 14, 14), (16, 6, 5, 5), 0, True),     # LeNet-5's second layer: kw taps summed in the GEMM
     ((2, 4, 9, 11), (3, 4, 5, 7), (3, 1), True),  # non-square kernel, padding beyond k // 2 on one axis
