@@ -272,6 +272,7 @@ def check_file_name(path, option: str) -> Path:
     text = str(path)
     if not text.strip():  # Path("") is ".": it was refused as "names a folder" of that name
         raise ValueError(f"{option} is empty ({text!r}); give a file name such as {EXAMPLE_NAMES.get(option, 'out')}")
+    check_name_lengths(text, option)  # before is_dir(), which raises on a name too long
     if text.endswith(tuple(filter(None, (os.sep, os.altsep)))) or Path(text).is_dir():
         if "'s " in option:  # a name made from an option's ("--out's curves figure"): only that option can change it
             owner = option.split("'s ")[0]
@@ -294,10 +295,8 @@ def check_writable(path, option: str, folder=False) -> Path:
     existing file (``chattr +i``, ``+a``), whose replacement would fail only at the end
     of the work, is refused too (:func:`check_not_locked`), and so is a name longer than
     the folder's file system allows."""
-    parts = Path(str(path)).parts
-    for i, part in enumerate(parts, 1):  # before any look at the path: Python's is_dir() raises on one
-        _check_length(part, NAME_MAX, option, Path(str(path)), "the file name" if i == len(parts) and not folder
-                      else "a folder name in it")
+    if folder:
+        check_name_lengths(str(path), option, folder=True)
     path = Path(str(path)) if folder else check_file_name(path, option)
     if folder and path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} exists and is not a folder")
@@ -371,6 +370,16 @@ def check_not_locked(path: Path, subject: str, immutable_means: str, append_only
         if flags & flag:
             raise ValueError(f"{subject}: {path} is {word} (chattr +{letter}), so {means}; clear the flag with "
                              f"`chattr -{letter} {path}` (as root), or choose another path")
+
+
+def check_name_lengths(text: str, option: str, folder=False):
+    """A :class:`ValueError` naming ``option`` if a name in the path ``text`` is longer than
+    :data:`NAME_MAX` bytes; checked before any look at the path, since Python's ``is_dir()``
+    and ``exists()`` raise on such a name (``[Errno 36] File name too long``)."""
+    parts = Path(text).parts
+    for i, part in enumerate(parts, 1):
+        _check_length(part, NAME_MAX, option, Path(text), "the file name" if i == len(parts) and not folder
+                      else "a folder name in it")
 
 
 def _check_length(name: str, limit: int, option: str, path: Path, what: str):

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from convlab import files
+from convlab.checkpoints import check_new_checkpoint_path
 from convlab.files import (
     TEMPORARY,
     atomic_path,
     atomic_paths,
+    check_file_name,
     check_writable,
     hidden_stem,
     remove_abandoned_temporaries,
@@ -151,14 +153,27 @@ def test_a_long_name_gets_a_short_stem_and_every_name_fits(tmp_path, name):
     assert os.listdir(tmp_path) == [name] and target.read_text() == "whole"
 
 
+@pytest.mark.parametrize("check", [check_writable, check_file_name, check_new_checkpoint_path],
+                         ids=["check_writable", "check_file_name", "check_new_checkpoint_path"])
 @pytest.mark.parametrize("parts, which", [(["r" * 253 + ".h5"], "the file name"),
                                           (["f" * 256, "r.h5"], "a folder name in it")])
-def test_a_name_longer_than_file_systems_allow_is_refused_up_front(tmp_path, parts, which):
-    """It was a traceback: Python's ``is_dir()`` raises ENAMETOOLONG."""
+def test_a_name_longer_than_file_systems_allow_is_refused_up_front(tmp_path, parts, which, check):
+    """It was a traceback: Python's ``is_dir()`` raises ENAMETOOLONG. Then, where the name
+    was only checked for a folder first (``train --checkpoint``, ``bench --json``: the
+    folder exists), a bare ``[Errno 36] File name too long``."""
     target = tmp_path.joinpath(*parts)
     with pytest.raises(ValueError, match=f"^--checkpoint {target}: {which} is 256 bytes long, over the 255 "
                                          r"a file system allows \(choose a shorter one\)$"):
-        check_writable(target, "--checkpoint")
+        check(target, "--checkpoint") if check is not check_new_checkpoint_path else check(target)
+
+
+@pytest.mark.parametrize("args, option", [(["train", "--epochs", "1", "--checkpoint", "a" * 256], "--checkpoint"),
+                                          (["bench", "--json", "a" * 251 + ".json", "--kernel-sizes", "3"], "--json")])
+def test_the_cli_refuses_a_name_too_long_in_one_line_before_any_work(tmp_path, args, option):
+    code, out, err = convlab(*args, cwd=tmp_path)
+    assert_one_error_line(code, err, f"convlab: error: {option} a", "is 256 bytes long, over the 255 a file system "
+                                                                    "allows (choose a shorter one)")
+    assert out == "" and os.listdir(tmp_path) == []
 
 
 def fsynced(monkeypatch) -> list[str]:
