@@ -486,12 +486,20 @@ def _load_each_entry_point():
             # also name a plain object or class with forward/backward.
             if ep.name not in _registry:
                 if isinstance(loaded, types.ModuleType):
-                    raise TypeError(f"module {loaded.__name__} registered no backend {ep.name!r}; name the entry "
-                                    "point as its @register_backend does, or point it at the class (module:Class)")
+                    others = ", ".join(repr(name) for name in _registry if name not in before)
+                    raise TypeError(f"module {loaded.__name__} registered no backend {ep.name!r}"
+                                    + (f" (it registered {others})" if others else "")
+                                    + "; name the entry point as its @register_backend does, or point it at the "
+                                    "class (module:Class)")
                 register_backend(ep.name)(loaded)
             _registry[ep.name].distribution = plugin_distribution(ep)
         except Exception as e:  # noqa: BLE001 - any error of third-party code
             _skip(ep, f"it failed to load: {type(e).__name__}: {e}")
+        # What else its import registered comes from the same package: `convlab backends`
+        # names it, rather than listing it as if it were convlab's own.
+        for name in _registry.keys() - before.keys():
+            if _registry[name].distribution is None:
+                _registry[name].distribution = plugin_distribution(ep)
         # Nor take a name by registering it as its module is imported: what was there stays.
         replaced = [name for name, backend in before.items() if _registry.get(name) is not backend]
         if replaced:

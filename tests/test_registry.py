@@ -265,11 +265,13 @@ def test_an_entry_point_naming_a_module_that_registers_another_name_says_so(fres
         return types.ModuleType("mm_module")
 
     fresh_registry(DeclaredEntryPoint("mine", "mm_module", "convlab-mine", load))
-    message = ("module mm_module registered no backend 'mine'; name the entry point as its @register_backend does, "
-               "or point it at the class (module:Class)")
+    message = ("module mm_module registered no backend 'mine' (it registered 'my-conv'); name the entry point as "
+               "its @register_backend does, or point it at the class (module:Class)")
     skipped = r"^skipping backend 'mine' \(entry point mm_module of convlab-mine\): it failed to load: TypeError: "
     with pytest.warns(registry.PluginWarning, match=skipped + re.escape(message)):
         assert convlab.list_backends() == ["my-conv"]
+    # The backend its import registered is the plugin's, and listed as such, not as convlab's own.
+    assert convlab.get_backend("my-conv").distribution == "convlab-mine"
     with pytest.raises(ValueError, match=r"^backend 'mine' is installed but was skipped: it failed to load: "
                                          r"TypeError: module mm_module .*; valid backends are: my-conv$"):
         convlab.get_backend("mine")
