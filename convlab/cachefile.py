@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -113,7 +114,13 @@ def clear_cache(path, marker: str) -> dict:
 def _load(path: Path, marker: str) -> dict:
     """The JSON object in ``path``; :class:`NotOurs` if it is not a cache with ``marker``
     (the key, and the kind's name in :data:`convlab.files.JSON_KINDS`).
-    An empty file (a crash before atomic writes, or ``touch``) counts as an empty cache."""
+    An empty file (a crash before atomic writes, or ``touch``) counts as an empty cache.
+    A device, FIFO or socket is not ours, and never opened: ``/dev/null`` reads as empty,
+    and the write that followed renamed a file over it (as root, in a container: the
+    system's ``/dev/null``); a FIFO would block the read."""
+    mode = path.stat().st_mode  # FileNotFoundError as before: no cache yet
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: the read says so, an OSError
+        raise NotOurs("it is not a regular file (a device, a FIFO or a socket)")
     text = path.read_bytes()
     if not text.strip():
         return {}

@@ -162,3 +162,31 @@ def test_a_cache_setting_naming_someone_elses_file_leaves_it_intact(tmp_path):
         f"convlab: warning: not using the {kind} {path}: it exists and is not a convlab cache file (a JSON object "
         f"with {marker!r}); the file is left as it is (point the setting at another file)"
         for kind, path, marker in (("auto pick cache", notes, "picks"), ("FFTW wisdom file", picture, "wisdom"))]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "character device"])
+def test_a_cache_setting_naming_a_device_or_fifo_is_never_opened_nor_replaced(tmp_path, kind):
+    """``CONVLAB_FFT_WISDOM=/dev/null`` read as an empty cache, and the save renamed a
+    JSON file over the device (as root: the system's /dev/null); a FIFO blocked the read."""
+    import stat
+    import warnings
+
+    from convlab.cachefile import read_cache, update_cache
+
+    path = tmp_path / "cache"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a /dev/null of our own
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_cache(path, "FFTW wisdom file", "wisdom") == {}
+        assert update_cache(path, "FFTW wisdom file", "wisdom", lambda stored: {"wisdom": []}) is False
+    mode = os.stat(path).st_mode
+    assert (stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)) and os.listdir(tmp_path) == ["cache"]
+    assert [str(w.message) for w in caught] == [
+        f"not using the FFTW wisdom file {path}: it is not a regular file (a device, a FIFO or a socket); "
+        "the file is left as it is (point the setting at another file)"]
