@@ -322,6 +322,11 @@ def check_writable(path, option: str, folder=False) -> Path:
     if not folder:
         target = write_target(path)
         _check_length(target.name, _name_max(place), option, path, "the file name")
+        if target.exists() and not target.is_file():  # a folder was refused by check_file_name
+            # A device reads as empty, which is of any kind (see holds): /dev/null was
+            # replaced by the file written there.
+            raise ValueError(f"{option} {path} exists and is not a regular file (a device, a FIFO or a socket); "
+                             "refusing to replace it (choose another path)")
         if target.is_file():
             check_not_locked(target, f"{option} {path}", "it cannot be replaced", "it cannot be replaced")
     return path
