@@ -149,14 +149,17 @@ def valid_entries(stored: dict) -> dict:
         return {}
     return {key: entry for key, entry in picks.items()
             if isinstance(entry, dict) and isinstance(entry.get("backend"), str)
-            and isinstance(entry.get("seconds"), dict) and ("problem" not in entry or readable(entry["problem"]))}
+            and isinstance(entry.get("seconds"), dict) and ("problem" not in entry or describes(entry["problem"], key))}
 
 
-def readable(problem) -> bool:
-    """Whether a stored problem can be read back (see :meth:`Problem.from_json`)."""
+def describes(problem, key) -> bool:
+    """Whether a stored problem can be read back (see :meth:`Problem.from_json`) and is the
+    one its key names. An entry whose problem is another (a hand-edited or damaged cache)
+    would have its pick checked against that problem's candidates, then run on the key's
+    problem, which the pick may not support: a stride-2 layer ran winograd, and the error
+    blamed winograd as broken."""
     try:
-        Problem.from_json(problem)
-        return True
+        return Problem.from_json(problem).key == key
     except (KeyError, TypeError, ValueError):
         return False
 

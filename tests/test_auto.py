@@ -108,6 +108,23 @@ def test_a_stale_entry_is_timed_again(cache_file, stale):
     assert sorted(json.loads(cache_file.read_text())["picks"][key]["seconds"]) == sorted(auto_module.candidates())
 
 
+def test_an_entry_whose_problem_is_not_its_key_s_is_ignored_and_timed_again(cache_file, monkeypatch):
+    """A hand-edited or damaged cache: the pick of a stride-1 problem (winograd) stored under
+    a stride-2 key was checked against stride 1's candidates and run on the stride-2 layer,
+    which winograd does not support; the error blamed winograd as broken."""
+    x, w, _ = SHAPE.arrays(np.float64)
+    key = problem_key(x, w, (2, 2), (1, 1), need_dx=True)
+    stride_one = auto_module.Problem.of(x, w, (1, 1), (1, 1), True)
+    monkeypatch.setattr(auto_module, "interleaved_best", lambda runs, *a, **k: {name: 1e-3 for name in runs})
+    entry = {"backend": "winograd", "seconds": {name: 1.0 for name in stride_one.candidates()},
+             "convlab": auto_module.convlab_version(), "problem": stride_one.as_json()}
+    cache_file.parent.mkdir()
+    cache_file.write_text(json.dumps({"picks": {key: entry}}))
+    picked = Auto().pick(x, w, (2, 2), (1, 1))
+    assert picked != "winograd" and picked in auto_module.Problem.of(x, w, (2, 2), (1, 1), True).candidates()
+    assert json.loads(cache_file.read_text())["picks"][key]["problem"]["stride"] == [2, 2]
+
+
 @pytest.mark.parametrize("content", ['{"picks": {"k": "im2col"}}', '{"picks": 3}', ""])
 def test_invalid_entries_of_a_cache_file_are_ignored_and_rewritten(cache_file, content):
     cache_file.parent.mkdir()
