@@ -2,9 +2,13 @@
 
 import numpy as np
 
+from convlab.checks import FLOAT_DTYPES
+
 
 def softmax(logits):
-    """Row-wise softmax of (N, K) logits, computed stably (the row max is subtracted)."""
+    """Row-wise softmax of (N, K) float logits, computed stably (the row max is subtracted).
+    Logits are checked first (:func:`check_logits`)."""
+    check_logits(logits)
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=1, keepdims=True)
@@ -13,7 +17,8 @@ def softmax(logits):
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of softmax(logits) against integer labels.
 
-    logits (N, K) float, labels (N,) int in [0, K) -> (loss: float, dlogits (N, K)).
+    logits (N, K) float32 or float64, labels (N,) int in [0, K) -> (loss: float, dlogits (N, K)
+    in the logits' dtype).
     Uses log-sum-exp, so large logits neither overflow nor lose the loss to log(0).
     Labels are checked (a min and a max over N labels): numpy would read -1 as the last
     class, and fail on K or on float labels with an indexing error.
@@ -30,11 +35,22 @@ def softmax_cross_entropy(logits, labels):
     return float(loss), dlogits.astype(logits.dtype, copy=False)
 
 
-def check_labels(logits, labels):
-    """Refuse ``labels`` that are not (N,) integers in [0, K) for ``logits`` (N, K)."""
+def check_logits(logits):
+    """Refuse ``logits`` that are not a float32 or float64 numpy array (N, K): a list or a
+    1-D array failed inside numpy (AttributeError, AxisError), and integer logits gave the
+    right loss but a gradient cast back to integers, all zeros. NaN and infinite values are
+    let through: a loss that stops being finite is how training notices it diverged."""
     if not isinstance(logits, np.ndarray) or logits.ndim != 2:
         got = f"shape {logits.shape}" if isinstance(logits, np.ndarray) else type(logits).__name__
-        raise ValueError(f"logits must be a numpy array (N, classes), got {got}")
+        raise ValueError(f"logits must be a numpy array (N, classes) of floats, got {got}")
+    if logits.dtype.type not in FLOAT_DTYPES:
+        raise ValueError(f"logits must be float32 or float64, got {logits.dtype}")
+
+
+def check_labels(logits, labels):
+    """Refuse ``logits`` that are not (N, K) floats (:func:`check_logits`), and ``labels``
+    that are not (N,) integers in [0, K)."""
+    check_logits(logits)
     n, classes = logits.shape
     if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
         got = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__

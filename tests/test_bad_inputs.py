@@ -602,8 +602,29 @@ def test_softmax_cross_entropy_takes_any_integer_labels_in_range():
     for dtype in (np.uint8, np.int32, np.int64):
         loss, _ = convlab.softmax_cross_entropy(np.zeros((2, 10)), np.array([0, 9], dtype))
         assert loss == pytest.approx(np.log(10))
-    with pytest.raises(ValueError, match=r"logits must be a numpy array \(N, classes\), got shape \(10,\)"):
+    with pytest.raises(ValueError, match=r"logits must be a numpy array \(N, classes\) of floats, got shape \(10,\)"):
         convlab.softmax_cross_entropy(np.zeros(10), np.array([0]))
+
+
+@pytest.mark.parametrize("logits, message", [
+    (np.array([[0, 5], [5, 0]]), "logits must be float32 or float64, got int64"),
+    (np.array([[0, 5], [5, 0]], np.uint8), "logits must be float32 or float64, got uint8"),
+    (np.array([[True, False], [False, True]]), "logits must be float32 or float64, got bool"),
+    (np.zeros((2, 2), np.float16), "logits must be float32 or float64, got float16"),
+    ([[0.0, 5.0], [5.0, 0.0]], "logits must be a numpy array (N, classes) of floats, got list"),
+    (np.zeros(3), "logits must be a numpy array (N, classes) of floats, got shape (3,)"),
+])
+def test_softmax_and_its_loss_refuse_logits_that_are_not_a_float_matrix(logits, message):
+    """Integer logits gave the right loss and an all-zero gradient (cast back to int); a list
+    or a 1-D array failed inside numpy."""
+    for run in (lambda: convlab.softmax_cross_entropy(logits, np.array([0, 1])), lambda: convlab.softmax(logits)):
+        with pytest.raises(ValueError) as e:
+            run()
+        assert message in str(e.value)
+    for dtype in (np.float32, np.float64):
+        loss, dlogits = convlab.softmax_cross_entropy(np.array([[0, 5], [5, 0]], dtype), np.array([0, 1]))
+        assert dlogits.dtype == dtype and np.all(dlogits != 0) and loss == pytest.approx(5.0067, abs=1e-4)
+        assert convlab.softmax(np.zeros((1, 2), dtype)).tolist() == [[0.5, 0.5]]
 
 
 # --- data files, below the checksum ------------------------------------------------------
