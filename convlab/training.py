@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import asdict, dataclass
 
@@ -91,7 +92,16 @@ def predict_logits(model, x, batch_size=EVALUATION_BATCH) -> np.ndarray:
     batches of 500 took about twice as long per image). The layers run forward-only (:func:`convlab.layers.forward_only`): no ReLU mask, no caches
     kept for a backward, and each convolution's inference pass
     (:meth:`convlab.registry.Backend.inference`).
+
+    An ``x`` without images, or a ``batch_size`` that is not a whole number ≥ 1, is refused
+    with a ValueError (they failed in numpy: "need at least one array to concatenate",
+    "range() arg 3 must not be zero"); what ``x`` holds is checked by the model's forward.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (images per forward pass), got {batch_size!r}")
+    if not isinstance(x, np.ndarray) or x.ndim == 0 or len(x) == 0:
+        got = f"shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise ValueError(f"x must be a numpy array of at least one image (N, C, H, W), got {got}")
     with profile.paused(), single_threaded_blas(), forward_only():
         return np.concatenate([model.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 

@@ -8,6 +8,7 @@ no traceback and leaves every file as it was.
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 import convlab
 from convlab.data import HDF5_NAME, MNIST_FILES, DataError, load_dataset, load_hdf5
+from convlab.training import predict_logits
 from tests.test_cli import run_cli
 from tests.test_data import idx_bytes
 
@@ -625,6 +627,23 @@ def test_softmax_and_its_loss_refuse_logits_that_are_not_a_float_matrix(logits, 
         loss, dlogits = convlab.softmax_cross_entropy(np.array([[0, 5], [5, 0]], dtype), np.array([0, 1]))
         assert dlogits.dtype == dtype and np.all(dlogits != 0) and loss == pytest.approx(5.0067, abs=1e-4)
         assert convlab.softmax(np.zeros((1, 2), dtype)).tolist() == [[0.5, 0.5]]
+
+
+def test_predict_logits_refuses_no_images_and_a_batch_size_below_1():
+    """They failed inside numpy: "need at least one array to concatenate", "range() arg 3
+    must not be zero"."""
+    model = convlab.reference_net(seed=0)
+    x = np.zeros((3, 1, 28, 28), np.float32)
+    with pytest.raises(ValueError, match=r"x must be a numpy array of at least one image \(N, C, H, W\), "
+                                         r"got shape \(0, 1, 28, 28\)"):
+        predict_logits(model, x[:0])
+    with pytest.raises(ValueError, match="x must be a numpy array of at least one image .*got NoneType"):
+        predict_logits(model, None)
+    for batch_size in (0, -1, 2.0, True, None):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive int \\(images per forward pass\\), "
+                                             f"got {re.escape(repr(batch_size))}"):
+            predict_logits(model, x, batch_size)
+    assert predict_logits(model, x, np.int64(2)).shape == (3, 10)
 
 
 # --- data files, below the checksum ------------------------------------------------------
