@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from convlab import profile
 from convlab.layers import forward_only
-from convlab.losses import softmax_cross_entropy
+from convlab.losses import check_labels, softmax_cross_entropy
 from convlab.profile import phase
 from convlab.threads import single_threaded_blas
 
@@ -107,8 +107,15 @@ def predict_logits(model, x, batch_size=EVALUATION_BATCH) -> np.ndarray:
 
 
 def accuracy(model, x, y, batch_size=EVALUATION_BATCH) -> float:
-    """Fraction of ``x`` whose arg-max logit equals the label ``y``."""
-    return float((predict_logits(model, x, batch_size).argmax(axis=1) == y).mean())
+    """Fraction of ``x`` (N, C, H, W) whose arg-max logit equals the label ``y`` (N,).
+
+    ``y`` is checked as the loss checks it (:func:`convlab.losses.check_labels`): labels
+    (N, 1), as HDF5 files often store them, would broadcast against the (N,) predictions
+    into an (N, N) comparison and give a wrong accuracy without a word.
+    """
+    logits = predict_logits(model, x, batch_size)
+    check_labels(logits, y)
+    return float((logits.argmax(axis=1) == y).mean())
 
 
 def train_step(model, optimizer, x, y, watch=None):

@@ -19,7 +19,7 @@ import pytest
 
 import convlab
 from convlab.data import HDF5_NAME, MNIST_FILES, DataError, load_dataset, load_hdf5
-from convlab.training import predict_logits
+from convlab.training import accuracy, predict_logits
 from tests.test_cli import run_cli
 from tests.test_data import idx_bytes
 
@@ -644,6 +644,25 @@ def test_predict_logits_refuses_no_images_and_a_batch_size_below_1():
                                              f"got {re.escape(repr(batch_size))}"):
             predict_logits(model, x, batch_size)
     assert predict_logits(model, x, np.int64(2)).shape == (3, 10)
+
+
+def test_accuracy_checks_its_labels_as_the_loss_does():
+    """Labels (N, 1), as HDF5 files often store them, broadcast against the (N,) predictions
+    into an (N, N) comparison: a wrong accuracy (0.5 for 4 images all predicted right)."""
+    model = convlab.reference_net(seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    right = predict_logits(model, x).argmax(axis=1)
+    assert accuracy(model, x, right) == 1.0
+    for labels, message in [
+        (right[:, None], "labels must have shape (4,), one per row of logits (4, 10), got (4, 1)"),
+        (right[:3], "labels must have shape (4,), one per row of logits (4, 10), got (3,)"),
+        (right.astype(float), "labels must be a numpy array of integers (class indices 0 to 9), got float64"),
+        (right.tolist(), "labels must be a numpy array of integers (class indices 0 to 9), got list"),
+        (np.full(4, 10), "labels must be class indices from 0 to 9 (logits have 10 columns), got 10"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            accuracy(model, x, labels)
+        assert message in str(e.value)
 
 
 # --- data files, below the checksum ------------------------------------------------------
