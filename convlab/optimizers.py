@@ -30,10 +30,17 @@ class SGD:
         v = momentum * v + grad;  param -= lr * v
 
     ``velocity`` maps each parameter's name (see ``Sequential.named_parameters``) to its
-    momentum buffer, so it can be saved and restored.
+    momentum buffer, so it can be saved and restored. ``model`` is a network (a
+    :class:`convlab.Sequential`, or anything with its ``named_parameters()``); anything
+    else (None, a list of arrays) is refused with a TypeError, where it failed with an
+    AttributeError.
     """
 
     def __init__(self, model, lr=0.01, momentum=0.9):
+        if not callable(getattr(model, "named_parameters", None)):
+            raise TypeError(f"SGD takes the model whose parameters it updates (a convlab.Sequential, such as "
+                            f"convlab.reference_net(), or anything with its named_parameters()), "
+                            f"got {type(model).__name__}")
         for name, value in (("lr", lr), ("momentum", momentum)):
             # A string would parse (np.float32("0.1")) and a bool count as 0 or 1: refused,
             # as are NaN, infinities and negatives (which would train nothing, or diverge).

@@ -512,6 +512,14 @@ def test_sgd_refuses_a_setting_that_is_not_a_finite_number_at_least_0(setting):
     convlab.SGD(convlab.reference_net(seed=1), lr=np.float32(0.1), momentum=0)  # numpy scalars and 0 are fine
 
 
+@pytest.mark.parametrize("model", [None, [np.zeros(3, np.float32)], convlab.reference_net])
+def test_sgd_refuses_what_is_not_a_model(model):
+    with pytest.raises(TypeError, match="SGD takes the model whose parameters it updates \\(a convlab.Sequential, "
+                                        f"such as convlab.reference_net\\(\\), or anything with its named_parameters"
+                                        f"\\(\\)\\), got {type(model).__name__}"):
+        convlab.SGD(model)
+
+
 def test_sgd_step_before_any_backward():
     model = convlab.reference_net(seed=1)
     before = {name: p.copy() for name, p in model.state_dict().items()}
