@@ -39,6 +39,7 @@ import h5py
 import numpy as np
 
 from convlab.files import atomic_path, check_file_name
+from convlab.models import check_state
 from convlab.training import EpochMetrics
 
 FORMAT = "convlab-checkpoint"
@@ -98,12 +99,27 @@ class Checkpoint:
         return self.settings["epoch"]
 
     def restore(self, model, optimizer=None):
-        """Copy the weights (and the momentum buffers) into ``model`` (and ``optimizer``)."""
+        """Copy the weights (and the momentum buffers) into ``model`` (and ``optimizer``).
+
+        Everything is checked before anything is copied (the weights, then the momentum
+        buffers, with :func:`convlab.models.check_state`, as ``load_state_dict`` does): an
+        optimizer of another network used to get the weights into the model first and then
+        fail with numpy's "could not broadcast", and a (1,) buffer was broadcast over its
+        parameter's whole buffer. Refused, the model and the optimizer stay as they were.
+        """
         try:
-            model.load_state_dict(self.weights)
+            check_state(self.weights, model.state_dict())
         except ValueError as e:
             raise CheckpointError(f"{self.path} is a checkpoint of a different network: {e}; "
                                   f"it holds {self.settings['network']!r}") from None
+        if optimizer is not None:
+            try:
+                check_state(self.velocity, optimizer.velocity, "momentum buffer", "this optimizer")
+            except ValueError as e:
+                raise CheckpointError(f"{self.path}'s momentum buffers do not fit this optimizer: {e}; the "
+                                      f"checkpoint is damaged, or of another network than the optimizer's "
+                                      f"(it holds {self.settings['network']!r})") from None
+        model.load_state_dict(self.weights)  # checks the weights again (a pass over them), then copies
         if optimizer is not None:
             for name, buffer in optimizer.velocity.items():
                 buffer[...] = self.velocity[name]
@@ -270,6 +286,11 @@ def load_checkpoint(path) -> Checkpoint:
     if set(velocity) != set(weights):
         raise CheckpointError(f"{path} is a damaged checkpoint: momentum buffers {sorted(velocity)} "
                               f"do not match the weights {sorted(weights)}")
+    for name, weight in weights.items():  # numpy would broadcast a (1,) buffer over its parameter's
+        if velocity[name].shape != weight.shape:
+            raise CheckpointError(f"{path} is a damaged checkpoint: optimizer/velocity/{name} has shape "
+                                  f"{velocity[name].shape}, but weights/{name} has {weight.shape} (a momentum "
+                                  f"buffer has its parameter's shape)")
     for group, arrays in (("weights", weights), ("optimizer/velocity", velocity)):
         for name, array in arrays.items():
             if not np.isfinite(array).all():

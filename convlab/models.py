@@ -152,29 +152,14 @@ class Sequential:
         but an int, bool or object array, or a list, is refused rather than converted, and so
         is a NaN or infinite value, or one beyond the model's dtype (1e300 into float32): the
         model would carry it until a forward refused it, far from here, or give NaN logits.
-        Every value is checked before any is copied, so a refused state leaves the model as it was.
+        Every value is checked (:func:`check_state`) before any is copied, so a refused state
+        leaves the model as it was.
         """
         if not isinstance(state, Mapping):
             raise ValueError(f"state must be a dict of numpy arrays by parameter name (as state_dict() gives), "
                              f"got {type(state).__name__}")
         own = self.state_dict()
-        if set(state) != set(own):
-            raise ValueError(f"parameter names {sorted(state)} do not match this model's {sorted(own)}")
-        for name, param in own.items():
-            value = state[name]
-            if not isinstance(value, np.ndarray):
-                raise ValueError(f"parameter {name} must be a numpy array of shape {param.shape}, "
-                                 f"got {type(value).__name__}")
-            if value.shape != param.shape:
-                raise ValueError(f"parameter {name} has shape {value.shape}, this model needs {param.shape}")
-            if value.dtype.kind != "f":
-                raise ValueError(f"parameter {name} must be an array of floats (float32 or float64; this model "
-                                 f"is {param.dtype}), got {value.dtype}")
-            with np.errstate(over="ignore"):  # a value too big for the model's dtype: said below
-                finite = np.isfinite(value.astype(param.dtype, copy=False)).all()
-            if not finite:
-                beyond = f" or beyond {param.dtype}'s range" if np.isfinite(value).all() else ""
-                raise ValueError(f"parameter {name} holds NaN or infinite values{beyond}; every value must be finite")
+        check_state(state, own)
         for name, param in own.items():
             param[...] = state[name]
 
@@ -281,6 +266,31 @@ class Sequential:
 
     def __repr__(self):
         return "Sequential(\n" + "".join(f"  {layer!r}\n" for layer in self.layers) + ")"
+
+
+def check_state(state, own, what="parameter", owner="this model"):
+    """Refuse ``state`` (arrays by name) unless it holds, for each name of ``own`` (the arrays
+    it is to be copied into) and no other, a numpy array of floats of that array's shape
+    whose values stay finite in its dtype (see :meth:`Sequential.load_state_dict`, and
+    ``Checkpoint.restore`` for an optimizer's momentum buffers). Each error names ``what``
+    was refused ("parameter 0.w") and whose arrays they were to go into (``owner``)."""
+    if set(state) != set(own):
+        raise ValueError(f"{what} names {sorted(state)} do not match {owner}'s {sorted(own)}")
+    for name, param in own.items():
+        value = state[name]
+        if not isinstance(value, np.ndarray):
+            raise ValueError(f"{what} {name} must be a numpy array of shape {param.shape}, "
+                             f"got {type(value).__name__}")
+        if value.shape != param.shape:
+            raise ValueError(f"{what} {name} has shape {value.shape}, {owner} needs {param.shape}")
+        if value.dtype.kind != "f":
+            raise ValueError(f"{what} {name} must be an array of floats (float32 or float64; {owner} "
+                             f"is {param.dtype}), got {value.dtype}")
+        with np.errstate(over="ignore"):  # a value too big for the target's dtype: said below
+            finite = np.isfinite(value.astype(param.dtype, copy=False)).all()
+        if not finite:
+            beyond = f" or beyond {param.dtype}'s range" if np.isfinite(value).all() else ""
+            raise ValueError(f"{what} {name} holds NaN or infinite values{beyond}; every value must be finite")
 
 
 def check_layer(layer, position):

@@ -1,5 +1,6 @@
 """HDF5 checkpoints: round trip, exact resume, resume rules, and every bad checkpoint file."""
 
+import dataclasses
 import hashlib
 import os
 
@@ -60,6 +61,42 @@ def test_round_trip_keeps_weights_momentum_metrics_and_settings(tmp_path):
         assert sorted(f["weights"]) == ["0.b", "0.w", "3.b", "3.w"]
         assert f["weights/0.w"].dtype == np.float32
         assert list(f["metrics"].dtype.names) == ["epoch", "train_loss", "train_accuracy", "test_accuracy", "seconds"]
+
+
+def test_restore_checks_the_momentum_buffers_before_copying_anything(tmp_path):
+    """An optimizer of another network got the weights into the model, then failed with
+    numpy's "could not broadcast"; a (1,) buffer was broadcast over its parameter's."""
+    path = tmp_path / "ck.h5"
+    make_checkpoint(path)
+    loaded = load_checkpoint(path)
+    model, other = reference_net(seed=5), Sequential(Conv2D(1, 32, 5), ReLU(), Flatten(), Dense(18432, 10))
+    float64_net = reference_net(seed=5, dtype=np.float64)
+    cases = [
+        (loaded, SGD(other), "momentum buffer 0.w has shape (32, 1, 7, 7), this optimizer needs (32, 1, 5, 5)"),
+        (dataclasses.replace(loaded, velocity=dict(loaded.velocity, **{"3.b": np.ones(1, np.float32)})), SGD(model),
+         "momentum buffer 3.b has shape (1,), this optimizer needs (10,)"),
+        (dataclasses.replace(loaded, velocity=dict(loaded.velocity, **{"3.b": np.ones(10, np.int64)})), SGD(model),
+         "momentum buffer 3.b must be an array of floats (float32 or float64; this optimizer is float32), got int64"),
+        (dataclasses.replace(loaded, velocity=dict(loaded.velocity, **{"3.b": np.full(10, 1e300)})), SGD(model),
+         "momentum buffer 3.b holds NaN or infinite values or beyond float32's range"),
+        (dataclasses.replace(loaded, velocity={"0.w": loaded.velocity["0.w"]}), SGD(model),
+         "momentum buffer names ['0.w'] do not match this optimizer's ['0.b', '0.w', '3.b', '3.w']"),
+    ]
+    for checkpoint, optimizer, message in cases:
+        before = {name: p.copy() for name, p in model.state_dict().items()}
+        buffers = {name: v.copy() for name, v in optimizer.velocity.items()}
+        with pytest.raises(CheckpointError) as e:
+            checkpoint.restore(model, optimizer)
+        assert str(e.value).startswith(f"{path}'s momentum buffers do not fit this optimizer: {message}"), e.value
+        assert "the checkpoint is damaged, or of another network than the optimizer's (it holds 'Conv2D(1, 32" \
+            in str(e.value)
+        for name, p in model.state_dict().items():
+            np.testing.assert_array_equal(p, before[name])
+        for name, v in optimizer.velocity.items():
+            np.testing.assert_array_equal(v, buffers[name])
+    optimizer = SGD(float64_net)  # float32 buffers into float64 ones: cast, as the weights are
+    loaded.restore(float64_net, optimizer)
+    np.testing.assert_array_equal(optimizer.velocity["0.w"], loaded.velocity["0.w"].astype(np.float64))
 
 
 def test_save_removes_temp_files_left_by_a_killed_writer_and_no_others(tmp_path):
@@ -302,6 +339,10 @@ BAD_CHECKPOINTS = {
                             "{path} is a damaged checkpoint: attribute dataset is 3, not text"),
     "format version is text": (edit_checkpoint(set_attribute("format_version", "1")),
                                "{path} is a damaged checkpoint: attribute format_version is '1', not a whole number"),
+    # Loaded, and broadcast over the whole buffer on restore.
+    "momentum of another shape": (edit_checkpoint(replace_dataset("optimizer/velocity/0.w", np.ones(1, np.float32))),
+                                  "{path} is a damaged checkpoint: optimizer/velocity/0.w has shape (1,), but "
+                                  "weights/0.w has (32, 1, 7, 7) (a momentum buffer has its parameter's shape)"),
     "NaN weights": (edit_checkpoint(set_nan),
                     "{path} is a damaged checkpoint: weights/3.b holds NaN or infinite values"),
 }
