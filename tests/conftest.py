@@ -98,6 +98,25 @@ def data_read_once(monkeypatch):
     monkeypatch.setattr(convlab.data, "load_dataset", load_dataset)
 
 
+SPECIAL_FILES = ["fifo", "character device"]
+
+
+def make_special_file(path, kind):
+    """Make at ``path`` a FIFO or (``"character device"``) a /dev/null of our own, for
+    tests of files that are not regular; skips the test where a device node needs root.
+    Returns a check that the node is still there, as it was."""
+    import stat
+
+    if kind == "fifo":
+        os.mkfifo(path)
+        return lambda: stat.S_ISFIFO(os.stat(path).st_mode)
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+    return lambda: stat.S_ISCHR(os.stat(path).st_mode)
+
+
 def random_digits(path, train=64, test=32):
     """``train`` + ``test`` random images in the assignment's MNISTdata.hdf5 layout at ``path``."""
     rng = np.random.default_rng(0)

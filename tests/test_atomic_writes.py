@@ -26,6 +26,7 @@ from convlab.files import (
     sole_writer,
     writer,
 )
+from tests.conftest import SPECIAL_FILES, make_special_file
 from tests.test_no_lost_work import assert_one_error_line, convlab
 
 WRITER = """
@@ -298,22 +299,13 @@ def test_flags_are_not_read_where_they_cannot_be(tmp_path, monkeypatch):
     assert files.inode_flags(tmp_path) == 0
 
 
-@pytest.mark.parametrize("kind", ["fifo", "character device"])
+@pytest.mark.parametrize("kind", SPECIAL_FILES)
 def test_an_output_naming_a_device_or_fifo_is_refused_and_left_alone(tmp_path, kind):
     """A device reads as empty, which is of any kind, so `bench --json` renamed its result
     over it (as root: `--json /dev/null` replaced the system's /dev/null)."""
-    import stat
-
     path = tmp_path / "out.json"
-    if kind == "fifo":
-        os.mkfifo(path)
-    else:
-        try:
-            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a /dev/null of our own
-        except PermissionError:
-            pytest.skip("making a device node needs root")
+    still_there = make_special_file(path, kind)
     code, out, err = convlab("bench", "--json", path.name, "--kernel-sizes", "3", "--mnist-layer", "no", cwd=tmp_path)
     assert_one_error_line(code, err, f"--json {path.name} exists and is not a regular file (a device, a FIFO or a "
                                      "socket); refusing to replace it (choose another path)")
-    mode = os.stat(path).st_mode
-    assert (stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)) and os.listdir(tmp_path) == [path.name]
+    assert still_there() and os.listdir(tmp_path) == [path.name]

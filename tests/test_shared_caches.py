@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import random_digits
+from tests.conftest import SPECIAL_FILES, make_special_file, random_digits
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -164,29 +164,21 @@ def test_a_cache_setting_naming_someone_elses_file_leaves_it_intact(tmp_path):
         for kind, path, marker in (("auto pick cache", notes, "picks"), ("FFTW wisdom file", picture, "wisdom"))]
 
 
-@pytest.mark.parametrize("kind", ["fifo", "character device"])
+@pytest.mark.parametrize("kind", SPECIAL_FILES)
 def test_a_cache_setting_naming_a_device_or_fifo_is_never_opened_nor_replaced(tmp_path, kind):
     """``CONVLAB_FFT_WISDOM=/dev/null`` read as an empty cache, and the save renamed a
     JSON file over the device (as root: the system's /dev/null); a FIFO blocked the read."""
-    import stat
     import warnings
 
     from convlab.cachefile import read_cache, update_cache
 
     path = tmp_path / "cache"
-    if kind == "fifo":
-        os.mkfifo(path)
-    else:
-        try:
-            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a /dev/null of our own
-        except PermissionError:
-            pytest.skip("making a device node needs root")
+    still_there = make_special_file(path, kind)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert read_cache(path, "FFTW wisdom file", "wisdom") == {}
         assert update_cache(path, "FFTW wisdom file", "wisdom", lambda stored: {"wisdom": []}) is False
-    mode = os.stat(path).st_mode
-    assert (stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)) and os.listdir(tmp_path) == ["cache"]
+    assert still_there() and os.listdir(tmp_path) == ["cache"]
     assert [str(w.message) for w in caught] == [
         f"not using the FFTW wisdom file {path}: it is not a regular file (a device, a FIFO or a socket); "
         "the file is left as it is (point the setting at another file)"]
