@@ -186,7 +186,7 @@ class ReLU(Layer):
 
     def __init__(self, inplace=False):
         super().__init__()
-        self.inplace = inplace
+        self.inplace = as_flag(inplace, "inplace")
         self.fused = False
         self._output = None
 

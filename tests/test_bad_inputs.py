@@ -742,6 +742,14 @@ def test_truncated_hdf5(tmp_path):
         load_hdf5(path)
 
 
+@pytest.mark.parametrize("inplace", ["no", 0, None])
+def test_a_relu_layers_inplace_must_be_a_flag(inplace):
+    # "no" switched it on: the forward then wrote over the caller's x.
+    with pytest.raises(ValueError, match=f"^inplace must be True or False, got {inplace!r}$"):
+        convlab.ReLU(inplace=inplace)
+    assert convlab.ReLU(inplace=np.bool_(True)).inplace is True
+
+
 def test_a_backends_relu_must_be_a_flag():
     with pytest.raises(ValueError, match="relu must be True or False, got 'yes'"):
         convlab.get_backend("im2col").forward(X, W, relu="yes")
