@@ -371,10 +371,23 @@ class _Pool2D(Layer):
         self._cache = None
 
     def checked_output_shape(self, x):
-        """:meth:`output_shape` of ``x``, refused unless it is a numpy array."""
+        """:meth:`output_shape` of ``x``, refused unless it is a numpy array of float32 or
+        float64 (as a convolution's x): an int x made max-pooling's -inf padding an
+        OverflowError and average pooling's 1/(kh*kw) scale 0, all zeros without a word."""
         if not isinstance(x, np.ndarray):
             raise ValueError(f"{type(self).__name__}: x must be a numpy array (N, C, H, W), got {type(x).__name__}")
+        if x.dtype.type not in FLOAT_DTYPES:
+            raise ValueError(f"{type(self).__name__}: x must be float32 or float64, got {x.dtype}")
         return self.output_shape(x.shape)
+
+    def checked_dy(self, dy, y_shape):
+        """``dy`` checked against the forward's output shape ``y_shape`` (N, C, OH, OW), as
+        every layer's is, and refused unless float32 or float64 (an int dy would get average
+        pooling's scale as 0, as an int x would)."""
+        _checked_dy(dy, y_shape, self)
+        if dy.dtype.type not in FLOAT_DTYPES:
+            raise ValueError(f"{type(self).__name__}.backward: dy must be float32 or float64, got {dy.dtype}")
+        return dy
 
     def output_shape(self, x_shape):
         """(N, C, OH, OW) for an input of ``x_shape`` (N, C, H, W); refuses a window larger
@@ -451,7 +464,7 @@ class MaxPool2D(_Pool2D):
     def backward(self, dy, need_dx=True):
         need_dx = as_flag(need_dx, "need_dx")
         xp, y = _kept(self._cache, self)
-        _checked_dy(dy, y.shape, self)
+        self.checked_dy(dy, y.shape)
         if not need_dx:
             return None
         oh, ow = y.shape[2:]
@@ -504,7 +517,7 @@ class AvgPool2D(_Pool2D):
     def backward(self, dy, need_dx=True):
         need_dx = as_flag(need_dx, "need_dx")
         xp_shape, y_shape = _kept(self._cache, self)
-        _checked_dy(dy, y_shape, self)
+        self.checked_dy(dy, y_shape)
         if not need_dx:
             return None
         tiled = self.tiles(xp_shape, dy.shape)

@@ -485,6 +485,19 @@ def test_pooling_takes_images(pool):
         pool.forward(np.ones((1, 1, 4, 4)).tolist())
 
 
+@pytest.mark.parametrize("pool", [convlab.MaxPool2D(3, 1, 1), convlab.AvgPool2D(2)], ids=repr)
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_, np.float16])
+def test_pooling_takes_only_float32_or_float64(pool, dtype):
+    # An int x: average pooling's 1/4 became 0 (all zeros, silently), max-pooling's -inf
+    # padding an OverflowError.
+    name, kind = type(pool).__name__, np.dtype(dtype).name
+    with pytest.raises(ValueError, match=f"^{name}: x must be float32 or float64, got {kind}$"):
+        pool.forward(np.arange(32).reshape(2, 1, 4, 4).astype(dtype))
+    y = pool.forward(np.ones((2, 1, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=f"^{name}.backward: dy must be float32 or float64, got {kind}$"):
+        pool.backward(np.ones(y.shape, dtype))
+
+
 @pytest.mark.parametrize("make, shape", [
     (lambda: convlab.Conv2D(1, 2, 3, rng=0), (2, 1, 8, 8)),
     (lambda: convlab.Dense(10, 3, rng=0), (2, 10)),
