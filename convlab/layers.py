@@ -60,6 +60,26 @@ def as_rng(seed_or_rng, what="rng", none_ok=True) -> np.random.Generator:
     raise ValueError(f"{what} must be {allowed}, got {seed_or_rng!r}")
 
 
+def _check_sizes(**sizes):
+    """A ValueError unless each of ``sizes`` (a layer's channels or features, by name) is a
+    positive int: else a float failed inside numpy, 0 divided by zero in the weights' scale
+    and a negative one got numpy's "negative dimensions", none naming the argument."""
+    for name, value in sizes.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_float_dtype(dtype):
+    """A ValueError unless ``dtype`` is float32 or float64: an int one would round a layer's
+    weights (all but a few are below 1) to zeros, and float16 is computed by no backend."""
+    try:
+        kind = np.dtype(dtype).type
+    except TypeError:
+        kind = None
+    if kind not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be float32 or float64 (what every backend and layer computes in), got {dtype!r}")
+
+
 class Layer:
     """A layer with no parameters; subclasses fill ``params``."""
 
@@ -105,15 +125,8 @@ class Conv2D(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  backend=None, rng=None, dtype=np.float32, relu=False):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        try:
-            kind = np.dtype(dtype).type
-        except TypeError:
-            kind = None
-        if kind not in FLOAT_DTYPES:
-            raise ValueError(f"dtype must be float32 or float64 (what every backend computes in), got {dtype!r}")
+        _check_sizes(in_channels=in_channels, out_channels=out_channels)
+        _check_float_dtype(dtype)
         kh, kw = as_pair(kernel_size, "kernel_size", 1)
         self.stride = as_pair(stride, "stride", 1)
         self.padding = as_pair(padding, "padding", 0)
@@ -284,6 +297,8 @@ class Dense(Layer):
 
     def __init__(self, in_features, out_features, rng=None, dtype=np.float32):
         super().__init__()
+        _check_sizes(in_features=in_features, out_features=out_features)
+        _check_float_dtype(dtype)
         w = (as_rng(rng).standard_normal((in_features, out_features)) * np.sqrt(1.0 / in_features)).astype(dtype)
         self.params["w"] = np.asfortranarray(w)  # the same values, laid out as (out, in): see the class doc
         self.params["b"] = np.zeros(out_features, dtype=dtype)

@@ -390,6 +390,24 @@ def test_conv2d_layer_construction(args, kwargs, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("args, kwargs, message", [
+    ((0, 3), {}, "in_features must be a positive int, got 0"),  # was a ZeroDivisionError
+    ((-1, 3), {}, "in_features must be a positive int, got -1"),  # numpy's "negative dimensions"
+    ((2.5, 3), {}, "in_features must be a positive int, got 2.5"),  # numpy's TypeError
+    ((4, True), {}, "out_features must be a positive int, got True"),
+    ((4, 3), dict(dtype=np.int32), "dtype must be float32 or float64 (what every backend and layer computes in), "
+                                   "got <class 'numpy.int32'>"),  # was all-zero weights
+    ((4, 3), dict(dtype="float16"), "dtype must be float32 or float64 (what every backend and layer computes in), "
+                                    "got 'float16'"),
+    ((4, 3), dict(dtype="nope"), "dtype must be float32 or float64"),
+])
+def test_dense_layer_construction(args, kwargs, message):
+    with pytest.raises(ValueError) as e:
+        convlab.Dense(*args, **kwargs)
+    assert message in str(e.value)
+    assert convlab.Dense(np.int64(4), 3, dtype="float64").params["w"].dtype == np.float64
+
+
 def test_conv2d_layer_in_use():
     layer = convlab.Conv2D(3, 4, 3)
     with pytest.raises(ValueError, match=r"x has 1 channels but w expects 3"):
