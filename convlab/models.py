@@ -40,6 +40,12 @@ class Sequential:
 
     A ``ReLU`` right after a ``Conv2D`` is fused into it (the convolution's ``relu``), one
     after a ``Dense`` runs in place: see :class:`convlab.layers.ReLU`.
+    So the layers given to a Sequential belong to it, each at one position (the same object
+    at two is refused: a layer keeps its last forward's input or output for its backward,
+    which a second forward would overwrite): the fusion changes them for good. The
+    ``Conv2D`` then has ``relu=True`` and, called alone or in another Sequential, applies
+    the ReLU itself; the fused ``ReLU`` passes x through untouched and the in-place one
+    writes over its x. Make new layers for another network.
     The first layer's input gradient is never needed, so it is not computed. Each layer's
     time is measured (two clock reads per layer and pass, well under a microsecond): the
     forward of a training step and its backward are added to ``layer_seconds`` when the
@@ -49,6 +55,7 @@ class Sequential:
     def __init__(self, *layers):
         for position, layer in enumerate(layers):
             check_layer(layer, position)
+        check_distinct(layers)
         self.layers = list(layers)
         for before, layer in zip(self.layers, self.layers[1:]):
             if isinstance(layer, ReLU) and isinstance(before, Conv2D):
@@ -308,6 +315,21 @@ def check_layer(layer, position):
     if missing:
         raise TypeError(f"{what} is not a layer: it has no {', '.join(missing)}; a layer has forward(x), "
                         "backward(dy, need_dx) and dicts params and grads, as convlab.Layer's subclasses")
+
+
+def check_distinct(layers):
+    """A ValueError, up front, if one layer object is at two of ``Sequential``'s positions: a
+    layer keeps what its backward needs from its last forward, which the second position's
+    forward overwrote (wrong gradients, or a shape error in the backward), and a ReLU fused
+    into the convolution before one position passed the other's input through untouched
+    (a wrong forward, silently)."""
+    first = {}
+    for position, layer in enumerate(layers):
+        earlier = first.setdefault(id(layer), position)
+        if earlier != position:
+            raise ValueError(f"Sequential's arguments {earlier} and {position} are the same layer object "
+                             f"({layer!r}); a layer keeps its last input or output for its backward, so make a new "
+                             f"layer for each position ({type(layer).__name__}(...) each time)")
 
 
 def output_shape(layer, shape) -> tuple:

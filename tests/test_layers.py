@@ -200,6 +200,33 @@ def test_sequential_refuses_what_is_not_a_layer_up_front(layers, message):
         convlab.Sequential(*layers)
 
 
+def test_sequential_refuses_one_layer_object_at_two_positions():
+    # act = ReLU() after a conv and after a dense layer: fused into the conv, it passed the
+    # dense layer's output through untouched (negative logits, silently).
+    act = ReLU()
+    with pytest.raises(ValueError, match=r"^Sequential's arguments 1 and 4 are the same layer object \(ReLU\(.*\)\); "
+                                         r"a layer keeps its last input or output for its backward, so make a new "
+                                         r"layer for each position \(ReLU\(...\) each time\)$"):
+        convlab.Sequential(Conv2D(1, 2, 3, rng=0), act, Flatten(), Dense(32, 10, rng=1), act)
+    # One max-pool twice, as in PyTorch's LeNet tutorial: the backward failed on a shape.
+    pool = convlab.MaxPool2D(2)
+    with pytest.raises(ValueError, match=r"^Sequential's arguments 2 and 4 .* \(MaxPool2D\(...\) each time\)$"):
+        convlab.Sequential(Conv2D(1, 2, 3, rng=0), ReLU(), pool, Conv2D(2, 2, 1, rng=0), pool, Flatten(),
+                           Dense(2, 10, rng=0))
+
+
+def test_a_layer_given_to_a_sequential_keeps_what_the_fusion_made_it():
+    """As the docs say: the Conv2D then applies the ReLU when called alone, the fused ReLU
+    passes its input through, and the one after a Dense writes over its input."""
+    conv, fused, after_dense = Conv2D(1, 2, 3, rng=0), ReLU(), ReLU()
+    convlab.Sequential(conv, fused, Flatten(), Dense(32, 4, rng=0), after_dense, Dense(4, 10, rng=0))
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6), dtype=np.float32)
+    assert conv.relu and conv.forward(x).min() == 0
+    assert fused.forward(x) is x
+    v = np.array([1, -1], np.float32)
+    assert after_dense.forward(v) is v and v.tolist() == [1, 0]
+
+
 def test_sequential_runs_a_layer_of_ones_own():
     class Double(convlab.Layer):
         def forward(self, x):
