@@ -186,8 +186,9 @@ class ReLU(Layer):
 
     ``inplace=True`` (like ``torch.nn.ReLU(inplace=True)``) writes the forward's result
     over x and the backward's over dy: no new 4.7 MB array each way on the MNIST layer's
-    output. :class:`convlab.Sequential` sets it on a ReLU that follows a ``Dense``, whose
-    output nothing else keeps. A ReLU that follows a ``Conv2D`` is *fused* into it instead
+    output. :class:`convlab.Sequential` sets it on a ReLU between two ``Dense``: nothing else
+    keeps the first's output, and dy is the second's dx, a new array (a last ReLU's dy is the
+    caller's, so it is left out). A ReLU that follows a ``Conv2D`` is *fused* into it instead
     (``fused=True``, set by ``Sequential`` with the convolution's ``relu``): the convolution
     applies it chunk by chunk while its output is still in cache, and this layer passes x
     and dy through untouched.

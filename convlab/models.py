@@ -39,7 +39,8 @@ class Sequential:
     """Layers applied in order; ``backward`` runs them in reverse.
 
     A ``ReLU`` right after a ``Conv2D`` is fused into it (the convolution's ``relu``), one
-    after a ``Dense`` runs in place: see :class:`convlab.layers.ReLU`.
+    between two ``Dense`` runs in place: see :class:`convlab.layers.ReLU`. None is made to
+    write over the ``dy`` given to ``backward``.
     So the layers given to a Sequential belong to it, each at one position (the same object
     at two is refused: a layer keeps its last forward's input or output for its backward,
     which a second forward would overwrite): the fusion changes them for good. The
@@ -57,12 +58,14 @@ class Sequential:
             check_layer(layer, position)
         check_distinct(layers)
         self.layers = list(layers)
-        for before, layer in zip(self.layers, self.layers[1:]):
+        for before, layer, after in zip(self.layers, self.layers[1:], self.layers[2:] + [None]):
             if isinstance(layer, ReLU) and isinstance(before, Conv2D):
                 # Applied by the convolution, chunk by chunk while its output is in cache.
                 before.relu = layer.fused = True
-            elif isinstance(layer, ReLU) and isinstance(before, Dense):
-                layer.inplace = True  # its output is nobody else's: no new array each way
+            elif isinstance(layer, ReLU) and isinstance(before, Dense) and type(after) is Dense:
+                # Its output is nobody else's and its dy the next Dense's new dx: no new array
+                # each way. Not a last ReLU: its dy is the caller's, which it would overwrite.
+                layer.inplace = True
         self.reset_timing()
 
     def reset_timing(self):

@@ -227,6 +227,19 @@ def test_a_layer_given_to_a_sequential_keeps_what_the_fusion_made_it():
     assert after_dense.forward(v) is v and v.tolist() == [1, 0]
 
 
+def test_a_network_s_backward_leaves_the_callers_dy_as_it_is():
+    # A last ReLU after a Dense was made in-place, and its backward wrote over dy (a
+    # read-only one: numpy's "output array is read-only").
+    model = convlab.get_model("c2k3 relu dense10 relu").build(seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28), dtype=np.float32)
+    _, d = softmax_cross_entropy(model.forward(x), np.array([1, 2]))
+    d0 = d.copy()
+    d.flags.writeable = False
+    model.backward(d)
+    np.testing.assert_array_equal(d, d0)
+    assert not model.layers[-1].inplace
+
+
 def test_sequential_runs_a_layer_of_ones_own():
     class Double(convlab.Layer):
         def forward(self, x):

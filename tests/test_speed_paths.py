@@ -73,12 +73,14 @@ def test_an_inplace_relu_overwrites_x_and_dy_with_the_same_results():
     np.testing.assert_array_equal(dx_ref, dy * (x > 0))
 
 
-def test_a_network_fuses_a_relu_after_a_convolution_and_runs_one_after_a_dense_in_place():
+def test_a_network_fuses_a_relu_after_a_convolution_and_runs_one_between_dense_layers_in_place():
+    # The last ReLU's dy is the caller's: not in place (test_layers checks that dy is left as it is).
     rng = np.random.default_rng(0)
     model = convlab.Sequential(convlab.Conv2D(1, 2, 3, rng=rng), ReLU(), MaxPool2D(2), ReLU(), Flatten(),
-                               Dense(2 * 3 * 3, 4, rng=rng), ReLU())
+                               Dense(2 * 3 * 3, 4, rng=rng), ReLU(), Dense(4, 3, rng=rng), ReLU())
     relus = [layer for layer in model.layers if isinstance(layer, ReLU)]
-    assert [(relu.fused, relu.inplace) for relu in relus] == [(True, False), (False, False), (False, True)]
+    assert [(relu.fused, relu.inplace) for relu in relus] == [(True, False), (False, False), (False, True),
+                                                              (False, False)]
     assert model.layers[0].relu
 
 
