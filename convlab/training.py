@@ -48,11 +48,19 @@ class DivergenceWatch:
                                    f"times its chance level, log {classes}) for {self.exploded} batches, "
                                    f"reaching {loss:.3g}")
 
-    def check_epoch(self, mean_loss, epoch, lr):
+    def check_epoch(self, mean_loss, epoch, lr, test_logits=None):
+        """After an epoch: its mean loss in bounds, and the logits its weights give on the
+        test images (``test_logits``, if given) finite. The last step's update can blow the
+        weights up after a finite loss (``--lr 1e20``, one step): they gave NaN logits, an
+        accuracy of NaN's arg-max, and were saved with an exit status of 0."""
         if mean_loss > self.bound:
             raise TrainingDiverged(f"training diverged: the mean loss of epoch {epoch} was {mean_loss:.3g}, above "
                                    f"{self.bound:.3g} ({DIVERGED_FACTOR} times its chance level); "
                                    f"try a lower learning rate (now {lr})")
+        if test_logits is not None and not np.isfinite(test_logits).all():
+            raise TrainingDiverged(f"training diverged: after epoch {epoch}, the network's outputs on the test "
+                                   f"images are not finite (its last updates overflowed); try a lower learning "
+                                   f"rate (now {lr})")
 
 
 @dataclass
@@ -113,7 +121,12 @@ def accuracy(model, x, y, batch_size=EVALUATION_BATCH) -> float:
     (N, 1), as HDF5 files often store them, would broadcast against the (N,) predictions
     into an (N, N) comparison and give a wrong accuracy without a word.
     """
-    logits = predict_logits(model, x, batch_size)
+    return accuracy_of(predict_logits(model, x, batch_size), y)
+
+
+def accuracy_of(logits, y) -> float:
+    """Fraction of the rows of ``logits`` (N, K) whose arg-max is the label ``y`` (N,),
+    checked as in :func:`accuracy`."""
     check_labels(logits, y)
     return float((logits.argmax(axis=1) == y).mean())
 
@@ -204,9 +217,10 @@ def fit(model, optimizer, data, epochs, batch_size, seed, start_epoch=1, progres
         with np.errstate(over="ignore", invalid="ignore"):
             loss, train_acc = train_epoch(model, optimizer, data.x_train, data.y_train, batch_size, seed, epoch,
                                           progress, on_batch, watch)
-        watch.check_epoch(loss, epoch, optimizer.lr)
-        seconds = time.perf_counter() - started
-        metrics = EpochMetrics(epoch, loss, train_acc, accuracy(model, data.x_test, data.y_test), seconds)
+            seconds = time.perf_counter() - started
+            test_logits = predict_logits(model, data.x_test)
+        watch.check_epoch(loss, epoch, optimizer.lr, test_logits)
+        metrics = EpochMetrics(epoch, loss, train_acc, accuracy_of(test_logits, data.y_test), seconds)
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)

@@ -92,6 +92,20 @@ def test_the_epoch_where_the_loss_exploded_is_not_saved(tmp_path, tiny_data):
     assert load_checkpoint(path).epoch == 1
 
 
+def test_an_epoch_whose_last_update_overflowed_stops_the_run_and_is_not_saved(tmp_path, tiny_data):
+    """One step at --lr 1e20: the loss was finite, the weights after the update gave NaN
+    logits (numpy's overflow warnings, an accuracy of NaN's arg-max), and the epoch was saved
+    with exit status 0; predict then failed on that checkpoint."""
+    path = tmp_path / "ck.h5"
+    result = convlab(tmp_path, "train", "--data-dir", str(tiny_data), "--batch-size", "64", "--lr", "1e20",
+                     "--epochs", "1", "--progress", "False", "--checkpoint", str(path), capture_output=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("convlab: error: training diverged: after epoch 1, the network's outputs on "
+                                    "the test images are not finite (its last updates overflowed); try a lower "
+                                    "learning rate"), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not path.exists()
+
+
 def test_a_metrics_file_that_cannot_be_written_says_so_in_words(tmp_path, tiny_data, capsys, monkeypatch):
     def read_only_folder(path, obj):
         raise PermissionError(13, "Permission denied", str(tmp_path / ".m.json.x.tmp"), None, str(path))
