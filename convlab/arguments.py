@@ -221,6 +221,12 @@ def check_arguments(command, args, usage) -> bool:
         if name in named:
             raise CommandLineError(f"`{usage}` option {option_name(name)} is given twice; give it once")
         named.add(name)
+        value = None if alone else token.split("=", 1)[1] if "=" in token else args[i]
+        if value is not None and value.strip() == "None" and parse is None:
+            # fire reads it as Python's None, the value of an option not given: `--epochs None`
+            # (a script's f"--epochs {n}" with n None) trained for the default 5 epochs.
+            raise CommandLineError(f"`{usage}` option {option_name(name)} needs a value, got None (leave the "
+                                   "option out for its default)")
         if not alone and "=" not in token:
             i += 1  # the option's value
     free = [n for n, p in parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD and n not in named]

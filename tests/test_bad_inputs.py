@@ -119,6 +119,10 @@ TRAIN_CASES = [
     (["--epochs", "--lr", "0.1"], "`convlab train` option --epochs needs a value (--epochs EPOCHS)"),
     (["--epochs", "-inf", "-inf"], "`convlab train` has no option -inf; its options are: "),
     (["--lr"], "`convlab train` option --lr needs a value (--lr LR)"),
+    # fire reads None as Python's None, the value of an option not given: 5 epochs were trained
+    (["--epochs", "None"], "`convlab train` option --epochs needs a value, got None (leave the option out for its "
+                           "default)"),
+    (["--seed=None"], "`convlab train` option --seed needs a value, got None"),
     (["--epochs", "1", "--epochs", "2"], "`convlab train` option --epochs is given twice; give it once"),
     (["--progress", "bogus", "--noprogress"], "`convlab train` option --progress is given twice"),
     (["--train-size", "60001"], "--train-size is 60001 but the data set has only 60000 images"),
@@ -142,6 +146,7 @@ OTHER_CASES = [
     (["report", "{metrics.json}", "--out", ""], "--out is empty (''); give a file name such as report.pdf"),
     (["evaluate", "--checkpoint", ""], "a checkpoint needs a file path (such as --checkpoint run.h5), got an empty one"),
     (["bench", "--repeat"], "`convlab bench` option --repeat needs a value (--repeat REPEAT)"),
+    (["bench", "--repeat", "None"], "`convlab bench` option --repeat needs a value, got None"),
     (["data", "download", "--timeout"], "`convlab data download` option --timeout needs a value"),
     (["evaluate", "--test-size", "--checkpoint", "x.h5"], "`convlab evaluate` option --test-size needs a value"),
     # 1e12 s ended in socket.settimeout's OverflowError ("timestamp out of range for platform time_t")
