@@ -317,6 +317,9 @@ class Commands:
         # The sizes in force (given, else the sweep's defaults) name what was too big.
         defaults = SWEEP_LAYER[sweep]
         in_force = {name: defaults[name] if given is None else given for name, given in sizes.items()}
+        # and the sweep's sizes where given (--kernel-sizes 100000 needed 2.33 TiB of filters)
+        in_force.update((name, given) for name, given in (("kernel_sizes", kernel_sizes),
+                                                          ("image_sizes", image_sizes)) if given is not None)
         with out_of_memory_names({name: value for name, value in in_force.items() if value is not None}), \
                 sole_writer({"--json": json, "--plot": plot}):  # not another bench's result, written at its end
             bench_command(backends, kernel_sizes, *sizes.values(), mnist_layer is not False, passes,

@@ -415,6 +415,14 @@ def test_out_of_memory_names_the_options_and_what_was_needed():
                           "Unable to allocate", "TiB")
 
 
+def test_out_of_memory_names_the_sweep_s_kernel_sizes_that_set_the_size():
+    """--kernel-sizes 100000 needed 2.33 TiB of filters, and the message named only the
+    layer's other sizes, none of which the user could lower to help."""
+    code, _, err = convlab("bench", "--kernel-sizes", "100000", "--backends", "im2col", "--mnist-layer", "no")
+    assert_one_error_line(code, err.splitlines(keepends=True)[-1], "out of memory with --batch-size 64, "
+                          "--image-size 28, --in-channels 1, --out-channels 32, --kernel-sizes 100000: Unable to allocate")
+
+
 def test_out_of_memory_in_training_names_the_batch_size(tmp_path):
     resource = pytest.importorskip("resource")
     h5py = pytest.importorskip("h5py")
