@@ -251,6 +251,9 @@ def find_dataset(name: str, data_dir=None) -> tuple[str, Path]:
     if path.is_file():
         return "hdf5", path
     if not path.is_dir():
+        if path.exists():  # a device or a FIFO (/dev/null): it exists, but holds no data set
+            raise DataError(f"data directory {path} is neither a folder nor a file (a device, a FIFO or a socket); "
+                            f"give the folder of {name}'s idx files or an HDF5 file")
         raise DataError(f"data directory {path} does not exist")
     if (path / name).is_dir():
         path = path / name

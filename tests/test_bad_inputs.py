@@ -128,6 +128,8 @@ TRAIN_CASES = [
     (["--train-size", "60001"], "--train-size is 60001 but the data set has only 60000 images"),
     (["--test-size", "10001"], "--test-size is 10001 but the data set has only 10000 images"),
     (["--data-dir", "/no/such/dir"], "data directory /no/such/dir does not exist"),
+    (["--data-dir", "/dev/null"], "data directory /dev/null is neither a folder nor a file (a device, a FIFO or a "
+                                  "socket); give the folder of mnist's idx files or an HDF5 file"),
     (["--data-dir", "{empty}"], "{empty} holds no mnist data: expected the idx files"),
     (["--data-dir", "{bad-checksum}"], "train-images-idx3-ubyte.gz: checksum mismatch: sha256 of the payload is"),
     (["--data-dir", "{empty-gz}"], "train-images-idx3-ubyte.gz: is empty, as an interrupted download or copy "
