@@ -139,6 +139,23 @@ class BenchResult:
                      if (r["shape"], r["backend"], r["pass"]) == (shape, backend, pass_)), None)
 
 
+def check_something_to_time(shapes, backends):
+    """A ValueError, before anything is timed, when none of ``backends`` supports any of
+    ``shapes``: such a bench printed "not timed" lines, wrote a result of no rows and
+    exited 0 (``--backends winograd --kernel-sizes 7 --mnist-layer no``), which
+    ``convlab report --bench`` then refused."""
+    reasons = {}
+    for shape in shapes:
+        x_shape, w_shape = (shape.n, shape.c, shape.size, shape.size), (shape.f, shape.c, shape.k, shape.k)
+        for backend in backends:
+            reason = get_backend(backend).supports(x_shape, w_shape, (1, 1), (shape.padding, shape.padding))
+            if reason is None:
+                return
+            reasons.setdefault(backend, f"{backend} does not support {reason} ({shape.label})")
+    raise ValueError(f"--backends {','.join(backends)} can time none of the layers asked for: "
+                     f"{'; '.join(reasons.values())}; give other --kernel-sizes or --backends")
+
+
 def run_bench(shapes, backends=None, passes=PASSES, repeat=3, progress=None, memory=False) -> BenchResult:
     """Time ``backends`` (default: every strategy, the oracle only on small shapes) on
     ``shapes`` and ask every tuner for its pick. ``progress(message)`` is called per shape.
@@ -346,6 +363,8 @@ def bench_command(backends=None, kernel_sizes=None, batch_size=None, image_size=
     shapes = mnist + [s for s in shapes_swept if s not in mnist]
     if many_channels:
         shapes += [s for s in MANY_CHANNEL_LAYERS if s not in shapes]
+    if backends is not None:
+        check_something_to_time(shapes, backends)
     result = run_bench(shapes, backends, passes, repeat, progress, memory)
     if accuracy:
         timed = lambda shape: list(dict.fromkeys(r["backend"] for r in result.rows if r["shape"] == shape.label))  # noqa: E731

@@ -397,3 +397,16 @@ def test_a_plugin_whose_check_settings_is_broken_does_not_stop_auto_nor_a_bench_
     with pytest.raises(SystemExit):  # named, it is refused
         main(["bench", "--backends", "mine", "--kernel-sizes", "3"])
     assert capsys.readouterr().err.startswith("convlab: error: backend 'mine' ")
+
+
+def test_a_bench_whose_backends_support_none_of_its_layers_is_refused_before_timing(tmp_path):
+    """It printed "winograd not timed on ..." lines, wrote a result of no rows and exited 0,
+    and `convlab report --bench` then refused that file."""
+    from convlab.bench import bench_command
+
+    with pytest.raises(ValueError, match=r"^--backends winograd can time none of the layers asked for: winograd does "
+                                         r"not support kernel 7x7 \(kernel sides 1 to 5 only\) \(64x1->32 28x28 k7 p3\); "
+                                         r"give other --kernel-sizes or --backends$"):
+        bench_command(backends="winograd", kernel_sizes="7", mnist_layer=False, repeat=1,
+                      json_path=str(tmp_path / "w.json"))
+    assert list(tmp_path.iterdir()) == []
