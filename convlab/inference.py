@@ -140,11 +140,13 @@ def read_npy(path: Path) -> np.ndarray:
         raise ImageError(f"{path} does not hold a numeric array; expected {ACCEPTED_FILES}")
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
-    if array.ndim != 2:
+    if array.ndim != 2 or array.size == 0:
         raise ImageError(f"{path} holds an array of shape {array.shape}; expected {ACCEPTED_FILES}")
-    array = array.astype(np.float32)
+    # Checked before the cast to float32: a float64 beyond its range became inf, with
+    # numpy's overflow warning printed before the refusal.
     if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
         raise ImageError(f"{path} has values outside [0, 255] (or NaN/inf); expected {ACCEPTED_FILES}")
+    array = array.astype(np.float32)
     return array / 255 if array.max() > 1 else array
 
 

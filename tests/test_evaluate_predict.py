@@ -169,6 +169,10 @@ BAD_IMAGES = {
                        "{path} has values outside [0, 255] (or NaN/inf); " + ACCEPTED),
     "negative.npy": (write_npy(-np.ones((28, 28))), "{path} has values outside [0, 255]"),
     "nan.npy": (write_npy(np.full((28, 28), np.nan)), "{path} has values outside [0, 255] (or NaN/inf)"),
+    # "zero-size array to reduction operation minimum which has no identity", naming no file
+    "empty.npy": (write_npy(np.zeros((0, 28))), "{path} holds an array of shape (0, 28); " + ACCEPTED),
+    # numpy's "overflow encountered in cast" warning came first, on a line of its own
+    "beyond-float32.npy": (write_npy(np.full((28, 28), 1e300)), "{path} has values outside [0, 255] (or NaN/inf)"),
     "strings.npy": (write_npy(np.full((28, 28), "a")), "{path} does not hold a numeric array; " + ACCEPTED),
     "objects.npy": (lambda path: np.save(path, np.array([None] * 784).reshape(28, 28), allow_pickle=True),
                     "{path} is not a readable .npy file (Object arrays cannot be loaded when allow_pickle=False)"),
