@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import shlex
@@ -55,7 +56,7 @@ REQUIRED_SETTINGS = ("epoch", "epochs", "backend", "network", "dataset", "batch_
 ATTRIBUTE_TYPES = {
     **dict.fromkeys(("format_version", "epoch", "epochs", "batch_size", "seed", "train_size", "test_size"),
                     (int, "a whole number (0 or more)")),
-    **dict.fromkeys(("lr", "momentum"), ((int, float), "a number")),
+    **dict.fromkeys(("lr", "momentum"), ((int, float), "a finite number (0 or more)")),
     **dict.fromkeys(("model", "backend", "backends", "dataset", "lr_schedule", "network"), (str, "text")),
 }
 METRICS_DTYPE = np.dtype([(f.name, np.int64 if f.type in ("int", int) else np.float64)
@@ -303,13 +304,17 @@ def load_checkpoint(path) -> Checkpoint:
 
 def check_attribute_types(path, attrs):
     """Raise :class:`CheckpointError` for a root attribute of ``attrs`` whose value is not of
-    its type in :data:`ATTRIBUTE_TYPES` (a bool is not a number here), or a negative whole
-    number (an epoch count, a size or a seed never is)."""
+    its type in :data:`ATTRIBUTE_TYPES` (a bool is not a number here), or a negative or
+    non-finite number (an epoch count, a size, a seed, lr or momentum never is)."""
     for key, (types, what) in ATTRIBUTE_TYPES.items():
         if key not in attrs:
             continue
         value = python_value(attrs[key])
-        if not isinstance(value, types) or isinstance(value, bool) or (types is int and value < 0):
+        valid = isinstance(value, types) and not isinstance(value, bool)
+        if valid and types is not str:
+            # A NaN or negative lr was blamed on --lr on resume, an option the user never typed.
+            valid = math.isfinite(value) and value >= 0
+        if not valid:
             raise CheckpointError(f"{path} is a damaged checkpoint: attribute {key} is {value!r}, not {what}")
 
 

@@ -334,7 +334,12 @@ BAD_CHECKPOINTS = {
     "seed is an array": (edit_checkpoint(set_attribute("seed", [1, 2])),
                          "{path} is a damaged checkpoint: attribute seed is array([1, 2]), not a whole number"),
     "lr is text": (edit_checkpoint(set_attribute("lr", "fast")),
-                   "{path} is a damaged checkpoint: attribute lr is 'fast', not a number"),
+                   "{path} is a damaged checkpoint: attribute lr is 'fast', not a finite number (0 or more)"),
+    # Blamed on --lr and --momentum on resume, options the user never typed.
+    "lr is NaN": (edit_checkpoint(set_attribute("lr", float("nan"))),
+                  "{path} is a damaged checkpoint: attribute lr is nan, not a finite number (0 or more)"),
+    "momentum is negative": (edit_checkpoint(set_attribute("momentum", -0.5)),
+                             "{path} is a damaged checkpoint: attribute momentum is -0.5, not a finite number"),
     "dataset is a number": (edit_checkpoint(set_attribute("dataset", 3)),
                             "{path} is a damaged checkpoint: attribute dataset is 3, not text"),
     "format version is text": (edit_checkpoint(set_attribute("format_version", "1")),
