@@ -271,6 +271,16 @@ def resumed_settings(checkpoint, given: dict) -> dict:
         raise CheckpointError(f"--model {given['model']} differs from the checkpoint's {stored['model']}; a checkpoint "
                               "holds the weights of one network (leave --model out, or start a new run)")
     settings = {key: stored[key] if value is None else value for key, value in given.items()}
+    if given.get("backend") is None and isinstance(stored.get("backend"), str):
+        # Said as the checkpoint's, not as an --backend the user never typed.
+        from convlab.registry import list_backends, skipped_backends
+
+        missing = [name.strip() for name in stored["backend"].split(",")
+                   if name.strip() not in [*list_backends(), *skipped_backends()]]
+        if missing:
+            raise CheckpointError(f"{checkpoint.path} was trained on backend {stored['backend']!r}, and "
+                                  f"{', '.join(missing)} is not installed here; give --backend to resume on another, "
+                                  f"from: {', '.join(list_backends())}")
     # An --epochs that is not a whole number is refused with the other settings' checks.
     if isinstance(settings["epochs"], numbers.Integral) and settings["epochs"] <= checkpoint.epoch:
         raise CheckpointError(f"{checkpoint.path} already holds {checkpoint.epoch} epoch{'s' * (checkpoint.epoch != 1)}"

@@ -809,3 +809,13 @@ def test_an_older_file_s_auto_epochs_are_read_as_its_recorded_picks(tmp_path):
     assert run.backends == ["naive", "im2col", "im2col"]
     assert ("epoch 1 by the \u201cnaive\u201d backend and in epochs 2\u20133 by the \u201cim2col\u201d backend"
             in summary_paragraph(run, run.model))
+
+
+def test_resuming_a_run_on_a_backend_not_installed_here_says_it_is_the_checkpoint_s(tmp_path):
+    """A run trained on a plugin since uninstalled: the refusal was "--backend: unknown backend
+    'cuda' in 'cuda'", with no --backend on the command line."""
+    path = write_checkpoint(tmp_path / "run.h5", settings=dict(SETTINGS, backend="cuda"), backends=["cuda"] * 3)
+    code, out, err = convlab("train", "--resume", path, "--epochs", "4", "--progress", "no")
+    assert_one_error_line(code, err, f"{path} was trained on backend 'cuda', and cuda is not installed here; give "
+                                     "--backend to resume on another, from: auto, fft, ")
+    assert out == ""
