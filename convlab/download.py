@@ -13,8 +13,8 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from convlab.data import DEFAULT_DATA_DIR, MNIST_FILES, DataError, read_payload
-from convlab.files import atomic_path, check_writable
+from convlab.data import DEFAULT_DATA_DIR, MNIST_FILES, DataError, known_payload, read_payload
+from convlab.files import atomic_path, check_not_special, check_writable
 from convlab.settings import list_items
 
 # Tried in order; each serves the four ``<stem>.gz`` files of the original distribution.
@@ -104,20 +104,49 @@ def checked_payload(body: bytes, sha256: str) -> bytes:
     return payload
 
 
-def is_present(path: Path, sha256: str) -> bool:
-    """Whether ``path`` exists and its payload has the expected checksum."""
-    if not path.is_file():
+def is_present(path: Path, stem: str, sha256: str, dest: Path) -> bool:
+    """Whether ``path`` (``stem``'s ``.gz`` in ``dest``) already holds the expected payload:
+    True if so, False if there is nothing there to lose (no file, an empty one, or a gzip
+    file of nothing: what an interrupted copy leaves), so the download may write it.
+    Anything else there is the user's, and is refused (a :class:`DownloadError`) rather
+    than replaced: a file of other content (another data set's file of the same name,
+    named where convlab knows its checksum), one that cannot be read or is not gzip (a
+    truncated copy: convlab's own downloads are written whole or not at all), a folder,
+    and a device, FIFO or socket, which is not opened."""
+    how = "give another --dest, or move the file away and run again"
+    try:
+        check_not_special(path, f"--dest {dest}: {path}", how)
+    except ValueError as e:
+        raise DownloadError(str(e)) from None
+    if not path.exists():
+        return False
+    if path.is_dir():
+        raise DownloadError(f"--dest {dest}: {path} is a folder, not MNIST's {stem} file; refusing to replace it "
+                            f"({how})")
+    if path.stat().st_size == 0:
         return False
     try:
-        return hashlib.sha256(read_payload(path)).hexdigest() == sha256
-    except DataError:
+        payload = read_payload(path)
+    except DataError as e:
+        raise DownloadError(f"--dest {dest}: {e}; it is not MNIST's {stem} file (not a whole one, at least), so it "
+                            f"is not replaced ({how})") from None
+    if not payload:
         return False
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual == sha256:
+        return True
+    known = known_payload(actual)
+    what = f"holds {known[0]}'s {known[1]}" if known else f"holds other data (sha256 of its payload {actual})"
+    raise DownloadError(f"--dest {dest}: {path} {what}, not MNIST's {stem} (sha256 {sha256}); refusing to replace it "
+                        f"({how})")
 
 
 def download_files(files: dict[str, str], dest, mirrors, timeout=TIMEOUT, deadline=DEADLINE, log=print) -> list[Path]:
     """Fetch each ``<stem>.gz`` of ``files`` (stem -> payload sha256) into ``dest``.
 
-    Files already present with the right payload are kept. For the others, each mirror
+    Files already present with the right payload are kept; any other file at one of the
+    names is refused before anything is downloaded, unless it is empty (see
+    :func:`is_present`). For the others, each mirror
     is tried in order until one gives the expected payload within ``timeout`` and
     ``deadline`` (see :func:`fetch`); only then is the file written (atomically). One line
     is logged when a file starts, one when it is done, one per mirror that failed.
@@ -125,11 +154,11 @@ def download_files(files: dict[str, str], dest, mirrors, timeout=TIMEOUT, deadli
     """
     mirrors = mirror_list(mirrors)
     dest = check_writable(dest, "--dest", folder=True)
-    paths = []
-    for stem, sha256 in files.items():
-        path = dest / f"{stem}.gz"
-        paths.append(path)
-        if is_present(path, sha256):
+    paths = [dest / f"{stem}.gz" for stem in files]
+    # Every file already there is judged before anything is downloaded.
+    present = [is_present(path, stem, sha256, dest) for path, (stem, sha256) in zip(paths, files.items())]
+    for path, sha256, done in zip(paths, files.values(), present):
+        if done:
             log(f"{path}: already present, checksum ok")
             continue
         failures = []

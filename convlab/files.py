@@ -322,14 +322,24 @@ def check_writable(path, option: str, folder=False) -> Path:
     if not folder:
         target = write_target(path)
         _check_length(target.name, _name_max(place), option, path, "the file name")
-        if target.exists() and not target.is_file():  # a folder was refused by check_file_name
-            # A device reads as empty, which is of any kind (see holds): /dev/null was
-            # replaced by the file written there.
-            raise ValueError(f"{option} {path} exists and is not a regular file (a device, a FIFO or a socket); "
-                             "refusing to replace it (choose another path)")
+        check_not_special(target, f"{option} {path}")  # a folder was refused by check_file_name
         if target.is_file():
             check_not_locked(target, f"{option} {path}", "it cannot be replaced", "it cannot be replaced")
     return path
+
+
+def check_not_special(path: Path, subject: str, remedy: str = "choose another path"):
+    """A :class:`ValueError` about ``subject`` (e.g. "--out r.pdf") if ``path`` exists and is a
+    device, a FIFO or a socket, which is never opened to tell: a device reads as empty, which
+    is of any kind (see :func:`holds`: ``/dev/null`` was replaced by the file written there),
+    and a FIFO blocks the read. ``remedy`` says how to proceed."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there (or a dangling symlink, whose target is created)
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ValueError(f"{subject} exists and is not a regular file (a device, a FIFO or a socket); "
+                         f"refusing to replace it ({remedy})")
 
 
 # The inode flags chattr sets that stop a file being replaced (Linux's fs.h).

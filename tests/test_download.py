@@ -118,16 +118,105 @@ def test_every_mirror_failing_names_each(serve, tmp_path):
     assert not (tmp_path / "dest" / "file0.gz").exists()
 
 
-def test_present_file_is_kept_and_a_damaged_one_replaced(serve, tmp_path):
-    files = fake_files(tmp_path / "mirror")
+def test_present_file_is_kept_and_an_empty_one_replaced(serve, tmp_path):
+    files = fake_files(tmp_path / "mirror", count=3)
     dest = tmp_path / "dest"
     dest.mkdir()
     shutil.copy(tmp_path / "mirror" / "file0.gz", dest)
-    (dest / "file1.gz").write_bytes(b"damaged")
+    (dest / "file1.gz").write_bytes(b"")  # nothing in it to lose
+    (dest / "file2.gz").write_bytes(gzip.compress(b""))  # nor in this
     lines = []
     download_files(files, dest, serve(tmp_path / "mirror"), log=lines.append)
     assert "already present" in lines[0] and "downloading" in lines[1] and "downloaded" in lines[2]
-    assert (dest / "file1.gz").read_bytes() == (tmp_path / "mirror" / "file1.gz").read_bytes()
+    for name in ("file1.gz", "file2.gz"):
+        assert (dest / name).read_bytes() == (tmp_path / "mirror" / name).read_bytes()
+
+
+def fashion_file(monkeypatch, payload):
+    """Makes ``payload`` known as Fashion-MNIST's train-images (its real files are not here)."""
+    from convlab.data import FASHION_MNIST_FILES
+
+    stem = FASHION_MNIST_FILES["train_images"][0]
+    monkeypatch.setitem(FASHION_MNIST_FILES, "train_images", (stem, hashlib.sha256(payload).hexdigest()))
+    return stem
+
+
+@pytest.mark.parametrize("content, message", [
+    # Each of these was replaced by the download without a word.
+    ("fashion", "holds fashion-mnist's train-images-idx3-ubyte, not MNIST's file1 "),
+    ("mnist", "holds mnist's t10k-labels-idx1-ubyte, not MNIST's file1 "),
+    ("other", "holds other data (sha256 of its payload "
+                                             + hashlib.sha256(b"the user's own data").hexdigest()),
+    # A truncated file cannot be told from the user's own: convlab writes whole files only.
+    ("truncated", "cannot read it (Compressed file ended before the end-of-stream marker"),
+    (b"damaged", "cannot read it (Not a gzipped file"),
+])
+def test_a_file_that_is_not_the_expected_one_is_refused_before_any_download(serve, tmp_path, monkeypatch, capsys,
+                                                                           content, message):
+    files = fake_files(tmp_path / "mirror")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    if content == "fashion":
+        payload = b"pretend fashion images"
+        fashion_file(monkeypatch, payload)
+        content = gzip.compress(payload)
+    elif content == "mnist":
+        content = (DEFAULT_DATA_DIR / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    elif content == "other":
+        content = gzip.compress(b"the user's own data")
+    elif content == "truncated":
+        content = (tmp_path / "mirror" / "file1.gz").read_bytes()[:-10]
+    (dest / "file1.gz").write_bytes(content)
+    lines = []
+    with pytest.raises(DownloadError, match=f"^--dest {re.escape(str(dest))}: {re.escape(str(dest / 'file1.gz'))}"
+                                            f"(:| ).*{re.escape(message)}") as e:
+        download_files(files, dest, serve(tmp_path / "mirror"), log=lines.append)
+    assert "give another --dest, or move the file away" in str(e.value)
+    assert lines == []  # nothing downloaded, not even file0
+    assert sorted(p.name for p in dest.iterdir()) == ["file1.gz"]
+    assert (dest / "file1.gz").read_bytes() == content
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "folder"])
+def test_a_fifo_a_socket_or_a_folder_at_a_name_is_refused_unopened(serve, tmp_path, monkeypatch, kind):
+    import os
+    import socket
+
+    files = fake_files(tmp_path / "mirror")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    if kind == "fifo":
+        os.mkfifo(dest / "file1.gz")  # opening it to read would block
+    elif kind == "folder":
+        (dest / "file1.gz").mkdir()
+    else:  # as a device would be (/dev/null reads as empty), it was replaced
+        monkeypatch.chdir(dest)  # a socket's path has at most 107 bytes
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind("file1.gz")
+        sock.close()
+    lines = []
+    what = "is a folder" if kind == "folder" else "exists and is not a regular file (a device, a FIFO or a socket)"
+    with pytest.raises(DownloadError, match=re.escape(f"{dest / 'file1.gz'} {what}") + ".*refusing to replace it "
+                                            r"\(give another --dest"):
+        download_files(files, dest, serve(tmp_path / "mirror"), log=lines.append)
+    assert lines == [] and sorted(p.name for p in dest.iterdir()) == ["file1.gz"]
+    assert not (dest / "file1.gz").is_file()
+
+
+def test_a_fashion_mnist_file_in_dest_is_refused_through_the_cli(serve, tmp_path, capsys, monkeypatch):
+    payload = b"pretend fashion images"
+    stem = fashion_file(monkeypatch, payload)
+    dest = tmp_path / "fashion"
+    dest.mkdir()
+    (dest / f"{stem}.gz").write_bytes(content := gzip.compress(payload))
+    shutil.copytree(DEFAULT_DATA_DIR / "mnist", tmp_path / "mirror")
+    code, out, err = run_cli(capsys, "data", "download", "--dest", str(dest), "--mirror", serve(tmp_path / "mirror"))
+    assert code == 2 and out == ""
+    assert err == (f"convlab: error: --dest {dest}: {dest / stem}.gz holds fashion-mnist's {stem}, not MNIST's {stem} "
+                   f"(sha256 {MNIST_FILES['train_images'][1]}); refusing to replace it (give another --dest, or move "
+                   "the file away and run again)\n")
+    assert (dest / f"{stem}.gz").read_bytes() == content
+    assert [p.name for p in dest.iterdir()] == [f"{stem}.gz"]
 
 
 @pytest.mark.parametrize("mirrors, message", [
