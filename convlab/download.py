@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import time
 import urllib.error
 import urllib.parse
@@ -58,14 +59,21 @@ def mirror_list(mirrors) -> list[str]:
     if not any(urls):
         raise DownloadError("no mirror given; pass at least one http:// or https:// URL")
     for url in urls:
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # a ValueError if not a number from 0 to 65535
+        except ValueError as e:  # "Invalid IPv6 URL" (http://[::1), a port such as :abc
+            raise DownloadError(f"--mirror: {url!r} is not a valid URL ({e}); give an http:// or https:// URL "
+                                "such as https://example.org/mnist/, with a port, if any, from 1 to 65535") from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise DownloadError(f"mirror {url!r} is not an http:// or https:// URL")
     return [url if url.endswith("/") else url + "/" for url in urls]
 
 
 def fetch(url: str, timeout: float, deadline: float) -> bytes:
-    """The body at ``url``; any network or HTTP failure is a :class:`DownloadError`.
+    """The body at ``url``; any network or HTTP failure is a :class:`DownloadError`, among
+    them a server that does not speak HTTP or breaks it (an SSH banner, a line too long,
+    malformed chunks) and a malformed URL (``http.client.InvalidURL``, a redirect's).
 
     ``timeout``: seconds the server may stay silent (connecting, or between two pieces of
     the body) before the mirror counts as stalled. ``deadline``: seconds the whole file may
@@ -90,6 +98,17 @@ def fetch(url: str, timeout: float, deadline: float) -> bytes:
             raise DownloadError(f"stalled: no data for {timeout:g} s after {received:,} bytes "
                                 "(--timeout)") from None
         raise DownloadError(str(reason)) from None
+    except http.client.BadStatusLine as e:  # an SSH or SMTP server, say, at that port
+        raise DownloadError(f"not an HTTP server: it answered {str(e).strip()[:80]!r}") from None
+    except http.client.InvalidURL as e:  # "nonnumeric port" (mirror_list refuses it in --mirror; a redirect)
+        raise DownloadError(f"bad URL ({e})") from None
+    except http.client.HTTPException as e:  # LineTooLong, IncompleteRead (bad chunks), too many headers
+        raise DownloadError(f"not a valid HTTP answer{f' after {received:,} bytes' if received else ''} "
+                            f"({type(e).__name__}: {e})") from None
+    except DownloadError:
+        raise
+    except ValueError as e:  # a redirect to a malformed URL ("Invalid IPv6 URL")
+        raise DownloadError(f"bad URL ({e})") from None
 
 
 def checked_payload(body: bytes, sha256: str) -> bytes:

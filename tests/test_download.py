@@ -40,6 +40,33 @@ def serve(tmp_path):
         server.server_close()
 
 
+@pytest.fixture
+def garbage_server():
+    """``garbage_server(answer)`` -> base URL of a server on 127.0.0.1 that reads the request
+    (unless ``answer`` is a banner sent first, as SSH's is), sends ``answer`` and hangs up."""
+    import socketserver
+
+    servers = []
+
+    def start(answer, banner=False):
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                if not banner:
+                    self.request.recv(65536)
+                self.request.sendall(answer)
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
 def fake_files(folder, count=2):
     """Small gzip files in ``folder``; returns {stem: payload sha256}."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -217,6 +244,60 @@ def test_a_fashion_mnist_file_in_dest_is_refused_through_the_cli(serve, tmp_path
                    "the file away and run again)\n")
     assert (dest / f"{stem}.gz").read_bytes() == content
     assert [p.name for p in dest.iterdir()] == [f"{stem}.gz"]
+
+
+@pytest.mark.parametrize("answer, banner, reason", [
+    # Each ended in a traceback (exit 1), the next mirror untried.
+    (b"SSH-2.0-OpenSSH_8.9\r\n", True, "not an HTTP server: it answered 'SSH-2.0-OpenSSH_8.9'"),
+    (b"HTTP/1.1 200 OK" + b"x" * 70000 + b"\r\n\r\n", False,
+     "not a valid HTTP answer (LineTooLong: got more than 65536 bytes when reading status line)"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n", False,
+     "not a valid HTTP answer (IncompleteRead: IncompleteRead(0 bytes read))"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", False,
+     "not a valid HTTP answer after 2 bytes (IncompleteRead: "),
+    (b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:abc/\r\nContent-Length: 0\r\n\r\n", False,
+     "bad URL (nonnumeric port: 'abc')"),
+], ids=["ssh-banner", "line-too-long", "bad-chunk-size", "chunk-cut-short", "redirect-to-bad-port"])
+def test_a_mirror_that_does_not_speak_http_fails_and_the_next_is_tried(serve, garbage_server, tmp_path, answer,
+                                                                       banner, reason):
+    files = fake_files(tmp_path / "good", count=1)
+    bad = garbage_server(answer, banner)
+    lines = []
+    download_files(files, tmp_path / "dest", [bad, serve(tmp_path / "good")], log=lines.append)
+    assert lines[1].startswith(f"file0.gz: mirror {bad} failed ({reason}")
+    assert (tmp_path / "dest" / "file0.gz").read_bytes() == (tmp_path / "good" / "file0.gz").read_bytes()
+    with pytest.raises(DownloadError, match=f"^could not download file0.gz from any mirror: {re.escape(bad)}"
+                                            f"file0.gz: {re.escape(reason)}"):
+        download_files(files, tmp_path / "dest2", bad, log=quiet)
+
+
+def test_an_ssh_server_as_mirror_through_the_cli(serve, garbage_server, tmp_path, capsys):
+    bad = garbage_server(b"SSH-2.0-OpenSSH_8.9\r\n", banner=True)
+    code, out, err = run_cli(capsys, "data", "download", "--dest", str(tmp_path / "mnist"), "--mirror", bad)
+    assert code == 2 and "Traceback" not in err
+    assert err == (f"convlab: error: could not download train-images-idx3-ubyte.gz from any mirror: "
+                   f"{bad}train-images-idx3-ubyte.gz: not an HTTP server: it answered 'SSH-2.0-OpenSSH_8.9'\n")
+
+
+def test_fetch_of_a_url_with_a_non_numeric_port_is_a_download_error():
+    from convlab.download import fetch
+
+    with pytest.raises(DownloadError, match=r"^bad URL \(nonnumeric port: 'abc'\)$"):
+        fetch("http://127.0.0.1:abc/file0.gz", 1, 1)
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("http://127.0.0.1:abc/", "Port could not be cast to integer value as 'abc'"),
+    ("http://[::1", "Invalid IPv6 URL"),
+    ("http://example.org:99999/", "Port out of range 0-65535"),
+])
+def test_a_malformed_mirror_url_is_refused_up_front(tmp_path, capsys, url, reason):
+    code, out, err = run_cli(capsys, "data", "download", "--dest", str(tmp_path / "mnist"),
+                             "--mirror", f"http://127.0.0.1:9/,{url}")
+    assert code == 2 and out == ""
+    assert err == (f"convlab: error: --mirror: {url!r} is not a valid URL ({reason}); give an http:// or https:// "
+                   "URL such as https://example.org/mnist/, with a port, if any, from 1 to 65535\n")
+    assert not (tmp_path / "mnist").exists()
 
 
 @pytest.mark.parametrize("mirrors, message", [
