@@ -98,6 +98,27 @@ def data_read_once(monkeypatch):
     monkeypatch.setattr(convlab.data, "load_dataset", load_dataset)
 
 
+@contextlib.contextmanager
+def local_servers():
+    """``add(server)`` serves a socketserver on 127.0.0.1 in a daemon thread and returns its
+    base URL; every server added is shut down when the block ends."""
+    import threading
+
+    servers = []
+
+    def add(server):
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    try:
+        yield add
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
 SPECIAL_FILES = ["fifo", "character device"]
 
 

@@ -6,13 +6,13 @@ import hashlib
 import http.server
 import re
 import shutil
-import threading
 
 import numpy as np
 import pytest
 
 from convlab.data import DEFAULT_DATA_DIR, MNIST_FILES, DataError, load_mnist
 from convlab.download import MNIST_MIRRORS, DownloadError, download_files, mirror_list
+from tests.conftest import local_servers
 from tests.conftest import file_size_limit
 from tests.test_cli import run_cli
 
@@ -25,19 +25,9 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture
 def serve(tmp_path):
     """``serve(folder)`` -> base URL of an HTTP server on 127.0.0.1 serving ``folder``."""
-    servers = []
-
-    def start(folder):
-        handler = functools.partial(QuietHandler, directory=str(folder))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}/"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    with local_servers() as add:
+        yield lambda folder: add(http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder))))
 
 
 @pytest.fixture
@@ -45,8 +35,6 @@ def garbage_server():
     """``garbage_server(answer)`` -> base URL of a server on 127.0.0.1 that reads the request
     (unless ``answer`` is a banner sent first, as SSH's is), sends ``answer`` and hangs up."""
     import socketserver
-
-    servers = []
 
     def start(answer, banner=False):
         class Handler(socketserver.BaseRequestHandler):
@@ -57,14 +45,10 @@ def garbage_server():
 
         server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
+        return add(server)
 
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    with local_servers() as add:
+        yield start
 
 
 def fake_files(folder, count=2):

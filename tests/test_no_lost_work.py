@@ -27,6 +27,7 @@ from convlab.models import reference_net
 from convlab.optimizers import SGD
 from convlab.report import curves_figure, load_run, summary_paragraph, write_report
 from convlab.training import EpochMetrics
+from tests.conftest import local_servers
 from tests.test_cli import run_cli
 
 HISTORY = [EpochMetrics(1, 0.8, 0.74, 0.83, 9.0), EpochMetrics(2, 0.3, 0.91, 0.90, 8.5),
@@ -681,7 +682,6 @@ def slow_server():
     import time
 
     stop = threading.Event()
-    servers = []
 
     def start(kind):
         class Handler(socketserver.BaseRequestHandler):
@@ -695,15 +695,11 @@ def slow_server():
 
         server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
+        return add(server)
 
-    yield start
-    stop.set()
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    with local_servers() as add:
+        yield start
+        stop.set()
 
 
 @needs_mnist
