@@ -99,6 +99,9 @@ def evaluation_report(model, checkpoint, x, y, asked=None) -> str:
 def load_image(path, invert=False) -> np.ndarray:
     """The image in ``path`` as float32 (1, 28, 28) in [0, 1]; ``invert`` turns a dark digit
     on a light background into MNIST's light on dark. See the module doc for what is accepted."""
+    if not str(path).strip():  # Path("") is ".", which "is not a file"; " " a file of that name
+        raise ImageError(f"the image's file name is empty ({str(path)!r}); give a .png or .npy file, such as "
+                         "digit.png")
     path = Path(str(path))
     if not path.is_file():
         raise ImageError(f"image {path} does not exist" if not path.exists() else f"{path} is not a file")

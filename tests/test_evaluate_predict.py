@@ -182,6 +182,16 @@ BAD_IMAGES = {
 }
 
 
+@pytest.mark.parametrize("name", ["", " "])
+def test_predict_refuses_an_empty_file_name(capsys, tmp_path, name):
+    """It said ". is not a file" (Path("") is ".") and "image   does not exist"."""
+    make_checkpoint(tmp_path / "ck.h5")
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(tmp_path / "ck.h5"), name)
+    assert code == 2 and out == ""
+    assert err == (f"convlab: error: the image's file name is empty ({name!r}); give a .png or .npy file, such as "
+                   "digit.png\n")
+
+
 @pytest.mark.parametrize("name", list(BAD_IMAGES))
 def test_predict_rejects_a_bad_image_with_one_line(capsys, tmp_path, name):
     make_checkpoint(tmp_path / "ck.h5")
