@@ -35,6 +35,7 @@ backend, so results are exactly that backend's.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ import numpy as np
 
 from convlab import installed_version as convlab_version
 from convlab.cachefile import clear_cache, read_cache, update_cache
+from convlab.checks import FLOAT_DTYPES
 from convlab.files import user_cache_dir
 from convlab.registry import get_backend, register_backend
 from convlab.timing import ORACLE, conv_pass, interleaved_best, output_gradient, strategies
@@ -100,9 +102,15 @@ class Problem:
         """The problem :meth:`as_json` wrote; ValueError (or KeyError, TypeError) if it is not one."""
         shapes = [tuple(fields[name]) for name in ("x", "w", "stride", "padding")]
         if [len(shape) for shape in shapes] != [4, 4, 2, 2] or not all(
-                isinstance(n, int) and n >= 0 for shape in shapes for n in shape):
+                isinstance(n, int) and not isinstance(n, bool) for shape in shapes for n in shape):
             raise ValueError(f"not a convolution problem: {fields}")
-        return cls(*shapes, np.dtype(fields["dtype"]).name, bool(fields["need_dx"]))
+        (x, w, stride, padding), dtype = shapes, np.dtype(fields["dtype"])
+        # What a convolution checks of its arguments (convlab.checks): a hand-edited stride
+        # of 0 made `auto show` refuse it as if it were the user's call, and `retune` divide by zero.
+        if (min(x + w + stride) < 1 or min(padding) < 0 or x[1] != w[1] or w[2] > x[2] + 2 * padding[0]
+                or w[3] > x[3] + 2 * padding[1] or dtype.type not in FLOAT_DTYPES):
+            raise ValueError(f"not a convolution problem: {fields}")
+        return cls(*shapes, dtype.name, bool(fields["need_dx"]))
 
     def candidates(self) -> list[str]:
         """The backends ``auto`` times for this problem (those that support it)."""
@@ -149,7 +157,14 @@ def valid_entries(stored: dict) -> dict:
         return {}
     return {key: entry for key, entry in picks.items()
             if isinstance(entry, dict) and isinstance(entry.get("backend"), str)
-            and isinstance(entry.get("seconds"), dict) and ("problem" not in entry or describes(entry["problem"], key))}
+            and isinstance(entry.get("seconds"), dict) and all(map(is_time, entry["seconds"].values()))
+            and ("problem" not in entry or describes(entry["problem"], key))}
+
+
+def is_time(seconds) -> bool:
+    """Whether a stored time is a number of seconds (`auto show` multiplied a text one)."""
+    return isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) \
+        and seconds >= 0
 
 
 def describes(problem, key) -> bool:

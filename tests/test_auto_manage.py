@@ -105,11 +105,26 @@ def test_clear_of_a_setting_that_names_a_folder_says_so(cache_file, capsys):
     assert cache_file.is_dir()
 
 
-@pytest.mark.parametrize("problem", [{"x": [1, 1, 4]}, {"x": [1, 1, 4, 4], "w": [1, 1, 3, 3], "stride": [1, 1],
-                                                       "padding": [0, 0], "dtype": "no such type", "need_dx": True}])
-def test_an_entry_with_a_damaged_problem_is_ignored(cache_file, capsys, problem):
-    cache_file.write_text(json.dumps({"picks": {"k": {"backend": "im2col", "seconds": {"im2col": 1.0},
+GOOD_PROBLEM = {"x": [1, 1, 4, 4], "w": [1, 1, 3, 3], "stride": [1, 1], "padding": [0, 0], "dtype": "float64",
+                "need_dx": True}
+
+
+@pytest.mark.parametrize("problem, seconds", [
+    ({"x": [1, 1, 4]}, 1.0),
+    ({**GOOD_PROBLEM, "dtype": "no such type"}, 1.0),
+    # `auto show` refused a stride of 0 as if it were the user's call, and `retune` divided by zero
+    ({**GOOD_PROBLEM, "stride": [0, 0]}, 1.0),
+    ({**GOOD_PROBLEM, "w": [1, 2, 3, 3]}, 1.0),    # channels that do not match x's
+    ({**GOOD_PROBLEM, "w": [1, 1, 9, 9]}, 1.0),    # a kernel larger than the input
+    ({**GOOD_PROBLEM, "dtype": "int64"}, 1.0),
+    (GOOD_PROBLEM, "fast"),                         # `auto show` multiplied the text by 1000
+], ids=["short x", "dtype", "stride 0", "channels", "kernel", "int dtype", "text time"])
+def test_an_entry_with_a_damaged_problem_is_ignored(cache_file, capsys, problem, seconds):
+    key = Problem.from_json(GOOD_PROBLEM).key if problem is GOOD_PROBLEM else "k"
+    cache_file.write_text(json.dumps({"picks": {key: {"backend": "im2col", "seconds": {"im2col": seconds},
                                                       "problem": problem}}}))
+    main(["auto", "show"])
+    assert capsys.readouterr().err == ""
     main(["auto", "retune"])
     assert capsys.readouterr().out.endswith("re-timed 0 problems ({})\n".format(cache_file))
     assert json.loads(cache_file.read_text()) == {"picks": {}}
