@@ -120,7 +120,11 @@ GOOD_PROBLEM = {"x": [1, 1, 4, 4], "w": [1, 1, 3, 3], "stride": [1, 1], "padding
     (GOOD_PROBLEM, "fast"),                         # `auto show` multiplied the text by 1000
 ], ids=["short x", "dtype", "stride 0", "channels", "kernel", "int dtype", "text time"])
 def test_an_entry_with_a_damaged_problem_is_ignored(cache_file, capsys, problem, seconds):
-    key = Problem.from_json(GOOD_PROBLEM).key if problem is GOOD_PROBLEM else "k"
+    try:  # the entry's own key: one stored under another problem's key is ignored for that alone
+        key = Problem(*(tuple(problem[name]) for name in ("x", "w", "stride", "padding")), problem["dtype"],
+                      problem["need_dx"]).key
+    except KeyError:
+        key = "k"
     cache_file.write_text(json.dumps({"picks": {key: {"backend": "im2col", "seconds": {"im2col": seconds},
                                                       "problem": problem}}}))
     main(["auto", "show"])
