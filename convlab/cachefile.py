@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from convlab.files import JSON_KIND_NAMES, atomic_path, json_kind, user_cache_dir, write_target
+from convlab.files import JSON_KIND_NAMES, atomic_path, json_kind, parse_json, user_cache_dir, write_target
 
 _warned: set[str] = set()
 
@@ -125,7 +125,7 @@ def _load(path: Path, marker: str) -> dict:
     if not text.strip():
         return {}
     try:
-        content = json.loads(text)
+        content = parse_json(text)
     except ValueError:
         content = None
     # The rule check_outputs applies to --metrics-out and --json (convlab.files.json_kind):

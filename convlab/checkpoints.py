@@ -39,7 +39,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from convlab.files import atomic_path, check_file_name
+from convlab.files import atomic_path, check_file_name, parse_json
 from convlab.models import check_state
 from convlab.training import EpochMetrics
 
@@ -276,7 +276,7 @@ def load_checkpoint(path) -> Checkpoint:
             velocity = read_group(f, "optimizer/velocity")
             history = [EpochMetrics(*(python_value(v) for v in row)) for row in f["metrics"][()]]
             backends = [name.decode() or None for name in f["backends"][()]] if "backends" in f else None
-            layer_times = json.loads(f["layer_times"][()]) if "layer_times" in f else None
+            layer_times = parse_json(f["layer_times"][()]) if "layer_times" in f else None
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError, TypeError, AttributeError) as e:

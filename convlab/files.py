@@ -446,6 +446,17 @@ JSON_KIND_NAMES = {
 }
 
 
+def parse_json(text):
+    """The JSON value in ``text`` (str or bytes), as :func:`json.loads` gives it; a
+    :class:`ValueError` for anything that is not JSON. Every JSON file convlab reads is
+    parsed here: one nested too deeply (``[[[[...]]]]`` 100000 deep) made the decoder raise
+    RecursionError, a RuntimeError, which no caller took for a bad file (a traceback)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def json_kind(content) -> str | None:
     """Which of convlab's JSON files (:data:`JSON_KINDS`) the parsed ``content`` is; None
     for anything else."""
@@ -473,7 +484,7 @@ def holds(path: Path, kind: str) -> bool:
         if size > MAX_JSON_BYTES:
             return False
         try:
-            found = json_kind(json.loads(path.read_bytes()))
+            found = json_kind(parse_json(path.read_bytes()))
         except (OSError, UnicodeDecodeError, ValueError):
             return False
         return found is not None if kind == "json" else found == kind

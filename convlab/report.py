@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import io
-import json
 import math
 import numbers
 import os
@@ -38,7 +37,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from convlab.checkpoints import epoch_ranges, tuners_resolved
-from convlab.files import (PNG_SIGNATURE, atomic_paths, check_outputs, check_suffix, check_writable,
+from convlab.files import (PNG_SIGNATURE, atomic_paths, check_outputs, check_suffix, check_writable, parse_json,
                            sole_writer)
 from convlab.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU
 from convlab.models import DEFAULT_MODEL, INPUT_SHAPE
@@ -114,10 +113,10 @@ def read_json(path: Path, hint: str, binary="not JSON"):
     be) otherwise. A file that is not text (a PNG, an .npz given by mistake) is ``binary``
     (what it is not), not the decoder's byte position, which tells the user nothing."""
     try:
-        return json.loads(path.read_text())
+        return parse_json(path.read_text())
     except UnicodeDecodeError:
         raise ReportError(f"{path}: is a binary file, {binary}; {hint}") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: json's own, or parse_json's "nested too deeply"
         raise ReportError(f"{path}: cannot read it as JSON ({e}); {hint}") from None
 
 

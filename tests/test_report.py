@@ -203,6 +203,38 @@ def test_a_checkpoint_whose_epoch_is_text_is_called_damaged(checkpoint, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
 
 
+DEEP = "[" * 100000 + "]" * 100000
+
+
+@pytest.mark.parametrize("where", ["SOURCE", "--bench"])
+def test_json_nested_too_deeply_is_refused_in_one_line(metrics, tmp_path, capsys, where):
+    """It ended in a RecursionError traceback (exit 1)."""
+    deep = tmp_path / "deep.json"
+    deep.write_text(DEEP)
+    args = [str(deep)] if where == "SOURCE" else [str(metrics), "--bench", str(deep)]
+    code, out, err = run_cli(capsys, "report", *args, "--out", str(tmp_path / "r.pdf"))
+    assert (code, out) == (2, "") and err.startswith(f"convlab: error: {deep}: cannot read it as JSON (nested too deeply); ")
+    assert err.count("\n") == 1
+
+
+def test_an_existing_file_nested_too_deeply_is_not_taken_for_a_metrics_file(tmp_path):
+    from convlab.files import holds
+
+    deep = tmp_path / "deep.json"
+    deep.write_text(DEEP)
+    assert not holds(deep, "metrics")
+
+
+def test_a_checkpoint_whose_layer_times_are_nested_too_deeply_is_called_damaged(checkpoint, tmp_path, capsys):
+    import h5py
+
+    with h5py.File(checkpoint, "a") as f:
+        f.create_dataset("layer_times", data=DEEP)
+    code, out, err = run_cli(capsys, "report", str(checkpoint), "--out", str(tmp_path / "r.pdf"))
+    assert (code, out, err) == (2, "", f"convlab: error: {checkpoint} is a damaged or truncated checkpoint "
+                                       "(cannot read it: nested too deeply)\n")
+
+
 @pytest.mark.parametrize("full_at", ["write", "sync"])
 def test_a_full_disk_leaves_the_earlier_report_whole(metrics, tmp_path, monkeypatch, full_at):
     """Files were written one at a time: on a real 2 MiB tmpfs with room for the PDF only, a
