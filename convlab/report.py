@@ -148,6 +148,9 @@ def read_metrics(path: Path) -> Run:
 
 def read_bench(path) -> list[dict]:
     """The rows of a ``convlab bench --json`` file, each with shape, backend, pass, seconds."""
+    if not str(path).strip():  # Path("") is ".", read as a folder: "Is a directory: '.'"
+        raise ReportError(f"--bench is empty ({str(path)!r}); give the file `convlab bench --json PATH` wrote, "
+                          "such as bench.json")
     path = Path(str(path))
     doc = read_json(path, BENCH_HINT)
     rows = doc.get("rows") if isinstance(doc, dict) else None

@@ -235,6 +235,14 @@ def test_a_checkpoint_whose_layer_times_are_nested_too_deeply_is_called_damaged(
                                        "(cannot read it: nested too deeply)\n")
 
 
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_bench_path_names_the_option(metrics, tmp_path, capsys, empty):
+    """It said ".: cannot read it as JSON ([Errno 21] Is a directory: '.')"."""
+    code, out, err = run_cli(capsys, "report", str(metrics), "--bench", empty, "--out", str(tmp_path / "r.pdf"))
+    assert (code, out, err) == (2, "", f"convlab: error: --bench is empty ({empty!r}); give the file "
+                                       "`convlab bench --json PATH` wrote, such as bench.json\n")
+
+
 @pytest.mark.parametrize("full_at", ["write", "sync"])
 def test_a_full_disk_leaves_the_earlier_report_whole(metrics, tmp_path, monkeypatch, full_at):
     """Files were written one at a time: on a real 2 MiB tmpfs with room for the PDF only, a
