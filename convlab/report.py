@@ -152,6 +152,12 @@ def read_bench(path) -> list[dict]:
         raise ReportError(f"--bench is empty ({str(path)!r}); give the file `convlab bench --json PATH` wrote, "
                           "such as bench.json")
     path = Path(str(path))
+    try:  # looked at, not opened: a FIFO's read waits for a writer, for ever
+        mode = path.stat().st_mode
+    except OSError:
+        mode = None  # missing or unreadable: read_json says which
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: the read says so
+        raise ReportError(f"--bench {path} is not a regular file (a FIFO, a device or a socket); {BENCH_HINT}")
     doc = read_json(path, BENCH_HINT)
     rows = doc.get("rows") if isinstance(doc, dict) else None
     ok = isinstance(rows, list) and rows and all(

@@ -243,6 +243,19 @@ def test_an_empty_bench_path_names_the_option(metrics, tmp_path, capsys, empty):
                                        "`convlab bench --json PATH` wrote, such as bench.json\n")
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_bench_that_is_not_a_regular_file_is_refused_unopened(metrics, tmp_path, capsys, kind):
+    """A FIFO hung the report for ever, waiting for a writer."""
+    if kind == "fifo":
+        bench = tmp_path / "ff.json"
+        os.mkfifo(bench)
+    else:
+        bench = Path(os.devnull)
+    code, out, err = run_cli(capsys, "report", str(metrics), "--bench", str(bench), "--out", str(tmp_path / "r.pdf"))
+    assert (code, out) == (2, "") and err.startswith(
+        f"convlab: error: --bench {bench} is not a regular file (a FIFO, a device or a socket); expected the JSON")
+
+
 @pytest.mark.parametrize("full_at", ["write", "sync"])
 def test_a_full_disk_leaves_the_earlier_report_whole(metrics, tmp_path, monkeypatch, full_at):
     """Files were written one at a time: on a real 2 MiB tmpfs with room for the PDF only, a
