@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import numbers
 import os
 import re
 import shlex
@@ -296,6 +297,8 @@ def load_checkpoint(path) -> Checkpoint:
         for name, array in arrays.items():
             if not np.isfinite(array).all():
                 raise CheckpointError(f"{path} is a damaged checkpoint: {group}/{name} holds NaN or infinite values")
+    if layer_times is not None and (problem := layer_times_problem(layer_times)):
+        raise CheckpointError(f"{path} is a damaged checkpoint: its layer_times {problem}")
     if backends is not None and len(backends) != len(history):
         raise CheckpointError(f"{path} is a damaged checkpoint: {len(backends)} backend names for "
                               f"{len(history)} epochs")
@@ -306,16 +309,65 @@ def check_attribute_types(path, attrs):
     """Raise :class:`CheckpointError` for a root attribute of ``attrs`` whose value is not of
     its type in :data:`ATTRIBUTE_TYPES` (a bool is not a number here), or a negative or
     non-finite number (an epoch count, a size, a seed, lr or momentum never is)."""
-    for key, (types, what) in ATTRIBUTE_TYPES.items():
-        if key not in attrs:
-            continue
-        value = python_value(attrs[key])
-        valid = isinstance(value, types) and not isinstance(value, bool)
-        if valid and types is not str:
-            # A NaN or negative lr was blamed on --lr on resume, an option the user never typed.
-            valid = math.isfinite(value) and value >= 0
-        if not valid:
-            raise CheckpointError(f"{path} is a damaged checkpoint: attribute {key} is {value!r}, not {what}")
+    for key in ATTRIBUTE_TYPES:
+        if key in attrs and (problem := setting_problem(key, python_value(attrs[key]))):
+            raise CheckpointError(f"{path} is a damaged checkpoint: attribute {key} {problem}")
+
+
+def setting_problem(key: str, value) -> str | None:
+    """What is wrong with ``value`` as the recorded setting ``key`` (its type in
+    :data:`ATTRIBUTE_TYPES`; a bool is not a number, a number is finite and not negative), as
+    "is 'x', not a whole number (0 or more)"; None if nothing is, or ``key`` is not one of
+    them. A checkpoint's attributes and a metrics file's "settings" are the same record."""
+    if key not in ATTRIBUTE_TYPES:
+        return None
+    types, what = ATTRIBUTE_TYPES[key]
+    valid = isinstance(value, types) and not isinstance(value, bool)
+    if valid and types is not str:
+        # A NaN or negative lr was blamed on --lr on resume, an option the user never typed.
+        valid = math.isfinite(value) and value >= 0
+    return None if valid else f"is {brief(value)}, not {what}"
+
+
+def brief(value) -> str:
+    """``repr(value)``, cut to 40 characters: what a refusal quotes of a file's bad value."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def rows_problem(rows, fields) -> str | None:
+    """What is wrong with ``rows`` as a list of JSON objects holding ``fields``, each
+    (key, test, what it must be), as "row 2's "pass" is 1, not text"; None if nothing is."""
+    if not isinstance(rows, list):
+        return f"is {brief(rows)}, not a list of rows"
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            return f"row {i} is {brief(row)}, not an object"
+        for key, ok, what in fields:
+            if key not in row:
+                return f'row {i} has no "{key}"'
+            if not ok(row[key]):
+                return f'row {i}\'s "{key}" is {brief(row[key])}, not {what}'
+    return None
+
+
+def is_number(value, least=0.0, above=False) -> bool:
+    """Whether ``value`` (read from JSON) is a finite number (not a bool) of at least
+    ``least`` (``above``: more than it)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            and (value > least if above else value >= least))
+
+
+# A layer_times row (the module doc), as a checkpoint or metrics file holds it.
+LAYER_TIME_FIELDS = (("layer", lambda v: isinstance(v, str), "text"),
+                     ("backend", lambda v: v is None or isinstance(v, str), "text or null"),
+                     *((key, is_number, "a finite number of milliseconds (0 or more)")
+                       for key in ("forward_ms", "backward_ms")))
+
+
+def layer_times_problem(rows) -> str | None:
+    """What is wrong with ``rows`` as recorded layer times (:data:`LAYER_TIME_FIELDS`), or None."""
+    return rows_problem(rows, LAYER_TIME_FIELDS)
 
 
 def read_group(f, group) -> dict[str, np.ndarray]:

@@ -36,7 +36,8 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from convlab.checkpoints import epoch_ranges, tuners_resolved
+from convlab.checkpoints import (epoch_ranges, is_number, layer_times_problem, rows_problem, setting_problem,
+                                 tuners_resolved)
 from convlab.files import (PNG_SIGNATURE, atomic_paths, check_outputs, check_suffix, check_writable, parse_json,
                            sole_writer)
 from convlab.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU
@@ -52,6 +53,9 @@ SOURCE_HINT = ("`convlab report` reads a checkpoint (`convlab train --checkpoint
                "(the JSON `convlab train --metrics-out PATH` writes)")
 TIMING_TITLE = "convlab bench: time per call (ratios are within one run)"
 TIMING_COLUMNS = ["shape", "pass", "backend", "ms", "vs fastest"]
+# A timing row of a bench result, as the report uses it (ms and ratios of "seconds").
+BENCH_FIELDS = (*((key, lambda v: isinstance(v, str), "text") for key in ("shape", "backend", "pass")),
+                ("seconds", lambda v: is_number(v, above=True), "a positive number of seconds"))
 BENCH_HINT = 'expected the JSON written by `convlab bench --json PATH`: {"rows": [{"shape", "backend", "pass", "seconds"}]}'
 
 
@@ -138,12 +142,18 @@ def read_metrics(path: Path) -> Run:
         raise ReportError(f"{path}: missing {e}; {SOURCE_HINT}") from None
     backends = [epoch["backend"] for epoch in epochs] if all("backend" in epoch for epoch in epochs) else None
     settings = dict({"dataset": "mnist"}, **(doc.get("settings") or {}))
+    for key, value in settings.items():  # those the report uses: as a checkpoint's attributes are checked
+        if problem := setting_problem(key, value):
+            raise ReportError(f'{path}: its "settings" field "{key}" {problem}; {SOURCE_HINT}')
+    layer_times = doc.get("layer_times")
+    if layer_times is not None and (problem := layer_times_problem(layer_times)):
+        raise ReportError(f'{path}: its "layer_times" {problem}; {SOURCE_HINT}')
     valid = isinstance(backend, str) and history and all(
         isinstance(getattr(m, name), numbers.Real) and math.isfinite(getattr(m, name)) for m in history for name in names)
     if not valid or not all(isinstance(b, (str, type(None))) for b in backends or ()):
         raise ReportError(f"{path}: needs a backend name and at least one epoch of finite numbers "
                           f"({', '.join(names)}); {SOURCE_HINT}")
-    return Run(path, backend, history, settings, backends=backends, layer_times=doc.get("layer_times"))
+    return Run(path, backend, history, settings, backends=backends, layer_times=layer_times)
 
 
 def read_bench(path) -> list[dict]:
@@ -160,11 +170,10 @@ def read_bench(path) -> list[dict]:
         raise ReportError(f"--bench {path} is not a regular file (a FIFO, a device or a socket); {BENCH_HINT}")
     doc = read_json(path, BENCH_HINT)
     rows = doc.get("rows") if isinstance(doc, dict) else None
-    ok = isinstance(rows, list) and rows and all(
-        isinstance(r, dict) and {"shape", "backend", "pass", "seconds"} <= set(r)
-        and isinstance(r["seconds"], numbers.Real) and r["seconds"] > 0 for r in rows)
-    if not ok:
+    if not isinstance(rows, list) or not rows:
         raise ReportError(f"{path}: no usable timing rows (each needs a positive number of seconds); {BENCH_HINT}")
+    if problem := rows_problem(rows, BENCH_FIELDS):
+        raise ReportError(f'{path}: its "rows" {problem}; {BENCH_HINT}')
     return rows
 
 
@@ -570,7 +579,11 @@ def rendered_report(source, out: Path, bench=None) -> dict[Path, bytes]:
     if model is None:  # a metrics file names the network (older ones: the reference network)
         from convlab.models import get_model
 
-        model = get_model(run.settings.get("model", DEFAULT_MODEL)).build()
+        try:
+            model = get_model(run.settings.get("model", DEFAULT_MODEL)).build()
+        except ValueError as e:  # a name not installed here, a spec that does not build: the file's
+            raise ReportError(f'{run.source}: its "settings" field "model" names no network convlab can build '
+                              f"({e})") from None
 
     pages = Pages()
     # The backends each epoch was computed with, each conv layer's (auto's picks resolved), and

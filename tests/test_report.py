@@ -256,6 +256,57 @@ def test_a_bench_that_is_not_a_regular_file_is_refused_unopened(metrics, tmp_pat
         f"convlab: error: --bench {bench} is not a regular file (a FIFO, a device or a socket); expected the JSON")
 
 
+@pytest.mark.parametrize("field, value, said", [
+    ("settings", {"test_size": None}, '"settings" field "test_size" is None, not a whole number (0 or more)'),
+    ("settings", {"test_size": "abc"}, '"settings" field "test_size" is \'abc\', not a whole number (0 or more)'),
+    ("settings", {"train_size": -1}, '"settings" field "train_size" is -1, not a whole number (0 or more)'),
+    ("settings", {"lr": True}, '"settings" field "lr" is True, not a number'),
+    ("settings", {"model": {"a": 1}}, '"settings" field "model" is {\'a\': 1}, not text'),
+    ("settings", {"dataset": [1]}, '"settings" field "dataset" is [1], not text'),
+    ("settings", {"model": "xyz"}, '"settings" field "model" names no network convlab can build (unknown model'),
+    ("layer_times", "abc", '"layer_times" is \'abc\', not a list of rows'),
+    ("layer_times", [5], '"layer_times" row 1 is 5, not an object'),
+    ("layer_times", [{"layer": "x"}], '"layer_times" row 1 has no "backend"'),
+    ("layer_times", [{"layer": "x", "backend": None, "forward_ms": "1", "backward_ms": 1}],
+     '"layer_times" row 1\'s "forward_ms" is \'1\', not a finite number of milliseconds (0 or more)'),
+])
+def test_a_metrics_file_s_fields_are_checked_and_named(metrics, tmp_path, capsys, field, value, said):
+    """Each ended in a traceback (TypeError, KeyError) or a message naming nothing
+    ("Cannot specify ',' with 's'.")."""
+    doc = json.loads(metrics.read_text())
+    doc[field] = value
+    metrics.write_text(json.dumps(doc))
+    code, out, err = run_cli(capsys, "report", str(metrics), "--out", str(tmp_path / "r.pdf"))
+    assert (code, out) == (2, "") and err.startswith(f"convlab: error: {metrics}: its {said}") and err.count("\n") == 1
+
+
+def test_a_checkpoint_whose_layer_times_are_not_rows_is_called_damaged(checkpoint, tmp_path, capsys):
+    import h5py
+
+    with h5py.File(checkpoint, "a") as f:
+        f.create_dataset("layer_times", data="5")
+    code, out, err = run_cli(capsys, "report", str(checkpoint), "--out", str(tmp_path / "r.pdf"))
+    assert (code, out, err) == (2, "", f"convlab: error: {checkpoint} is a damaged checkpoint: its layer_times "
+                                       "is 5, not a list of rows\n")
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("backend", None, "row 2's \"backend\" is None, not text"),
+    ("pass", 1, "row 2's \"pass\" is 1, not text"),
+    ("shape", [1], "row 2's \"shape\" is [1], not text"),
+    ("seconds", True, "row 2's \"seconds\" is True, not a positive number of seconds"),
+    ("seconds", None, "row 2's \"seconds\" is None, not a positive number of seconds"),
+])
+def test_a_bench_row_s_fields_are_checked_and_named(metrics, tmp_path, capsys, key, value, said):
+    """A null backend or a numeric pass ended in a TypeError traceback."""
+    bench = tmp_path / "bench.json"
+    rows = [dict(row) for row in BENCH["rows"]]
+    rows[1][key] = value
+    bench.write_text(json.dumps({"rows": rows}))
+    code, out, err = run_cli(capsys, "report", str(metrics), "--bench", str(bench), "--out", str(tmp_path / "r.pdf"))
+    assert (code, out) == (2, "") and err.startswith(f'convlab: error: {bench}: its "rows" {said}; expected the JSON')
+
+
 @pytest.mark.parametrize("full_at", ["write", "sync"])
 def test_a_full_disk_leaves_the_earlier_report_whole(metrics, tmp_path, monkeypatch, full_at):
     """Files were written one at a time: on a real 2 MiB tmpfs with room for the PDF only, a
