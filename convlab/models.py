@@ -443,9 +443,21 @@ def parse_spec(spec: str) -> list[LayerSpec]:
     return layers
 
 
-def spec_network(layers: list[LayerSpec], spec: str, seed=0, dtype=np.float32) -> Sequential:
+def weightless(layer, **shapes):
+    """``layer`` (made with the smallest sizes its kind takes) given parameters of ``shapes``
+    that take no memory: read-only views of one zero (``np.broadcast_to``), whose shape,
+    size and nbytes are those of the real arrays. Enough to check, describe and count a
+    network; not to run it."""
+    for name, shape in shapes.items():
+        layer.params[name] = np.broadcast_to(np.zeros((), layer.params[name].dtype), shape)
+    return layer
+
+
+def spec_network(layers: list[LayerSpec], spec: str, seed=0, dtype=np.float32, weights=True) -> Sequential:
     """The network of parsed spec ``layers`` (from :func:`parse_spec` of ``spec``), with
-    weights drawn in layer order from one generator seeded with ``seed``."""
+    weights drawn in layer order from one generator seeded with ``seed``. ``weights=False``:
+    its parameters take no memory (:func:`weightless`; the same shapes, the same checks), for
+    checking a spec and describing its network (``c100000k3 dense10`` has 3 GB of weights)."""
     rng = as_rng(seed, "seed", none_ok=False)
     built, shape = [], (1, *INPUT_SHAPE)
     for position, (layer, token) in enumerate(zip(layers, spec.lower().split()), start=1):
@@ -457,12 +469,17 @@ def spec_network(layers: list[LayerSpec], spec: str, seed=0, dtype=np.float32) -
             if layer.kind == "conv":
                 filters, kernel, stride, padding = numbers
                 stride = 1 if stride is None else stride  # 0 is refused by Conv2D, not read as 1
-                new = Conv2D(shape[1], filters, kernel, stride, padding or 0, rng=rng, dtype=dtype)
+                if weights:
+                    new = Conv2D(shape[1], filters, kernel, stride, padding or 0, rng=rng, dtype=dtype)
+                else:  # Conv2D checks the kernel, stride and padding; the sizes are >= 1 (parse_spec)
+                    new = weightless(Conv2D(1, 1, kernel, stride, padding or 0, dtype=dtype),
+                                     w=(filters, shape[1], kernel, kernel), b=(filters,))
             elif layer.kind in ("maxpool", "avgpool"):
                 kernel, stride, padding = numbers
                 new = (MaxPool2D if layer.kind == "maxpool" else AvgPool2D)(kernel, stride, padding or 0)
             elif layer.kind == "dense":
-                new = Dense(shape[1], numbers[0], rng=rng, dtype=dtype)
+                new = (Dense(shape[1], numbers[0], rng=rng, dtype=dtype) if weights else
+                       weightless(Dense(1, 1, dtype=dtype), w=(shape[1], numbers[0]), b=(numbers[0],)))
             else:
                 new = ReLU() if layer.kind == "relu" else Flatten()
             if len(shape) == 2 and layer.kind in ("conv", "maxpool", "avgpool", "flatten"):
@@ -487,9 +504,10 @@ def normal_spec(spec: str) -> str:
 
 
 def spec_model(spec: str) -> Sequential:
-    """A builder for the network of ``spec``: checks it once (raising :class:`SpecError`)."""
+    """A builder for the network of ``spec``: checks it once (raising :class:`SpecError`),
+    without weights (it allocated them all, 3 GB for ``c100000k3 dense10``, to check shapes)."""
     layers = parse_spec(spec)
-    spec_network(layers, spec)  # refuses a spec whose shapes do not fit, before anything runs
+    spec_network(layers, spec, weights=False)  # refuses a spec whose shapes do not fit, before anything runs
     return partial(spec_network, layers, normal_spec(spec))
 
 
@@ -521,6 +539,12 @@ class Model:
     name: str
     build: object
     description: str = ""
+    layout: object = None  # () -> the network without weights (see spec_network), where the builder can
+
+    def shape_only(self):
+        """The network as far as its layers and their parameters' shapes go: without weights
+        for a spec (:func:`weightless`), else (a registered builder) built as it is."""
+        return self.layout() if self.layout is not None else self.build()
 
 
 def installed_models() -> dict[str, Model]:
@@ -555,4 +579,6 @@ def get_model(name: str) -> Model:
             pattern.fullmatch(name.lower()) for pattern, _ in TOKENS.values()):
         raise ValueError(f"unknown model {name!r}; valid models are: {', '.join(sorted(models))}, or a spec string "
                          "such as \"c32k3p1 relu maxpool2 dense10\" (see docs/networks.md)")
-    return Model(normal_spec(name), spec_model(name), f"the network of the spec {normal_spec(name)!r}")
+    build = spec_model(name)
+    return Model(normal_spec(name), build, f"the network of the spec {normal_spec(name)!r}",
+                 partial(build, weights=False))

@@ -580,7 +580,8 @@ def rendered_report(source, out: Path, bench=None) -> dict[Path, bytes]:
         from convlab.models import get_model
 
         try:
-            model = get_model(run.settings.get("model", DEFAULT_MODEL)).build()
+            # Only described (layers, parameter count): a spec's weights are not made (GBs for a big one).
+            model = get_model(run.settings.get("model", DEFAULT_MODEL)).shape_only()
         except ValueError as e:  # a name not installed here, a spec that does not build: the file's
             raise ReportError(f'{run.source}: its "settings" field "model" names no network convlab can build '
                               f"({e})") from None

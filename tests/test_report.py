@@ -307,6 +307,38 @@ def test_a_bench_row_s_fields_are_checked_and_named(metrics, tmp_path, capsys, k
     assert (code, out) == (2, "") and err.startswith(f'convlab: error: {bench}: its "rows" {said}; expected the JSON')
 
 
+@pytest.mark.parametrize("spec", ["c6k5s2p2 relu maxpool3s2p1 avgpool2 flatten dense10", "lenet5", "reference",
+                                  "c8k3p1 relu c4k5s2 dense12 relu dense10"])
+def test_a_network_is_described_the_same_without_its_weights(spec):
+    from convlab.models import get_model
+    from convlab.report import describe_network
+
+    model = get_model(spec)
+    assert describe_network(model.shape_only()) == describe_network(model.build())
+
+
+def test_a_metrics_file_of_a_big_network_is_reported_without_making_its_weights(metrics, tmp_path):
+    """"c100000k3 dense10" (2.7 GB of weights) took 2 minutes and 8 GB: the report built the
+    network, weights and all, to describe it."""
+    import tracemalloc
+
+    from convlab.models import get_model
+    from convlab.report import rendered_report
+
+    doc = json.loads(metrics.read_text())
+    doc["settings"] = {"model": "c100000k3 dense10"}
+    metrics.write_text(json.dumps(doc))
+    tracemalloc.start()
+    try:
+        outputs = rendered_report(metrics, tmp_path / "r.pdf")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 << 20 and len(outputs) == 2
+    assert f"dense 67600000 → 10 → softmax cross-entropy ({100000 * 10 + 67600000 * 10 + 10:,} parameters)" in \
+        summary_paragraph(load_run(metrics), get_model("c100000k3 dense10").shape_only())
+
+
 @pytest.mark.parametrize("full_at", ["write", "sync"])
 def test_a_full_disk_leaves_the_earlier_report_whole(metrics, tmp_path, monkeypatch, full_at):
     """Files were written one at a time: on a real 2 MiB tmpfs with room for the PDF only, a
