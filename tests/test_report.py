@@ -260,7 +260,7 @@ def test_a_bench_that_is_not_a_regular_file_is_refused_unopened(metrics, tmp_pat
     ("settings", {"test_size": None}, '"settings" field "test_size" is None, not a whole number (0 or more)'),
     ("settings", {"test_size": "abc"}, '"settings" field "test_size" is \'abc\', not a whole number (0 or more)'),
     ("settings", {"train_size": -1}, '"settings" field "train_size" is -1, not a whole number (0 or more)'),
-    ("settings", {"lr": True}, '"settings" field "lr" is True, not a number'),
+    ("settings", {"lr": True}, '"settings" field "lr" is True, not a finite number (0 or more)'),
     ("settings", {"model": {"a": 1}}, '"settings" field "model" is {\'a\': 1}, not text'),
     ("settings", {"dataset": [1]}, '"settings" field "dataset" is [1], not text'),
     ("settings", {"model": "xyz"}, '"settings" field "model" names no network convlab can build (unknown model'),
