@@ -35,7 +35,6 @@ backend, so results are exactly that backend's.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ import numpy as np
 
 from convlab import installed_version as convlab_version
 from convlab.cachefile import clear_cache, read_cache, update_cache
-from convlab.checks import FLOAT_DTYPES
+from convlab.checks import FLOAT_DTYPES, is_number
 from convlab.files import user_cache_dir
 from convlab.registry import get_backend, register_backend
 from convlab.timing import ORACLE, conv_pass, interleaved_best, output_gradient, strategies
@@ -157,14 +156,8 @@ def valid_entries(stored: dict) -> dict:
         return {}
     return {key: entry for key, entry in picks.items()
             if isinstance(entry, dict) and isinstance(entry.get("backend"), str)
-            and isinstance(entry.get("seconds"), dict) and all(map(is_time, entry["seconds"].values()))
+            and isinstance(entry.get("seconds"), dict) and all(map(is_number, entry["seconds"].values()))
             and ("problem" not in entry or describes(entry["problem"], key))}
-
-
-def is_time(seconds) -> bool:
-    """Whether a stored time is a number of seconds (`auto show` multiplied a text one)."""
-    return isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) \
-        and seconds >= 0
 
 
 def describes(problem, key) -> bool:

@@ -23,12 +23,12 @@ import contextlib
 import fcntl
 import json
 import os
-import stat
 import warnings
 from pathlib import Path
 from typing import Callable
 
-from convlab.files import JSON_KIND_NAMES, atomic_path, json_kind, parse_json, user_cache_dir, write_target
+from convlab.files import (JSON_KIND_NAMES, atomic_path, is_special, json_kind, parse_json, user_cache_dir,
+                           write_target)
 
 _warned: set[str] = set()
 
@@ -118,8 +118,7 @@ def _load(path: Path, marker: str) -> dict:
     A device, FIFO or socket is not ours, and never opened: ``/dev/null`` reads as empty,
     and the write that followed renamed a file over it (as root, in a container: the
     system's ``/dev/null``); a FIFO would block the read."""
-    mode = path.stat().st_mode  # FileNotFoundError as before: no cache yet
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: the read says so, an OSError
+    if is_special(path):  # nothing there: the read's FileNotFoundError (no cache yet); a folder: its OSError
         raise NotOurs("it is not a regular file (a device, a FIFO or a socket)")
     text = path.read_bytes()
     if not text.strip():

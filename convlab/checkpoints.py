@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import numbers
 import os
 import re
 import shlex
@@ -40,6 +39,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from convlab.checks import is_number
 from convlab.files import atomic_path, check_file_name, parse_json
 from convlab.models import check_state
 from convlab.training import EpochMetrics
@@ -349,13 +349,6 @@ def rows_problem(rows, fields) -> str | None:
             if not ok(row[key]):
                 return f'row {i}\'s "{key}" is {brief(row[key])}, not {what}'
     return None
-
-
-def is_number(value, least=0.0, above=False) -> bool:
-    """Whether ``value`` (read from JSON) is a finite number (not a bool) of at least
-    ``least`` (``above``: more than it)."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            and (value > least if above else value >= least))
 
 
 # A layer_times row (the module doc), as a checkpoint or metrics file holds it.

@@ -3,6 +3,7 @@ and what is allowed."""
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -128,6 +129,13 @@ def check_output_gradient(dy, y_shape, y_dtype=None, where="", factored_ok=False
         raise ValueError(f"{where}dy is {dy.dtype} but the forward computed {y_dtype}; pass dy as {y_dtype} "
                          f"(e.g. dy.astype(np.{y_dtype}))")
     return dy
+
+
+def is_number(value, least=0.0, above=False) -> bool:
+    """Whether ``value`` (read from a file: JSON, a cache) is a finite number (not a bool)
+    of at least ``least`` (``above``: more than it)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            and (value > least if above else value >= least))
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:

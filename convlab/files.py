@@ -328,16 +328,23 @@ def check_writable(path, option: str, folder=False) -> Path:
     return path
 
 
-def check_not_special(path: Path, subject: str, remedy: str = "choose another path"):
-    """A :class:`ValueError` about ``subject`` (e.g. "--out r.pdf") if ``path`` exists and is a
-    device, a FIFO or a socket, which is never opened to tell: a device reads as empty, which
-    is of any kind (see :func:`holds`: ``/dev/null`` was replaced by the file written there),
-    and a FIFO blocks the read. ``remedy`` says how to proceed."""
+def is_special(path) -> bool:
+    """Whether ``path`` (followed through symlinks) is a device, a FIFO or a socket, told
+    without opening it: a device reads as empty, which is of any kind (see :func:`holds`:
+    ``/dev/null`` was replaced by the file written there), and a FIFO blocks the read. False
+    when nothing is there (or a dangling symlink, whose target is created) or it cannot be
+    looked at: whoever reads or writes it then says why."""
     try:
         mode = os.stat(path).st_mode
-    except OSError:  # nothing there (or a dangling symlink, whose target is created)
-        return
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def check_not_special(path: Path, subject: str, remedy: str = "choose another path"):
+    """A :class:`ValueError` about ``subject`` (e.g. "--out r.pdf") if ``path`` is a device, a
+    FIFO or a socket (:func:`is_special`). ``remedy`` says how to proceed."""
+    if is_special(path):
         raise ValueError(f"{subject} exists and is not a regular file (a device, a FIFO or a socket); "
                          f"refusing to replace it ({remedy})")
 

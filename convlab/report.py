@@ -36,10 +36,10 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from convlab.checkpoints import (epoch_ranges, is_number, layer_times_problem, rows_problem, setting_problem,
-                                 tuners_resolved)
-from convlab.files import (PNG_SIGNATURE, atomic_paths, check_outputs, check_suffix, check_writable, parse_json,
-                           sole_writer)
+from convlab.checkpoints import epoch_ranges, layer_times_problem, rows_problem, setting_problem, tuners_resolved
+from convlab.checks import is_number
+from convlab.files import (PNG_SIGNATURE, atomic_paths, check_outputs, check_suffix, check_writable, is_special,
+                           parse_json, sole_writer)
 from convlab.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU
 from convlab.models import DEFAULT_MODEL, INPUT_SHAPE
 from convlab.registry import get_backend
@@ -162,11 +162,7 @@ def read_bench(path) -> list[dict]:
         raise ReportError(f"--bench is empty ({str(path)!r}); give the file `convlab bench --json PATH` wrote, "
                           "such as bench.json")
     path = Path(str(path))
-    try:  # looked at, not opened: a FIFO's read waits for a writer, for ever
-        mode = path.stat().st_mode
-    except OSError:
-        mode = None  # missing or unreadable: read_json says which
-    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: the read says so
+    if is_special(path):  # not opened: a FIFO's read waits for a writer, for ever (missing, a folder: the read says)
         raise ReportError(f"--bench {path} is not a regular file (a FIFO, a device or a socket); {BENCH_HINT}")
     doc = read_json(path, BENCH_HINT)
     rows = doc.get("rows") if isinstance(doc, dict) else None
